@@ -1,0 +1,42 @@
+# `make demo` and `make test` do all their own set-up (scripts/setup.sh), so a fresh Debian 12 machine
+# needs nothing else; a second run skips what is done.
+PY := .venv/bin/python
+TD := .venv/bin/tower-detector
+BACKEND_SOURCES := $(shell find backend -name '*.py' -not -path '*/__pycache__/*')
+DEMO := demo
+
+.PHONY: setup test lint demo resources clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo   - generate the sample scene and its tile cover under $(DEMO)/"
+	@echo "make test   - lint and run all tests"
+
+setup:
+	@scripts/setup.sh
+
+resources: setup
+	@$(PY) scripts/build_plugin.py resources
+
+lint: setup
+	@.venv/bin/ruff check --output-format concise backend tower_detector_plugin tests benchmarks scripts
+
+test: setup resources lint
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+
+demo: setup $(DEMO)/tiles.json
+	@echo
+	@echo "Demo outputs:"
+	@echo "  imagery (GeoTIFF, EPSG:3857):  $(DEMO)/scene/scene.tif"
+	@echo "  towers and lines (GeoJSON):    $(DEMO)/scene/towers.geojson"
+	@echo "  area (GeoJSON):                $(DEMO)/scene/area.geojson"
+	@echo "  zoom-18 tile cover (JSON):     $(DEMO)/tiles.json"
+
+$(DEMO)/scene/scene.tif: $(BACKEND_SOURCES)
+	$(TD) sample --out $(DEMO)/scene --tiles-x 16 --tiles-y 16 --seed 7
+
+$(DEMO)/tiles.json: $(DEMO)/scene/scene.tif
+	$(TD) tiles --area $(DEMO)/scene/area.geojson --zoom 18 --shards 2 --out $@
+
+clean:
+	rm -rf $(DEMO) build dist

@@ -1,0 +1,78 @@
+"""Progress and results for people (a progress bar on stderr) or for the plugin (JSON lines on stdout).
+
+The contract with the plugin: with --events every line on stdout is one JSON object with an "event" key:
+progress {done, total, ...}, log {message}, result {...}, error {message}. Exit codes: 0 success,
+2 bad input (UserError, one-line reason), 1 failure.
+"""
+
+import json
+import sys
+import time
+
+
+class UserError(Exception):
+    """Bad input: the CLI prints the message as one line and exits 2."""
+
+
+class Reporter:
+    def __init__(self, events=False, stream=None, err=None):
+        self.events = events
+        self.out = stream or sys.stdout
+        self.err = err or sys.stderr
+        self._last_bar = 0.0
+        self._bar_shown = False
+
+    def _emit(self, event, **fields):
+        self.out.write(json.dumps({"event": event, **fields}, default=_jsonable) + "\n")
+        self.out.flush()
+
+    def progress(self, done, total, **fields):
+        if self.events:
+            self._emit("progress", done=done, total=total, **fields)
+            return
+        now = time.monotonic()
+        if done < total and now - self._last_bar < 0.2:
+            return  # repaint at most 5 times a second
+        self._last_bar = now
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * 30)
+        stage = fields.get("stage", "")
+        self.err.write(f"\r{stage} [{bar:<30}] {done}/{total} ({frac:.0%})")
+        self._bar_shown = done < total
+        if done >= total:
+            self.err.write("\n")
+        self.err.flush()
+
+    def log(self, message, **fields):
+        if self.events:
+            self._emit("log", message=message, **fields)
+        else:
+            self._end_bar()
+            self.err.write(message + "\n")
+
+    def result(self, text=None, **fields):
+        """The command's outcome: a JSON event, or `text` for people."""
+        if self.events:
+            self._emit("result", **fields)
+        else:
+            self._end_bar()
+            self.out.write((text if text is not None else json.dumps(fields, indent=2, default=_jsonable)) + "\n")
+
+    def error(self, message, **fields):
+        if self.events:
+            self._emit("error", message=message, **fields)
+        else:
+            self._end_bar()
+            self.err.write(f"error: {message}\n")
+
+    def _end_bar(self):
+        if self._bar_shown:
+            self.err.write("\n")
+            self._bar_shown = False
+
+
+def _jsonable(value):
+    # numpy scalars and paths end up in results; keep json.dumps from choking on them
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
