@@ -9,7 +9,7 @@ DEMO := demo
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo   - generate the sample scene and its tile cover under $(DEMO)/"
+	@echo "make demo   - generate the sample scene, its tile cover and a training set under $(DEMO)/"
 	@echo "make test   - lint and run all tests"
 
 setup:
@@ -24,19 +24,24 @@ lint: setup
 test: setup resources lint
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
 
-demo: setup $(DEMO)/tiles.json
+demo: setup $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json
 	@echo
 	@echo "Demo outputs:"
 	@echo "  imagery (GeoTIFF, EPSG:3857):  $(DEMO)/scene/scene.tif"
 	@echo "  towers and lines (GeoJSON):    $(DEMO)/scene/towers.geojson"
 	@echo "  area (GeoJSON):                $(DEMO)/scene/area.geojson"
 	@echo "  zoom-18 tile cover (JSON):     $(DEMO)/tiles.json"
+	@echo "  training set (label-maker):    $(DEMO)/dataset/ (data.npz, labels.npz, config.json, tiles/)"
 
 $(DEMO)/scene/scene.tif: $(BACKEND_SOURCES)
 	$(TD) sample --out $(DEMO)/scene --tiles-x 16 --tiles-y 16 --seed 7
 
 $(DEMO)/tiles.json: $(DEMO)/scene/scene.tif
 	$(TD) tiles --area $(DEMO)/scene/area.geojson --zoom 18 --shards 2 --out $@
+
+$(DEMO)/dataset/dataset.json: $(DEMO)/scene/scene.tif
+	$(TD) dataset --area $(DEMO)/scene/area.geojson --towers $(DEMO)/scene/towers.geojson \
+		--imagery $(DEMO)/scene/scene.tif --out $(DEMO)/dataset --block-size 4 --seed 7
 
 clean:
 	rm -rf $(DEMO) build dist

@@ -53,6 +53,29 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see --help)")
 
 
+def cmd_dataset(args, rep):
+    from .dataset import build_dataset, dataset_from_label_maker_config, parse_splits
+
+    common = dict(block_size=args.block_size, force=args.force, max_tiles=args.max_tiles, cache_dir=args.cache,
+                  concurrency=args.concurrency, progress=rep.progress, log=rep.log)
+    if args.config:
+        summary = dataset_from_label_maker_config(args.config, args.out, extra_labels=args.extra_labels, **common)
+    else:
+        missing = [f"--{n}" for n in ("area", "towers", "imagery") if not getattr(args, n)]
+        if missing:
+            raise UserError(f"dataset needs {', '.join(missing)} (or --config label-maker-config.json)")
+        summary = build_dataset(args.area, args.towers, args.imagery, args.out, zoom=args.zoom,
+                                background_ratio=args.background_ratio, splits=parse_splits(args.split),
+                                seed=args.seed, extra_labels=args.extra_labels, tower_filter=args.tower_filter,
+                                **common)
+    lines = [f"dataset written to {args.out}: {summary['tiles']} tiles"]
+    lines += [f"  {name}: {s['tiles']} tiles ({s['tower']} tower, {s['background']} background)"
+              for name, s in summary["splits"].items()]
+    if summary["skipped"]:
+        lines.append(f"  skipped {summary['skipped']} tiles whose imagery failed (see dataset.json)")
+    rep.result("\n".join(lines), out=args.out, **summary)
+
+
 def build_parser():
     p = _Parser(prog="tower-detector", description="Find high-voltage power towers in imagery tiles.")
     p.add_argument("--version", action="version", version=f"tower-detector {__version__}")
@@ -71,6 +94,24 @@ def build_parser():
     sp.add_argument("--out", help="write the cover: .json (compact runs) or .txt (one x-y-z per line)")
     sp.add_argument("--max-tiles", type=int, help="refuse areas covering more tiles than this")
     sp.add_argument("--repair", action="store_true", help="repair invalid polygons with make_valid instead of refusing")
+
+    sp = command("dataset", cmd_dataset, "Build a label-maker-compatible training set of tower/background tiles.")
+    sp.add_argument("--out", required=True, help="output directory")
+    sp.add_argument("--area", help="GeoJSON file or bbox W,S,E,N")
+    sp.add_argument("--towers", help="tower points: overpass[:URL], .osm.pbf, .geojson or .gpkg[:layer]")
+    sp.add_argument("--imagery", help="XYZ URL template, GeoTIFF/COG, .mbtiles, or a folder/s3 prefix of x-y-z tiles")
+    sp.add_argument("--config", help="a label-maker config.json instead of --area/--towers/--imagery")
+    sp.add_argument("--zoom", type=int, default=18)
+    sp.add_argument("--background-ratio", type=float, default=3.0, help="background tiles per tower tile")
+    sp.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--extra-labels", help="review decisions (GeoPackage/GeoJSON points with a status field)")
+    sp.add_argument("--tower-filter", default="power=tower", help="OSM tag filter: key=value[,value], key, or all")
+    sp.add_argument("--block-size", type=int, default=8, help="split blocks are N x N tiles (default 8)")
+    sp.add_argument("--force", action="store_true", help="allow a background-only dataset when there are no towers")
+    sp.add_argument("--max-tiles", type=int, default=50_000_000, help="refuse areas covering more tiles")
+    sp.add_argument("--cache", help="cache imagery and Overpass answers in this folder")
+    sp.add_argument("--concurrency", type=int, default=16, help="parallel imagery requests")
 
     sp = command("sample", cmd_sample, "Write a synthetic aerial scene with HV towers, for tests and demos.")
     sp.add_argument("--out", required=True, help="output directory")

@@ -1,7 +1,7 @@
 """Progress and results for people (a progress bar on stderr) or for the plugin (JSON lines on stdout).
 
 The contract with the plugin: with --events every line on stdout is one JSON object with an "event" key:
-progress {done, total, ...}, log {message}, result {...}, error {message}. Exit codes: 0 success,
+progress {done, total, ...}, log {message}, result {message, ...}, error {message}. Exit codes: 0 success,
 2 bad input (UserError, one-line reason), 1 failure.
 """
 
@@ -51,9 +51,9 @@ class Reporter:
             self.err.write(message + "\n")
 
     def result(self, text=None, **fields):
-        """The command's outcome: a JSON event, or `text` for people."""
+        """The command's outcome: a JSON event (with `text` as its message, for the plugin to show), or `text`."""
         if self.events:
-            self._emit("result", **fields)
+            self._emit("result", **({"message": text} if text is not None else {}), **fields)
         else:
             self._end_bar()
             self.out.write((text if text is not None else json.dumps(fields, indent=2, default=_jsonable)) + "\n")

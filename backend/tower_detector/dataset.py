@@ -1,0 +1,345 @@
+"""Training datasets in label-maker's format, built from an area, tower points and an imagery source.
+
+Output directory:
+  config.json    a label-maker config describing what was done (valid against label-maker's schema)
+  labels.npz     "x-y-z" -> [background, tower] for every tile in the dataset (label-maker's format)
+  data.npz       x_<split> (n, 256, 256, 3) uint8 and y_<split> (n, 2) one-hot, per split (label-maker's)
+  tiles/         one PNG per tile, x-y-z.png (lossless copies of what the model sees)
+  index.csv      tile_id, x, y, z, split, label, path: the list training streams from
+  dataset.json   the summary: counts per split, skipped tiles and why, sources, block size, fingerprint
+
+Splits are spatially blocked: tiles are grouped in blocks of block_size x block_size tiles, whole blocks go
+to one split, and a tile with a neighbour (8-connected) in another split is dropped from the later split,
+so no two touching tiles - which share towers near their edges and conductors - straddle train and test.
+Arrays are streamed to disk split by split, so a dataset larger than memory is never held in it.
+"""
+
+import csv
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+from .areas import load_area
+from .cover import tile_cover
+from .events import UserError
+from .labels import positive_tiles
+from .tilemath import tile_id
+
+DEFAULT_SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+TOWER_CLASS = {"name": "tower", "filter": ["==", "power", "tower"]}
+
+
+def parse_splits(text, names=None):
+    """'0.7,0.15,0.15' -> (("train", .7), ("val", .15), ("test", .15)); fractions must sum to 1."""
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--split must be comma-separated fractions like 0.7,0.15,0.15, not {text!r}") from None
+    names = names or {1: ["train"], 2: ["train", "test"], 3: ["train", "val", "test"]}.get(len(values))
+    if not names or len(names) != len(values):
+        raise UserError(f"--split needs 1 to 3 fractions (train[,val],test), got {len(values)}")
+    if any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6:
+        raise UserError(f"--split fractions must be >= 0 and sum to 1, got {text}")
+    return tuple(zip(names, values))
+
+
+def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, splits=DEFAULT_SPLITS, seed=0,
+                  extra_labels=None, tower_filter="power=tower", block_size=8, force=False, max_tiles=50_000_000,
+                  cache_dir=None, concurrency=16, progress=None, log=print):
+    """Build the dataset into `out` and return the summary written to dataset.json."""
+    from .imagery import open_imagery
+    from .osm import load_towers
+
+    progress = progress or (lambda *a, **k: None)
+    _check_writable(out)
+    region = load_area(area)
+    cover = tile_cover(region, zoom)
+    if cover.count > max_tiles:
+        raise UserError(f"the area covers {cover.count:,} zoom-{zoom} tiles, over the limit of {max_tiles:,}")
+
+    points = load_towers(towers, area=region, tag_filter=tower_filter, cache_dir=cache_dir).within(region)
+    log(f"{len(points)} towers ({tower_filter}) in the area from {points.source}")
+    pos = positive_tiles(points.lon, points.lat, zoom)
+    hard_negatives = np.zeros((0, 2), dtype=np.int64)
+    if extra_labels:
+        pos, hard_negatives = _add_review_labels(extra_labels, region, zoom, pos, load_towers, log)
+    pos = pos[cover.contains(pos[:, 0], pos[:, 1])]
+    hard_negatives = hard_negatives[cover.contains(hard_negatives[:, 0], hard_negatives[:, 1])]
+    if len(pos) == 0 and not force:
+        raise UserError(f"no towers ({tower_filter}) in the area, so no positive tiles; "
+                        "pass --force for a background-only dataset")
+
+    rng = np.random.default_rng(seed)
+    n_background = int(round(background_ratio * len(pos))) if len(pos) else min(cover.count, 1000)
+    background = _sample_background(cover, pos, hard_negatives, n_background, rng)
+    tiles = np.concatenate([pos, hard_negatives, background])
+    labels = np.concatenate([np.ones(len(pos), np.int8), np.zeros(len(hard_negatives) + len(background), np.int8)])
+    split_of = _blocked_splits(tiles, labels, splits, block_size, rng)
+    keep = split_of >= 0
+    log(f"{len(tiles)} tiles selected ({len(pos)} tower, {len(hard_negatives)} reviewed false positives, "
+        f"{len(background)} background); {int((~keep).sum())} dropped at split borders")
+    tiles, labels, split_of = tiles[keep], labels[keep], split_of[keep]
+
+    with open_imagery(imagery, cache_dir=cache_dir, concurrency=concurrency) as source:
+        written, skipped = _write_tiles(out, source, tiles, labels, split_of, splits, zoom, progress)
+
+    summary = _summarise(out, written, skipped, splits, zoom, seed, block_size, background_ratio, tower_filter,
+                         points, source.description, towers, area, extra_labels, len(hard_negatives))
+    _write_label_maker_config(out, region, towers, source.description, zoom, background_ratio, seed, splits,
+                              tower_filter)
+    return summary
+
+
+def _check_writable(out):
+    try:
+        os.makedirs(os.path.join(out, "tiles"), exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write the dataset to {out}: {exc.strerror or exc}") from None
+
+
+def _add_review_labels(path, region, zoom, pos, load_towers, log):
+    """Review decisions as labels: confirmed towers are positives, rejected candidates hard negatives."""
+    confirmed = load_towers(path, tag_filter="status=confirmed").within(region)
+    rejected = load_towers(path, tag_filter="status=false_positive").within(region)
+    log(f"review labels from {path}: {len(confirmed)} confirmed towers, {len(rejected)} false positives")
+    pos = np.unique(np.concatenate([pos, positive_tiles(confirmed.lon, confirmed.lat, zoom)]), axis=0)
+    # a false positive marks the tile that holds the candidate point, unless a tower is really there
+    negatives = positive_tiles(rejected.lon, rejected.lat, zoom, buffer=0)
+    return pos, _without(negatives, pos, zoom)
+
+
+def _keys(tiles, zoom):
+    return tiles[:, 0] * (1 << zoom) + tiles[:, 1]
+
+
+def _without(tiles, remove, zoom):
+    return tiles[~np.isin(_keys(tiles, zoom), _keys(remove, zoom))] if len(tiles) else tiles
+
+
+def _sample_background(cover, pos, hard_negatives, n, rng):
+    """n random cover tiles that are neither positives nor hard negatives, without listing the cover."""
+    if n <= 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    zoom = cover.zoom
+    taken = np.concatenate([pos, hard_negatives])
+    available = cover.count - len(taken)
+    n = min(n, max(available, 0))
+    lengths = cover.y1 - cover.y0
+    ends = np.cumsum(lengths)
+    chosen = np.zeros((0, 2), dtype=np.int64)
+    while len(chosen) < n:  # rarely loops: only when draws land on positives
+        idx = rng.choice(cover.count, size=min(cover.count, n - len(chosen) + len(taken)), replace=False)
+        run = np.searchsorted(ends, idx, side="right")
+        y = cover.y0[run] + idx - (ends[run] - lengths[run])
+        draw = _without(np.stack([cover.x[run], y], axis=1), np.concatenate([taken, chosen]), zoom)
+        chosen = np.concatenate([chosen, np.unique(draw, axis=0)])[:n]
+    return chosen
+
+
+def _blocked_splits(tiles, labels, splits, block_size, rng):
+    """Split index per tile (-1: dropped at a border): whole blocks per split, towers spread in proportion."""
+    fractions = np.array([f for _, f in splits])
+    blocks, block_of = np.unique(tiles // block_size, axis=0, return_inverse=True)
+    block_of = block_of.ravel()
+    n_tiles = np.bincount(block_of, minlength=len(blocks))
+    n_pos = np.bincount(block_of, weights=labels, minlength=len(blocks))
+    wanted_tiles, wanted_pos = fractions * len(tiles), fractions * max(labels.sum(), 1)
+    have_tiles, have_pos = np.zeros(len(splits)), np.zeros(len(splits))
+    block_split = np.empty(len(blocks), dtype=np.int64)
+    # random order, then blocks with towers first, so each split gets its share of the scarce class
+    order = rng.permutation(len(blocks))
+    order = order[np.argsort(-n_pos[order], kind="stable")]
+    for b in order:
+        need = (wanted_pos - have_pos) / wanted_pos.sum() + (wanted_tiles - have_tiles) / wanted_tiles.sum()
+        need[fractions == 0] = -np.inf
+        s = int(np.argmax(need))
+        block_split[b] = s
+        have_tiles[s] += n_tiles[b]
+        have_pos[s] += n_pos[b]
+    split_of = block_split[block_of]
+    empty = [name for i, (name, f) in enumerate(splits) if f > 0 and not (split_of == i).any()]
+    if empty:
+        raise UserError(f"too few tiles for the splits: {len(blocks)} blocks of {block_size}x{block_size} tiles "
+                        f"leave {', '.join(empty)} empty; use a bigger area or a smaller --block-size")
+    return _drop_border_tiles(tiles, split_of)
+
+
+def _drop_border_tiles(tiles, split_of):
+    """A tile touching a tile of an earlier split (train before val before test) leaves its split."""
+    width = int(tiles[:, 1].max()) + 3
+    keys = (tiles[:, 0] + 1) * width + tiles[:, 1] + 1
+    order = np.argsort(keys)
+    sorted_keys, sorted_split = keys[order], split_of[order]
+    result = split_of.copy()
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            if dx == dy == 0:
+                continue
+            at = np.searchsorted(sorted_keys, keys + dx * width + dy)
+            at = np.minimum(at, len(keys) - 1)
+            found = sorted_keys[at] == keys + dx * width + dy
+            result[found & (sorted_split[at] < split_of)] = -1
+    return result
+
+
+def _write_tiles(out, source, tiles, labels, split_of, splits, zoom, progress):
+    """Fetch, save and stream each split's arrays into data.npz; returns (written rows, skipped reasons)."""
+    tmp = os.path.join(out, ".partial")
+    os.makedirs(tmp, exist_ok=True)
+    written, skipped = [], []
+    total, done = len(tiles), 0
+    try:
+        counts = {}
+        for s, (name, _) in enumerate(splits):
+            members = np.flatnonzero(split_of == s)
+            members = members[np.lexsort((tiles[members, 1], tiles[members, 0]))]
+            n_ok = 0
+            with open(os.path.join(tmp, f"x_{name}.raw"), "wb") as raw:
+                for i, result in zip(members, source.fetch((int(x), int(y), zoom) for x, y in tiles[members])):
+                    done += 1
+                    if result.error is not None:
+                        skipped.append({"tile": tile_id(result.x, result.y, zoom), "reason": result.error})
+                    else:
+                        tid = tile_id(result.x, result.y, zoom)
+                        Image.fromarray(result.image).save(os.path.join(out, "tiles", f"{tid}.png"))
+                        raw.write(np.ascontiguousarray(result.image, dtype=np.uint8).tobytes())
+                        written.append((tid, result.x, result.y, zoom, name, int(labels[i]), f"tiles/{tid}.png"))
+                        n_ok += 1
+                    progress(done, total, stage="tiles")
+            counts[name] = n_ok
+        _write_npz(os.path.join(out, "data.npz"), tmp, splits, counts, written)
+        np.savez(os.path.join(out, "labels.npz"),
+                 **{row[0]: np.array([1 - row[5], row[5]], dtype=np.int64) for row in written})
+        with open(os.path.join(out, "index.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["tile_id", "x", "y", "z", "split", "label", "path"])
+            w.writerows(written)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"the output disk is full while writing {out}; free space and run again") from None
+        raise UserError(f"cannot write the dataset to {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not written:
+        reasons = sorted({s["reason"] for s in skipped})[:3]
+        raise UserError(f"no imagery could be read for any of the {total} tiles ({'; '.join(reasons)})")
+    return written, skipped
+
+
+def _write_npz(path, tmp, splits, counts, written):
+    """data.npz without holding a split in memory: each x_<split> is copied from its raw file in chunks."""
+    shape = (256, 256, 3)
+    with zipfile.ZipFile(path + ".tmp", "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, _ in splits:
+            n = counts[name]
+            header = {"descr": "|u1", "fortran_order": False, "shape": (n, *shape)}
+            with zf.open(f"x_{name}.npy", "w", force_zip64=True) as f, open(os.path.join(tmp, f"x_{name}.raw"),
+                                                                            "rb") as raw:
+                np.lib.format.write_array_header_2_0(f, header)
+                shutil.copyfileobj(raw, f, length=16 << 20)
+            y = np.array([[1 - row[5], row[5]] for row in written if row[4] == name], dtype=np.int64).reshape(-1, 2)
+            with zf.open(f"y_{name}.npy", "w") as f:
+                np.lib.format.write_array(f, y)
+    os.replace(path + ".tmp", path)
+
+
+def _summarise(out, written, skipped, splits, zoom, seed, block_size, background_ratio, tower_filter, points,
+               imagery_description, towers_spec, area_spec, extra_labels, n_hard_negatives):
+    per_split = {}
+    for name, fraction in splits:
+        rows = [r for r in written if r[4] == name]
+        per_split[name] = {"fraction": fraction, "tiles": len(rows), "tower": sum(r[5] for r in rows),
+                           "background": sum(1 - r[5] for r in rows)}
+    fingerprint = hashlib.sha256("\n".join(f"{r[0]},{r[4]},{r[5]}" for r in written).encode()).hexdigest()
+    summary = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "zoom": zoom, "tiles": len(written), "splits": per_split, "skipped": len(skipped),
+        "skipped_tiles": skipped[:100], "towers_in_area": len(points), "hard_negatives": n_hard_negatives,
+        "seed": seed, "block_size": block_size, "background_ratio": background_ratio, "tower_filter": tower_filter,
+        "sources": {"area": str(area_spec), "towers": points.source, "imagery": imagery_description,
+                    "extra_labels": str(extra_labels) if extra_labels else None},
+        "image_size": 256, "classes": ["background", "tower"], "fingerprint": fingerprint,
+    }
+    with open(os.path.join(out, "dataset.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _write_label_maker_config(out, region, towers_spec, imagery_description, zoom, background_ratio, seed, splits,
+                              tower_filter):
+    key, _, values = tower_filter.partition("=")
+    values = [v for v in values.split(",") if v]
+    if len(values) == 1:
+        class_filter = ["==", key, values[0]]
+    elif values:
+        class_filter = ["in", key, *values]
+    else:
+        class_filter = ["has", key]
+    west, south, east, north = region.geometry.bounds
+    config = {
+        "bounding_box": [west, south, min(east, 180.0), north],
+        "zoom": zoom,
+        "classes": [{"name": "tower", "filter": class_filter}],
+        "imagery": imagery_description,
+        "background_ratio": float(background_ratio),
+        "ml_type": "classification",
+        "seed": int(seed),
+        "split_vals": [float(f) for _, f in splits],
+        "split_names": [n for n, _ in splits],
+    }
+    if os.path.isfile(str(towers_spec)):
+        config["geojson"] = os.path.abspath(str(towers_spec))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return config
+
+
+def dataset_from_label_maker_config(path, out, **kwargs):
+    """Run `dataset` from a label-maker config.json (validated with label-maker's own schema)."""
+    from .labelmaker import validate_config
+
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read label-maker config {path}: {exc}") from None
+    validate_config(config)
+    if config["ml_type"] != "classification":
+        raise UserError(f"ml_type {config['ml_type']!r} is not supported: tower detection is classification")
+    if "country" in config and "geojson" not in config:
+        raise UserError("label-maker's OSM QA tiles ('country') were discontinued in 2023; "
+                        "give a 'geojson' label source instead")
+    if "geojson" not in config or "bounding_box" not in config:
+        raise UserError("the config needs 'geojson' (tower points) and 'bounding_box'")
+    names = config.get("split_names", ["train", "test"])
+    splits = parse_splits(",".join(str(v) for v in config.get("split_vals", [0.8, 0.2])), names=names)
+    return build_dataset(",".join(str(v) for v in config["bounding_box"]), config["geojson"], config["imagery"], out,
+                         zoom=config["zoom"], background_ratio=config.get("background_ratio", 3.0), splits=splits,
+                         seed=config.get("seed", 0), tower_filter=_tag_filter(config["classes"]), **kwargs)
+
+
+def _tag_filter(classes):
+    """label-maker's Mapbox GL filter of its one class -> our key=value[,value] tag filter."""
+    if len(classes) != 1:
+        raise UserError(f"tower detection has one class besides background; the config has {len(classes)}")
+    flt = classes[0]["filter"]
+    op = flt[0] if flt else None
+    if op == "==" and len(flt) == 3:
+        return f"{flt[1]}={flt[2]}"
+    if op == "in" and len(flt) >= 3:
+        return f"{flt[1]}={','.join(str(v) for v in flt[2:])}"
+    if op == "has" and len(flt) == 2:
+        return str(flt[1])
+    raise UserError(f"class filter {flt} is not supported: use [\"==\", key, value], [\"in\", key, ...] or "
+                    "[\"has\", key]")
