@@ -24,7 +24,7 @@ lint: setup
 test: setup resources lint
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
 
-demo: setup $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json
+demo: setup $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json $(DEMO)/model/metrics.json
 	@echo
 	@echo "Demo outputs:"
 	@echo "  imagery (GeoTIFF, EPSG:3857):  $(DEMO)/scene/scene.tif"
@@ -32,6 +32,7 @@ demo: setup $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json
 	@echo "  area (GeoJSON):                $(DEMO)/scene/area.geojson"
 	@echo "  zoom-18 tile cover (JSON):     $(DEMO)/tiles.json"
 	@echo "  training set (label-maker):    $(DEMO)/dataset/ (data.npz, labels.npz, config.json, tiles/)"
+	@echo "  small model (offline, tiny):   $(DEMO)/model/ (model.keras, params.json, metrics.json, roc.png)"
 
 $(DEMO)/scene/scene.tif: $(BACKEND_SOURCES)
 	$(TD) sample --out $(DEMO)/scene --tiles-x 16 --tiles-y 16 --seed 7
@@ -42,6 +43,12 @@ $(DEMO)/tiles.json: $(DEMO)/scene/scene.tif
 $(DEMO)/dataset/dataset.json: $(DEMO)/scene/scene.tif
 	$(TD) dataset --area $(DEMO)/scene/area.geojson --towers $(DEMO)/scene/towers.geojson \
 		--imagery $(DEMO)/scene/scene.tif --out $(DEMO)/dataset --block-size 4 --seed 7
+
+# offline: no ImageNet weights, and a tiny image size and few epochs so the demo stays quick
+$(DEMO)/model/metrics.json: $(DEMO)/dataset/dataset.json
+	rm -rf $(DEMO)/model
+	$(TD) train --data $(DEMO)/dataset --out $(DEMO)/model --weights none --image-size 72 \
+		--epochs-top 1 --epochs-fine 3 --batch-size 16
 
 clean:
 	rm -rf $(DEMO) build dist

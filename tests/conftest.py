@@ -1,5 +1,7 @@
 """Shared fixtures: one small synthetic scene per test session, and the reference data's location."""
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,22 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data absent: {SHARED_DATA}")
     return SHARED_DATA
+
+
+# QGIS (pytest-qgis) and TensorFlow share this process only in tests; the plugin never loads TensorFlow. Once
+# both are loaded, tearing down QGIS or the interpreter segfaults in their native code, after every test has
+# run and reported. So when TensorFlow was loaded, leave with the session's status and skip that teardown.
+_exit_status = {}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    _exit_status["status"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if "tensorflow" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status.get("status", 0))

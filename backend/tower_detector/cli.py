@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr, or an error event), 1 fa
 """
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -76,6 +77,43 @@ def cmd_dataset(args, rep):
     rep.result("\n".join(lines), out=args.out, **summary)
 
 
+def cmd_train(args, rep):
+    from .model import load_params_file
+    from .train import train
+
+    params = load_params_file(args.params) if args.params else {}
+    for name, value in (("image_size", args.image_size), ("epochs_phase1", args.epochs_top),
+                        ("epochs_phase2", args.epochs_fine), ("batch_size", args.batch_size), ("seed", args.seed)):
+        if value is not None:
+            params[name] = value
+    result = train(args.data, args.out, params, weights=args.weights, progress=rep.progress, log=rep.log)
+    text = (f"model written to {args.out}: test ROC AUC {_fmt(result['roc_auc'])}, accuracy {result['accuracy']:.3f}, "
+            f"precision {result['precision']:.3f}, recall {result['recall']:.3f} at 0.5; thresholds "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in result["thresholds"].items()))
+    rep.result(text, out=args.out, **{k: result[k] for k in ("roc_auc", "pr_auc", "accuracy", "precision", "recall",
+                                                              "f1", "thresholds", "train_images_per_second")})
+
+
+def cmd_search(args, rep):
+    from .model import load_params_file
+    from .search import search
+
+    params = load_params_file(args.params) if args.params else {}
+    for name, value in (("image_size", args.image_size), ("epochs_phase2", args.epochs_fine),
+                        ("batch_size", args.batch_size)):
+        if value is not None:
+            params[name] = value
+    result = search(args.data, args.out, args.trials, space=args.space, metric=args.metric, params=params,
+                    weights=args.weights, seed=args.seed, progress=rep.progress, log=rep.log)
+    text = (f"best: trial {result['best_trial']} ({result['metric']} {result['best_value']:.4f}) in "
+            f"{result['best_dir']}\n{result['table']}")
+    rep.result(text, out=args.out, **{k: v for k, v in result.items() if k != "table"})
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def build_parser():
     p = _Parser(prog="tower-detector", description="Find high-voltage power towers in imagery tiles.")
     p.add_argument("--version", action="version", version=f"tower-detector {__version__}")
@@ -113,6 +151,32 @@ def build_parser():
     sp.add_argument("--cache", help="cache imagery and Overpass answers in this folder")
     sp.add_argument("--concurrency", type=int, default=16, help="parallel imagery requests")
 
+    sp = command("train", cmd_train, "Train the Xception tower classifier on a dataset (resumes when run again).")
+    sp.add_argument("--data", required=True, help="a tower-detector dataset directory (or a label-maker data.npz's)")
+    sp.add_argument("--out", required=True, help="model directory to write (or to resume)")
+    sp.add_argument("--params", help="JSON file of hyperparameters (see README); flags below override it")
+    sp.add_argument("--weights", default="imagenet", help="imagenet (downloaded once by Keras), none, or an "
+                    "Xception notop .h5 weights file")
+    sp.add_argument("--image-size", type=int, help="model input size in pixels (tiles are resized; default 256)")
+    sp.add_argument("--epochs-top", type=int, help="phase 1 epochs: the new top only (default 3)")
+    sp.add_argument("--epochs-fine", type=int, help="phase 2 epochs: fine-tuning (default 20)")
+    sp.add_argument("--batch-size", type=int, help="default 32")
+    sp.add_argument("--seed", type=int, help="random seed (default 0)")
+
+    sp = command("search", cmd_search, "Hyperopt TPE search over the training recipe (resumes when run again).")
+    sp.add_argument("--data", required=True, help="a tower-detector dataset directory")
+    sp.add_argument("--out", required=True, help="search directory to write (or to resume)")
+    sp.add_argument("--trials", type=int, required=True, help="number of trials in all (the first 3 random)")
+    sp.add_argument("--space", help="JSON search space (default: the original project's; see README)")
+    sp.add_argument("--metric", default="accuracy", choices=["accuracy", "roc_auc"],
+                    help="chooses the best trial on the test split (default accuracy, as the original)")
+    sp.add_argument("--params", help="JSON file of fixed hyperparameters for every trial")
+    sp.add_argument("--weights", default="imagenet", help="imagenet, none, or an Xception notop .h5 file")
+    sp.add_argument("--image-size", type=int)
+    sp.add_argument("--epochs-fine", type=int)
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--seed", type=int, default=0)
+
     sp = command("sample", cmd_sample, "Write a synthetic aerial scene with HV towers, for tests and demos.")
     sp.add_argument("--out", required=True, help="output directory")
     sp.add_argument("--tiles-x", type=int, default=8)
@@ -126,6 +190,7 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines would drown our log
     parser = build_parser()
     rep = Reporter(events="--events" in argv)
     try:

@@ -9,8 +9,9 @@ Output directory:
   dataset.json   the summary: counts per split, skipped tiles and why, sources, block size, fingerprint
 
 Splits are spatially blocked: tiles are grouped in blocks of block_size x block_size tiles, whole blocks go
-to one split, and a tile with a neighbour (8-connected) in another split is dropped from the later split,
-so no two touching tiles - which share towers near their edges and conductors - straddle train and test.
+to one split (blocks holding towers first, each to the split furthest behind its share of towers), and where
+two splits touch (8-connected) the tile of the bigger split is dropped, so no two touching tiles - which
+share towers near their edges and conductors - straddle train and test, and the evaluation splits keep theirs.
 Arrays are streamed to disk split by split, so a dataset larger than memory is never held in it.
 """
 
@@ -160,23 +161,28 @@ def _blocked_splits(tiles, labels, splits, block_size, rng):
     # random order, then blocks with towers first, so each split gets its share of the scarce class
     order = rng.permutation(len(blocks))
     order = order[np.argsort(-n_pos[order], kind="stable")]
-    for b in order:
-        need = (wanted_pos - have_pos) / wanted_pos.sum() + (wanted_tiles - have_tiles) / wanted_tiles.sum()
-        need[fractions == 0] = -np.inf
-        s = int(np.argmax(need))
-        block_split[b] = s
-        have_tiles[s] += n_tiles[b]
-        have_pos[s] += n_pos[b]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for b in order:
+            # the split furthest behind its share, relative to that share: of towers while blocks hold towers,
+            # then of tiles, so that small splits get their share of the scarce class too
+            need = (wanted_pos - have_pos) / wanted_pos if n_pos[b] else (wanted_tiles - have_tiles) / wanted_tiles
+            need[fractions == 0] = -np.inf
+            s = int(np.argmax(need))
+            block_split[b] = s
+            have_tiles[s] += n_tiles[b]
+            have_pos[s] += n_pos[b]
     split_of = block_split[block_of]
     empty = [name for i, (name, f) in enumerate(splits) if f > 0 and not (split_of == i).any()]
     if empty:
         raise UserError(f"too few tiles for the splits: {len(blocks)} blocks of {block_size}x{block_size} tiles "
                         f"leave {', '.join(empty)} empty; use a bigger area or a smaller --block-size")
-    return _drop_border_tiles(tiles, split_of)
+    # where splits touch, the bigger split gives way: the evaluation splits keep their tiles
+    keep_rank = np.argsort(np.lexsort((np.arange(len(splits)), -fractions)))
+    return _drop_border_tiles(tiles, split_of, keep_rank)
 
 
-def _drop_border_tiles(tiles, split_of):
-    """A tile touching a tile of an earlier split (train before val before test) leaves its split."""
+def _drop_border_tiles(tiles, split_of, keep_rank):
+    """A tile touching a tile of a split with a higher keep_rank leaves its split (-1)."""
     width = int(tiles[:, 1].max()) + 3
     keys = (tiles[:, 0] + 1) * width + tiles[:, 1] + 1
     order = np.argsort(keys)
@@ -189,7 +195,7 @@ def _drop_border_tiles(tiles, split_of):
             at = np.searchsorted(sorted_keys, keys + dx * width + dy)
             at = np.minimum(at, len(keys) - 1)
             found = sorted_keys[at] == keys + dx * width + dy
-            result[found & (sorted_split[at] < split_of)] = -1
+            result[found & (keep_rank[sorted_split[at]] > keep_rank[split_of])] = -1
     return result
 
 

@@ -1,0 +1,270 @@
+"""The tile classifier: the seed's Xception transfer-learning model, its hyperparameters and its model directory.
+
+Model directory (the contract with predict, the plugin and remote jobs):
+  model.keras    the Keras 3 model; input: (None, None, 3) RGB float 0..255 (any size: resized inside to
+                 image_size), output: (None, 1) P(tower). Preprocessing lives in the model, so callers feed
+                 the 256-px tiles as they come.
+  params.json    {"format", "version", every hyperparameter, image_size, preprocessing, class_order,
+                 data_fingerprint, tower_detector_version, ...}
+  metrics.json   evaluation on the test split (evaluate.py);  roc.png, scores.png;  tensorboard/
+
+Architecture: Resizing(image_size) -> Rescaling to [-1, 1] (Xception's preprocessing) -> Xception base
+(include_top=False) -> GlobalAveragePooling ("pool") -> Dense(dense_size, dense_activation, weight_init)
+-> Dropout -> Dense(1, sigmoid, float32). With pretrained weights the base is called with training=False, so
+its BatchNormalization layers stay in inference mode while fine-tuning (their statistics were learnt on far
+more data than ours; updating them from small batches wrecks the features). Trained from scratch
+(weights none), they learn normally.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from . import __version__
+from .events import UserError
+
+FORMAT = "tower-detector/model"
+VERSION = 1
+CLASS_ORDER = ["background", "tower"]
+PREPROCESSING = "resize to image_size (bilinear, antialiased), then x / 127.5 - 1 (Xception)"
+XCEPTION_LAYERS = 132  # layers of keras.applications.Xception(include_top=False): freeze_cutoff's upper bound
+
+# The seed's recipe. freeze_cutoff: phase 2 trains the base's layers from this index on (0: all of them).
+DEFAULT_PARAMS = {
+    "optimizer": "adam",
+    "lr_phase1": 5e-4,
+    "lr_phase2": 1e-4,
+    "momentum": 0.9,
+    "weight_init": "glorot_uniform",
+    "freeze_cutoff": 0,
+    "dense_size": 256,
+    "dense_activation": "relu",
+    "dropout": 0.5,
+    "epochs_phase1": 3,
+    "epochs_phase2": 20,
+    "batch_size": 32,
+    "image_size": 256,
+    "class_weight": "seed",
+    "augment": True,
+    "early_stopping_patience": 6,
+    "reduce_lr_patience": 2,
+    "reduce_lr_factor": 0.3,
+    "seed": 0,
+}
+_INITS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal")
+_CHOICES = {"optimizer": ("adam", "rmsprop", "sgd"), "weight_init": _INITS,
+            "dense_activation": ("relu", "elu", "selu", "tanh")}
+# name: (type, low, high) inclusive
+_RANGES = {
+    "lr_phase1": (float, 1e-7, 1.0), "lr_phase2": (float, 1e-8, 1.0), "momentum": (float, 0.0, 0.999),
+    "freeze_cutoff": (int, 0, XCEPTION_LAYERS), "dense_size": (int, 1, 8192), "dropout": (float, 0.0, 0.95),
+    "epochs_phase1": (int, 0, 1000), "epochs_phase2": (int, 0, 1000), "batch_size": (int, 1, 4096),
+    "image_size": (int, 71, 1024), "early_stopping_patience": (int, 1, 1000), "reduce_lr_patience": (int, 1, 1000),
+    "reduce_lr_factor": (float, 0.01, 0.99), "seed": (int, 0, 2**31 - 1),
+}
+
+
+def check_params(params, base=None):
+    """DEFAULT_PARAMS (or `base`) updated with `params`, checked: unknown keys and bad values are UserErrors."""
+    merged = dict(base or DEFAULT_PARAMS)
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise UserError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(DEFAULT_PARAMS))}")
+    merged.update(params)
+    for name, allowed in _CHOICES.items():
+        if merged[name] not in allowed:
+            raise UserError(f"parameter {name} must be one of {', '.join(allowed)}, not {merged[name]!r}")
+    for name, (kind, low, high) in _RANGES.items():
+        value = merged[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise UserError(f"parameter {name} must be {'an integer' if kind is int else 'a number'}, not {value!r}")
+        if not low <= value <= high:
+            raise UserError(f"parameter {name} must be between {low:g} and {high:g}, not {value!r}")
+        merged[name] = kind(value)
+    if not isinstance(merged["augment"], bool):
+        raise UserError(f"parameter augment must be true or false, not {merged['augment']!r}")
+    class_weight(merged["class_weight"], 1, 1)  # checks its form
+    return merged
+
+
+def class_weight(spec, n_background, n_tower):
+    """{0: w0, 1: w1} from "seed" ({0: 1, 1: 5}), "balanced" (from the label counts), "none" or a mapping."""
+    if spec == "seed":
+        return {0: 1.0, 1: 5.0}
+    if spec == "none":
+        return {0: 1.0, 1: 1.0}
+    if spec == "balanced":
+        return {0: 1.0, 1: max(n_background, 1) / max(n_tower, 1)}
+    if isinstance(spec, dict) and set(map(str, spec)) == {"0", "1"}:
+        weights = {int(k): v for k, v in spec.items()}
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in weights.values()):
+            return {k: float(v) for k, v in weights.items()}
+    raise UserError(f'parameter class_weight must be "seed", "balanced", "none" or {{"0": w, "1": w}}, not {spec!r}')
+
+
+def load_params_file(path):
+    try:
+        with open(path) as f:
+            params = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read params {path}: {exc}") from None
+    if not isinstance(params, dict):
+        raise UserError(f"params {path} must be a JSON object of hyperparameters")
+    return params
+
+
+def build_model(params, weights="none"):
+    """The classifier and its Xception base. weights: "imagenet", "none", or an Xception notop weights file."""
+    import keras
+
+    size = params["image_size"]
+    pretrained = weights != "none"
+    base = _xception(size, weights)
+    inputs = keras.Input(shape=(None, None, 3), name="tile")
+    x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="resize")(inputs)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="xception_scale")(x)
+    x = base(x, training=False) if pretrained else base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(params["dense_size"], activation=params["dense_activation"],
+                           kernel_initializer=params["weight_init"], name="dense")(x)
+    x = keras.layers.Dropout(params["dropout"], seed=params["seed"], name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="tower")(x)
+    return keras.Model(inputs, outputs, name="tower_classifier"), base
+
+
+def _xception(size, weights):
+    import keras
+
+    if weights not in ("imagenet", "none") and not os.path.isfile(weights):
+        raise UserError(f"--weights {weights}: no such file (give imagenet, none, or an Xception notop .h5 file)")
+    try:
+        return keras.applications.Xception(include_top=False, weights=None if weights == "none" else weights,
+                                           input_shape=(size, size, 3))
+    except Exception as exc:
+        if weights == "imagenet":
+            raise UserError(
+                "cannot download Xception's ImageNet weights (offline?): download "
+                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5 from "
+                "https://storage.googleapis.com/tensorflow/keras-applications/xception/ on a machine with "
+                "internet and pass it with --weights FILE, or train from scratch with --weights none "
+                f"({type(exc).__name__})") from None
+        raise UserError(f"cannot load Xception weights from {weights}: {str(exc).splitlines()[0]}") from None
+
+
+def set_trainable(model, base, phase, freeze_cutoff):
+    """Phase 1: only the new top trains. Phase 2: the base's layers from freeze_cutoff on train too."""
+    base.trainable = phase == 2
+    if phase == 2:
+        for i, layer in enumerate(base.layers):
+            layer.trainable = i >= freeze_cutoff
+
+
+def write_params(model_dir, params, **extra):
+    record = {"format": FORMAT, "version": VERSION, "tower_detector_version": __version__, **params,
+              "preprocessing": PREPROCESSING, "input": "RGB tiles, float 0..255, any size", "class_order": CLASS_ORDER,
+              "output": "sigmoid P(tower)", **extra}
+    with open(os.path.join(model_dir, "params.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    return record
+
+
+def read_params(model_dir):
+    """params.json of a model directory, checked for our format and version."""
+    path = os.path.join(model_dir, "params.json")
+    if not os.path.isdir(model_dir):
+        raise UserError(f"no model directory at {model_dir}")
+    try:
+        with open(path) as f:
+            params = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{model_dir} is not a model directory: it has no params.json") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if params.get("format") != FORMAT:
+        raise UserError(f"{path} is not a tower-detector model description")
+    if params.get("version") != VERSION:
+        raise UserError(f"the model in {model_dir} was written by tower-detector "
+                        f"{params.get('tower_detector_version', '?')} (model format {params.get('version')}); this "
+                        f"is {__version__} (format {VERSION}): retrain it or use a matching tower-detector")
+    return params
+
+
+_ACTIVATIONS = {  # the head's activations in numpy, for locate
+    "relu": lambda v: np.maximum(v, 0), "elu": lambda v: np.where(v > 0, v, np.expm1(v)), "tanh": np.tanh,
+    "selu": lambda v: 1.0507009873554805 * np.where(v > 0, v, 1.6732632423543772 * np.expm1(v)),
+}
+
+
+class Classifier:
+    """A trained model directory, ready to score uint8 tiles and to locate the tower inside a tile.
+
+    locate: a class activation map for the non-linear head, computed without gradients: the head (dense ->
+    tower) is applied to every cell of Xception's last feature map, as if the global average pooling had
+    picked that one cell, which gives each ~image_size/32 cell a tower logit. With a linear head this is
+    exactly CAM. The peak cell, refined by a weighted centroid of its 3x3 neighbourhood, is the point.
+    """
+
+    def __init__(self, model_dir):
+        import keras
+
+        self.params = read_params(model_dir)
+        path = os.path.join(model_dir, "model.keras")
+        if not os.path.isfile(path):
+            raise UserError(f"{model_dir} has params.json but no model.keras")
+        try:
+            self.model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        except Exception as exc:
+            raise UserError(f"cannot load {path}: {str(exc).splitlines()[0][:300]}") from None
+        self.image_size = self.params["image_size"]
+        self._cam_model = None
+
+    def predict(self, images, batch_size=32):
+        """P(tower) per tile: images (n, h, w, 3) uint8 -> (n,) float32."""
+        return self.predict_with_points(images, batch_size, points=False)[0]
+
+    def predict_with_points(self, images, batch_size=32, points=True):
+        """(scores (n,), points (n, 2) in tile pixels (x right, y down, 0..tile size) or None)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be (n, h, w, 3), not {images.shape}")
+        if len(images) == 0:
+            return np.zeros(0, np.float32), (np.zeros((0, 2), np.float32) if points else None)
+        scores, found = [], []
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].astype(np.float32)
+            if points:
+                features, score = self._cams().predict_on_batch(x)
+                found.append(self._peaks(features, images.shape[2], images.shape[1]))
+            else:
+                score = self.model.predict_on_batch(x)
+            scores.append(np.asarray(score).reshape(-1))
+        return np.concatenate(scores).astype(np.float32), np.concatenate(found) if points else None
+
+    def _cams(self):
+        import keras
+
+        if self._cam_model is None:
+            pool = self.model.get_layer("pool")
+            self._cam_model = keras.Model(self.model.inputs, [pool.input, self.model.output])
+        return self._cam_model
+
+    def _peaks(self, features, width, height):
+        dense, tower = self.model.get_layer("dense"), self.model.get_layer("tower")
+        w1, b1 = (np.asarray(v) for v in dense.get_weights())
+        w2, b2 = (np.asarray(v) for v in tower.get_weights())
+        activation = _ACTIVATIONS[self.params["dense_activation"]]
+        f = np.asarray(features, np.float32)
+        n, rows, cols, _ = f.shape
+        logits = (activation(f @ w1 + b1) @ w2 + b2)[..., 0]  # (n, rows, cols)
+        flat = logits.reshape(n, -1).argmax(axis=1)
+        r, c = np.unravel_index(flat, (rows, cols))
+        out = np.empty((n, 2), np.float32)
+        for i in range(n):  # a 3x3 window per tile: cheap next to the network
+            r0, r1, c0, c1 = max(r[i] - 1, 0), min(r[i] + 2, rows), max(c[i] - 1, 0), min(c[i] + 2, cols)
+            window = logits[i, r0:r1, c0:c1]
+            weight = np.exp(window - window.max())
+            rr, cc = np.mgrid[r0:r1, c0:c1]
+            out[i] = ((cc * weight).sum() / weight.sum() + 0.5) * width / cols, \
+                     ((rr * weight).sum() / weight.sum() + 0.5) * height / rows
+        return out

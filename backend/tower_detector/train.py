@@ -1,0 +1,354 @@
+"""`tower-detector train`: the seed's two-phase transfer-learning recipe, streaming from disk, resumable.
+
+Phase 1 trains the new top with the Xception base frozen (epochs_phase1, lr_phase1); phase 2 makes the base's
+layers from freeze_cutoff on trainable and fine-tunes (epochs_phase2, lr_phase2). Binary cross-entropy with
+class weights; augmentation (flips, 90-degree turns, small rotations, zoom, brightness, contrast) on the
+training split only; EarlyStopping and ReduceLROnPlateau per phase; TensorBoard logs; the best epoch by
+validation ROC AUC (over both phases) is what is kept and evaluated on the test split.
+
+Resuming: the output directory keeps state.json (what is being trained and how far it got), Keras'
+BackupAndRestore checkpoint of the running phase (written after every epoch), phase 1's final weights and
+the best weights so far. Run the same command again after a kill and it goes on at the epoch after the last
+one completed; a finished training is not redone.
+
+Input: a `tower-detector dataset` directory (index.csv + tiles/*.png, streamed from disk with tf.data, so
+datasets bigger than memory train), or a label-maker data.npz (x_<split>/y_<split>), which is read into memory.
+"""
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from .events import UserError
+from .model import DEFAULT_PARAMS, build_model, check_params, class_weight, set_trainable, write_params
+
+TILE = 256
+MONITOR = "val_auc"
+
+
+# --- the dataset --------------------------------------------------------------------------------------------
+class TrainingData:
+    """The splits of a dataset directory: {split: (paths or uint8 array, labels int array)} and a fingerprint."""
+
+    def __init__(self, data_dir):
+        self.dir = data_dir
+        if not os.path.isdir(data_dir):
+            raise UserError(f"no dataset directory at {data_dir}")
+        index = os.path.join(data_dir, "index.csv")
+        npz = os.path.join(data_dir, "data.npz")
+        if os.path.isfile(index):
+            self.splits, self.in_memory = self._from_index(index), False
+        elif os.path.isfile(npz):
+            self.splits, self.in_memory = self._from_npz(npz), True
+        else:
+            raise UserError(f"{data_dir} is not a dataset: it has neither index.csv nor data.npz "
+                            "(build one with tower-detector dataset)")
+        self.fingerprint = self._fingerprint(index if not self.in_memory else npz)
+
+    def _from_index(self, path):
+        splits = {}
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                paths, labels = splits.setdefault(row["split"], ([], []))
+                paths.append(os.path.join(self.dir, row["path"]))
+                labels.append(int(row["label"]))
+        splits = {k: (np.array(p), np.array(lab, dtype=np.int64)) for k, (p, lab) in splits.items()}
+        self._check_images(splits)
+        return splits
+
+    @staticmethod
+    def _check_images(splits):
+        """Every tile is a 256x256 RGB image (headers only: cheap even for many tiles)."""
+        from PIL import Image, UnidentifiedImageError
+
+        for paths, _ in splits.values():
+            for path in paths:
+                try:
+                    with Image.open(path) as im:
+                        size, mode = im.size, im.mode
+                except FileNotFoundError:
+                    raise UserError(f"dataset tile {path} is missing") from None
+                except (OSError, UnidentifiedImageError) as exc:
+                    raise UserError(f"dataset tile {path} is not an image: {exc}") from None
+                if size != (TILE, TILE) or mode != "RGB":
+                    raise UserError(f"dataset tile {path} is {size[0]}x{size[1]} {mode}; tiles must be "
+                                    f"{TILE}x{TILE} RGB (8-bit)")
+
+    @staticmethod
+    def _from_npz(path):
+        try:
+            data = np.load(path)
+            names = {n[2:] for n in data.files if n.startswith("x_")}
+            splits = {n: (data[f"x_{n}"], data[f"y_{n}"]) for n in names if f"y_{n}" in data.files}
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+        out = {}
+        for name, (x, y) in splits.items():
+            if x.ndim != 4 or x.shape[1:] != (TILE, TILE, 3) or x.dtype != np.uint8:
+                raise UserError(f"{path}: x_{name} is {x.dtype} {x.shape}; images must be uint8 (n, {TILE}, {TILE}, 3)")
+            if y.ndim != 2 or y.shape[1] != 2 or len(y) != len(x):
+                raise UserError(f"{path}: y_{name} is {y.shape}; labels must be one-hot (n, 2) [background, tower]")
+            out[name] = (x, y.argmax(axis=1).astype(np.int64))
+        return out
+
+    def _fingerprint(self, path):
+        summary = os.path.join(self.dir, "dataset.json")
+        if os.path.isfile(summary):
+            try:
+                with open(summary) as f:
+                    return json.load(f)["fingerprint"]
+            except (OSError, ValueError, KeyError):
+                pass
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def roles(self, log):
+        """(train, validation, test) split names: validation falls back to test when there is no val split."""
+        names = set(self.splits)
+        if "train" not in names:
+            raise UserError(f"the dataset has no train split (it has {', '.join(sorted(names)) or 'none'})")
+        test = "test" if "test" in names else "val" if "val" in names else None
+        if test is None:
+            raise UserError("the dataset has no test or val split to evaluate on: rebuild it with --split "
+                            "0.7,0.15,0.15")
+        val = "val" if "val" in names else test
+        if val == test:
+            log(f"no separate validation split: early stopping and the best epoch use the {test} split, so its "
+                "metrics are optimistic (the original project did the same)")
+        for role, name in (("training", "train"), ("validation", val), ("test", test)):
+            labels = self.splits[name][1]
+            n_tower = int(labels.sum())
+            if len(labels) == 0 or n_tower in (0, len(labels)):
+                what = "no tiles" if len(labels) == 0 else "only tower tiles" if n_tower else "no tower tiles"
+                raise UserError(f"the {role} split ({name}) has {what} ({len(labels)} tiles): training needs both "
+                                "classes in every split; use a bigger area, more towers or a smaller --block-size")
+        return "train", val, test
+
+
+def tf_dataset(data, split, image_size, batch_size, *, training, seed=0):
+    """A tf.data pipeline: read + decode (parallel), resize, augment (training), batch, prefetch."""
+    import tensorflow as tf
+
+    source, labels = data.splits[split]
+    ds = tf.data.Dataset.from_tensor_slices((source, labels.astype(np.float32)))
+    if training:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+
+    def load(item, label):
+        image = item if data.in_memory else tf.io.decode_png(tf.io.read_file(item), channels=3)
+        image = tf.image.resize(tf.ensure_shape(image, (TILE, TILE, 3)), (image_size, image_size), antialias=True)
+        return image, label
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        ds = ds.map(_augment_one, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if training:
+        geometric = _geometric_augmentation(seed)
+        ds = ds.map(lambda x, y: (geometric(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _augment_one(image, label):
+    import tensorflow as tf
+
+    image = tf.image.random_flip_left_right(image)
+    image = tf.image.random_flip_up_down(image)
+    image = tf.image.rot90(image, tf.random.uniform((), 0, 4, dtype=tf.int32))
+    image = tf.image.random_brightness(image, 0.1 * 255)
+    image = tf.image.random_contrast(image, 0.8, 1.2)
+    return tf.clip_by_value(image, 0.0, 255.0), label
+
+
+def _geometric_augmentation(seed):
+    """Small rotations (+-11 degrees) and zoom (+-10 %), per batch; reflected edges keep no black corners."""
+    import keras
+
+    return keras.Sequential([keras.layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),
+                             keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed)], name="augment")
+
+
+# --- training -----------------------------------------------------------------------------------------------
+def train(data_dir, out, params=None, weights="none", progress=None, log=print):
+    """Train (or resume training) into the model directory `out`; returns the test metrics."""
+    progress = progress or (lambda *a, **k: None)
+    params = check_params(params or {})
+    data = TrainingData(data_dir)
+    train_split, val_split, test_split = data.roles(log)
+    state = _start_state(out, params, weights, data)
+    if state.get("finished"):
+        log(f"{out} already holds this finished training; returning its metrics")
+        with open(os.path.join(out, "metrics.json")) as f:
+            return json.load(f)
+
+    import keras
+    import tensorflow as tf
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if gpu:  # mixed precision and XLA where they pay: on a GPU
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(params["seed"])
+    counts = {k: (int(len(v[1]) - v[1].sum()), int(v[1].sum())) for k, v in data.splits.items()}
+    weights_by_class = class_weight(params["class_weight"], *counts[train_split])
+    log(f"training on {sum(counts[train_split])} tiles ({counts[train_split][1]} tower), validating on "
+        f"{val_split} ({sum(counts[val_split])}), testing on {test_split} ({sum(counts[test_split])}); "
+        f"class weights {weights_by_class}; {'GPU, mixed precision, XLA' if gpu else 'CPU'}")
+    size, batch = params["image_size"], params["batch_size"]
+    train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"])
+    val_ds = tf_dataset(data, val_split, size, batch, training=False)
+    model, base = build_model(params, weights)
+    total = params["epochs_phase1"] + params["epochs_phase2"]
+    ckpt = os.path.join(out, "checkpoints")
+    os.makedirs(ckpt, exist_ok=True)
+    best = _BestWeights(ckpt)
+    epochs_run = []  # epochs completed in this process, for the training speed
+    phases = [(1, params["epochs_phase1"], params["lr_phase1"]), (2, params["epochs_phase2"], params["lr_phase2"])]
+    started = time.monotonic()
+    try:
+        for phase, epochs, lr in phases:
+            if phase == 1 and state.get("phase1_done"):
+                continue
+            if phase == 2 and state.get("phase1_done") and os.path.exists(os.path.join(ckpt, "phase1.weights.h5")):
+                model.load_weights(os.path.join(ckpt, "phase1.weights.h5"))
+            set_trainable(model, base, phase, params["freeze_cutoff"])
+            model.compile(optimizer=_optimizer(params, lr), loss="binary_crossentropy",
+                          metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+                          jit_compile=gpu)
+            if epochs:
+                offset = 0 if phase == 1 else params["epochs_phase1"]
+                callbacks = _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run)
+                model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights_by_class,
+                          verbose=0, shuffle=False, callbacks=callbacks)  # tf.data shuffles
+            if phase == 1:
+                model.save_weights(os.path.join(ckpt, "phase1.weights.h5"))
+                _save_state(out, dict(state, phase1_done=True))
+                state["phase1_done"] = True
+    except tf.errors.ResourceExhaustedError:
+        raise UserError(f"out of memory with batch size {batch} at image size {size}: try --batch-size "
+                        f"{max(batch // 2, 1)}") from None
+    seconds = time.monotonic() - started
+    # a fresh, uncompiled copy: model.keras without the optimizer's state (a third of the size)
+    model = _copy_weights(model, build_model(params, "none")[0])
+    if best.exists():
+        model.load_weights(best.path)
+        log(f"kept epoch {best.record['epoch']} (phase {best.record['phase']}), validation ROC AUC "
+            f"{best.record['value']:.4f}")
+    model.save(os.path.join(out, "model.keras"))
+
+    from .evaluate import metrics, plot
+
+    test_ds = tf_dataset(data, test_split, size, batch, training=False)
+    scores = model.predict(test_ds, verbose=0).reshape(-1)
+    result = metrics(data.splits[test_split][1], scores)
+    result.update(split=test_split, train_seconds=round(seconds, 1),
+                  train_images_per_second=round(len(epochs_run) * sum(counts[train_split]) / max(seconds, 1e-9), 2),
+                  best_epoch=best.record)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    plot(result, out)
+    write_params(out, params, weights=weights if weights in ("imagenet", "none") else os.path.basename(weights),
+                 data_fingerprint=data.fingerprint, data_dir=os.path.abspath(data_dir), trained_on=train_split,
+                 validated_on=val_split, tested_on=test_split, class_weights=weights_by_class)
+    _save_state(out, dict(state, finished=True))
+    shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+    return result
+
+
+def _copy_weights(source, target):
+    target.set_weights(source.get_weights())
+    return target
+
+
+def _optimizer(params, lr):
+    import keras
+
+    if params["optimizer"] == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=params["momentum"], nesterov=True)
+    if params["optimizer"] == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=lr)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run):
+    import keras
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: round(float(v), 5) for k, v in (logs or {}).items()}
+            epochs_run.append(offset + epoch + 1)
+            best.update(self.model, phase, offset + epoch + 1, logs.get(MONITOR))
+            progress(offset + epoch + 1, total, stage="epochs", phase=phase, epoch=offset + epoch + 1, **logs)
+            log(f"phase {phase} epoch {offset + epoch + 1}/{total}: " + ", ".join(f"{k} {v}" for k, v in logs.items()))
+
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(out, "backup", f"phase{phase}"), double_checkpoint=True),
+        keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=params["early_stopping_patience"]),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=params["reduce_lr_factor"],
+                                          patience=params["reduce_lr_patience"], min_lr=1e-7),
+        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), write_graph=False),
+        Report(),
+    ]
+
+
+class _BestWeights:
+    """The best epoch's weights by validation ROC AUC, across phases and restarts (best.json + weights)."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, "best.weights.h5")
+        self._json = os.path.join(folder, "best.json")
+        self.record = None
+        if os.path.exists(self._json) and os.path.exists(self.path):
+            with open(self._json) as f:
+                self.record = json.load(f)
+
+    def exists(self):
+        return self.record is not None
+
+    def update(self, model, phase, epoch, value):
+        if value is None or not np.isfinite(value) or (self.record and value <= self.record["value"]):
+            return
+        tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")
+        model.save_weights(tmp)
+        os.replace(tmp, self.path)
+        self.record = {"phase": phase, "epoch": epoch, "value": float(value), "monitor": MONITOR}
+        with open(self._json + ".tmp", "w") as f:
+            json.dump(self.record, f)
+        os.replace(self._json + ".tmp", self._json)
+
+
+def _start_state(out, params, weights, data):
+    """state.json for a new training, or the one to resume; a different training in `out` is refused."""
+    identity = {"params": params, "weights": weights, "data_fingerprint": data.fingerprint}
+    path = os.path.join(out, "state.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            state = json.load(f)
+        if {k: state.get(k) for k in identity} != identity:
+            raise UserError(f"{out} holds a different training (other data, parameters or weights): give a new --out, "
+                            "or delete it to start again")
+        return state
+    if os.path.isdir(out) and os.listdir(out):
+        raise UserError(f"{out} exists and is not a training of ours: give a new or empty --out")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the model to {out}: {exc.strerror or exc}") from None
+    _save_state(out, identity)
+    return identity
+
+
+def _save_state(out, state):
+    with open(os.path.join(out, "state.json.tmp"), "w") as f:
+        json.dump(state, f, indent=2)
+    os.replace(os.path.join(out, "state.json.tmp"), os.path.join(out, "state.json"))
+
+
+__all__ = ["DEFAULT_PARAMS", "TrainingData", "tf_dataset", "train"]

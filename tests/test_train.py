@@ -1,0 +1,282 @@
+"""Training, evaluation and search, for real, on a dataset from a 16x16-tile sample scene at a tiny image size."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tower_detector.evaluate import metrics
+from tower_detector.events import UserError
+from tower_detector.model import DEFAULT_PARAMS, Classifier, check_params
+
+TINY = {"image_size": 72, "batch_size": 16, "epochs_phase1": 1, "epochs_phase2": 1, "dense_size": 32}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from tower_detector.dataset import build_dataset, parse_splits
+    from tower_detector.sample import write_sample_scene
+
+    work = tmp_path_factory.mktemp("train")
+    write_sample_scene(str(work / "scene"), tiles_x=16, tiles_y=16, seed=7)
+    summary = build_dataset(str(work / "scene/area.geojson"), str(work / "scene/towers.geojson"),
+                            str(work / "scene/scene.tif"), str(work / "ds"), splits=parse_splits("0.6,0.2,0.2"),
+                            block_size=4, background_ratio=2, seed=1, log=lambda *a: None)
+    assert all(s["tower"] and s["background"] for s in summary["splits"].values())
+    return work / "ds"
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    from tower_detector.train import train
+
+    out = tmp_path_factory.mktemp("model") / "m"
+    return out, train(str(dataset), str(out), TINY, weights="none", log=lambda *a: None)
+
+
+def cli(*args, timeout=600, **kwargs):
+    return subprocess.run([sys.executable, "-m", "tower_detector", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def events_of(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+# -- metrics ---------------------------------------------------------------------------------------------------
+def test_metrics_match_a_hand_computation():
+    labels = [1, 1, 0, 0, 1, 0]
+    scores = [0.9, 0.4, 0.35, 0.8, 0.7, 0.1]
+    m = metrics(labels, scores)
+    # towers {.9, .4, .7} vs background {.35, .8, .1}: .9 beats 3, .4 beats 2, .7 beats 2 -> 7 of 9 pairs
+    assert m["roc_auc"] == pytest.approx(7 / 9)
+    # at 0.5: predicted towers .9, .8, .7 -> tp 2, fp 1, fn 1, tn 2
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 2)
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(2 / 3)
+    # descending: .9 T, .8 B, .7 T, .4 T -> precision at each recall step 1, 2/3, 3/4
+    assert m["pr_auc"] == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+    # TPR - FPR: .9: 1/3, .8: 0, .7: 1/3, .4: 2/3, .35: 1/3, .1: 0
+    assert m["thresholds"]["youden"] == pytest.approx(0.4)
+    assert m["thresholds"]["recall_0.9"] == pytest.approx(0.4) and m["thresholds"]["seed"] == 0.97
+    assert m["at_thresholds"]["youden"] == {"precision": 0.75, "recall": 1.0, "fpr": pytest.approx(1 / 3)}
+    assert m["roc"]["fpr"] == pytest.approx([0, 0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 1], abs=1e-6)
+    assert m["roc"]["tpr"] == pytest.approx([0, 1 / 3, 1 / 3, 2 / 3, 1, 1, 1], abs=1e-6)
+    assert m["histogram"]["tower"][18] == 1 and sum(m["histogram"]["background"]) == 3
+
+
+def test_metrics_ties_and_one_class():
+    assert metrics([1, 0, 1, 0], [0.5] * 4)["roc_auc"] == 0.5
+    assert metrics([1, 0, 1, 0], [0.7, 0.7, 0.9, 0.1])["roc_auc"] == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    assert metrics([0, 0], [0.1, 0.2])["roc_auc"] is None
+
+
+# -- parameters ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("params, message", [
+    ({"learning_rate": 0.1}, "unknown parameter.*learning_rate"),
+    ({"dropout": 1.5}, "dropout must be between"),
+    ({"dense_size": 12.5}, "dense_size must be an integer"),
+    ({"optimizer": "adagrad"}, "optimizer must be one of"),
+    ({"image_size": 32}, "image_size must be between 71"),
+    ({"class_weight": {"0": 1}}, "class_weight must be"),
+    ({"augment": "yes"}, "augment must be true or false"),
+])
+def test_bad_params_are_named(params, message):
+    with pytest.raises(UserError, match=message):
+        check_params(params)
+
+
+def test_params_defaults_and_class_weight_forms():
+    p = check_params({"class_weight": {"0": 1, "1": 3}, "dense_size": 64.0})
+    assert p["dense_size"] == 64 and isinstance(p["dense_size"], int)
+    assert {k: p[k] for k in DEFAULT_PARAMS if k not in ("class_weight", "dense_size")} == \
+        {k: v for k, v in DEFAULT_PARAMS.items() if k not in ("class_weight", "dense_size")}
+
+
+# -- training --------------------------------------------------------------------------------------------------
+def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dataset):
+    out, result = trained
+    for name in ("model.keras", "params.json", "metrics.json", "roc.png", "scores.png"):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
+    params = json.loads((out / "params.json").read_text())
+    assert params["image_size"] == 72 and params["class_order"] == ["background", "tower"]
+    assert params["data_fingerprint"] == json.loads((dataset / "dataset.json").read_text())["fingerprint"]
+    assert params["weights"] == "none" and params["class_weights"] == {"0": 1.0, "1": 5.0}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["split"] == "test" and set(saved["thresholds"]) == {"youden", "recall_0.9", "seed"}
+
+    # the saved model (safe mode), scoring the test tiles again, gives the same metrics
+    with open(dataset / "index.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    images = np.stack([np.asarray(Image.open(dataset / r["path"])) for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    classifier = Classifier(str(out))
+    scores, points = classifier.predict_with_points(images, batch_size=5)
+    assert saved["n"] == len(rows) and saved["n_tower"] == labels.sum()
+    assert metrics(labels, scores)["roc_auc"] == pytest.approx(saved["roc_auc"], abs=1e-4)
+    np.testing.assert_allclose(classifier.predict(images), scores, atol=1e-5)
+    assert points.shape == (len(rows), 2) and (points >= 0).all() and (points <= 256).all()
+
+
+def test_finished_training_is_not_redone_and_a_different_one_is_refused(trained, dataset):
+    from tower_detector.train import train
+
+    out, result = trained
+    mtime = os.path.getmtime(out / "model.keras")
+    assert train(str(dataset), str(out), TINY, weights="none", log=lambda *a: None)["roc_auc"] == result["roc_auc"]
+    assert os.path.getmtime(out / "model.keras") == mtime
+    with pytest.raises(UserError, match="holds a different training"):
+        train(str(dataset), str(out), dict(TINY, dense_size=64), weights="none")
+
+
+def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
+    out = tmp_path / "m"
+    args = ["train", "--data", dataset, "--out", out, "--weights", "none", "--image-size", 72, "--batch-size", 16,
+            "--epochs-top", 1, "--epochs-fine", 3, "--events"]
+    proc = subprocess.Popen([sys.executable, "-m", "tower_detector", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    seen = []
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress":
+            seen.append(event["epoch"])
+            if event["epoch"] == 2:  # phase 2's first epoch is backed up: kill before the next one ends
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=60)
+    assert seen == [1, 2] and not (out / "model.keras").exists()
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    epochs = [e["epoch"] for e in events_of(again.stdout) if e["event"] == "progress"]
+    assert epochs == [3, 4]
+    assert (out / "model.keras").is_file() and not (out / "backup").exists()
+
+
+def test_weights_file_is_loaded_into_the_base(dataset, tmp_path):
+    import keras
+
+    from tower_detector.train import train
+
+    base = keras.applications.Xception(include_top=False, weights=None, input_shape=(72, 72, 3))
+    path = tmp_path / "xception_notop.weights.h5"
+    base.save_weights(path)
+    train(str(dataset), str(tmp_path / "m"), dict(TINY, epochs_phase1=0, epochs_phase2=0), weights=str(path),
+          log=lambda *a: None)
+    model = Classifier(str(tmp_path / "m")).model
+    loaded = model.get_layer(base.name).get_layer("block1_conv1").get_weights()[0]
+    np.testing.assert_array_equal(loaded, base.get_layer("block1_conv1").get_weights()[0])
+
+
+def test_imagenet_offline_says_how_to_pass_a_weights_file(dataset, tmp_path):
+    env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras"), HTTPS_PROXY="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    proc = cli("train", "--data", dataset, "--out", tmp_path / "m", "--image-size", 72, "--events", env=env)
+    error = events_of(proc.stdout)[-1]
+    assert proc.returncode == 2 and error["event"] == "error"
+    assert "ImageNet" in error["message"] and "--weights FILE" in error["message"] and "\n" not in error["message"]
+
+
+# -- bad datasets and model directories --------------------------------------------------------------------
+def _copy_dataset(dataset, dest):
+    import shutil
+
+    shutil.copytree(dataset, dest)
+    return dest
+
+
+def test_one_class_dataset_is_refused(dataset, tmp_path):
+    from tower_detector.train import train
+
+    ds = _copy_dataset(dataset, tmp_path / "ds")
+    text = (ds / "index.csv").read_text().splitlines()
+    rows = [text[0]] + [line[: line.rfind(",", 0, line.rfind(","))] + ",0," + line.rsplit(",", 1)[1]
+                        for line in text[1:]]
+    (ds / "index.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=r"split \(train\) has no tower tiles"):
+        train(str(ds), str(tmp_path / "m"), TINY, weights="none")
+
+
+def test_wrong_image_shape_and_missing_splits(dataset, tmp_path):
+    from tower_detector.train import train
+
+    ds = _copy_dataset(dataset, tmp_path / "ds")
+    victim = sorted((ds / "tiles").iterdir())[3]
+    Image.new("L", (128, 128)).save(victim, format="PNG")
+    with pytest.raises(UserError, match=rf"{victim.name} is 128x128 L; tiles must be 256x256 RGB"):
+        train(str(ds), str(tmp_path / "m"), TINY, weights="none")
+    np.savez(tmp_path / "data.npz", x_train=np.zeros((4, 256, 256, 3), np.float32), y_train=np.zeros((4, 2)))
+    with pytest.raises(UserError, match=r"x_train is float32 .* must be uint8"):
+        train(str(tmp_path), str(tmp_path / "m2"), TINY, weights="none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is not a dataset"):
+        train(str(tmp_path / "empty"), str(tmp_path / "m3"), TINY, weights="none")
+
+
+def test_incompatible_or_missing_model_directories(trained, tmp_path):
+    import shutil
+
+    out, _ = trained
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("model.keras"))
+    with pytest.raises(UserError, match="has params.json but no model.keras"):
+        Classifier(str(copy))
+    params = json.loads((copy / "params.json").read_text())
+    (copy / "params.json").write_text(json.dumps(dict(params, version=99, tower_detector_version="9.0")))
+    with pytest.raises(UserError, match=r"written by tower-detector 9.0 \(model format 99\)"):
+        Classifier(str(copy))
+    with pytest.raises(UserError, match="no model directory"):
+        Classifier(str(tmp_path / "nothing"))
+
+
+def test_cli_bad_params_file_is_one_line(dataset, tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"dense_size": 64, "lr": 0.1}))
+    proc = cli("train", "--data", dataset, "--out", tmp_path / "m", "--params", tmp_path / "p.json", "--weights",
+               "none")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown parameter(s) lr" in proc.stderr
+
+
+# -- search ----------------------------------------------------------------------------------------------------
+def test_killed_search_resumes_and_keeps_every_trial(dataset, tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"dense_size": {"choice": [8, 16, 32]}, "dropout": {"uniform": [0.1, 0.5]},
+                                 "optimizer": {"choice": ["adam", "sgd"]}}))
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps(dict(TINY, epochs_phase2=0)))
+    out = tmp_path / "search"
+    args = ["search", "--data", dataset, "--out", out, "--trials", 3, "--space", space, "--params", fixed,
+            "--weights", "none", "--metric", "roc_auc", "--events"]
+    proc = subprocess.Popen([sys.executable, "-m", "tower_detector", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "log" and event["message"].startswith("trial 2/3"):
+            proc.send_signal(signal.SIGKILL)  # trial 0 done, trial 1 just started
+            break
+    proc.wait(timeout=60)
+    history = json.loads((out / "history.json").read_text())["trials"]
+    assert [t["status"] for t in history] == ["ok", "running"]
+    first_model = os.path.getmtime(out / "trials/000/model.keras")
+    killed_params = history[1]["params"]
+
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    history = json.loads((out / "history.json").read_text())["trials"]
+    assert [t["status"] for t in history] == ["ok"] * 3 and history[1]["params"] == killed_params
+    assert os.path.getmtime(out / "trials/000/model.keras") == first_model  # not trained again
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    values = [float(r["roc_auc"]) for r in rows]
+    assert len(rows) == 3 and values == sorted(values, reverse=True)
+    best = history[int(rows[0]["trial"])]
+    assert json.loads((out / "best/params.json").read_text())["dense_size"] == best["params"]["dense_size"]
+    assert events_of(again.stdout)[-1]["best_trial"] == best["tid"]
+    # the same command once more has nothing left to do
+    assert cli(*args).returncode == 0
+    assert json.loads((out / "history.json").read_text())["trials"] == history
