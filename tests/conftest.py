@@ -1,4 +1,5 @@
-"""Shared fixtures: one small synthetic scene per test session, and the reference data's location."""
+"""Shared fixtures: one small synthetic scene per test session, moto's S3 on loopback, and the reference data's
+location."""
 
 import os
 import sys
@@ -26,6 +27,59 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data absent: {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on loopback, with dummy credentials in the environment; yields a boto3 client.
+
+    AWS_ENDPOINT_URL points at the server (client.meta.endpoint_url), so boto3 and GDAL's /vsis3/ in the code
+    under test reach it. Buckets are the tests' to create; moto keeps them for the whole process, so use names
+    no other module uses.
+    """
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true",
+                           "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
+            mp.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(key, raising=False)
+        yield boto3.client("s3")
+    moto.stop()
+
+
+TINY_TRAINING = {"image_size": 72, "batch_size": 16, "epochs_phase1": 1, "epochs_phase2": 1, "dense_size": 32}
+
+
+@pytest.fixture(scope="session")
+def training_set(tmp_path_factory):
+    """A dataset from a 16x16-tile scene (seed 7), 0.6/0.2/0.2 in 4x4-tile blocks: every split has both classes."""
+    from tower_detector.dataset import build_dataset, parse_splits
+    from tower_detector.sample import write_sample_scene
+
+    work = tmp_path_factory.mktemp("training-set")
+    write_sample_scene(str(work / "scene"), tiles_x=16, tiles_y=16, seed=7)
+    summary = build_dataset(str(work / "scene/area.geojson"), str(work / "scene/towers.geojson"),
+                            str(work / "scene/scene.tif"), str(work / "ds"), splits=parse_splits("0.6,0.2,0.2"),
+                            block_size=4, background_ratio=2, seed=1, log=lambda *a: None)
+    assert all(s["tower"] and s["background"] for s in summary["splits"].values())
+    return work / "ds"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(training_set, tmp_path_factory):
+    """A model directory trained for real on training_set at a tiny size: (path, the test metrics)."""
+    from tower_detector.train import train
+
+    out = tmp_path_factory.mktemp("tiny-model") / "model"
+    return out, train(str(training_set), str(out), TINY_TRAINING, weights="none", log=lambda *a: None)
 
 
 # QGIS (pytest-qgis) and TensorFlow share this process only in tests; the plugin never loads TensorFlow. Once

@@ -35,26 +35,10 @@ def server(tile_server):
 
 
 @pytest.fixture(scope="module")
-def s3(tile_server):
-    """moto's S3 on loopback, with dummy credentials in the environment; yields a boto3 client."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-                           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true",
-                           "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
-            mp.setenv(key, value)
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(key, raising=False)
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="imagery")
-        yield client
-    moto.stop()
+def s3(s3):
+    """conftest's moto S3 on loopback, with the bucket these tests use."""
+    s3.create_bucket(Bucket="imagery")
+    return s3
 
 
 def _ids(server, n=None):
@@ -458,3 +442,15 @@ def test_spec_forms(server, sample_scene, tmp_path):
         with pytest.raises(UserError, match=match) as caught:
             open_imagery(spec)
         assert SECRET not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_environment_references_carry_secrets_without_showing_them(server, monkeypatch):
+    server.token = "the-right-one"
+    monkeypatch.setenv("TD_TEST_TOKEN", "the-right-one")
+    spec = server.template().split("?")[0] + "?access_token=${TD_TEST_TOKEN}"
+    with open_imagery(spec, concurrency=2) as source:
+        assert all(r.error is None for r in source.fetch(_ids(server, 2)))
+        assert "the-right-one" not in source.description + repr(source)
+    monkeypatch.delenv("TD_TEST_TOKEN")
+    with pytest.raises(UserError, match=r"\$\{TD_TEST_TOKEN\}, which is not set"):
+        open_imagery(spec)

@@ -9,35 +9,22 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAINING as TINY  # noqa: E402
 from PIL import Image
 
 from tower_detector.evaluate import metrics
 from tower_detector.events import UserError
 from tower_detector.model import DEFAULT_PARAMS, Classifier, check_params
 
-TINY = {"image_size": 72, "batch_size": 16, "epochs_phase1": 1, "epochs_phase2": 1, "dense_size": 32}
+
+@pytest.fixture(scope="module")
+def dataset(training_set):
+    return training_set
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from tower_detector.dataset import build_dataset, parse_splits
-    from tower_detector.sample import write_sample_scene
-
-    work = tmp_path_factory.mktemp("train")
-    write_sample_scene(str(work / "scene"), tiles_x=16, tiles_y=16, seed=7)
-    summary = build_dataset(str(work / "scene/area.geojson"), str(work / "scene/towers.geojson"),
-                            str(work / "scene/scene.tif"), str(work / "ds"), splits=parse_splits("0.6,0.2,0.2"),
-                            block_size=4, background_ratio=2, seed=1, log=lambda *a: None)
-    assert all(s["tower"] and s["background"] for s in summary["splits"].values())
-    return work / "ds"
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory):
-    from tower_detector.train import train
-
-    out = tmp_path_factory.mktemp("model") / "m"
-    return out, train(str(dataset), str(out), TINY, weights="none", log=lambda *a: None)
+def trained(tiny_model):
+    return tiny_model
 
 
 def cli(*args, timeout=600, **kwargs):

@@ -1,7 +1,8 @@
 """The `tower-detector` command line: one subcommand per pipeline step.
 
 Each subcommand is a function taking (args, reporter); it raises UserError for bad input.
-Exit codes: 0 success, 2 bad input (one line on stderr, or an error event), 1 failure.
+Exit codes: 0 success, 2 bad input (one line on stderr, or an error event), 1 failure, 143 stopped by
+SIGTERM at a safe point (run the same command again to resume), 130 interrupted (Ctrl-C).
 """
 
 import argparse
@@ -10,7 +11,7 @@ import sys
 import traceback
 
 from . import __version__
-from .events import Reporter, UserError
+from .events import Interrupted, Reporter, UserError
 
 
 def cmd_tiles(args, rep):
@@ -110,6 +111,34 @@ def cmd_search(args, rep):
     rep.result(text, out=args.out, **{k: v for k, v in result.items() if k != "table"})
 
 
+def cmd_predict(args, rep):
+    from .predict import predict
+
+    stats = predict(args.model, args.imagery, args.out, area=args.area, tiles=args.tiles, zoom=args.zoom,
+                    shard=args.shard, shards=args.shards, workers=args.workers, checkpoint_every=args.checkpoint_every,
+                    batch_size=args.batch_size, max_tiles=args.max_tiles, progress=rep.progress, log=rep.log)
+    text = (f"scored {stats['tiles_scored']:,} tiles into {args.out} ({stats['tiles_failed']:,} failed, "
+            f"{stats['chunks_written']} chunks written, {stats['chunks_existing']} already there; "
+            f"{stats['tiles_per_second']} tiles/s)")
+    rep.result(text, **stats)
+
+
+def cmd_results(args, rep):
+    from .results import merge_results
+
+    if not any((args.heatmap, args.candidates, args.json, args.geojson)):
+        raise UserError("results: ask for at least one of --heatmap, --candidates, --json, --geojson")
+    summary = merge_results(args.store, heatmap=args.heatmap, candidates=args.candidates, threshold=args.threshold,
+                            json_path=args.json, geojson_path=args.geojson, yes_threshold=args.yes_threshold,
+                            progress=rep.progress, log=rep.log)
+    lines = [f"{summary['scored']:,} tiles scored, {summary['failed']:,} failed"
+             + ("" if summary["complete"] else f", {summary['tiles_missing']:,} not scored yet (job unfinished)"),
+             f"{summary['candidates']:,} candidates at or above {summary['threshold']} "
+             f"({summary['candidates_yes']:,} at or above {summary['yes_threshold']})"]
+    lines += [f"  {kind}: {path}" for kind, path in summary["outputs"].items()]
+    rep.result("\n".join(lines), **summary)
+
+
 def _fmt(value):
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -177,6 +206,29 @@ def build_parser():
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--seed", type=int, default=0)
 
+    sp = command("predict", cmd_predict, "Score every tile of an area into a results store (resumes when run again).")
+    sp.add_argument("--model", required=True, help="model directory (from train or search's best/)")
+    sp.add_argument("--imagery", required=True, help="XYZ URL template, GeoTIFF/COG, .mbtiles, or x-y-z tile folder")
+    sp.add_argument("--area", help="GeoJSON file or bbox W,S,E,N")
+    sp.add_argument("--tiles", help="a tile cover file from `tower-detector tiles --out` (instead of --area)")
+    sp.add_argument("--out", required=True, help="results store: a directory or s3://bucket/prefix")
+    sp.add_argument("--zoom", type=int, default=18)
+    sp.add_argument("--shard", help="i/n: score only shard i of n (X-index ranges; for parallel workers)")
+    sp.add_argument("--shards", type=int, help="split the job into N shards (all scored here unless --shard)")
+    sp.add_argument("--workers", type=int, default=16, help="concurrent imagery requests and decoders")
+    sp.add_argument("--checkpoint-every", type=int, default=5000, help="tiles per chunk: the unit of checkpoints")
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--max-tiles", type=int, default=100_000_000)
+
+    sp = command("results", cmd_results, "Merge a results store into a heatmap, candidates and the seed's formats.")
+    sp.add_argument("store", help="results store: a directory or s3://bucket/prefix")
+    sp.add_argument("--heatmap", help="heatmap GeoTIFF to write (EPSG:3857, one pixel per tile)")
+    sp.add_argument("--candidates", help="candidates GeoPackage to write (tiles at or above --threshold)")
+    sp.add_argument("--threshold", type=float, default=0.5, help="candidate score cut (see the model's metrics.json)")
+    sp.add_argument("--yes-threshold", type=float, default=0.97, help="'Yes' band of the overlay (the seed's 0.97)")
+    sp.add_argument("--json", help="the seed's {\"x-y-z\": score} JSON")
+    sp.add_argument("--geojson", help="the seed's GeoJSON overlay (Maybe/Yes bands)")
+
     sp = command("sample", cmd_sample, "Write a synthetic aerial scene with HV towers, for tests and demos.")
     sp.add_argument("--out", required=True, help="output directory")
     sp.add_argument("--tiles-x", type=int, default=8)
@@ -203,6 +255,9 @@ def main(argv=None):
     except UserError as exc:
         rep.error(str(exc), kind="bad_input")
         return 2
+    except Interrupted as exc:
+        rep.error(str(exc), kind="interrupted")
+        return 143
     except KeyboardInterrupt:
         rep.error("interrupted", kind="interrupted")
         return 130

@@ -14,6 +14,10 @@ class UserError(Exception):
     """Bad input: the CLI prints the message as one line and exits 2."""
 
 
+class Interrupted(Exception):
+    """Stopped on request (SIGTERM) at a safe point: the CLI reports it and exits 143, so a retry resumes."""
+
+
 class Reporter:
     def __init__(self, events=False, stream=None, err=None):
         self.events = events

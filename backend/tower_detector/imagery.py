@@ -756,7 +756,26 @@ _FORMS = ("an XYZ URL template (https://.../{z}/{x}/{y}.png), a GeoTIFF/COG/VRT 
 def open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retries=4, timeout=30.0, backoff=0.5,
                  tms=False, subdomains="abc", tile_size=TILE_SIZE, bands=None):
     """An ImagerySource for `spec` (see the module docstring for the forms); UserError for anything else."""
-    spec = os.fspath(spec).strip()
+    written = os.fspath(spec).strip()
+    source = _open(_expand_env(written), cache_dir, concurrency, rate_limit, retries, timeout, backoff, tms,
+                   subdomains, tile_size, bands)
+    if "${" in written:  # keep ${NAME}, never its value, wherever the spec is shown or stored
+        source.description = redact(written)
+    return source
+
+
+def _expand_env(spec):
+    """${NAME} references -> their environment values: how secrets reach us without a command line or file."""
+    def value(match):
+        name = match.group(1)
+        if name not in os.environ:
+            raise UserError(f"the imagery spec refers to ${{{name}}}, which is not set in the environment")
+        return os.environ[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value, spec)
+
+
+def _open(spec, cache_dir, concurrency, rate_limit, retries, timeout, backoff, tms, subdomains, tile_size, bands):
     common = dict(cache_dir=cache_dir, concurrency=concurrency, tile_size=tile_size)
     lower = spec.lower()
     is_url = lower.startswith(("http://", "https://"))

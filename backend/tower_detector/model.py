@@ -13,7 +13,7 @@ Architecture: Resizing(image_size) -> Rescaling to [-1, 1] (Xception's preproces
 -> Dropout -> Dense(1, sigmoid, float32). With pretrained weights the base is called with training=False, so
 its BatchNormalization layers stay in inference mode while fine-tuning (their statistics were learnt on far
 more data than ours; updating them from small batches wrecks the features). Trained from scratch
-(weights none), they learn normally.
+(weights none), they learn normally, with a momentum of 0.9 so their moving averages keep up.
 """
 
 import json
@@ -124,7 +124,15 @@ def build_model(params, weights="none"):
     inputs = keras.Input(shape=(None, None, 3), name="tile")
     x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="resize")(inputs)
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="xception_scale")(x)
-    x = base(x, training=False) if pretrained else base(x)
+    if pretrained:
+        x = base(x, training=False)
+    else:
+        # from scratch the features change fast: statistics that follow them closely keep validation (which
+        # uses the moving averages) in step with training; Keras' default momentum 0.99 lags for ~100s of steps
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+        x = base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(params["dense_size"], activation=params["dense_activation"],
                            kernel_initializer=params["weight_init"], name="dense")(x)

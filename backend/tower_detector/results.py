@@ -1,0 +1,565 @@
+"""Merged outputs of a prediction store: a heatmap GeoTIFF, a candidates GeoPackage, the seed's JSON and GeoJSON.
+
+    summary = merge_results("s3://bucket/zambia", heatmap="zambia.tif", candidates="zambia.gpkg", threshold=0.5,
+                            json_path="seed.json", geojson_path="overlay.geojson")
+
+One pass over the store's chunks (read ahead in threads) feeds every output; a job that is not finished is
+merged as far as it goes (summary["complete"] is False and the missing chunks are counted). Each output is
+written to a temp file next to it and renamed at the end, so a failure never leaves a half-written file.
+
+Heatmap (GeoTIFF)
+    EPSG:3857, one pixel per tile, aligned to the tile grid: pixel (col, row) is tile (x0 + col, y0 + row), the
+    geotransform is tile (x0, y0)'s tilemath.tile_bounds_3857 corner with the tile's width as pixel size. float32
+    P(tower), nodata -1 where a tile is not scored, failed, in a missing chunk or outside the cover. Tiled 512 x
+    512, DEFLATE with the floating-point predictor, BigTIFF when needed, internal overviews (x2, x4, ... down
+    to ~128 px) averaged with nodata ignored, so a country opens at once in QGIS. Tags: zoom, tile_x0, tile_y0.
+    Written in strips of 512 columns (chunks are merged in column order), so each block is written once and
+    memory is one strip (512 x height x 4 bytes: 18 MB for a 9,000-row country), never the whole raster.
+    Antimeridian: a cover that crosses it (columns at both ends of the grid) is not a world-wide strip: x0 is
+    the column after the widest empty gap, and the raster continues east past 180 degrees (EPSG:3857 x beyond
+    20,037,508 m) with tiles x < x0 at columns (x - x0) mod 2^zoom. GDAL and QGIS draw it there, contiguous.
+
+Candidates (GeoPackage, written with sqlite3 to the OGC GeoPackage 1.2 spec; GDAL's validator accepts it)
+    layer candidates (Polygon, EPSG:4326): the tile squares with score >= threshold, by score descending (fid
+    and rank 1 = the highest; ties by x, then y). Fields: tile_id "x-y-z", x, y, z, score, rank, point_lon,
+    point_lat (the CAM point, tile pixels -> lon/lat; the tile centre when there is none), point_source
+    ("cam" or "tile_centre"), status (default "unreviewed"), note, reviewer, reviewed_at (for the review UI).
+    layer candidate_points (Point, EPSG:4326): the same candidates' points (same fid), tile_id, score,
+    point_source. Both have an R-tree spatial index. Its update triggers fire only when the geometry or the
+    fid changes, so plain sqlite3 clients can update status/note without GDAL's ST_* functions.
+    table job (attributes, key/value TEXT): threshold, yes_threshold, zoom, store, job identity and notes,
+    counts; no secrets (the store redacts its job spec).
+
+Seed JSON: {"x-y-z": score} for every scored tile (6 significant digits), as the 2018 pipeline wrote it. It is
+    the one per-tile text output (~0.4 us per tile; ~1 GB for 34 M tiles): ask for it only when needed.
+GeoJSON overlay (RFC 7946): the tiles at or above threshold as polygons with properties x, y, z, prob (score
+    rounded to 3 decimals), label and simplestyle-spec hints (fill, stroke, fill-opacity, stroke-width). Bands,
+    decided on the unrounded score: "Yes" (red, #d7191c) at or above yes_threshold (0.97, the 2018 project's
+    ROC-chosen cut), "Maybe" (orange, #fdae61) from threshold up to it.
+"""
+
+import json
+import math
+import os
+import secrets
+import sqlite3
+import time
+
+import numpy as np
+
+from .events import UserError
+from .store import open_store
+from .tilemath import ORIGIN_SHIFT
+
+NODATA = -1.0
+BLOCK = 512  # GeoTIFF block size, and the width of the strips the heatmap is written in
+BANDS = {"Yes": {"fill": "#d7191c", "stroke": "#d7191c", "fill-opacity": 0.5, "stroke-width": 1},
+         "Maybe": {"fill": "#fdae61", "stroke": "#e66101", "fill-opacity": 0.35, "stroke-width": 1}}
+
+
+def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json_path=None, geojson_path=None,
+                  progress=None, log=None, *, yes_threshold=0.97, concurrency=8):
+    """Merge a store's chunks into the outputs asked for (None: not written); return the summary.
+
+    Summary: store, zoom, tiles (in the job), chunks_total/done/missing, complete, tiles_missing (in missing
+    chunks), scored, failed, failures {reason: count}, unscored (in present chunks, neither scored nor failed),
+    threshold, yes_threshold, candidates, candidates_yes, score_min/mean/max, histogram {edges, counts} (10 bins
+    over 0..1), heatmap_grid {x0, y0, width, height}, outputs {kind: path}.
+    Bad input (UserError, one line): threshold outside 0..1, unwritable or misnamed outputs, a store with no job,
+    a store with no scored tile yet.
+    """
+    report = progress or (lambda done, total, **fields: None)
+    say = log or (lambda message, **fields: None)
+    threshold = _fraction(threshold, "--threshold")
+    yes_threshold = _fraction(yes_threshold, "the Yes threshold")
+    outputs = {k: os.fspath(v) for k, v in (("heatmap", heatmap), ("candidates", candidates), ("json", json_path),
+                                              ("geojson", geojson_path)) if v is not None}
+    _check_outputs(outputs)
+
+    store = open_store(store_spec, concurrency=concurrency)
+    try:
+        job = store.read_job()
+        plan, cover = store.plan, store.cover
+        done = store.done_chunks()
+        missing = [c for c in plan.all_chunks() if c not in done]
+        if not done:
+            raise UserError(f"no chunks in {store.spec} yet: nothing to merge (has `predict` run?)")
+        if missing:
+            say(f"the job is not finished: {len(missing):,} of {plan.total_chunks:,} chunks are missing; "
+                "merging what is there")
+        grid = heatmap_grid(cover)
+        order = _merge_order(plan, done, grid)
+        temps = {kind: _temp_name(path) for kind, path in outputs.items()}
+        try:
+            summary = _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report)
+            for kind, path in outputs.items():
+                os.replace(temps[kind], path)
+        finally:
+            for tmp in temps.values():
+                _remove(tmp)
+    finally:
+        store.close()
+    summary.update({"chunks_total": plan.total_chunks, "chunks_done": len(done), "chunks_missing": len(missing),
+                    "complete": not missing, "tiles_missing": int(sum(plan.chunk_len(*c) for c in missing)),
+                    "outputs": outputs})
+    return summary
+
+
+def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report):
+    """The one pass over the chunks: streams the heatmap and the seed JSON, gathers statistics and candidates
+    (five arrays per candidate tile: memory grows with the candidates, not with the job)."""
+    zoom = plan.zoom
+    stats = _Stats()
+    picked = []
+    heat = _HeatmapWriter(temps["heatmap"], grid, store.spec) if "heatmap" in temps else None
+    seed = _SeedJson(temps["json"], zoom) if "json" in temps else None
+    try:
+        for i, (_, _, c) in enumerate(store.iter_chunks(order)):
+            ok = ~np.isnan(c["score"])
+            x, y, s = c["x"][ok].astype(np.int64), c["y"][ok].astype(np.int64), c["score"][ok]
+            stats.add(len(ok), s, c["error_reason"])
+            hit = s >= np.float32(threshold)  # scores are float32, so is the cut: 0.95 keeps a score of 0.95
+            picked.append((x[hit], y[hit], s[hit], c["cam_x"][ok][hit], c["cam_y"][ok][hit]))
+            if heat:
+                heat.add((x - grid["x0"]) % (1 << zoom), y - grid["y0"], s)
+            if seed:
+                seed.add(x, y, s)
+            report(i + 1, len(order), stage="merge")
+        if not stats.scored:
+            why = f" ({stats.failed:,} failed: {_top(stats.failures)})" if stats.failed else ""
+            raise UserError(f"no scored tiles in {store.spec} yet{why}: nothing to merge")
+        if heat:
+            report(len(order), len(order), stage="overviews")
+            heat.close()
+        if seed:
+            seed.close()
+    finally:
+        if heat:
+            heat.abort()
+        if seed:
+            seed.abort()
+
+    cx, cy, cs, cam_x, cam_y = (np.concatenate(a) for a in zip(*picked))
+    rank = np.lexsort((cy, cx, -cs))  # score descending, then x, then y: deterministic
+    cx, cy, cs, cam_x, cam_y = cx[rank], cy[rank], cs[rank], cam_x[rank], cam_y[rank]
+    summary = {"store": store.spec, "zoom": zoom, "tiles": plan.cover.count, **stats.summary(),
+               "threshold": threshold, "yes_threshold": yes_threshold, "candidates": len(cs),
+               "candidates_yes": int((cs >= np.float32(yes_threshold)).sum()),
+               "heatmap_grid": {k: grid[k] for k in ("x0", "y0", "width", "height")}}
+    if "candidates" in temps:
+        info = {**{k: v for k, v in job.items() if k not in ("format", "version")},
+                "threshold": threshold, "yes_threshold": yes_threshold, "zoom": zoom, "store": store.spec,
+                "merged": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "counts": {k: summary[k] for k in ("tiles", "scored", "failed", "candidates", "candidates_yes")}}
+        write_candidates_gpkg(temps["candidates"], zoom, cx, cy, cs, cam_x, cam_y, info)
+    if "geojson" in temps:
+        write_overlay_geojson(temps["geojson"], zoom, cx, cy, cs, yes_threshold)
+    return summary
+
+
+class _Stats:
+    """Counts, failures by reason, a 10-bin histogram and min/mean/max of the scores, chunk by chunk."""
+
+    def __init__(self):
+        self.tiles = self.scored = self.failed = 0
+        self.failures = {}
+        self.counts = np.zeros(10, dtype=np.int64)
+        self.total, self.lo, self.hi = 0.0, math.inf, -math.inf
+
+    def add(self, tiles, scores, reasons):
+        self.tiles += tiles
+        self.failed += len(reasons)
+        for reason, k in zip(*(a.tolist() for a in np.unique(reasons, return_counts=True))):
+            self.failures[reason] = self.failures.get(reason, 0) + k
+        if len(scores):
+            self.scored += len(scores)
+            self.counts += np.histogram(scores, bins=10, range=(0.0, 1.0))[0]
+            self.total += float(scores.sum(dtype=np.float64))
+            self.lo, self.hi = min(self.lo, float(scores.min())), max(self.hi, float(scores.max()))
+
+    def summary(self):
+        return {"tiles_done": self.tiles, "scored": self.scored, "failed": self.failed,
+                "failures": dict(sorted(self.failures.items(), key=lambda kv: -kv[1])),
+                "unscored": self.tiles - self.scored - self.failed,
+                "score_min": self.lo, "score_mean": self.total / self.scored, "score_max": self.hi,
+                "histogram": {"edges": np.linspace(0, 1, 11).round(1).tolist(), "counts": self.counts.tolist()}}
+
+
+def _top(counts, n=3):
+    return ", ".join(f"{k} x{v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:n])
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------------
+def _fraction(value, name):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number in 0..1, not {value!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise UserError(f"{name} must be in 0..1, not {value:g}")
+    return value
+
+
+_EXTS = {"heatmap": (".tif", ".tiff"), "candidates": (".gpkg",), "json": (".json",),
+         "geojson": (".geojson", ".json")}
+
+
+def _check_outputs(outputs):
+    seen = {}
+    for kind, path in outputs.items():
+        if not path.lower().endswith(_EXTS[kind]):
+            raise UserError(f"the {kind} output {path} must end with {' or '.join(_EXTS[kind])}")
+        real = os.path.realpath(path)
+        if real in seen:
+            raise UserError(f"the {seen[real]} and {kind} outputs are the same file {path}")
+        seen[real] = kind
+        if os.path.isdir(path):
+            raise UserError(f"the {kind} output {path} is a directory")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise UserError(f"cannot write the {kind} output {path}: no such directory {folder}")
+        probe = _temp_name(path)
+        try:
+            with open(probe, "wb"):
+                pass
+        except OSError as exc:
+            raise UserError(f"cannot write the {kind} output {path}: {exc.strerror or exc}") from None
+        _remove(probe)
+
+
+def _temp_name(path):
+    folder, base = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# heatmap
+# ---------------------------------------------------------------------------------------------
+def heatmap_grid(cover):
+    """The heatmap's pixel grid: {zoom, x0, y0, width, height}; see the module docstring (antimeridian)."""
+    n = 1 << cover.zoom
+    cols = np.unique(cover.x)
+    x0, width = int(cols[0]), int(cols[-1] - cols[0] + 1)
+    if len(cols) > 1:
+        gaps = np.diff(cols)
+        k = int(np.argmax(gaps))
+        if gaps[k] > cols[0] + n - cols[-1]:  # the widest gap is inside: the cover wraps around x = 0
+            x0, width = int(cols[k + 1]), int(cols[k] + n - cols[k + 1] + 1)
+    y0 = int(cover.y0.min())
+    return {"zoom": cover.zoom, "x0": x0, "y0": y0, "width": width, "height": int(cover.y1.max()) - y0}
+
+
+def heatmap_transform(grid):
+    """The affine geotransform of a heatmap grid (rasterio's Affine)."""
+    from rasterio.transform import Affine
+
+    size = 2 * ORIGIN_SHIFT / (1 << grid["zoom"])
+    return Affine(size, 0.0, -ORIGIN_SHIFT + grid["x0"] * size, 0.0, -size, ORIGIN_SHIFT - grid["y0"] * size)
+
+
+def _merge_order(plan, done, grid):
+    """The present chunks sorted by the first heatmap column they touch (then plan order)."""
+    n = 1 << plan.zoom
+    keys = []
+    for shard in range(len(plan.shards)):
+        first, last = plan.chunk_columns(shard)
+        col = (first - grid["x0"]) % n
+        col[(first < grid["x0"]) & (grid["x0"] <= last)] = 0  # a chunk spanning the wrap starts at column 0
+        keys += [(int(c), shard, j) for j, c in enumerate(col.tolist()) if (shard, j) in done]
+    return [(shard, j) for _, shard, j in sorted(keys)]
+
+
+class _HeatmapWriter:
+    """Writes the heatmap in strips of BLOCK columns. Tiles must come grouped so that, once a tile arrives
+    right of the current strip, no later tile falls left of it, except tiles of the same add() call."""
+
+    def __init__(self, path, grid, store_spec):
+        import rasterio
+
+        self.path, self.grid = path, grid
+        self.width, self.height = grid["width"], grid["height"]
+        self.ds = None
+        self._env = rasterio.Env(GDAL_TIFF_OVR_BLOCKSIZE=BLOCK, COMPRESS_OVERVIEW="DEFLATE", PREDICTOR_OVERVIEW=3,
+                                 GDAL_NUM_THREADS="ALL_CPUS")
+        self._env.__enter__()
+        try:
+            self.ds = rasterio.open(
+                path, "w", driver="GTiff", width=self.width, height=self.height, count=1, dtype="float32",
+                crs="EPSG:3857", transform=heatmap_transform(grid), nodata=NODATA, tiled=True, blockxsize=BLOCK,
+                blockysize=BLOCK, compress="deflate", predictor=3, zlevel=6, bigtiff="IF_SAFER")
+        except BaseException:
+            self._env.__exit__(None, None, None)
+            raise
+        self.ds.update_tags(zoom=grid["zoom"], tile_x0=grid["x0"], tile_y0=grid["y0"], store=store_spec,
+                            pixel=f"one zoom-{grid['zoom']} tile; value P(tower), -1 nodata")
+        self.ds.set_band_description(1, "P(tower)")
+        self.start = 0  # first column of the strip in the buffer
+        self.buf = np.full((self.height, BLOCK), NODATA, dtype=np.float32)
+        self.dirty = False
+        self.pending = []  # (cols, rows, values) right of the current strip
+
+    def add(self, cols, rows, values):
+        if len(cols):
+            self._advance(int(cols.min()))
+            self._place(cols, rows, values)
+
+    def _place(self, cols, rows, values):
+        inside = cols < self.start + BLOCK
+        self.buf[rows[inside], cols[inside] - self.start] = values[inside]
+        self.dirty |= bool(inside.any())
+        if not inside.all():
+            self.pending.append((cols[~inside], rows[~inside], values[~inside]))
+
+    def _advance(self, col):
+        """Write out every strip left of the one holding column `col`."""
+        while col >= self.start + BLOCK:
+            self._flush()
+            pending, self.pending = self.pending, []
+            self.start = min([col] + [int(c.min()) for c, _, _ in pending]) // BLOCK * BLOCK
+            for item in pending:
+                self._place(*item)
+
+    def _flush(self):
+        from rasterio.windows import Window
+
+        if self.dirty:
+            w = min(BLOCK, self.width - self.start)
+            self.ds.write(self.buf[:, :w], 1, window=Window(self.start, 0, w, self.height))
+            self.buf.fill(NODATA)
+            self.dirty = False
+
+    def close(self):
+        from rasterio.enums import Resampling
+
+        self._advance(self.width + BLOCK)
+        self._flush()
+        factors = _overview_factors(self.width, self.height)
+        if factors:
+            self.ds.build_overviews(factors, Resampling.average)  # GDAL leaves nodata pixels out of averages
+            self.ds.update_tags(ns="rio_overview", resampling="average")
+        self.abort()
+
+    def abort(self):
+        if self.ds is not None:
+            self.ds.close()
+            self.ds = None
+            self._env.__exit__(None, None, None)
+
+
+def _overview_factors(width, height):
+    """x2, x4, ... while the level keeps >= 128 px on its long side (x2 at least, for any raster > 1 px)."""
+    size = max(width, height)
+    factors = [2] if size > 1 else []
+    while size / (factors[-1] * 2 if factors else 2) >= 128:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
+# ---------------------------------------------------------------------------------------------
+# seed JSON and GeoJSON
+# ---------------------------------------------------------------------------------------------
+class _SeedJson:
+    """{"x-y-z": score, ...} streamed chunk by chunk."""
+
+    def __init__(self, path, zoom):
+        self.f = open(path, "w", encoding="utf-8")
+        self.zoom = zoom
+        self.sep = "{"
+
+    def add(self, x, y, score):
+        if len(x):
+            z = self.zoom
+            self.f.write(self.sep + ",".join(f'"{a}-{b}-{z}":{s:.6g}'
+                                             for a, b, s in zip(x.tolist(), y.tolist(), score.tolist())))
+            self.sep = ","
+
+    def close(self):
+        self.f.write("{}" if self.sep == "{" else "}")
+        self.abort()
+
+    def abort(self):
+        if not self.f.closed:
+            self.f.close()
+
+
+def tile_lonlat(x, y, zoom):
+    """Vectorised lon, lat of fractional tile coordinates (x + 0.5 is a tile's centre column)."""
+    n = float(1 << zoom)
+    lon = np.asarray(x, dtype=np.float64) / n * 360.0 - 180.0
+    lat = np.degrees(np.arctan(np.sinh(np.pi * (1.0 - 2.0 * np.asarray(y, dtype=np.float64) / n))))
+    return lon, lat
+
+
+def write_overlay_geojson(path, zoom, x, y, score, yes_threshold=0.97):
+    """The seed's overlay: tile squares with x, y, z, prob, label ("Yes"/"Maybe") and simplestyle hints."""
+    w, n = tile_lonlat(x, y, zoom)
+    e, s = tile_lonlat(x + 1, y + 1, zoom)
+    yes = np.asarray(score, dtype=np.float32) >= np.float32(yes_threshold)
+    features = []
+    for xi, yi, prob, is_yes, wi, si, ei, ni in zip(
+            x.tolist(), y.tolist(), np.round(np.asarray(score, np.float64), 3).tolist(), yes.tolist(),
+            *(np.round(v, 8).tolist() for v in (w, s, e, n))):
+        label = "Yes" if is_yes else "Maybe"
+        ring = [[wi, si], [ei, si], [ei, ni], [wi, ni], [wi, si]]  # counter-clockwise (RFC 7946)
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"x": xi, "y": yi, "z": zoom, "prob": prob, "label": label,
+                                        **BANDS[label]}})
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"type": "FeatureCollection", "features": features}, f, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------------
+# GeoPackage, with sqlite3 (GeoPackage 1.2: http://www.geopackage.org/spec120/)
+# ---------------------------------------------------------------------------------------------
+_WGS84_WKT = ('GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],'
+              'AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",'
+              '0.0174532925199433,AUTHORITY["EPSG","9122"]],AXIS["Latitude",NORTH],AXIS["Longitude",EAST],'
+              'AUTHORITY["EPSG","4326"]]')
+_CORE = """
+PRAGMA application_id = 1196444487;  -- 'GPKG'
+PRAGMA user_version = 10200;
+CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY,
+  organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL, description TEXT);
+CREATE TABLE gpkg_contents (table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL, identifier TEXT UNIQUE,
+  description TEXT DEFAULT '', last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER,
+  CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id));
+CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL,
+  geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT NULL,
+  CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name), CONSTRAINT uk_gc_table_name UNIQUE (table_name),
+  CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
+  CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id));
+CREATE TABLE gpkg_extensions (table_name TEXT, column_name TEXT, extension_name TEXT NOT NULL,
+  definition TEXT NOT NULL, scope TEXT NOT NULL, CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name));
+CREATE TABLE candidates (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POLYGON, tile_id TEXT NOT NULL UNIQUE,
+  x INTEGER, y INTEGER, z INTEGER, score REAL, rank INTEGER, point_lon REAL, point_lat REAL, point_source TEXT,
+  status TEXT DEFAULT 'unreviewed', note TEXT, reviewer TEXT, reviewed_at TEXT);
+CREATE TABLE candidate_points (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POINT, tile_id TEXT NOT NULL,
+  score REAL, point_source TEXT);
+CREATE TABLE job (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, key TEXT NOT NULL UNIQUE, value TEXT);
+CREATE VIRTUAL TABLE rtree_candidates_geom USING rtree(id, minx, maxx, miny, maxy);
+CREATE VIRTUAL TABLE rtree_candidate_points_geom USING rtree(id, minx, maxx, miny, maxy);
+"""
+# The spec's R-tree triggers, except that update3/update4 (which act only when the fid changes) fire on
+# UPDATE OF fid instead of on any UPDATE: the same behaviour, but an UPDATE of status or note no longer needs
+# GDAL's ST_* SQL functions, so any sqlite3 client can record review decisions.
+_RTREE_TRIGGERS = """
+CREATE TRIGGER rtree_{t}_geom_insert AFTER INSERT ON {t} WHEN (new.geom NOT NULL AND NOT ST_IsEmpty(NEW.geom))
+BEGIN INSERT OR REPLACE INTO rtree_{t}_geom VALUES (NEW.fid, ST_MinX(NEW.geom), ST_MaxX(NEW.geom),
+  ST_MinY(NEW.geom), ST_MaxY(NEW.geom)); END;
+CREATE TRIGGER rtree_{t}_geom_update1 AFTER UPDATE OF geom ON {t}
+  WHEN OLD.fid = NEW.fid AND (NEW.geom NOTNULL AND NOT ST_IsEmpty(NEW.geom))
+BEGIN INSERT OR REPLACE INTO rtree_{t}_geom VALUES (NEW.fid, ST_MinX(NEW.geom), ST_MaxX(NEW.geom),
+  ST_MinY(NEW.geom), ST_MaxY(NEW.geom)); END;
+CREATE TRIGGER rtree_{t}_geom_update2 AFTER UPDATE OF geom ON {t}
+  WHEN OLD.fid = NEW.fid AND (NEW.geom ISNULL OR ST_IsEmpty(NEW.geom))
+BEGIN DELETE FROM rtree_{t}_geom WHERE id = OLD.fid; END;
+CREATE TRIGGER rtree_{t}_geom_update3 AFTER UPDATE OF fid ON {t}
+  WHEN OLD.fid != NEW.fid AND (NEW.geom NOTNULL AND NOT ST_IsEmpty(NEW.geom))
+BEGIN DELETE FROM rtree_{t}_geom WHERE id = OLD.fid; INSERT OR REPLACE INTO rtree_{t}_geom VALUES (NEW.fid,
+  ST_MinX(NEW.geom), ST_MaxX(NEW.geom), ST_MinY(NEW.geom), ST_MaxY(NEW.geom)); END;
+CREATE TRIGGER rtree_{t}_geom_update4 AFTER UPDATE OF fid ON {t}
+  WHEN OLD.fid != NEW.fid AND (NEW.geom ISNULL OR ST_IsEmpty(NEW.geom))
+BEGIN DELETE FROM rtree_{t}_geom WHERE id IN (OLD.fid, NEW.fid); END;
+CREATE TRIGGER rtree_{t}_geom_delete AFTER DELETE ON {t} WHEN old.geom NOT NULL
+BEGIN DELETE FROM rtree_{t}_geom WHERE id = OLD.fid; END;
+"""
+
+
+def _gpkg_polygons(w, s, e, n):
+    """GeoPackage binary tile squares: 'GP' header with an [minx, maxx, miny, maxy] envelope, then WKB."""
+    dt = np.dtype([("magic", "S2"), ("version", "u1"), ("flags", "u1"), ("srs", "<i4"), ("env", "<f8", (4,)),
+                   ("order", "u1"), ("type", "<u4"), ("rings", "<u4"), ("points", "<u4"), ("xy", "<f8", (10,))])
+    a = np.zeros(len(w), dt)
+    a["magic"], a["flags"], a["srs"] = b"GP", 0b011, 4326  # flags: little-endian, xy envelope
+    a["env"] = np.stack([w, e, s, n], axis=1)
+    a["order"], a["type"], a["rings"], a["points"] = 1, 3, 1, 5  # little-endian WKB Polygon, 1 ring of 5 points
+    a["xy"] = np.stack([w, s, e, s, e, n, w, n, w, s], axis=1)
+    return _rows_bytes(a)
+
+
+def _gpkg_points(lon, lat):
+    dt = np.dtype([("magic", "S2"), ("version", "u1"), ("flags", "u1"), ("srs", "<i4"), ("order", "u1"),
+                   ("type", "<u4"), ("xy", "<f8", (2,))])
+    a = np.zeros(len(lon), dt)
+    a["magic"], a["flags"], a["srs"], a["order"], a["type"] = b"GP", 0b001, 4326, 1, 1  # no envelope; WKB Point
+    a["xy"] = np.stack([lon, lat], axis=1)
+    return _rows_bytes(a)
+
+
+def _rows_bytes(a):
+    raw, size = a.tobytes(), a.dtype.itemsize
+    return [raw[i * size:(i + 1) * size] for i in range(len(a))]
+
+
+def candidate_points(x, y, cam_x, cam_y, zoom):
+    """(lon, lat, source): the CAM point of each tile in lon/lat, or the tile centre where it has none."""
+    cam = ~(np.isnan(cam_x) | np.isnan(cam_y))
+    fx = x + np.where(cam, cam_x / 256.0, 0.5)
+    fy = y + np.where(cam, cam_y / 256.0, 0.5)
+    lon, lat = tile_lonlat(fx, fy, zoom)
+    return lon, lat, np.where(cam, "cam", "tile_centre")
+
+
+def write_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, info):
+    """The candidates GeoPackage (see the module docstring); rows in the order given (rank 1 first)."""
+    k = len(x)
+    x, y = np.asarray(x, dtype=np.int64), np.asarray(y, dtype=np.int64)
+    w, n = tile_lonlat(x, y, zoom)
+    e, s = tile_lonlat(x + 1, y + 1, zoom)
+    lon, lat, source = candidate_points(x, y, np.asarray(cam_x, np.float64), np.asarray(cam_y, np.float64), zoom)
+    fid = list(range(1, k + 1))
+    ids = [f"{a}-{b}-{zoom}" for a, b in zip(x.tolist(), y.tolist())]
+    # float32 scores as their shortest decimal (0.9, not 0.8999999761581421): what people read in QGIS
+    scores, source = [float(str(v)) for v in np.asarray(score, np.float32)], source.tolist()
+    _remove(path)
+    db = sqlite3.connect(path)
+    try:
+        db.executescript(_CORE)
+        db.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", [
+            ("WGS 84 geodetic", 4326, "EPSG", 4326, _WGS84_WKT, "longitude/latitude coordinates in decimal degrees"),
+            ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", "undefined cartesian coordinate system"),
+            ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate system")])
+        bounds = (float(w.min()), float(s.min()), float(e.max()), float(n.max())) if k else (None,) * 4
+        pbounds = (float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())) if k else (None,) * 4
+        db.executemany("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, min_x, min_y, "
+                       "max_x, max_y, srs_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                           ("candidates", "features", "candidates",
+                            f"zoom-{zoom} tiles with P(tower) >= {info['threshold']:g}, best first", *bounds, 4326),
+                           ("candidate_points", "features", "candidate_points",
+                            "the most likely tower point of each candidate tile", *pbounds, 4326),
+                           ("job", "attributes", "job", "the prediction job and merge settings", None, None,
+                            None, None, None)])
+        db.executemany("INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', ?, 4326, 0, 0)",
+                       [("candidates", "POLYGON"), ("candidate_points", "POINT")])
+        db.executemany("INSERT INTO gpkg_extensions VALUES (?, 'geom', 'gpkg_rtree_index', "
+                       "'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')",
+                       [("candidates",), ("candidate_points",)])
+        # rows and R-tree entries first, the R-tree triggers last (they call GDAL's ST_* SQL functions)
+        db.executemany("INSERT INTO candidates (fid, geom, tile_id, x, y, z, score, rank, point_lon, point_lat, "
+                       "point_source, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'unreviewed')",
+                       zip(fid, _gpkg_polygons(w, s, e, n), ids, x.tolist(), y.tolist(), [zoom] * k, scores, fid,
+                           lon.tolist(), lat.tolist(), source))
+        db.executemany("INSERT INTO candidate_points VALUES (?, ?, ?, ?, ?)",
+                       zip(fid, _gpkg_points(lon, lat), ids, scores, source))
+        db.executemany("INSERT INTO rtree_candidates_geom VALUES (?, ?, ?, ?, ?)",
+                       zip(fid, w.tolist(), e.tolist(), s.tolist(), n.tolist()))
+        db.executemany("INSERT INTO rtree_candidate_points_geom VALUES (?, ?, ?, ?, ?)",
+                       zip(fid, lon.tolist(), lon.tolist(), lat.tolist(), lat.tolist()))
+        db.executemany("INSERT INTO job (key, value) VALUES (?, ?)",
+                       [(key, value if isinstance(value, str) else json.dumps(value, default=str))
+                        for key, value in info.items()])
+        db.executescript(_RTREE_TRIGGERS.format(t="candidates") + _RTREE_TRIGGERS.format(t="candidate_points"))
+        db.commit()
+    finally:
+        db.close()
+

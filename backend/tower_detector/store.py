@@ -1,0 +1,761 @@
+"""The results store of a prediction job: a local directory or s3://bucket/prefix, with one layout.
+
+    job.json                                the job spec (written once; a resume must match its identity)
+    cover.json                              the tile cover, TileCover.save's format with the shards (written once)
+    chunks/s{shard:04d}/c{index:07d}.npz    immutable chunk files, one per fixed run of one shard's tiles
+    manifest.json                           progress summary written by finalize() (optional, rewritable)
+
+    store = open_store("s3://bucket/zambia", create=True)        # or a local directory
+    store.create_job({"identity": {"model": fp, "imagery": desc}, "model": path}, cover, shards, chunk_size=5000)
+    for shard, index in store.missing_chunks():
+        xs, ys = store.plan.chunk_tiles(shard, index)
+        store.write_chunk(shard, index, xs, ys, scores, cam_x, cam_y, errors)   # -> ChunkWrite(written, nbytes)
+    store.finalize({"timings": ...})
+
+job.json
+    {"format": "tower-detector/prediction-job", "version": 1, "identity": {...}, "plan": {...}, ...}
+    `identity` is the caller's: whatever makes two runs the same job (model fingerprint, imagery description,
+    preprocessing). `plan` is the store's: zoom, tile count, run count, sha256 of the cover's runs, chunk_size,
+    the shards [{x_start, x_end, count, chunks}] and the total chunk count. A resume (create_job on a store that
+    has a job) must give an equal identity and plan, or it is refused: chunks of another job would be mixed in.
+    Other keys (paths, creation time, host) are the caller's notes and may differ on resume. String values
+    are redacted (URL tokens -> ***) before writing, so secrets never reach the store.
+
+Chunking (deterministic: a function of the cover, the shards and chunk_size only)
+    Shard i holds cover.shard(x_start, x_end)'s tiles in run order: column by column (x ascending), then y
+    ascending. Chunk j of a shard holds that order's tiles [j * chunk_size, (j + 1) * chunk_size). Tiles are
+    found from the runs' cumulative lengths with searchsorted, so a chunk of a 34 M-tile country costs
+    microseconds and no tile list is ever built.
+
+Chunk payload (.npz, compressed; np.load(..., allow_pickle=False) reads it)
+    x, y                 uint32    the chunk's tiles, in plan order
+    score                float32   P(tower) in 0..1; NaN where not scored (always NaN for failed tiles)
+    cam_x, cam_y         float32   most likely tower position inside the tile, tile pixels 0..256; NaN if none
+    error_index          int32     positions (into x, y) of failed tiles
+    error_reason         unicode   why each failed (e.g. "HTTP 404"), redacted
+
+Exactly once
+    Chunk boundaries are fixed by the plan, which the job spec pins (a resume with another cover, shard list
+    or chunk size is refused). A chunk is written whole and atomically, once: locally a temp file in the same
+    directory, fsync, then os.link to the final name (which fails if the name exists, so the first writer wins;
+    on file systems without hard links, check-then-os.replace); on S3 one PUT with If-None-Match: * (conditional
+    write: the object is complete or absent, and a second PUT of the same key is refused with 412). A resume
+    lists the chunks present (one paginated listing) and computes only the missing ones. So every tile lies in
+    exactly one chunk, every chunk is present once with one payload, and a worker that dies mid-chunk leaves no
+    trace but a temp file: its chunk is recomputed by the next run, never half-counted.
+    A conditional PUT whose response was lost and is retried gets 412 for our own object: reported as "already
+    there" (written=False), which is true. S3-compatible stores that answer 501 to If-None-Match fall back to
+    HEAD-then-PUT, where two racing workers may both write the same chunk; both wrote the same tiles with the
+    same model, so the last full object wins and no tile is lost or counted twice.
+
+Cost per checkpoint
+    Each chunk is its own file or object; nothing that grows with progress is rewritten (the seed re-uploaded
+    its whole JSON at every save). ChunkWrite.nbytes and Store.stats record the bytes written per chunk.
+
+S3
+    boto3's standard credential chain; AWS_ENDPOINT_URL is honoured. Retries with exponential backoff and jitter
+    (botocore's "standard" mode, `retries` attempts in all) on throttling (503 SlowDown, 429), 500/502/504 and
+    connection errors. A missing bucket, 403 or missing credentials is a UserError with one line; no secret is
+    ever part of a message.
+"""
+
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from .cover import FORMAT as COVER_FORMAT
+from .cover import TileCover
+from .events import UserError
+from .imagery import redact
+
+JOB_FORMAT = "tower-detector/prediction-job"
+MANIFEST_FORMAT = "tower-detector/prediction-manifest"
+TILE_PIXELS = 256
+_CHUNK_NAME = re.compile(r"^chunks/s(\d{4})/c(\d{7})\.npz$")
+_TMP_SUFFIX = ".tmp"  # local temp files: .<final name>.<random>.tmp, next to the final name
+STALE_TMP_SECONDS = 3600  # temp files older than this are left-overs of dead writers
+
+
+class ChunkWrite(NamedTuple):
+    name: str  # the chunk's name in the store, e.g. chunks/s0001/c0000042.npz
+    written: bool  # False: the chunk was already there and was left as it was
+    nbytes: int  # bytes written (0 when not written)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: which tiles each chunk holds
+# ---------------------------------------------------------------------------------------------
+class ChunkPlan:
+    """The fixed chunking of a cover: shards are [x_start, x_end) ranges, chunks runs of chunk_size tiles."""
+
+    def __init__(self, cover, shards, chunk_size):
+        self.cover = cover
+        self.zoom = cover.zoom
+        self.chunk_size = int(chunk_size)
+        if self.chunk_size < 1:
+            raise UserError(f"chunk size must be at least 1, not {chunk_size}")
+        self.shards = [(int(a), int(b)) for a, b in shards]
+        self._runs = []
+        for a, b in self.shards:
+            keep = (cover.x >= a) & (cover.x < b)
+            x, y0 = cover.x[keep], cover.y0[keep]
+            ends = np.cumsum(cover.y1[keep] - y0)
+            self._runs.append((x, y0, ends, ends - (cover.y1[keep] - y0)))  # ends and starts of runs, in tiles
+
+    def count(self, shard):
+        """Tiles in a shard."""
+        ends = self._runs[shard][2]
+        return int(ends[-1]) if len(ends) else 0
+
+    def chunk_count(self, shard):
+        return -(-self.count(shard) // self.chunk_size)
+
+    @property
+    def total_chunks(self):
+        return sum(self.chunk_count(i) for i in range(len(self.shards)))
+
+    def all_chunks(self):
+        """Every (shard, index) of the plan, in order."""
+        return [(i, j) for i in range(len(self.shards)) for j in range(self.chunk_count(i))]
+
+    def chunk_len(self, shard, index):
+        return min(self.chunk_size, self.count(shard) - index * self.chunk_size)
+
+    def chunk_tiles(self, shard, index):
+        """(xs, ys) int64 arrays of chunk `index` of shard `shard`, in plan order."""
+        if not 0 <= shard < len(self.shards):
+            raise IndexError(f"shard {shard} is not in the plan (0..{len(self.shards) - 1})")
+        if not 0 <= index < self.chunk_count(shard):
+            raise IndexError(f"chunk {index} is not in shard {shard} (0..{self.chunk_count(shard) - 1})")
+        x, y0, ends, starts = self._runs[shard]
+        start = index * self.chunk_size
+        pos = np.arange(start, min(start + self.chunk_size, int(ends[-1])), dtype=np.int64)
+        run = np.searchsorted(ends, pos, side="right")  # the run holding each position
+        return x[run], y0[run] + (pos - starts[run])
+
+    def chunk_columns(self, shard):
+        """(first x, last x) int64 arrays over the shard's chunks: the columns each chunk spans."""
+        x, _, ends, _ = self._runs[shard]
+        n = self.chunk_count(shard)
+        first = np.arange(n, dtype=np.int64) * self.chunk_size
+        last = np.minimum(first + self.chunk_size, self.count(shard)) - 1
+        return x[np.searchsorted(ends, first, side="right")], x[np.searchsorted(ends, last, side="right")]
+
+    def to_dict(self):
+        return {"zoom": self.zoom, "count": self.cover.count, "runs": len(self.cover.x),
+                "cover_sha256": cover_hash(self.cover), "chunk_size": self.chunk_size,
+                "shards": [{"x_start": a, "x_end": b, "count": self.count(i), "chunks": self.chunk_count(i)}
+                           for i, (a, b) in enumerate(self.shards)],
+                "chunks": self.total_chunks}
+
+
+def chunk_count(cover, shard_range, chunk_size):
+    """Number of chunks of chunk_size tiles in the shard [x_start, x_end) of `cover`."""
+    return ChunkPlan(cover, [shard_range], chunk_size).chunk_count(0)
+
+
+def chunk_tiles(cover, shard_range, chunk_size, index):
+    """(xs, ys) int64 arrays of chunk `index` of the shard [x_start, x_end) of `cover`."""
+    return ChunkPlan(cover, [shard_range], chunk_size).chunk_tiles(0, index)
+
+
+def cover_hash(cover):
+    """sha256 of a cover's zoom and runs: equal covers, equal hashes."""
+    runs = np.stack([cover.x, cover.y0, cover.y1], axis=1).astype("<i8")
+    return hashlib.sha256(f"z{cover.zoom}:".encode() + runs.tobytes()).hexdigest()
+
+
+def check_shards(cover, shards):
+    """[(x_start, x_end)] ascending, disjoint and together holding every tile of the cover; else UserError."""
+    if not cover.count:
+        raise UserError("the tile cover is empty: nothing to predict")
+    if shards is None:
+        xmin, _, xmax, _ = cover.bounds()
+        return [(xmin, xmax + 1)]
+    try:
+        shards = [(int(a), int(b)) for a, b in shards]
+    except (TypeError, ValueError):
+        raise UserError(f"shards must be (x_start, x_end) pairs, not {shards!r}") from None
+    if not shards:
+        raise UserError("the shard list is empty")
+    for (a, b), nxt in zip(shards, shards[1:] + [None]):
+        if b <= a or (nxt and nxt[0] < b):
+            raise UserError(f"shards must be ascending, non-empty, disjoint X ranges; got {shards}")
+    inside = sum(int(((cover.x >= a) & (cover.x < b)) @ (cover.y1 - cover.y0)) for a, b in shards)
+    if inside != cover.count:
+        raise UserError(f"the shards hold {inside:,} of the cover's {cover.count:,} tiles; they must hold all")
+    return shards
+
+
+# ---------------------------------------------------------------------------------------------
+# back ends: bytes by name
+# ---------------------------------------------------------------------------------------------
+class _LocalBackend:
+    def __init__(self, root):
+        self.root = root
+
+    def _path(self, name):
+        return os.path.join(self.root, *name.split("/"))
+
+    def read(self, name):
+        try:
+            with open(self._path(name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, name):
+        return os.path.isfile(self._path(name))
+
+    def write_once(self, name, data):
+        """Atomically create `name` with `data` unless it exists; True when written."""
+        path = self._path(name)
+        if os.path.exists(path):
+            return False
+        tmp = self._write_temp(path, data)
+        try:
+            try:
+                os.link(tmp, path)  # atomic and never replaces: of two racing writers, the first wins
+                written = True
+            except FileExistsError:
+                written = False
+            except OSError:  # no hard links here (some network and FUSE file systems): check, then replace
+                written = not os.path.exists(path)
+                if written:
+                    os.replace(tmp, path)
+            _fsync_dir(os.path.dirname(path))
+        finally:
+            _remove(tmp)
+        return written
+
+    def write(self, name, data):
+        """Atomically create or replace `name`."""
+        path = self._path(name)
+        tmp = self._write_temp(path, data)
+        try:
+            os.replace(tmp, path)
+            _fsync_dir(os.path.dirname(path))
+        finally:
+            _remove(tmp)
+
+    def _write_temp(self, path, data):
+        folder, base = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like any new file
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+        except BaseException:
+            _remove(tmp)
+            raise
+        return tmp
+
+    def list(self, prefix):
+        """Names under `prefix` (a folder path ending with /), recursively."""
+        top = self._path(prefix.rstrip("/"))
+        for folder, _, files in os.walk(top):
+            rel = os.path.relpath(folder, self.root).replace(os.sep, "/")
+            yield from (f"{rel}/{f}" for f in files)
+
+    def remove_stale_temp(self, max_age):
+        now = time.time()
+        for folder, _, files in os.walk(self.root):
+            for f in files:
+                path = os.path.join(folder, f)
+                if f.startswith(".") and f.endswith(_TMP_SUFFIX):
+                    try:
+                        if now - os.stat(path).st_mtime > max_age:
+                            os.remove(path)
+                    except OSError:
+                        pass
+
+    def close(self):
+        pass
+
+
+def _fsync_dir(folder):
+    # make the new directory entry durable too; not possible on every platform
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+class _S3Backend:
+    def __init__(self, bucket, prefix, *, retries, timeout, concurrency, page_size):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix, self.page_size = bucket, prefix, page_size
+        self.spec = f"s3://{bucket}/{prefix}"
+        config = Config(retries={"total_max_attempts": max(1, int(retries)), "mode": "standard"},
+                        connect_timeout=timeout, read_timeout=timeout, max_pool_connections=max(10, concurrency))
+        # a session of our own: credentials are resolved now, not cached from an earlier store's (boto3's default
+        # session keeps the first ones it found); the client is thread-safe; the endpoint from AWS_ENDPOINT_URL
+        self.s3 = boto3.session.Session().client("s3", config=config)
+        self._conditional = True  # If-None-Match: * works, until a store answers 501
+
+    def check(self):
+        self._call("head_bucket", Bucket=self.bucket)
+
+    def _call(self, op, **kwargs):
+        """One S3 call; botocore has retried transient errors. Auth and missing buckets -> UserError."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.s3, op)(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            self._user_error(exc, bucket_call=op == "head_bucket")
+            raise
+
+    def _user_error(self, exc, bucket_call=False):
+        """Raise a one-line UserError for errors that are the user's to fix; return for the others."""
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        if isinstance(exc, NoCredentialsError):
+            raise UserError(f"no AWS credentials for {self.spec}: set AWS_PROFILE or AWS_ACCESS_KEY_ID and "
+                            "AWS_SECRET_ACCESS_KEY, or run with an instance role") from None
+        if isinstance(exc, EndpointConnectionError):
+            raise UserError(f"cannot reach S3 for {self.spec}: {redact(_one_line(exc))}") from None
+        if isinstance(exc, ClientError):
+            code, status = _error_code(exc)
+            if code == "NoSuchBucket" or (bucket_call and status == 404):
+                raise UserError(f"S3 bucket {self.bucket!r} does not exist ({self.spec})") from None
+            if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise UserError(f"access denied to {self.spec} ({code or status}): check the AWS credentials "
+                                "and the bucket's policy") from None
+
+    def read(self, name):
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._call("get_object", Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc)[0] in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def exists(self, name):
+        from botocore.exceptions import ClientError
+
+        try:
+            self._call("head_object", Bucket=self.bucket, Key=self.prefix + name)
+            return True
+        except ClientError as exc:
+            if _error_code(exc)[1] == 404:
+                return False
+            raise
+
+    def write_once(self, name, data):
+        """One conditional PUT (If-None-Match: *); True when written, False when the key exists."""
+        from botocore.exceptions import ClientError
+
+        key = self.prefix + name
+        for attempt in range(6):
+            if not self._conditional:
+                if self.exists(name):
+                    return False
+                self._call("put_object", Bucket=self.bucket, Key=key, Body=data)
+                return True
+            try:
+                self._call("put_object", Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                code, status = _error_code(exc)
+                if status == 412 or code == "PreconditionFailed":
+                    return False  # it exists: another worker's, or ours whose first answer was lost
+                if (status == 409 or code == "ConditionalRequestConflict") and attempt < 5:
+                    time.sleep(0.05 * 2**attempt)  # a concurrent conditional write to this key is under way
+                elif status == 501 or code == "NotImplemented":
+                    self._conditional = False  # an S3-compatible store without conditional writes
+                else:
+                    raise
+        raise AssertionError("unreachable")
+
+    def write(self, name, data):
+        self._call("put_object", Bucket=self.bucket, Key=self.prefix + name, Body=data)
+
+    def list(self, prefix):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix, PaginationConfig={"PageSize": self.page_size})
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(self.prefix):]
+        except (BotoCoreError, ClientError) as exc:
+            self._user_error(exc, bucket_call=True)
+            raise
+
+    def remove_stale_temp(self, max_age):
+        pass  # a PUT is atomic: S3 never holds partial objects
+
+    def close(self):
+        self.s3.close()
+
+
+def _error_code(exc):
+    err = exc.response.get("Error", {})
+    return str(err.get("Code", "")), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# the store
+# ---------------------------------------------------------------------------------------------
+def open_store(spec, *, create=False, retries=10, timeout=60.0, concurrency=8, page_size=1000):
+    """A Store for a local directory or s3://bucket/prefix.
+
+    create=True makes the local directory and checks that it can be written (for `predict`); otherwise the
+    store must exist. S3: the bucket must exist and be readable (one HEAD). retries: S3 attempts in all per
+    request; page_size: keys per listing page. Bad specs, unwritable directories, missing buckets, 403s and
+    missing credentials are UserErrors with one line.
+    """
+    spec = os.fspath(spec).strip()
+    if not spec:
+        raise UserError("the store is empty: give a directory or s3://bucket/prefix")
+    if spec.lower().startswith("s3://"):
+        bucket, _, prefix = spec[5:].partition("/")
+        if not bucket:
+            raise UserError(f"no bucket in {spec}; expected s3://bucket/prefix")
+        prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        backend = _S3Backend(bucket, prefix, retries=retries, timeout=timeout, concurrency=concurrency,
+                             page_size=page_size)
+        try:
+            backend.check()
+        except BaseException:
+            backend.close()
+            raise
+        return Store(backend.spec, backend, concurrency=concurrency)
+    if "://" in spec:
+        raise UserError(f"unsupported store {redact(spec)}: use a local directory or s3://bucket/prefix")
+    if create:
+        try:
+            os.makedirs(spec, exist_ok=True)
+            probe = os.path.join(spec, f".write-test-{secrets.token_hex(4)}")
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as exc:
+            raise UserError(f"cannot write to the store {spec}: {exc.strerror or exc}") from None
+    elif not os.path.isdir(spec):
+        raise UserError(f"no prediction job in {spec}: no such directory")
+    return Store(spec, _LocalBackend(spec), concurrency=concurrency)
+
+
+class Store:
+    """One prediction job's results; see the module docstring. Made by open_store()."""
+
+    def __init__(self, spec, backend, concurrency=8):
+        self.spec = spec
+        self.is_s3 = spec.startswith("s3://")
+        self.concurrency = max(1, int(concurrency))
+        self._b = backend
+        self._job = None
+        self._cover = None
+        self._plan = None
+        self.stats = {"chunks_written": 0, "chunks_existing": 0, "bytes_written": 0}
+        self._stats_lock = threading.Lock()  # workers may write chunks from several threads
+
+    def __repr__(self):
+        return f"<Store {self.spec}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._b.close()
+
+    # -- the job -------------------------------------------------------------------------------
+    def create_job(self, job, cover, shards, chunk_size):
+        """Write job.json and cover.json, or check that the job already here is the same one; returns the job.
+
+        job: a JSON-able dict; job["identity"] (a dict) is what must match on resume, with the plan (cover,
+        shards, chunk_size). shards: [(x_start, x_end)] covering every tile (None: one shard).
+        """
+        if not isinstance(job, dict) or not isinstance(job.get("identity", {}), dict):
+            raise ValueError("job must be a dict, and job['identity'] a dict")
+        if {"format", "version", "plan"} & set(job):
+            raise ValueError("job keys 'format', 'version' and 'plan' are the store's own")
+        shards = check_shards(cover, shards)
+        plan = ChunkPlan(cover, shards, chunk_size)
+        spec = {"format": JOB_FORMAT, "version": 1, "identity": job.get("identity", {}), "plan": plan.to_dict()}
+        spec.update((k, v) for k, v in job.items() if k != "identity")
+        spec.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        # JSON round trip (tuples -> lists...) and redaction, so that what is compared is what is stored
+        spec = json.loads(redact(json.dumps(spec, default=_jsonable)))
+
+        existing = self._read_json("job.json")
+        if existing is None:
+            cover_data = json.dumps(cover.to_dict(shards), separators=(",", ":")).encode()
+            if not self._b.write_once("cover.json", cover_data):
+                other = self._load_cover()
+                if cover_hash(other) != spec["plan"]["cover_sha256"]:
+                    raise UserError(f"the store {self.spec} holds the tile cover of another job; use a new --out")
+            if self._b.write_once("job.json", json.dumps(spec, indent=1).encode()):
+                existing = spec
+            else:
+                existing = self._read_json("job.json")  # another worker created it first: compare with it
+        self._check_same_job(existing, spec)
+        self._b.remove_stale_temp(STALE_TMP_SECONDS)  # temp files of writers that died (see the docstring)
+        self._job, self._cover, self._plan = existing, cover, plan
+        return existing
+
+    def _check_same_job(self, existing, new):
+        if existing.get("format") != JOB_FORMAT:
+            raise UserError(f"{self.spec}/job.json is not a prediction job; use a new --out")
+        order = ["zoom", "count", "runs", "cover_sha256", "chunk_size", "shards", "chunks"]  # the telling ones first
+        for part in ("identity", "plan"):
+            old, cur = existing.get(part, {}), new[part]
+            for key in sorted(set(old) | set(cur), key=lambda k: (order.index(k) if k in order else -1, k)):
+                a, b = old.get(key), cur.get(key)
+                if a != b:
+                    if key == "shards" and part == "plan":  # show the X ranges, not the derived counts
+                        a, b = ([[s.get("x_start"), s.get("x_end")] for s in v or []] for v in (a, b))
+                    raise UserError(f"the store {self.spec} already holds a different job ({part} {key}: "
+                                    f"{_short(a)} there, {_short(b)} now); use a new --out")
+
+    def read_job(self):
+        """The job spec (job.json); UserError when the store holds no job."""
+        if self._job is None:
+            job = self._read_json("job.json")
+            if job is None:
+                raise UserError(f"no prediction job in {self.spec}")
+            if job.get("format") != JOB_FORMAT:
+                raise UserError(f"{self.spec}/job.json is not a tower-detector prediction job")
+            self._job = job
+        return self._job
+
+    @property
+    def cover(self):
+        if self._cover is None:
+            job = self.read_job()
+            cover = self._load_cover()
+            if cover_hash(cover) != job["plan"]["cover_sha256"]:
+                raise UserError(f"{self.spec}/cover.json does not match job.json (the store was altered)")
+            self._cover = cover
+        return self._cover
+
+    @property
+    def plan(self):
+        if self._plan is None:
+            p = self.read_job()["plan"]
+            self._plan = ChunkPlan(self.cover, [(s["x_start"], s["x_end"]) for s in p["shards"]], p["chunk_size"])
+        return self._plan
+
+    def _load_cover(self):
+        data = self._read_json("cover.json")
+        if not isinstance(data, dict) or data.get("format") != COVER_FORMAT:
+            raise UserError(f"{self.spec}/cover.json is missing or not a tile cover")
+        runs = np.asarray(data["runs"], dtype=np.int64).reshape(-1, 3)
+        return TileCover(data["zoom"], runs[:, 0], runs[:, 1], runs[:, 2])
+
+    def _read_json(self, name):
+        data = self._b.read(name)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise UserError(f"{self.spec}/{name} is not valid JSON") from None
+
+    # -- chunks --------------------------------------------------------------------------------
+    @staticmethod
+    def chunk_name(shard, index):
+        return f"chunks/s{int(shard):04d}/c{int(index):07d}.npz"
+
+    def write_chunk(self, shard, index, x, y, score, cam_x=None, cam_y=None, errors=None):
+        """Write chunk (shard, index) once and atomically; an existing chunk is left as it is.
+
+        x, y must be exactly plan.chunk_tiles(shard, index). score: P(tower) per tile, NaN where not scored.
+        cam_x, cam_y: tower position in tile pixels (0..256) or NaN; None: all NaN. errors: None, a list with a
+        reason or None per tile (ImagerySource.fetch_batch's), or {position: reason}; failed tiles score NaN.
+        Caller mistakes (wrong tiles, lengths, ranges) raise ValueError. Returns a ChunkWrite.
+        """
+        name = self.chunk_name(shard, index)
+        want_x, want_y = self.plan.chunk_tiles(shard, index)
+        x, y = np.asarray(x).ravel(), np.asarray(y).ravel()
+        if not (np.array_equal(x, want_x) and np.array_equal(y, want_y)):
+            raise ValueError(f"{name}: x, y are not the plan's tiles for this chunk")
+        n = len(want_x)
+        score = _column(score, n, "score", name, 0.0, 1.0)
+        cam_x = _column(cam_x, n, "cam_x", name, 0.0, TILE_PIXELS)
+        cam_y = _column(cam_y, n, "cam_y", name, 0.0, TILE_PIXELS)
+        error_index, error_reason = _errors(errors, n, name)
+        score[error_index] = np.nan
+        buf = io.BytesIO()
+        np.savez_compressed(buf, x=x.astype(np.uint32), y=y.astype(np.uint32), score=score, cam_x=cam_x,
+                            cam_y=cam_y, error_index=error_index, error_reason=error_reason)
+        data = buf.getvalue()
+        written = self._b.write_once(name, data)
+        with self._stats_lock:
+            self.stats["chunks_written" if written else "chunks_existing"] += 1
+            self.stats["bytes_written"] += len(data) if written else 0
+        return ChunkWrite(name, written, len(data) if written else 0)
+
+    def has_chunk(self, shard, index):
+        return self._b.exists(self.chunk_name(shard, index))
+
+    def done_chunks(self, shard=None):
+        """{(shard, index)} of the chunks present: one listing (S3: paginated), never a request per chunk."""
+        prefix = "chunks/" if shard is None else f"chunks/s{int(shard):04d}/"
+        done = set()
+        for name in self._b.list(prefix):
+            m = _CHUNK_NAME.match(name)
+            if m:
+                done.add((int(m[1]), int(m[2])))
+        return done
+
+    def missing_chunks(self, shard=None, done=None):
+        """The plan's chunks not yet in the store, in plan order."""
+        done = self.done_chunks(shard) if done is None else done
+        return [c for c in self.plan.all_chunks() if (shard is None or c[0] == shard) and c not in done]
+
+    def read_chunk(self, shard, index):
+        """The chunk's arrays as a dict (see the module docstring); UserError when missing or corrupt."""
+        name = self.chunk_name(shard, index)
+        data = self._b.read(name)
+        if data is None:
+            raise UserError(f"chunk {name} is not in {self.spec}")
+        return self._decode(name, data, self.plan.chunk_len(shard, index))
+
+    def _decode(self, name, data, n):
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            ok = all(len(arrays[k]) == n for k in ("x", "y", "score", "cam_x", "cam_y"))
+            ok = ok and len(arrays["error_index"]) == len(arrays["error_reason"])
+        except Exception:  # zipfile, numpy and key errors alike: the bytes are not a chunk we wrote
+            ok = False
+        if not ok:
+            raise UserError(f"corrupt chunk {name} in {self.spec}: delete it and resume to recompute it")
+        return arrays
+
+    def iter_chunks(self, keys=None, concurrency=None):
+        """Yield (shard, index, arrays) for `keys` (default: every chunk present, in plan order), reading up
+        to `concurrency` chunks ahead in threads (S3 latency), yielding in order."""
+        keys = sorted(self.done_chunks()) if keys is None else list(keys)
+        self.plan  # noqa: B018 - load the job and cover once, before the threads
+        window = deque()
+        with ThreadPoolExecutor(concurrency or self.concurrency, thread_name_prefix="store") as pool:
+            try:
+                for key in keys:
+                    window.append((key, pool.submit(self.read_chunk, *key)))
+                    if len(window) > 2 * (concurrency or self.concurrency):
+                        (s, i), future = window.popleft()
+                        yield s, i, future.result()
+                while window:
+                    (s, i), future = window.popleft()
+                    yield s, i, future.result()
+            finally:
+                for _, future in window:
+                    future.cancel()
+
+    # -- manifest --------------------------------------------------------------------------------
+    def finalize(self, extra=None):
+        """Write manifest.json (chunks done per shard as [start, end) index ranges, counts, `extra` such as
+        timings) and return it. Rewritable: call it at the end of every run."""
+        plan, done = self.plan, self.done_chunks()
+        shards = []
+        for i, (a, b) in enumerate(plan.shards):
+            idx = np.array(sorted(j for s, j in done if s == i), dtype=np.int64)
+            shards.append({"x_start": a, "x_end": b, "chunks": plan.chunk_count(i), "done": _ranges(idx),
+                           "tiles_done": int(sum(plan.chunk_len(i, j) for j in idx.tolist()))})
+        manifest = {"format": MANIFEST_FORMAT, "version": 1,
+                    "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "chunks_total": plan.total_chunks, "chunks_done": len(done),
+                    "tiles_total": plan.cover.count, "tiles_done": sum(s["tiles_done"] for s in shards),
+                    "complete": len(done) == plan.total_chunks, "shards": shards, **(extra or {})}
+        self.write_manifest(manifest)
+        return manifest
+
+    def write_manifest(self, data):
+        self._b.write("manifest.json", redact(json.dumps(data, indent=1, default=_jsonable)).encode())
+
+    def read_manifest(self):
+        return self._read_json("manifest.json")
+
+
+def _column(values, n, what, name, lo, hi):
+    """A float32 copy of a per-tile column (None: all NaN), checked for length and range (NaN allowed)."""
+    if values is None:
+        return np.full(n, np.nan, dtype=np.float32)
+    out = np.array(values, dtype=np.float32).ravel()
+    if len(out) != n:
+        raise ValueError(f"{name}: {what} has {len(out)} values for {n} tiles")
+    if ((out < lo) | (out > hi)).any():  # NaN compares False: allowed
+        raise ValueError(f"{name}: {what} values must lie in {lo:g}..{hi:g} (or be NaN)")
+    return out
+
+
+def _errors(errors, n, name):
+    if errors is None:
+        items = []
+    elif isinstance(errors, dict):
+        items = sorted((int(i), r) for i, r in errors.items())
+    else:
+        errors = list(errors)
+        if len(errors) != n:
+            raise ValueError(f"{name}: errors has {len(errors)} entries for {n} tiles")
+        items = [(i, r) for i, r in enumerate(errors) if r is not None]
+    index = np.array([i for i, _ in items], dtype=np.int32)
+    if len(index) and (index.min() < 0 or index.max() >= n or len(np.unique(index)) != len(index)):
+        raise ValueError(f"{name}: error positions must be distinct and within 0..{n - 1}")
+    reasons = [redact(" ".join(str(r).split())) or "error" for _, r in items]  # one line each, no secrets
+    return index, np.array(reasons, dtype=str) if reasons else np.zeros(0, dtype="<U1")
+
+
+def _ranges(idx):
+    """Sorted ints -> [[start, end), ...] runs."""
+    if not len(idx):
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts = idx[np.concatenate([[0], breaks])]
+    ends = idx[np.concatenate([breaks - 1, [len(idx) - 1]])] + 1
+    return np.stack([starts, ends], axis=1).tolist()
+
+
+def _short(value):
+    text = json.dumps(value, default=_jsonable)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)

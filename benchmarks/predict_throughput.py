@@ -1,0 +1,164 @@
+"""Prediction throughput, the original project's loop against ours, and checkpoint costs, measured in one run.
+
+    .venv/bin/python benchmarks/predict_throughput.py [--tiles 16] [--image-size 128] [--latency 0.02]
+
+One model (Xception at --image-size, untrained weights: speed does not depend on them) and one sample scene of
+N x N tiles, served by tests/tileserver.py on 127.0.0.1 with --latency seconds per request, from a separate
+process (as a real tile server is; it still shares the CPUs). Times exclude loading the model, and each
+timed run is repeated --repeats times, alternating, keeping the fastest. Prints:
+  (a) end-to-end `predict` tiles/s (fetch + decode + model + checkpoints) over model-only tiles/s on the same
+      tiles already in memory, same batch size (goal >= 0.9);
+  (b) ours against a seed-style loop: one request at a time, PIL decode, predict in batches of 16, and the
+      whole {"x-y-z": score} JSON rewritten at every save (every 5,000 tiles in 2018; here every
+      --seed-save tiles so that a small scene sees several saves) (goal >= 5x);
+  (c) checkpoint overhead: predict with a checkpoint every --checkpoint tiles against one single checkpoint
+      at the end (goal <= 2 %), and bytes written per checkpoint at 10 % and 90 % progress, ours and the seed's.
+"""
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import requests
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from tower_detector.imagery import open_imagery  # noqa: E402
+from tower_detector.model import Classifier, build_model, check_params, write_params  # noqa: E402
+from tower_detector.predict import predict  # noqa: E402
+from tower_detector.sample import write_sample_scene  # noqa: E402
+from tower_detector.store import open_store  # noqa: E402
+
+
+def make_model(folder, image_size):
+    params = check_params({"image_size": image_size})
+    model, _ = build_model(params, "none")
+    os.makedirs(folder, exist_ok=True)
+    model.save(os.path.join(folder, "model.keras"))
+    write_params(folder, params, weights="none", data_fingerprint="benchmark")
+    return Classifier(folder)
+
+
+def seed_loop(server, tiles, classifier, json_path, save_every):
+    """The 2018 pipeline's shape: serial download and decode, batches of 16, whole JSON rewritten per save."""
+    scores, batch, keys, save_sizes = {}, [], [], []
+    session = requests.Session()
+    for n, (x, y) in enumerate(tiles, 1):
+        body = session.get(server.template("png").format(z=18, x=x, y=y), timeout=30).content
+        batch.append(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")))
+        keys.append(f"{x}-{y}-18")
+        if len(batch) == 16 or n == len(tiles):
+            for k, s in zip(keys, classifier.predict(np.stack(batch), batch_size=16)):
+                scores[k] = float(s)
+            batch, keys = [], []
+        if n % save_every == 0 or n == len(tiles):
+            data = json.dumps(scores).encode()
+            with open(json_path, "wb") as f:  # the seed re-uploaded this whole file at every save
+                f.write(data)
+            save_sizes.append((n, len(data)))
+    return scores, save_sizes
+
+
+def timed_predict(model_dir, imagery, area, out, checkpoint, batch_size):
+    """Seconds of predict's scoring loop (fetch, decode, model, checkpoints; not loading the model), stats."""
+    stats = predict(model_dir, imagery, out, area=area, checkpoint_every=checkpoint, batch_size=batch_size,
+                    log=lambda *a, **k: None)
+    return stats["seconds"], stats
+
+
+class ServerProcess:
+    """tests/tileserver.py in a child process, its tiles encoded before it answers: .template(ext), .tiles."""
+
+    def __init__(self, geotiff, latency):
+        import subprocess
+
+        code = ("import sys, json; sys.path.insert(0, sys.argv[1]); from tileserver import TileServer; "
+                "s = TileServer(sys.argv[2], latency=float(sys.argv[3])); s.start(); "
+                "[s.encoded(x, y, 'png') for x, y in s.tiles]; "
+                "print(json.dumps({'url': s.url, 'tiles': s.tiles}), flush=True); sys.stdin.read()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, os.path.join(ROOT, "tests"), geotiff,
+                                      str(latency)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        info = json.loads(self.proc.stdout.readline())
+        self.url, self.tiles = info["url"], [tuple(t) for t in info["tiles"]]
+
+    def template(self, ext="png"):
+        return f"{self.url}/{{z}}/{{x}}/{{y}}.{ext}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiles", type=int, default=24, help="scene size, tiles a side")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--latency", type=float, default=0.02)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--checkpoint", type=int, default=64, help="tiles per checkpoint for (c)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed-save", type=int, default=64, help="tiles per save of the seed-style loop")
+    args = p.parse_args()
+    work = tempfile.mkdtemp(prefix="predict-bench-")
+    info = write_sample_scene(os.path.join(work, "scene"), tiles_x=args.tiles, tiles_y=args.tiles, seed=5)
+    area = os.path.join(work, "scene", "area.geojson")
+    classifier = make_model(os.path.join(work, "model"), args.image_size)
+    model_dir = os.path.join(work, "model")
+    n = args.tiles * args.tiles
+    print(f"{n} tiles, Xception at {args.image_size} px, batch {args.batch_size}, server latency "
+          f"{args.latency * 1000:.0f} ms, {os.cpu_count()} CPUs", flush=True)
+
+    with ServerProcess(os.path.join(work, "scene", "scene.tif"), args.latency) as server:
+        tiles = server.tiles
+        with open_imagery(server.template("png")) as src:
+            images, _ = src.fetch_batch(np.array([t[0] for t in tiles]), np.array([t[1] for t in tiles]), 18)
+        classifier.predict(images[: args.batch_size], batch_size=args.batch_size)  # warm up
+        t = time.perf_counter()
+        model_scores = classifier.predict_with_points(images, batch_size=args.batch_size)[0]
+        model_only = n / (time.perf_counter() - t)
+
+        ours_s = min(timed_predict(model_dir, server.template("png"), area, os.path.join(work, f"a{i}"), 5000,
+                                   args.batch_size)[0] for i in range(args.repeats))
+        ours = n / ours_s
+        print(f"(a) model only {model_only:.1f} tiles/s; end-to-end predict {ours:.1f} tiles/s; "
+              f"ratio {ours / model_only:.2f} (goal >= 0.9)", flush=True)
+
+        t = time.perf_counter()
+        seed_scores, seed_saves = seed_loop(server, tiles, classifier, os.path.join(work, "seed.json"),
+                                            args.seed_save)
+        seed = n / (time.perf_counter() - t)
+        print(f"(b) seed-style loop {seed:.1f} tiles/s; ours {ours:.1f} tiles/s; ratio {ours / seed:.1f}x "
+              f"(goal >= 5x)", flush=True)
+
+        one, many = [], []
+        for i in range(args.repeats):  # alternating, so that drifts in machine load hit both alike
+            one.append(timed_predict(model_dir, server.template("png"), area, os.path.join(work, f"c1-{i}"), n,
+                                     args.batch_size)[0])
+            many.append(timed_predict(model_dir, server.template("png"), area, os.path.join(work, f"c2-{i}"),
+                                      args.checkpoint, args.batch_size)[0])
+        one_s, many_s = min(one), min(many)
+    store = open_store(os.path.join(work, "c2-0"))
+    sizes = [len(store._b.read(store.chunk_name(s, c))) for s, c in store.plan.all_chunks()]
+    k10, k90 = max(int(len(sizes) * 0.1) - 1, 0), int(len(sizes) * 0.9) - 1
+    s10, s90 = seed_saves[max(int(len(seed_saves) * 0.1) - 1, 0)], seed_saves[int(len(seed_saves) * 0.9) - 1]
+    print(f"(c) one checkpoint {one_s:.2f} s, a checkpoint every {args.checkpoint} tiles ({len(sizes)} chunks) "
+          f"{many_s:.2f} s: overhead {100 * (many_s - one_s) / one_s:+.1f} % (goal <= 2 %)")
+    print(f"    bytes per checkpoint, ours: {sizes[k10]:,} at 10 %, {sizes[k90]:,} at 90 %; "
+          f"seed's whole JSON: {s10[1]:,} at 10 %, {s90[1]:,} at 90 %")
+    agree = np.abs(np.array([seed_scores[f"{x}-{y}-18"] for x, y in tiles]) - model_scores).max()
+    print(f"    same scores from all three paths: max difference {agree:.2e}; work folder {work}")
+    assert info["tile_range"]
+
+
+if __name__ == "__main__":
+    main()
