@@ -24,7 +24,7 @@ lint: setup
 test: setup resources lint
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
 
-demo: setup $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json $(DEMO)/model/metrics.json
+demo: setup $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json $(DEMO)/model/metrics.json $(DEMO)/results/heatmap.tif
 	@echo
 	@echo "Demo outputs:"
 	@echo "  imagery (GeoTIFF, EPSG:3857):  $(DEMO)/scene/scene.tif"
@@ -33,6 +33,10 @@ demo: setup $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json $(DEMO)/model/metric
 	@echo "  zoom-18 tile cover (JSON):     $(DEMO)/tiles.json"
 	@echo "  training set (label-maker):    $(DEMO)/dataset/ (data.npz, labels.npz, config.json, tiles/)"
 	@echo "  small model (offline, tiny):   $(DEMO)/model/ (model.keras, params.json, metrics.json, roc.png)"
+	@echo "  results store (chunks):        $(DEMO)/store/"
+	@echo "  heatmap (GeoTIFF):             $(DEMO)/results/heatmap.tif"
+	@echo "  candidates (GeoPackage):       $(DEMO)/results/candidates.gpkg"
+	@echo "  seed JSON / GeoJSON overlay:   $(DEMO)/results/seed.json, $(DEMO)/results/overlay.geojson"
 
 $(DEMO)/scene/scene.tif: $(BACKEND_SOURCES)
 	$(TD) sample --out $(DEMO)/scene --tiles-x 16 --tiles-y 16 --seed 7
@@ -49,6 +53,15 @@ $(DEMO)/model/metrics.json: $(DEMO)/dataset/dataset.json
 	rm -rf $(DEMO)/model
 	$(TD) train --data $(DEMO)/dataset --out $(DEMO)/model --weights none --image-size 72 \
 		--epochs-top 1 --epochs-fine 3 --batch-size 16
+
+$(DEMO)/results/heatmap.tif: $(DEMO)/model/metrics.json
+	rm -rf $(DEMO)/store $(DEMO)/results
+	mkdir -p $(DEMO)/results
+	$(TD) predict --model $(DEMO)/model --imagery $(DEMO)/scene/scene.tif --area $(DEMO)/scene/area.geojson \
+		--out $(DEMO)/store --shards 2 --checkpoint-every 64
+	$(TD) results $(DEMO)/store --heatmap $@ --candidates $(DEMO)/results/candidates.gpkg \
+		--json $(DEMO)/results/seed.json --geojson $(DEMO)/results/overlay.geojson \
+		--threshold $$($(PY) -c "import json; print(json.load(open('$(DEMO)/model/metrics.json'))['thresholds']['youden'] or 0.5)")
 
 clean:
 	rm -rf $(DEMO) build dist
