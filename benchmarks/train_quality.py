@@ -57,6 +57,8 @@ def main():
     p.add_argument("--epochs-top", type=int, default=2)
     p.add_argument("--epochs-fine", type=int, default=14)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--params", help="JSON of hyperparameters over the defaults (to try recipes for training from "
+                   "scratch); the figures in the README say which were used")
     args = p.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="train-quality-")
     os.makedirs(work, exist_ok=True)
@@ -80,9 +82,10 @@ def main():
                                                      for k, v in ds["splits"].items())
         + f"; {time.monotonic() - t:.0f} s")
 
-    model_dir = os.path.join(work, "model")
-    params = {"image_size": args.image_size, "epochs_phase1": args.epochs_top, "epochs_phase2": args.epochs_fine,
-              "batch_size": args.batch_size}
+    model_dir = os.path.join(work, "model" if not args.params else "model-" + os.path.basename(args.params)[:-5])
+    params = json.loads(open(args.params).read()) if args.params else {}
+    params.update({"image_size": args.image_size, "epochs_phase1": args.epochs_top, "epochs_phase2": args.epochs_fine,
+                   "batch_size": args.batch_size})
     t = time.monotonic()
     result = train(data, model_dir, params, weights="none", log=lambda m: say("  " + m))
     train_seconds = time.monotonic() - t

@@ -267,3 +267,20 @@ def test_killed_search_resumes_and_keeps_every_trial(dataset, tmp_path):
     # the same command once more has nothing left to do
     assert cli(*args).returncode == 0
     assert json.loads((out / "history.json").read_text())["trials"] == history
+
+
+def test_cam_point_lands_on_the_hottest_cell(trained):
+    """The locate step alone: a feature map with one hot cell for the head's tower direction -> that cell."""
+    classifier = Classifier(str(trained[0]))
+    dense, tower = classifier.model.get_layer("dense"), classifier.model.get_layer("tower")
+    w1, b1 = dense.get_weights()
+    w2, _ = tower.get_weights()
+    # the feature vector that raises the tower logit most through relu(f @ w1 + b1) @ w2
+    direction = w1 @ np.maximum(w2[:, 0], 0)
+    features = np.zeros((2, 8, 8, w1.shape[0]), np.float32)
+    features[0, 2, 5] = 10 * direction / np.linalg.norm(direction)
+    features[1, 7, 0] = 10 * direction / np.linalg.norm(direction)
+    points = classifier._peaks(features, 256, 256)
+    np.testing.assert_allclose(points[0], [5.5 * 32, 2.5 * 32], atol=16)  # within the hot 32-px cell
+    np.testing.assert_allclose(points[1], [0.5 * 32, 7.5 * 32], atol=16)
+    assert b1.shape == (w1.shape[1],)
