@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from .events import UserError
-from .model import DEFAULT_PARAMS, build_model, check_params, class_weight, set_trainable, write_params
+from .model import DEFAULT_PARAMS, build_model, check_params, class_weight, has_gpu, set_trainable, write_params
 
 TILE = 256
 MONITOR = "val_auc"
@@ -192,7 +192,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print):
     import keras
     import tensorflow as tf
 
-    gpu = bool(tf.config.list_physical_devices("GPU"))
+    gpu = has_gpu()
     if gpu:  # mixed precision and XLA where they pay: on a GPU
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(params["seed"])
