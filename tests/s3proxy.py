@@ -13,7 +13,8 @@ Every `every`-th request gets the next fault of `faults`, cycling:
     throttle   429 TooManyRequests XML; not forwarded
     lost       forwarded (upstream acts on it), then 500 InternalError: the client never sees upstream's answer
     drop       the connection is closed without an answer; not forwarded
-deny=True answers every request with 403 AccessDenied instead.
+deny=True answers every request with 403 AccessDenied instead; deny=callable(method, path) only those it is
+true for (a bucket of another account, say).
 """
 
 import http.client
@@ -53,7 +54,7 @@ class FaultProxy:
                 with proxy._lock:
                     proxy._n += 1
                     fault = None
-                    if proxy.deny:
+                    if proxy.deny(self.command, self.path) if callable(proxy.deny) else proxy.deny:
                         fault = "deny"
                     elif proxy.every and proxy._n % proxy.every == 0:
                         fault = proxy.faults[sum(proxy.injected.values()) % len(proxy.faults)]

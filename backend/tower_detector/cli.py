@@ -12,6 +12,7 @@ import traceback
 
 from . import __version__
 from .events import Interrupted, Reporter, UserError
+from .remote import add_remote_commands
 
 
 def cmd_tiles(args, rep):
@@ -237,6 +238,8 @@ def build_parser():
     sp.add_argument("--lon", type=float, default=28.28, help="longitude of the scene's centre")
     sp.add_argument("--lat", type=float, default=-15.42, help="latitude of the scene's centre")
     sp.add_argument("--zoom", type=int, default=18, help=argparse.SUPPRESS)
+
+    add_remote_commands(sub, command)  # after predict, train and search: `remote submit` mirrors their arguments
     return p
 
 

@@ -1,0 +1,217 @@
+"""`tower-detector remote ...`: train, search and predict on AWS Batch GPU spot capacity.
+
+    remote setup [--check]                      the AWS side, from the CloudFormation template stack.yaml
+    remote secret put NAME                      an imagery token into SSM Parameter Store (SecureString)
+    remote submit predict|train|search ARGS     the local command's own arguments; prints an estimate, asks
+    remote status|logs|cancel|fetch JOB         by the short name given at submit time (or the Batch job id)
+    remote jobs                                 the jobs submitted from this machine
+    remote worker predict|train|search ARGS     what the Batch container runs (written by submit)
+
+Modules: aws.py (sessions, one-line errors), stack.py (setup), jobs.py (submit, status, ...), transfer.py (S3
+inputs and output sync), worker.py (the container side). boto3 is imported only when a remote command runs.
+"""
+
+import argparse
+import copy
+
+from ..events import UserError
+
+_MIRRORED = {}  # kind -> the local command's argparse actions, copied into `remote submit KIND`
+
+
+def add_remote_commands(sub, command):
+    """Register `remote` on the CLI's subparsers; `command(name, func, help)` is cli.build_parser's helper. Call
+    it after predict, train and search are registered: submit mirrors their arguments."""
+    rp = command("remote", _cmd_remote, "Run train, search and predict on AWS Batch GPU spot instances.")
+    rsub = rp.add_subparsers(dest="remote_action", metavar="ACTION")
+
+    def action(parent, name, func, help_text):
+        sp = parent.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--events", action="store_true", help="print JSON-lines events on stdout (for the QGIS plugin)")
+        sp.set_defaults(func=func)
+        return sp
+
+    def aws_options(sp, stack=True):
+        sp.add_argument("--profile", help="AWS named profile (default: the standard credential chain)")
+        sp.add_argument("--region", help="AWS region (default: the profile's, or AWS_REGION)")
+        if stack:
+            sp.add_argument("--stack", default="tower-detector", help="CloudFormation stack name (default %(default)s)")
+
+    sp = action(rsub, "setup", _cmd_setup, "Create or update the AWS side (CloudFormation), or --check it.")
+    aws_options(sp)
+    sp.add_argument("--check", action="store_true", help="only validate the template and report on the stack")
+    sp.add_argument("--bucket", help="name of the results bucket (new stacks; default: chosen by CloudFormation)")
+    sp.add_argument("--vpc", help="VPC id (default: the region's default VPC)")
+    sp.add_argument("--subnets", help="comma-separated subnet ids with internet access (default: the VPC's)")
+    sp.add_argument("--instance-types", help="comma-separated GPU instance types (default g4dn/g5 xlarge, 2xlarge)")
+    sp.add_argument("--max-vcpus", type=int, help="most vCPUs running at once (default 64: 16 workers)")
+    sp.add_argument("--image-tag", help="worker image tag in the stack's ECR repository (default latest)")
+    sp.add_argument("--template", help="a CloudFormation template instead of the packaged stack.yaml")
+
+    sp = action(rsub, "secret", _cmd_remote, "Store imagery secrets in SSM Parameter Store.")
+    ssub = sp.add_subparsers(dest="secret_action", metavar="ACTION")
+    sp = action(ssub, "put", _cmd_secret_put, "Store a secret (read from stdin or a prompt, never from the command "
+                "line) as a SecureString; imagery specs refer to it as ${NAME}.")
+    sp.add_argument("name", help="the secret's name, also the environment variable the worker gets (e.g. TOKEN)")
+    aws_options(sp)
+
+    sp = action(rsub, "submit", _cmd_remote, "Submit a remote job.")
+    ksub = sp.add_subparsers(dest="kind", metavar="KIND")
+    for kind in ("predict", "train", "search"):
+        local = sub.choices.get(kind)
+        if local is None:
+            raise RuntimeError("add_remote_commands must be called after predict, train and search are registered")
+        ksp = action(ksub, kind, _cmd_submit, f"Run `tower-detector {kind}` on AWS Batch; the same arguments, "
+                     "with local paths uploaded to the stack's bucket (or s3:// URIs in it).")
+        _MIRRORED[kind] = []
+        for a in local._actions:
+            if a.dest in ("help", "events", "shard"):  # the array job picks each child's shard
+                continue
+            a = copy.copy(a)
+            if a.dest == "out":
+                a.required = False
+                a.help = "s3://BUCKET/prefix in the stack's bucket (default: s3://BUCKET/jobs/NAME/...)"
+            ksp._add_action(a)  # argparse's own way of sharing arguments (parents=); a copy, so local stays as is
+            _MIRRORED[kind].append(a)
+        aws_options(ksp)
+        ksp.add_argument("--name", help="a short job name for status/logs/fetch (default KIND-DATE-TIME)")
+        ksp.add_argument("--yes", action="store_true", help="submit without asking (needed with --events)")
+        ksp.add_argument("--spot-price", type=float, default=0.20,
+                         help="$ per instance-hour for the estimate (default 0.20: g4dn.xlarge spot, us-east-1)")
+        ksp.add_argument("--timeout-hours", type=float, help="stop an attempt after this long (default: the stack's)")
+        if kind == "predict":
+            ksp.add_argument("--tiles-per-second", type=float, default=150.0,
+                             help="throughput per GPU for the estimate (default 150: an assumption; see README)")
+
+    for name, func, text in (("status", _cmd_status, "Status of a remote job: children, progress, failures."),
+                             ("cancel", _cmd_cancel, "Stop a remote job (what it wrote is kept)."),
+                             ("logs", _cmd_logs, "The last log lines of a remote job (each child of an array job)."),
+                             ("fetch", _cmd_fetch, "Get a job's results: merged outputs of a prediction, or the "
+                                                   "model/search folder.")):
+        sp = action(rsub, name, func, text)
+        sp.add_argument("job", help="the job's name from submit (see `remote jobs`), or its Batch job id")
+        aws_options(sp, stack=False)
+        if name in ("status", "logs"):
+            sp.add_argument("--tail", type=int, default=10 if name == "status" else 50, help="log lines to show")
+        if name == "logs":
+            sp.add_argument("--child", type=int, help="only this child of an array job")
+        if name == "fetch":
+            sp.add_argument("--out", required=True, help="local folder to write into")
+            sp.add_argument("--threshold", type=float, default=0.5, help="candidate score cut (predict)")
+            sp.add_argument("--yes-threshold", type=float, default=0.97, help="'Yes' band of the overlay (predict)")
+
+    action(rsub, "jobs", _cmd_jobs, "The remote jobs submitted from this machine.")
+    sp = action(rsub, "worker", _cmd_worker, "What a Batch container runs (written by `remote submit`).")
+    sp.add_argument("argv", nargs=argparse.REMAINDER, help="predict|train|search and its arguments")
+
+
+def _aws(args, record=None):
+    from .aws import Aws
+
+    record = record or {}
+    return Aws(profile=args.profile or record.get("profile"), region=args.region or record.get("region"))
+
+
+def _cmd_remote(args, rep):
+    raise UserError("remote: give an action (setup, secret put, submit, status, logs, cancel, fetch, jobs; see --help)")
+
+
+def _cmd_setup(args, rep):
+    from .stack import setup
+
+    summary = setup(_aws(args), args.stack, bucket=args.bucket, vpc=args.vpc, subnets=args.subnets,
+                    instance_types=args.instance_types, max_vcpus=args.max_vcpus, image_tag=args.image_tag,
+                    template=args.template, check=args.check, log=rep.log)
+    lines = [f"stack {summary['stack']} in {summary['region']}: {summary['action']}"]
+    lines += [f"  {k}: {v}" for k, v in sorted(summary["outputs"].items())]
+    lines += [f"  problem: {p}" for p in summary["problems"]]
+    rep.result("\n".join(lines), **summary)
+    if summary["problems"]:
+        raise UserError(f"stack {summary['stack']}: {summary['problems'][0]}"
+                        + (f" (and {len(summary['problems']) - 1} more)" if len(summary["problems"]) > 1 else ""))
+
+
+def _cmd_secret_put(args, rep):
+    from .jobs import put_secret, read_secret_value
+
+    aws = _aws(args)
+    name, version = put_secret(aws, args.stack, args.name, read_secret_value())
+    rep.result(f"stored {name} (SecureString, version {version}); refer to it as ${{{args.name}}} in --imagery",
+               parameter=name, version=version)
+
+
+def _cmd_submit(args, rep):
+    from .jobs import submit
+
+    record = submit(_aws(args), args.kind, args, _MIRRORED[args.kind], stack=args.stack, name=args.name,
+                    yes=args.yes, events=args.events, log=rep.log)
+    size = f" ({record['array_size']} children)" if record.get("array_size") else ""
+    rep.result(f"submitted {record['name']}: Batch job {record['job_id']}{size}; output {record['out']}\n"
+               f"follow it with: tower-detector remote status {record['name']}",
+               **{k: record[k] for k in ("name", "kind", "job_id", "out", "estimate", "region")},
+               array_size=record.get("array_size"))
+
+
+def _cmd_status(args, rep):
+    from .jobs import find_job, status
+
+    record = find_job(args.job)
+    text, fields, failure = status(_aws(args, record), record, tail=args.tail)
+    rep.result(text, **fields)
+    if failure:
+        raise UserError(failure)
+
+
+def _cmd_cancel(args, rep):
+    from .jobs import cancel, find_job
+
+    record = find_job(args.job)
+    was, done = cancel(_aws(args, record), record)
+    text = (f"{record['name']}: terminated (was {was}); what it wrote is kept" if done
+            else f"{record['name']} had already ended ({was}): nothing to cancel")
+    rep.result(text, name=record["name"], was=was, terminated=done)
+
+
+def _cmd_logs(args, rep):
+    from .jobs import find_job, logs
+
+    record = find_job(args.job)
+    parts = logs(_aws(args, record), record, tail=args.tail, child=args.child)
+    lines = []
+    for label, part in parts:
+        if len(parts) > 1:
+            lines.append(f"== {label} ==")
+        lines += part or ["(no log lines yet)"]
+    rep.result("\n".join(lines), logs={label: part for label, part in parts})
+
+
+def _cmd_fetch(args, rep):
+    from .jobs import fetch, find_job
+
+    record = find_job(args.job)
+    summary = fetch(_aws(args, record), record, args.out, threshold=args.threshold, yes_threshold=args.yes_threshold,
+                    progress=rep.progress, log=rep.log)
+    if record.get("kind") == "predict":
+        text = (f"{summary['scored']:,} tiles scored, {summary['failed']:,} failed"
+                + ("" if summary["complete"] else f", {summary['tiles_missing']:,} not scored yet (job unfinished)")
+                + f"; {summary['candidates']:,} candidates at or above {summary['threshold']}\n"
+                + "\n".join(f"  {kind}: {path}" for kind, path in summary["outputs"].items()))
+    else:
+        text = f"{summary['files']} files into {args.out}" + ("" if summary["finished"] else " (not finished yet)")
+    rep.result(text, **summary)
+
+
+def _cmd_jobs(args, rep):
+    from .jobs import load_jobs
+
+    jobs = sorted(load_jobs().values(), key=lambda r: r.get("submitted", ""))
+    text = "\n".join(f"{r['name']:<28} {r.get('kind') or '':<8} {r.get('submitted', '')}  {r.get('region', '')}  "
+                     f"{r.get('job_id', '')}" for r in jobs) or "no remote jobs submitted from here"
+    rep.result(text, jobs=[{k: r.get(k) for k in ("name", "kind", "job_id", "region", "submitted", "out")}
+                           for r in jobs])
+
+
+def _cmd_worker(args, rep):
+    from .worker import run_worker
+
+    run_worker(args.argv, rep)

@@ -1,0 +1,583 @@
+"""Remote jobs: submit (with a cost estimate), status, cancel, logs, fetch, secrets, and the local job list.
+
+Layout in the stack's bucket:
+    inputs/{kind}-{sha256}.tar|.json|...   uploaded inputs, content-addressed (the same input is uploaded once)
+    jobs/{name}/cover.json                 a prediction's tile cover (computed here, exact; shards read it)
+    jobs/{name}/results/                   a prediction's results store (store.py's layout)
+    jobs/{name}/out/                       a training's model folder, or a search's folder, mirrored by the worker
+Local list of jobs: $TOWER_DETECTOR_HOME/jobs.json (default ~/.tower-detector), so that status, logs and fetch
+take the short name given at submit time (or the Batch job id).
+"""
+
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+
+from ..events import UserError
+from ..imagery import _SECRET_QUERY, _USERINFO, redact
+from .stack import spot_quota_problems, stack_outputs
+
+# Throughput and prices behind the estimate. ASSUMPTIONS until measured on the real thing: no GPU was available
+# where this was written. 150 tiles/s per g4dn.xlarge (one T4, 4 vCPUs) is bounded by the imagery, not the GPU:
+# 16 concurrent requests at ~100 ms each, decoding on 4 vCPUs; Xception at 256 px alone should do several hundred
+# tiles/s on a T4. Replace it with `predict`'s own tiles_per_second from a run on the instance type.
+DEFAULT_TILES_PER_SECOND = 150.0
+DEFAULT_SPOT_PRICE = 0.20  # $ per g4dn.xlarge-hour on spot (us-east-1, typical; on demand is $0.526)
+STARTUP_MINUTES = 5.0  # per shard: instance boot, worker image pull, model load
+S3_PUT_PER_1000 = 0.005  # $ per 1,000 PUT/LIST requests, S3 Standard, us-east-1
+S3_GET_PER_1000 = 0.0004  # $ per 1,000 GET requests
+MAX_ARRAY_SIZE = 10_000  # Batch's limit on array job children
+TILES_PER_SHARD = 2_000_000  # default shard size: about 4 hours per shard at the assumed throughput
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the local list of jobs
+# ---------------------------------------------------------------------------------------------
+def _home():
+    return os.environ.get("TOWER_DETECTOR_HOME") or os.path.join(os.path.expanduser("~"), ".tower-detector")
+
+
+def load_jobs():
+    path = os.path.join(_home(), "jobs.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON: fix or remove it") from None
+
+
+def save_job(record):
+    jobs = load_jobs()
+    jobs[record["name"]] = record
+    os.makedirs(_home(), exist_ok=True)
+    path = os.path.join(_home(), "jobs.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(jobs, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def find_job(ref):
+    """A job of the local list by its name or Batch job id; a bare Batch id not in the list is taken as it is."""
+    jobs = load_jobs()
+    if ref in jobs:
+        return jobs[ref]
+    for record in jobs.values():
+        if ref in (record.get("job_id"), record.get("job_arn")):
+            return record
+    if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", ref):
+        return {"name": ref, "job_id": ref, "kind": None}
+    known = ", ".join(sorted(jobs)[-5:]) or "none yet"
+    raise UserError(f"no remote job {ref!r} in {os.path.join(_home(), 'jobs.json')} (known: {known})")
+
+
+# ---------------------------------------------------------------------------------------------
+# secrets
+# ---------------------------------------------------------------------------------------------
+def secrets_path(aws, stack):
+    from .stack import describe_stack
+
+    info = describe_stack(aws, stack)
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in (info or {}).get("Outputs", [])}
+    return outputs.get("SecretsPath", "/tower-detector/")
+
+
+def put_secret(aws, stack, name, value):
+    """Store `value` as the SecureString parameter {SecretsPath}{name}; returns its name and version."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise UserError(f"secret names are environment variable names (letters, digits, _): not {name!r}")
+    if not value:
+        raise UserError("the secret is empty")
+    param = secrets_path(aws, stack) + name
+    answer = aws.call("ssm", "put_parameter", what=f"the parameter {param}", Name=param, Value=value,
+                      Type="SecureString", Overwrite=True, Description="imagery secret for tower-detector jobs")
+    return param, answer.get("Version")
+
+
+def read_secret_value(stdin=None, prompt=None):
+    """The secret from stdin (a pipe) or a prompt that does not echo; never from the command line."""
+    import getpass
+
+    stdin = stdin or sys.stdin
+    if stdin.isatty():
+        return (prompt or getpass.getpass)("secret value (not shown): ")
+    return stdin.read().rstrip("\r\n")
+
+
+def _imagery_secrets(aws, outputs, imagery):
+    """Batch `secrets` for the ${NAME} references of an imagery spec; a secret written in clear is refused."""
+    for m in _SECRET_QUERY.finditer(imagery):
+        value = m.group(0)[len(m.group(1)):]
+        if value and not _REF.fullmatch(value):
+            raise UserError(f"the imagery spec holds a secret in clear ({redact(m.group(0))}): store it with "
+                            "`tower-detector remote secret put NAME` and write ${NAME} in its place")
+    userinfo = _USERINFO.search(imagery)
+    if userinfo and _REF.sub("", userinfo.group(0)).strip(":@"):
+        raise UserError("the imagery URL holds a user:password in clear: store it with `tower-detector remote "
+                        "secret put NAME` and write ${NAME} in its place")
+    path = outputs.get("SecretsPath", "/tower-detector/")
+    secrets = []
+    for ref in sorted(set(_REF.findall(imagery))):
+        param = path + ref
+        found = aws.call("ssm", "describe_parameters", what="the stored secrets",
+                         ParameterFilters=[{"Key": "Name", "Values": [param]}])["Parameters"]
+        if not found:
+            raise UserError(f"the imagery refers to ${{{ref}}}, but no secret {param} is stored: run "
+                            f"`tower-detector remote secret put {ref}`")
+        arn = f"arn:{aws.partition}:ssm:{aws.region}:{aws.account}:parameter{param}"
+        secrets.append({"name": ref, "valueFrom": arn})  # the ARN names the secret; Batch fetches the value
+    return secrets
+
+
+def _job_definition(aws, base_arn, secrets):
+    """The stack's job definition, or a copy of it that also maps the secrets to environment variables (Batch
+    takes `secrets` only in a job definition, not at submit time); one copy per set of secrets, reused."""
+    if not secrets:
+        return base_arn
+    base = aws.call("batch", "describe_job_definitions", what="the job definition",
+                    jobDefinitions=[base_arn])["jobDefinitions"]
+    if not base:
+        raise UserError(f"job definition {base_arn} is missing: run `tower-detector remote setup`")
+    base = base[0]
+    props = dict(base["containerProperties"], secrets=secrets)
+    # the API's values are strings; some emulators answer numbers, which register_job_definition refuses
+    props["resourceRequirements"] = [dict(r, value=str(r["value"])) for r in props.get("resourceRequirements") or []]
+    digest = hashlib.sha256(json.dumps([base_arn, secrets], sort_keys=True).encode()).hexdigest()[:10]
+    name = f"{base['jobDefinitionName']}-s{digest}"
+    found = aws.call("batch", "describe_job_definitions", what="the job definition", jobDefinitionName=name,
+                     status="ACTIVE")["jobDefinitions"]
+    if found:
+        return found[0]["jobDefinitionArn"]
+    extra = {k: base[k] for k in ("retryStrategy", "timeout", "platformCapabilities", "propagateTags") if base.get(k)}
+    answer = aws.call("batch", "register_job_definition", what="the job definition", jobDefinitionName=name,
+                      type="container", containerProperties=props, tags={"project": "tower-detector"}, **extra)
+    return answer["jobDefinitionArn"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the estimate
+# ---------------------------------------------------------------------------------------------
+def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PER_SECOND,
+                     spot_price=DEFAULT_SPOT_PRICE, parallel=None):
+    """GPU-hours, dollars and S3 requests of a prediction (see the constants above for the assumptions)."""
+    gpu_hours = tiles / tiles_per_second / 3600
+    instance_hours = gpu_hours + shards * STARTUP_MINUTES / 60
+    # PUT-priced: one per chunk, job.json + cover.json + manifest per shard, the uploads, a listing per shard
+    puts = chunks + 4 * shards + 2
+    # GET-priced: model, cover, job.json, cover.json per shard; `remote fetch` reads every chunk once
+    gets = 4 * shards + chunks + 2
+    s3_dollars = puts / 1000 * S3_PUT_PER_1000 + gets / 1000 * S3_GET_PER_1000
+    parallel = max(1, min(shards, parallel or shards))
+    wall_hours = math.ceil(shards / parallel) * (gpu_hours / shards + STARTUP_MINUTES / 60)
+    return {"tiles": tiles, "shards": shards, "chunks": chunks, "tiles_per_second": tiles_per_second,
+            "gpu_hours": round(gpu_hours, 3), "instance_hours": round(instance_hours, 3),
+            "spot_price": spot_price, "compute_dollars": round(instance_hours * spot_price, 2),
+            "s3_puts": puts, "s3_gets": gets, "s3_dollars": round(s3_dollars, 4),
+            "dollars": round(instance_hours * spot_price + s3_dollars, 2), "parallel": parallel,
+            "wall_hours": round(wall_hours, 2)}
+
+
+def estimate_text(e):
+    return "\n".join([
+        f"estimate: {e['tiles']:,} tiles (the exact cover) in {e['shards']} shards, {e['chunks']:,} chunks",
+        f"  GPU time: {e['gpu_hours']:,.2f} GPU-hours at {e['tiles_per_second']:g} tiles/s per GPU (an assumption: "
+        f"--tiles-per-second) + {STARTUP_MINUTES:g} min start-up per shard = {e['instance_hours']:,.2f} "
+        "instance-hours",
+        f"  compute:  {e['instance_hours']:,.2f} h x ${e['spot_price']:.2f}/h spot (--spot-price) = "
+        f"${e['compute_dollars']:,.2f}",
+        f"  S3:       {e['s3_puts']:,} PUTs (one per chunk) + {e['s3_gets']:,} GETs = ${e['s3_dollars']:,.4f}",
+        f"  total:    ${e['dollars']:,.2f}; about {e['wall_hours']:,.1f} h with {e['parallel']} workers at once"])
+
+
+# ---------------------------------------------------------------------------------------------
+# submit
+# ---------------------------------------------------------------------------------------------
+def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=False, confirm=None, log=None):
+    """Upload the inputs, submit the Batch job (an array job of one child per shard for predict), record it.
+
+    args: the parsed options of the local command `kind` (mirrored by `actions`), with S3 URIs or local paths.
+    """
+    log = log or (lambda message, **fields: None)
+    outputs = stack_outputs(aws, stack)
+    bucket = outputs["Bucket"]
+    name = name or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not _NAME.match(name):
+        raise UserError(f"job names are letters, digits, - and _ (at most 100): not {name!r}")
+    if name in load_jobs():
+        raise UserError(f"a remote job named {name!r} exists already: give another --name")
+    prefix = f"jobs/{name}/"
+    base_def = outputs["JobDefinition"]
+    ce = aws.call("batch", "describe_compute_environments", what="the compute environment",
+                  computeEnvironments=[outputs["ComputeEnvironment"]])["computeEnvironments"]
+    jd = aws.call("batch", "describe_job_definitions", what="the job definition",
+                  jobDefinitions=[base_def])["jobDefinitions"]
+    vcpus = next((int(float(r["value"])) for r in (jd[0]["containerProperties"].get("resourceRequirements") or [])
+                  if r["type"] == "VCPU"), 4) if jd else 4
+    resources = ce[0].get("computeResources", {}) if ce else {}
+    problems = spot_quota_problems(aws, resources.get("instanceTypes", []), vcpus)
+    if problems:
+        raise UserError(problems[0])
+    parallel = max(1, int(resources.get("maxvCpus", vcpus)) // vcpus)
+
+    values = {a.dest: getattr(args, a.dest, None) for a in actions}
+    _check_local_inputs(kind, values)
+    secrets, record = [], {}
+    if kind == "predict":
+        secrets = _check_imagery(aws, outputs, values["imagery"], log)
+        cover, plan = _plan(values)
+        shards = len(plan.shards)
+        estimate = estimate_predict(cover.count, shards, plan.total_chunks, tiles_per_second=args.tiles_per_second,
+                                    spot_price=args.spot_price, parallel=parallel)
+        values["out"] = _out(values.get("out"), bucket, prefix + "results")
+        record.update(store=values["out"], tiles=cover.count, array_size=shards if shards > 1 else None)
+    else:
+        estimate = {"instance_hours": None, "spot_price": args.spot_price,
+                    "note": "one GPU instance for as long as it runs; billed per second"}
+        values["out"] = _out(values.get("out"), bucket, prefix + "out")
+        shards = 1
+    for key, value in values.items():  # before anything is uploaded
+        if isinstance(value, str) and value.lower().startswith("s3://") and key != "imagery":
+            if value[5:].split("/", 1)[0] != bucket:
+                raise UserError(f"--{key.replace('_', '-')} {value}: the workers may use only the stack's bucket "
+                                f"s3://{bucket}/ (its job role allows nothing else)")
+    if aws.call("s3", "list_objects_v2", what=f"s3://{bucket}", Bucket=bucket, Prefix=prefix, MaxKeys=1).get(
+            "KeyCount"):
+        raise UserError(f"s3://{bucket}/{prefix} holds another job of that name: give another --name")
+    text = (estimate_text(estimate) if kind == "predict" else
+            f"estimate: one GPU instance (spot, about ${args.spot_price:g}/h) for as long as the {kind} runs")
+    log(text, estimate=estimate)
+    _confirm(yes, events, confirm)
+
+    from .transfer import upload
+
+    if kind == "predict":
+        values["model"] = _input(aws, values["model"], bucket, "model", top_level_only=True)
+        fd, cover_path = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        try:
+            cover.save(cover_path, shards=plan.shards)
+            upload(aws, cover_path, bucket, prefix + "cover.json")
+        finally:
+            os.remove(cover_path)
+        values.update(tiles=f"s3://{bucket}/{prefix}cover.json", area=None, shards=shards)
+    else:
+        values["data"] = _input(aws, values["data"], bucket, "data")
+        for opt in ("params", "space"):
+            if values.get(opt):
+                values[opt] = _input(aws, values[opt], bucket, opt)
+        if values.get("weights") not in (None, "imagenet", "none"):
+            values["weights"] = _input(aws, values["weights"], bucket, "weights")
+    uploads = {k: v for k, v in values.items() if isinstance(v, str) and v.startswith("s3://") and k != "imagery"}
+    command = ["remote", "worker", kind, *_argv(actions, values), "--events"]
+    job_def = _job_definition(aws, base_def, secrets)
+    request = dict(jobName=name, jobQueue=outputs["JobQueue"], jobDefinition=job_def,
+                   containerOverrides={"command": command,
+                                       "environment": [{"name": "TOWER_DETECTOR_JOB", "value": name}]},
+                   tags={"project": "tower-detector", "job": name}, propagateTags=True)
+    if shards > 1:
+        request["arrayProperties"] = {"size": shards}
+    if getattr(args, "timeout_hours", None):
+        request["timeout"] = {"attemptDurationSeconds": max(60, int(args.timeout_hours * 3600))}
+    answer = aws.call("batch", "submit_job", what=f"job queue {outputs['JobQueue'].rsplit('/', 1)[-1]}", **request)
+    record.update(name=name, kind=kind, job_id=answer["jobId"], job_arn=answer.get("jobArn"), region=aws.region,
+                  profile=aws.profile, stack=stack, bucket=bucket, out=values["out"], log_group=outputs.get("LogGroup"),
+                  job_definition=job_def, inputs=uploads, estimate=estimate, command=command,
+                  submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    save_job(record)
+    return record
+
+
+def _check_local_inputs(kind, values):
+    """What a worker would refuse once an instance has started for it, refused here (local inputs only)."""
+    from ..model import load_params_file, read_params
+
+    def local(name):
+        value = values.get(name)
+        return value if value is not None and not str(value).lower().startswith("s3://") else None
+
+    if local("model"):
+        read_params(local("model"))
+        if not os.path.isfile(os.path.join(local("model"), "model.keras")):
+            raise UserError(f"{local('model')} has params.json but no model.keras")
+    if local("data") and not any(os.path.isfile(os.path.join(local("data"), f)) for f in ("index.csv", "data.npz")):
+        raise UserError(f"{local('data')} is not a dataset: it has neither index.csv nor data.npz")
+    for name in ("params", "space"):
+        if local(name):
+            load_params_file(local(name))
+    weights = local("weights")
+    if weights and weights not in ("imagenet", "none") and not os.path.isfile(weights):
+        raise UserError(f"--weights {weights}: no such file (imagenet, none, or an Xception notop .h5 file)")
+
+
+def _check_imagery(aws, outputs, imagery, log):
+    lower = imagery.lower()
+    if not lower.startswith(("http://", "https://", "s3://")):
+        raise UserError(f"remote imagery must be reachable from AWS (an http(s) URL template or s3://...), not "
+                        f"{redact(imagery)}")
+    if lower.startswith("s3://") and imagery[5:].split("/", 1)[0] != outputs["Bucket"]:
+        log(f"note: the workers' job role reads only s3://{outputs['Bucket']}/; give it read access to "
+            f"{redact(imagery)} (IAM, role {outputs.get('JobRoleArn', '?').rsplit('/', 1)[-1]})")
+    return _imagery_secrets(aws, outputs, imagery)
+
+
+def _plan(values):
+    """The exact cover and the chunk plan of a prediction, computed here (the estimate needs them)."""
+    from ..areas import load_area
+    from ..cover import TileCover, tile_cover
+    from ..store import ChunkPlan
+
+    if (values.get("area") is None) == (values.get("tiles") is None):
+        raise UserError("remote submit predict needs --area or --tiles (one of them)")
+    cover = TileCover.load(values["tiles"]) if values.get("tiles") else tile_cover(load_area(values["area"]),
+                                                                                   values["zoom"])
+    if cover.count == 0:
+        raise UserError("the area or tile list holds no tiles")
+    if cover.count > values["max_tiles"]:
+        raise UserError(f"{cover.count:,} tiles is over --max-tiles {values['max_tiles']:,}")
+    shards = values.get("shards") or max(1, math.ceil(cover.count / TILES_PER_SHARD))
+    shards = min(shards, len(cover.x))
+    if not 1 <= shards <= MAX_ARRAY_SIZE:
+        raise UserError(f"--shards must be 1..{MAX_ARRAY_SIZE:,} (Batch's largest array job)")
+    if values["checkpoint_every"] < 1:
+        raise UserError("--checkpoint-every must be at least 1")
+    return cover, ChunkPlan(cover, cover.shard_ranges(shards), values["checkpoint_every"])
+
+
+def _out(out, bucket, default_key):
+    if out is None:
+        return f"s3://{bucket}/{default_key}"
+    if not str(out).lower().startswith("s3://"):
+        raise UserError(f"--out must be s3://{bucket}/... for a remote job (the workers write there), not {out}")
+    return str(out).rstrip("/")
+
+
+def _input(aws, value, bucket, kind, top_level_only=False):
+    from .transfer import upload_input
+
+    if str(value).lower().startswith("s3://"):
+        return str(value)
+    return upload_input(aws, value, bucket, "", kind, top_level_only=top_level_only)
+
+
+def _argv(actions, values):
+    """Options back into a command line: the local command's own, with S3 URIs in place of local paths."""
+    argv = []
+    for action in actions:
+        value = values.get(action.dest)
+        if value is None or value is False or value == action.default:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def _confirm(yes, events, confirm):
+    if yes:
+        return
+    if events:
+        raise UserError("remote submit with --events needs --yes (the estimate is in the log event above)")
+    if confirm is None:
+        if not sys.stdin.isatty():
+            raise UserError("remote submit: confirm with --yes (no terminal to ask on)")
+        confirm = input
+    if confirm("submit? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise UserError("not submitted")
+
+
+# ---------------------------------------------------------------------------------------------
+# status, logs, cancel, fetch
+# ---------------------------------------------------------------------------------------------
+def describe(aws, job_ids):
+    jobs = []
+    for i in range(0, len(job_ids), 100):
+        jobs += aws.call("batch", "describe_jobs", what="the job", jobs=job_ids[i:i + 100])["jobs"]
+    return jobs
+
+
+def _describe_one(aws, record):
+    jobs = describe(aws, [record["job_id"]])
+    if not jobs:
+        raise UserError(f"Batch knows no job {record['job_id']} in {aws.region} (Batch forgets jobs a week or "
+                        "more after they end)")
+    return jobs[0]
+
+
+def log_tail(aws, record, job, n):
+    """The last n log lines of a job's latest attempt ([] when it has none yet)."""
+    from botocore.exceptions import ClientError
+
+    container = job.get("container") or {}
+    stream = container.get("logStreamName") or next(
+        (a.get("container", {}).get("logStreamName") for a in reversed(job.get("attempts") or [])
+         if a.get("container", {}).get("logStreamName")), None)
+    if not stream or n <= 0:
+        return []
+    group = ((container.get("logConfiguration") or {}).get("options") or {}).get("awslogs-group") \
+        or record.get("log_group") or "/aws/batch/job"
+    try:
+        events = aws.client("logs").get_log_events(logGroupName=group, logStreamName=stream, limit=n,
+                                                   startFromHead=False)["events"]
+    except ClientError as exc:
+        if "ResourceNotFound" in str(exc):
+            return []
+        from .aws import raise_user_error
+
+        raise_user_error(exc, f"the log group {group}", aws.region)
+        raise
+    return [e["message"].rstrip("\n") for e in events][-n:]
+
+
+def _attempts(job):
+    return [{"exit_code": a.get("container", {}).get("exitCode"), "reason": a.get("container", {}).get("reason"),
+             "status_reason": a.get("statusReason")} for a in job.get("attempts") or []]
+
+
+def _why(job):
+    """One line: why a job failed, from its last attempt or its own status reason."""
+    attempts = _attempts(job)
+    last = attempts[-1] if attempts else {}
+    parts = [p for p in (last.get("status_reason"), last.get("reason"), job.get("statusReason")) if p]
+    reason = "; ".join(dict.fromkeys(parts)) or "no reason given"
+    if last.get("exit_code") is not None:
+        reason += f" (exit code {last['exit_code']})"
+    return " ".join(redact(reason).split())
+
+
+def status(aws, record, tail=10):
+    """A status report: (text, fields, failure line or None)."""
+    job = _describe_one(aws, record)
+    fields = {"name": record["name"], "kind": record.get("kind"), "job_id": job["jobId"], "status": job["status"],
+              "status_reason": job.get("statusReason"), "attempts": _attempts(job)}
+    lines = [f"{record['name']} ({record.get('kind') or 'job'}, {job['jobId']}): {job['status']}"
+             + (f" - {job['statusReason']}" if job.get("statusReason") else "")]
+    summary = (job.get("arrayProperties") or {}).get("statusSummary")
+    if summary:
+        fields["children"] = {k: v for k, v in summary.items() if v}
+        fields["size"] = job["arrayProperties"].get("size")
+        lines.append(f"children: {fields['size']} (" + ", ".join(f"{k} {v}" for k, v in fields["children"].items())
+                     + ")")
+    if job["status"] == "RUNNABLE":
+        lines.append("waiting for capacity: spot GPU instances being found, or a vCPU quota too small "
+                     "(`tower-detector remote setup --check`)")
+    if record.get("store"):
+        fields["progress"] = _progress(record["store"])
+        if fields["progress"]:
+            p = fields["progress"]
+            lines.append(f"results: {p['chunks_done']:,}/{p['chunks_total']:,} chunks, {p['tiles_done']:,}/"
+                         f"{p['tiles_total']:,} tiles ({p['tiles_done'] / max(p['tiles_total'], 1):.0%})")
+    failure = None
+    failed = []
+    if summary and summary.get("FAILED"):
+        children = aws.call("batch", "list_jobs", what="the job's children", arrayJobId=job["jobId"],
+                            jobStatus="FAILED")["jobSummaryList"]
+        failed = describe(aws, [c["jobId"] for c in children[:3]])
+    elif job["status"] == "FAILED":
+        failed = [job]
+    fields["failed"] = []
+    for f in failed:
+        index = (f.get("arrayProperties") or {}).get("index")
+        if index is None and ":" in f["jobId"]:  # a child's id is PARENT:INDEX
+            index = int(f["jobId"].rsplit(":", 1)[1])
+        who = f"child {index}" if index is not None else "job"
+        attempts, why, logs = len(f.get("attempts") or []), _why(f), log_tail(aws, record, f, tail)
+        fields["failed"].append({"index": index, "attempts": attempts, "reason": why, "log_tail": logs})
+        lines.append(f"{who} failed after {attempts} attempt{'s' * (attempts != 1)}: {why}")
+        if logs:
+            lines += [f"  last log lines of {who}:"] + [f"    {line}" for line in logs]
+    if job["status"] == "FAILED":
+        first = fields["failed"][0] if fields["failed"] else {"attempts": len(job.get("attempts") or []),
+                                                              "reason": _why(job)}
+        failure = (f"remote job {record['name']} FAILED"
+                   + (f": {summary.get('FAILED')} of {fields.get('size')} children failed" if summary else "")
+                   + f"; after {first['attempts']} attempt{'s' * (first['attempts'] != 1)}: {first['reason']}")
+    return "\n".join(lines), fields, failure
+
+
+def _progress(store_spec):
+    from ..store import open_store
+
+    try:
+        with open_store(store_spec) as store:
+            plan, done = store.plan, store.done_chunks()
+            return {"chunks_done": len(done), "chunks_total": plan.total_chunks,
+                    "tiles_done": sum(plan.chunk_len(s, c) for s, c in done), "tiles_total": plan.cover.count}
+    except UserError:
+        return None  # no worker has started yet
+
+
+def logs(aws, record, tail=50, child=None):
+    """[(label, lines)] for the job, or for each child of an array job (or the one asked for)."""
+    job = _describe_one(aws, record)
+    size = (job.get("arrayProperties") or {}).get("size")
+    if not size:
+        if child not in (None, 0):
+            raise UserError(f"{record['name']} is not an array job: it has no child {child}")
+        return [("job", log_tail(aws, record, job, tail))]
+    indexes = [child] if child is not None else list(range(size))
+    if any(not 0 <= i < size for i in indexes):
+        raise UserError(f"--child must be 0..{size - 1}")
+    children = {c["jobId"]: c for c in describe(aws, [f"{job['jobId']}:{i}" for i in indexes])}
+    return [(f"child {i}", log_tail(aws, record, children[f"{job['jobId']}:{i}"], tail)) for i in indexes
+            if f"{job['jobId']}:{i}" in children]
+
+
+def cancel(aws, record):
+    """Terminate the job (queued children are cancelled, running ones stopped: SIGTERM, then SIGKILL). Batch does
+    not retry a terminated job. What was written stays: chunks in the store, the synced model folder."""
+    job = _describe_one(aws, record)
+    if job["status"] in ("SUCCEEDED", "FAILED"):
+        return job["status"], False
+    aws.call("batch", "terminate_job", what="the job", jobId=job["jobId"],
+             reason="cancelled with tower-detector remote cancel")
+    return job["status"], True
+
+
+def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None, log=None):
+    """predict: merge the S3 store into out/ (heatmap, candidates, the seed's JSON/GeoJSON); train/search:
+    download the model or search folder (without the training's resume checkpoints)."""
+    from .transfer import list_keys, parse_s3
+
+    os.makedirs(out, exist_ok=True)
+    if record.get("kind") == "predict":
+        from ..results import merge_results
+
+        return merge_results(record["store"], heatmap=os.path.join(out, "heatmap.tif"),
+                             candidates=os.path.join(out, "candidates.gpkg"), threshold=threshold,
+                             json_path=os.path.join(out, "scores.json"),
+                             geojson_path=os.path.join(out, "overlay.geojson"), yes_threshold=yes_threshold,
+                             progress=progress, log=log)
+    if record.get("kind") not in ("train", "search"):
+        raise UserError(f"{record['name']} is not a job of this list: fetch needs a job submitted from here")
+    bucket, prefix = parse_s3(record["out"])
+    prefix = prefix.rstrip("/") + "/"
+    s3 = aws.client("s3")
+    skip = re.compile(r"(^|/)(backup|checkpoints)/|^trials/")  # resume state, and every trial of a search
+    n = 0
+    try:
+        keys = [k for k in list_keys(s3, bucket, prefix) if not skip.search(k[len(prefix):])]
+    except Exception as exc:
+        from .aws import raise_user_error
+
+        raise_user_error(exc, record["out"], aws.region)
+        raise
+    for key in keys:
+        path = os.path.join(out, *key[len(prefix):].split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        s3.download_file(bucket, key, path)
+        n += 1
+    if not n:
+        raise UserError(f"nothing in {record['out']} yet: the job has not written anything")
+    state = os.path.join(out, "best" if record["kind"] == "search" else "", "state.json")
+    finished = False
+    if os.path.isfile(state):
+        with open(state) as f:
+            finished = bool(json.load(f).get("finished"))
+    return {"files": n, "out": out, "finished": finished}

@@ -1,0 +1,121 @@
+"""`tower-detector remote worker KIND ARGS...`: what a Batch container runs (the image's entrypoint is
+`tower-detector`; `remote submit` writes the command).
+
+KIND ARGS are a local command's own arguments (predict, train, search) with S3 URIs where the local command takes
+paths. The worker brings those inputs down, runs the local command in this process, and:
+  predict  scores shard AWS_BATCH_JOB_ARRAY_INDEX of --shards N straight into the S3 store (--out s3://...), so
+           an array job of N children scores every shard once. SIGTERM: predict finishes its chunk and exits 143,
+           which the job definition's retry strategy retries; the retry scores only the missing chunks.
+  train,   run in a local folder mirrored to --out s3://... (transfer.DirSync): pulled before, pushed every
+  search   TOWER_DETECTOR_SYNC_SECONDS (120) and at the end, so a retry resumes (train from its checkpoints,
+           search from history.json).
+Imagery secrets arrive as environment variables (Batch injects them from SSM Parameter Store); the imagery spec
+keeps its ${NAME} references, which imagery.open_imagery expands, so no secret is on the command line, in the
+store or in a log.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+
+from ..events import UserError
+from .transfer import DirSync, fetch_input, parse_s3, s3_client
+
+KINDS = ("predict", "train", "search")
+# options whose value is an input path: fetched when they name s3://
+_INPUTS = {"predict": ("model", "tiles", "area"), "train": ("data", "params", "weights"),
+           "search": ("data", "params", "space", "weights")}
+
+
+def run_worker(argv, rep):
+    if not argv or argv[0] not in KINDS:
+        raise UserError(f"remote worker: the first argument must be one of {', '.join(KINDS)}")
+    from ..cli import build_parser
+
+    args = build_parser().parse_args(list(argv))
+    kind = args.command
+    s3 = s3_client()
+    root = os.environ.get("TOWER_DETECTOR_WORK") or os.path.join(tempfile.gettempdir(), "tower-detector-work")
+    # a folder per job (per --out): the same on every attempt, because search records its data path in its
+    # history and would refuse a resume from another one
+    work = os.path.join(root, hashlib.sha256(str(args.out).encode()).hexdigest()[:16])
+    os.makedirs(work, exist_ok=True)
+
+    if kind == "predict":
+        # children of one prediction may share a machine: each its own copy of the inputs
+        inputs = tempfile.mkdtemp(prefix="inputs-", dir=work)
+        try:
+            _fetch_inputs(s3, args, inputs, rep)
+            _predict(args, rep)
+        finally:
+            shutil.rmtree(inputs, ignore_errors=True)
+    else:
+        _fetch_inputs(s3, args, work, rep)
+        _mirrored(s3, args, work, rep)
+
+
+def _fetch_inputs(s3, args, folder, rep):
+    for name in _INPUTS[args.command]:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.lower().startswith("s3://"):
+            suffix = "" if name in ("model", "data") else os.path.splitext(parse_s3(value)[1])[1]
+            rep.log(f"fetching --{name} {value}")
+            setattr(args, name, fetch_input(s3, value, os.path.join(folder, name + suffix)))
+
+
+def _predict(args, rep):
+    if args.shard is None:
+        n = args.shards or 1
+        index = os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX")
+        if index is None and n > 1:
+            raise UserError(f"AWS_BATCH_JOB_ARRAY_INDEX is not set, and the job has {n} shards")
+        args.shard = f"{int(index or 0)}/{n}"
+    rep.log(f"worker: predict shard {args.shard} into {args.out}")
+    args.func(args, rep)  # the store is on S3 already; SIGTERM -> Interrupted -> exit 143, which Batch retries
+
+
+def _mirrored(s3, args, work, rep):
+    """train or search in a local folder mirrored to --out s3://...: pulled first, pushed while and after."""
+    if not str(args.out).lower().startswith("s3://"):
+        raise UserError(f"remote worker {args.command}: --out must be s3://bucket/prefix, not {args.out}")
+    bucket, prefix = parse_s3(args.out)
+    sync = DirSync(s3, os.path.join(work, "out"), bucket, prefix,
+                   interval=float(os.environ.get("TOWER_DETECTOR_SYNC_SECONDS", "120")), log=rep.log)
+    pulled = sync.pull()
+    if pulled:
+        rep.log(f"resuming from {pulled} files in {args.out}")
+    args.out = sync.local
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # a spot notice or a cancel: push what is whole now (ECS kills the container after its stop timeout)
+        previous = signal.signal(signal.SIGTERM, lambda *_: sync.kick())
+    sync.start()
+    outcome = _HeldResult(rep)
+    try:
+        args.func(args, outcome)
+    finally:
+        n = sync.close()
+        rep.log(f"synced {n} files to s3://{bucket}/{sync.prefix}")
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    outcome.release()  # the result last: when it is out, the output is on S3
+
+
+class _HeldResult:
+    """A Reporter whose result is held back until release()."""
+
+    def __init__(self, rep):
+        self._rep, self._result = rep, None
+
+    def __getattr__(self, name):
+        return getattr(self._rep, name)
+
+    def result(self, *args, **fields):
+        self._result = (args, fields)
+
+    def release(self):
+        if self._result is not None:
+            self._rep.result(*self._result[0], **self._result[1])
