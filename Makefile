@@ -4,13 +4,17 @@ PY := .venv/bin/python
 TD := .venv/bin/tower-detector
 BACKEND_SOURCES := $(shell find backend -name '*.py' -not -path '*/__pycache__/*')
 DEMO := demo
+# the demo model's recommended threshold (max Youden J), read when a rule needs it
+THRESHOLD = $$($(PY) -c "import json; print(json.load(open('$(DEMO)/model/metrics.json'))['thresholds']['youden'] or 0.5)")
 
-.PHONY: setup test lint demo resources clean
+.PHONY: setup test lint demo resources clean package qgis
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo   - generate the sample scene, its tile cover and a training set under $(DEMO)/"
+	@echo "make demo   - the whole pipeline on a generated sample scene under $(DEMO)/, offline, ending in a QGIS project"
 	@echo "make test   - lint and run all tests"
+	@echo "make package - the installable QGIS plugin zip in dist/, checked against plugins.qgis.org's rules"
+	@echo "make qgis   - start QGIS with the plugin from this checkout (a profile of its own in build/qgis)"
 
 setup:
 	@scripts/setup.sh
@@ -21,10 +25,14 @@ resources: setup
 lint: setup
 	@.venv/bin/ruff check --output-format concise backend tower_detector_plugin tests benchmarks scripts
 
+# Two pytest processes: the backend's tests load TensorFlow, the plugin's load QGIS's GUI libraries, and the two
+# in one process crash in TensorFlow's native code (they never share a process in production).
 test: setup resources lint
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest --ignore-glob='tests/test_plugin*'
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/test_plugin*.py
 
-demo: setup $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json $(DEMO)/model/metrics.json $(DEMO)/results/heatmap.tif
+demo: setup resources $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json $(DEMO)/model/metrics.json \
+		$(DEMO)/results/heatmap.tif $(DEMO)/demo.qgz
 	@echo
 	@echo "Demo outputs:"
 	@echo "  imagery (GeoTIFF, EPSG:3857):  $(DEMO)/scene/scene.tif"
@@ -37,6 +45,7 @@ demo: setup $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json $(DEMO)/model/metric
 	@echo "  heatmap (GeoTIFF):             $(DEMO)/results/heatmap.tif"
 	@echo "  candidates (GeoPackage):       $(DEMO)/results/candidates.gpkg"
 	@echo "  seed JSON / GeoJSON overlay:   $(DEMO)/results/seed.json, $(DEMO)/results/overlay.geojson"
+	@echo "  QGIS project, styled (.qgz):   $(DEMO)/demo.qgz, rendered by QGIS to $(DEMO)/demo.png"
 
 $(DEMO)/scene/scene.tif: $(BACKEND_SOURCES)
 	$(TD) sample --out $(DEMO)/scene --tiles-x 16 --tiles-y 16 --seed 7
@@ -61,7 +70,19 @@ $(DEMO)/results/heatmap.tif: $(DEMO)/model/metrics.json
 		--out $(DEMO)/store --shards 2 --checkpoint-every 64
 	$(TD) results $(DEMO)/store --heatmap $@ --candidates $(DEMO)/results/candidates.gpkg \
 		--json $(DEMO)/results/seed.json --geojson $(DEMO)/results/overlay.geojson \
-		--threshold $$($(PY) -c "import json; print(json.load(open('$(DEMO)/model/metrics.json'))['thresholds']['youden'] or 0.5)")
+		--threshold $(THRESHOLD)
+
+# the plugin's own styling, from Debian's QGIS; THRESHOLD as for the results above
+$(DEMO)/demo.qgz: $(DEMO)/results/heatmap.tif
+	QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/demo_project.py --scene $(DEMO)/scene/scene.tif \
+		--heatmap $(DEMO)/results/heatmap.tif --candidates $(DEMO)/results/candidates.gpkg --out $@ \
+		--png $(DEMO)/demo.png --threshold $(THRESHOLD)
+
+package: setup resources
+	$(PY) scripts/build_plugin.py zip --dist dist
+
+qgis: setup resources
+	$(PY) scripts/qgis_profile.py --root build/qgis --run
 
 clean:
 	rm -rf $(DEMO) build dist

@@ -3,6 +3,8 @@
 
 python3 scripts/build_plugin.py resources          # compile tower_detector_plugin/resources.py for a dev checkout
 python3 scripts/build_plugin.py zip [--dist DIR]   # build DIR/tower_detector_plugin-<version>.zip (DIR: dist)
+                                                  # and check it against plugins.qgis.org's rules
+python3 scripts/build_plugin.py folder DIR         # DIR/tower_detector_plugin/, e.g. a QGIS_PLUGINPATH entry
 """
 
 import argparse
@@ -77,14 +79,35 @@ def build_zip(dist_dir) -> Path:
     return zip_path
 
 
+def check_zip(zip_path) -> list:
+    """plugins.qgis.org's upload rules, from scripts/check_plugin_zip.py: a list of problems."""
+    spec = importlib.util.spec_from_file_location("check_plugin_zip", REPO / "scripts" / "check_plugin_zip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check_zip(zip_path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("resources", help="compile tower_detector_plugin/resources.py in place if out of date")
-    zip_cmd = commands.add_parser("zip", help="build the installable plugin zip")
+    zip_cmd = commands.add_parser("zip", help="build the installable plugin zip and check it")
     zip_cmd.add_argument("--dist", default=str(REPO / "dist"), help="output directory (default: %(default)s)")
+    folder_cmd = commands.add_parser("folder", help="assemble the plugin folder into DIR")
+    folder_cmd.add_argument("dir")
     args = parser.parse_args(argv)
-    print(ensure_dev_resources() if args.command == "resources" else build_zip(args.dist))
+    if args.command == "resources":
+        print(ensure_dev_resources())
+    elif args.command == "folder":
+        print(build_plugin(args.dir))
+    else:
+        zip_path = build_zip(args.dist)
+        problems = check_zip(zip_path)
+        for problem in problems:
+            print(f"{zip_path}: {problem}", file=sys.stderr)
+        if problems:
+            return 1
+        print(zip_path)
     return 0
 
 

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-qgis qgis-providers python3-venv python3-pip pyqt5-dev-tools xvfb)
+# qgis (the desktop) and xauth (for xvfb-run): `make qgis` and the GUI smoke test
+APT_PACKAGES=(python3-qgis qgis-providers python3-venv python3-pip pyqt5-dev-tools xvfb qgis xauth)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -1,8 +1,10 @@
-"""The plugin's entry point in QGIS: its menu, toolbar and actions."""
+"""The plugin's entry point in QGIS: its menu, toolbar, docks, dialogs and Processing provider."""
 
 import configparser
 from pathlib import Path
 
+from qgis.core import Qgis, QgsApplication, QgsProject
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
@@ -10,6 +12,10 @@ from . import resources  # noqa: F401 - registers :/plugins/tower_detector/* wit
 
 MENU = "&Tower Detector"
 ICON = ":/plugins/tower_detector/icon.svg"
+
+
+def _icon(name: str) -> str:
+    return f":/plugins/tower_detector/{name}.svg"
 
 
 def plugin_version() -> str:
@@ -24,26 +30,71 @@ def plugin_version() -> str:
 
 
 class TowerDetectorPlugin:
+    """iface is None under qgis_process, which only calls initProcessing()."""
+
     def __init__(self, iface):
         self.iface = iface
         self.actions: list[QAction] = []
         self.toolbar = None
+        self.provider = None
+        self.manager = None
+        self.jobs_dock = None
+        self.results_dock = None
+        self.review_dock = None
+        self.review_exports = None
+        self.dialogs = {}  # non-modal dialogs, kept alive here
 
-    def initGui(self):  # noqa: N802 - QGIS plugin API
+    # -- QGIS plugin API
+    def initProcessing(self):  # noqa: N802
+        from .processing_provider import TowerDetectorProvider
+
+        if self.provider is None:
+            self.provider = TowerDetectorProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self):  # noqa: N802
+        resources.qInitResources()  # again after an unload (Qt ignores a second registration of the same data)
+        self.initProcessing()
         self.toolbar = self.iface.addToolBar("Tower Detector")
         self.toolbar.setObjectName("TowerDetectorToolbar")
-        self._add_action("About Tower Detector", ICON, self.show_about)
+        for text, icon, callback in (
+            ("Pick area", "area", self.pick_area),
+            ("Build training data", "dataset", self.build_dataset),
+            ("Train", "train", self.train),
+            ("Predict", "predict", self.predict),
+            ("Load results", "results", self.load_results_dialog),
+            ("Review candidates", "review", self.review),
+            ("Jobs", "jobs", self.show_jobs),
+            ("Settings", "settings", self.show_settings),
+            ("About Tower Detector", "icon", self.show_about),
+        ):
+            self._add_action(text, _icon(icon), callback)
 
     def _add_action(self, text: str, icon: str, callback) -> QAction:
         """Add an action to the plugin menu and toolbar; unload() removes it again."""
         action = QAction(QIcon(icon), text, self.iface.mainWindow())
-        action.triggered.connect(callback)
+        action.setObjectName("TowerDetector" + "".join(w.capitalize() for w in text.split()))
+        action.triggered.connect(lambda _checked=False: callback())  # not the "checked" flag as an argument
         self.iface.addPluginToMenu(MENU, action)
         self.toolbar.addAction(action)
         self.actions.append(action)
         return action
 
     def unload(self):
+        for dialog in self.dialogs.values():
+            dialog.close()
+            dialog.deleteLater()
+        self.dialogs.clear()
+        if self.review_dock is not None:
+            self.review_dock.stop()
+        for dock in (self.jobs_dock, self.results_dock, self.review_dock):
+            if dock is not None:
+                self.iface.removeDockWidget(dock)
+                dock.deleteLater()
+        self.jobs_dock = self.results_dock = self.review_dock = self.review_exports = None
+        if self.manager is not None:
+            self.manager.shutdown()
+            self.manager = None
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)
             action.deleteLater()
@@ -52,6 +103,149 @@ class TowerDetectorPlugin:
             # QGIS's main window owns the toolbar; delete it or it stays there after unloading.
             self.toolbar.deleteLater()
             self.toolbar = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+        # QGIS deletes this package's modules after unload(); Qt must forget resources.py's data before Python
+        # frees it, or the next lookup of any ":/" path reads freed memory (a crash on plugin reload).
+        resources.qCleanupResources()
+
+    # -- pieces made on first use
+    def job_manager(self):
+        if self.manager is None:
+            from .jobs import JobManager
+
+            self.manager = JobManager(self.iface)
+            self.manager.changed.connect(self._job_started)
+        return self.manager
+
+    def _job_started(self, job_id):
+        job = self.manager.store.get(job_id)
+        if job is not None and job.get("status") == "queued":
+            self.show_jobs()
+
+    def _show_dialog(self, key, factory):
+        """One non-modal dialog per kind: raise it if open, else make a new one."""
+        dialog = self.dialogs.get(key)
+        if dialog is None or not dialog.isVisible():
+            if dialog is not None:
+                dialog.deleteLater()
+            dialog = self.dialogs[key] = factory()
+        dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
+        return dialog
+
+    # -- actions
+    def pick_area(self):
+        from .area import AreaPickerDialog
+
+        return self._show_dialog("area", lambda: AreaPickerDialog(self.iface))
+
+    def build_dataset(self):
+        from .dialogs import BuildDatasetDialog
+
+        return self._show_dialog("dataset", lambda: BuildDatasetDialog(self.iface, self.job_manager()))
+
+    def train(self):
+        from .dialogs import TrainDialog
+
+        return self._show_dialog("train", lambda: TrainDialog(self.iface, self.job_manager()))
+
+    def predict(self):
+        from .dialogs import PredictDialog
+
+        return self._show_dialog("predict", lambda: PredictDialog(self.iface, self.job_manager()))
+
+    def load_results_dialog(self, heatmap="", candidates=""):
+        from .dialogs import LoadResultsDialog
+
+        def make():
+            dialog = LoadResultsDialog(self.iface.mainWindow(), heatmap, candidates)
+            dialog.load.connect(self.load_results)
+            dialog.metrics.connect(self.show_metrics)
+            return dialog
+
+        return self._show_dialog("results", make)
+
+    def load_results(self, heatmap="", candidates="", threshold=None, floor=None, title="Tower Detector results"):
+        from . import settings
+        from .results import ResultsDock, ResultsError, add_results, count
+
+        threshold = settings.value("results/threshold") if threshold is None else threshold
+        floor = settings.value("results/heatmap_floor") if floor is None else floor
+        try:
+            layers = add_results(heatmap or None, candidates or None, threshold=threshold, floor=floor, title=title)
+        except ResultsError as exc:
+            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+            return None
+        if self.results_dock is None:
+            self.results_dock = ResultsDock(self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.results_dock)
+        self.results_dock.threshold.bind([layers.get("candidates")], layers.get("heatmap"), threshold, floor)
+        self.results_dock.show()
+        if "candidates" in layers and count(layers["candidates"]) == 0:
+            self.iface.messageBar().pushMessage("Tower Detector", f"no candidates at or above {threshold:g}",
+                                                level=Qgis.Warning, duration=8)
+        return layers
+
+    def load_job_results(self, job):
+        outputs = job.get("outputs", {})
+        return self.load_results(outputs.get("heatmap", ""), outputs.get("candidates", ""),
+                                 outputs.get("threshold"), title=job.get("title", "Tower Detector results"))
+
+    def show_metrics(self, model_dir):
+        from .results import MetricsDialog, ResultsError
+
+        try:
+            return self._show_dialog("metrics", lambda: MetricsDialog(model_dir, self.iface.mainWindow()))
+        except ResultsError as exc:
+            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+            return None
+
+    def show_jobs(self):
+        from .jobs import JobsDock
+
+        if self.jobs_dock is None:
+            self.jobs_dock = JobsDock(self.job_manager(), self.iface.mainWindow())
+            self.jobs_dock.loadResults.connect(self.load_job_results)
+            self.jobs_dock.showMetrics.connect(self.show_metrics)
+            self.iface.addDockWidget(Qt.BottomDockWidgetArea, self.jobs_dock)
+        self.jobs_dock.show()
+        self.jobs_dock.raise_()
+        return self.jobs_dock
+
+    def review(self, layer=None):
+        """The review dock on `layer`, else the active layer if it is a candidates layer, else the first one."""
+        from .review import ReviewDock, ReviewError, is_candidates_layer
+        from .review_exports import ReviewExports
+
+        if layer is None:
+            active = self.iface.activeLayer()
+            layers = [active] + list(QgsProject.instance().mapLayers().values())
+            layer = next((lyr for lyr in layers if is_candidates_layer(lyr)), None)
+        if layer is None:
+            self.iface.messageBar().pushMessage("Tower Detector", "no candidates layer in the project: load results "
+                                                "first (Tower Detector > Load results)", level=Qgis.Warning,
+                                                duration=8)
+            return None
+        if self.review_dock is None:
+            self.review_dock = ReviewDock(self.iface, self.iface.mainWindow())
+            self.review_exports = ReviewExports(self.iface, self.job_manager(), self.review_dock)
+            self.review_dock.exportRequested.connect(self.review_exports.handle)
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.review_dock)
+        self.review_dock.show()
+        self.review_dock.raise_()
+        try:
+            self.review_dock.start(layer)
+        except ReviewError as exc:
+            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+        return self.review_dock
+
+    def show_settings(self):
+        from .dialogs import SettingsDialog
+
+        return self._show_dialog("settings", lambda: SettingsDialog(self.iface.mainWindow()))
 
     def show_about(self):
         QMessageBox.about(

@@ -1,0 +1,286 @@
+"""Dialogs, imagery sources and secrets: what each dialog turns into, and the settings dialog."""
+
+import json
+
+import pytest
+import test_plugin_support as support
+from qgis.core import (
+    QgsApplication,
+    QgsAuthMethodConfig,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSettings,
+    QgsVectorLayer,
+)
+from test_plugin_support import CRASH_SCRIPT, make_heatmap, make_model_dir, need_command, real_cli
+
+from tower_detector_plugin import commands, imagery
+from tower_detector_plugin.dialogs import (
+    BuildDatasetDialog,
+    LoadResultsDialog,
+    PredictDialog,
+    SettingsDialog,
+    TrainDialog,
+    export_points,
+)
+from tower_detector_plugin.jobs import JobManager
+
+fake_backend = support.fake_backend  # a fixture
+plugin_settings = support.plugin_settings  # a fixture
+
+URL = "https://tiles.example.com/{z}/{x}/{y}.jpg"
+TOKEN = "tok-3f9a-SECRET"
+
+
+@pytest.fixture
+def token_authcfg():
+    """A Basic auth config in QGIS's authentication database whose password is the imagery token."""
+    manager = QgsApplication.authManager()
+    if not manager.masterPasswordIsSet() and not manager.setMasterPassword("tower-detector-tests", True):
+        pytest.skip("this QGIS profile's authentication database has another master password")
+    config = QgsAuthMethodConfig("Basic")
+    config.setName("imagery token")
+    config.setConfig("username", "token")
+    config.setConfig("password", TOKEN)
+    ok, config = manager.storeAuthenticationConfig(config)
+    assert ok
+    yield config.id()
+    manager.removeAuthenticationConfig(config.id())
+
+
+@pytest.fixture
+def area_file(plugin_settings, tmp_path):
+    path = tmp_path / "work" / "areas" / "a.geojson"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"type": "Polygon", "coordinates": [[[28, -15], [28.01, -15], [28.01, -14.99],
+                                                                     [28, -14.99], [28, -15]]]}))
+    return str(path)
+
+
+@pytest.fixture
+def manager(qgis_iface, plugin_settings):
+    return JobManager(qgis_iface)
+
+
+def test_tokens_come_from_the_auth_manager_into_the_environment_only(token_authcfg):
+    spec = imagery.resolve(f"{URL}?access_token={imagery.TOKEN_REF}", token_authcfg)
+    assert spec.spec == f"{URL}?access_token=${{TOWER_DETECTOR_TOKEN}}"
+    assert spec.env == {"TOWER_DETECTOR_TOKEN": TOKEN}
+    with pytest.raises(ValueError, match="has no"):
+        imagery.resolve(URL, token_authcfg)
+    with pytest.raises(ValueError, match="not found"):
+        imagery.resolve(f"{URL}?t={imagery.TOKEN_REF}", "nosuchid")
+
+
+def test_literal_secrets_in_urls_are_lifted_into_the_environment(monkeypatch):
+    monkeypatch.delenv("TOWER_DETECTOR_TOKEN", raising=False)
+    spec = imagery.resolve(f"{URL}?api_key=abc%2F123&style=x&access_token=pk.999")
+    assert spec.spec == (f"{URL}?api_key=${{TOWER_DETECTOR_SECRET_API_KEY}}&style=x"
+                         "&access_token=${TOWER_DETECTOR_SECRET_ACCESS_TOKEN}")
+    assert spec.env == {"TOWER_DETECTOR_SECRET_API_KEY": "abc/123", "TOWER_DETECTOR_SECRET_ACCESS_TOKEN": "pk.999"}
+    assert imagery.literal_secrets(f"{URL}?key=abc&style=x") == ["key"]
+    assert imagery.literal_secrets(f"{URL}?key={imagery.TOKEN_REF}") == []
+    with pytest.raises(ValueError, match="user:password@"):
+        imagery.resolve("https://me:pw@tiles.example.com/{z}/{x}/{y}.png")
+    with pytest.raises(ValueError, match="choose the authentication config"):
+        imagery.resolve(f"{URL}?t={imagery.TOKEN_REF}")
+    assert imagery.resolve("/data/scene.tif") == imagery.ImagerySpec("/data/scene.tif", {})
+
+
+def test_imagery_sources_are_the_users_xyz_connections_and_raster_layers(qgis_new_project, tmp_path):
+    settings = QgsSettings()
+    settings.setValue("qgis/connections-xyz/Aerial test/url", f"{URL}?access_token={imagery.TOKEN_REF}")
+    settings.setValue("qgis/connections-xyz/Aerial test/authcfg", "abc1234")
+    settings.setValue("qgis/connections-xyz/Hidden one/url", URL)
+    settings.setValue("qgis/connections-xyz/Hidden one/hidden", "true")
+    try:
+        sources = {s.label: s for s in imagery.xyz_connections()}
+        assert sources["XYZ connection: Aerial test"].authcfg == "abc1234"
+        assert "XYZ connection: Hidden one" not in sources
+    finally:
+        settings.remove("qgis/connections-xyz/Aerial test")
+        settings.remove("qgis/connections-xyz/Hidden one")
+    tif = make_heatmap(tmp_path / "scene.tif", [[0.5]])
+    QgsProject.instance().addMapLayer(QgsRasterLayer(str(tif), "scene", "gdal"))
+    xyz = QgsRasterLayer(f"type=xyz&url={URL.replace('{', '%7B').replace('}', '%7D')}", "basemap", "wms")
+    QgsProject.instance().addMapLayer(xyz, True)
+    layers = {s.label: s.spec for s in imagery.raster_layer_sources()}
+    assert layers["Layer: scene"] == str(tif)
+    if xyz.isValid():  # the wms provider may refuse a layer it cannot reach; the decoding is what is tested
+        assert layers["Layer: basemap"] == URL
+
+
+def test_dataset_dialog_exports_a_utm_point_layer_and_builds_the_command(qgis_iface, qgis_new_project, manager,
+                                                                         area_file, token_authcfg, tmp_path):
+    points = QgsVectorLayer("Point?crs=EPSG:32735&field=power:string", "my towers", "memory")
+    feature = QgsFeature(points.fields())
+    feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(500_000, 8_290_000)))
+    feature["power"] = "tower"
+    points.dataProvider().addFeatures([feature])
+    QgsProject.instance().addMapLayer(points)
+    dialog = BuildDatasetDialog(qgis_iface, manager)
+    dialog.area.set_path(area_file)
+    dialog.imagery.set_spec(f"{URL}?access_token={imagery.TOKEN_REF}", token_authcfg)
+    dialog.out.setFilePath(str(tmp_path / "ds1"))
+    dialog.from_layer.setChecked(True)
+    dialog.points.setLayer(points)
+    job = dialog.build()
+    towers = str(tmp_path / "ds1-towers.geojson")
+    assert job["steps"] == [commands.dataset_args(
+        area_file, towers, f"{URL}?access_token=${{TOWER_DETECTOR_TOKEN}}", str(tmp_path / "ds1"), zoom=18,
+        background_ratio=3.0, split="0.7,0.15,0.15", block_size=8, seed=0, tower_filter="all",
+        cache=str(tmp_path / "work" / "cache"), max_tiles=100_000_000)]
+    assert job["env"] == {"TOWER_DETECTOR_TOKEN": TOKEN}
+    assert TOKEN not in json.dumps(job["steps"])
+    lon, lat = json.load(open(towers))["features"][0]["geometry"]["coordinates"]
+    assert lon == pytest.approx(27.0, abs=1e-6) and -15.5 < lat < -15.4  # exported in EPSG:4326
+
+    dialog.overpass.setChecked(True)
+    step = dialog.build()["steps"][0]
+    assert step[step.index("--towers") + 1] == "overpass" and "--tower-filter" not in step
+    dialog.deleteLater()
+
+
+def test_dialog_errors_are_one_line_and_start_nothing(qgis_iface, manager, plugin_settings):
+    dialog = PredictDialog(qgis_iface, manager)
+    dialog.imagery.set_spec("")
+    assert dialog.run() is None
+    assert dialog.error.text() == "choose the model folder"
+    assert manager.store.jobs == []
+    dialog.deleteLater()
+
+
+def test_train_dialog_builds_train_or_search(qgis_iface, manager, tmp_path):
+    dialog = TrainDialog(qgis_iface, manager)
+    dialog.data.setFilePath(str(tmp_path / "ds"))
+    dialog.out.setFilePath(str(tmp_path / "m"))
+    dialog.weights.setCurrentText("none")
+    dialog.image_size.setValue(72)
+    job = dialog.build()
+    assert job["steps"] == [commands.train_args(str(tmp_path / "ds"), str(tmp_path / "m"), weights="none",
+                                                image_size=72)]
+    assert job["outputs"] == {"model": str(tmp_path / "m")}
+    dialog.mode.setCurrentIndex(1)
+    dialog.trials.setValue(12)
+    job = dialog.build()
+    assert job["kind"] == "search" and job["outputs"]["model"] == str(tmp_path / "m" / "best")
+    assert job["steps"][0][:7] == ["search", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "m"),
+                                   "--trials", "12"]
+    dialog.weights.setCurrentText("file…")
+    with pytest.raises(ValueError, match="weights file"):
+        dialog.build()
+    dialog.deleteLater()
+
+
+def test_predict_dialog_runs_predict_then_results_with_the_models_threshold(qgis_iface, manager, area_file,
+                                                                            tmp_path):
+    model = make_model_dir(tmp_path / "model")
+    dialog = PredictDialog(qgis_iface, manager)
+    dialog.model.setFilePath(str(model))
+    assert dialog.threshold.value() == pytest.approx(0.62)  # the model's Youden threshold
+    dialog.imagery.set_spec(str(tmp_path / "scene.tif"))
+    dialog.area.set_path(area_file)
+    dialog.name.setText("p1")
+    dialog.out.setFilePath(str(tmp_path / "results"))
+    dialog.workers.setValue(4)
+    job = dialog.build()
+    folder = tmp_path / "results" / "p1"
+    predict, merge = job["steps"]
+    assert predict == commands.predict_args(str(model), str(tmp_path / "scene.tif"), str(folder / "store"),
+                                            area=area_file, workers=4, max_tiles=100_000_000)
+    assert merge == commands.results_args(str(folder / "store"), heatmap=str(folder / "heatmap.tif"),
+                                          candidates=str(folder / "candidates.gpkg"), threshold=0.62,
+                                          json_path=str(folder / "scores.json"))
+    assert job["outputs"]["candidates"] == str(folder / "candidates.gpkg") and job["outputs"]["threshold"] == 0.62
+    dialog.deleteLater()
+
+
+def test_remote_predict_needs_a_backend_with_remote_and_a_bucket(qgis_iface, manager, area_file, plugin_settings,
+                                                                 fake_backend, tmp_path):
+    model = make_model_dir(tmp_path / "model")
+    dialog = PredictDialog(qgis_iface, manager)
+    dialog.model.setFilePath(str(model))
+    dialog.imagery.set_spec(str(tmp_path / "scene.tif"))
+    dialog.area.set_path(area_file)
+    dialog.name.setText("p2")
+    dialog.where.setCurrentIndex(1)
+    with pytest.raises(ValueError, match="AWS bucket"):
+        dialog.build()
+    plugin_settings.set_value("aws/bucket", "my-bucket")
+    plugin_settings.set_value("aws/profile", "work")
+    fake_backend("sys.exit(2)")  # knows no command at all
+    with pytest.raises(ValueError, match="no `tower-detector remote`"):
+        dialog.build()
+
+    need_command("remote", "submit", "predict")
+    plugin_settings.set_value("backend/path", real_cli())
+    job = dialog.build()
+    [step] = job["steps"]
+    assert job["kind"] == "remote-submit" and job["remote"]["kind"] == "predict"
+    assert step[:3] == ["remote", "submit", "predict"] and "s3://my-bucket/jobs/p2/store" in step
+    assert step[step.index("--profile") + 1] == "work" and step[step.index("--name") + 1] == "p2"
+    dialog.deleteLater()
+
+
+def test_settings_dialog_checks_the_backend_and_keeps_secrets_out(plugin_settings, fake_backend, token_authcfg):
+    dialog = SettingsDialog()
+    dialog.backend_path.setFilePath(real_cli())
+    assert dialog.check()
+    assert dialog.check_label.text().startswith("tower-detector ")
+    crash = fake_backend(CRASH_SCRIPT)
+    dialog.backend_path.setFilePath(str(crash))
+    assert not dialog.check()
+    assert "RuntimeError: the model exploded" in dialog.check_label.text()
+
+    dialog.edits["imagery/spec"].setText(f"{URL}?access_token={TOKEN}")
+    assert not dialog.save()
+    assert "access_token" in dialog.check_label.text()
+    assert plugin_settings.value("imagery/spec") == ""
+    dialog.edits["imagery/spec"].setText(f"{URL}?access_token={imagery.TOKEN_REF}")
+    dialog.auth.setConfigId(token_authcfg)
+    dialog.numbers["area/max_tiles"].setValue(5000)
+    assert dialog.save()
+    assert plugin_settings.value("imagery/authcfg") == token_authcfg
+    assert plugin_settings.value("area/max_tiles") == 5000
+    QgsSettings().sync()
+    assert TOKEN not in open(QgsSettings().fileName(), encoding="utf-8").read()
+    dialog.deleteLater()
+
+
+def test_export_points_writes_wgs84_geojson(qgis_new_project, tmp_path):
+    layer = QgsVectorLayer("Point?crs=EPSG:3857", "p", "memory")
+    f = QgsFeature()
+    f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(1_113_194.9079, 0)))
+    layer.dataProvider().addFeatures([f])
+    path = export_points(layer, str(tmp_path / "sub" / "p.geojson"))
+    lon, lat = json.load(open(path))["features"][0]["geometry"]["coordinates"]
+    assert (lon, lat) == (pytest.approx(10.0, abs=1e-6), pytest.approx(0.0, abs=1e-9))
+
+
+def test_load_results_dialog_emits_what_to_load(tmp_path):
+    dialog = LoadResultsDialog(heatmap=str(tmp_path / "h.tif"))
+    got = []
+    dialog.load.connect(lambda *a: got.append(a))
+    dialog.threshold.setValue(0.8)
+    dialog.accept_load()
+    assert got == [(str(tmp_path / "h.tif"), "", pytest.approx(0.8), pytest.approx(0.5))]
+    empty = LoadResultsDialog()
+    empty.accept_load()
+    assert "choose a heatmap" in empty.error.text()
+    dialog.deleteLater()
+    empty.deleteLater()
+
+
+def test_osm_tile_servers_are_never_offered_as_imagery(qgis_new_project):
+    settings = QgsSettings()
+    settings.setValue("qgis/connections-xyz/OSM test/url", "https://tile.openstreetmap.org/{z}/{x}/{y}.png")
+    settings.setValue("qgis/connections-xyz/Aerial test/url", URL)
+    try:
+        labels = [s.label for s in imagery.xyz_connections()]
+        assert "XYZ connection: Aerial test" in labels and "XYZ connection: OSM test" not in labels
+    finally:
+        settings.remove("qgis/connections-xyz/OSM test")
+        settings.remove("qgis/connections-xyz/Aerial test")

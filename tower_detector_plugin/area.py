@@ -1,0 +1,404 @@
+"""The area picker: draw, or take an extent or features, in any CRS; write it as WGS84 GeoJSON; count its tiles.
+
+The exact zoom-18 tile count comes from `tower-detector tiles` (in a task); without a backend the picker shows an
+estimate from the area and perimeter and says so. Above the warning limit it warns; above the hard limit it
+refuses the area (the backend's own --max-tiles refuses it too).
+"""
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsDistanceArea,
+    QgsGeometry,
+    QgsMapLayerProxyModel,
+    QgsProject,
+    QgsRectangle,
+    QgsWkbTypes,
+)
+from qgis.gui import QgsMapLayerComboBox, QgsMapTool, QgsRubberBand
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+)
+
+from . import backend, commands, settings
+from .tasks import BackendTask
+
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+MAX_LAT = 85.05112878  # Web Mercator's limit: tiles do not go further
+EARTH_CIRCUMFERENCE_M = 40075016.686
+ZOOM = 18
+
+
+# --- geometry -----------------------------------------------------------------------------------------------------
+def _context(transform_context):
+    return transform_context if transform_context is not None else QgsProject.instance().transformContext()
+
+
+def to_wgs84(geom: QgsGeometry, crs: QgsCoordinateReferenceSystem, transform_context=None) -> QgsGeometry:
+    """geom (in crs) in EPSG:4326. Long straight edges are densified first: a straight edge in UTM is not
+    straight in degrees, and the tile cover must follow the shape the user saw."""
+    geom = QgsGeometry(geom)
+    if geom.isEmpty() or geom.type() != QgsWkbTypes.PolygonGeometry:
+        raise ValueError("the area must be a polygon")
+    if crs != WGS84:
+        box = geom.boundingBox()
+        geom = geom.densifyByDistance(max(box.width(), box.height()) / 64.0)
+        geom.transform(QgsCoordinateTransform(crs, WGS84, _context(transform_context)))
+    if not geom.isGeosValid():
+        geom = geom.makeValid()  # a drawn polygon that crosses itself: keep what it encloses
+    if geom.isEmpty() or geom.area() <= 0:
+        raise ValueError("the area is empty (an empty map, or a layer without extent?)")
+    box = geom.boundingBox()
+    if box.yMinimum() < -MAX_LAT or box.yMaximum() > MAX_LAT:
+        raise ValueError(f"the area reaches beyond latitude {MAX_LAT:.4f}, where Web Mercator tiles end")
+    return geom
+
+
+def feature_collection(geom4326: QgsGeometry, name: str) -> dict:
+    return {"type": "FeatureCollection",
+            "features": [{"type": "Feature", "properties": {"name": name}, "geometry": json.loads(geom4326.asJson(7))}]}
+
+
+def write_area(geom4326: QgsGeometry, path: str, name: str = "") -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(feature_collection(geom4326, name or os.path.splitext(os.path.basename(path))[0]), f)
+    os.replace(tmp, path)
+    return path
+
+
+def _measure(geom4326: QgsGeometry, transform_context=None):
+    da = QgsDistanceArea()
+    da.setSourceCrs(WGS84, _context(transform_context))
+    da.setEllipsoid("WGS84")
+    return da.measureArea(geom4326), da.measurePerimeter(geom4326)
+
+
+def area_km2(geom4326: QgsGeometry, transform_context=None) -> float:
+    return _measure(geom4326, transform_context)[0] / 1e6
+
+
+def estimate_tiles(geom4326: QgsGeometry, zoom: int = ZOOM, transform_context=None) -> int:
+    """About how many zoom-z tiles cover the area: area / tile area plus a border of half a tile along the
+    perimeter (a randomly placed a x b rectangle meets (a/s + 1)(b/s + 1) tiles on average)."""
+    area_m2, perimeter_m = _measure(geom4326, transform_context)
+    lat = geom4326.centroid().asPoint().y()
+    side = EARTH_CIRCUMFERENCE_M * math.cos(math.radians(lat)) / 2**zoom  # a tile's ground size there
+    parts = max(1, geom4326.constGet().numGeometries() if geom4326.isMultipart() else 1)
+    return int(round(area_m2 / side**2 + perimeter_m / (2 * side) + parts))
+
+
+@dataclass
+class Estimate:
+    local_hours: float
+    gpu_hours: float
+    remote_hours: float
+    usd: float
+    workers: int
+
+
+def estimate_cost(tiles: int) -> Estimate:
+    """Time and money to predict `tiles` tiles, from the throughput and price settings."""
+    local = tiles / max(settings.value("estimate/local_tiles_per_s"), 1e-9) / 3600
+    gpu = tiles / max(settings.value("estimate/remote_tiles_per_s"), 1e-9) / 3600
+    workers = max(1, settings.value("estimate/remote_workers"))
+    return Estimate(local, gpu, gpu / workers, gpu * settings.value("estimate/remote_usd_per_hour"), workers)
+
+
+def format_hours(hours: float) -> str:
+    if hours < 1 / 60:
+        return f"{max(hours * 3600, 1):.0f} s"
+    if hours < 1:
+        return f"{hours * 60:.0f} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days"
+
+
+def limit_check(tiles: int):
+    """(level, text): level "ok", "warn" or "refuse", from the area limits in Settings."""
+    warn, hard = settings.value("area/warn_tiles"), settings.value("area/max_tiles")
+    if tiles > hard:
+        return "refuse", f"{tiles:,} tiles is over the limit of {hard:,} (Settings): choose a smaller area"
+    if tiles > warn:
+        return "warn", f"{tiles:,} tiles is a large job (over {warn:,}): check the time and cost below"
+    return "ok", ""
+
+
+# --- map tools ----------------------------------------------------------------------------------------------------
+def _band(canvas) -> QgsRubberBand:
+    band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+    band.setStrokeColor(QColor(245, 124, 0))
+    band.setFillColor(QColor(245, 124, 0, 50))
+    band.setWidth(2)
+    return band
+
+
+class RectangleTool(QgsMapTool):
+    """Press, drag, release: a rectangle in the canvas CRS."""
+
+    drawn = pyqtSignal(QgsGeometry)
+
+    def __init__(self, canvas):
+        super().__init__(canvas)
+        self.band = _band(canvas)
+        self.start = None
+
+    def canvasPressEvent(self, e):  # noqa: N802 - Qt API
+        self.start = e.mapPoint()
+
+    def canvasMoveEvent(self, e):  # noqa: N802
+        if self.start is not None:
+            self.band.setToGeometry(QgsGeometry.fromRect(QgsRectangle(self.start, e.mapPoint())), None)
+
+    def canvasReleaseEvent(self, e):  # noqa: N802
+        if self.start is None:
+            return
+        rect = QgsRectangle(self.start, e.mapPoint())
+        self.start = None
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        if rect.width() > 0 and rect.height() > 0:
+            self.drawn.emit(QgsGeometry.fromRect(rect))
+
+    def deactivate(self):
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        super().deactivate()
+
+
+class PolygonTool(QgsMapTool):
+    """Left click adds a vertex; right click (or double click) closes the polygon; Escape starts over."""
+
+    drawn = pyqtSignal(QgsGeometry)
+
+    def __init__(self, canvas):
+        super().__init__(canvas)
+        self.band = _band(canvas)
+        self.points = []
+
+    def _show(self, extra=None):
+        pts = self.points + ([extra] if extra is not None else [])
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        for p in pts:
+            self.band.addPoint(p, False)
+        self.band.show()
+
+    def canvasReleaseEvent(self, e):  # noqa: N802
+        if e.button() == Qt.RightButton:
+            self.finish()
+        else:
+            self.points.append(e.mapPoint())
+            self._show()
+
+    def canvasDoubleClickEvent(self, e):  # noqa: N802
+        self.finish()
+
+    def canvasMoveEvent(self, e):  # noqa: N802
+        if self.points:
+            self._show(e.mapPoint())
+
+    def keyPressEvent(self, e):  # noqa: N802
+        if e.key() == Qt.Key_Escape:
+            self.points = []
+            self.band.reset(QgsWkbTypes.PolygonGeometry)
+
+    def finish(self):
+        points, self.points = self.points, []
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        if len(points) >= 3:
+            geom = QgsGeometry.fromPolygonXY([points + [points[0]]])
+            if geom.area() > 0:
+                self.drawn.emit(geom)
+
+    def deactivate(self):
+        self.points = []
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        super().deactivate()
+
+
+# --- the dialog ---------------------------------------------------------------------------------------------------
+class AreaPickerDialog(QDialog):
+    """Non-modal: the user draws on the canvas while it is open. Emits areaChosen(path) on "Use this area"."""
+
+    areaChosen = pyqtSignal(str)  # noqa: N815
+
+    def __init__(self, iface, parent=None):
+        super().__init__(parent or iface.mainWindow())
+        self.setWindowTitle("Tower Detector: pick an area")
+        self.setObjectName("TowerDetectorAreaPicker")
+        self.iface = iface
+        self.canvas = iface.mapCanvas()
+        self.project = QgsProject.instance()
+        self.geometry4326 = None
+        self.path = None
+        self.tiles = None
+        self.exact = False
+        self.task = None
+        self._previous_tool = None
+        self.shown_band = _band(self.canvas)
+
+        self.name = QLineEdit(time.strftime("area-%Y%m%d-%H%M%S"))
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.HasGeometry | QgsMapLayerProxyModel.RasterLayer)
+        self.polygon_combo = QgsMapLayerComboBox()
+        self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        buttons = QGridLayout()
+        self.rect_button = QPushButton("Draw rectangle")
+        self.poly_button = QPushButton("Draw polygon")
+        self.extent_button = QPushButton("Current map extent")
+        self.layer_button = QPushButton("Extent of layer")
+        self.selected_button = QPushButton("Selected features of")
+        for row, (button, widget) in enumerate(((self.rect_button, self.poly_button),
+                                                (self.extent_button, None),
+                                                (self.layer_button, self.layer_combo),
+                                                (self.selected_button, self.polygon_combo))):
+            buttons.addWidget(button, row, 0)
+            if widget is not None:
+                buttons.addWidget(widget, row, 1)
+        self.rect_button.clicked.connect(lambda: self._activate_tool(RectangleTool))
+        self.poly_button.clicked.connect(lambda: self._activate_tool(PolygonTool))
+        self.extent_button.clicked.connect(self.use_canvas_extent)
+        self.layer_button.clicked.connect(lambda: self.use_layer_extent(self.layer_combo.currentLayer()))
+        self.selected_button.clicked.connect(lambda: self.use_selected_features(self.polygon_combo.currentLayer()))
+
+        source_box = QGroupBox("Area")
+        source_box.setLayout(buttons)
+        self.tiles_label = QLabel("-")
+        self.km2_label = QLabel("-")
+        self.time_label = QLabel("-")
+        self.time_label.setWordWrap(True)
+        self.limit_label = QLabel("")
+        self.limit_label.setWordWrap(True)
+        self.file_label = QLabel("-")
+        self.file_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        info = QFormLayout()
+        info.addRow("Name", self.name)
+        info.addRow(f"Zoom-{ZOOM} tiles", self.tiles_label)
+        info.addRow("Area", self.km2_label)
+        info.addRow("Predict", self.time_label)
+        info.addRow("", self.limit_label)
+        info.addRow("File", self.file_label)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        self.use_button = self.buttons.addButton("Use this area", QDialogButtonBox.AcceptRole)
+        self.use_button.setEnabled(False)
+        self.buttons.rejected.connect(self.reject)
+        self.use_button.clicked.connect(self._use)
+        layout = QVBoxLayout(self)
+        layout.addWidget(source_box)
+        layout.addLayout(info)
+        layout.addWidget(self.buttons)
+
+    # -- sources
+    def _activate_tool(self, tool_class):
+        self._previous_tool = self.canvas.mapTool()
+        self.tool = tool_class(self.canvas)
+        self.tool.drawn.connect(self._drawn)
+        self.canvas.setMapTool(self.tool)
+
+    def _drawn(self, geom):
+        if self._previous_tool is not None:
+            self.canvas.setMapTool(self._previous_tool)
+        else:
+            self.canvas.unsetMapTool(self.tool)
+        self.set_area(geom, self.canvas.mapSettings().destinationCrs())
+
+    def use_canvas_extent(self):
+        self.set_area(QgsGeometry.fromRect(self.canvas.extent()), self.canvas.mapSettings().destinationCrs())
+
+    def use_layer_extent(self, layer):
+        if layer is None:
+            return self._fail("choose a layer")
+        self.set_area(QgsGeometry.fromRect(layer.extent()), layer.crs())
+
+    def use_selected_features(self, layer):
+        if layer is None or not layer.selectedFeatureCount():
+            return self._fail("select one or more polygons of a polygon layer first")
+        geom = QgsGeometry.unaryUnion([f.geometry() for f in layer.getSelectedFeatures() if f.hasGeometry()])
+        self.set_area(geom, layer.crs())
+
+    # -- the area
+    def set_area(self, geom: QgsGeometry, crs: QgsCoordinateReferenceSystem):
+        """Transform, write, measure and start the tile count."""
+        try:
+            self.geometry4326 = to_wgs84(geom, crs, self.project.transformContext())
+        except ValueError as exc:
+            return self._fail(str(exc))
+        ct = QgsCoordinateTransform(WGS84, self.canvas.mapSettings().destinationCrs(), self.project.transformContext())
+        shown = QgsGeometry(self.geometry4326)
+        shown.transform(ct)
+        self.shown_band.setToGeometry(shown, None)
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name.text().strip()) or "area"
+        self.path = write_area(self.geometry4326, os.path.join(settings.work_dir(), "areas", f"{name}.geojson"), name)
+        self.file_label.setText(self.path)
+        self.km2_label.setText(f"{area_km2(self.geometry4326, self.project.transformContext()):,.2f} km²")
+        self.tiles, self.exact = None, False
+        self.use_button.setEnabled(False)
+        self._count_tiles()
+
+    def _count_tiles(self):
+        try:
+            be = backend.locate(settings.value("backend/path"))
+        except backend.BackendMissing as exc:
+            return self._show_count(self._estimate(), False, str(exc))
+        self.tiles_label.setText("counting…")
+        self.task = BackendTask("Tower Detector: tile count", [commands.tiles_args(self.path, ZOOM)], be)
+        self.task.done.connect(self._counted)
+        QgsApplication.taskManager().addTask(self.task)
+
+    def _counted(self, end):
+        self.task = None
+        if end.ok and "count" in end.result:
+            return self._show_count(int(end.result["count"]), True)
+        self._show_count(self._estimate(), False, f"backend: {end.reason or 'tile count failed'}")
+
+    def _estimate(self) -> int:
+        return estimate_tiles(self.geometry4326, ZOOM, self.project.transformContext())
+
+    def _show_count(self, tiles: int, exact: bool, note: str = ""):
+        self.tiles, self.exact = tiles, exact
+        how = "exact, from tower-detector tiles" if exact else f"estimate from the area; {note}"
+        self.tiles_label.setText(f"{'' if exact else '≈ '}{tiles:,} ({how})")
+        self.tiles_label.setWordWrap(True)
+        est = estimate_cost(tiles)
+        self.time_label.setText(
+            f"local CPU ≈ {format_hours(est.local_hours)} at {settings.value('estimate/local_tiles_per_s'):g} tiles/s; "
+            f"AWS ≈ {est.gpu_hours:,.2f} GPU-h, ≈ ${est.usd:,.2f}, ≈ {format_hours(est.remote_hours)} with "
+            f"{est.workers} GPUs (rates and price in Settings)")
+        level, text = limit_check(tiles)
+        colour = {"ok": "", "warn": "color: #e65100;", "refuse": "color: #c62828; font-weight: bold;"}[level]
+        self.limit_label.setStyleSheet(colour)
+        self.limit_label.setText(text)
+        self.use_button.setEnabled(level != "refuse")
+
+    def _fail(self, message):
+        self.limit_label.setStyleSheet("color: #c62828;")
+        self.limit_label.setText(message)
+
+    def _use(self):
+        if self.path and self.use_button.isEnabled():
+            self.areaChosen.emit(self.path)
+            self.accept()
+
+    def done(self, result):  # closing, however: leave no rubber band or map tool behind
+        self.shown_band.reset(QgsWkbTypes.PolygonGeometry)
+        tool = getattr(self, "tool", None)
+        if tool is not None and self.canvas.mapTool() is tool:
+            self.canvas.unsetMapTool(tool)
+        super().done(result)

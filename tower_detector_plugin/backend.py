@@ -1,0 +1,210 @@
+"""Finding and running the `tower-detector` backend CLI: a subprocess, never an import.
+
+The backend brings TensorFlow, Keras and friends, which QGIS installs do not have and which would block QGIS's
+event loop; so the plugin only ever runs its CLI with `--events` and reads JSON lines from its stdout.
+Standard library only (no Qt here), so Processing algorithms and tasks share it.
+
+Network note: the plugin itself makes no network calls. Any future one (e.g. checking for a backend release)
+must go through QgsNetworkAccessManager / QgsBlockingNetworkRequest, so that QGIS's proxy, SSL and auth
+settings apply; never requests or urllib.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXE = "tower-detector.exe" if sys.platform == "win32" else "tower-detector"
+DEV_CHECKOUT_CLI = Path(__file__).resolve().parent.parent / ".venv" / ("Scripts" if sys.platform == "win32" else "bin")
+KILL_GRACE_S = 10.0  # SIGTERM first: predict writes the chunk under way and exits; then SIGKILL the group
+STDERR_KEEP = 200_000  # characters of stderr kept for the log panel (the tail; tracebacks end there)
+
+
+@dataclass(frozen=True)
+class Backend:
+    command: tuple  # the argv prefix: ("/path/tower-detector",) or ("/path/python", "-m", "tower_detector")
+    source: str  # "configured", "dev checkout" or "PATH"
+
+    def argv(self, args) -> list:
+        return [*self.command, *args]
+
+
+class BackendMissing(Exception):
+    """No backend CLI: the message says where we looked and what to set."""
+
+
+def locate(configured: str = "") -> Backend:
+    """The backend to run: the configured path (an executable, or a Python that has tower_detector), else the
+    dev checkout's ../.venv next to the plugin source, else `tower-detector` on PATH."""
+    if configured:
+        path = Path(configured).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise BackendMissing(f"the configured backend {configured} is not an executable file; fix it in "
+                                 "Tower Detector > Settings")
+        if path.name.lower().startswith("python"):
+            return Backend((str(path), "-m", "tower_detector"), "configured")
+        return Backend((str(path),), "configured")
+    dev = DEV_CHECKOUT_CLI / EXE
+    if dev.is_file() and os.access(dev, os.X_OK):
+        return Backend((str(dev),), "dev checkout")
+    found = shutil.which("tower-detector")
+    if found:
+        return Backend((found,), "PATH")
+    raise BackendMissing("tower-detector backend not found (not configured, no dev checkout .venv, not on PATH); "
+                         "install it (pip install tower-detector) and set its path in Tower Detector > Settings")
+
+
+def environment(extra=None) -> dict:
+    """The backend's environment: ours, minus what points a Python at QGIS's own libraries, plus `extra`
+    (secrets such as TOWER_DETECTOR_TOKEN travel only here, never on the command line)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP")}
+    env["PYTHONUNBUFFERED"] = "1"  # events must arrive as they happen, not when a pipe buffer fills
+    env.update(extra or {})
+    return env
+
+
+def parse_event(line: str) -> dict:
+    """One stdout line as an event; anything that is not a JSON event becomes a log event."""
+    line = line.strip()
+    try:
+        event = json.loads(line)
+    except ValueError:
+        event = None
+    if isinstance(event, dict) and isinstance(event.get("event"), str):
+        return event
+    return {"event": "log", "message": line}
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    result: dict = None  # the last result event
+    error: dict = None  # the error event, if any
+    stderr: str = ""
+    canceled: bool = False
+    events: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.canceled
+
+    def reason(self) -> str:
+        """One line for the message bar."""
+        if self.canceled:
+            return "cancelled"
+        if self.error and self.error.get("message"):
+            return str(self.error["message"]).splitlines()[0]
+        lines = [line for line in self.stderr.strip().splitlines() if line.strip()]
+        if lines:  # a crash without an error event: the traceback's last line names the exception
+            return f"exit status {self.returncode}: {lines[-1].strip()}"
+        return f"exit status {self.returncode}"
+
+
+def _popen_options() -> dict:
+    # Its own session / process group, so that cancelling reaches every process it started (data loaders,
+    # tippecanoe, ...), not just the CLI itself.
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def kill_tree(proc: subprocess.Popen, grace: float = KILL_GRACE_S) -> None:
+    """End proc and everything in its process group: SIGTERM, then SIGKILL after `grace` seconds."""
+    if sys.platform == "win32":
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)], capture_output=True, check=False)
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return  # the whole group is gone
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            proc.poll()
+            time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def run(backend: Backend, args, *, env=None, on_event=None, is_canceled=None, cwd=None) -> RunResult:
+    """Run one backend command to its end in this thread, passing each event to on_event(event).
+
+    is_canceled() is polled by a watcher thread while the command runs; when it turns true the process tree is
+    ended and the result says canceled. Never raises for the command's own failures: see RunResult.
+    """
+    proc = subprocess.Popen(backend.argv(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
+                            env=environment(env), cwd=cwd, **_popen_options())
+    out = RunResult(returncode=-1)
+    stderr_parts = []
+
+    def drain_stderr():  # read it all the time, or a chatty backend blocks on a full pipe
+        for chunk in iter(lambda: proc.stderr.read(4096), ""):
+            stderr_parts.append(chunk)
+
+    def watch():
+        while proc.poll() is None:
+            if is_canceled and is_canceled():
+                out.canceled = True
+                kill_tree(proc)
+                return
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=drain_stderr, daemon=True), threading.Thread(target=watch, daemon=True)]
+    for thread in threads:
+        thread.start()
+    for line in proc.stdout:
+        if not line.strip():
+            continue
+        event = parse_event(line)
+        out.events.append(event)
+        if event["event"] == "result":
+            out.result = event
+        elif event["event"] == "error":
+            out.error = event
+        if on_event:
+            on_event(event)
+    out.returncode = proc.wait()
+    for thread in threads:
+        thread.join(timeout=30)
+    out.stderr = "".join(stderr_parts)[-STDERR_KEEP:]
+    return out
+
+
+def run_quick(backend: Backend, args, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """A short command (--version, --help) with a timeout; raises OSError/TimeoutExpired as subprocess does."""
+    return subprocess.run(backend.argv(args), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout, env=environment(), check=False)
+
+
+def version(backend: Backend) -> str:
+    """`tower-detector --version`'s answer, or raise RuntimeError with the reason."""
+    try:
+        done = run_quick(backend, ["--version"])
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"{' '.join(backend.command)} did not run: {exc}") from None
+    text = (done.stdout or done.stderr).strip()
+    if done.returncode != 0 or not text.startswith("tower-detector"):
+        last = text.splitlines()[-1] if text else f"exit status {done.returncode}"
+        raise RuntimeError(f"{' '.join(backend.command)} --version failed: {last}")
+    return text
+
+
+def has_command(backend: Backend, *command) -> bool:
+    """Whether this backend knows `tower-detector COMMAND...` (older backends lack e.g. `remote`)."""
+    try:
+        return run_quick(backend, [*command, "--help"]).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

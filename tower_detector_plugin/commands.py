@@ -1,0 +1,178 @@
+"""Backend argument lists, one pure function per CLI command (no Qt, no I/O), so each is unit-tested alone.
+
+Every list ends with --events: the plugin always reads JSON-lines events. Secrets never appear here: an imagery
+spec carries ${NAME} references, whose values travel in the subprocess environment.
+"""
+
+
+def _opt(args: list, flag: str, value) -> None:
+    """Append `flag value` unless value is None or ""."""
+    if value is not None and value != "":
+        args += [flag, str(value)]
+
+
+def _need(**values) -> None:
+    missing = [name.replace("_", " ") for name, v in values.items() if v is None or str(v).strip() == ""]
+    if missing:
+        raise ValueError(f"missing: {', '.join(missing)}")
+
+
+def tiles_args(area: str, zoom: int = 18, out: str = None, shards: int = None, max_tiles: int = None) -> list:
+    _need(area=area)
+    args = ["tiles", "--area", str(area), "--zoom", str(int(zoom))]
+    _opt(args, "--shards", shards)
+    _opt(args, "--out", out)
+    _opt(args, "--max-tiles", max_tiles)
+    return [*args, "--events"]
+
+
+def dataset_args(area: str, towers: str, imagery: str, out: str, *, zoom: int = 18, background_ratio: float = None,
+                 split: str = None, seed: int = None, block_size: int = None, tower_filter: str = None,
+                 cache: str = None, max_tiles: int = None, extra_labels: str = None) -> list:
+    """towers: "overpass", "overpass:URL" or a GeoJSON/GeoPackage path (a layer exported in EPSG:4326)."""
+    _need(area=area, towers=towers, imagery=imagery, out=out)
+    args = ["dataset", "--area", str(area), "--towers", str(towers), "--imagery", str(imagery), "--out", str(out),
+            "--zoom", str(int(zoom))]
+    _opt(args, "--background-ratio", background_ratio)
+    _opt(args, "--split", split)
+    _opt(args, "--seed", seed)
+    _opt(args, "--block-size", block_size)
+    _opt(args, "--tower-filter", tower_filter)
+    _opt(args, "--cache", cache)
+    _opt(args, "--max-tiles", max_tiles)
+    _opt(args, "--extra-labels", extra_labels)
+    return [*args, "--events"]
+
+
+WEIGHTS = ("imagenet", "none")  # or a path to an Xception notop .h5 file
+
+
+def train_args(data: str, out: str, *, weights: str = None, params: str = None, image_size: int = None,
+               epochs_top: int = None, epochs_fine: int = None, batch_size: int = None, seed: int = None) -> list:
+    _need(data=data, out=out)
+    args = ["train", "--data", str(data), "--out", str(out)]
+    _opt(args, "--params", params)
+    _opt(args, "--weights", weights)
+    _opt(args, "--image-size", image_size)
+    _opt(args, "--epochs-top", epochs_top)
+    _opt(args, "--epochs-fine", epochs_fine)
+    _opt(args, "--batch-size", batch_size)
+    _opt(args, "--seed", seed)
+    return [*args, "--events"]
+
+
+METRICS = ("accuracy", "roc_auc")
+
+
+def search_args(data: str, out: str, trials: int, *, space: str = None, metric: str = None, params: str = None,
+                weights: str = None, image_size: int = None, epochs_fine: int = None, batch_size: int = None) -> list:
+    _need(data=data, out=out, trials=trials)
+    if int(trials) < 1:
+        raise ValueError("trials must be at least 1")
+    if metric is not None and metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}")
+    args = ["search", "--data", str(data), "--out", str(out), "--trials", str(int(trials))]
+    _opt(args, "--space", space)
+    _opt(args, "--metric", metric)
+    _opt(args, "--params", params)
+    _opt(args, "--weights", weights)
+    _opt(args, "--image-size", image_size)
+    _opt(args, "--epochs-fine", epochs_fine)
+    _opt(args, "--batch-size", batch_size)
+    return [*args, "--events"]
+
+
+def predict_args(model: str, imagery: str, out: str, *, area: str = None, tiles: str = None, shard: str = None,
+                 shards: int = None, workers: int = None, checkpoint_every: int = None, batch_size: int = None,
+                 max_tiles: int = None) -> list:
+    """Exactly one of area (GeoJSON or bbox) and tiles (a cover file from `tiles --out`)."""
+    _need(model=model, imagery=imagery, out=out)
+    if bool(area) == bool(tiles):
+        raise ValueError("give exactly one of an area and a tile cover file")
+    args = ["predict", "--model", str(model), "--imagery", str(imagery)]
+    _opt(args, "--area", area)
+    _opt(args, "--tiles", tiles)
+    args += ["--out", str(out)]
+    _opt(args, "--shards", shards)
+    _opt(args, "--shard", shard)
+    _opt(args, "--workers", workers)
+    _opt(args, "--checkpoint-every", checkpoint_every)
+    _opt(args, "--batch-size", batch_size)
+    _opt(args, "--max-tiles", max_tiles)
+    return [*args, "--events"]
+
+
+def results_args(store: str, *, heatmap: str = None, candidates: str = None, threshold: float = None,
+                 json_path: str = None, geojson: str = None) -> list:
+    _need(store=store)
+    if not any((heatmap, candidates, json_path, geojson)):
+        raise ValueError("ask for at least one output: heatmap, candidates, JSON or GeoJSON")
+    args = ["results", str(store)]
+    _opt(args, "--heatmap", heatmap)
+    _opt(args, "--candidates", candidates)
+    _opt(args, "--threshold", threshold)
+    _opt(args, "--json", json_path)
+    _opt(args, "--geojson", geojson)
+    return [*args, "--events"]
+
+
+# --- remote (AWS) -----------------------------------------------------------------------------------------------
+def _aws(args: list, profile: str = None, region: str = None) -> list:
+    _opt(args, "--profile", profile)
+    _opt(args, "--region", region)
+    return args
+
+
+def remote_submit_args(local_args: list, *, name: str = None, profile: str = None, region: str = None) -> list:
+    """`remote submit KIND ...` from a local predict/train/search argument list (the backend mirrors their
+    arguments); --yes because nobody can answer the cost prompt of an --events run."""
+    kind = local_args[0]
+    if kind not in ("predict", "train", "search"):
+        raise ValueError(f"remote jobs run predict, train or search, not {kind}")
+    body = [a for a in local_args[1:] if a != "--events"]
+    args = ["remote", "submit", kind, *body]
+    _opt(args, "--name", name)
+    return [*_aws(args, profile, region), "--yes", "--events"]
+
+
+def remote_args(action: str, job: str, *, profile: str = None, region: str = None, out: str = None,
+                threshold: float = None) -> list:
+    """`remote status|cancel|logs|fetch JOB`."""
+    if action not in ("status", "cancel", "logs", "fetch"):
+        raise ValueError(f"unknown remote action {action}")
+    _need(job=job)
+    args = ["remote", action, str(job)]
+    if action == "fetch":
+        _need(out=out)
+        _opt(args, "--out", out)
+        _opt(args, "--threshold", threshold)
+    return [*_aws(args, profile, region), "--events"]
+
+
+# --- review: exports and conflation -----------------------------------------------------------------------------
+EXPORT_KINDS = ("osm", "osm-reference", "overlay", "maproulette", "maproulette-cooperative", "tasking-manager",
+                "labels")
+
+
+def export_args(kind: str, candidates: str, out: str, *, comment: str = None, source: str = None,
+                hashtags: str = None, min_score: float = None, status: str = None) -> list:
+    """`export KIND --candidates C.gpkg --out PATH`: the reviewed candidates for OSM editing or training."""
+    if kind not in EXPORT_KINDS:
+        raise ValueError(f"unknown export {kind}; one of {', '.join(EXPORT_KINDS)}")
+    _need(candidates=candidates, out=out)
+    args = ["export", kind, "--candidates", str(candidates), "--out", str(out)]
+    if kind in ("osm", "maproulette-cooperative"):
+        _opt(args, "--comment", comment)
+        _opt(args, "--source", source)
+        _opt(args, "--hashtags", hashtags)
+    _opt(args, "--min-score", min_score)
+    _opt(args, "--status", status)
+    return [*args, "--events"]
+
+
+def conflate_args(candidates: str, osm: str, *, buffer_m: float = None) -> list:
+    """`conflate --candidates C.gpkg --osm SRC`: mark candidates OSM already has, flag misplaced towers."""
+    _need(candidates=candidates, osm=osm)
+    args = ["conflate", "--candidates", str(candidates), "--osm", str(osm)]
+    _opt(args, "--buffer", buffer_m)
+    return [*args, "--events"]

@@ -1,0 +1,113 @@
+"""Imagery sources the user already has in QGIS, and keeping their secrets off command lines and disks.
+
+Sources: the XYZ connections of QGIS's browser (settings `qgis/connections-xyz/NAME/...`), the project's raster
+layers (a local file, or an XYZ layer), or a URL template / path typed in. The backend expands ${NAME} references
+in a spec from its environment; so a spec here carries ${TOWER_DETECTOR_TOKEN} (the token of the chosen auth
+config, from QgsAuthManager) or ${TOWER_DETECTOR_SECRET_<PARAM>} (a token that was written into a URL's query),
+and the values go into the job's environment only.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from qgis.core import QgsProject, QgsProviderRegistry, QgsRasterLayer, QgsSettings
+
+from .settings import auth_token
+
+TOKEN_VAR = "TOWER_DETECTOR_TOKEN"
+TOKEN_REF = "${" + TOKEN_VAR + "}"
+# The same query names the backend redacts: token, key, secret, password, signature, credential, sig, X-Amz-*.
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&;])((?:[\w.-]*(?:token|key|secret|passw(?:or)?d|signature|credential)[\w.-]*|sig|x-amz-[\w-]+))="
+    r"([^&#\s'\"]*)")
+_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
+
+
+@dataclass
+class ImagerySpec:
+    spec: str  # what goes on the command line and into jobs.json: no secret values
+    env: dict = field(default_factory=dict)  # ${NAME} values, for the subprocess environment only
+
+
+def resolve(spec: str, authcfg: str = "") -> ImagerySpec:
+    """A spec safe to show and store, and the environment it needs. ValueError (one line) when it cannot work."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise ValueError("no imagery given")
+    if _USERINFO.search(spec):
+        raise ValueError("the imagery URL has user:password@ in it; store the password in a QGIS authentication "
+                         "config and put " + TOKEN_REF + " where it goes")
+    env = {}
+
+    def lift(match):
+        sep, name, secret = match.groups()
+        if not secret or secret.startswith("${"):
+            return match.group(0)  # nothing to hide, or already a reference
+        var = "TOWER_DETECTOR_SECRET_" + re.sub(r"\W", "_", name).upper()
+        env[var] = unquote(secret)
+        return f"{sep}{name}=${{{var}}}"
+
+    spec = _SECRET_QUERY.sub(lift, spec)
+    if authcfg:
+        if TOKEN_REF not in spec:
+            raise ValueError(f"an authentication config is chosen but the imagery spec has no {TOKEN_REF}; put it "
+                             "where the token goes, e.g. ...?access_token=" + TOKEN_REF)
+        env[TOKEN_VAR] = auth_token(authcfg)
+    elif TOKEN_REF in spec and TOKEN_VAR not in os.environ:
+        raise ValueError(f"the imagery spec uses {TOKEN_REF}: choose the authentication config that holds the token")
+    return ImagerySpec(spec, env)
+
+
+def literal_secrets(spec: str) -> list:
+    """Names of the query parameters (or "user:password@") that hold a secret value in spec: what must never be
+    stored in QgsSettings or a project."""
+    found = ["user:password@"] if _USERINFO.search(spec or "") else []
+    return found + [m.group(2) for m in _SECRET_QUERY.finditer(spec or "")
+                    if m.group(3) and not m.group(3).startswith("${")]
+
+
+@dataclass
+class Source:
+    label: str  # shown in the combo box
+    spec: str
+    authcfg: str = ""
+
+
+# openstreetmap.org's tile servers forbid bulk downloads (operations.osmfoundation.org/policies/tiles): a
+# prediction fetches every tile of an area, so they are never offered as a source.
+_NO_BULK = re.compile(r"(?i)^https?://([a-z0-9-]+\.)*tile\.openstreetmap\.org/")
+
+
+def xyz_connections() -> list:
+    """The XYZ tile connections of QGIS's browser panel (aerial imagery, one hopes; not OSM's own tiles)."""
+    settings = QgsSettings()
+    settings.beginGroup("qgis/connections-xyz")
+    names = settings.childGroups()
+    settings.endGroup()
+    out = []
+    for name in sorted(names, key=str.lower):
+        base = f"qgis/connections-xyz/{name}/"
+        url = unquote(settings.value(base + "url", "") or "")
+        hidden = str(settings.value(base + "hidden", "false")).lower() in ("true", "1")
+        if url and not hidden and not _NO_BULK.match(url):
+            out.append(Source(f"XYZ connection: {name}", url, settings.value(base + "authcfg", "") or ""))
+    return out
+
+
+def raster_layer_sources(project: QgsProject = None) -> list:
+    """The project's raster layers the backend can read: local files (GDAL) and XYZ layers."""
+    project = project or QgsProject.instance()
+    out = []
+    for layer in project.mapLayers().values():
+        if not isinstance(layer, QgsRasterLayer):
+            continue
+        provider = layer.providerType()
+        parts = QgsProviderRegistry.instance().decodeUri(provider, layer.source())
+        if provider == "gdal" and parts.get("path") and os.path.isfile(parts["path"]):
+            out.append(Source(f"Layer: {layer.name()}", parts["path"]))
+        elif provider == "wms" and parts.get("type") == "xyz" and parts.get("url") and not _NO_BULK.match(
+                unquote(parts["url"])):
+            out.append(Source(f"Layer: {layer.name()}", unquote(parts["url"]), parts.get("authcfg", "") or ""))
+    return sorted(out, key=lambda s: s.label.lower())

@@ -1,0 +1,382 @@
+"""Jobs: starting backend tasks, remembering them in <work dir>/jobs.json, and the Jobs panel.
+
+A job is one BackendTask (one or more backend commands). Its record (command lines with ${...} references, never
+secret values; status, progress, output paths) is written to jobs.json on every change, so the list survives a
+QGIS restart. A job that was running when QGIS stopped is shown as "stopped": the backend resumes it when the
+same command runs again.
+
+Remote (AWS) jobs: `remote submit` is a local job whose result names the remote job; a RemotePoller then runs
+`tower-detector remote status NAME --events` every POLL_S seconds (QTimer) until the job ends.
+"""
+
+import json
+import os
+import shlex
+import threading
+import time
+import uuid
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.PyQt.QtCore import QObject, Qt, QTimer, QUrl, pyqtSignal
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QDockWidget,
+    QHBoxLayout,
+    QHeaderView,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import backend, commands, settings
+from .tasks import LOG_TAG, BackendTask
+
+ACTIVE = ("queued", "running", "submitted")
+REMOTE_DONE = {"SUCCEEDED": "finished", "FAILED": "failed"}  # AWS Batch states that end a job
+POLL_S = 60
+
+
+class JobStore:
+    """jobs.json: a list of job records, newest last, written atomically."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self.jobs = []
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    self.jobs = [j for j in json.load(f).get("jobs", []) if isinstance(j, dict) and j.get("id")]
+            except (OSError, ValueError) as exc:
+                QgsMessageLog.logMessage(f"could not read {path}: {exc}; starting an empty job list", LOG_TAG,
+                                         Qgis.Warning)
+        for job in self.jobs:  # QGIS stopped while these ran locally
+            if job.get("status") in ("queued", "running"):
+                job["status"] = "stopped"
+                job["message"] = "QGIS closed while it ran; run the same command again to resume"
+
+    def get(self, job_id: str) -> dict:
+        return next((j for j in self.jobs if j["id"] == job_id), None)
+
+    def add(self, job: dict) -> dict:
+        self.jobs.append(job)
+        self.save()
+        return job
+
+    def update(self, job_id: str, **fields) -> dict:
+        job = self.get(job_id)
+        if job is not None:
+            job.update(fields)
+            self.save()
+        return job
+
+    def remove(self, job_id: str) -> None:
+        self.jobs = [j for j in self.jobs if j["id"] != job_id]
+        self.save()
+
+    def save(self) -> None:
+        with self._lock:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"format": "tower-detector/plugin-jobs", "jobs": self.jobs}, f, indent=1)
+            os.replace(tmp, self.path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class JobManager(QObject):
+    """Starts jobs as tasks, keeps their records, reports their ends in the message bar (iface may be None)."""
+
+    changed = pyqtSignal(str)  # a job id
+    finished = pyqtSignal(str)  # a job id, once it has ended however
+
+    def __init__(self, iface=None, work_dir: str = None, parent=None):
+        super().__init__(parent)
+        self.iface = iface
+        self.store = JobStore(os.path.join(work_dir or settings.work_dir(), "jobs.json"))
+        self.tasks = {}  # job id -> BackendTask; Python must keep them while QGIS runs them
+        self.pollers = {}
+        for job in self.store.jobs:
+            if job.get("status") == "submitted" and job.get("remote"):
+                self.poll_remote(job["id"])
+
+    def start(self, kind: str, title: str, steps: list, *, out: str = "", outputs: dict = None, env: dict = None,
+              remote: dict = None) -> str:
+        """Start a job; returns its id. A missing backend fails the job at once, with the reason."""
+        job = self.store.add({
+            "id": uuid.uuid4().hex[:12], "kind": kind, "title": title,
+            "commands": [shlex.join(step) for step in steps], "status": "queued", "started": _now(), "ended": "",
+            "progress": 0.0, "out": out, "outputs": outputs or {}, "message": "", "remote": remote or {},
+        })
+        try:
+            be = backend.locate(settings.value("backend/path"))
+        except backend.BackendMissing as exc:
+            self._end(job["id"], "failed", str(exc))
+            return job["id"]
+        task = BackendTask(f"Tower Detector: {title}", steps, be, env)
+        self.tasks[job["id"]] = task
+        task.begun.connect(lambda: self._set(job["id"], status="running"))
+        task.progressChanged.connect(lambda p: self._progress(job["id"], p))
+        task.eventReceived.connect(lambda event: self._event(job["id"], event))
+        task.done.connect(lambda end: self._task_done(job["id"], end))
+        QgsApplication.taskManager().addTask(task)
+        self.changed.emit(job["id"])
+        return job["id"]
+
+    def cancel(self, job_id: str) -> None:
+        task = self.tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+        elif job_id in self.pollers:
+            self.pollers.pop(job_id).stop()
+            self._set(job_id, status="cancelled", message="no longer followed here (the remote job goes on; "
+                                                          "`tower-detector remote cancel` stops it)")
+
+    def _set(self, job_id, **fields):
+        self.store.update(job_id, **fields)
+        self.changed.emit(job_id)
+
+    def _progress(self, job_id, value):
+        job = self.store.get(job_id)
+        if job is not None and int(value) != int(job.get("progress", 0)):  # ~100 writes per job at most
+            self._set(job_id, progress=float(value))
+
+    def _event(self, job_id, event):
+        if event.get("event") == "result" and event.get("message"):
+            QgsMessageLog.logMessage(str(event["message"]), LOG_TAG, Qgis.Success)
+
+    def _task_done(self, job_id, end):
+        self.tasks.pop(job_id, None)
+        job = self.store.get(job_id)
+        if job is None:
+            return
+        if end.ok:
+            result = end.result
+            if job.get("kind") == "remote-submit" and result.get("name"):
+                remote = {**job.get("remote", {}), "name": result["name"], "job_id": result.get("job_id"),
+                          "out": result.get("out")}
+                self._set(job_id, status="submitted", remote=remote, progress=0.0,
+                          message=str(result.get("message", "")).splitlines()[0] if result.get("message") else "")
+                self._notify(f"{job['title']}: submitted as {result['name']}", Qgis.Info)
+                self.poll_remote(job_id)
+                return
+            self._end(job_id, "finished", str(result.get("message") or "done").splitlines()[0], result=result)
+        elif end.canceled:
+            self._end(job_id, "cancelled", "cancelled")
+        else:
+            kind = ((end.outcome.error if end.outcome else None) or {}).get("kind")
+            self._end(job_id, "stopped" if kind == "interrupted" else "failed", end.reason)
+
+    def _end(self, job_id, status, message, result=None):
+        fields = {"status": status, "message": message, "ended": _now()}
+        if status == "finished":
+            fields["progress"] = 100.0
+        if result:
+            fields["result"] = {k: v for k, v in result.items() if k not in ("event",)}
+        self._set(job_id, **fields)
+        job = self.store.get(job_id)
+        level = {"finished": Qgis.Success, "cancelled": Qgis.Info}.get(status, Qgis.Critical)
+        text = f"{job['title']}: {message}"
+        if level == Qgis.Critical:
+            text += " (details in the log panel, Tower Detector tab)"
+            QgsMessageLog.logMessage(f"{job['title']} {status}: {message}", LOG_TAG, Qgis.Critical)
+        self._notify(text, level)
+        self.finished.emit(job_id)
+
+    def _notify(self, text, level):
+        if self.iface is not None:
+            self.iface.messageBar().pushMessage("Tower Detector", text, level=level,
+                                                duration=0 if level == Qgis.Critical else 8)
+
+    # -- remote jobs
+    def poll_remote(self, job_id: str, interval_s: float = POLL_S) -> "RemotePoller":
+        poller = RemotePoller(self, job_id, interval_s)
+        self.pollers[job_id] = poller
+        poller.start()
+        return poller
+
+    def fetch_remote(self, job_id: str) -> str:
+        """Start `remote fetch` for a submitted job into <its out>/fetched; returns the fetch job's id."""
+        job = self.store.get(job_id)
+        remote = job.get("remote", {})
+        out = os.path.join(job.get("out") or settings.work_dir(), "fetched")
+        args = commands.remote_args("fetch", remote["name"], profile=remote.get("profile"),
+                                    region=remote.get("region"), out=out, threshold=remote.get("threshold"))
+        if remote.get("kind") == "predict":
+            outputs = {"heatmap": os.path.join(out, "heatmap.tif"), "candidates": os.path.join(out, "candidates.gpkg")}
+        else:
+            outputs = {"model": os.path.join(out, "best") if remote.get("kind") == "search" else out}
+        return self.start("remote-fetch", f"fetch {remote['name']}", [args], out=out, outputs=outputs)
+
+    def remove(self, job_id: str) -> None:
+        if job_id in self.tasks or job_id in self.pollers:
+            raise ValueError("cancel the job first")
+        self.store.remove(job_id)
+        self.changed.emit(job_id)
+
+    def shutdown(self):
+        """Plugin unload: stop polling; running tasks are QGIS's (it cancels them when it quits)."""
+        for poller in self.pollers.values():
+            poller.stop()
+        self.pollers.clear()
+
+
+class RemotePoller(QObject):
+    """Asks `tower-detector remote status NAME --events` every interval (QTimer) and updates the job record."""
+
+    def __init__(self, manager: JobManager, job_id: str, interval_s: float):
+        super().__init__(manager)
+        self.manager, self.job_id = manager, job_id
+        self.timer = QTimer(self)
+        self.timer.setInterval(int(interval_s * 1000))
+        self.timer.timeout.connect(self.poll)
+        self.task = None
+
+    def start(self):
+        self.timer.start()
+        self.poll()
+
+    def stop(self):
+        self.timer.stop()
+
+    def poll(self):
+        if self.task is not None:
+            return  # the last status question is still out
+        job = self.manager.store.get(self.job_id)
+        if job is None or not job.get("remote", {}).get("name"):
+            return self.stop()
+        remote = job["remote"]
+        try:
+            be = backend.locate(settings.value("backend/path"))
+        except backend.BackendMissing as exc:
+            return self.manager._set(self.job_id, message=str(exc))
+        args = commands.remote_args("status", remote["name"], profile=remote.get("profile"),
+                                    region=remote.get("region"))
+        self.task = BackendTask(f"Tower Detector: status of {remote['name']}", [args], be)
+        self.task.done.connect(self._answered)
+        QgsApplication.taskManager().addTask(self.task)
+
+    def _answered(self, end):
+        self.task = None
+        result = end.result
+        state = result.get("status")
+        if not state:
+            return self.manager._set(self.job_id, message=f"status unknown: {end.reason or 'no answer'}")
+        fields = {"message": f"remote: {state}"}
+        progress = result.get("progress") or {}
+        if progress.get("tiles_total"):
+            fields["progress"] = 100.0 * progress["tiles_done"] / progress["tiles_total"]
+        self.manager._set(self.job_id, remote={**self.manager.store.get(self.job_id)["remote"], "state": state},
+                          **fields)
+        if state in REMOTE_DONE:
+            self.stop()
+            self.manager.pollers.pop(self.job_id, None)
+            reason = ((end.outcome.error if end.outcome else None) or {}).get("message")
+            self.manager._end(self.job_id, REMOTE_DONE[state], reason or f"remote job {state.lower()}")
+
+
+# --- the panel ----------------------------------------------------------------------------------------------------
+COLUMNS = ("Job", "Status", "Started", "Progress", "Output", "Message")
+
+
+class JobsDock(QDockWidget):
+    """Lists the jobs; cancel, open the output folder, load a prediction's results, show a model's metrics."""
+
+    loadResults = pyqtSignal(dict)  # noqa: N815 - a finished predict job's record
+    showMetrics = pyqtSignal(str)  # noqa: N815 - a model directory
+
+    def __init__(self, manager: JobManager, parent=None):
+        super().__init__("Tower Detector jobs", parent)
+        self.setObjectName("TowerDetectorJobsDock")
+        self.manager = manager
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.buttons = {}
+        row = QHBoxLayout()
+        for name, slot in (("Cancel", self._cancel), ("Fetch", self._fetch), ("Load results", self._load),
+                           ("Metrics", self._metrics),
+                           ("Open folder", self._open), ("Remove", self._remove)):
+            button = QPushButton(name)
+            button.clicked.connect(slot)
+            row.addWidget(button)
+            self.buttons[name] = button
+        row.addStretch(1)
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.addWidget(self.table)
+        layout.addLayout(row)
+        self.setWidget(body)
+        manager.changed.connect(lambda _id: self.refresh())
+        self.table.itemSelectionChanged.connect(self._update_buttons)
+        self.refresh()
+
+    def refresh(self):
+        selected = self.selected_id()
+        jobs = list(reversed(self.manager.store.jobs))  # newest first
+        self.table.setRowCount(len(jobs))
+        for r, job in enumerate(jobs):
+            values = (job.get("title", job.get("kind", "")), job.get("status", ""), job.get("started", ""),
+                      f"{job.get('progress', 0):.0f} %", job.get("out", ""), job.get("message", ""))
+            for c, text in enumerate(values):
+                item = QTableWidgetItem(str(text))
+                item.setData(Qt.UserRole, job["id"])
+                if c == 0:
+                    item.setToolTip("\n".join(job.get("commands", [])))
+                self.table.setItem(r, c, item)
+            if job["id"] == selected:
+                self.table.selectRow(r)
+        self._update_buttons()
+
+    def selected_id(self):
+        rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
+        return self.table.item(rows[0].row(), 0).data(Qt.UserRole) if rows else None
+
+    def selected_job(self):
+        job_id = self.selected_id()
+        return self.manager.store.get(job_id) if job_id else None
+
+    def _update_buttons(self):
+        job = self.selected_job() or {}
+        done = job.get("status") == "finished"
+        self.buttons["Cancel"].setEnabled(job.get("status") in ACTIVE)
+        self.buttons["Fetch"].setEnabled(job.get("kind") == "remote-submit" and bool(job.get("remote", {}).get("name")))
+        self.buttons["Load results"].setEnabled(done and bool(job.get("outputs", {}).get("heatmap")
+                                                              or job.get("outputs", {}).get("candidates")))
+        self.buttons["Metrics"].setEnabled(done and bool(job.get("outputs", {}).get("model")))
+        self.buttons["Open folder"].setEnabled(bool(job.get("out")) and os.path.isdir(job.get("out", "")))
+        self.buttons["Remove"].setEnabled(bool(job) and job.get("status") not in ACTIVE)
+
+    def _cancel(self):
+        if self.selected_id():
+            self.manager.cancel(self.selected_id())
+
+    def _fetch(self):
+        if self.selected_id():
+            self.manager.fetch_remote(self.selected_id())
+
+    def _load(self):
+        if self.selected_job():
+            self.loadResults.emit(self.selected_job())
+
+    def _metrics(self):
+        if self.selected_job():
+            self.showMetrics.emit(self.selected_job()["outputs"]["model"])
+
+    def _open(self):
+        if self.selected_job():
+            QDesktopServices.openUrl(QUrl.fromLocalFile(self.selected_job()["out"]))
+
+    def _remove(self):
+        if self.selected_id():
+            self.manager.remove(self.selected_id())

@@ -1,0 +1,352 @@
+"""Results in QGIS: the heatmap and candidates as styled layers, a live score threshold, and a model's metrics.
+
+Styles persist where the data is: the candidates' style goes into the GeoPackage's layer_styles table as its
+default (saveStyleToDatabase), the heatmap's into a heatmap.qml sidecar, which QGIS loads with the GeoTIFF. So
+the layers look the same wherever they are opened, the demo project included.
+"""
+
+import json
+import os
+
+from qgis.core import (
+    QgsColorRampShader,
+    QgsFeatureRequest,
+    QgsFillSymbol,
+    QgsGeometryGeneratorSymbolLayer,
+    QgsGraduatedSymbolRenderer,
+    QgsLayerTreeGroup,
+    QgsMarkerSymbol,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsRendererRange,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QColor, QPixmap
+from qgis.PyQt.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QDockWidget,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSlider,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+STYLE_NAME = "tower_detector"
+ROLE_PROPERTY = "tower_detector/role"
+HEATMAP_RAMP = ((0.0, QColor(255, 255, 178)), (0.35, QColor(254, 204, 92)), (0.7, QColor(253, 141, 60)),
+                (0.9, QColor(240, 59, 32)), (1.0, QColor(189, 0, 38)))  # positions within floor..1
+SCORE_BANDS = ((0.0, 0.9, QColor(254, 204, 92), "below 0.9"),
+               (0.9, 0.97, QColor(253, 141, 60), "0.9 to 0.97"),
+               (0.97, 1.0, QColor(227, 26, 28), "0.97 and above (the seed's \"Yes\")"))
+
+
+class ResultsError(Exception):
+    """A results file that cannot be loaded: the message is one line for the message bar."""
+
+
+# --- heatmap ------------------------------------------------------------------------------------------------------
+def style_heatmap(layer: QgsRasterLayer, floor: float = 0.5) -> None:
+    """Pseudocolor from floor (pale yellow) to 1 (dark red); scores below the floor and nodata are transparent."""
+    floor = min(max(float(floor), 0.0), 0.999)
+    shader = QgsColorRampShader(floor, 1.0)
+    shader.setColorRampType(QgsColorRampShader.Interpolated)
+    items = [QgsColorRampShader.ColorRampItem(floor + pos * (1.0 - floor), colour, f"{floor + pos * (1.0 - floor):.2f}")
+             for pos, colour in HEATMAP_RAMP]
+    shader.setColorRampItemList(items)
+    shader.setClip(True)  # clip: values outside floor..1 are not drawn, which is what makes "below floor" clear
+    raster_shader = QgsRasterShader(floor, 1.0)
+    raster_shader.setRasterShaderFunction(shader)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader)
+    renderer.setClassificationMin(floor)
+    renderer.setClassificationMax(1.0)
+    layer.setRenderer(renderer)
+    layer.setOpacity(0.75)
+    layer.triggerRepaint()
+
+
+def heatmap_floor(layer: QgsRasterLayer):
+    renderer = layer.renderer()
+    return renderer.classificationMin() if isinstance(renderer, QgsSingleBandPseudoColorRenderer) else None
+
+
+def load_heatmap(path: str, floor: float = 0.5, name: str = "tower scores (heatmap)",
+                 save_style: bool = True) -> QgsRasterLayer:
+    if not os.path.isfile(path):
+        raise ResultsError(f"heatmap not found: {path}")
+    layer = QgsRasterLayer(path, name, "gdal")
+    if not layer.isValid():
+        raise ResultsError(f"not a raster QGIS can open: {path}")
+    style_heatmap(layer, floor)
+    layer.setCustomProperty(ROLE_PROPERTY, "heatmap")  # the review dock hides it to show the imagery
+    if save_style:
+        layer.saveNamedStyle(os.path.splitext(path)[0] + ".qml")  # QGIS's default style for this file
+    return layer
+
+
+# --- candidates ---------------------------------------------------------------------------------------------------
+def _tower_marker() -> QgsGeometryGeneratorSymbolLayer:
+    """The tower point (the model's CAM peak, point_lon/point_lat) drawn from the candidate's own row, so one
+    layer shows both. (Loading the candidate_points layer beside it would open the GeoPackage twice, and QGIS
+    3.22's OGR provider then fails reads of the second filtered layer: "unable to open database file".)"""
+    marker = QgsGeometryGeneratorSymbolLayer.create({"geometryModifier": 'make_point("point_lon", "point_lat")',
+                                                     "SymbolType": "Marker"})
+    marker.setSubSymbol(QgsMarkerSymbol.createSimple(
+        {"name": "cross2", "color": "#b71c1c", "outline_color": "#b71c1c", "size": "3", "outline_width": "0.5"}))
+    return marker
+
+
+def candidates_renderer() -> QgsGraduatedSymbolRenderer:
+    """Candidate tiles by score band, each with its tower point as a cross."""
+    ranges = []
+    for lo, hi, colour, label in SCORE_BANDS:
+        fill = QColor(colour)
+        fill.setAlpha(70)
+        symbol = QgsFillSymbol.createSimple({"color": fill.name(QColor.HexArgb), "outline_color": colour.name(),
+                                             "outline_width": "0.6", "outline_width_unit": "MM"})
+        symbol.appendSymbolLayer(_tower_marker())
+        ranges.append(QgsRendererRange(lo, hi, symbol, label))
+    return QgsGraduatedSymbolRenderer("score", ranges)
+
+
+def threshold_filter(threshold: float) -> str:
+    return f'"score" >= {float(threshold)!r}'
+
+
+def set_threshold(layers, threshold: float) -> None:
+    """Show only candidates scoring at least threshold (a provider filter: counts and exports follow it)."""
+    for layer in layers:
+        if layer is not None and layer.isValid():
+            layer.setSubsetString(threshold_filter(threshold))
+            layer.triggerRepaint()
+
+
+def count(layer: QgsVectorLayer) -> int:
+    """Features passing the layer's filter. QGIS 3.22's OGR provider can answer -1 for the filtered count of a
+    second layer of the same GeoPackage (its COUNT query fails with "unable to open database file" while
+    reading works): then count by reading, without geometry or attributes."""
+    n = layer.featureCount()
+    if n >= 0:
+        return n
+    request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry).setNoAttributes()
+    return sum(1 for _ in layer.getFeatures(request))
+
+
+def _open_gpkg_layer(path: str, layer_name: str, name: str) -> QgsVectorLayer:
+    layer = QgsVectorLayer(f"{path}|layername={layer_name}", name, "ogr")
+    if not layer.isValid():
+        raise ResultsError(f"{path} has no layer {layer_name!r}: not a tower-detector candidates GeoPackage")
+    if layer.fields().indexOf("score") < 0:
+        raise ResultsError(f"{path}|{layer_name} has no score field")
+    return layer
+
+
+def _has_saved_style(layer: QgsVectorLayer) -> bool:
+    count, _ids, names, _desc, _err = layer.listStylesInDatabase()
+    return count > 0 and STYLE_NAME in names
+
+
+def open_candidates(path: str, name: str = "tower candidates") -> QgsVectorLayer:
+    """The candidates layer of a candidates GeoPackage, as it is."""
+    if not os.path.isfile(path):
+        raise ResultsError(f"candidates not found: {path}")
+    return _open_gpkg_layer(path, "candidates", name)
+
+
+def load_candidates(path: str, threshold: float = 0.5, name: str = "tower candidates") -> QgsVectorLayer:
+    """The candidates layer of a candidates GeoPackage, styled, filtered at threshold. The style is saved into
+    the GeoPackage the first time; later loads take the saved one (with any edits the user saved)."""
+    layer = open_candidates(path, name)
+    if not _has_saved_style(layer):
+        layer.setRenderer(candidates_renderer())
+        error = layer.saveStyleToDatabase(STYLE_NAME, "Tower Detector: candidate tiles by score, tower points", True,
+                                          "")
+        if error:
+            raise ResultsError(f"could not save the style into {path}: {error}")
+    set_threshold((layer,), threshold)
+    return layer
+
+
+def add_results(heatmap: str = None, candidates: str = None, *, threshold: float = 0.5, floor: float = 0.5,
+                title: str = "Tower Detector results", project: QgsProject = None) -> dict:
+    """Add what exists of a result set to the project in one group, candidates above the heatmap."""
+    project = project or QgsProject.instance()
+    layers = {}
+    if candidates:
+        layers["candidates"] = load_candidates(candidates, threshold)
+    if heatmap:
+        layers["heatmap"] = load_heatmap(heatmap, floor)
+    if not layers:
+        raise ResultsError("nothing to load: give a heatmap or a candidates GeoPackage")
+    group: QgsLayerTreeGroup = project.layerTreeRoot().insertGroup(0, title)
+    for key in ("candidates", "heatmap"):
+        if key in layers:
+            project.addMapLayer(layers[key], False)
+            group.addLayer(layers[key])
+    return layers
+
+
+# --- live threshold -----------------------------------------------------------------------------------------------
+class ThresholdWidget(QWidget):
+    """A slider and spin box bound to candidate layers' filters, and a floor for the heatmap."""
+
+    changed = pyqtSignal(float)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.layers = []
+        self.heatmap = None
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(0, 1000)
+        self.spin = QDoubleSpinBox()
+        self.spin.setRange(0.0, 1.0)
+        self.spin.setDecimals(3)
+        self.spin.setSingleStep(0.01)
+        self.floor = QDoubleSpinBox()
+        self.floor.setRange(0.0, 0.99)
+        self.floor.setDecimals(2)
+        self.floor.setSingleStep(0.05)
+        self.count = QLabel("")
+        row = QHBoxLayout()
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.spin)
+        form = QFormLayout(self)
+        form.addRow("Candidate score ≥", row)
+        form.addRow("", self.count)
+        form.addRow("Heatmap floor", self.floor)
+        self.slider.valueChanged.connect(lambda v: self.spin.setValue(v / 1000.0))
+        self.spin.valueChanged.connect(self._apply)
+        self.floor.valueChanged.connect(self._apply_floor)
+
+    def bind(self, candidate_layers, heatmap=None, threshold=0.5, floor=0.5):
+        self.layers = [layer for layer in candidate_layers if layer is not None]
+        self.heatmap = heatmap
+        self.floor.blockSignals(True)
+        self.floor.setValue(floor)
+        self.floor.blockSignals(False)
+        self.spin.setValue(threshold)
+        self._apply(threshold)
+
+    def _apply(self, value):
+        self.slider.blockSignals(True)
+        self.slider.setValue(int(round(value * 1000)))
+        self.slider.blockSignals(False)
+        self.layers = [layer for layer in self.layers if _alive(layer)]
+        set_threshold(self.layers, value)
+        if self.layers:
+            self.count.setText(f"{count(self.layers[0]):,} candidates shown")
+        self.changed.emit(value)
+
+    def _apply_floor(self, value):
+        if self.heatmap is not None and _alive(self.heatmap):
+            style_heatmap(self.heatmap, value)
+
+
+def _alive(layer) -> bool:
+    try:
+        return layer.isValid()
+    except RuntimeError:  # the user removed the layer: its C++ side is gone
+        return False
+
+
+class ResultsDock(QDockWidget):
+    def __init__(self, parent=None):
+        super().__init__("Tower Detector results", parent)
+        self.setObjectName("TowerDetectorResultsDock")
+        self.threshold = ThresholdWidget()
+        self.setWidget(self.threshold)
+
+
+# --- model metrics ------------------------------------------------------------------------------------------------
+METRIC_ROWS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
+
+
+def read_metrics(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "metrics.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ResultsError(f"no metrics.json in {model_dir}: not a trained model directory") from None
+    except ValueError as exc:
+        raise ResultsError(f"{path} is not valid JSON: {exc}") from None
+
+
+def recommended_threshold(model_dir: str, default: float = 0.5) -> float:
+    """The model's Youden threshold (metrics.json), the usual choice for candidates; default without one."""
+    try:
+        value = (read_metrics(model_dir).get("thresholds") or {}).get("youden")
+    except ResultsError:
+        return default
+    return float(value) if isinstance(value, (int, float)) else default
+
+
+def metric_rows(metrics: dict) -> list:
+    """(name, value text) for the table: the headline metrics, then the recommended thresholds."""
+    rows = []
+    for key in METRIC_ROWS:
+        if key in metrics:
+            rows.append((key, _fmt(metrics[key])))
+    for key, value in sorted((metrics.get("thresholds") or {}).items()):
+        rows.append((f"threshold: {key}", _fmt(value)))
+    for key, value in sorted(metrics.items()):  # anything else scalar the backend adds
+        if key not in METRIC_ROWS and key != "thresholds" and isinstance(value, (int, float, str)):
+            rows.append((key, _fmt(value)))
+    return rows
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class MetricsDialog(QDialog):
+    """metrics.json as a table, and the ROC and score-distribution plots."""
+
+    def __init__(self, model_dir: str, parent=None):
+        super().__init__(parent)
+        self.setObjectName("TowerDetectorMetrics")
+        self.setWindowTitle(f"Model metrics: {model_dir}")
+        metrics = read_metrics(model_dir)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(("metric", "value"))
+        for name, text in metric_rows(metrics):
+            r = self.table.rowCount()
+            self.table.insertRow(r)
+            self.table.setItem(r, 0, QTableWidgetItem(name))
+            self.table.setItem(r, 1, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        tabs = QTabWidget()
+        tabs.addTab(self.table, "Metrics")
+        self.plots = {}
+        for filename, title in (("roc.png", "ROC curve"), ("scores.png", "Scores")):
+            label = QLabel()
+            label.setAlignment(Qt.AlignCenter)
+            path = os.path.join(model_dir, filename)
+            pixmap = QPixmap(path) if os.path.isfile(path) else QPixmap()
+            if pixmap.isNull():
+                label.setText(f"{filename} not found in the model directory")
+            else:
+                label.setPixmap(pixmap.scaled(640, 480, Qt.KeepAspectRatio, Qt.SmoothTransformation))
+            self.plots[filename] = label
+            scroll = QScrollArea()
+            scroll.setWidget(label)
+            scroll.setWidgetResizable(True)
+            tabs.addTab(scroll, title)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(tabs)
+        layout.addWidget(buttons)
+        self.resize(700, 560)

@@ -1,0 +1,581 @@
+"""Reviewing candidates one by one on the map canvas.
+
+ReviewSession is the model: the candidates of a layer (in the layer's filter, best score first), the reviewer's
+filters and position, and the decisions. Each decision goes straight to the GeoPackage through the layer's data
+provider (no edit buffer), so a crash of QGIS loses nothing already decided. Moving between candidates touches
+only in-memory arrays (a bisect over the filtered ranks), so it stays instant with 100,000 candidates.
+
+ReviewDock is the widget: filters, next/previous, status buttons with keyboard shortcuts, a note, the proposed
+tower point (a click on the canvas moves it onto the real tower), progress, and the exports.
+"""
+
+import bisect
+import getpass
+import os
+import time
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeatureRequest,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRectangle,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.gui import QgsMapToolEmitPoint, QgsRubberBand, QgsVertexMarker
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QColor, QKeySequence
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QShortcut,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import settings
+from .results import ROLE_PROPERTY
+
+# (status, button text, shortcut): the vocabulary the backend's exports and dataset --extra-labels read
+STATUSES = (
+    ("confirmed", "Confirmed tower", "1"),
+    ("false_positive", "False positive", "2"),
+    ("already_mapped", "Already mapped", "3"),
+    ("misplaced", "Misplaced existing", "4"),
+    ("unsure", "Unsure / skip", "5"),
+    ("bad_imagery", "Bad imagery", "6"),
+)
+UNREVIEWED = "unreviewed"
+NEXT_KEYS, PREVIOUS_KEYS = (".", "PgDown"), (",", "PgUp")
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+REQUIRED_FIELDS = ("score", "status", "note", "reviewer", "reviewed_at", "point_lon", "point_lat", "point_source")
+
+
+class ReviewError(Exception):
+    """A layer that cannot be reviewed, or a decision that could not be written: one line for the message bar."""
+
+
+def is_candidates_layer(layer) -> bool:
+    try:
+        return (isinstance(layer, QgsVectorLayer) and layer.isValid()
+                and all(layer.fields().indexOf(name) >= 0 for name in REQUIRED_FIELDS))
+    except RuntimeError:  # a removed layer
+        return False
+
+
+class ReviewSession:
+    """The candidates of `layer` and the review's state. Coordinates of points are lon/lat (the GeoPackage's)."""
+
+    def __init__(self, layer: QgsVectorLayer, reviewer: str = ""):
+        if layer is None or not layer.isValid():
+            raise ReviewError("no candidates layer to review")
+        missing = [name for name in REQUIRED_FIELDS if layer.fields().indexOf(name) < 0]
+        if missing:
+            raise ReviewError(f"{layer.name()} is not a tower-detector candidates layer (no {', '.join(missing)})")
+        self.layer = layer
+        self.reviewer = reviewer or _login()
+        self.index = {name: layer.fields().indexOf(name) for name in (*REQUIRED_FIELDS, "tile_id")}
+        self.min_score, self.max_score, self.statuses, self.extent = 0.0, 1.0, {UNREVIEWED}, None
+        self.reload()
+
+    # -- loading and filtering
+    def reload(self):
+        """Read the candidates passing the layer's filter (best first); keeps the current one if still there."""
+        current = self.current_fid()
+        names = ["score", "status", "point_lon", "point_lat", "tile_id", "note"]
+        request = QgsFeatureRequest().setSubsetOfAttributes([self.index[n] for n in names if self.index[n] >= 0])
+        rows = []
+        for f in self.layer.getFeatures(request):
+            box = f.geometry().boundingBox()
+            rows.append((-(f["score"] or 0.0), f.id(), f["score"] or 0.0, f["status"] or UNREVIEWED,
+                         f["point_lon"], f["point_lat"], _text(f, "tile_id"), _text(f, "note"),
+                         (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum())))
+        rows.sort()
+        self.fids = [r[1] for r in rows]
+        self.scores = [r[2] for r in rows]
+        self.status = [r[3] for r in rows]
+        self.points = [(r[4], r[5]) for r in rows]
+        self.tile_ids = [r[6] for r in rows]
+        self.notes = [r[7] for r in rows]
+        self.boxes = [r[8] for r in rows]
+        self.rank_of = {fid: i for i, fid in enumerate(self.fids)}
+        self.position = self.rank_of.get(current)
+        self._refilter()
+
+    def set_filter(self, min_score=None, max_score=None, statuses=..., extent=...):
+        """statuses: a set of status values, or None for all; extent: a QgsRectangle in the layer's CRS or None."""
+        if min_score is not None:
+            self.min_score = float(min_score)
+        if max_score is not None:
+            self.max_score = float(max_score)
+        if statuses is not ...:
+            self.statuses = set(statuses) if statuses is not None else None
+        if extent is not ...:
+            self.extent = extent
+        self._refilter()
+
+    def _passes(self, i) -> bool:
+        if not self.min_score <= self.scores[i] <= self.max_score:
+            return False
+        if self.statuses is not None and self.status[i] not in self.statuses:
+            return False
+        if self.extent is not None:
+            x0, y0, x1, y1 = self.boxes[i]
+            e = self.extent
+            return x1 >= e.xMinimum() and x0 <= e.xMaximum() and y1 >= e.yMinimum() and y0 <= e.yMaximum()
+        return True
+
+    def _refilter(self):
+        self.visible = [i for i in range(len(self.fids)) if self._passes(i)]  # ranks, ascending
+
+    # -- position
+    def current_fid(self):
+        position = getattr(self, "position", None)
+        return None if position is None else self.fids[position]
+
+    def next(self):
+        """Move to the next candidate in the filter after the current one (the first when there is none);
+        returns its fid, or None at the end (the position stays)."""
+        at = bisect.bisect_right(self.visible, -1 if self.position is None else self.position)
+        if at < len(self.visible):
+            self.position = self.visible[at]
+            return self.fids[self.position]
+        return None
+
+    def previous(self):
+        if self.position is None:
+            return None
+        at = bisect.bisect_left(self.visible, self.position) - 1
+        if at >= 0:
+            self.position = self.visible[at]
+            return self.fids[self.position]
+        return None
+
+    def go_to(self, fid):
+        if fid not in self.rank_of:
+            raise ReviewError(f"feature {fid} is not among the candidates under review")
+        self.position = self.rank_of[fid]
+        return fid
+
+    def current(self) -> dict:
+        if self.position is None:
+            return {}
+        i = self.position
+        visible_at = bisect.bisect_left(self.visible, i)
+        in_filter = visible_at < len(self.visible) and self.visible[visible_at] == i
+        return {"fid": self.fids[i], "score": self.scores[i], "status": self.status[i], "point": self.points[i],
+                "tile_id": self.tile_ids[i], "note": self.notes[i], "box": self.boxes[i], "rank": i + 1,
+                "filter_position": visible_at + 1 if in_filter else None}
+
+    # -- decisions, written at once
+    def decide(self, status: str, note: str = None) -> None:
+        if status not in {s for s, _t, _k in STATUSES} | {UNREVIEWED}:
+            raise ReviewError(f"unknown review status {status!r}")
+        if self.position is None:
+            raise ReviewError("no current candidate: press Next first")
+        i = self.position
+        values = {self.index["status"]: status, self.index["reviewer"]: self.reviewer,
+                  self.index["reviewed_at"]: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if note is not None:
+            values[self.index["note"]] = note
+        self._write(self.fids[i], values)
+        self.status[i] = status
+        if note is not None:
+            self.notes[i] = note
+
+    def move_point(self, lon: float, lat: float) -> None:
+        """The reviewer's tower position for the current candidate (WGS84)."""
+        if self.position is None:
+            raise ReviewError("no current candidate: press Next first")
+        i = self.position
+        self._write(self.fids[i], {self.index["point_lon"]: float(lon), self.index["point_lat"]: float(lat),
+                                   self.index["point_source"]: "reviewer"})
+        self.points[i] = (float(lon), float(lat))
+
+    def _write(self, fid, values):
+        if not self.layer.dataProvider().changeAttributeValues({fid: values}):
+            errors = "; ".join(self.layer.dataProvider().errors()[-1:]) or "the data provider refused the change"
+            raise ReviewError(f"could not write the decision to {self.layer.source()}: {errors}")
+        self.layer.triggerRepaint()
+
+    def progress(self) -> dict:
+        reviewed = sum(1 for s in self.status if s != UNREVIEWED)
+        return {"reviewed": reviewed, "total": len(self.status),
+                "confirmed": sum(1 for s in self.status if s == "confirmed"), "in_filter": len(self.visible)}
+
+
+def _text(feature, name) -> str:
+    try:
+        value = feature[name]
+    except KeyError:
+        return ""
+    return "" if value is None or (hasattr(value, "isNull") and value.isNull()) else str(value)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "")
+
+
+# --- the canvas ---------------------------------------------------------------------------------------------------
+class PointPickTool(QgsMapToolEmitPoint):
+    """A click on the canvas: the tower's real position, in the canvas CRS."""
+
+    picked = pyqtSignal(QgsPointXY)
+
+    def __init__(self, canvas):
+        super().__init__(canvas)
+        self.canvasClicked.connect(lambda point, _button: self.picked.emit(point))
+
+
+class CanvasMarks:
+    """The current candidate's tile outline and proposed tower point on the canvas."""
+
+    def __init__(self, canvas):
+        self.canvas = canvas
+        self.outline = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self.outline.setStrokeColor(QColor(0, 200, 255))
+        self.outline.setFillColor(QColor(0, 0, 0, 0))
+        self.outline.setWidth(3)
+        self.point = QgsVertexMarker(canvas)
+        self.point.setIconType(QgsVertexMarker.ICON_CIRCLE)
+        self.point.setColor(QColor(0, 200, 255))
+        self.point.setIconSize(16)
+        self.point.setPenWidth(3)
+        self.point.hide()
+
+    def to_canvas(self, crs) -> QgsCoordinateTransform:
+        return QgsCoordinateTransform(crs, self.canvas.mapSettings().destinationCrs(), QgsProject.instance())
+
+    def show(self, box, point, layer_crs, scale, flash=True):
+        rect = self.to_canvas(layer_crs).transformBoundingBox(QgsRectangle(*box))
+        geometry = QgsGeometry.fromRect(rect)
+        self.outline.setToGeometry(geometry, None)
+        lon, lat = point
+        if lon is not None and lat is not None:
+            self.point.setCenter(self.to_canvas(WGS84).transform(QgsPointXY(lon, lat)))
+            self.point.show()
+        else:
+            self.point.hide()
+        if self.canvas.extent().isEmpty():  # a canvas that has shown nothing yet has no extent to move
+            self.canvas.setExtent(rect)
+        self.canvas.setCenter(rect.center())
+        if scale:
+            self.canvas.zoomScale(scale)
+        else:
+            self.canvas.refresh()
+        if flash:
+            self.canvas.flashGeometries([geometry], self.canvas.mapSettings().destinationCrs())
+
+    def move_point(self, canvas_point):
+        self.point.setCenter(canvas_point)
+        self.point.show()
+
+    def clear(self):
+        self.outline.reset(QgsWkbTypes.PolygonGeometry)
+        self.point.hide()
+
+    def remove(self):
+        self.clear()
+        scene = self.canvas.scene()
+        for item in (self.outline, self.point):
+            scene.removeItem(item)
+
+
+# --- the dock -----------------------------------------------------------------------------------------------------
+STATUS_FILTERS = (("Unreviewed", {UNREVIEWED}), ("All", None), ("Reviewed", {s for s, _t, _k in STATUSES}),
+                  *((text, {status}) for status, text, _k in STATUSES))
+
+
+class ReviewDock(QDockWidget):
+    """The review panel. `exporter` (optional) gets the export buttons' requests: exportRequested(kind)."""
+
+    exportRequested = pyqtSignal(str)  # "josm-zoom", "josm-layers", "id", "rapid", "osm", "overlay", ...
+    decided = pyqtSignal(int, str)  # fid, status
+
+    def __init__(self, iface, parent=None):
+        super().__init__("Tower Detector review", parent)
+        self.setObjectName("TowerDetectorReviewDock")
+        self.iface = iface
+        self.canvas = iface.mapCanvas()
+        self.session = None
+        self.marks = CanvasMarks(self.canvas)
+        self.pick_tool = PointPickTool(self.canvas)
+        self.pick_tool.picked.connect(self._picked)
+
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        self.layer_label = QLabel("No candidates loaded: use Load results, then Review candidates.")
+        self.layer_label.setWordWrap(True)
+        layout.addWidget(self.layer_label)
+
+        filters = QGroupBox("Filter")
+        form = QFormLayout(filters)
+        self.min_score, self.max_score = _score_spin(0.0), _score_spin(1.0)
+        scores = QHBoxLayout()
+        scores.addWidget(self.min_score)
+        scores.addWidget(QLabel("to"))
+        scores.addWidget(self.max_score)
+        form.addRow("Score", scores)
+        self.status_filter = QComboBox()
+        for text, _statuses in STATUS_FILTERS:
+            self.status_filter.addItem(text)
+        form.addRow("Status", self.status_filter)
+        self.in_view = QCheckBox("Only inside the current view")
+        form.addRow("", self.in_view)
+        self.hide_heatmap = QCheckBox("Hide the heatmap while reviewing (it covers the imagery)")
+        self.hide_heatmap.setChecked(True)
+        form.addRow("", self.hide_heatmap)
+        layout.addWidget(filters)
+
+        self.current_label = QLabel("")
+        self.current_label.setWordWrap(True)
+        layout.addWidget(self.current_label)
+        nav = QHBoxLayout()
+        self.previous_button = QPushButton("◀ Previous")
+        self.next_button = QPushButton("Next ▶")
+        self.scale = QSpinBox()
+        self.scale.setRange(0, 1_000_000)
+        self.scale.setSingleStep(500)
+        self.scale.setPrefix("1:")
+        self.scale.setSpecialValueText("keep scale")
+        self.scale.setValue(int(settings.value("review/scale")))
+        self.scale.setToolTip("The map scale each candidate is shown at")
+        nav.addWidget(self.previous_button)
+        nav.addWidget(self.next_button)
+        nav.addWidget(self.scale)
+        layout.addLayout(nav)
+
+        grid = QGridLayout()
+        self.status_buttons = {}
+        for n, (status, text, key) in enumerate(STATUSES):
+            button = QPushButton(f"{text} [{key}]")
+            button.setObjectName(f"status_{status}")
+            button.clicked.connect(lambda _checked=False, s=status: self.decide(s))
+            grid.addWidget(button, n // 2, n % 2)
+            self.status_buttons[status] = button
+        layout.addLayout(grid)
+        self.note = QLineEdit()
+        self.note.setPlaceholderText("Note (saved with the decision)")
+        layout.addWidget(self.note)
+        self.move_button = QPushButton("Move tower point (click the tower on the map)")
+        self.move_button.setCheckable(True)
+        layout.addWidget(self.move_button)
+        who = QFormLayout()
+        self.reviewer = QLineEdit(settings.value("review/reviewer") or _login())
+        who.addRow("Reviewer", self.reviewer)
+        layout.addLayout(who)
+        self.progress_label = QLabel("")
+        layout.addWidget(self.progress_label)
+
+        changeset = QGroupBox("Changeset tags (pre-filled in JOSM, iD, Rapid and the .osm file)")
+        tags = QFormLayout(changeset)
+        self.changeset = {}
+        for key, label in (("comment", "Comment"), ("source", "Source"), ("hashtags", "Hashtags")):
+            edit = QLineEdit(settings.value(f"review/{key}"))
+            edit.editingFinished.connect(lambda k=key, e=edit: settings.set_value(f"review/{k}", e.text().strip()))
+            tags.addRow(label, edit)
+            self.changeset[key] = edit
+        self.changeset["source"].setPlaceholderText("the imagery, e.g. Esri World Imagery")
+        layout.addWidget(changeset)
+
+        exports = QGroupBox("OSM editing and exports (nothing is uploaded by itself)")
+        ex = QGridLayout(exports)
+        for n, (kind, text) in enumerate((
+                ("josm-zoom", "JOSM: load here"), ("josm-layers", "JOSM: send layers"), ("id", "Open in iD"),
+                ("rapid", "Open in Rapid"), ("osm", ".osm of confirmed"), ("overlay", "GeoJSON overlay"),
+                ("maproulette", "MapRoulette"), ("maproulette-cooperative", "MapRoulette (cooperative)"),
+                ("tasking-manager", "Tasking Manager"), ("labels", "Training labels"),
+                ("conflate", "Conflate with OSM"))):
+            button = QPushButton(text)
+            button.setObjectName(f"export_{kind}")
+            button.clicked.connect(lambda _checked=False, k=kind: self.exportRequested.emit(k))
+            ex.addWidget(button, n // 2, n % 2)
+        layout.addWidget(exports)
+        layout.addStretch(1)
+        self.setWidget(body)
+
+        self.previous_button.clicked.connect(self.previous)
+        self.next_button.clicked.connect(self.next)
+        self.min_score.valueChanged.connect(self._filters_changed)
+        self.max_score.valueChanged.connect(self._filters_changed)
+        self.status_filter.currentIndexChanged.connect(self._filters_changed)
+        self.in_view.toggled.connect(self._filters_changed)
+        self.canvas.extentsChanged.connect(self._extent_changed)
+        self.move_button.toggled.connect(self._move_mode)
+        self.hide_heatmap.toggled.connect(self._show_heatmaps)
+        self.scale.valueChanged.connect(lambda v: settings.set_value("review/scale", int(v)))
+        self.reviewer.editingFinished.connect(self._reviewer_changed)
+        self.shortcuts = self._make_shortcuts()
+        self._show_current()
+
+    def _make_shortcuts(self):
+        """Window-wide keys (so they work while the canvas has the focus), live only while the dock is shown."""
+        window = self.iface.mainWindow()
+        keys = [(k, self.next) for k in NEXT_KEYS] + [(k, self.previous) for k in PREVIOUS_KEYS]
+        keys += [(key, lambda s=status: self.decide(s)) for status, _t, key in STATUSES]
+        shortcuts = []
+        for key, slot in keys:
+            shortcut = QShortcut(QKeySequence(key), window)
+            shortcut.setContext(Qt.WindowShortcut)
+            shortcut.activated.connect(slot)
+            shortcut.setEnabled(False)
+            shortcuts.append(shortcut)
+        self.visibilityChanged.connect(lambda visible: [s.setEnabled(visible) for s in shortcuts])
+        return shortcuts
+
+    # -- the session
+    def start(self, layer: QgsVectorLayer):
+        """Review `layer` (a candidates layer); raises ReviewError when it is not one."""
+        self.session = ReviewSession(layer, self.reviewer.text().strip())
+        self._show_heatmaps()
+        self._filters_changed()
+        self.layer_label.setText(f"Reviewing {layer.name()} ({len(self.session.fids):,} candidates in the layer's "
+                                 f"filter), best score first.")
+        if self.session.next() is not None:
+            self._show_current()
+        else:
+            self._show_current(flash=False)
+        return self.session
+
+    def _show_heatmaps(self, hide=None):
+        hide = self.hide_heatmap.isChecked() if hide is None else hide
+        root = QgsProject.instance().layerTreeRoot()
+        for layer in QgsProject.instance().mapLayers().values():
+            node = root.findLayer(layer.id())
+            if node is not None and layer.customProperty(ROLE_PROPERTY) == "heatmap":
+                node.setItemVisibilityChecked(not hide)
+
+    def _filters_changed(self, *_):
+        if self.session is None:
+            return
+        _text, statuses = STATUS_FILTERS[self.status_filter.currentIndex()]
+        self.session.set_filter(self.min_score.value(), self.max_score.value(), statuses, self._view_extent())
+        self._update_labels()
+
+    def _view_extent(self):
+        if not self.in_view.isChecked() or self.session is None:
+            return None
+        to_layer = QgsCoordinateTransform(self.canvas.mapSettings().destinationCrs(), self.session.layer.crs(),
+                                          QgsProject.instance())
+        return to_layer.transformBoundingBox(self.canvas.extent())
+
+    def _extent_changed(self):
+        # panning to a candidate must not shrink the "in view" filter around it: only the user's own moves count
+        if self.in_view.isChecked() and not getattr(self, "_navigating", False):
+            self._filters_changed()
+
+    def next(self):
+        if self.session is not None and self.session.next() is not None:
+            self._show_current()
+        else:
+            self._update_labels(end=True)
+
+    def previous(self):
+        if self.session is not None and self.session.previous() is not None:
+            self._show_current()
+
+    def decide(self, status: str):
+        if self.session is None or self.session.position is None:
+            return
+        note = self.note.text().strip()
+        fid = self.session.current_fid()
+        try:
+            self.session.decide(status, note)
+        except ReviewError as exc:
+            self.iface.messageBar().pushCritical("Tower Detector", str(exc))
+            return
+        self.decided.emit(fid, status)
+        self.next()
+
+    def _picked(self, canvas_point):
+        if self.session is None or self.session.position is None:
+            return
+        to_wgs84 = QgsCoordinateTransform(self.canvas.mapSettings().destinationCrs(), WGS84, QgsProject.instance())
+        point = to_wgs84.transform(canvas_point)
+        try:
+            self.session.move_point(point.x(), point.y())
+        except ReviewError as exc:
+            self.iface.messageBar().pushCritical("Tower Detector", str(exc))
+            return
+        self.marks.move_point(canvas_point)
+        self._update_labels()
+
+    def _move_mode(self, on):
+        if on:
+            self.canvas.setMapTool(self.pick_tool)
+        elif self.canvas.mapTool() is self.pick_tool:
+            self.canvas.unsetMapTool(self.pick_tool)
+
+    def _reviewer_changed(self):
+        name = self.reviewer.text().strip()
+        settings.set_value("review/reviewer", name)
+        if self.session is not None:
+            self.session.reviewer = name or _login()
+
+    def _show_current(self, flash=True):
+        current = self.session.current() if self.session is not None else {}
+        if current:
+            self.note.setText(current["note"])
+            self._navigating = True
+            try:
+                self.marks.show(current["box"], current["point"], self.session.layer.crs(), self.scale.value(),
+                                flash=flash)
+            finally:
+                self._navigating = False
+        else:
+            self.marks.clear()
+        self._update_labels()
+
+    def _update_labels(self, end=False):
+        if self.session is None:
+            self.current_label.setText("")
+            self.progress_label.setText("")
+            return
+        current = self.session.current()
+        p = self.session.progress()
+        if current:
+            where = (f"{current['filter_position']:,} of {p['in_filter']:,} in the filter"
+                     if current["filter_position"] else "not in the filter")
+            lon, lat = current["point"]
+            point = f"{lat:.6f}, {lon:.6f}" if lon is not None and lat is not None else "none"
+            self.current_label.setText(f"<b>{current['tile_id']}</b> score {current['score']:.3f} · "
+                                       f"{current['status'].replace('_', ' ')} · {where}<br>tower point {point}")
+        else:
+            self.current_label.setText("No candidate in the filter." if not p["in_filter"] else "Press Next.")
+        text = f"Reviewed {p['reviewed']:,} of {p['total']:,} · confirmed {p['confirmed']:,}"
+        if end:
+            text += " · end of the filter"
+        self.progress_label.setText(text)
+
+    def stop(self):
+        self._move_mode(False)
+        self.marks.remove()
+        for shortcut in self.shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.deleteLater()
+        self.shortcuts = []
+
+
+def _score_spin(value) -> QDoubleSpinBox:
+    spin = QDoubleSpinBox()
+    spin.setRange(0.0, 1.0)
+    spin.setDecimals(3)
+    spin.setSingleStep(0.05)
+    spin.setValue(value)
+    return spin

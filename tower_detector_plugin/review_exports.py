@@ -1,0 +1,199 @@
+"""The review dock's OSM editing and export buttons.
+
+File exports and conflation run the backend (`tower-detector export ...`, `conflate`) as jobs; JOSM, iD and Rapid
+are driven from here (editors.py), through QGIS's networking. Nothing ever uploads to OSM: every path ends in an
+editor or a file that a person checks and uploads.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+
+from qgis.core import Qgis, QgsBlockingNetworkRequest, QgsMessageLog
+from qgis.PyQt.QtCore import QByteArray, QObject, QUrl
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtNetwork import QNetworkRequest
+from qgis.PyQt.QtWidgets import QFileDialog
+
+from . import backend, commands, editors, settings
+from .review import ReviewError
+from .tasks import LOG_TAG
+
+# kind -> (what the file dialog asks for, file filter or None for a folder)
+FILE_EXPORTS = {
+    "osm": ("Confirmed towers as an .osm file for JOSM", "OSM XML (*.osm)"),
+    "overlay": ("GeoJSON overlay of the candidates", "GeoJSON (*.geojson)"),
+    "maproulette": ("MapRoulette tasks (line-by-line GeoJSON)", "GeoJSON lines (*.geojson)"),
+    "maproulette-cooperative": ("MapRoulette cooperative tasks", "GeoJSON lines (*.geojson)"),
+    "tasking-manager": ("Folder for the Tasking Manager files", None),
+    "labels": ("Review labels for the next training set", "GeoPackage (*.gpkg);;GeoJSON (*.geojson)"),
+}
+OSM_FEATURES = 'node["power"~"^(tower|pole|portal)$"]({bbox});way["power"~"^(line|minor_line)$"]({bbox});'
+
+
+def changeset_tags() -> dict:
+    return {"comment": settings.value("review/comment"), "source": settings.value("review/source"),
+            "hashtags": settings.value("review/hashtags")}
+
+
+class ReviewExports(QObject):
+    """Runs the dock's requests for the session it is given; iface for the message bar, manager for jobs."""
+
+    def __init__(self, iface, manager, dock, parent=None):
+        super().__init__(parent)
+        self.iface, self.manager, self.dock = iface, manager, dock
+        self.conflate_jobs = set()
+        manager.finished.connect(self._job_finished)
+
+    def candidates_path(self) -> str:
+        session = self.dock.session
+        if session is None:
+            raise ReviewError("no candidates under review: open Review candidates on a candidates layer first")
+        return session.layer.source().split("|")[0]
+
+    def current(self) -> dict:
+        current = self.dock.session.current() if self.dock.session is not None else {}
+        if not current:
+            raise ReviewError("no current candidate: press Next first")
+        return current
+
+    # -- the dock's buttons
+    def handle(self, kind: str):
+        """A button's request; problems go to the message bar as one line."""
+        try:
+            if kind in FILE_EXPORTS:
+                out = self._ask_output(kind)
+                if out:
+                    self.export(kind, out)
+            elif kind == "josm-zoom":
+                self.josm_zoom()
+            elif kind == "josm-layers":
+                self.josm_layers()
+            elif kind in ("id", "rapid"):
+                self.open_editor(kind)
+            elif kind == "conflate":
+                self.conflate()
+            else:
+                raise ReviewError(f"unknown review action {kind}")
+        except (ReviewError, editors.JosmError, ValueError) as exc:
+            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+
+    def _ask_output(self, kind):
+        title, filters = FILE_EXPORTS[kind]
+        start = os.path.dirname(self.candidates_path())
+        if filters is None:
+            return QFileDialog.getExistingDirectory(self.dock, title, start)
+        path, _chosen = QFileDialog.getSaveFileName(self.dock, title, start, filters)
+        return path
+
+    def export(self, kind: str, out: str) -> str:
+        """Start `tower-detector export KIND` as a job; its id."""
+        tags = changeset_tags()
+        args = commands.export_args(kind, self.candidates_path(), out, comment=tags["comment"],
+                                    source=tags["source"], hashtags=tags["hashtags"])
+        return self.manager.start("export", f"export {kind}", [args], out=out, outputs={"export": out})
+
+    # -- editors
+    def josm(self) -> editors.JosmRemote:
+        remote = editors.JosmRemote()
+        remote.version()  # JosmNotRunning, with what to do, when nothing listens
+        return remote
+
+    def josm_zoom(self):
+        """JOSM downloads the OSM data around the current candidate, with the changeset tags pre-filled."""
+        current = self.current()
+        lon, lat = current["point"]
+        if lon is None or lat is None:
+            w, s, e, n = current["box"]
+            lon, lat = (w + e) / 2, (s + n) / 2
+        left, bottom, right, top = editors.candidate_bbox(lon, lat, 150)
+        tags = changeset_tags()
+        self.josm().load_and_zoom(left, bottom, right, top, changeset_comment=tags["comment"],
+                                  changeset_source=tags["source"], changeset_hashtags=tags["hashtags"])
+
+    def josm_layers(self):
+        """The candidate squares as a locked reference layer that can never be uploaded, and the confirmed towers
+        as a layer to check and merge (upload discouraged until someone does)."""
+        remote = self.josm()
+        with tempfile.TemporaryDirectory() as tmp:
+            reference, confirmed = os.path.join(tmp, "candidates.osm"), os.path.join(tmp, "confirmed.osm")
+            self._run_now(commands.export_args("osm-reference", self.candidates_path(), reference))
+            remote.load_data(_read(reference), layer_name="Tower Detector candidates (reference)", new_layer=True,
+                             upload_policy="never", layer_locked=True)
+            tags = changeset_tags()
+            outcome = self._run_now(commands.export_args("osm", self.candidates_path(), confirmed, **tags),
+                                    allow_bad_input=True)
+            if outcome.ok:
+                remote.load_data(_read(confirmed), layer_name="Tower Detector confirmed towers", new_layer=True,
+                                 upload_policy="false")
+            else:  # no confirmed tower yet: the reference layer alone is still useful
+                self.iface.messageBar().pushMessage("Tower Detector", outcome.reason(), level=Qgis.Info,
+                                                    duration=8)
+
+    def open_editor(self, editor: str):
+        current = self.current()
+        lon, lat = current["point"]
+        tags = changeset_tags()
+        url = editors.editor_url(editor, lon, lat, 19, comment=tags["comment"], hashtags=tags["hashtags"],
+                                 source=tags["source"])
+        QDesktopServices.openUrl(QUrl(url))
+        return url
+
+    def _run_now(self, args, allow_bad_input=False):
+        """A short backend command, waited for (exports of one layer take well under a second)."""
+        outcome = backend.run(backend.locate(settings.value("backend/path")), args)
+        if not outcome.ok and not (allow_bad_input and outcome.returncode == 2):
+            raise ReviewError(f"tower-detector {args[0]} {args[1]}: {outcome.reason()}")
+        return outcome
+
+    # -- conflation
+    def conflate(self, source: str = None) -> str:
+        """Compare the candidates with what OSM already maps: source is a file (.osm.pbf, .osm, GeoJSON, an
+        Overpass JSON answer) or None to ask Overpass, through QGIS's networking, for the candidates' extent."""
+        candidates = self.candidates_path()
+        if source is None:
+            source = fetch_overpass(self.dock.session.layer.extent())
+        args = commands.conflate_args(candidates, source, buffer_m=settings.value("review/buffer_m"))
+        job_id = self.manager.start("conflate", "conflate with OSM", [args], out=os.path.dirname(candidates))
+        self.conflate_jobs.add(job_id)
+        return job_id
+
+    def _job_finished(self, job_id):
+        if job_id in self.conflate_jobs:
+            self.conflate_jobs.discard(job_id)
+            if self.dock.session is not None:  # the backend changed statuses in the file: read them again
+                self.dock.session.layer.dataProvider().reloadData()
+                self.dock.session.reload()
+                self.dock._filters_changed()
+
+
+def fetch_overpass(extent, url: str = None) -> str:
+    """The OSM power features in extent (a WGS84 QgsRectangle), asked of Overpass through QGIS's networking (its
+    proxy and SSL settings apply), saved as the Overpass JSON answer in the work folder; the file's path."""
+    bbox = f"{extent.yMinimum():.7f},{extent.xMinimum():.7f},{extent.yMaximum():.7f},{extent.xMaximum():.7f}"
+    query = f"[out:json][timeout:180];({OSM_FEATURES.format(bbox=bbox)});out geom;"
+    url = url or settings.value("review/overpass_url")
+    request = QNetworkRequest(QUrl(url))
+    request.setHeader(QNetworkRequest.ContentTypeHeader, "application/x-www-form-urlencoded")
+    body = QByteArray(b"data=" + QUrl.toPercentEncoding(query).data())
+    blocking = QgsBlockingNetworkRequest()
+    if blocking.post(request, body) != QgsBlockingNetworkRequest.NoError:
+        raise ReviewError(f"Overpass ({url}) failed: {blocking.errorMessage()}")
+    content = bytes(blocking.reply().content())
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        raise ReviewError(f"Overpass ({url}) did not answer JSON: {content[:120]!r}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("elements"), list):
+        raise ReviewError(f"Overpass ({url}) answered without elements")
+    path = os.path.join(settings.work_dir(), f"overpass-{hashlib.sha1(query.encode()).hexdigest()[:12]}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(answer, f)
+    QgsMessageLog.logMessage(f"Overpass: {len(answer['elements'])} OSM power features in {bbox}", LOG_TAG, Qgis.Info)
+    return path
+
+
+def _read(path) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()

@@ -1,0 +1,92 @@
+"""The plugin's settings (QgsSettings under "tower_detector/") and its secrets (QgsAuthManager only).
+
+Nothing secret is ever stored here: an imagery token lives in QGIS's authentication database and the settings
+keep only its auth config id. Tokens reach the backend through the subprocess environment (see imagery.py).
+"""
+
+import os
+
+from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsSettings
+
+PREFIX = "tower_detector/"
+
+# Documented defaults. The throughput and price figures are assumptions for estimates, editable in Settings:
+# - local CPU: Xception at 256 px on a 4-core laptop CPU scores about 10 tiles/s (README: 121 tiles/s at 72 px
+#   on 2 cores; 256 px is 12.6x the pixels);
+# - remote GPU: 150 tiles/s per GPU and $0.20/h (g4dn.xlarge spot, us-east-1), the backend's `remote submit`
+#   estimate defaults; 8 GPU workers.
+DEFAULTS = {
+    "backend/mode": "local",  # "local" or "aws"
+    "backend/path": "",  # a tower-detector executable or a Python with tower_detector; "" = auto-detect
+    "work_dir": "",  # "" = <QGIS profile>/tower_detector
+    "aws/profile": "",
+    "aws/region": "",
+    "aws/bucket": "",
+    "aws/queue": "",
+    "imagery/spec": "",  # URL template, file or folder; a token appears only as ${TOWER_DETECTOR_TOKEN}
+    "imagery/authcfg": "",  # QgsAuthManager config id holding that token
+    "estimate/local_tiles_per_s": 10.0,
+    "estimate/remote_tiles_per_s": 150.0,
+    "estimate/remote_usd_per_hour": 0.20,
+    "estimate/remote_workers": 8,
+    "area/warn_tiles": 1_000_000,  # the picker warns above this many zoom-18 tiles
+    "area/max_tiles": 100_000_000,  # and refuses above this (the backend's own predict limit)
+    "results/heatmap_floor": 0.5,  # heatmap pixels below this score are transparent
+    "results/threshold": 0.5,  # default candidate score filter
+    "review/scale": 2000,  # the map scale each candidate is shown at (0: keep the scale)
+    "review/reviewer": "",  # "" = the login name
+    # the changeset tags JOSM, iD and the .osm export pre-fill (a human reviews them before any upload)
+    "review/comment": "Add power towers confirmed on imagery (Tower Detector candidates, human-reviewed)",
+    "review/source": "",  # "" = the imagery's name from the job; e.g. "Bing aerial imagery"
+    "review/hashtags": "#towerdetector",
+    "review/overpass_url": "https://overpass-api.de/api/interpreter",
+    "review/buffer_m": 20.0,  # conflation: a mapped tower this close to a candidate tile means already mapped
+}
+
+
+def value(key: str):
+    """A setting with the type of its default."""
+    default = DEFAULTS[key]
+    raw = QgsSettings().value(PREFIX + key, default)
+    if raw is None or raw == "":
+        return default
+    try:
+        return type(default)(raw) if not isinstance(default, bool) else str(raw).lower() in ("1", "true", "yes")
+    except (TypeError, ValueError):
+        return default
+
+
+def set_value(key: str, new_value) -> None:
+    if key not in DEFAULTS:
+        raise KeyError(key)
+    QgsSettings().setValue(PREFIX + key, new_value)
+
+
+def reset() -> None:
+    """Forget every setting of this plugin (tests use it; so can a user from the Python console)."""
+    QgsSettings().remove(PREFIX.rstrip("/"))
+
+
+def work_dir() -> str:
+    """The folder for areas, jobs.json and default outputs; created on first use."""
+    path = value("work_dir") or os.path.join(QgsApplication.qgisSettingsDirPath(), "tower_detector")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+# --- secrets: QgsAuthManager only ------------------------------------------------------------------------------
+TOKEN_KEYS = {"Basic": "password", "EsriToken": "token"}  # where each auth method keeps the secret
+
+
+def auth_token(authcfg: str) -> str:
+    """The secret of an auth config (Basic: its password; EsriToken: its token). ValueError with one line if
+    there is none; the value itself is never logged."""
+    ok, config = QgsApplication.authManager().loadAuthenticationConfig(authcfg or "", QgsAuthMethodConfig(), True)
+    if not authcfg or not ok or not config.isValid():
+        raise ValueError(f"authentication config {authcfg!r} not found in the QGIS authentication database")
+    key = TOKEN_KEYS.get(config.method())
+    token = config.config(key) if key else ""
+    if not token:
+        raise ValueError(f"authentication config {config.name()!r} ({config.method()}) holds no token; use a Basic "
+                         "config with the token as its password, or an EsriToken config")
+    return token
