@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import test_plugin_support as support
+from candidates_helpers import make_candidates
 from qgis.core import QgsProject, QgsRectangle, QgsVectorLayer
 from qgis.PyQt.QtCore import QPoint, Qt
 from qgis.PyQt.QtTest import QTest
@@ -18,20 +19,14 @@ from tower_detector_plugin.review import STATUS_FILTERS, STATUSES, UNREVIEWED, R
 
 plugin_settings = support.plugin_settings  # a fixture
 
-X0, Y0, Z = 151_000, 142_000, 18
+X0, Y0 = 151_000, 142_000
 
 
-def backend_candidates(path, scores, x0=X0, y0=Y0):
-    """A candidates GeoPackage written by the backend's own writer (tiles in one row, scores as given)."""
-    from tower_detector.results import write_candidates_gpkg
-
-    n = len(scores)
-    x = np.arange(x0, x0 + n) % (1 << Z)
-    y = np.full(n, y0) + np.arange(n) // (1 << Z)
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    write_candidates_gpkg(str(path), Z, x[order], y[order], np.asarray(scores, np.float32)[order],
-                          np.full(n, 100.0), np.full(n, 60.0), {"threshold": 0.5})
-    return str(path)
+def backend_candidates(path, scores):
+    """A candidates GeoPackage by the backend's own writer: one row of tiles from (X0, Y0), best first."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    tiles = [(X0 + i % 1000, Y0 + i // 1000) for i in range(len(scores))]
+    return str(make_candidates(path, tiles, scores=[scores[i] for i in order]))
 
 
 def rows(path):

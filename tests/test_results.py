@@ -383,3 +383,36 @@ def test_a_store_with_nothing_scored_is_refused(tmp_path):
         merge_results(store.spec, heatmap=out / "h.tif", candidates=out / "c.gpkg", json_path=out / "s.json",
                       geojson_path=out / "o.geojson")
     assert os.listdir(out) == []  # nothing half-written left behind
+
+
+def test_plain_sqlite_updates_still_work_once_gdal_has_written_the_geopackage(tmp_path):
+    """QGIS's review writes through GDAL, which rewrites the R-tree triggers to call ST_* on any UPDATE; the
+    backend's own sqlite3 writers (conflate) use gpkg_connect, whose ST_* functions keep the R-tree right."""
+    from candidates_helpers import make_candidates
+    from osgeo import ogr
+
+    from tower_detector.results import gpkg_connect
+
+    path = str(make_candidates(tmp_path / "c.gpkg", [(151_000, 142_000), (151_005, 142_003)]))
+    ds = ogr.Open(path, 1)
+    layer = ds.GetLayerByName("candidates")
+    feature = layer.GetFeature(1)
+    feature.SetField("note", "seen in QGIS")
+    layer.SetFeature(feature)
+    ds = layer = None
+    with gpkg_connect(path) as db:
+        db.execute("UPDATE candidates SET status = 'confirmed' WHERE fid = 1")
+        db.execute("UPDATE candidate_points SET geom = (SELECT geom FROM candidate_points WHERE fid = 2) "
+                   "WHERE fid = 1")
+        db.execute("UPDATE candidates SET fid = 7 WHERE fid = 2")
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT status, note FROM candidates WHERE fid = 1").fetchone()
+        assert row == ("confirmed", "seen in QGIS")
+        boxes = {r[0]: r[1:] for r in db.execute("SELECT id, minx, maxx, miny, maxy FROM rtree_candidate_points_geom")}
+        assert boxes[1] == pytest.approx(boxes[2])  # point 1 moved onto point 2: its R-tree entry followed
+        assert sorted(r[0] for r in db.execute("SELECT id FROM rtree_candidates_geom")) == [1, 7]
+    again = ogr.Open(path)  # and GDAL still reads it, spatial filter (R-tree) included
+    lyr = again.GetLayerByName("candidates")
+    w, s, e, n = tile_bounds_4326(151_005, 142_003, 18)
+    lyr.SetSpatialFilterRect(w + 1e-6, s + 1e-6, e - 1e-6, n - 1e-6)
+    assert [f.GetFID() for f in lyr] == [7]

@@ -155,18 +155,19 @@ EXPORT_KINDS = ("osm", "osm-reference", "overlay", "maproulette", "maproulette-c
 
 
 def export_args(kind: str, candidates: str, out: str, *, comment: str = None, source: str = None,
-                hashtags: str = None, min_score: float = None, status: str = None) -> list:
+                hashtags: str = None, min_score: float = None, status: str = None, bbox=None) -> list:
     """`export KIND --candidates C.gpkg --out PATH`: the reviewed candidates for OSM editing or training."""
     if kind not in EXPORT_KINDS:
         raise ValueError(f"unknown export {kind}; one of {', '.join(EXPORT_KINDS)}")
     _need(candidates=candidates, out=out)
     args = ["export", kind, "--candidates", str(candidates), "--out", str(out)]
-    if kind in ("osm", "maproulette-cooperative"):
+    if kind == "osm":  # the changeset tags: only the .osm file has a place for them
         _opt(args, "--comment", comment)
         _opt(args, "--source", source)
         _opt(args, "--hashtags", hashtags)
     _opt(args, "--min-score", min_score)
     _opt(args, "--status", status)
+    _opt(args, "--bbox", ",".join(f"{v:.7f}" for v in bbox) if bbox else None)
     return [*args, "--events"]
 
 

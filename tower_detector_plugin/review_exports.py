@@ -29,6 +29,7 @@ FILE_EXPORTS = {
     "tasking-manager": ("Folder for the Tasking Manager files", None),
     "labels": ("Review labels for the next training set", "GeoPackage (*.gpkg);;GeoJSON (*.geojson)"),
 }
+JOSM_AREA_M = 2000  # half the side of the box around the current candidate whose candidates go to JOSM's layers
 OSM_FEATURES = 'node["power"~"^(tower|pole|portal)$"]({bbox});way["power"~"^(line|minor_line)$"]({bbox});'
 
 
@@ -96,34 +97,38 @@ class ReviewExports(QObject):
 
     # -- editors
     def josm(self) -> editors.JosmRemote:
-        remote = editors.JosmRemote()
+        remote = editors.JosmRemote(settings.value("review/josm_url"))
         remote.version()  # JosmNotRunning, with what to do, when nothing listens
         return remote
 
-    def josm_zoom(self):
-        """JOSM downloads the OSM data around the current candidate, with the changeset tags pre-filled."""
+    def current_point(self):
         current = self.current()
         lon, lat = current["point"]
         if lon is None or lat is None:
             w, s, e, n = current["box"]
             lon, lat = (w + e) / 2, (s + n) / 2
-        left, bottom, right, top = editors.candidate_bbox(lon, lat, 150)
+        return lon, lat
+
+    def josm_zoom(self):
+        """JOSM downloads the OSM data around the current candidate, with the changeset tags pre-filled."""
+        left, bottom, right, top = editors.candidate_bbox(*self.current_point(), 150)
         tags = changeset_tags()
         self.josm().load_and_zoom(left, bottom, right, top, changeset_comment=tags["comment"],
                                   changeset_source=tags["source"], changeset_hashtags=tags["hashtags"])
 
     def josm_layers(self):
-        """The candidate squares as a locked reference layer that can never be uploaded, and the confirmed towers
-        as a layer to check and merge (upload discouraged until someone does)."""
+        """Around the current candidate (JOSM_AREA_M): the candidate squares as a locked reference layer that can
+        never be uploaded, and the confirmed towers as a layer to check and merge (upload discouraged)."""
         remote = self.josm()
+        bbox = editors.candidate_bbox(*self.current_point(), JOSM_AREA_M)
         with tempfile.TemporaryDirectory() as tmp:
             reference, confirmed = os.path.join(tmp, "candidates.osm"), os.path.join(tmp, "confirmed.osm")
-            self._run_now(commands.export_args("osm-reference", self.candidates_path(), reference))
+            self._run_now(commands.export_args("osm-reference", self.candidates_path(), reference, bbox=bbox))
             remote.load_data(_read(reference), layer_name="Tower Detector candidates (reference)", new_layer=True,
                              upload_policy="never", layer_locked=True)
             tags = changeset_tags()
-            outcome = self._run_now(commands.export_args("osm", self.candidates_path(), confirmed, **tags),
-                                    allow_bad_input=True)
+            outcome = self._run_now(commands.export_args("osm", self.candidates_path(), confirmed, bbox=bbox,
+                                                         **tags), allow_bad_input=True)
             if outcome.ok:
                 remote.load_data(_read(confirmed), layer_name="Tower Detector confirmed towers", new_layer=True,
                                  upload_policy="false")

@@ -40,6 +40,7 @@ DEFAULTS = {
     "review/source": "",  # "" = the imagery's name from the job; e.g. "Bing aerial imagery"
     "review/hashtags": "#towerdetector",
     "review/overpass_url": "https://overpass-api.de/api/interpreter",
+    "review/josm_url": "http://127.0.0.1:8111",  # JOSM's remote control (Preferences > Remote Control)
     "review/buffer_m": 20.0,  # conflation: a mapped tower this close to a candidate tile means already mapped
 }
 

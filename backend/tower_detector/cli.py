@@ -140,6 +140,33 @@ def cmd_results(args, rep):
     rep.result("\n".join(lines), **summary)
 
 
+def cmd_export(args, rep):
+    from .exports import export
+
+    summary = export(args.kind, args.candidates, args.out, statuses=args.status, min_score=args.min_score,
+                     bbox=args.bbox, comment=args.comment, source=args.source, hashtags=args.hashtags,
+                     yes_threshold=args.yes_threshold, task_zoom=args.task_zoom)
+    counts = ", ".join(f"{n} {status}" for status, n in summary["statuses"].items())
+    text = f"{summary['exported']:,} candidates ({counts}) exported as {args.kind} to {args.out}"
+    if summary.get("merged"):
+        text += f"; {summary['merged']} points within a few metres of a better-ranked one were merged into it"
+    rep.result(text, **summary)
+
+
+def cmd_conflate(args, rep):
+    from .conflate import conflate
+
+    s = conflate(args.candidates, args.osm, buffer_m=args.buffer, cache_dir=args.cache, progress=rep.progress,
+                 log=rep.log)
+    text = (f"{s['candidates']:,} candidates against {s['towers']:,} mapped towers, {s['poles']:,} poles and "
+            f"{s['lines']:,} lines: "
+            f"{s['already_mapped']:,} already mapped ({s['status_set']:,} newly marked, "
+            f"{s['human_decisions_kept']:,} reviewed by people left as they were), "
+            f"{s['possibly_misplaced']:,} possibly misplaced, {s['line_without_tower']:,} on a line without a "
+            f"tower, {s['no_flags']:,} without flags")
+    rep.result(text, **s)
+
+
 def _fmt(value):
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -229,6 +256,29 @@ def build_parser():
     sp.add_argument("--yes-threshold", type=float, default=0.97, help="'Yes' band of the overlay (the seed's 0.97)")
     sp.add_argument("--json", help="the seed's {\"x-y-z\": score} JSON")
     sp.add_argument("--geojson", help="the seed's GeoJSON overlay (Maybe/Yes bands)")
+
+    sp = command("export", cmd_export, "Export reviewed candidates for JOSM, MapRoulette, the Tasking Manager or "
+                 "the next training set.")
+    sp.add_argument("kind", help="osm, osm-reference, overlay, maproulette, maproulette-cooperative, "
+                    "tasking-manager or labels (see README)")
+    sp.add_argument("--candidates", required=True, help="candidates GeoPackage (from `results --candidates`)")
+    sp.add_argument("--out", required=True, help="output file (a folder for tasking-manager)")
+    sp.add_argument("--status", help="comma-separated review statuses to export, or all (default: the kind's)")
+    sp.add_argument("--min-score", type=float, help="export candidates scoring at least this")
+    sp.add_argument("--bbox", help="W,S,E,N: export the candidates whose point lies in this box (degrees)")
+    sp.add_argument("--comment", help="osm: the changeset comment (default: says what was added and how)")
+    sp.add_argument("--source", help="osm: the changeset source (default: the imagery the job scored)")
+    sp.add_argument("--hashtags", help='osm: changeset hashtags, "#one;#two"')
+    sp.add_argument("--yes-threshold", type=float, default=0.97, help="the 'Yes' band (overlay, tasking-manager)")
+    sp.add_argument("--task-zoom", type=int, default=14, help="tasking-manager: tasks are tiles of this zoom")
+
+    sp = command("conflate", cmd_conflate, "Flag candidates against the towers and lines already in OSM.")
+    sp.add_argument("--candidates", required=True, help="candidates GeoPackage; gets osm_flags, osm_distance_m, "
+                    "osm_ref, and status already_mapped where still unreviewed")
+    sp.add_argument("--osm", required=True, help="overpass[:URL], .osm.pbf/.osm, GeoJSON, a saved Overpass JSON "
+                    "answer, or .gpkg[:layer]")
+    sp.add_argument("--buffer", type=float, default=20.0, help="metres around a tile where a mapped tower counts")
+    sp.add_argument("--cache", help="cache Overpass answers in this folder")
 
     sp = command("sample", cmd_sample, "Write a synthetic aerial scene with HV towers, for tests and demos.")
     sp.add_argument("--out", required=True, help="output directory")

@@ -4,8 +4,14 @@
   overpass               the public Overpass API (needs an area)
   overpass:URL           any Overpass `interpreter` endpoint
   PATH.osm.pbf | .pbf | .osm | .osm.gz | .osm.bz2    an OSM extract, read with pyosmium
-  PATH.geojson | .json   points with OSM tags as properties, flat or nested under "tags"
+  PATH.geojson | .json   points with OSM tags as properties, flat or nested under "tags"; or a saved
+                         Overpass JSON answer ({"elements": [...]}, nodes with "tags")
   PATH.gpkg, PATH.gpkg:LAYER, PATH.gpkg|layername=LAYER    a GeoPackage point layer (read with sqlite3)
+
+`load_lines(spec, ...)` reads ways (power=line,minor_line by default) from the same sources into `Lines`:
+Overpass (`way[...]` with `out geom`), OSM extracts, GeoJSON LineStrings and saved Overpass answers (ways
+with "geometry" from `out geom`, or with "nodes" resolved against the answer's nodes). GeoPackage sources
+give points only: lines from one are an empty Lines with a note saying so.
 
 Tag filters (`parse_tag_filter`): "power=tower", "power=tower,pole" (any of the values), "power" (any
 value) or "all" (every point, for plain point layers without OSM tags).
@@ -87,6 +93,29 @@ class Towers:
         return Towers(self.lon[keep], self.lat[keep], [self.ids[i] for i in keep], self.source, self.notes)
 
 
+class Lines:
+    """Lines in WGS84: shapely LineStrings of lon/lat (an object array), ids ("way/123", "feature/5"), a source."""
+
+    def __init__(self, geometries, ids, source, notes=()):
+        self.geometries = np.array(list(geometries), dtype=object)
+        self.ids = list(ids)
+        self.source = source
+        self.notes = list(notes)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __repr__(self):
+        return f"Lines({len(self)} lines from {self.source})"
+
+    def intersecting(self, area):
+        """The lines that meet an Area (or shapely geometry)."""
+        geometry = getattr(area, "geometry", area)
+        shapely.prepare(geometry)
+        keep = np.flatnonzero(shapely.intersects(geometry, self.geometries)) if len(self) else []
+        return Lines(self.geometries[keep], [self.ids[i] for i in keep], self.source, self.notes)
+
+
 @dataclass(frozen=True)
 class TagFilter:
     key: str | None  # None: every point
@@ -149,6 +178,25 @@ def load_towers(spec, *, area=None, tag_filter="power=tower", overpass_url=None,
     return towers if area is None else towers.within(area)
 
 
+def load_lines(spec, *, area=None, tag_filter="power=line,minor_line", overpass_url=None, cache_dir=None,
+               timeout=180, retries=4, backoff=2.0, chunk_degrees=CHUNK_DEGREES, progress=None):
+    """Ways matching tag_filter from `spec` as Lines, those meeting `area` when given; arguments as load_towers."""
+    flt = parse_tag_filter(tag_filter)
+    if flt.key is None:
+        raise UserError("tag filter 'all' is for plain point files; lines need a tag, e.g. power=line")
+    if isinstance(area, (str, os.PathLike)):
+        area = load_area(str(area))
+    spec = str(spec).strip()
+    if spec == "overpass" or spec.startswith("overpass:"):
+        if area is None:
+            raise UserError("the overpass lines source needs an area to query")
+        url = spec[len("overpass:"):] or overpass_url or DEFAULT_OVERPASS_URL
+        lines = _Overpass(url, timeout, retries, backoff, cache_dir).lines(area.geometry, flt, chunk_degrees, progress)
+    else:
+        lines = _load_line_file(spec, flt)
+    return lines if area is None else lines.intersecting(area)
+
+
 # --- Overpass ------------------------------------------------------------------------------------
 
 
@@ -161,17 +209,18 @@ def safe_url(url):
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def overpass_query(flt, bbox, timeout):
-    """(settings, body) of the QL query for nodes matching flt in bbox (south, west, north, east)."""
+def overpass_query(flt, bbox, timeout, element="node"):
+    """(settings, body) of the QL query for nodes (or ways, with their geometry) matching flt in bbox
+    (south, west, north, east)."""
     if flt.key is None:
         raise UserError("tag filter 'all' is for plain point files; Overpass needs a tag, e.g. power=tower")
     box = "(" + ",".join(_coordinate(v, up) for v, up in zip(bbox, (False, False, True, True))) + ")"
     if flt.values is None:
-        statements = [f'node["{flt.key}"]{box};']
+        statements = [f'{element}["{flt.key}"]{box};']
     else:
-        statements = [f'node["{flt.key}"="{v}"]{box};' for v in flt.values]
+        statements = [f'{element}["{flt.key}"="{v}"]{box};' for v in flt.values]
     body = statements[0] if len(statements) == 1 else "(" + "".join(statements) + ");"
-    return f"[out:json][timeout:{int(timeout)}];", body + "out;"
+    return f"[out:json][timeout:{int(timeout)}];", body + ("out;" if element == "node" else "out geom;")
 
 
 def _coordinate(value, up):
@@ -218,26 +267,36 @@ class _Overpass:
         self.cache_dir = os.path.join(cache_dir, "overpass") if cache_dir else None
 
     def towers(self, geometry, flt, chunk_degrees, progress):
+        nodes, note = self._collect(geometry, flt, "node", chunk_degrees, progress)
+        ids = list(nodes)
+        coords = np.array([(nodes[i]["lon"], nodes[i]["lat"]) for i in ids], dtype=np.float64).reshape(-1, 2)
+        return Towers(coords[:, 0], coords[:, 1], [f"node/{i}" for i in ids], f"overpass {safe_url(self.url)}",
+                      [note])
+
+    def lines(self, geometry, flt, chunk_degrees, progress):
+        ways, note = self._collect(geometry, flt, "way", chunk_degrees, progress)
+        return _overpass_lines(list(ways.values()), {}, f"overpass {safe_url(self.url)}", [note])
+
+    def _collect(self, geometry, flt, element, chunk_degrees, progress):
+        """({id: element}, note) of the elements of one kind matching flt, over the chunks of geometry."""
         chunks = overpass_chunks(geometry, chunk_degrees)
-        nodes = {}
+        found = {}
         cached = 0
         with requests.Session() as session:
             session.headers["User-Agent"] = f"tower-detector/{__version__}"
             for done, bbox in enumerate(chunks, 1):
-                settings, body = overpass_query(flt, bbox, self.timeout)
+                settings, body = overpass_query(flt, bbox, self.timeout, element)
                 elements, from_cache = self._answer(session, settings, body, bbox)
                 cached += from_cache
                 for e in elements:
-                    nodes[e["id"]] = (e["lon"], e["lat"])  # chunks share edges: an id seen twice is one node
+                    if e["type"] == element:
+                        found[e["id"]] = e  # chunks share edges: an id seen twice is one element
                 if progress:
                     progress(done, len(chunks))
-        ids = list(nodes)
-        coords = np.array([nodes[i] for i in ids], dtype=np.float64).reshape(-1, 2)
         note = f"{len(chunks)} Overpass queries of <= {chunk_degrees} degrees"
         if cached:
             note += f", {cached} answered from the cache"
-        return Towers(coords[:, 0], coords[:, 1], [f"node/{i}" for i in ids], f"overpass {safe_url(self.url)}",
-                      [note])
+        return found, note
 
     def _answer(self, session, settings, body, bbox):
         """(elements, came_from_cache) for one chunk's query."""
@@ -290,18 +349,48 @@ class _Overpass:
         except ValueError:
             what = "an HTML page" if text.lstrip().startswith("<") else "something"
             raise UserError(f"{self.name} answered {what} instead of JSON: {_page_text(text)}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("elements"), list):
-            raise UserError(f"{self.name} answered JSON without an 'elements' list; is it an Overpass endpoint?")
-        remark = str(data.get("remark") or "")
-        if "error" in remark.lower():
-            box = ",".join(f"{v:.4f}" for v in bbox)
-            raise UserError(f"{self.name} failed the query for bbox {box} (S,W,N,E): {' '.join(remark.split())}")
-        elements = data["elements"]
-        for e in elements:
-            if not (isinstance(e, dict) and e.get("type") == "node" and isinstance(e.get("id"), int)
-                    and all(isinstance(e.get(k), (int, float)) for k in ("lat", "lon"))):
-                raise UserError(f"{self.name} answered a malformed element: {json.dumps(e)[:120]}")
-        return elements
+        box = ",".join(f"{v:.4f}" for v in bbox)
+        return _answer_elements(data, self.name, f"{self.name} failed the query for bbox {box} (S,W,N,E)")
+
+
+def _answer_elements(data, name, failed):
+    """The elements of an Overpass JSON answer, checked: nodes with lat/lon, ways with geometry or node ids
+    (other kinds, such as relations, pass unchecked: no reader uses them). `failed` starts the message when the
+    answer reports an error in its remark."""
+    if not isinstance(data, dict) or not isinstance(data.get("elements"), list):
+        raise UserError(f"{name} answered JSON without an 'elements' list; is it an Overpass endpoint?")
+    remark = str(data.get("remark") or "")
+    if "error" in remark.lower():
+        raise UserError(f"{failed}: {' '.join(remark.split())}")
+    elements = data["elements"]
+    for e in elements:
+        ok = isinstance(e, dict) and isinstance(e.get("type"), str) and isinstance(e.get("id"), int)
+        if ok and e["type"] == "node":
+            ok = all(isinstance(e.get(k), (int, float)) for k in ("lat", "lon"))
+        elif ok and e["type"] == "way":
+            ok = isinstance(e.get("geometry", e.get("nodes")), list)
+        if not ok:
+            raise UserError(f"{name} answered a malformed element: {json.dumps(e)[:120]}")
+    return elements
+
+
+def _is_overpass_answer(data):
+    return isinstance(data, dict) and "type" not in data and isinstance(data.get("elements"), list)
+
+
+def _overpass_lines(ways, nodes, source, notes=()):
+    """Lines of Overpass way elements: from their `out geom` geometry, else their node ids looked up in
+    nodes ({id: (lon, lat)}); ways with fewer than two known positions are left out."""
+    geometries, ids = [], []
+    for way in ways:
+        if "geometry" in way:
+            coords = [(p["lon"], p["lat"]) for p in way["geometry"] if isinstance(p, dict)]
+        else:
+            coords = [nodes[n] for n in way["nodes"] if n in nodes]
+        if len(coords) >= 2:
+            geometries.append(shapely.LineString(coords))
+            ids.append(f"way/{way['id']}")
+    return Lines(geometries, ids, source, notes)
 
 
 def _retry_after(header, default):
@@ -371,23 +460,44 @@ class _Features:
 
 
 def _load_file(spec, flt):
-    path, layer = _split_layer(spec)
+    path, layer = _checked_path(spec)
     lower = path.lower()
+    if lower.endswith(_OSM_SUFFIXES):
+        return _read_osm(path, flt)
+    if lower.endswith(_GEOJSON_SUFFIXES):
+        data = _read_json(path)
+        features = _overpass_points(data, path) if _is_overpass_answer(data) else _read_geojson(data, path)
+    elif lower.endswith(".gpkg"):
+        features = _read_gpkg(path, layer)
+    else:
+        raise UserError(f"unknown towers file type: {os.path.basename(path)} ({_SOURCES_HINT})")
+    return _select(features, flt)
+
+
+def _load_line_file(spec, flt):
+    path, _ = _checked_path(spec)
+    lower = path.lower()
+    if lower.endswith(_OSM_SUFFIXES):
+        return _read_osm_lines(path, flt)
+    if lower.endswith(_GEOJSON_SUFFIXES):
+        data = _read_json(path)
+        return _overpass_file_lines(data, path, flt) if _is_overpass_answer(data) else _geojson_lines(data, path, flt)
+    if lower.endswith(".gpkg"):
+        name = os.path.basename(path)
+        return Lines([], [], name, [f"{name}: lines are not read from GeoPackage files (points only)"])
+    raise UserError(f"unknown towers file type: {os.path.basename(path)} ({_SOURCES_HINT})")
+
+
+def _checked_path(spec):
+    """(path, layer) of a file source that exists and can be read."""
+    path, layer = _split_layer(spec)
     if not os.path.exists(path):
         raise UserError(f"towers source not found: {spec} ({_SOURCES_HINT})")
     if os.path.isdir(path):
         raise UserError(f"towers source {spec} is a directory ({_SOURCES_HINT})")
     if not os.access(path, os.R_OK):
         raise UserError(f"cannot read the towers file {spec}: permission denied")
-    if lower.endswith(_OSM_SUFFIXES):
-        return _read_osm(path, flt)
-    if lower.endswith(_GEOJSON_SUFFIXES):
-        features = _read_geojson(path)
-    elif lower.endswith(".gpkg"):
-        features = _read_gpkg(path, layer)
-    else:
-        raise UserError(f"unknown towers file type: {os.path.basename(path)} ({_SOURCES_HINT})")
-    return _select(features, flt)
+    return path, layer
 
 
 def _split_layer(spec):
@@ -399,16 +509,10 @@ def _split_layer(spec):
 
 
 def _read_osm(path, flt):
-    if flt.key is None:
-        raise UserError("tag filter 'all' is for plain point files; OSM extracts need a tag, e.g. power=tower")
-    if flt.values is None:
-        node_filter = osmium.filter.KeyFilter(flt.key)
-    else:
-        node_filter = osmium.filter.TagFilter(*((flt.key, v) for v in flt.values))
     ids, lon, lat = [], [], []
     try:
         # filtering in C++ (and reading nodes only) keeps a country extract's millions of nodes out of Python
-        for node in osmium.FileProcessor(path, osmium.osm.NODE).with_filter(node_filter):
+        for node in osmium.FileProcessor(path, osmium.osm.NODE).with_filter(_osmium_filter(flt)):
             if node.location.valid():
                 ids.append(f"node/{node.id}")
                 lon.append(node.location.lon)
@@ -418,17 +522,66 @@ def _read_osm(path, flt):
     return Towers(lon, lat, ids, path)
 
 
-def _read_geojson(path):
+def _read_osm_lines(path, flt):
+    geometries, ids = [], []
+    processor = (osmium.FileProcessor(path, osmium.osm.NODE | osmium.osm.WAY).with_locations()
+                 .with_filter(osmium.filter.EntityFilter(osmium.osm.WAY)).with_filter(_osmium_filter(flt)))
+    try:
+        for way in processor:  # node locations are cached before the filters drop the nodes
+            coords = [(n.lon, n.lat) for n in way.nodes if n.location.valid()]
+            if len(coords) >= 2:
+                geometries.append(shapely.LineString(coords))
+                ids.append(f"way/{way.id}")
+    except RuntimeError as exc:
+        raise UserError(f"cannot read {os.path.basename(path)} as an OSM file: {' '.join(str(exc).split())}") from None
+    return Lines(geometries, ids, path)
+
+
+def _osmium_filter(flt):
+    if flt.key is None:
+        raise UserError("tag filter 'all' is for plain point files; OSM extracts need a tag, e.g. power=tower")
+    if flt.values is None:
+        return osmium.filter.KeyFilter(flt.key)
+    return osmium.filter.TagFilter(*((flt.key, v) for v in flt.values))
+
+
+def _read_json(path):
     name = os.path.basename(path)
     try:
         with open(path, "rb") as f:
-            data = json.load(f)
+            return json.load(f)
     except UnicodeDecodeError:
         raise UserError(f"{name} is not GeoJSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{name} is not GeoJSON (invalid JSON at line {exc.lineno}: {exc.msg})") from None
     except OSError as exc:
         raise UserError(f"cannot read the towers file {name}: {exc.strerror or exc}") from None
+
+
+def _overpass_elements(data, path):
+    name = os.path.basename(path)
+    return name, _answer_elements(data, name, f"the Overpass answer in {name} reports an error")
+
+
+def _overpass_points(data, path):
+    """A saved Overpass JSON answer's nodes, with their tags, as _Features (WGS84, as Overpass gives them)."""
+    name, elements = _overpass_elements(data, path)
+    nodes = [e for e in elements if e["type"] == "node"]
+    tags = [e.get("tags") or {} for e in nodes]
+    return _Features(name, [f"node/{e['id']}" for e in nodes], np.array([e["lon"] for e in nodes], dtype=np.float64),
+                     np.array([e["lat"] for e in nodes], dtype=np.float64), tags, None, len(elements),
+                     {k for t in tags for k in t}, len(nodes) == len(elements))
+
+
+def _overpass_file_lines(data, path, flt):
+    name, elements = _overpass_elements(data, path)
+    nodes = {e["id"]: (e["lon"], e["lat"]) for e in elements if e["type"] == "node"}
+    ways = [e for e in elements if e["type"] == "way" and flt.matches(e.get("tags") or {})]
+    return _overpass_lines(ways, nodes, name)
+
+
+def _read_geojson(data, path):
+    name = os.path.basename(path)
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in ("FeatureCollection", "Feature"):
         raise UserError(f"{name} is not a GeoJSON FeatureCollection (type {kind!r})")
@@ -457,6 +610,38 @@ def _read_geojson(path):
             tags.append(props)
     return _Features(name, ids, np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64), tags,
                      _geojson_crs(data, name), len(features), keys, all_points)
+
+
+def _geojson_lines(data, path, flt):
+    """The LineString/MultiLineString features matching flt, in WGS84 (reprojected when a CRS is declared)."""
+    name = os.path.basename(path)
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind not in ("FeatureCollection", "Feature"):
+        raise UserError(f"{name} is not a GeoJSON FeatureCollection (type {kind!r})")
+    geometries, ids = [], []
+    for index, feature in enumerate((data.get("features") or []) if kind == "FeatureCollection" else [data]):
+        geometry = feature.get("geometry") if isinstance(feature, dict) else None
+        props = _geojson_tags(feature.get("properties")) if isinstance(feature, dict) else {}
+        if not (isinstance(geometry, dict) and geometry.get("type") in ("LineString", "MultiLineString")
+                and flt.matches(props)):
+            continue
+        try:
+            parts = shapely.get_parts(shapely.geometry.shape(geometry))
+        except (ValueError, TypeError, AttributeError, shapely.errors.GEOSException):
+            raise UserError(f"{name}: feature {index} has a bad line geometry") from None
+        fid = _feature_id(feature.get("id"), props, index)
+        for part, line in enumerate(parts):
+            geometries.append(line)
+            ids.append(fid if len(parts) == 1 else f"{fid}:{part}")
+    lines = np.array(geometries, dtype=object)
+    crs = _geojson_crs(data, name)
+    if len(lines) and crs is not None and not _is_wgs84(crs):
+        to_wgs84 = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        lines = shapely.transform(lines, lambda xy: np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1])))
+    elif len(lines):
+        xy = shapely.get_coordinates(lines)
+        _check_lonlat(name, xy[:, 0], xy[:, 1], declared=crs is not None)
+    return Lines(lines, ids, name)
 
 
 def _geojson_tags(props):

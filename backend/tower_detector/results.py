@@ -26,7 +26,8 @@ Candidates (GeoPackage, written with sqlite3 to the OGC GeoPackage 1.2 spec; GDA
     ("cam" or "tile_centre"), status (default "unreviewed"), note, reviewer, reviewed_at (for the review UI).
     layer candidate_points (Point, EPSG:4326): the same candidates' points (same fid), tile_id, score,
     point_source. Both have an R-tree spatial index. Its update triggers fire only when the geometry or the
-    fid changes, so plain sqlite3 clients can update status/note without GDAL's ST_* functions.
+    fid changes, so plain sqlite3 clients can update status/note without GDAL's ST_* functions; once GDAL has
+    opened the file for writing (QGIS's review does) it rewrites them, and gpkg_connect provides the functions.
     table job (attributes, key/value TEXT): threshold, yes_threshold, zoom, store, job identity and notes,
     counts; no secrets (the store redacts its job spec).
 
@@ -43,6 +44,7 @@ import math
 import os
 import secrets
 import sqlite3
+import struct
 import time
 
 import numpy as np
@@ -424,7 +426,7 @@ _WGS84_WKT = ('GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.25
               'AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",'
               '0.0174532925199433,AUTHORITY["EPSG","9122"]],AXIS["Latitude",NORTH],AXIS["Longitude",EAST],'
               'AUTHORITY["EPSG","4326"]]')
-_CORE = """
+_GPKG_CORE = """
 PRAGMA application_id = 1196444487;  -- 'GPKG'
 PRAGMA user_version = 10200;
 CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY,
@@ -440,6 +442,8 @@ CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT N
   CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id));
 CREATE TABLE gpkg_extensions (table_name TEXT, column_name TEXT, extension_name TEXT NOT NULL,
   definition TEXT NOT NULL, scope TEXT NOT NULL, CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name));
+"""
+_CORE = _GPKG_CORE + """
 CREATE TABLE candidates (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POLYGON, tile_id TEXT NOT NULL UNIQUE,
   x INTEGER, y INTEGER, z INTEGER, score REAL, rank INTEGER, point_lon REAL, point_lat REAL, point_source TEXT,
   status TEXT DEFAULT 'unreviewed', note TEXT, reviewer TEXT, reviewed_at TEXT);
@@ -473,6 +477,31 @@ BEGIN DELETE FROM rtree_{t}_geom WHERE id IN (OLD.fid, NEW.fid); END;
 CREATE TRIGGER rtree_{t}_geom_delete AFTER DELETE ON {t} WHEN old.geom NOT NULL
 BEGIN DELETE FROM rtree_{t}_geom WHERE id = OLD.fid; END;
 """
+
+
+def gpkg_connect(path, **kwargs) -> sqlite3.Connection:
+    """sqlite3 on a GeoPackage, with the ST_* SQL functions its R-tree triggers call. GDAL (QGIS) rewrites the
+    triggers when it opens the file for writing, after which they fire on any UPDATE; without these functions
+    every plain sqlite3 update of a file QGIS has touched would fail ("no such function: ST_IsEmpty")."""
+    db = sqlite3.connect(path, **kwargs)
+    for name, index in (("ST_MinX", 0), ("ST_MaxX", 1), ("ST_MinY", 2), ("ST_MaxY", 3)):
+        db.create_function(name, 1, lambda blob, i=index: None if blob is None else _gpkg_envelope(blob)[i],
+                           deterministic=True)
+    db.create_function("ST_IsEmpty", 1, lambda blob: None if blob is None else int(bool(blob[3] & 0b10000)),
+                       deterministic=True)
+    return db
+
+
+def _gpkg_envelope(blob):
+    """(minx, maxx, miny, maxy) of a GeoPackage geometry blob: its header's envelope, else its WKB's bounds."""
+    flags = blob[3]
+    order = "<" if flags & 1 else ">"
+    if (flags >> 1) & 0b111:
+        return struct.unpack_from(order + "4d", blob, 8)
+    import shapely  # points carry no envelope: read the WKB after the 8-byte header
+
+    minx, miny, maxx, maxy = shapely.from_wkb(bytes(blob[8:])).bounds
+    return minx, maxx, miny, maxy
 
 
 def _gpkg_polygons(w, s, e, n):
@@ -510,6 +539,14 @@ def candidate_points(x, y, cam_x, cam_y, zoom):
     return lon, lat, np.where(cam, "cam", "tile_centre")
 
 
+def _insert_srs(db):
+    """The spatial reference systems a GeoPackage must have (WGS 84 and the two undefined ones)."""
+    db.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", [
+        ("WGS 84 geodetic", 4326, "EPSG", 4326, _WGS84_WKT, "longitude/latitude coordinates in decimal degrees"),
+        ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", "undefined cartesian coordinate system"),
+        ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate system")])
+
+
 def write_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, info):
     """The candidates GeoPackage (see the module docstring); rows in the order given (rank 1 first)."""
     k = len(x)
@@ -525,10 +562,7 @@ def write_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, info):
     db = sqlite3.connect(path)
     try:
         db.executescript(_CORE)
-        db.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", [
-            ("WGS 84 geodetic", 4326, "EPSG", 4326, _WGS84_WKT, "longitude/latitude coordinates in decimal degrees"),
-            ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", "undefined cartesian coordinate system"),
-            ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate system")])
+        _insert_srs(db)
         bounds = (float(w.min()), float(s.min()), float(e.max()), float(n.max())) if k else (None,) * 4
         pbounds = (float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())) if k else (None,) * 4
         db.executemany("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, min_x, min_y, "

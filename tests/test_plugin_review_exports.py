@@ -1,0 +1,144 @@
+"""The review dock's OSM editing and export buttons, against real parts: the fake JOSM remote control and Overpass
+servers on loopback, the real backend CLI for exports and conflation, the job manager's QGIS tasks."""
+
+import json
+import xml.etree.ElementTree as ET
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import test_plugin_support as support
+from candidates_helpers import make_candidates, scene_features, tile_of
+from josm_server import JosmServer
+from overpass_server import OverpassServer, elements_from_geojson
+from qgis.core import Qgis, QgsProject, QgsVectorLayer
+from qgis.PyQt.QtGui import QDesktopServices
+
+from tower_detector_plugin.jobs import JobManager
+from tower_detector_plugin.review import ReviewDock
+from tower_detector_plugin.review_exports import ReviewExports
+
+plugin_settings = support.plugin_settings  # a fixture
+RS = "\x1e"
+
+
+@pytest.fixture
+def review(tmp_path, qgis_iface, plugin_settings):
+    """A dock reviewing candidates on a sample scene's first three tower tiles and two empty tiles; its exports."""
+    support.real_cli()
+    scene = support.sample_scene(tmp_path / "scene", tiles=8, seed=3)
+    towers = scene_features(tmp_path / "scene" / "towers.geojson", "tower")
+    tiles = [tile_of(*p) for p in towers[:3]]
+    (x0, _x1), (y0, _y1) = scene["tile_range"]["x"], scene["tile_range"]["y"]
+    empty = [(x, y) for x in range(x0, x0 + 8) for y in range(y0, y0 + 8)
+             if all(abs(x - a) > 1 or abs(y - b) > 1 for a, b in (tile_of(*p) for p in towers))][:2]
+    path = make_candidates(tmp_path / "candidates.gpkg", tiles + empty, points=towers[:3] + [None, None])
+    layer = QgsVectorLayer(f"{path}|layername=candidates", "tower candidates", "ogr")
+    QgsProject.instance().addMapLayer(layer)
+    dock = ReviewDock(qgis_iface)
+    manager = JobManager(qgis_iface, work_dir=str(tmp_path / "work"))
+    exports = ReviewExports(qgis_iface, manager, dock)
+    dock.exportRequested.connect(exports.handle)
+    dock.start(layer)
+    yield {"dock": dock, "exports": exports, "manager": manager, "path": str(path), "scene": tmp_path / "scene",
+           "towers": towers}
+    dock.stop()
+    QgsProject.instance().removeMapLayer(layer.id())
+
+
+def finish(manager, job_id):
+    support.wait_until(lambda: manager.store.get(job_id)["status"] not in ("queued", "running"), 120, "the job")
+    return manager.store.get(job_id)
+
+
+def test_josm_loads_the_candidate_with_the_changeset_tags_and_gets_both_layers(review, plugin_settings):
+    plugin_settings.set_value("review/source", "Esri World Imagery")
+    dock = review["dock"]
+    with JosmServer() as josm:
+        plugin_settings.set_value("review/josm_url", josm.url)
+        review["exports"].handle("josm-zoom")
+        q = josm.last("load_and_zoom")["query"]
+        lon, lat = review["towers"][0]
+        assert float(q["left"]) < lon < float(q["right"]) and float(q["bottom"]) < lat < float(q["top"])
+        assert q["changeset_source"] == "Esri World Imagery" and q["changeset_hashtags"] == "#towerdetector"
+        assert q["changeset_comment"].startswith("Add power towers")
+
+        dock.decide("confirmed")  # the best candidate: the first tower
+        review["exports"].handle("josm-layers")
+        reference, confirmed = [r["query"] for r in josm.requests if r["path"] == "/load_data"]
+    assert reference["upload_policy"] == "never" and reference["layer_locked"] == "true"
+    assert reference["new_layer"] == "true"
+    squares = ET.fromstring(reference["data"])
+    assert squares.get("upload") == "never" and len(squares.findall("way")) == 5  # all five are within 2 km
+    assert confirmed["upload_policy"] == "false" and confirmed["layer_locked"] == "false"
+    osm = ET.fromstring(confirmed["data"])
+    [node] = osm.findall("node")
+    assert int(node.get("id")) < 0 and {t.get("k"): t.get("v") for t in node.findall("tag")} == {"power": "tower"}
+    assert (float(node.get("lon")), float(node.get("lat"))) == pytest.approx(review["towers"][0], abs=1e-6)
+    changeset = {t.get("k"): t.get("v") for t in osm.find("changeset").findall("tag")}
+    assert changeset["source"] == "Esri World Imagery" and changeset["hashtags"] == "#towerdetector"
+
+
+def test_josm_not_listening_is_one_clear_line_in_the_message_bar(review, plugin_settings, qgis_iface):
+    josm = JosmServer()
+    josm.start()
+    url = josm.url
+    josm.stop()  # the port is free now: nothing listens
+    plugin_settings.set_value("review/josm_url", url)
+    bar = qgis_iface.messageBar()  # pytest-qgis's: it records what was pushed, by level
+    bar.clear_messages()
+    review["exports"].handle("josm-zoom")
+    [text] = bar.get_messages(Qgis.Critical)
+    assert "JOSM is not listening" in text and "Remote Control" in text and "\n" not in text
+
+
+def test_id_and_rapid_open_at_the_candidate(review, monkeypatch):
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toString()))  # no browser here
+    review["exports"].handle("id")
+    review["exports"].handle("rapid")
+    lon, lat = review["towers"][0]
+    for url, host in zip(opened, ("www.openstreetmap.org", "rapideditor.org")):
+        parts = urlsplit(url)
+        assert parts.netloc == host
+        fragment = parse_qs(parts.fragment)
+        z, flat, flon = fragment["map"][0].split("/")
+        assert z == "19" and (float(flat), float(flon)) == pytest.approx((lat, lon), abs=1e-5)
+        assert fragment["hashtags"] == ["#towerdetector"]
+
+
+def test_file_exports_run_as_jobs(review, tmp_path):
+    dock, exports, manager = review["dock"], review["exports"], review["manager"]
+    dock.decide("confirmed")
+    dock.decide("false_positive")
+    job = finish(manager, exports.export("maproulette", str(tmp_path / "tasks.geojson")))
+    assert job["status"] == "finished", job["message"]
+    lines = (tmp_path / "tasks.geojson").read_text().rstrip("\n").split("\n")  # (splitlines() splits at RS too)
+    assert len(lines) == 3 and all(line.startswith(RS) for line in lines)  # the three still unreviewed
+    ids = [json.loads(line[1:])["features"][0]["properties"]["id"] for line in lines]
+    assert all(i.startswith("18/") for i in ids)
+
+    job = finish(manager, exports.export("labels", str(tmp_path / "labels.geojson")))
+    assert job["status"] == "finished"
+    labels = json.loads((tmp_path / "labels.geojson").read_text())["features"]
+    assert sorted(f["properties"]["status"] for f in labels) == ["confirmed", "false_positive"]
+
+    job = finish(manager, exports.export("osm", str(tmp_path / "none" / "x.osm")))  # a folder that does not exist
+    assert job["status"] == "failed" and "\n" not in job["message"]
+    assert not (tmp_path / "none").exists()
+
+
+def test_conflation_through_qgis_networking_marks_what_osm_has(review, plugin_settings):
+    dock, exports = review["dock"], review["exports"]
+    dock.decide("false_positive")  # a person's decision on the first tower: conflation must keep it
+    with OverpassServer(elements_from_geojson(review["scene"] / "towers.geojson")) as overpass:
+        plugin_settings.set_value("review/overpass_url", overpass.url)
+        job_id = exports.conflate()
+        assert overpass.log and overpass.log[0]["method"] == "POST"
+    job = finish(review["manager"], job_id)
+    assert job["status"] == "finished", job["message"]
+    support.wait_until(lambda: not exports.conflate_jobs, 10, "the session to reload")
+    status = dict(zip(dock.session.tile_ids, dock.session.status))
+    towers = [f"{x}-{y}-18" for x, y in (tile_of(*p) for p in review["towers"][:3])]
+    assert status[towers[0]] == "false_positive"
+    assert status[towers[1]] == status[towers[2]] == "already_mapped"
+    assert sorted(status.values()).count("unreviewed") == 2  # the empty tiles
