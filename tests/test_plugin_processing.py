@@ -28,6 +28,7 @@ from qgis.core import (
 from test_plugin_support import REPO, make_candidates, make_heatmap, make_model_dir, offscreen_env, real_cli
 
 from tower_detector_plugin import results
+from tower_detector_plugin.commands import EXPORT_KINDS
 from tower_detector_plugin.processing_provider import TowerDetectorProvider
 
 fake_backend = support.fake_backend  # a fixture
@@ -233,3 +234,29 @@ def test_qgis_process_runs_the_installed_plugin(tmp_path):
     assert run.returncode == 0, run.stderr + run.stdout
     answer = json.loads(run.stdout[run.stdout.index("{"):])["results"]
     assert answer["EXACT"] == 1 and answer["COUNT"] == _cli_count(str(area))
+
+
+def test_export_and_conflate_algorithms_run_the_backend(provider, plugin_settings, tmp_path):
+    import candidates_helpers as ch
+
+    real_cli()
+    support.sample_scene(tmp_path / "scene", tiles=8, seed=3)
+    towers = ch.scene_features(tmp_path / "scene" / "towers.geojson", "tower")
+    tiles = [ch.tile_of(*p) for p in towers[:2]]
+    path = str(ch.make_candidates(tmp_path / "c.gpkg", tiles, points=towers[:2]))
+    ch.review(path, tiles[0], "confirmed")
+    out = tmp_path / "confirmed.osm"
+    kinds = list(EXPORT_KINDS)
+    result = _run("towerdetector:exportreview", {"CANDIDATES": path, "FORMAT": kinds.index("osm"),
+                                                 "SOURCE": "Esri World Imagery", "OUTPUT": str(out)})
+    assert result["MESSAGE"].startswith("1 candidates") and out.is_file()
+    assert 'k="power" v="tower"' in out.read_text() and 'v="Esri World Imagery"' in out.read_text()
+    with pytest.raises(QgsProcessingException, match="tower-detector export: .*\\.osm"):
+        _run("towerdetector:exportreview", {"CANDIDATES": path, "FORMAT": kinds.index("osm"),
+                                            "OUTPUT": str(tmp_path / "confirmed.txt")})
+    result = _run("towerdetector:conflate", {"CANDIDATES": path, "OSM": str(tmp_path / "scene" / "towers.geojson"),
+                                             "BUFFER": 20})
+    assert "(1 newly marked, 1 reviewed by people left as they were)" in result["MESSAGE"]
+    statuses = ch.rows(path)
+    assert statuses[f"{tiles[0][0]}-{tiles[0][1]}-18"]["status"] == "confirmed"  # a person's decision, kept
+    assert statuses[f"{tiles[1][0]}-{tiles[1][1]}-18"]["status"] == "already_mapped"

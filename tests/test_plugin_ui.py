@@ -23,7 +23,8 @@ ACTIONS = {"Pick area": ("area", AreaPickerDialog), "Build training data": ("dat
            "Load results": ("results", LoadResultsDialog), "Settings": ("settings", SettingsDialog)}
 
 
-def test_every_action_opens_its_dialog_once_and_unload_removes_everything(qgis_iface, plugin_settings):
+def test_every_action_opens_its_dialog_once_and_unload_removes_everything(qgis_iface, plugin_settings,
+                                                                          qgis_new_project):
     plugin = TowerDetectorPlugin(qgis_iface)
     plugin.initGui()
     try:
