@@ -164,17 +164,9 @@ def load_towers(spec, *, area=None, tag_filter="power=tower", overpass_url=None,
     per chunk. An Overpass answer with no towers is an empty Towers, not an error.
     """
     flt = parse_tag_filter(tag_filter)
-    if isinstance(area, (str, os.PathLike)):
-        area = load_area(str(area))
     spec = str(spec).strip()
-    if spec == "overpass" or spec.startswith("overpass:"):
-        if area is None:
-            raise UserError("the overpass towers source needs an area to query")
-        url = spec[len("overpass:"):] or overpass_url or DEFAULT_OVERPASS_URL
-        client = _Overpass(url, timeout, retries, backoff, cache_dir)
-        towers = client.towers(area.geometry, flt, chunk_degrees, progress)
-    else:
-        towers = _load_file(spec, flt)
+    area, client = _source(spec, area, "towers", overpass_url, timeout, retries, backoff, cache_dir)
+    towers = client.towers(area.geometry, flt, chunk_degrees, progress) if client else _load_file(spec, flt)
     return towers if area is None else towers.within(area)
 
 
@@ -184,17 +176,22 @@ def load_lines(spec, *, area=None, tag_filter="power=line,minor_line", overpass_
     flt = parse_tag_filter(tag_filter)
     if flt.key is None:
         raise UserError("tag filter 'all' is for plain point files; lines need a tag, e.g. power=line")
+    spec = str(spec).strip()
+    area, client = _source(spec, area, "lines", overpass_url, timeout, retries, backoff, cache_dir)
+    lines = client.lines(area.geometry, flt, chunk_degrees, progress) if client else _load_line_file(spec, flt)
+    return lines if area is None else lines.intersecting(area)
+
+
+def _source(spec, area, what, overpass_url, timeout, retries, backoff, cache_dir):
+    """(the area loaded, an Overpass client when spec names Overpass, else None)."""
     if isinstance(area, (str, os.PathLike)):
         area = load_area(str(area))
-    spec = str(spec).strip()
-    if spec == "overpass" or spec.startswith("overpass:"):
-        if area is None:
-            raise UserError("the overpass lines source needs an area to query")
-        url = spec[len("overpass:"):] or overpass_url or DEFAULT_OVERPASS_URL
-        lines = _Overpass(url, timeout, retries, backoff, cache_dir).lines(area.geometry, flt, chunk_degrees, progress)
-    else:
-        lines = _load_line_file(spec, flt)
-    return lines if area is None else lines.intersecting(area)
+    if not (spec == "overpass" or spec.startswith("overpass:")):
+        return area, None
+    if area is None:
+        raise UserError(f"the overpass {what} source needs an area to query")
+    url = spec[len("overpass:"):] or overpass_url or DEFAULT_OVERPASS_URL
+    return area, _Overpass(url, timeout, retries, backoff, cache_dir)
 
 
 # --- Overpass ------------------------------------------------------------------------------------
