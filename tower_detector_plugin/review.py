@@ -89,6 +89,8 @@ class ReviewSession:
         self.reviewer = reviewer or _login()
         self.index = {name: layer.fields().indexOf(name) for name in (*REQUIRED_FIELDS, "tile_id")}
         self.min_score, self.max_score, self.statuses, self.extent = 0.0, 1.0, {UNREVIEWED}, None
+        self.position = None  # the rank (index in score order) of the current candidate
+        self.fids = []
         self.reload()
 
     # -- loading and filtering
@@ -143,8 +145,7 @@ class ReviewSession:
 
     # -- position
     def current_fid(self):
-        position = getattr(self, "position", None)
-        return None if position is None else self.fids[position]
+        return None if self.position is None else self.fids[self.position]
 
     def next(self):
         """Move to the next candidate in the filter after the current one (the first when there is none);
@@ -314,6 +315,7 @@ class ReviewDock(QDockWidget):
         self.iface = iface
         self.canvas = iface.mapCanvas()
         self.session = None
+        self._navigating = False  # True while the dock itself moves the canvas
         self.marks = CanvasMarks(self.canvas)
         self.pick_tool = PointPickTool(self.canvas)
         self.pick_tool.picked.connect(self._picked)
@@ -477,7 +479,7 @@ class ReviewDock(QDockWidget):
 
     def _extent_changed(self):
         # panning to a candidate must not shrink the "in view" filter around it: only the user's own moves count
-        if self.in_view.isChecked() and not getattr(self, "_navigating", False):
+        if self.in_view.isChecked() and not self._navigating:
             self._filters_changed()
 
     def next(self):
