@@ -142,3 +142,30 @@ def test_conflation_through_qgis_networking_marks_what_osm_has(review, plugin_se
     assert status[towers[0]] == "false_positive"
     assert status[towers[1]] == status[towers[2]] == "already_mapped"
     assert sorted(status.values()).count("unreviewed") == 2  # the empty tiles
+
+
+def test_the_buttons_ask_where_and_run(review, monkeypatch, tmp_path):
+    """The dock's buttons: the modal file and choice dialogs answered as a user would, the rest real."""
+    from qgis.PyQt.QtWidgets import QFileDialog, QInputDialog
+
+    dock, manager = review["dock"], review["manager"]
+    overlay = tmp_path / "overlay.geojson"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(overlay), "GeoJSON (*.geojson)"))
+    started = []
+    manager.changed.connect(lambda job_id: started.append(job_id) if job_id not in started else None)
+    dock.findChild(type(dock.next_button), "export_overlay").click()
+    assert finish(manager, started[-1])["status"] == "finished"
+    assert len(json.loads(overlay.read_text())["features"]) == 5
+
+    monkeypatch.setattr(QInputDialog, "getItem", lambda _parent, _title, _label, items, *a: (items[1], True))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        lambda *a, **k: (str(review["scene"] / "towers.geojson"), ""))
+    dock.findChild(type(dock.next_button), "export_conflate").click()
+    assert finish(manager, started[-1])["status"] == "finished"
+    support.wait_until(lambda: not review["exports"].conflate_jobs, 10, "the session to reload")
+    assert dock.session.status.count("already_mapped") == 3
+
+    monkeypatch.setattr(QInputDialog, "getItem", lambda *a: ("", False))  # cancelled: nothing starts
+    count = len(started)
+    dock.findChild(type(dock.next_button), "export_conflate").click()
+    assert len(started) == count

@@ -14,7 +14,7 @@ from qgis.core import Qgis, QgsBlockingNetworkRequest, QgsMessageLog
 from qgis.PyQt.QtCore import QByteArray, QObject, QUrl
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtNetwork import QNetworkRequest
-from qgis.PyQt.QtWidgets import QFileDialog
+from qgis.PyQt.QtWidgets import QFileDialog, QInputDialog
 
 from . import backend, commands, editors, settings
 from .review import ReviewError
@@ -74,7 +74,9 @@ class ReviewExports(QObject):
             elif kind in ("id", "rapid"):
                 self.open_editor(kind)
             elif kind == "conflate":
-                self.conflate()
+                source = self._ask_osm_source()
+                if source is not False:
+                    self.conflate(source)
             else:
                 raise ReviewError(f"unknown review action {kind}")
         except (ReviewError, editors.JosmError, ValueError) as exc:
@@ -87,6 +89,19 @@ class ReviewExports(QObject):
             return QFileDialog.getExistingDirectory(self.dock, title, start)
         path, _chosen = QFileDialog.getSaveFileName(self.dock, title, start, filters)
         return path
+
+    def _ask_osm_source(self):
+        """None for Overpass, a file's path, or False when the user cancels."""
+        choices = ["Overpass, for the candidates' extent (QGIS's network settings apply)",
+                   "A file: .osm.pbf, .osm, GeoJSON or a saved Overpass answer"]
+        choice, ok = QInputDialog.getItem(self.dock, "Conflate with OSM", "OSM data", choices, 0, False)
+        if not ok:
+            return False
+        if choice == choices[0]:
+            return None
+        path, _chosen = QFileDialog.getOpenFileName(self.dock, "OSM data", os.path.dirname(self.candidates_path()),
+                                                    "OSM data (*.pbf *.osm *.geojson *.json *.gpkg)")
+        return path or False
 
     def export(self, kind: str, out: str) -> str:
         """Start `tower-detector export KIND` as a job; its id."""
