@@ -4,7 +4,6 @@
 import io
 import logging
 import sqlite3
-import time
 
 import numpy as np
 import pytest
@@ -109,30 +108,25 @@ def test_tms_quadkey_and_subdomain_urls_request_the_right_paths(server):
 
 def test_concurrency_is_bounded_and_used(server):
     server.latency = 0.05
-    start = time.monotonic()
     with open_imagery(server.template(), concurrency=4) as source:
         results = list(source.fetch(_ids(server, 32)))
-    elapsed = time.monotonic() - start
     assert all(r.error is None for r in results)
-    assert 1 < server.max_in_flight <= 4
-    assert elapsed < 32 * 0.05 * 0.75  # one at a time takes 1.6 s
+    assert 1 < server.max_in_flight <= 4  # requests overlap, never more than 4 (the speed-up: benchmarks/)
 
 
 def test_rate_limit_spaces_requests(server):
-    start = time.monotonic()
     with open_imagery(server.template(), concurrency=8, rate_limit=20) as source:
         assert all(r.error is None for r in source.fetch(_ids(server, 11)))
-    assert time.monotonic() - start >= 10 / 20 * 0.95
+    gaps = np.diff(server.arrivals)  # as the server saw them: at most 20 a second
+    assert len(gaps) == 10 and gaps.min() >= 1 / 20 * 0.9
 
 
 def test_retries_recover_from_5xx_and_honour_retry_after(server):
     a, b, c = server.tiles[:3]
     server.flaky = {a: (500, 2), b: (429, 1)}
     server.status = {c: 503}
-    start = time.monotonic()
     with open_imagery(server.template(), concurrency=4, retries=2, backoff=0.01) as source:
         results = list(source.fetch(_ids(server, 8)))
-    elapsed = time.monotonic() - start
     z = server.zoom
     assert results[0].error is None and np.array_equal(results[0].image, server.expected(*a))
     assert results[1].error is None and np.array_equal(results[1].image, server.expected(*b))
@@ -141,7 +135,8 @@ def test_retries_recover_from_5xx_and_honour_retry_after(server):
     assert server.count(f"/{z}/{a[0]}/{a[1]}.png") == 3
     assert server.count(f"/{z}/{b[0]}/{b[1]}.png") == 2
     assert server.count(f"/{z}/{c[0]}/{c[1]}.png") == 3
-    assert elapsed >= 0.95  # the 429 said Retry-After: 1
+    first, retry = server.arrivals_of(f"/{z}/{b[0]}/{b[1]}.png")
+    assert retry - first >= 0.95  # the 429 said Retry-After: 1
 
 
 def test_missing_truncated_corrupt_and_slow_tiles_are_error_values(server):
@@ -172,11 +167,10 @@ def test_bad_token_fails_fast_and_the_token_is_never_shown(server, caplog):
     server.token = "the-right-one"
     server.latency = 0.01
     source = open_imagery(server.template(token=SECRET), concurrency=4)
-    start = time.monotonic()
     with source, pytest.raises(UserError) as caught:
         list(source.fetch(_ids(server)))
     message = str(caught.value)
-    assert time.monotonic() - start < 2 and len(server.paths) < 40  # not all 64 tiles
+    assert len(server.paths) < 40  # failed fast: not all 64 tiles were asked for
     assert "HTTP 403" in message and "token" in message and "\n" not in message
     assert "access_token=***" in message and "access_token=***" in source.description
     for text in (message, source.description, repr(source), caplog.text):

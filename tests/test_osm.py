@@ -4,7 +4,6 @@ import json
 import socket
 import sqlite3
 import struct
-import time
 
 import numpy as np
 import osmium
@@ -558,13 +557,10 @@ def test_gpkg_not_a_geopackage(tmp_path):
 @pytest.mark.shared_data
 def test_nigeria_osm_export(shared_data):
     path = shared_data / "osm" / "nigeria_power_2018-04-04.geojson"
-    start = time.perf_counter()
-    towers = load_towers(str(path))
-    elapsed = time.perf_counter() - start
+    towers = load_towers(str(path))  # how fast: benchmarks/labels.py
     assert len(towers) == 29_110
     assert all(i.startswith("node/") for i in towers.ids) and len(set(towers.ids)) == 29_110
     assert 2 < towers.lon.min() and towers.lon.max() < 15 and 4 < towers.lat.min() and towers.lat.max() < 14
-    assert elapsed < 5
     roi = shared_data / "boundaries" / "training_roi_nigeria.geojson"
     if roi.exists():
         inside = towers.within(load_area(str(roi)))

@@ -22,8 +22,9 @@ Knobs: attributes, which tests may change between requests; tiles are (x, y) pai
     truncated   tiles whose body stops half-way while Content-Length promises all of it (then the connection closes)
     corrupt     tiles whose body is the first half of the image, with a Content-Length that matches it
     token       when set, every request needs ?access_token=<token>; otherwise 403 (template(ext, token) adds it)
-Records: paths (each request's path without its query, in arrival order), count(path), max_in_flight (the
-most requests being answered at once). reset() clears the records and puts the knobs back as constructed.
+Records: paths (each request's path without its query, in arrival order), arrivals (their times),
+count(path), arrivals_of(path), max_in_flight (the most requests being answered at once). reset() clears the
+records and puts the knobs back as constructed.
 """
 
 import io
@@ -76,12 +77,18 @@ class TileServer:
             self.truncated = set()
             self.corrupt = set()
             self.paths = []
+            self.arrivals = []  # time.monotonic() of each request, in step with paths
             self.max_in_flight = 0
             self._served = Counter()
 
     def count(self, path):
         with self._lock:
             return self.paths.count(path)
+
+    def arrivals_of(self, path):
+        """When each request for path arrived (time.monotonic()), in order."""
+        with self._lock:
+            return [t for p, t in zip(self.paths, self.arrivals) if p == path]
 
     # -- the scene -----------------------------------------------------------------------------
     def expected(self, x, y):
@@ -165,6 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         with server._lock:
             server.paths.append(parts.path)
+            server.arrivals.append(time.monotonic())
             server._in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server._in_flight)
         try:
