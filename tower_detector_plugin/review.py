@@ -455,6 +455,13 @@ class ReviewDock(QDockWidget):
             self._show_current(flash=False)
         return self.session
 
+    def reload(self):
+        """Read the layer again after something else (the backend) changed its file."""
+        if self.session is not None:
+            self.session.layer.dataProvider().reloadData()
+            self.session.reload()
+            self._filters_changed()
+
     def _show_heatmaps(self, hide=None):
         hide = self.hide_heatmap.isChecked() if hide is None else hide
         root = QgsProject.instance().layerTreeRoot()

@@ -152,8 +152,7 @@ class ReviewExports(QObject):
                                                     duration=8)
 
     def open_editor(self, editor: str):
-        current = self.current()
-        lon, lat = current["point"]
+        lon, lat = self.current_point()
         tags = changeset_tags()
         url = editors.editor_url(editor, lon, lat, 19, comment=tags["comment"], hashtags=tags["hashtags"],
                                  source=tags["source"])
@@ -182,10 +181,7 @@ class ReviewExports(QObject):
     def _job_finished(self, job_id):
         if job_id in self.conflate_jobs:
             self.conflate_jobs.discard(job_id)
-            if self.dock.session is not None:  # the backend changed statuses in the file: read them again
-                self.dock.session.layer.dataProvider().reloadData()
-                self.dock.session.reload()
-                self.dock._filters_changed()
+            self.dock.reload()  # the backend changed statuses in the file
 
 
 def fetch_overpass(extent, url: str = None) -> str:
