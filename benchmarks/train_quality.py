@@ -57,6 +57,8 @@ def main():
     p.add_argument("--epochs-top", type=int, default=2)
     p.add_argument("--epochs-fine", type=int, default=14)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed"],
+                   help="as train --precision (auto: mixed bfloat16 on a CPU with AMX)")
     p.add_argument("--params", help="JSON of hyperparameters over the defaults (to try recipes for training from "
                    "scratch); the figures in the README say which were used")
     args = p.parse_args()
@@ -82,14 +84,16 @@ def main():
                                                      for k, v in ds["splits"].items())
         + f"; {time.monotonic() - t:.0f} s")
 
-    model_dir = os.path.join(work, "model" if not args.params else "model-" + os.path.basename(args.params)[:-5])
+    model_dir = os.path.join(work, ("model" if not args.params else "model-" + os.path.basename(args.params)[:-5])
+                             + ("" if args.precision == "auto" else "-" + args.precision))
     params = json.loads(open(args.params).read()) if args.params else {}
     params.update({"image_size": args.image_size, "epochs_phase1": args.epochs_top, "epochs_phase2": args.epochs_fine,
                    "batch_size": args.batch_size})
     t = time.monotonic()
-    result = train(data, model_dir, params, weights="none", log=lambda m: say("  " + m))
+    result = train(data, model_dir, params, weights="none", log=lambda m: say("  " + m), precision=args.precision)
     train_seconds = time.monotonic() - t
-    say(f"training: {train_seconds / 60:.1f} min, {result['train_images_per_second']:.1f} images/s; "
+    say(f"training ({result['dtype_policy']}): {train_seconds / 60:.1f} min, "
+        f"{result['train_images_per_second']:.1f} images/s; "
         f"held-out test split ROC AUC {result['roc_auc']:.4f}")
 
     tiles = scene_tiles(eval_info)

@@ -86,6 +86,47 @@ def test_candidates_are_graduated_filtered_and_their_style_lives_in_the_geopacka
         assert db.execute("SELECT COUNT(*) FROM layer_styles").fetchone()[0] == 1
 
 
+def _render_green(layer, x, y, size_px):
+    """Green channel at a quarter of tile (x, y)'s width from its west edge, mid-height (clear of the outline and
+    the tower cross), rendered on white in EPSG:3857 to a size_px square; and the map scale it was drawn at."""
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsExpressionContext,
+        QgsExpressionContextUtils,
+        QgsMapRendererSequentialJob,
+        QgsMapSettings,
+        QgsRectangle,
+    )
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor
+
+    x0, y0, x1, y1 = tile_bounds_3857(x, y)
+    settings = QgsMapSettings()
+    settings.setLayers([layer])
+    settings.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
+    settings.setBackgroundColor(QColor("white"))
+    settings.setOutputSize(QSize(size_px, size_px))
+    settings.setExtent(QgsRectangle(x0, y0, x1, y1))
+    context = QgsExpressionContext()  # @map_scale, as a map canvas gives its layers
+    context.appendScope(QgsExpressionContextUtils.mapSettingsScope(settings))
+    settings.setExpressionContext(context)
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    image = job.renderedImage()
+    return QColor(image.pixel(int(size_px * 0.25), size_px // 2)).green(), settings.scale()
+
+
+def test_candidate_tint_fades_when_zoomed_in_for_review(candidates):
+    layer = results.load_candidates(candidates, threshold=0.97)
+    x, y, _ = TILES[-1]  # 0.99: the strongest band, red
+    close, close_scale = _render_green(layer, x, y, 800)
+    far, far_scale = _render_green(layer, x, y, 24)
+    assert close_scale <= results.CLOSE_SCALE < far_scale
+    assert close > 235, "at review scale the imagery under the square must show through"
+    assert far < 205, "zoomed out the band's tint shows"
+
+
 def test_threshold_widget_filters_live(candidates, heatmap, qgis_new_project):
     layer = results.load_candidates(candidates, threshold=0.5)
     hm = results.load_heatmap(heatmap, 0.5)

@@ -146,6 +146,34 @@ def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
     assert (out / "model.keras").is_file() and not (out / "backup").exists()
 
 
+def test_mixed_bfloat16_training_saves_a_float32_model(dataset, tmp_path):
+    import keras
+
+    from tower_detector.train import train
+
+    out = tmp_path / "m"
+    result = train(str(dataset), str(out), dict(TINY, epochs_phase1=0), weights="none", log=lambda *a: None,
+                   precision="mixed")
+    assert result["dtype_policy"] == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks to what runs next
+    model = Classifier(str(out)).model
+    policies = {layer.dtype_policy.name for layer in model.get_layer("xception").layers} | \
+        {layer.dtype_policy.name for layer in model.layers if layer.name != "xception"}
+    assert policies == {"float32"}
+    assert json.loads((out / "metrics.json").read_text())["dtype_policy"] == "mixed_bfloat16"
+
+
+def test_precision_choices():
+    from tower_detector.model import training_policy
+
+    assert training_policy("float32", gpu=True) == "float32"
+    assert training_policy("auto", gpu=True) == training_policy("mixed", gpu=True) == "mixed_float16"
+    assert training_policy("mixed", gpu=False) == "mixed_bfloat16"
+    assert training_policy("auto", gpu=False) in ("float32", "mixed_bfloat16")  # bfloat16 only where AMX runs it
+    with pytest.raises(UserError, match="--precision must be one of"):
+        training_policy("half")
+
+
 def test_weights_file_is_loaded_into_the_base(dataset, tmp_path):
     import keras
 

@@ -17,10 +17,12 @@ from qgis.core import (
     QgsLayerTreeGroup,
     QgsMarkerSymbol,
     QgsProject,
+    QgsProperty,
     QgsRasterLayer,
     QgsRasterShader,
     QgsRendererRange,
     QgsSingleBandPseudoColorRenderer,
+    QgsSymbolLayer,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import Qt, pyqtSignal
@@ -106,14 +108,23 @@ def _tower_marker() -> QgsGeometryGeneratorSymbolLayer:
     return marker
 
 
+# Closer than this the mapper is looking at the imagery under the square (reviewing is at 1:2000): the band's
+# tint nearly goes, the outline and the tower cross stay. Zoomed out, the tint shows where candidates cluster.
+CLOSE_SCALE = 5000
+FILL_ALPHA, CLOSE_FILL_ALPHA = 70, 12
+
+
 def candidates_renderer() -> QgsGraduatedSymbolRenderer:
     """Candidate tiles by score band, each with its tower point as a cross."""
     ranges = []
     for lo, hi, colour, label in SCORE_BANDS:
         fill = QColor(colour)
-        fill.setAlpha(70)
+        fill.setAlpha(FILL_ALPHA)
         symbol = QgsFillSymbol.createSimple({"color": fill.name(QColor.HexArgb), "outline_color": colour.name(),
                                              "outline_width": "0.6", "outline_width_unit": "MM"})
+        symbol.symbolLayer(0).setDataDefinedProperty(QgsSymbolLayer.PropertyFillColor, QgsProperty.fromExpression(
+            f"color_rgba({colour.red()}, {colour.green()}, {colour.blue()}, "
+            f"if(@map_scale <= {CLOSE_SCALE}, {CLOSE_FILL_ALPHA}, {FILL_ALPHA}))"))
         symbol.appendSymbolLayer(_tower_marker())
         ranges.append(QgsRendererRange(lo, hi, symbol, label))
     return QgsGraduatedSymbolRenderer("score", ranges)

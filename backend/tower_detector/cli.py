@@ -88,7 +88,8 @@ def cmd_train(args, rep):
                         ("epochs_phase2", args.epochs_fine), ("batch_size", args.batch_size), ("seed", args.seed)):
         if value is not None:
             params[name] = value
-    result = train(args.data, args.out, params, weights=args.weights, progress=rep.progress, log=rep.log)
+    result = train(args.data, args.out, params, weights=args.weights, progress=rep.progress, log=rep.log,
+                   precision=args.precision)
     text = (f"model written to {args.out}: test ROC AUC {_fmt(result['roc_auc'])}, accuracy {result['accuracy']:.3f}, "
             f"precision {result['precision']:.3f}, recall {result['recall']:.3f} at 0.5; thresholds "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in result["thresholds"].items()))
@@ -219,6 +220,8 @@ def build_parser():
     sp.add_argument("--epochs-fine", type=int, help="phase 2 epochs: fine-tuning (default 20)")
     sp.add_argument("--batch-size", type=int, help="default 32")
     sp.add_argument("--seed", type=int, help="random seed (default 0)")
+    sp.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed"],
+                    help="auto (default): mixed float16 on a GPU, mixed bfloat16 on a CPU with AMX, else float32")
 
     sp = command("search", cmd_search, "Hyperopt TPE search over the training recipe (resumes when run again).")
     sp.add_argument("--data", required=True, help="a tower-detector dataset directory")

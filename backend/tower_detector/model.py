@@ -204,6 +204,31 @@ def has_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+PRECISIONS = ("auto", "float32", "mixed")
+
+
+def training_policy(precision="auto", gpu=False):
+    """The Keras dtype policy to train under: mixed float16 on a GPU; mixed bfloat16 on a CPU with AMX-BF16
+    (Intel Sapphire Rapids and later run it ~1.5x faster than float32); float32 elsewhere, or when asked."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "float32":
+        return "float32"
+    if gpu:
+        return "mixed_float16"
+    if _cpu_has_amx_bf16() or precision == "mixed":
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def _cpu_has_amx_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
 _ACTIVATIONS = {  # the head's activations in numpy, for locate
     "relu": lambda v: np.maximum(v, 0), "elu": lambda v: np.where(v > 0, v, np.expm1(v)), "tanh": np.tanh,
     "selu": lambda v: 1.0507009873554805 * np.where(v > 0, v, 1.6732632423543772 * np.expm1(v)),

@@ -25,7 +25,16 @@ import time
 import numpy as np
 
 from .events import UserError
-from .model import DEFAULT_PARAMS, build_model, check_params, class_weight, has_gpu, set_trainable, write_params
+from .model import (
+    DEFAULT_PARAMS,
+    build_model,
+    check_params,
+    class_weight,
+    has_gpu,
+    set_trainable,
+    training_policy,
+    write_params,
+)
 
 TILE = 256
 MONITOR = "val_auc"
@@ -177,9 +186,13 @@ def _geometric_augmentation(seed):
 
 
 # --- training -----------------------------------------------------------------------------------------------
-def train(data_dir, out, params=None, weights="none", progress=None, log=print):
-    """Train (or resume training) into the model directory `out`; returns the test metrics."""
+def train(data_dir, out, params=None, weights="none", progress=None, log=print, precision="auto"):
+    """Train (or resume training) into the model directory `out`; returns the test metrics.
+
+    precision: auto (mixed precision where the hardware runs it faster: float16 on a GPU, bfloat16 on a CPU
+    with AMX), float32, or mixed. The saved model is float32 whatever it trained in, so it runs anywhere."""
     progress = progress or (lambda *a, **k: None)
+    training_policy(precision)  # a bad value fails before any work
     params = check_params(params or {})
     data = TrainingData(data_dir)
     train_split, val_split, test_split = data.roles(log)
@@ -193,18 +206,21 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print):
     import tensorflow as tf
 
     gpu = has_gpu()
-    if gpu:  # mixed precision and XLA where they pay: on a GPU
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = training_policy(precision, gpu)
     keras.utils.set_random_seed(params["seed"])
     counts = {k: (int(len(v[1]) - v[1].sum()), int(v[1].sum())) for k, v in data.splits.items()}
     weights_by_class = class_weight(params["class_weight"], *counts[train_split])
     log(f"training on {sum(counts[train_split])} tiles ({counts[train_split][1]} tower), validating on "
         f"{val_split} ({sum(counts[val_split])}), testing on {test_split} ({sum(counts[test_split])}); "
-        f"class weights {weights_by_class}; {'GPU, mixed precision, XLA' if gpu else 'CPU'}")
+        f"class weights {weights_by_class}; {'GPU, XLA' if gpu else 'CPU'}, {policy}")
     size, batch = params["image_size"], params["batch_size"]
     train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"])
     val_ds = tf_dataset(data, val_split, size, batch, training=False)
-    model, base = build_model(params, weights)
+    keras.mixed_precision.set_global_policy(policy)  # for the model only: input and augmentation stay float32
+    try:
+        model, base = build_model(params, weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     total = params["epochs_phase1"] + params["epochs_phase2"]
     ckpt = os.path.join(out, "checkpoints")
     os.makedirs(ckpt, exist_ok=True)
@@ -235,7 +251,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print):
         raise UserError(f"out of memory with batch size {batch} at image size {size}: try --batch-size "
                         f"{max(batch // 2, 1)}") from None
     seconds = time.monotonic() - started
-    # a fresh, uncompiled copy: model.keras without the optimizer's state (a third of the size)
+    # a fresh, uncompiled float32 copy: model.keras without the optimizer's state (a third of the size)
     model = _copy_weights(model, build_model(params, "none")[0])
     if best.exists():
         model.load_weights(best.path)
@@ -250,7 +266,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print):
     result = metrics(data.splits[test_split][1], scores)
     result.update(split=test_split, train_seconds=round(seconds, 1),
                   train_images_per_second=round(len(epochs_run) * sum(counts[train_split]) / max(seconds, 1e-9), 2),
-                  best_epoch=best.record)
+                  best_epoch=best.record, dtype_policy=policy)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     plot(result, out)
