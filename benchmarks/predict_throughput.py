@@ -1,6 +1,6 @@
 """Prediction throughput, the original project's loop against ours, and checkpoint costs, measured in one run.
 
-    .venv/bin/python benchmarks/predict_throughput.py [--tiles 16] [--image-size 128] [--latency 0.02] [--format jpg]
+    .venv/bin/python benchmarks/predict_throughput.py [--tiles 16] [--image-size 128] [--latency 0.02] [--format jpg] [--precision mixed]
 
 One model (Xception at --image-size, untrained weights: speed does not depend on them) and one sample scene of
 N x N tiles, served by tests/tileserver.py on 127.0.0.1 with --latency seconds per request, from a separate
@@ -37,13 +37,13 @@ from tower_detector.sample import write_sample_scene  # noqa: E402
 from tower_detector.store import open_store  # noqa: E402
 
 
-def make_model(folder, image_size):
+def make_model(folder, image_size, precision):
     params = check_params({"image_size": image_size})
     model, _ = build_model(params, "none")
     os.makedirs(folder, exist_ok=True)
     model.save(os.path.join(folder, "model.keras"))
     write_params(folder, params, weights="none", data_fingerprint="benchmark")
-    return Classifier(folder)
+    return Classifier(folder, precision)
 
 
 def seed_loop(server, tiles, classifier, json_path, save_every, ext):
@@ -66,10 +66,10 @@ def seed_loop(server, tiles, classifier, json_path, save_every, ext):
     return scores, save_sizes
 
 
-def timed_predict(model_dir, imagery, area, out, checkpoint, batch_size):
+def timed_predict(model_dir, imagery, area, out, checkpoint, batch_size, precision):
     """Seconds of predict's scoring loop (fetch, decode, model, checkpoints; not loading the model), stats."""
     stats = predict(model_dir, imagery, out, area=area, checkpoint_every=checkpoint, batch_size=batch_size,
-                    log=lambda *a, **k: None)
+                    precision=precision, log=lambda *a, **k: None)
     return stats["seconds"], stats
 
 
@@ -107,6 +107,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--checkpoint", type=int, default=64, help="tiles per checkpoint for (c)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", choices=("auto", "float32", "mixed"), default="auto",
+                   help="as predict --precision, for every run here (mixed: bfloat16 on a CPU)")
     p.add_argument("--seed-save", type=int, default=64, help="tiles per save of the seed-style loop")
     p.add_argument("--format", choices=("png", "jpg", "webp"), default="png",
                    help="what the tile server sends (aerial imagery services mostly send JPEG)")
@@ -114,7 +116,7 @@ def main():
     work = tempfile.mkdtemp(prefix="predict-bench-")
     info = write_sample_scene(os.path.join(work, "scene"), tiles_x=args.tiles, tiles_y=args.tiles, seed=5)
     area = os.path.join(work, "scene", "area.geojson")
-    classifier = make_model(os.path.join(work, "model"), args.image_size)
+    classifier = make_model(os.path.join(work, "model"), args.image_size, args.precision)
     model_dir = os.path.join(work, "model")
     n = args.tiles * args.tiles
     print(f"{n} {args.format.upper()} tiles, Xception at {args.image_size} px, batch {args.batch_size}, latency "
@@ -133,7 +135,7 @@ def main():
         model_only = n / min(model_s)
 
         ours_s = min(timed_predict(model_dir, server.template(args.format), area, os.path.join(work, f"a{i}"), 5000,
-                                   args.batch_size)[0] for i in range(args.repeats))
+                                   args.batch_size, args.precision)[0] for i in range(args.repeats))
         ours = n / ours_s
         print(f"(a) model only {model_only:.1f} tiles/s; end-to-end predict {ours:.1f} tiles/s; "
               f"ratio {ours / model_only:.2f} (goal >= 0.9)", flush=True)
@@ -148,9 +150,9 @@ def main():
         one, many = [], []
         for i in range(args.repeats):  # alternating, so that drifts in machine load hit both alike
             one.append(timed_predict(model_dir, server.template(args.format), area, os.path.join(work, f"c1-{i}"), n,
-                                     args.batch_size)[0])
+                                     args.batch_size, args.precision)[0])
             many.append(timed_predict(model_dir, server.template(args.format), area, os.path.join(work, f"c2-{i}"),
-                                      args.checkpoint, args.batch_size)[0])
+                                      args.checkpoint, args.batch_size, args.precision)[0])
         one_s, many_s = min(one), min(many)
     store = open_store(os.path.join(work, "c2-0"))
     sizes = [len(store._b.read(store.chunk_name(s, c))) for s, c in store.plan.all_chunks()]

@@ -71,6 +71,28 @@ def test_every_tile_is_scored_once_and_matches_the_model(reference, scene_tiles,
     assert np.isfinite(cams).all() and (cams >= 0).all() and (cams <= 256).all()
 
 
+def test_mixed_precision_scores_agree_with_float32(reference, scene_tiles, tiny_model, sample_scene, tmp_path):
+    from tower_detector.imagery import open_imagery
+    from tower_detector.model import Classifier
+
+    assert reference[1]["dtype_policy"] == "float32"  # auto on a CPU: full precision
+    tiles = sorted(scene_tiles)
+    with open_imagery(str(sample_scene["imagery"])) as src:
+        images, _ = src.fetch_batch(np.array([t[0] for t in tiles]), np.array([t[1] for t in tiles]), 18)
+    mixed = Classifier(str(tiny_model[0]), precision="mixed")
+    assert mixed.policy == "mixed_bfloat16"
+    assert {layer.dtype_policy.name for layer in mixed.model.get_layer("xception").layers} == {"mixed_bfloat16"}
+    scores, points = mixed.predict_with_points(images, batch_size=8)
+    expected, expected_points = Classifier(str(tiny_model[0])).predict_with_points(images, batch_size=8)
+    assert scores.dtype == np.float32 and points.shape == expected_points.shape
+    np.testing.assert_allclose(scores, expected, atol=0.02)  # bfloat16 keeps ~3 significant digits
+
+    proc, events = run("predict", "--model", tiny_model[0], "--imagery", sample_scene["imagery"], "--area",
+                       sample_scene["area"], "--out", tmp_path / "store", "--precision", "mixed", "--events")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert events[-1]["dtype_policy"] == "mixed_bfloat16" and events[-1]["tiles_scored"] == len(tiles)
+
+
 def test_results_outputs(reference, tmp_path):
     out, _ = reference
     scores, _ = scores_of(out)

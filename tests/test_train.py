@@ -164,12 +164,13 @@ def test_mixed_bfloat16_training_saves_a_float32_model(dataset, tmp_path):
 
 
 def test_precision_choices():
-    from tower_detector.model import training_policy
+    from tower_detector.model import dtype_policy, training_policy
 
     assert training_policy("float32", gpu=True) == "float32"
     assert training_policy("auto", gpu=True) == training_policy("mixed", gpu=True) == "mixed_float16"
     assert training_policy("mixed", gpu=False) == "mixed_bfloat16"
     assert training_policy("auto", gpu=False) in ("float32", "mixed_bfloat16")  # bfloat16 only where AMX runs it
+    assert dtype_policy("auto", gpu=False) == "float32"  # predict's auto on a CPU
     with pytest.raises(UserError, match="--precision must be one of"):
         training_policy("half")
 

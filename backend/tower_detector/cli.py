@@ -118,7 +118,8 @@ def cmd_predict(args, rep):
 
     stats = predict(args.model, args.imagery, args.out, area=args.area, tiles=args.tiles, zoom=args.zoom,
                     shard=args.shard, shards=args.shards, workers=args.workers, checkpoint_every=args.checkpoint_every,
-                    batch_size=args.batch_size, max_tiles=args.max_tiles, progress=rep.progress, log=rep.log)
+                    batch_size=args.batch_size, max_tiles=args.max_tiles, precision=args.precision,
+                    progress=rep.progress, log=rep.log)
     text = (f"scored {stats['tiles_scored']:,} tiles into {args.out} ({stats['tiles_failed']:,} failed, "
             f"{stats['chunks_written']} chunks written, {stats['chunks_existing']} already there; "
             f"{stats['tiles_per_second']} tiles/s)")
@@ -250,6 +251,8 @@ def build_parser():
     sp.add_argument("--checkpoint-every", type=int, default=5000, help="tiles per chunk: the unit of checkpoints")
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--max-tiles", type=int, default=100_000_000)
+    sp.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed"],
+                    help="auto (default): mixed float16 on a GPU, float32 on a CPU; mixed: bfloat16 on a CPU too")
 
     sp = command("results", cmd_results, "Merge a results store into a heatmap, candidates and the seed's formats.")
     sp.add_argument("store", help="results store: a directory or s3://bucket/prefix")

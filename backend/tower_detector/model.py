@@ -207,18 +207,22 @@ def has_gpu():
 PRECISIONS = ("auto", "float32", "mixed")
 
 
-def training_policy(precision="auto", gpu=False):
-    """The Keras dtype policy to train under: mixed float16 on a GPU; mixed bfloat16 on a CPU with AMX-BF16
-    (Intel Sapphire Rapids and later run it ~1.5x faster than float32); float32 elsewhere, or when asked."""
+def dtype_policy(precision="auto", gpu=False, cpu_bfloat16=False):
+    """The Keras dtype policy for --precision: mixed float16 on a GPU (auto or mixed); mixed bfloat16 on a CPU when
+    asked (mixed), or under auto where cpu_bfloat16 says it pays; float32 otherwise, or when asked."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "float32":
         return "float32"
     if gpu:
         return "mixed_float16"
-    if _cpu_has_amx_bf16() or precision == "mixed":
-        return "mixed_bfloat16"
-    return "float32"
+    return "mixed_bfloat16" if precision == "mixed" or cpu_bfloat16 else "float32"
+
+
+def training_policy(precision="auto", gpu=False):
+    """Training's auto also takes bfloat16 on a CPU with AMX-BF16 (Intel Sapphire Rapids and later: faster than
+    float32, and the saved model is float32 anyway)."""
+    return dtype_policy(precision, gpu, cpu_bfloat16=precision == "auto" and not gpu and _cpu_has_amx_bf16())
 
 
 def _cpu_has_amx_bf16():
@@ -244,9 +248,12 @@ class Classifier:
     exactly CAM. The peak cell, refined by a weighted centroid of its 3x3 neighbourhood, is the point.
     """
 
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, precision="float32"):
+        """precision: float32 (the default: full precision), auto (mixed float16 on a GPU, else float32),
+        or mixed (also bfloat16 on a CPU); the weights are the saved float32 ones in every case."""
         import keras
 
+        self.policy = dtype_policy(precision, has_gpu())
         self.params = read_params(model_dir)
         path = os.path.join(model_dir, "model.keras")
         if not os.path.isfile(path):
@@ -255,9 +262,28 @@ class Classifier:
             self.model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as exc:
             raise UserError(f"cannot load {path}: {str(exc).splitlines()[0][:300]}") from None
+        if self.policy != "float32":
+            self.model = self._rebuilt_in(self.policy)
         self.image_size = self.params["image_size"]
         self._cam_model = None
         self._xla = has_gpu()  # XLA-compiled inference where it pays: on a GPU
+
+    def _rebuilt_in(self, policy):
+        """The same network built under a mixed dtype policy, with the saved weights."""
+        import keras
+
+        params = check_params({k: self.params[k] for k in DEFAULT_PARAMS if k in self.params})
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            model = build_model(params, "none")[0]
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        try:
+            model.set_weights(self.model.get_weights())
+        except ValueError as exc:
+            raise UserError(f"--precision {policy}: model.keras is not the network tower-detector builds from its "
+                            f"params.json ({str(exc).splitlines()[0][:200]}); use --precision float32") from None
+        return model
 
     def predict(self, images, batch_size=32):
         """P(tower) per tile: images (n, h, w, 3) uint8 -> (n,) float32."""

@@ -49,8 +49,11 @@ def model_fingerprint(model_dir):
 
 
 def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=None, shards=None, workers=16,
-            checkpoint_every=5000, batch_size=64, prefetch=4, max_tiles=100_000_000, progress=None, log=print):
-    """Score the cover's tiles (this shard's, or all) into the store `out`; returns the run's summary."""
+            checkpoint_every=5000, batch_size=64, prefetch=4, max_tiles=100_000_000, precision="auto", progress=None,
+            log=print):
+    """Score the cover's tiles (this shard's, or all) into the store `out`; returns the run's summary.
+
+    precision: auto (mixed float16 on a GPU, float32 on a CPU), float32, or mixed (also bfloat16 on a CPU)."""
     from .areas import load_area
     from .cover import TileCover, tile_cover
     from .imagery import open_imagery
@@ -63,7 +66,8 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
     if checkpoint_every < 1 or batch_size < 1 or workers < 1:
         raise UserError("--checkpoint-every, --batch-size and --workers must be at least 1")
     picked = parse_shard(shard)
-    classifier = Classifier(model_dir)  # a missing or incompatible model fails before any work
+    classifier = Classifier(model_dir, precision)  # a missing or incompatible model fails before any work
+    log(f"scoring with {model_dir} in {classifier.policy}")
     if tiles is not None:
         cover = TileCover.load(tiles)
         zoom = cover.zoom
@@ -93,7 +97,8 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
         if skipped:
             log(f"resuming: {skipped} chunks already in the store, {len(todo)} to score ({total_tiles:,} tiles)")
         stats = _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetch, progress, log)
-        stats.update(chunks_existing=skipped, shards=len(ranges), shard=shard, tiles_in_job=cover.count, out=out)
+        stats.update(chunks_existing=skipped, shards=len(ranges), shard=shard, tiles_in_job=cover.count, out=out,
+                     dtype_policy=classifier.policy)
         manifest = store.finalize({"last_run": {k: stats[k] for k in ("shard", "tiles_scored", "tiles_failed",
                                                                        "seconds", "tiles_per_second")}})
         stats["job_complete"] = manifest["complete"]
