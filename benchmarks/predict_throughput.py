@@ -1,6 +1,7 @@
 """Prediction throughput, the original project's loop against ours, and checkpoint costs, measured in one run.
 
-    .venv/bin/python benchmarks/predict_throughput.py [--tiles 16] [--image-size 128] [--latency 0.02] [--format jpg] [--precision mixed]
+    .venv/bin/python benchmarks/predict_throughput.py [--tiles 16] [--image-size 128] [--latency 0.02]
+        [--format jpg] [--precision mixed]
 
 One model (Xception at --image-size, untrained weights: speed does not depend on them) and one sample scene of
 N x N tiles, served by tests/tileserver.py on 127.0.0.1 with --latency seconds per request, from a separate
