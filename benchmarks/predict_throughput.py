@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from tower_detector.imagery import open_imagery  # noqa: E402
-from tower_detector.model import Classifier, build_model, check_params, write_params  # noqa: E402
+from tower_detector.model import PRECISIONS, Classifier, build_model, check_params, write_params  # noqa: E402
 from tower_detector.predict import predict  # noqa: E402
 from tower_detector.sample import write_sample_scene  # noqa: E402
 from tower_detector.store import open_store  # noqa: E402
@@ -108,7 +108,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--checkpoint", type=int, default=64, help="tiles per checkpoint for (c)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--precision", choices=("auto", "float32", "mixed"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="as predict --precision, for every run here (mixed: bfloat16 on a CPU)")
     p.add_argument("--seed-save", type=int, default=64, help="tiles per save of the seed-style loop")
     p.add_argument("--format", choices=("png", "jpg", "webp"), default="png",

@@ -25,7 +25,7 @@ from tower_detector.dataset import build_dataset, parse_splits
 from tower_detector.evaluate import metrics
 from tower_detector.imagery import open_imagery
 from tower_detector.labels import positive_tiles
-from tower_detector.model import Classifier
+from tower_detector.model import PRECISIONS, Classifier
 from tower_detector.osm import load_towers
 from tower_detector.sample import write_sample_scene
 from tower_detector.tilemath import TILE_SIZE, resolution
@@ -57,7 +57,7 @@ def main():
     p.add_argument("--epochs-top", type=int, default=2)
     p.add_argument("--epochs-fine", type=int, default=14)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="as train --precision (auto: mixed bfloat16 on a CPU with AMX)")
     p.add_argument("--params", help="JSON of hyperparameters over the defaults (to try recipes for training from "
                    "scratch); the figures in the README say which were used")

@@ -44,6 +44,17 @@ def scene_tiles(sample_scene):
 
 
 @pytest.fixture(scope="module")
+def scene_images(scene_tiles, sample_scene):
+    """The scene's tiles, sorted, and their images as the imagery source gives them."""
+    from tower_detector.imagery import open_imagery
+
+    tiles = sorted(scene_tiles)
+    with open_imagery(str(sample_scene["imagery"])) as src:
+        images, _ = src.fetch_batch(np.array([t[0] for t in tiles]), np.array([t[1] for t in tiles]), 18)
+    return tiles, images
+
+
+@pytest.fixture(scope="module")
 def reference(tiny_model, sample_scene, tmp_path_factory):
     """An uninterrupted run over the scene: 64 tiles, 2 shards, chunks of 10 tiles."""
     out = tmp_path_factory.mktemp("reference") / "store"
@@ -54,31 +65,25 @@ def reference(tiny_model, sample_scene, tmp_path_factory):
     return out, events[-1]
 
 
-def test_every_tile_is_scored_once_and_matches_the_model(reference, scene_tiles, tiny_model, sample_scene):
-    from tower_detector.imagery import open_imagery
+def test_every_tile_is_scored_once_and_matches_the_model(reference, scene_tiles, scene_images, tiny_model):
     from tower_detector.model import Classifier
 
     out, result = reference
     scores, failed = scores_of(out)
     assert set(scores) == scene_tiles and not failed
     assert result["tiles_scored"] == 64 and result["chunks_written"] == 8 and result["tiles_failed"] == 0
-    tiles = sorted(scene_tiles)
-    with open_imagery(str(sample_scene["imagery"])) as src:
-        images, _ = src.fetch_batch(np.array([t[0] for t in tiles]), np.array([t[1] for t in tiles]), 18)
+    tiles, images = scene_images
     expected = Classifier(str(tiny_model[0])).predict(images, batch_size=4)
     np.testing.assert_allclose([scores[t][0] for t in tiles], expected, atol=1e-5)
     cams = np.array([scores[t][1:] for t in tiles])
     assert np.isfinite(cams).all() and (cams >= 0).all() and (cams <= 256).all()
 
 
-def test_mixed_precision_scores_agree_with_float32(reference, scene_tiles, tiny_model, sample_scene, tmp_path):
-    from tower_detector.imagery import open_imagery
+def test_mixed_precision_scores_agree_with_float32(reference, scene_images, tiny_model, sample_scene, tmp_path):
     from tower_detector.model import Classifier
 
     assert reference[1]["dtype_policy"] == "float32"  # auto on a CPU: full precision
-    tiles = sorted(scene_tiles)
-    with open_imagery(str(sample_scene["imagery"])) as src:
-        images, _ = src.fetch_batch(np.array([t[0] for t in tiles]), np.array([t[1] for t in tiles]), 18)
+    tiles, images = scene_images
     mixed = Classifier(str(tiny_model[0]), precision="mixed")
     assert mixed.policy == "mixed_bfloat16"
     assert {layer.dtype_policy.name for layer in mixed.model.get_layer("xception").layers} == {"mixed_bfloat16"}

@@ -114,8 +114,19 @@ def load_params_file(path):
     return params
 
 
-def build_model(params, weights="none"):
-    """The classifier and its Xception base. weights: "imagenet", "none", or an Xception notop weights file."""
+def build_model(params, weights="none", policy="float32"):
+    """The classifier and its Xception base. weights: "imagenet", "none", or an Xception notop weights file;
+    policy: the Keras dtype policy its layers compute in (the global policy is float32 again afterwards)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return _build_model(params, weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _build_model(params, weights):
     import keras
 
     size = params["image_size"]
@@ -222,7 +233,7 @@ def dtype_policy(precision="auto", gpu=False, cpu_bfloat16=False):
 def training_policy(precision="auto", gpu=False):
     """Training's auto also takes bfloat16 on a CPU with AMX-BF16 (Intel Sapphire Rapids and later: faster than
     float32, and the saved model is float32 anyway)."""
-    return dtype_policy(precision, gpu, cpu_bfloat16=precision == "auto" and not gpu and _cpu_has_amx_bf16())
+    return dtype_policy(precision, gpu, cpu_bfloat16=precision == "auto" and _cpu_has_amx_bf16())
 
 
 def _cpu_has_amx_bf16():
@@ -253,7 +264,8 @@ class Classifier:
         or mixed (also bfloat16 on a CPU); the weights are the saved float32 ones in every case."""
         import keras
 
-        self.policy = dtype_policy(precision, has_gpu())
+        self._xla = has_gpu()  # XLA-compiled inference where it pays: on a GPU
+        self.policy = dtype_policy(precision, self._xla)
         self.params = read_params(model_dir)
         path = os.path.join(model_dir, "model.keras")
         if not os.path.isfile(path):
@@ -266,18 +278,11 @@ class Classifier:
             self.model = self._rebuilt_in(self.policy)
         self.image_size = self.params["image_size"]
         self._cam_model = None
-        self._xla = has_gpu()  # XLA-compiled inference where it pays: on a GPU
 
     def _rebuilt_in(self, policy):
         """The same network built under a mixed dtype policy, with the saved weights."""
-        import keras
-
         params = check_params({k: self.params[k] for k in DEFAULT_PARAMS if k in self.params})
-        keras.mixed_precision.set_global_policy(policy)
-        try:
-            model = build_model(params, "none")[0]
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+        model = build_model(params, "none", policy)[0]
         try:
             model.set_weights(self.model.get_weights())
         except ValueError as exc:

@@ -216,11 +216,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     size, batch = params["image_size"], params["batch_size"]
     train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"])
     val_ds = tf_dataset(data, val_split, size, batch, training=False)
-    keras.mixed_precision.set_global_policy(policy)  # for the model only: input and augmentation stay float32
-    try:
-        model, base = build_model(params, weights)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model, base = build_model(params, weights, policy)  # the model only: input and augmentation stay float32
     total = params["epochs_phase1"] + params["epochs_phase2"]
     ckpt = os.path.join(out, "checkpoints")
     os.makedirs(ckpt, exist_ok=True)
