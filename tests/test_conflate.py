@@ -194,7 +194,11 @@ def test_every_source_gives_the_same_flags(sample_scene, layout, tmp_path, kind)
         queries = [entry["query"] for entry in server.log]
         assert any('way["power"="line"]' in q and 'way["power"="minor_line"]' in q and "out geom;" in q
                    for q in queries)
-        assert any('node["power"="portal"]' in q for q in queries)
+        node_queries = [q for q in queries if "node[" in q]
+        # towers and poles come from one query per chunk, as many as the lines' queries
+        assert node_queries and all('node["power"="portal"]' in q and 'node["power"="pole"]' in q
+                                    for q in node_queries)
+        assert len(node_queries) == len(queries) - len(node_queries)
 
 
 @pytest.mark.parametrize("lat", [-15.42, 60.0])

@@ -5,7 +5,8 @@
 The OSM side comes from any source osm.load_towers reads (overpass, overpass:URL, .osm.pbf/.osm, GeoJSON, a
 saved Overpass JSON answer, GeoPackage): towers (power=tower and portal points), poles (power=pole) and lines
 (power=line and minor_line ways; not from GeoPackage files, which give points only). Towers and poles are the
-supports. Overpass is asked only around the candidates. For each candidate of the `candidates` layer:
+supports, read in one pass (split by their power value). Overpass is asked only around the candidates. For
+each candidate of the `candidates` layer:
   already_mapped      a support lies within the tile buffered by buffer_m metres (a round buffer). A candidate
                       still `unreviewed` gets status already_mapped (reviewer CONFLATE_REVIEWER); a human decision
                       is never overwritten. A status conflate set itself goes back to unreviewed when a later run
@@ -40,8 +41,7 @@ from .osm import load_lines, load_towers
 from .results import gpkg_connect, tile_lonlat
 from .tilemath import ORIGIN_SHIFT
 
-TOWERS = "power=tower,portal"
-POLES = "power=pole"
+SUPPORTS = "power=tower,portal,pole"  # towers and poles come from one read, then split by their power value
 LINES = "power=line,minor_line"
 MISPLACED_M = (30.0, 100.0)
 SEARCH_M = 200.0  # the nearest tower is looked for this far; Overpass is asked this far around the tiles
@@ -60,12 +60,13 @@ def conflate(candidates, source, *, buffer_m=20.0, cache_dir=None, progress=None
     zoom = int(rows["z"][0])
     area = _around(rows, zoom, max(buffer_m, SEARCH_M)) if str(source).startswith("overpass") else None
     kw = {"area": area, "cache_dir": cache_dir, "progress": progress}
-    towers = load_towers(source, tag_filter=TOWERS, **kw)
-    poles = load_towers(source, tag_filter=POLES, **kw)
+    supports = load_towers(source, tag_filter=SUPPORTS, **kw)
+    towers, poles = supports.of_kind("tower", "portal"), supports.of_kind("pole")
     lines = load_lines(source, tag_filter=LINES, **kw)
-    for note in dict.fromkeys(towers.notes + poles.notes + lines.notes):
+    for note in dict.fromkeys(supports.notes + lines.notes):
         say(note)
-    say(f"{len(towers)} towers ({TOWERS}), {len(poles)} poles and {len(lines)} lines ({LINES}) from {towers.source}")
+    say(f"{len(towers)} towers, {len(poles)} poles ({SUPPORTS}) and {len(lines)} lines ({LINES}) from "
+        f"{supports.source}")
 
     n = len(rows["fid"])
     lon, lat = rows["point_lon"], rows["point_lat"]

@@ -58,14 +58,17 @@ _RETRY_STATUS = {429, 502, 503, 504}
 
 
 class Towers:
-    """Points in WGS84: lon and lat (float64 arrays), ids ("node/123", "feature/5"), a printable source."""
+    """Points in WGS84: lon and lat (float64 arrays), ids ("node/123", "feature/5"), a printable source, and
+    values: each point's value of the tag filter's key ("tower", "pole"; None for the filter all), so that one
+    read can serve several kinds."""
 
-    def __init__(self, lon, lat, ids, source, notes=()):
+    def __init__(self, lon, lat, ids, source, notes=(), values=None):
         self.lon = np.asarray(lon, dtype=np.float64)
         self.lat = np.asarray(lat, dtype=np.float64)
         self.ids = list(ids)
         self.source = source
         self.notes = list(notes)  # things done on the way worth telling the user, e.g. a reprojection
+        self.values = list(values) if values is not None else [None] * len(self.ids)
 
     def __len__(self):
         return len(self.ids)
@@ -90,7 +93,12 @@ class Towers:
 
     def subset(self, mask):
         keep = np.flatnonzero(mask)
-        return Towers(self.lon[keep], self.lat[keep], [self.ids[i] for i in keep], self.source, self.notes)
+        return Towers(self.lon[keep], self.lat[keep], [self.ids[i] for i in keep], self.source, self.notes,
+                      [self.values[i] for i in keep])
+
+    def of_kind(self, *values):
+        """The points whose tag value is one of `values`."""
+        return self.subset(np.isin(np.array(self.values, dtype=object), values))
 
 
 class Lines:
@@ -128,6 +136,11 @@ class TagFilter:
         if value is None:
             return False
         return self.values is None or str(value) in self.values
+
+    def value_of(self, tags):
+        """The key's value in `tags` (a dict or osmium's tag list) as text; None for the filter all or no value."""
+        value = tags.get(self.key) if self.key is not None else None
+        return None if value is None else str(value)
 
     def __str__(self):
         if self.key is None:
@@ -268,7 +281,7 @@ class _Overpass:
         ids = list(nodes)
         coords = np.array([(nodes[i]["lon"], nodes[i]["lat"]) for i in ids], dtype=np.float64).reshape(-1, 2)
         return Towers(coords[:, 0], coords[:, 1], [f"node/{i}" for i in ids], f"overpass {safe_url(self.url)}",
-                      [note])
+                      [note], [flt.value_of(nodes[i].get("tags") or {}) for i in ids])
 
     def lines(self, geometry, flt, chunk_degrees, progress):
         ways, note = self._collect(geometry, flt, "way", chunk_degrees, progress)
@@ -506,7 +519,7 @@ def _split_layer(spec):
 
 
 def _read_osm(path, flt):
-    ids, lon, lat = [], [], []
+    ids, lon, lat, values = [], [], [], []
     try:
         # filtering in C++ (and reading nodes only) keeps a country extract's millions of nodes out of Python
         for node in osmium.FileProcessor(path, osmium.osm.NODE).with_filter(_osmium_filter(flt)):
@@ -514,9 +527,10 @@ def _read_osm(path, flt):
                 ids.append(f"node/{node.id}")
                 lon.append(node.location.lon)
                 lat.append(node.location.lat)
+                values.append(flt.value_of(node.tags))
     except RuntimeError as exc:
         raise UserError(f"cannot read {os.path.basename(path)} as an OSM file: {' '.join(str(exc).split())}") from None
-    return Towers(lon, lat, ids, path)
+    return Towers(lon, lat, ids, path, values=values)
 
 
 def _read_osm_lines(path, flt):
@@ -797,6 +811,7 @@ def _select(features, flt):
                         "pass a --tower-filter that names one of them")
     keep = np.array([flt.matches(t) for t in features.tags], dtype=bool)
     ids = [i for i, k in zip(features.ids, keep) if k]
+    values = [flt.value_of(t) for t, k in zip(features.tags, keep) if k]
     x, y = features.x[keep], features.y[keep]
     notes = []
     crs = features.crs
@@ -808,7 +823,7 @@ def _select(features, flt):
         notes.append(f"reprojected {len(ids)} points from {_crs_name(crs)} to WGS84")
     else:
         _check_lonlat(name, x, y, declared=crs is not None)
-    return Towers(x, y, ids, name, notes)
+    return Towers(x, y, ids, name, notes, values)
 
 
 def _is_wgs84(crs):
