@@ -22,8 +22,10 @@ import html
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote_plus, urlsplit
+
+from loopback import LoopbackServer
 
 VERSION = {"protocolversion": {"major": 1, "minor": 12}, "application": "JOSM RemoteControl", "version": 18969}
 MANDATORY = {"load_and_zoom": ("bottom", "top", "left", "right"), "zoom": ("bottom", "top", "left", "right"),
@@ -31,48 +33,25 @@ MANDATORY = {"load_and_zoom": ("bottom", "top", "left", "right"), "zoom": ("bott
              "imagery": ("url",), "add_node": ("lat", "lon"), "add_way": ("way",)}
 
 
-class JosmServer:
+class JosmServer(LoopbackServer):
     def __init__(self):
         self.requests = []
         self.error = None
         self.delay = 0.0
         self._lock = threading.Lock()
-        self._httpd = None
-        self._thread = None
-
-    @property
-    def url(self):
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
 
     def last(self, command):
         """The latest request for /command."""
         with self._lock:
             return next(r for r in reversed(self.requests) if r["path"] == f"/{command}")
 
-    def start(self):
+    def handler(self):
         server = self
 
         class Handler(_Handler):
             josm = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+        return Handler
 
 
 def _josm_query(raw: str) -> dict:

@@ -23,8 +23,10 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from loopback import LoopbackServer
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _STATEMENT = re.compile(r'node((?:\[[^\]]*\])*)\(' + ",".join([_NUMBER] * 4) + r'\)')
@@ -78,7 +80,7 @@ def _matches(tags, filters):
     return True
 
 
-class OverpassServer:
+class OverpassServer(LoopbackServer):
     def __init__(self, elements, *, latency=0.0, slow_first=None, fail_429=0, retry_after=1, fail_504=0,
                  empty=False, fixed=None):
         self.elements = list(elements)
@@ -91,15 +93,12 @@ class OverpassServer:
         self.fixed = fixed
         self.log = []
         self._lock = threading.Lock()
-        self._httpd = None
-        self._thread = None
 
     @property
     def url(self):
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/api/interpreter"
+        return super().url + "/api/interpreter"
 
-    def start(self):
+    def handler(self):
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -114,24 +113,7 @@ class OverpassServer:
             def log_message(self, *args):
                 pass  # keep pytest's output clean
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join()
-            self._httpd = None
-
-    def __enter__(self):
-        return self.start() if self._httpd is None else self
-
-    def __exit__(self, *exc):
-        self.stop()
+        return Handler
 
     def clear_log(self):
         with self._lock:

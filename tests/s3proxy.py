@@ -20,8 +20,10 @@ true for (a bucket of another account, say).
 import http.client
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from loopback import LoopbackServer
 
 FAULTS = ("slowdown", "internal", "throttle", "lost", "drop")
 _ERRORS = {"slowdown": (503, "SlowDown", "Please reduce your request rate."),
@@ -32,7 +34,7 @@ _ERRORS = {"slowdown": (503, "SlowDown", "Please reduce your request rate."),
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     def __init__(self, upstream, *, every=3, faults=FAULTS, deny=False):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
@@ -41,6 +43,8 @@ class FaultProxy:
         self.requests = []
         self._lock = threading.Lock()
         self._n = 0
+
+    def handler(self):
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,10 +99,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        return Handler
 
     def _forward(self, method, path, headers, body):
         conn = http.client.HTTPConnection(*self.upstream, timeout=30)
@@ -114,11 +115,3 @@ class FaultProxy:
     def count(self, method=None, contains=""):
         """Requests seen with this method (any: None) whose path contains `contains`."""
         return sum(1 for m, p, _, _ in self.requests if (method is None or m == method) and contains in p)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()

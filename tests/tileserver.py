@@ -28,15 +28,15 @@ records and puts the knobs back as constructed.
 """
 
 import io
-import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import rasterio
+from loopback import LoopbackServer
 from PIL import Image
 
 from tower_detector.tilemath import ORIGIN_SHIFT, TILE_SIZE
@@ -45,7 +45,7 @@ _FORMATS = {"png": ("PNG", "image/png", {"compress_level": 1}), "jpg": ("JPEG", 
             "webp": ("WEBP", "image/webp", {"quality": 90, "method": 0})}
 
 
-class TileServer:
+class TileServer(LoopbackServer):
     def __init__(self, geotiff, *, latency=0.0, token=None, files=None):
         with rasterio.open(geotiff) as ds:
             self._pixels = ds.read().transpose(1, 2, 0)[:, :, :3]
@@ -62,8 +62,6 @@ class TileServer:
         self._lock = threading.Lock()
         self._in_flight = 0
         self.reset()
-        self._httpd = None
-        self._thread = None
 
     # -- records -------------------------------------------------------------------------------
     def reset(self):
@@ -110,47 +108,17 @@ class TileServer:
         return data
 
     # -- life ----------------------------------------------------------------------------------
-    @property
-    def url(self):
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
     def template(self, ext="png", token=None):
         query = f"?access_token={token}" if token else ""
         return f"{self.url}/{{z}}/{{x}}/{{y}}.{ext}{query}"
 
-    def start(self):
+    def handler(self):
         server = self
 
         class Handler(_Handler):
             tiles = server
 
-        self._httpd = _Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join()
-            self._httpd = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default 5 makes bursts of concurrent connections wait for SYN retries
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up (timeout, fail-fast) is fine
-            super().handle_error(request, client_address)
+        return Handler
 
 
 class _Handler(BaseHTTPRequestHandler):
