@@ -89,7 +89,7 @@ def test_params_defaults_and_class_weight_forms():
 # -- training --------------------------------------------------------------------------------------------------
 def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dataset):
     out, result = trained
-    for name in ("model.keras", "params.json", "metrics.json", "roc.png", "scores.png"):
+    for name in ("model.keras", "params.json", "metrics.json", "test_scores.csv", "roc.png", "scores.png"):
         assert (out / name).is_file(), name
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
     params = json.loads((out / "params.json").read_text())
@@ -99,15 +99,22 @@ def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dat
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["split"] == "test" and set(saved["thresholds"]) == {"youden", "recall_0.9", "seed"}
 
-    # the saved model (safe mode), scoring the test tiles again, gives the same metrics
+    # test_scores.csv holds the scores behind metrics.json, and the saved model (safe mode) scoring the test
+    # tiles again gives them (scores, not the AUC: a tiny model's near-equal scores may swap ranks on other CPUs)
     with open(dataset / "index.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
-    images = np.stack([np.asarray(Image.open(dataset / r["path"])) for r in rows])
+    with open(out / "test_scores.csv") as f:
+        tested = list(csv.DictReader(f))
+    assert [t["tile"] for t in tested] == [r["path"] for r in rows]
+    assert [t["label"] for t in tested] == [r["label"] for r in rows]
     labels = np.array([int(r["label"]) for r in rows])
+    saved_scores = np.array([float(t["score"]) for t in tested])
+    assert metrics(labels, saved_scores)["roc_auc"] == pytest.approx(saved["roc_auc"], abs=1e-9)
+    images = np.stack([np.asarray(Image.open(dataset / r["path"])) for r in rows])
     classifier = Classifier(str(out))
     scores, points = classifier.predict_with_points(images, batch_size=5)
     assert saved["n"] == len(rows) and saved["n_tower"] == labels.sum()
-    assert metrics(labels, scores)["roc_auc"] == pytest.approx(saved["roc_auc"], abs=1e-4)
+    np.testing.assert_allclose(scores, saved_scores, atol=1e-4)
     np.testing.assert_allclose(classifier.predict(images), scores, atol=1e-5)
     assert points.shape == (len(rows), 2) and (points >= 0).all() and (points <= 256).all()
 

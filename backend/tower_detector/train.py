@@ -265,6 +265,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
                   best_epoch=best.record, dtype_policy=policy)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
+    _write_test_scores(os.path.join(out, "test_scores.csv"), data, test_split, scores)
     plot(result, out)
     write_params(out, params, weights=weights if weights in ("imagenet", "none") else os.path.basename(weights),
                  data_fingerprint=data.fingerprint, data_dir=os.path.abspath(data_dir), trained_on=train_split,
@@ -272,6 +273,18 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     _save_state(out, dict(state, finished=True))
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     return result
+
+
+def _write_test_scores(path, data, split, scores):
+    """Each test tile's label and score (9 digits: float32 exactly), so that analysts can open the tiles the model
+    gets wrong."""
+    source, labels = data.splits[split]
+    names = ([os.path.relpath(p, data.dir) for p in source] if not data.in_memory
+             else [f"x_{split}[{i}]" for i in range(len(labels))])  # data.npz: the row of its array
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["tile", "label", "score"])
+        writer.writerows((n, int(lab), f"{s:.9g}") for n, lab, s in zip(names, labels, scores))
 
 
 def _copy_weights(source, target):
