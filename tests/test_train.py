@@ -158,10 +158,16 @@ def test_mixed_bfloat16_training_saves_a_float32_model(dataset, tmp_path):
 
     from tower_detector.train import train
 
+    from tower_detector.model import _cpu_has_amx_bf16
+
     out = tmp_path / "m"
-    result = train(str(dataset), str(out), dict(TINY, epochs_phase1=0), weights="none", log=lambda *a: None,
+    said = []
+    result = train(str(dataset), str(out), dict(TINY, epochs_phase1=0), weights="none", log=said.append,
                    precision="mixed")
     assert result["dtype_policy"] == "mixed_bfloat16"
+    # asked for on a CPU that emulates bfloat16, it still trains, with a warning that float32 is faster here
+    warned = [m for m in said if m.startswith("warning: bfloat16 on this CPU (no AMX-BF16)")]
+    assert len(warned) == (0 if _cpu_has_amx_bf16() else 1)
     assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks to what runs next
     model = Classifier(str(out)).model
     policies = {layer.dtype_policy.name for layer in model.get_layer("xception").layers} | \

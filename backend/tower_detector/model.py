@@ -236,6 +236,15 @@ def training_policy(precision="auto", gpu=False):
     return dtype_policy(precision, gpu, cpu_bfloat16=precision == "auto" and _cpu_has_amx_bf16())
 
 
+def slow_precision_note(policy):
+    """A warning when `policy` will run slower than float32 here: bfloat16 on a CPU without AMX-BF16 is emulated
+    (training about 5x slower than float32 on an AMD EPYC: benchmarks/precision_speed.py)."""
+    if policy == "mixed_bfloat16" and not has_gpu() and not _cpu_has_amx_bf16():
+        return ("bfloat16 on this CPU (no AMX-BF16) is emulated and several times slower than float32; "
+                "--precision auto picks what is fastest here")
+    return None
+
+
 def _cpu_has_amx_bf16():
     try:
         with open("/proc/cpuinfo") as f:
