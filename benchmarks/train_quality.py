@@ -7,8 +7,9 @@ dataset, 0.8/0.1/0.1 blocked splits); `train` with the default recipe except wei
 download here) and a small image size so that it trains on this 2-core CPU within about 20 minutes; then
 every tile of a 32 x 32 evaluation scene made with seed 12 (different terrain, lines and hard negatives) is
 scored with the saved model and compared with the true tower tiles (label-maker's rule). Prints ROC AUC,
-accuracy at 0.5 and at the model's Youden threshold, training images/s, and the CAM point's median distance
-to the true tower against the tile centre's. Goal: ROC AUC >= 0.95 on the evaluation scene.
+accuracy at 0.5 and at the model's Youden threshold, the ROC AUC of tower tiles against each kind of negative
+(tiles an HV line crosses, tiles with distribution poles, the rest), training images/s, and the CAM point's
+median distance to the true tower against the tile centre's. Goal: ROC AUC >= 0.95 on the evaluation scene.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import tempfile
 import time
 
 import numpy as np
+import shapely
 
 from tower_detector.cover import lonlat_to_tile_space
 from tower_detector.dataset import build_dataset, parse_splits
@@ -26,9 +28,9 @@ from tower_detector.evaluate import metrics
 from tower_detector.imagery import open_imagery
 from tower_detector.labels import positive_tiles
 from tower_detector.model import PRECISIONS, Classifier
-from tower_detector.osm import load_towers
+from tower_detector.osm import load_lines, load_towers
 from tower_detector.sample import write_sample_scene
-from tower_detector.tilemath import TILE_SIZE, resolution
+from tower_detector.tilemath import TILE_SIZE, resolution, tile_bounds_4326
 from tower_detector.train import train
 
 
@@ -47,6 +49,24 @@ def scene(folder, tiles, seed):
             json.dump(info, f, default=str)
     with open(path) as f:
         return json.load(f)
+
+
+def negative_kinds(tiles, scene_folder, positive):
+    """Each tile's kind, for the AUC by kind of negative: tower, hv line (crossed by a power=line, no tower),
+    pole (a distribution pole or minor line, no tower) or other."""
+    path = os.path.join(scene_folder, "towers.geojson")
+    boxes = shapely.box(*np.array([tile_bounds_4326(x, y, 18) for x, y in tiles]).T)
+
+    def crossed(tag_filter):
+        lines = load_lines(path, tag_filter=tag_filter)
+        return shapely.intersects(boxes[:, None], lines.geometries[None, :]).any(axis=1) if len(lines) else \
+            np.zeros(len(tiles), bool)
+
+    poles = load_towers(path, tag_filter="power=pole")
+    pole_tiles = {tuple(t) for t in positive_tiles(poles.lon, poles.lat, 18).tolist()}
+    on_hv, on_minor = crossed("power=line"), crossed("power=minor_line")
+    return np.array(["tower" if t in positive else "hv line" if hv else "pole" if (minor or t in pole_tiles)
+                     else "other" for t, hv, minor in zip(tiles, on_hv, on_minor)])
 
 
 def main():
@@ -132,6 +152,13 @@ def main():
         f"{youden if youden is None else round(youden, 3)}")
     say(f"  training {result['train_images_per_second']:.1f} images/s at {args.image_size} px "
         f"({train_seconds / 60:.1f} min in all); scoring {len(tiles) / predict_seconds:.1f} tiles/s with CAM points")
+    kinds = negative_kinds(tiles, eval_scene, positive)
+    towers_scores = scores[kinds == "tower"]
+    for kind in ("hv line", "pole", "other"):
+        negatives = scores[kinds == kind]
+        if len(negatives):  # the chance that a tower tile outscores a negative of this kind (ties half)
+            auc = ((towers_scores[:, None] > negatives).mean() + 0.5 * (towers_scores[:, None] == negatives).mean())
+            say(f"  towers vs {kind} tiles ({len(negatives)}): ROC AUC {auc:.4f}")
     say(f"  tower position: CAM point median {np.median(cam_err):.1f} m vs tile centre {np.median(centre_err):.1f} m "
         f"({len(cam_err)} towers)")
     say(f"work folder: {work}")
