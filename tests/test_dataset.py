@@ -122,6 +122,45 @@ def test_review_labels_add_positives_and_hard_negatives(sample_scene, tmp_path):
     assert key_confirmed in rows or key_rejected in rows  # at most one can be lost at a split border
 
 
+def _tiles_on_lines(rows, towers_path):
+    """The rows' tiles that a power=line crosses."""
+    import shapely
+
+    from tower_detector.osm import load_lines
+    from tower_detector.tilemath import tile_bounds_4326
+
+    lines = load_lines(str(towers_path), tag_filter="power=line")
+    return {r["tile_id"] for r in rows
+            if shapely.intersects(shapely.box(*tile_bounds_4326(int(r["x"]), int(r["y"]), 18)), lines.geometries).any()}
+
+
+def test_span_negatives_come_from_lines_between_mapped_towers(sample_scene, tmp_path):
+    from tower_detector.dataset import _span_tiles
+    from tower_detector.osm import load_lines
+
+    towers = load_towers(str(sample_scene["towers"]), tag_filter="power=tower")
+    lines = load_lines(str(sample_scene["towers"]), tag_filter="power=line")
+    every = {f"{x}-{y}-18" for x, y in _span_tiles(lines, towers, 18).tolist()}
+    assert every and not every & {f"{x}-{y}-18" for x, y in positive_tiles(towers.lon, towers.lat, 18).tolist()}
+
+    one_split = parse_splits("1")  # no tiles dropped at split borders, so every tile chosen is in the index
+    plain = build(sample_scene, tmp_path / "plain", splits=one_split, background_ratio=1.0)
+    spans = build(sample_scene, tmp_path / "spans", splits=one_split, background_ratio=1.0, span_negatives=1.0)
+    assert plain["span_negative_tiles"] == 0 and spans["span_negative_tiles"] == min(len(every), plain["tiles"] // 2)
+    rows = {r["tile_id"]: r for r in read_index(tmp_path / "spans")}
+    chosen = every & set(rows)
+    assert len(chosen) == spans["span_negative_tiles"] and all(rows[t]["label"] == "0" for t in chosen)
+    assert chosen <= _tiles_on_lines(rows.values(), sample_scene["towers"])  # each one crossed by a line
+    assert spans["tiles"] == plain["tiles"] + len(chosen)  # beside the background, not instead of it
+
+    # a line vertex that is not a mapped tower ends the spans on either side: they may hide that tower
+    without = [{f"{x}-{y}-18" for x, y in _span_tiles(lines, towers.subset(np.arange(len(towers)) != k), 18).tolist()}
+               for k in range(len(towers))]
+    assert all(w <= every for w in without) and any(w < every for w in without)
+    with pytest.raises(UserError, match="--span-negatives must be 0 to 100"):
+        build(sample_scene, tmp_path / "bad", span_negatives=-1)
+
+
 def test_no_towers_needs_force(sample_scene, tmp_path):
     empty = tmp_path / "none.geojson"
     empty.write_text(json.dumps({"type": "FeatureCollection", "features": [

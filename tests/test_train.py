@@ -156,9 +156,8 @@ def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
 def test_mixed_bfloat16_training_saves_a_float32_model(dataset, tmp_path):
     import keras
 
-    from tower_detector.train import train
-
     from tower_detector.model import _cpu_has_amx_bf16
+    from tower_detector.train import train
 
     out = tmp_path / "m"
     said = []

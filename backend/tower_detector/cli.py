@@ -70,7 +70,7 @@ def cmd_dataset(args, rep):
         summary = build_dataset(args.area, args.towers, args.imagery, args.out, zoom=args.zoom,
                                 background_ratio=args.background_ratio, splits=parse_splits(args.split),
                                 seed=args.seed, extra_labels=args.extra_labels, tower_filter=args.tower_filter,
-                                **common)
+                                span_negatives=args.span_negatives, **common)
     lines = [f"dataset written to {args.out}: {summary['tiles']} tiles"]
     lines += [f"  {name}: {s['tiles']} tiles ({s['tower']} tower, {s['background']} background)"
               for name, s in summary["splits"].items()]
@@ -200,6 +200,9 @@ def build_parser():
     sp.add_argument("--config", help="a label-maker config.json instead of --area/--towers/--imagery")
     sp.add_argument("--zoom", type=int, default=18)
     sp.add_argument("--background-ratio", type=float, default=3.0, help="background tiles per tower tile")
+    sp.add_argument("--span-negatives", type=float, default=0.0,
+                    help="negative tiles per tower tile taken along power=line spans between mapped towers "
+                         "(default 0: none)")
     sp.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--extra-labels", help="review decisions (GeoPackage/GeoJSON points with a status field)")

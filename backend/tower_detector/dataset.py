@@ -35,6 +35,9 @@ from .tilemath import tile_id
 
 DEFAULT_SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 TOWER_CLASS = {"name": "tower", "filter": ["==", "power", "tower"]}
+SPAN_LINES = "power=line"  # the lines whose spans give negatives (HV: minor lines hang on poles, not towers)
+SNAP_DEGREES = 1e-7  # a line vertex this close to a tower point is that tower (in OSM: the same node)
+SPAN_CLEARANCE = 0.2  # span tiles keep this far (tiles, ~30 m at zoom 18) from every tower: legs, shadow
 
 
 def parse_splits(text, names=None):
@@ -53,10 +56,14 @@ def parse_splits(text, names=None):
 
 def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, splits=DEFAULT_SPLITS, seed=0,
                   extra_labels=None, tower_filter="power=tower", block_size=8, force=False, max_tiles=50_000_000,
-                  cache_dir=None, concurrency=16, progress=None, log=print):
-    """Build the dataset into `out` and return the summary written to dataset.json."""
+                  span_negatives=0.0, cache_dir=None, concurrency=16, progress=None, log=print):
+    """Build the dataset into `out` and return the summary written to dataset.json.
+
+    span_negatives: negative tiles taken along mapped lines, per tower tile (see _span_tiles), beside the
+    random background: a line's conductors and corridor are the easy cue a model learns first, and these
+    tiles teach it that they are not a tower."""
     from .imagery import open_imagery
-    from .osm import load_towers
+    from .osm import load_lines, load_towers
 
     progress = progress or (lambda *a, **k: None)
     _check_writable(out)
@@ -76,23 +83,38 @@ def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, 
     if len(pos) == 0 and not force:
         raise UserError(f"no towers ({tower_filter}) in the area, so no positive tiles; "
                         "pass --force for a background-only dataset")
+    if not (isinstance(span_negatives, (int, float)) and 0 <= span_negatives <= 100):
+        raise UserError(f"--span-negatives must be 0 to 100 tiles per tower tile, not {span_negatives}")
 
     rng = np.random.default_rng(seed)
+    spans = np.zeros((0, 2), dtype=np.int64)
+    if span_negatives and len(pos):
+        lines = load_lines(towers, area=region, tag_filter=SPAN_LINES, cache_dir=cache_dir)
+        found = _span_tiles(lines, points, zoom)
+        found = _without(found[cover.contains(found[:, 0], found[:, 1])], np.concatenate([pos, hard_negatives]),
+                         zoom)
+        take = min(len(found), int(round(span_negatives * len(pos))))
+        spans = found[np.sort(rng.choice(len(found), take, replace=False))] if take else spans
+        log(f"{len(lines)} lines ({SPAN_LINES}): {len(found)} tiles on spans between mapped towers, {len(spans)} "
+            "taken as negatives")
+    taken = np.concatenate([hard_negatives, spans])
     n_background = int(round(background_ratio * len(pos))) if len(pos) else min(cover.count, 1000)
-    background = _sample_background(cover, pos, hard_negatives, n_background, rng)
-    tiles = np.concatenate([pos, hard_negatives, background])
-    labels = np.concatenate([np.ones(len(pos), np.int8), np.zeros(len(hard_negatives) + len(background), np.int8)])
+    background = _sample_background(cover, pos, taken, n_background, rng)
+    tiles = np.concatenate([pos, taken, background])
+    labels = np.concatenate([np.ones(len(pos), np.int8), np.zeros(len(taken) + len(background), np.int8)])
     split_of = _blocked_splits(tiles, labels, splits, block_size, rng)
     keep = split_of >= 0
     log(f"{len(tiles)} tiles selected ({len(pos)} tower, {len(hard_negatives)} reviewed false positives, "
-        f"{len(background)} background); {int((~keep).sum())} dropped at split borders")
+        + (f"{len(spans)} on line spans, " if span_negatives else "")
+        + f"{len(background)} background); {int((~keep).sum())} dropped at split borders")
     tiles, labels, split_of = tiles[keep], labels[keep], split_of[keep]
 
     with open_imagery(imagery, cache_dir=cache_dir, concurrency=concurrency) as source:
         written, skipped = _write_tiles(out, source, tiles, labels, split_of, splits, zoom, progress)
 
     summary = _summarise(out, written, skipped, splits, zoom, seed, block_size, background_ratio, tower_filter,
-                         points, source.description, towers, area, extra_labels, len(hard_negatives))
+                         points, source.description, towers, area, extra_labels, len(hard_negatives),
+                         span_negatives, len(spans))
     _write_label_maker_config(out, region, towers, source.description, zoom, background_ratio, seed, splits,
                               tower_filter)
     return summary
@@ -118,6 +140,36 @@ def _add_review_labels(path, region, zoom, pos, load_towers, log):
     # a false positive marks the tile that holds the candidate point, unless a tower is really there
     negatives = positive_tiles(rejected.lon, rejected.lat, zoom, buffer=0)
     return pos, _without(negatives, pos, zoom)
+
+
+def _span_tiles(lines, points, zoom):
+    """Tiles crossed by a span, a stretch of line between two consecutive vertices that are both mapped towers,
+    keeping SPAN_CLEARANCE from every tower. Between two mapped towers stands no tower, so these are safe
+    negatives; a stretch with an unmapped vertex may hide an unmapped tower and is skipped."""
+    import shapely
+
+    from .cover import lonlat_to_tile_space
+
+    if not len(lines) or not len(points):
+        return np.zeros((0, 2), dtype=np.int64)
+    tree = shapely.STRtree(shapely.points(points.lon, points.lat))
+    found = []
+    for geometry in lines.geometries:
+        for part in getattr(geometry, "geoms", [geometry]):
+            xy = shapely.get_coordinates(part)
+            is_tower = np.zeros(len(xy), dtype=bool)
+            is_tower[tree.query(shapely.points(xy), predicate="dwithin", distance=SNAP_DEGREES)[0]] = True
+            span = is_tower[:-1] & is_tower[1:]
+            for (lon0, lat0), (lon1, lat1) in zip(xy[:-1][span], xy[1:][span]):
+                fx, fy = lonlat_to_tile_space(np.array([lon0, lon1]), np.array([lat0, lat1]), zoom)
+                steps = int(np.ceil(np.hypot(fx[1] - fx[0], fy[1] - fy[0]) * 16)) + 2  # 16 samples a tile
+                t = np.linspace(0.0, 1.0, steps)
+                found.append(np.stack([np.floor(fx[0] + t * (fx[1] - fx[0])),
+                                       np.floor(fy[0] + t * (fy[1] - fy[0]))], axis=1).astype(np.int64))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    near_towers = positive_tiles(points.lon, points.lat, zoom, buffer=SPAN_CLEARANCE)
+    return _without(np.unique(np.concatenate(found), axis=0), near_towers, zoom)
 
 
 def _keys(tiles, zoom):
@@ -261,7 +313,8 @@ def _write_npz(path, tmp, splits, counts, written):
 
 
 def _summarise(out, written, skipped, splits, zoom, seed, block_size, background_ratio, tower_filter, points,
-               imagery_description, towers_spec, area_spec, extra_labels, n_hard_negatives):
+               imagery_description, towers_spec, area_spec, extra_labels, n_hard_negatives, span_negatives,
+               n_span_negatives):
     per_split = {}
     for name, fraction in splits:
         rows = [r for r in written if r[4] == name]
@@ -272,6 +325,7 @@ def _summarise(out, written, skipped, splits, zoom, seed, block_size, background
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "zoom": zoom, "tiles": len(written), "splits": per_split, "skipped": len(skipped),
         "skipped_tiles": skipped[:100], "towers_in_area": len(points), "hard_negatives": n_hard_negatives,
+        "span_negatives": span_negatives, "span_negative_tiles": n_span_negatives,
         "seed": seed, "block_size": block_size, "background_ratio": background_ratio, "tower_filter": tower_filter,
         "sources": {"area": str(area_spec), "towers": points.source, "imagery": imagery_description,
                     "extra_labels": str(extra_labels) if extra_labels else None},
