@@ -26,12 +26,12 @@ def test_tiles():
 def test_dataset():
     args = commands.dataset_args("a.geojson", "overpass", "https://t/{z}/{x}/{y}.png?key=${K}", "ds", zoom=18,
                                  background_ratio=2.5, split="0.7,0.15,0.15", seed=3, block_size=4,
-                                 tower_filter="power=tower", cache="cache", max_tiles=99)
+                                 tower_filter="power=tower", cache="cache", max_tiles=99, span_negatives=1.5)
     ns = parse(args)
     assert (ns.area, ns.towers, ns.imagery, ns.out) == ("a.geojson", "overpass", "https://t/{z}/{x}/{y}.png?key=${K}",
                                                         "ds")
-    assert (ns.background_ratio, ns.split, ns.seed, ns.block_size, ns.tower_filter, ns.cache, ns.max_tiles) == (
-        2.5, "0.7,0.15,0.15", 3, 4, "power=tower", "cache", 99)
+    assert (ns.background_ratio, ns.split, ns.seed, ns.block_size, ns.tower_filter, ns.cache, ns.max_tiles,
+            ns.span_negatives) == (2.5, "0.7,0.15,0.15", 3, 4, "power=tower", "cache", 99, 1.5)
     minimal = commands.dataset_args("a", "t.geojson", "i.tif", "out")
     assert minimal == ["dataset", "--area", "a", "--towers", "t.geojson", "--imagery", "i.tif", "--out", "out",
                        "--zoom", "18", "--events"]

@@ -139,8 +139,10 @@ def test_dataset_dialog_exports_a_utm_point_layer_and_builds_the_command(qgis_if
     assert lon == pytest.approx(27.0, abs=1e-6) and -15.5 < lat < -15.4  # exported in EPSG:4326
 
     dialog.overpass.setChecked(True)
+    dialog.span_negatives.setValue(1.5)  # OSM's lines give negatives along their spans
     step = dialog.build()["steps"][0]
     assert step[step.index("--towers") + 1] == "overpass" and "--tower-filter" not in step
+    assert step[step.index("--span-negatives") + 1] == "1.5"
     dialog.deleteLater()
 
 

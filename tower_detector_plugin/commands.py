@@ -28,12 +28,14 @@ def tiles_args(area: str, zoom: int = 18, out: str = None, shards: int = None, m
 
 def dataset_args(area: str, towers: str, imagery: str, out: str, *, zoom: int = 18, background_ratio: float = None,
                  split: str = None, seed: int = None, block_size: int = None, tower_filter: str = None,
-                 cache: str = None, max_tiles: int = None, extra_labels: str = None) -> list:
+                 cache: str = None, max_tiles: int = None, extra_labels: str = None,
+                 span_negatives: float = None) -> list:
     """towers: "overpass", "overpass:URL" or a GeoJSON/GeoPackage path (a layer exported in EPSG:4326)."""
     _need(area=area, towers=towers, imagery=imagery, out=out)
     args = ["dataset", "--area", str(area), "--towers", str(towers), "--imagery", str(imagery), "--out", str(out),
             "--zoom", str(int(zoom))]
     _opt(args, "--background-ratio", background_ratio)
+    _opt(args, "--span-negatives", span_negatives)
     _opt(args, "--split", split)
     _opt(args, "--seed", seed)
     _opt(args, "--block-size", block_size)

@@ -234,11 +234,15 @@ class BuildDatasetDialog(JobDialog):
         self.background_ratio = QDoubleSpinBox()
         self.background_ratio.setRange(0.5, 50)
         self.background_ratio.setValue(3.0)
+        self.span_negatives = QDoubleSpinBox()  # 0: none; OSM lines give them (a point layer has none)
+        self.span_negatives.setRange(0, 20)
+        self.span_negatives.setValue(0)
         self.split = QLineEdit("0.7,0.15,0.15")
         self.block_size = _spin(1, 256, 8, special="")
         self.seed = _spin(0, 1_000_000, 0, special="")
         for label, widget in (("Area", self.area), ("Imagery", self.imagery), ("", labels), ("Output folder", self.out),
                               ("Zoom", self.zoom), ("Background tiles per tower tile", self.background_ratio),
+                              ("Line tiles per tower tile (negatives)", self.span_negatives),
                               ("Split train,val,test", self.split), ("Split block size (tiles)", self.block_size),
                               ("Seed", self.seed)):
             self.form.addRow(label, widget)
@@ -258,7 +262,9 @@ class BuildDatasetDialog(JobDialog):
         else:
             towers = "overpass"
         args = commands.dataset_args(area, towers, spec.spec, out, zoom=self.zoom.value(),
-                                     background_ratio=self.background_ratio.value(), split=self.split.text().strip(),
+                                     background_ratio=self.background_ratio.value(),
+                                     span_negatives=self.span_negatives.value() or None,
+                                     split=self.split.text().strip(),
                                      block_size=self.block_size.value(),
                                      seed=self.seed.value(), tower_filter=tower_filter,
                                      cache=os.path.join(settings.work_dir(), "cache"),

@@ -202,6 +202,7 @@ class BuildDatasetAlgorithm(BackendAlgorithm):
                                                        "all for a point layer)", None, False, True))
         self.addParameter(_int("ZOOM", "Zoom", 18, 15, 21))
         self.addParameter(_float("BACKGROUND_RATIO", "Background tiles per tower tile", 3.0, 0.5))
+        self.addParameter(_float("SPAN_NEGATIVES", "Negative tiles along OSM power lines, per tower tile", 0.0, 0.0))
         self.addParameter(_int("BLOCK_SIZE", "Split block size (tiles)", 8, 1))
         self.addParameter(_int("SEED", "Seed", 0, optional=True))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Training data folder"))
@@ -218,8 +219,10 @@ class BuildDatasetAlgorithm(BackendAlgorithm):
                                                          ".geojson"), context, feedback)
             tower_filter = tower_filter or "all"
         zoom = self.parameterAsInt(parameters, "ZOOM", context)
+        span_negatives = self.parameterAsDouble(parameters, "SPAN_NEGATIVES", context) or None
         args = commands.dataset_args(path, towers, spec.spec, out, zoom=zoom,
                                      background_ratio=self.parameterAsDouble(parameters, "BACKGROUND_RATIO", context),
+                                     span_negatives=span_negatives,
                                      block_size=self.parameterAsInt(parameters, "BLOCK_SIZE", context),
                                      seed=self.parameterAsInt(parameters, "SEED", context), tower_filter=tower_filter,
                                      max_tiles=settings.value("area/max_tiles"))
