@@ -24,7 +24,7 @@ import shapely
 
 from tower_detector.cover import lonlat_to_tile_space
 from tower_detector.dataset import build_dataset, parse_splits
-from tower_detector.evaluate import metrics
+from tower_detector.evaluate import metrics, roc_auc
 from tower_detector.imagery import open_imagery
 from tower_detector.labels import positive_tiles
 from tower_detector.model import PRECISIONS, Classifier
@@ -153,12 +153,11 @@ def main():
     say(f"  training {result['train_images_per_second']:.1f} images/s at {args.image_size} px "
         f"({train_seconds / 60:.1f} min in all); scoring {len(tiles) / predict_seconds:.1f} tiles/s with CAM points")
     kinds = negative_kinds(tiles, eval_scene, positive)
-    towers_scores = scores[kinds == "tower"]
     for kind in ("hv line", "pole", "other"):
-        negatives = scores[kinds == kind]
-        if len(negatives):  # the chance that a tower tile outscores a negative of this kind (ties half)
-            auc = ((towers_scores[:, None] > negatives).mean() + 0.5 * (towers_scores[:, None] == negatives).mean())
-            say(f"  towers vs {kind} tiles ({len(negatives)}): ROC AUC {auc:.4f}")
+        pair = (kinds == "tower") | (kinds == kind)
+        if (kinds == kind).any():
+            say(f"  towers vs {kind} tiles ({int((kinds == kind).sum())}): ROC AUC "
+                f"{roc_auc(labels[pair], scores[pair]):.4f}")
     say(f"  tower position: CAM point median {np.median(cam_err):.1f} m vs tile centre {np.median(centre_err):.1f} m "
         f"({len(cam_err)} towers)")
     say(f"work folder: {work}")

@@ -66,6 +66,8 @@ def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, 
     from .osm import load_lines, load_towers
 
     progress = progress or (lambda *a, **k: None)
+    if not (isinstance(span_negatives, (int, float)) and 0 <= span_negatives <= 100):
+        raise UserError(f"--span-negatives must be 0 to 100 tiles per tower tile, not {span_negatives}")
     _check_writable(out)
     region = load_area(area)
     cover = tile_cover(region, zoom)
@@ -83,8 +85,6 @@ def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, 
     if len(pos) == 0 and not force:
         raise UserError(f"no towers ({tower_filter}) in the area, so no positive tiles; "
                         "pass --force for a background-only dataset")
-    if not (isinstance(span_negatives, (int, float)) and 0 <= span_negatives <= 100):
-        raise UserError(f"--span-negatives must be 0 to 100 tiles per tower tile, not {span_negatives}")
 
     rng = np.random.default_rng(seed)
     spans = np.zeros((0, 2), dtype=np.int64)

@@ -16,6 +16,7 @@ more data than ours; updating them from small batches wrecks the features). Trai
 (weights none), they learn normally, with a momentum of 0.9 so their moving averages keep up.
 """
 
+import functools
 import json
 import os
 
@@ -236,15 +237,15 @@ def training_policy(precision="auto", gpu=False):
     return dtype_policy(precision, gpu, cpu_bfloat16=precision == "auto" and _cpu_has_amx_bf16())
 
 
-def slow_precision_note(policy):
-    """A warning when `policy` will run slower than float32 here: bfloat16 on a CPU without AMX-BF16 is emulated
-    (training about 5x slower than float32 on an AMD EPYC: benchmarks/precision_speed.py)."""
-    if policy == "mixed_bfloat16" and not has_gpu() and not _cpu_has_amx_bf16():
-        return ("bfloat16 on this CPU (no AMX-BF16) is emulated and several times slower than float32; "
-                "--precision auto picks what is fastest here")
-    return None
+def warn_if_slow_precision(policy, log):
+    """Log a warning when `policy` runs slower than float32 here: bfloat16 (a CPU-only policy) on a CPU without
+    AMX-BF16 is emulated (training about 5x slower than float32 on an AMD EPYC: benchmarks/precision_speed.py)."""
+    if policy == "mixed_bfloat16" and not _cpu_has_amx_bf16():
+        log("warning: bfloat16 on this CPU (no AMX-BF16) is emulated and several times slower than float32; "
+            "--precision auto picks what is fastest here")
 
 
+@functools.cache  # the CPU does not change while the process runs
 def _cpu_has_amx_bf16():
     try:
         with open("/proc/cpuinfo") as f:

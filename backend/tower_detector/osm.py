@@ -132,10 +132,8 @@ class TagFilter:
     def matches(self, tags):
         if self.key is None:
             return True
-        value = tags.get(self.key)
-        if value is None:
-            return False
-        return self.values is None or str(value) in self.values
+        value = self.value_of(tags)
+        return value is not None and (self.values is None or value in self.values)
 
     def value_of(self, tags):
         """The key's value in `tags` (a dict or osmium's tag list) as text; None for the filter all or no value."""

@@ -57,7 +57,7 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
     from .areas import load_area
     from .cover import TileCover, tile_cover
     from .imagery import open_imagery
-    from .model import Classifier, slow_precision_note
+    from .model import Classifier, warn_if_slow_precision
     from .store import open_store
 
     progress = progress or (lambda *a, **k: None)
@@ -68,9 +68,7 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
     picked = parse_shard(shard)
     classifier = Classifier(model_dir, precision)  # a missing or incompatible model fails before any work
     log(f"scoring with {model_dir} in {classifier.policy}")
-    note = slow_precision_note(classifier.policy)
-    if note:
-        log("warning: " + note)
+    warn_if_slow_precision(classifier.policy, log)
     if tiles is not None:
         cover = TileCover.load(tiles)
         zoom = cover.zoom

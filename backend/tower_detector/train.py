@@ -32,8 +32,8 @@ from .model import (
     class_weight,
     has_gpu,
     set_trainable,
-    slow_precision_note,
     training_policy,
+    warn_if_slow_precision,
     write_params,
 )
 
@@ -214,9 +214,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     log(f"training on {sum(counts[train_split])} tiles ({counts[train_split][1]} tower), validating on "
         f"{val_split} ({sum(counts[val_split])}), testing on {test_split} ({sum(counts[test_split])}); "
         f"class weights {weights_by_class}; {'GPU, XLA' if gpu else 'CPU'}, {policy}")
-    note = slow_precision_note(policy)
-    if note:
-        log("warning: " + note)
+    warn_if_slow_precision(policy, log)
     size, batch = params["image_size"], params["batch_size"]
     train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"])
     val_ds = tf_dataset(data, val_split, size, batch, training=False)
