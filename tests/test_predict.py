@@ -72,6 +72,9 @@ def test_every_tile_is_scored_once_and_matches_the_model(reference, scene_tiles,
     scores, failed = scores_of(out)
     assert set(scores) == scene_tiles and not failed
     assert result["tiles_scored"] == 64 and result["chunks_written"] == 8 and result["tiles_failed"] == 0
+    assert 0 < result["checkpoint_seconds"] < result["seconds"]  # the 8 store writes, timed inside the run
+    assert f"{100 * result['checkpoint_seconds'] / result['seconds']:.1f} % of the time writing checkpoints" in \
+        result["message"]
     tiles, images = scene_images
     expected = Classifier(str(tiny_model[0])).predict(images, batch_size=4)
     np.testing.assert_allclose([scores[t][0] for t in tiles], expected, atol=1e-5)

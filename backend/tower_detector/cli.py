@@ -122,8 +122,13 @@ def cmd_predict(args, rep):
                     progress=rep.progress, log=rep.log)
     text = (f"scored {stats['tiles_scored']:,} tiles into {args.out} ({stats['tiles_failed']:,} failed, "
             f"{stats['chunks_written']} chunks written, {stats['chunks_existing']} already there; "
-            f"{stats['tiles_per_second']} tiles/s)")
+            f"{stats['tiles_per_second']} tiles/s, {_share(stats['checkpoint_seconds'], stats['seconds'])} of the time "
+            "writing checkpoints)")
     rep.result(text, **stats)
+
+
+def _share(part, whole):
+    return f"{100 * part / whole:.1f} %" if whole > 0 else "none"
 
 
 def cmd_results(args, rep):

@@ -111,7 +111,8 @@ def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetc
     previous = _on_sigterm(lambda: (stop.set(), log("SIGTERM: finishing the current chunk, then stopping")))
     feed = _Feeder(source, [(s, c, *store.plan.chunk_tiles(s, c)) for s, c in todo], zoom, batch_size, prefetch)
     started = time.monotonic()
-    stats = {"chunks_written": 0, "tiles_scored": 0, "tiles_failed": 0, "bytes_written": 0, "model_seconds": 0.0}
+    stats = {"chunks_written": 0, "tiles_scored": 0, "tiles_failed": 0, "bytes_written": 0, "model_seconds": 0.0,
+             "checkpoint_seconds": 0.0}
     scored = 0
     try:
         for (s, c, xs, ys), batches in feed.chunks():
@@ -128,8 +129,10 @@ def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetc
                 errors.update((offset + i, r) for i, r in enumerate(reasons) if r is not None)
                 scored += len(images)
                 progress(scored, total_tiles, stage="tiles", shard=s, chunk=c)
+            t = time.monotonic()
             written = store.write_chunk(s, c, xs, ys, np.clip(score, 0, 1), cam_x=np.clip(cam[:, 0], 0, 256),
                                         cam_y=np.clip(cam[:, 1], 0, 256), errors=errors)
+            stats["checkpoint_seconds"] += time.monotonic() - t
             stats["chunks_written"] += int(written.written)
             stats["bytes_written"] += written.nbytes
             stats["tiles_failed"] += len(errors)
@@ -144,7 +147,8 @@ def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetc
         signal.signal(signal.SIGTERM, previous) if previous is not None else None
     seconds = time.monotonic() - started
     stats.update(seconds=round(seconds, 2), tiles_per_second=round(stats["tiles_scored"] / max(seconds, 1e-9), 1),
-                 model_seconds=round(stats["model_seconds"], 2), chunks_todo=len(todo))
+                 model_seconds=round(stats["model_seconds"], 2),
+                 checkpoint_seconds=round(stats["checkpoint_seconds"], 3), chunks_todo=len(todo))
     return stats
 
 
