@@ -1,6 +1,7 @@
 """Imagery sources against real servers and files made from the sample scene: a loopback tile server
 (tests/tileserver.py), moto's S3 server on loopback, and GeoTIFF/MBTiles files written here."""
 
+import base64
 import io
 import logging
 import sqlite3
@@ -176,6 +177,26 @@ def test_bad_token_fails_fast_and_the_token_is_never_shown(server, caplog):
     for text in (message, source.description, repr(source), caplog.text):
         assert SECRET not in text
     assert any("access_token=***" in record.getMessage() for record in caplog.records)  # urllib3's, redacted
+
+
+def test_http_proxy_from_the_environment_with_credentials_and_no_proxy(server, monkeypatch):
+    # tiles.example.invalid resolves nowhere: a tile arrives only through the proxy (the loopback server, which
+    # answers a proxied request by its path)
+    template = "http://tiles.example.invalid/{z}/{x}/{y}.png"
+    proxy = server.url.replace("http://", "http://analyst:s%40cret@")
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", proxy)
+    with open_imagery(template, concurrency=2) as source:
+        results = list(source.fetch(_ids(server, 3)))
+    assert all(r.error is None for r in results)
+    np.testing.assert_array_equal(results[0].image, server.expected(*server.tiles[0]))
+    sent = {k.lower(): v for k, v in server.headers[-1].items()}
+    assert sent["proxy-authorization"] == "Basic " + base64.b64encode(b"analyst:s@cret").decode()
+    monkeypatch.setenv("no_proxy", ".example.invalid")  # bypassed: a direct request, which finds no host
+    with open_imagery(template, concurrency=2, retries=0, timeout=2) as source:
+        [result] = source.fetch(_ids(server, 1), fail_fast=0)
+    assert result.image is None and result.error.endswith("after 0 retries") and len(server.paths) == 3
 
 
 def test_all_404_fails_fast_naming_template_and_zoom(server):

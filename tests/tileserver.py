@@ -22,7 +22,8 @@ Knobs: attributes, which tests may change between requests; tiles are (x, y) pai
     truncated   tiles whose body stops half-way while Content-Length promises all of it (then the connection closes)
     corrupt     tiles whose body is the first half of the image, with a Content-Length that matches it
     token       when set, every request needs ?access_token=<token>; otherwise 403 (template(ext, token) adds it)
-Records: paths (each request's path without its query, in arrival order), arrivals (their times),
+Records: paths (each request's path without its query, in arrival order; a proxy's absolute URL gives its
+path too, so the server also stands in for an HTTP proxy), arrivals (their times), headers (their headers),
 count(path), arrivals_of(path), max_in_flight (the most requests being answered at once). reset() clears the
 records and puts the knobs back as constructed.
 """
@@ -76,6 +77,7 @@ class TileServer(LoopbackServer):
             self.corrupt = set()
             self.paths = []
             self.arrivals = []  # time.monotonic() of each request, in step with paths
+            self.headers = []  # each request's headers, in step with paths
             self.max_in_flight = 0
             self._served = Counter()
 
@@ -141,6 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         with server._lock:
             server.paths.append(parts.path)
             server.arrivals.append(time.monotonic())
+            server.headers.append(dict(self.headers))
             server._in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server._in_flight)
         try:
