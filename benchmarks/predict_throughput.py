@@ -9,8 +9,9 @@ process (as a real tile server is; it still shares the CPUs). Times exclude load
 timed run is repeated --repeats times, alternating, keeping the fastest. Prints:
   (a) end-to-end `predict` tiles/s (fetch + decode + model + checkpoints) over model-only tiles/s on the same
       tiles already in memory, same batch size (goal >= 0.9), and the CPU time the loopback tile server took
-      from the CPUs meanwhile (a real tile server runs elsewhere); and fetch + decode tiles/s alone, from which
-      the ratio's ceiling where both halves saturate the same CPUs: fetch / (fetch + model);
+      from the CPUs meanwhile (a real tile server runs elsewhere); and the CPU time per tile of the model alone,
+      of fetch + decode alone and of the tile server, from which the ratio's ceiling when they share busy CPUs:
+      model / (model + fetch + server), and without the server;
   (b) ours against a seed-style loop: one request at a time, PIL decode, predict in batches of 16, and the
       whole {"x-y-z": score} JSON rewritten at every save (every 5,000 tiles in 2018; here every
       --seed-save tiles so that a small scene sees several saves) (goal >= 5x). No pipeline scores faster than
@@ -138,20 +139,23 @@ def main():
 
     with ServerProcess(os.path.join(work, "scene", "scene.tif"), args.latency, args.format) as server:
         tiles = server.tiles
-        fetch_s = []
+        fetch_s, fetch_cpu = [], []
         for _ in range(args.repeats):  # fetch + decode alone, no model: the other half of the CPUs' work
             with open_imagery(server.template(args.format)) as src:
-                started = time.perf_counter()
+                started, cpu, server_cpu = time.perf_counter(), time.process_time(), server.cpu_seconds()
                 images, _ = src.fetch_batch(np.array([x for x, _ in tiles]), np.array([y for _, y in tiles]), 18)
                 fetch_s.append(time.perf_counter() - started)
+                fetch_cpu.append((time.process_time() - cpu, server.cpu_seconds() - server_cpu))
         fetch_only = n / min(fetch_s)
+        fetch_ms, fetch_server_ms = (1000 * v / n for v in min(fetch_cpu))
         classifier.predict(images[: args.batch_size], batch_size=args.batch_size)  # warm up
         model_s = []
         for _ in range(args.repeats):  # the fastest, as for predict below
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             model_scores = classifier.predict_with_points(images, batch_size=args.batch_size)[0]
-            model_s.append(time.perf_counter() - t)
-        model_only = n / min(model_s)
+            model_s.append((time.perf_counter() - t, time.process_time() - cpu))
+        model_only = n / min(model_s)[0]
+        model_ms = 1000 * min(model_s)[1] / n
 
         runs = []  # (seconds, the tile server's CPU seconds meanwhile)
         for i in range(args.repeats):
@@ -165,10 +169,11 @@ def main():
               f"ratio {ours / model_only:.2f} (goal >= 0.9); the loopback tile server, which a real one would not, "
               f"took {server_cpu:.1f} CPU-s of the run's {ours_s:.1f} s x {os.cpu_count()} CPUs "
               f"({100 * server_cpu / (ours_s * os.cpu_count()):.0f} %)", flush=True)
-        # both halves busy every CPU when alone, so sharing them, n tiles take at least n/model + n/fetch
-        print(f"    fetch + decode alone {fetch_only:.0f} tiles/s; where both need every CPU, the ratio is at most "
-              f"{fetch_only:.0f} / ({fetch_only:.0f} + {model_only:.1f}) = "
-              f"{fetch_only / (fetch_only + model_only):.2f}", flush=True)
+        # sharing the same CPUs, a tile costs the model's CPU time plus the fetch's (and here the tile server's)
+        print(f"    CPU per tile: model {model_ms:.2f} ms, fetch + decode {fetch_ms:.2f} ms (fetch alone "
+              f"{fetch_only:.0f} tiles/s), the loopback tile server {fetch_server_ms:.2f} ms; where the CPUs are all "
+              f"busy the ratio is at most {model_ms / (model_ms + fetch_ms + fetch_server_ms):.2f}, "
+              f"{model_ms / (model_ms + fetch_ms):.2f} with the tile server elsewhere", flush=True)
 
         t = time.perf_counter()
         seed_scores, seed_saves = seed_loop(server, tiles, classifier, os.path.join(work, "seed.json"),
