@@ -6,7 +6,8 @@ The network `train` builds (Xception from scratch -> pooling -> dense -> sigmoid
 not depend on the pixels. Mixed is what `--precision mixed` gives: float16 (with XLA, as train and predict
 compile it) on a GPU, bfloat16 on a CPU. Each figure is the mean over --steps timed steps after one warm-up
 step; the two policies alternate --repeats times and the fastest of each is kept. Prints the device (GPU
-name or CPU model, and whether the CPU has AMX-BF16) and the ratio mixed / float32 for training and scoring.
+name or CPU model, and whether the CPU computes bfloat16 natively: AMX-BF16 or AVX512-BF16) and the ratio
+mixed / float32 for training and scoring.
 """
 
 import argparse
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 
-from tower_detector.model import _cpu_has_amx_bf16, build_model, check_params, has_gpu, training_policy
+from tower_detector.model import build_model, check_params, cpu_has_native_bfloat16, has_gpu, training_policy
 
 
 def device_name():
@@ -30,7 +31,7 @@ def device_name():
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor() or "CPU"
-    return f"{model} ({'with' if _cpu_has_amx_bf16() else 'no'} AMX-BF16)"
+    return f"{model} ({'with' if cpu_has_native_bfloat16() else 'no'} native bfloat16: AMX-BF16 or AVX512-BF16)"
 
 
 def speeds(policy, size, batch, steps):

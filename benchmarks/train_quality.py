@@ -78,7 +78,7 @@ def main():
     p.add_argument("--epochs-fine", type=int, default=14)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="as train --precision (auto: mixed bfloat16 on a CPU with AMX)")
+                   help="as train --precision (auto: mixed bfloat16 on a CPU with AMX-BF16 or AVX512-BF16)")
     p.add_argument("--params", help="JSON of hyperparameters over the defaults (to try recipes for training from "
                    "scratch); the figures in the README say which were used")
     args = p.parse_args()

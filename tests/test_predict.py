@@ -83,7 +83,7 @@ def test_every_tile_is_scored_once_and_matches_the_model(reference, scene_tiles,
 
 
 def test_mixed_precision_scores_agree_with_float32(reference, scene_images, tiny_model, sample_scene, tmp_path):
-    from tower_detector.model import Classifier, _cpu_has_amx_bf16
+    from tower_detector.model import SLOW_BFLOAT16, Classifier, cpu_has_native_bfloat16
 
     assert reference[1]["dtype_policy"] == "float32"  # auto on a CPU: full precision
     tiles, images = scene_images
@@ -99,8 +99,8 @@ def test_mixed_precision_scores_agree_with_float32(reference, scene_images, tiny
                        sample_scene["area"], "--out", tmp_path / "store", "--precision", "mixed", "--events")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert events[-1]["dtype_policy"] == "mixed_bfloat16" and events[-1]["tiles_scored"] == len(tiles)
-    warned = [e for e in events if e.get("message", "").startswith("warning: bfloat16 on this CPU (no AMX-BF16)")]
-    assert len(warned) == (0 if _cpu_has_amx_bf16() else 1)  # emulated bfloat16 is slower: the log says so
+    warned = [e for e in events if e.get("message", "").startswith(f"warning: {SLOW_BFLOAT16}")]
+    assert len(warned) == (0 if cpu_has_native_bfloat16() else 1)  # emulated bfloat16 is slower: the log says so
 
 
 def test_results_outputs(reference, tmp_path):

@@ -230,7 +230,8 @@ def build_parser():
     sp.add_argument("--batch-size", type=int, help="default 32")
     sp.add_argument("--seed", type=int, help="random seed (default 0)")
     sp.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed"],
-                    help="auto (default): mixed float16 on a GPU, mixed bfloat16 on a CPU with AMX, else float32")
+                    help="auto (default): mixed float16 on a GPU, mixed bfloat16 on a CPU with AMX-BF16 or "
+                         "AVX512-BF16, else float32")
 
     sp = command("search", cmd_search, "Hyperopt TPE search over the training recipe (resumes when run again).")
     sp.add_argument("--data", required=True, help="a tower-detector dataset directory")

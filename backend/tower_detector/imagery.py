@@ -115,8 +115,9 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-# urllib3 logs every request's URL, query included, at DEBUG; GDAL's messages (through rasterio) name URLs too
-for _name in ("urllib3.connectionpool", "rasterio._env", "rasterio._err", "rasterio.env"):
+# urllib3 logs every request's URL, query included, at DEBUG (and redirects' at INFO); GDAL's messages (through
+# rasterio) name URLs too
+for _name in ("urllib3.connectionpool", "urllib3.poolmanager", "rasterio._env", "rasterio._err", "rasterio.env"):
     logging.getLogger(_name).addFilter(_RedactingFilter())
 
 
@@ -497,7 +498,7 @@ class XyzSource(ImagerySource):
 
 def _http_pool(url, **pool):
     """A urllib3 pool for this URL's scheme, through the environment's proxy (http_proxy, https_proxy, no_proxy)
-    where one applies. urllib3 rather than requests: requests costs about three times the CPU per tile, and
+    where one applies. urllib3 rather than requests: requests costs about twice the CPU per tile, and
     predict fetches hundreds of tiles a second on the CPUs the model needs."""
     options = dict(pool, retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10),
                    headers={"User-Agent": f"tower-detector/{__version__}"}, block=False,

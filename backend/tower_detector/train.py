@@ -3,7 +3,8 @@
 Phase 1 trains the new top with the Xception base frozen (epochs_phase1, lr_phase1); phase 2 makes the base's
 layers from freeze_cutoff on trainable and fine-tunes (epochs_phase2, lr_phase2). Binary cross-entropy with
 class weights; augmentation (flips, 90-degree turns, small rotations, zoom, brightness, contrast) on the
-training split only; EarlyStopping and ReduceLROnPlateau per phase; TensorBoard logs; the best epoch by
+training split only, at the tile's full size before the resize; EarlyStopping and ReduceLROnPlateau (both on
+validation ROC AUC) per phase; TensorBoard logs; the best epoch by
 validation ROC AUC (over both phases) is what is kept and evaluated on the test split.
 
 Resuming: the output directory keeps state.json (what is being trained and how far it got), Keras'
@@ -144,7 +145,7 @@ class TrainingData:
 
 
 def tf_dataset(data, split, image_size, batch_size, *, training, seed=0):
-    """A tf.data pipeline: read + decode (parallel), resize, augment (training), batch, prefetch."""
+    """A tf.data pipeline: read + decode (parallel), augment (training), resize, batch, prefetch."""
     import tensorflow as tf
 
     source, labels = data.splits[split]
@@ -154,16 +155,21 @@ def tf_dataset(data, split, image_size, batch_size, *, training, seed=0):
 
     def load(item, label):
         image = item if data.in_memory else tf.io.decode_png(tf.io.read_file(item), channels=3)
-        image = tf.image.resize(tf.ensure_shape(image, (TILE, TILE, 3)), (image_size, image_size), antialias=True)
-        return image, label
+        return tf.cast(tf.ensure_shape(image, (TILE, TILE, 3)), tf.float32), label
+
+    def resize(image, label):
+        return tf.image.resize(image, (image_size, image_size), antialias=True), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if training:
-        ds = ds.map(_augment_one, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size)
-    if training:
+        # augmented at the tile's full size, then resized: rotating and zooming at the model's smaller size would
+        # interpolate a second time there and blur the one or two pixels that a tower's members cover
         geometric = _geometric_augmentation(seed)
+        ds = ds.map(_augment_one, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
         ds = ds.map(lambda x, y: (geometric(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -191,7 +197,8 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     """Train (or resume training) into the model directory `out`; returns the test metrics.
 
     precision: auto (mixed precision where the hardware runs it faster: float16 on a GPU, bfloat16 on a CPU
-    with AMX), float32, or mixed. The saved model is float32 whatever it trained in, so it runs anywhere."""
+    with AMX-BF16 or AVX512-BF16), float32, or mixed. The saved model is float32 whatever it trained in, so it
+    runs anywhere."""
     progress = progress or (lambda *a, **k: None)
     training_policy(precision)  # a bad value fails before any work
     params = check_params(params or {})
@@ -318,7 +325,9 @@ def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_ru
     return [
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup", f"phase{phase}"), double_checkpoint=True),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=params["early_stopping_patience"]),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=params["reduce_lr_factor"],
+        # on the same validation ROC AUC as early stopping: with class weights the unweighted val_loss rises while
+        # the ranking still improves, and cut the learning rate at the 11th epoch of a run from scratch
+        keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, mode="max", factor=params["reduce_lr_factor"],
                                           patience=params["reduce_lr_patience"], min_lr=1e-7),
         keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), write_graph=False),
         Report(),
