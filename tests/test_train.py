@@ -14,7 +14,7 @@ from PIL import Image
 
 from tower_detector.evaluate import metrics
 from tower_detector.events import UserError
-from tower_detector.model import DEFAULT_PARAMS, Classifier, check_params
+from tower_detector.model import DEFAULT_PARAMS, Classifier, cam_peaks, check_params
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +342,10 @@ def test_cam_point_lands_on_the_hottest_cell(trained):
     features = np.zeros((2, 8, 8, w1.shape[0]), np.float32)
     features[0, 2, 5] = 10 * direction / np.linalg.norm(direction)
     features[1, 7, 0] = 10 * direction / np.linalg.norm(direction)
-    points = classifier._peaks(features, 256, 256)
+    cells = np.asarray(classifier.cell_logits(features))
+    assert classifier.params["dense_activation"] == "relu"  # the head by hand: relu(f w1 + b1) w2 + b2, per cell
+    np.testing.assert_allclose(cells, np.maximum(features @ w1 + b1, 0) @ w2 + tower.get_weights()[1], atol=1e-4)
+    points = cam_peaks(cells[..., 0], 256, 256)
     np.testing.assert_allclose(points[0], [5.5 * 32, 2.5 * 32], atol=16)  # within the hot 32-px cell
     np.testing.assert_allclose(points[1], [0.5 * 32, 7.5 * 32], atol=16)
     assert b1.shape == (w1.shape[1],)
