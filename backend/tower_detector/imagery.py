@@ -79,7 +79,6 @@ import numpy as np
 import urllib3
 from PIL import Image, UnidentifiedImageError
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import IncompleteRead
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from . import __version__
@@ -477,7 +476,7 @@ class XyzSource(ImagerySource):
             if status == 200:
                 expected = response.headers.get("Content-Length", "")
                 if expected.isdigit() and "Content-Encoding" not in response.headers and len(body) < int(expected):
-                    failure = f"truncated/corrupt image: {len(body)} of {expected} bytes received"
+                    failure = _truncated(len(body), expected)
                     continue
                 content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
                 if content_type.startswith("text/") or content_type.endswith("json"):
@@ -515,16 +514,20 @@ def _http_pool(url, **pool):
     return urllib3.ProxyManager(f"{proxy_parts.scheme}://{netloc}", **options)
 
 
+def _truncated(received, expected):
+    return f"truncated/corrupt image: {received} of {expected} bytes received"
+
+
 def _failure(exc):
     """A failed request's reason, as retries and error values name it."""
     reason = getattr(exc, "reason", None) or exc  # under the MaxRetryError our no-retry policy raises at once
     if isinstance(reason, Urllib3Timeout):
         return "timeout"
-    short = next((a for a in getattr(reason, "args", ()) if isinstance(a, (IncompleteRead, HttpIncompleteRead))), None)
+    # urllib3's IncompleteRead is an http.client one whose partial is a count, not the bytes
+    short = next((a for a in getattr(reason, "args", ()) if isinstance(a, HttpIncompleteRead)), None)
     if short is not None:  # the connection closed before Content-Length bytes came
         received = short.partial if isinstance(short.partial, int) else len(short.partial)
-        expected = short.expected if isinstance(short.expected, int) else 0
-        return f"truncated/corrupt image: {received} of {received + expected} bytes received"
+        return _truncated(received, received + (short.expected or 0))
     return f"connection error ({type(reason).__name__})"
 
 
