@@ -73,6 +73,7 @@ def test_metrics_ties_and_one_class():
     ({"image_size": 32}, "image_size must be between 71"),
     ({"class_weight": {"0": 1}}, "class_weight must be"),
     ({"augment": "yes"}, "augment must be true or false"),
+    ({"warmup_epochs": -1}, "warmup_epochs must be between 0"),
 ])
 def test_bad_params_are_named(params, message):
     with pytest.raises(UserError, match=message):
@@ -161,16 +162,20 @@ def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
     for line in proc.stdout:
         event = json.loads(line)
         if event["event"] == "progress":
-            seen.append(event["epoch"])
+            seen.append((event["epoch"], event["learning_rate"]))
             if event["epoch"] == 2:  # phase 2's first epoch is backed up: kill before the next one ends
                 proc.send_signal(signal.SIGKILL)
                 break
     proc.wait(timeout=60)
-    assert seen == [1, 2] and not (out / "model.keras").exists()
+    # phase 2 warms up over its first 2 epochs (warmup_epochs): half the rate after the first
+    peak = DEFAULT_PARAMS["lr_phase2"]
+    assert [e for e, _ in seen] == [1, 2] and seen[1][1] == pytest.approx(peak / 2, rel=0.01)
+    assert not (out / "model.keras").exists()
     again = cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
-    epochs = [e["epoch"] for e in events_of(again.stdout) if e["event"] == "progress"]
-    assert epochs == [3, 4]
+    resumed = [(e["epoch"], e["learning_rate"]) for e in events_of(again.stdout) if e["event"] == "progress"]
+    assert [e for e, _ in resumed] == [3, 4]
+    assert resumed[0][1] == pytest.approx(peak, rel=0.01)  # the warm-up went on where it was, not from 0
     assert (out / "model.keras").is_file() and not (out / "backup").exists()
 
 
