@@ -158,9 +158,10 @@ def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
             "--epochs-top", 1, "--epochs-fine", 3, "--events"]
     proc = subprocess.Popen([sys.executable, "-m", "tower_detector", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    seen = []
+    seen, said = [], []
     for line in proc.stdout:
         event = json.loads(line)
+        said += [event["message"]] if event["event"] == "log" else []
         if event["event"] == "progress":
             seen.append((event["epoch"], event["learning_rate"]))
             if event["epoch"] == 2:  # phase 2's first epoch is backed up: kill before the next one ends
@@ -171,6 +172,7 @@ def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
     peak = DEFAULT_PARAMS["lr_phase2"]
     assert [e for e, _ in seen] == [1, 2] and seen[1][1] == pytest.approx(peak / 2, rel=0.01)
     assert not (out / "model.keras").exists()
+    assert any(m.startswith("from scratch, phase 1's 1 epoch(s)") for m in said)  # the hint to skip it
     again = cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = [(e["epoch"], e["learning_rate"]) for e in events_of(again.stdout) if e["event"] == "progress"]

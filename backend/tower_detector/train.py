@@ -222,6 +222,9 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
         f"{val_split} ({sum(counts[val_split])}), testing on {test_split} ({sum(counts[test_split])}); "
         f"class weights {weights_by_class}; {'GPU, XLA' if gpu else 'CPU'}, {policy}")
     warn_if_slow_precision(policy, log)
+    if weights == "none" and params["epochs_phase1"]:
+        log(f"from scratch, phase 1's {params['epochs_phase1']} epoch(s) train a top over a random frozen base, which "
+            "learnt nothing on the synthetic benchmark (validation AUC 0.50): --epochs-top 0 gives them to phase 2")
     size, batch = params["image_size"], params["batch_size"]
     train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"])
     val_ds = tf_dataset(data, val_split, size, batch, training=False)
