@@ -55,14 +55,18 @@ def scene(folder, tiles, seed):
         return json.load(f)
 
 
-def steel_pixels(tiles, info, seed):
-    """Pixels of tower steel in each tile of the scene made with `seed`, from its rendering (drawn again)."""
+def steel_pixels(tiles, info, seed, folder):
+    """Pixels of tower steel in each tile of the scene made with `seed`, from its rendering (drawn again once,
+    ~30 s, then kept in the scene's folder)."""
     from tower_detector.sample import plan_scene, render_scene
 
     x0, y0 = info["tile_range"]["x"][0], info["tile_range"]["y"][0]
     nx, ny = info["tile_range"]["x"][1] - x0 + 1, info["tile_range"]["y"][1] - y0 + 1
-    _, mask = render_scene(plan_scene(nx, ny, seed=seed))
-    per_tile = mask.reshape(ny, TILE_SIZE, nx, TILE_SIZE).sum(axis=(1, 3))
+    path = os.path.join(folder, "steel_pixels.npy")
+    if not os.path.exists(path):
+        _, mask = render_scene(plan_scene(nx, ny, seed=seed))
+        np.save(path, mask.reshape(ny, TILE_SIZE, nx, TILE_SIZE).sum(axis=(1, 3)))
+    per_tile = np.load(path)
     return np.array([per_tile[y - y0, x - x0] for x, y in tiles])
 
 
@@ -175,7 +179,7 @@ def main():
                 f"{roc_auc(labels[pair], scores[pair]):.4f}")
     say(f"  tower position: CAM point median {np.median(cam_err):.1f} m vs tile centre {np.median(centre_err):.1f} m "
         f"({len(cam_err)} towers)")
-    steel = steel_pixels(tiles, eval_info, EVAL_SEED)
+    steel = steel_pixels(tiles, eval_info, EVAL_SEED, eval_scene)
     say(f"  what there is to see: a tower tile holds a median of {np.median(steel[labels]):.0f} tower-steel pixels of "
         f"{TILE_SIZE ** 2:,} (10th percentile {np.percentile(steel[labels], 10):.0f}); that count alone ranks tower "
         f"tiles at ROC AUC {roc_auc(labels, steel):.4f}, the labels' ceiling")

@@ -249,8 +249,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
             if epochs:
                 offset = 0 if phase == 1 else params["epochs_phase1"]
                 steps = -(-sum(counts[train_split]) // batch)  # per epoch
-                callbacks = _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run,
-                                       warmup=(lr, params["warmup_epochs"], steps) if phase == 2 else None)
+                callbacks = _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps)
                 model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights_by_class,
                           verbose=0, shuffle=False, callbacks=callbacks)  # tf.data shuffles
             if phase == 1:
@@ -316,26 +315,25 @@ def _optimizer(params, lr):
     return keras.optimizers.Adam(learning_rate=lr)
 
 
-def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, warmup=None):
-    """warmup: (peak learning rate, epochs, steps per epoch): the rate rises to the peak linearly over the
-    phase's first epochs; or None."""
+def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps_per_epoch):
+    """The phase's callbacks; in phase 2 the rate rises linearly to `lr` over its first warmup_epochs."""
     import keras
 
     class Warmup(keras.callbacks.Callback):
         # Unfreezing a base at the full rate jolts it: from scratch on the benchmark the loss jumped from 1.39 to
         # 1.90 at the unfreeze, and did not when warmed up; pretrained features are spared the same jolt.
         # Counted from the epoch number Keras resumes at, so a resumed training goes on where it was.
-        def __init__(self, peak, epochs, steps_per_epoch):
+        def __init__(self, steps):
             super().__init__()
-            self.peak, self.steps, self.per_epoch, self.epoch = peak, epochs * steps_per_epoch, steps_per_epoch, 0
+            self.steps, self.epoch = steps, 0
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
         def on_train_batch_begin(self, batch, logs=None):
-            step = self.epoch * self.per_epoch + batch + 1
+            step = self.epoch * steps_per_epoch + batch + 1
             if step <= self.steps:  # afterwards ReduceLROnPlateau alone sets the rate
-                self.model.optimizer.learning_rate.assign(self.peak * step / self.steps)
+                self.model.optimizer.learning_rate.assign(lr * step / self.steps)
 
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -354,7 +352,7 @@ def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_ru
                                           patience=params["reduce_lr_patience"], min_lr=1e-7),
         keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), write_graph=False),
         Report(),
-    ] + ([Warmup(*warmup)] if warmup and warmup[1] > 0 else [])
+    ] + ([Warmup(params["warmup_epochs"] * steps_per_epoch)] if phase == 2 and params["warmup_epochs"] > 0 else [])
 
 
 class _BestWeights:
