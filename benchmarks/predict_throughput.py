@@ -40,7 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from tower_detector.imagery import open_imagery  # noqa: E402
-from tower_detector.model import PRECISIONS, Classifier, build_model, check_params, write_params  # noqa: E402
+from tower_detector.model import (PRECISIONS, Classifier, build_model, check_params, use_model_streams,  # noqa: E402
+                                  write_params)
 from tower_detector.predict import predict  # noqa: E402
 from tower_detector.sample import write_sample_scene  # noqa: E402
 from tower_detector.store import open_store  # noqa: E402
@@ -64,7 +65,9 @@ def seed_loop(server, tiles, classifier, json_path, save_every, ext):
         batch.append(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")))
         keys.append(f"{x}-{y}-18")
         if len(batch) == 16 or n == len(tiles):
-            for k, s in zip(keys, classifier.predict(np.stack(batch), batch_size=16)):
+            # its 16 in halves, one per model stream, so that the model uses every CPU as it does for ours
+            half = -(-len(batch) // classifier.streams)
+            for k, s in zip(keys, classifier.predict(np.stack(batch), batch_size=half)):
                 scores[k] = float(s)
             batch, keys = [], []
         if n % save_every == 0 or n == len(tiles):
@@ -128,6 +131,7 @@ def main():
     p.add_argument("--format", choices=("png", "jpg", "webp"), default="png",
                    help="what the tile server sends (aerial imagery services mostly send JPEG)")
     args = p.parse_args()
+    streams = use_model_streams()  # as the predict command does, for every model call here
     work = tempfile.mkdtemp(prefix="predict-bench-")
     info = write_sample_scene(os.path.join(work, "scene"), tiles_x=args.tiles, tiles_y=args.tiles, seed=5)
     area = os.path.join(work, "scene", "area.geojson")
@@ -135,7 +139,7 @@ def main():
     model_dir = os.path.join(work, "model")
     n = args.tiles * args.tiles
     print(f"{n} {args.format.upper()} tiles, Xception at {args.image_size} px, batch {args.batch_size}, latency "
-          f"{args.latency * 1000:.0f} ms, {os.cpu_count()} CPUs", flush=True)
+          f"{args.latency * 1000:.0f} ms, {os.cpu_count()} CPUs, {streams} concurrent model call(s)", flush=True)
 
     with ServerProcess(os.path.join(work, "scene", "scene.tif"), args.latency, args.format) as server:
         tiles = server.tiles

@@ -114,8 +114,10 @@ def cmd_search(args, rep):
 
 
 def cmd_predict(args, rep):
+    from .model import use_model_streams
     from .predict import predict
 
+    use_model_streams()
     stats = predict(args.model, args.imagery, args.out, area=args.area, tiles=args.tiles, zoom=args.zoom,
                     shard=args.shard, shards=args.shards, workers=args.workers, checkpoint_every=args.checkpoint_every,
                     batch_size=args.batch_size, max_tiles=args.max_tiles, precision=args.precision,

@@ -8,12 +8,15 @@ two workers on different shards never touch the same files.
 
 Pipeline: a feeder thread pulls tiles from the imagery source (its own pool of `workers` concurrent
 fetch-and-decode threads) and stacks them into batches, at most `prefetch` batches ahead; the main thread
-runs the model on one batch while the next ones are fetched. So when I/O keeps up, the model never waits.
+hands each batch to the model's streams (Classifier.submit: on a CPU, two concurrent calls of half the CPUs
+each, see model.use_model_streams), keeping one more batch queued for each, while the next ones are fetched.
+So when I/O keeps up, the model never waits. Chunks are written in order, once their last batch is back.
 
 SIGTERM (a spot instance's two-minute notice, or Batch cancelling a job): the chunk being scored is
 finished and written, then the CLI exits with status 143, so that a retry resumes after it.
 """
 
+import collections
 import hashlib
 import os
 import queue
@@ -99,7 +102,7 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
             log(f"resuming: {skipped} chunks already in the store, {len(todo)} to score ({total_tiles:,} tiles)")
         stats = _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetch, progress, log)
         stats.update(chunks_existing=skipped, shards=len(ranges), shard=shard, tiles_in_job=cover.count, out=out,
-                     dtype_policy=classifier.policy)
+                     dtype_policy=classifier.policy, model_streams=classifier.streams)
         manifest = store.finalize({"last_run": {k: stats[k] for k in ("shard", "tiles_scored", "tiles_failed",
                                                                        "seconds", "tiles_per_second")}})
         stats["job_complete"] = manifest["complete"]
@@ -111,34 +114,53 @@ def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetc
     previous = _on_sigterm(lambda: (stop.set(), log("SIGTERM: finishing the current chunk, then stopping")))
     feed = _Feeder(source, [(s, c, *store.plan.chunk_tiles(s, c)) for s, c in todo], zoom, batch_size, prefetch)
     started = time.monotonic()
-    stats = {"chunks_written": 0, "tiles_scored": 0, "tiles_failed": 0, "bytes_written": 0, "model_seconds": 0.0,
-             "checkpoint_seconds": 0.0}
-    scored = 0
+    stats = {"chunks_written": 0, "tiles_scored": 0, "tiles_failed": 0, "bytes_written": 0, "checkpoint_seconds": 0.0}
+    scored, model_seconds = 0, classifier.model_seconds
+    # batches in the model, oldest first, at most classifier.streams of them: (chunk, offset, n, future); a chunk
+    # is written once its last batch is back, so chunks are written in order
+    in_model = collections.deque()
+    open_chunks = collections.deque()
+
+    def collect(keep):
+        nonlocal scored
+        while len(in_model) > keep:
+            chunk, offset, n, ok, future = in_model.popleft()
+            if future is not None:
+                p, pts = future.result()
+                idx = offset + np.flatnonzero(ok)
+                chunk.score[idx], chunk.cam[idx] = p, pts
+            chunk.waiting -= 1
+            scored += n
+            progress(scored, total_tiles, stage="tiles", shard=chunk.shard, chunk=chunk.chunk)
+            while open_chunks and open_chunks[0].complete and open_chunks[0].waiting == 0:
+                write(open_chunks.popleft())
+
+    def write(chunk):
+        t = time.monotonic()
+        written = store.write_chunk(chunk.shard, chunk.chunk, chunk.xs, chunk.ys, np.clip(chunk.score, 0, 1),
+                                    cam_x=np.clip(chunk.cam[:, 0], 0, 256), cam_y=np.clip(chunk.cam[:, 1], 0, 256),
+                                    errors=chunk.errors)
+        stats["checkpoint_seconds"] += time.monotonic() - t
+        stats["chunks_written"] += int(written.written)
+        stats["bytes_written"] += written.nbytes
+        stats["tiles_failed"] += len(chunk.errors)
+        stats["tiles_scored"] += len(chunk.xs) - len(chunk.errors)
+        if stop.is_set():
+            raise _Stopped()
+
     try:
         for (s, c, xs, ys), batches in feed.chunks():
-            score = np.full(len(xs), np.nan, np.float32)
-            cam = np.full((len(xs), 2), np.nan, np.float32)
-            errors = {}
+            chunk = _Chunk(s, c, xs, ys)
+            open_chunks.append(chunk)
             for offset, images, ok, reasons in batches:
-                t = time.monotonic()
-                if ok.any():
-                    p, pts = classifier.predict_with_points(images[ok], batch_size=batch_size)
-                    idx = offset + np.flatnonzero(ok)
-                    score[idx], cam[idx] = p, pts
-                stats["model_seconds"] += time.monotonic() - t
-                errors.update((offset + i, r) for i, r in enumerate(reasons) if r is not None)
-                scored += len(images)
-                progress(scored, total_tiles, stage="tiles", shard=s, chunk=c)
-            t = time.monotonic()
-            written = store.write_chunk(s, c, xs, ys, np.clip(score, 0, 1), cam_x=np.clip(cam[:, 0], 0, 256),
-                                        cam_y=np.clip(cam[:, 1], 0, 256), errors=errors)
-            stats["checkpoint_seconds"] += time.monotonic() - t
-            stats["chunks_written"] += int(written.written)
-            stats["bytes_written"] += written.nbytes
-            stats["tiles_failed"] += len(errors)
-            stats["tiles_scored"] += len(xs) - len(errors)
-            if stop.is_set():
-                raise _Stopped()
+                chunk.errors.update((offset + i, r) for i, r in enumerate(reasons) if r is not None)
+                collect(2 * classifier.streams - 1)  # room for this batch
+                future = classifier.submit(images[ok]) if ok.any() else None
+                in_model.append((chunk, offset, len(images), ok, future))
+                chunk.waiting += 1
+            chunk.complete = True
+            collect(2 * classifier.streams - 1)
+        collect(0)
     except _Stopped:
         raise Interrupted(f"stopped on SIGTERM after writing {stats['chunks_written']} chunks; run the same "
                           "command again to resume") from None
@@ -147,9 +169,21 @@ def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetc
         signal.signal(signal.SIGTERM, previous) if previous is not None else None
     seconds = time.monotonic() - started
     stats.update(seconds=round(seconds, 2), tiles_per_second=round(stats["tiles_scored"] / max(seconds, 1e-9), 1),
-                 model_seconds=round(stats["model_seconds"], 2),
+                 model_seconds=round(classifier.model_seconds - model_seconds, 2),
                  checkpoint_seconds=round(stats["checkpoint_seconds"], 3), chunks_todo=len(todo))
     return stats
+
+
+class _Chunk:
+    """One chunk's scores as its batches come back from the model."""
+
+    def __init__(self, shard, chunk, xs, ys):
+        self.shard, self.chunk, self.xs, self.ys = shard, chunk, xs, ys
+        self.score = np.full(len(xs), np.nan, np.float32)
+        self.cam = np.full((len(xs), 2), np.nan, np.float32)
+        self.errors = {}
+        self.waiting = 0  # batches in the model
+        self.complete = False  # every batch handed to the model
 
 
 class _Stopped(Exception):
