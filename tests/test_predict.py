@@ -87,6 +87,19 @@ def test_every_tile_is_scored_once_and_matches_the_model(reference, scene_tiles,
     assert np.isfinite(cams).all() and (cams >= 0).all() and (cams <= 256).all()
 
 
+def test_two_model_streams_give_every_batch_its_own_scores(scene_images, tiny_model):
+    from tower_detector.model import Classifier
+
+    tiles, images = scene_images
+    want_scores, want_points = Classifier(str(tiny_model[0])).predict_with_points(images, batch_size=4)
+    two = Classifier(str(tiny_model[0]))
+    two.streams = 2  # as use_model_streams sets it in a predict process; 16 batches over two threads
+    scores, points = two.predict_with_points(images, batch_size=4)
+    np.testing.assert_array_equal(scores, want_scores)  # the same threads per call, so the same arithmetic
+    np.testing.assert_array_equal(points, want_points)
+    assert len(np.unique(want_points, axis=0)) == len(images)  # a batch in another's place would show
+
+
 def test_mixed_precision_scores_agree_with_float32(reference, scene_images, tiny_model, sample_scene, tmp_path):
     from tower_detector.model import SLOW_BFLOAT16, Classifier, cpu_has_native_bfloat16
 
