@@ -116,8 +116,9 @@ def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetc
     started = time.monotonic()
     stats = {"chunks_written": 0, "tiles_scored": 0, "tiles_failed": 0, "bytes_written": 0, "checkpoint_seconds": 0.0}
     scored, model_seconds = 0, classifier.model_seconds
-    # batches in the model, oldest first, at most classifier.streams of them: (chunk, offset, n, future); a chunk
-    # is written once its last batch is back, so chunks are written in order
+    # batches handed to the model, oldest first: (chunk, offset, n, ok, future), at most two per stream (one it
+    # scores, one queued, so a stream never waits for the main thread); a chunk is written, in order, once its
+    # last batch is back
     in_model = collections.deque()
     open_chunks = collections.deque()
 
