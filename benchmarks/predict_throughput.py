@@ -40,7 +40,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from tower_detector.imagery import open_imagery  # noqa: E402
-from tower_detector.model import PRECISIONS, Classifier, build_model, check_params, use_model_streams, write_params  # noqa: E402
+from tower_detector.model import (  # noqa: E402
+    PRECISIONS,
+    Classifier,
+    build_model,
+    check_params,
+    use_model_streams,  # noqa: E402
+    write_params,
+)
 from tower_detector.predict import predict  # noqa: E402
 from tower_detector.sample import write_sample_scene  # noqa: E402
 from tower_detector.store import open_store  # noqa: E402

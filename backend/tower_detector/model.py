@@ -321,10 +321,10 @@ class Classifier:
             self.model = self._rebuilt_in(self.policy)
         self.image_size = self.params["image_size"]
         self._cam_model = None
+        self.model.make_predict_function()  # made once here: streams calling predict_on_batch at once would race
         self.streams = _MODEL_STREAMS
-        self._pool = None
-        self._lock = threading.Lock()  # building the CAM model, and a model's first call (it traces): one thread
-        self._called = set()
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.streams, thread_name_prefix="model")
+        self._lock = threading.Lock()  # building the CAM model; model_seconds
         self.model_seconds = 0.0  # in model calls, summed over the streams
 
     def _rebuilt_in(self, policy):
@@ -356,20 +356,12 @@ class Classifier:
     def submit(self, images, points=True):
         """Scores one batch (n, h, w, 3) uint8 on one of the `streams` model threads: a Future of
         (scores (n,), points (n, 2) or None)."""
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(self.streams, thread_name_prefix="model")
         return self._pool.submit(self._score, np.asarray(images), points)
 
     def _score(self, images, points):
         started = time.monotonic()
         model = self._cams() if points else self.model
-        x = images.astype(np.float32)
-        if id(model) in self._called:
-            out = model.predict_on_batch(x)
-        else:
-            with self._lock:
-                out = model.predict_on_batch(x)
-                self._called.add(id(model))
+        out = model.predict_on_batch(images.astype(np.float32))
         found = None
         if points:
             logits, out = out
@@ -387,6 +379,7 @@ class Classifier:
                 self._cam_model = keras.Model(self.model.inputs, [cells, self.model.output])
                 if self._xla:
                     self._cam_model.compile(jit_compile=True)
+                self._cam_model.make_predict_function()
         return self._cam_model
 
     def cell_logits(self, features):

@@ -119,7 +119,7 @@ def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetc
     # batches handed to the model, oldest first: (chunk, offset, n, ok, future), at most two per stream (one it
     # scores, one queued, so a stream never waits for the main thread); a chunk is written, in order, once its
     # last batch is back
-    in_model = collections.deque()
+    in_model, depth = collections.deque(), 2 * classifier.streams
     open_chunks = collections.deque()
 
     def collect(keep):
@@ -155,12 +155,12 @@ def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetc
             open_chunks.append(chunk)
             for offset, images, ok, reasons in batches:
                 chunk.errors.update((offset + i, r) for i, r in enumerate(reasons) if r is not None)
-                collect(2 * classifier.streams - 1)  # room for this batch
+                collect(depth - 1)  # room for this batch
                 future = classifier.submit(images[ok]) if ok.any() else None
                 in_model.append((chunk, offset, len(images), ok, future))
                 chunk.waiting += 1
             chunk.complete = True
-            collect(2 * classifier.streams - 1)
+            collect(depth - 1)
         collect(0)
     except _Stopped:
         raise Interrupted(f"stopped on SIGTERM after writing {stats['chunks_written']} chunks; run the same "
