@@ -60,7 +60,7 @@ def reference(tiny_model, sample_scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "store"
     proc, events = run("predict", "--model", tiny_model[0], "--imagery", sample_scene["imagery"], "--area",
                        sample_scene["area"], "--out", out, "--shards", 2, "--checkpoint-every", 10, "--batch-size",
-                       4, "--events")
+                       4, "--precision", "float32", "--events")  # float32 everywhere: the scores compare exactly
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out, events[-1]
 
@@ -101,10 +101,28 @@ def test_two_model_streams_give_every_batch_its_own_scores(scene_images, tiny_mo
     assert len(np.unique(batches, axis=0)) == 16
 
 
+def test_warm_up_traces_uncounted_and_padded_batches_score_as_unpadded(scene_images, tiny_model):
+    from tower_detector.model import Classifier
+
+    tiles, images = scene_images
+    classifier = Classifier(str(tiny_model[0]))
+    classifier.warm_up(8)
+    assert classifier.model_seconds == 0 and classifier.pad_to is None  # a CPU: any batch size, no padding
+    want_scores, want_points = classifier.predict_with_points(images[:3], batch_size=3)
+    assert classifier.model_seconds > 0
+    classifier.pad_to = 8  # as warm_up sets it on a GPU, where XLA would compile each batch size anew
+    scores, points = classifier.predict_with_points(images[:3], batch_size=3)
+    assert scores.shape == (3,) and points.shape == (3, 2)  # the padding's scores are dropped
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    np.testing.assert_allclose(points, want_points, atol=1e-4)
+
+
 def test_mixed_precision_scores_agree_with_float32(reference, scene_images, tiny_model, sample_scene, tmp_path):
     from tower_detector.model import SLOW_BFLOAT16, Classifier, cpu_has_native_bfloat16
 
-    assert reference[1]["dtype_policy"] == "float32"  # auto on a CPU: full precision
+    assert reference[1]["dtype_policy"] == "float32"  # as asked
+    assert Classifier(str(tiny_model[0]), precision="auto").policy == \
+        ("mixed_bfloat16" if cpu_has_native_bfloat16() else "float32")  # auto on a CPU: bfloat16 where native
     tiles, images = scene_images
     mixed = Classifier(str(tiny_model[0]), precision="mixed")
     assert mixed.policy == "mixed_bfloat16"
@@ -145,7 +163,7 @@ def test_killed_at_random_points_ends_identical_to_an_uninterrupted_run(referenc
     out = tmp_path / "store"
     args = [sys.executable, "-m", "tower_detector", "predict", "--model", str(tiny_model[0]), "--imagery",
             str(sample_scene["imagery"]), "--area", str(sample_scene["area"]), "--out", str(out), "--shards", "2",
-            "--checkpoint-every", "10", "--batch-size", "4", "--events"]
+            "--checkpoint-every", "10", "--batch-size", "4", "--precision", "float32", "--events"]
     rng = random.Random(5)
     kills = 0
     for _ in range(12):  # bounded: every run scores at least one chunk before its kill point
@@ -215,7 +233,7 @@ def test_s3_store_with_throttling_and_500s_loses_nothing(tiny_model, sample_scen
         env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url)
         proc, events = run("predict", "--model", tiny_model[0], "--imagery", sample_scene["imagery"], "--area",
                            sample_scene["area"], "--out", "s3://predict-jobs/scene", "--shards", 2,
-                           "--checkpoint-every", 10, "--batch-size", 4, "--events", env=env)
+                           "--checkpoint-every", 10, "--batch-size", 4, "--precision", "float32", "--events", env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert sum(proxy.injected.values()) >= 3
     got, _ = scores_of("s3://predict-jobs/scene")

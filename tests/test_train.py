@@ -204,15 +204,16 @@ def test_mixed_bfloat16_training_saves_a_float32_model(dataset, tmp_path):
 
 
 def test_precision_choices():
-    from tower_detector.model import dtype_policy, training_policy
+    from tower_detector.model import cpu_has_native_bfloat16, dtype_policy
 
-    assert training_policy("float32", gpu=True) == "float32"
-    assert training_policy("auto", gpu=True) == training_policy("mixed", gpu=True) == "mixed_float16"
-    assert training_policy("mixed", gpu=False) == "mixed_bfloat16"
-    assert training_policy("auto", gpu=False) in ("float32", "mixed_bfloat16")  # bfloat16 where it is native
-    assert dtype_policy("auto", gpu=False) == "float32"  # predict's auto on a CPU
+    assert dtype_policy("float32", gpu=True) == "float32"
+    assert dtype_policy("auto", gpu=True) == dtype_policy("mixed", gpu=True) == "mixed_float16"
+    assert dtype_policy("mixed", gpu=False, cpu_bfloat16=False) == "mixed_bfloat16"  # asked for: emulated
+    assert dtype_policy("auto", gpu=False, cpu_bfloat16=True) == "mixed_bfloat16"  # where it is native
+    assert dtype_policy("auto", gpu=False, cpu_bfloat16=False) == "float32"
+    assert dtype_policy("auto") == ("mixed_bfloat16" if cpu_has_native_bfloat16() else "float32")  # this CPU
     with pytest.raises(UserError, match="--precision must be one of"):
-        training_policy("half")
+        dtype_policy("half")
 
 
 def test_weights_file_is_loaded_into_the_base(dataset, tmp_path):

@@ -263,7 +263,8 @@ def build_parser():
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--max-tiles", type=int, default=100_000_000)
     sp.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed"],
-                    help="auto (default): mixed float16 on a GPU, float32 on a CPU; mixed: bfloat16 on a CPU too")
+                    help="auto (default): mixed float16 on a GPU, mixed bfloat16 on a CPU with AMX-BF16 or "
+                         "AVX512-BF16, else float32; mixed: bfloat16 on any CPU")
 
     sp = command("results", cmd_results, "Merge a results store into a heatmap, candidates and the seed's formats.")
     sp.add_argument("store", help="results store: a directory or s3://bucket/prefix")

@@ -247,22 +247,21 @@ def use_model_streams(streams=2):
 PRECISIONS = ("auto", "float32", "mixed")
 
 
-def dtype_policy(precision="auto", gpu=False, cpu_bfloat16=False):
-    """The Keras dtype policy for --precision: mixed float16 on a GPU (auto or mixed); mixed bfloat16 on a CPU when
-    asked (mixed), or under auto where cpu_bfloat16 says it pays; float32 otherwise, or when asked."""
+def dtype_policy(precision="auto", gpu=False, cpu_bfloat16=None):
+    """The Keras dtype policy for --precision, training and scoring alike. auto: mixed float16 on a GPU, mixed
+    bfloat16 on a CPU that computes it natively (cpu_bfloat16; None: this CPU), else float32. On a 2-core Intel
+    Xeon with AMX-BF16 bfloat16 trained 1.1-1.2x and scored 1.4x as fast as float32 (benchmarks/precision_speed.py),
+    on AMD Zen 4's AVX512-BF16 1.5x and 1.2x; scores stay within ~0.01 of float32's. mixed: bfloat16 on any CPU."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "float32":
         return "float32"
     if gpu:
         return "mixed_float16"
-    return "mixed_bfloat16" if precision == "mixed" or cpu_bfloat16 else "float32"
-
-
-def training_policy(precision="auto", gpu=False):
-    """Training's auto also takes bfloat16 on a CPU that computes it natively (faster than float32: 1.2x with
-    Intel's AMX-BF16, 1.5x with AMD Zen 4's AVX512-BF16; the saved model is float32 anyway)."""
-    return dtype_policy(precision, gpu, cpu_bfloat16=precision == "auto" and cpu_has_native_bfloat16())
+    if precision == "mixed":
+        return "mixed_bfloat16"
+    native = cpu_has_native_bfloat16() if cpu_bfloat16 is None else cpu_bfloat16
+    return "mixed_bfloat16" if native else "float32"
 
 
 def warn_if_slow_precision(policy, log):
@@ -303,8 +302,8 @@ class Classifier:
     """
 
     def __init__(self, model_dir, precision="float32"):
-        """precision: float32 (the default: full precision), auto (mixed float16 on a GPU, else float32),
-        or mixed (also bfloat16 on a CPU); the weights are the saved float32 ones in every case."""
+        """precision: float32 (the default: full precision), auto or mixed (dtype_policy); the weights are the
+        saved float32 ones in every case."""
         import keras
 
         self._xla = has_gpu()  # XLA-compiled inference where it pays: on a GPU
@@ -326,6 +325,7 @@ class Classifier:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.streams, thread_name_prefix="model")
         self._lock = threading.Lock()  # building the CAM model; model_seconds
         self.model_seconds = 0.0  # in model calls, summed over the streams
+        self.pad_to = None  # a smaller batch is padded to this size (warm_up sets it on a GPU)
 
     def _rebuilt_in(self, policy):
         """The same network built under a mixed dtype policy, with the saved weights."""
@@ -358,17 +358,35 @@ class Classifier:
         (scores (n,), points (n, 2) or None)."""
         return self._pool.submit(self._score, np.asarray(images), points)
 
+    def warm_up(self, batch_size, tile_size=256, points=True):
+        """Trace the model's graph before the scoring starts, so that no batch waits for it: the first call on a
+        fresh Classifier spends ~1 s tracing (a quarter of a 576-tile benchmark run on 2 CPUs). On a CPU, a second
+        call with another batch size makes TensorFlow trace for any batch size, so that a chunk's last, smaller
+        batch does not trace again; on a GPU, XLA compiles each batch size anew (seconds each), so smaller batches
+        are padded to batch_size instead. Not counted in model_seconds."""
+        blank = np.zeros((batch_size, tile_size, tile_size, 3), np.uint8)
+        seconds = self.model_seconds
+        self._score(blank, points)
+        if self._xla:
+            self.pad_to = batch_size
+        elif batch_size > 1:
+            self._score(blank[:1], points)
+        self.model_seconds = seconds
+
     def _score(self, images, points):
         started = time.monotonic()
         model = self._cams() if points else self.model
+        n = len(images)
+        if self.pad_to and n < self.pad_to:
+            images = np.concatenate([images, np.zeros((self.pad_to - n, *images.shape[1:]), images.dtype)])
         out = model.predict_on_batch(images.astype(np.float32))
         found = None
         if points:
             logits, out = out
-            found = cam_peaks(np.asarray(logits, np.float32)[..., 0], images.shape[2], images.shape[1])
+            found = cam_peaks(np.asarray(logits, np.float32)[:n, ..., 0], images.shape[2], images.shape[1])
         with self._lock:
             self.model_seconds += time.monotonic() - started
-        return np.asarray(out, np.float32).reshape(-1), found
+        return np.asarray(out, np.float32).reshape(-1)[:n], found
 
     def _cams(self):
         import keras

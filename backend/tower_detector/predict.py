@@ -100,6 +100,8 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
         skipped = sum(store.plan.chunk_count(s) for s in selected) - len(todo)
         if skipped:
             log(f"resuming: {skipped} chunks already in the store, {len(todo)} to score ({total_tiles:,} tiles)")
+        if todo:
+            classifier.warm_up(min(batch_size, total_tiles), source.tile_size)
         stats = _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetch, progress, log)
         stats.update(chunks_existing=skipped, shards=len(ranges), shard=shard, tiles_in_job=cover.count, out=out,
                      dtype_policy=classifier.policy, model_streams=classifier.streams)

@@ -31,9 +31,9 @@ from .model import (
     build_model,
     check_params,
     class_weight,
+    dtype_policy,
     has_gpu,
     set_trainable,
-    training_policy,
     warn_if_slow_precision,
     write_params,
 )
@@ -200,7 +200,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     with AMX-BF16 or AVX512-BF16), float32, or mixed. The saved model is float32 whatever it trained in, so it
     runs anywhere."""
     progress = progress or (lambda *a, **k: None)
-    training_policy(precision)  # a bad value fails before any work
+    dtype_policy(precision)  # a bad value fails before any work
     params = check_params(params or {})
     data = TrainingData(data_dir)
     train_split, val_split, test_split = data.roles(log)
@@ -214,7 +214,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     import tensorflow as tf
 
     gpu = has_gpu()
-    policy = training_policy(precision, gpu)
+    policy = dtype_policy(precision, gpu)
     keras.utils.set_random_seed(params["seed"])
     counts = {k: (int(len(v[1]) - v[1].sum()), int(v[1].sum())) for k, v in data.splits.items()}
     weights_by_class = class_weight(params["class_weight"], *counts[train_split])
