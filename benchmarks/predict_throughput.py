@@ -5,8 +5,9 @@
 
 One model (Xception at --image-size, untrained weights: speed does not depend on them) and one sample scene of
 N x N tiles, served by tests/tileserver.py on 127.0.0.1 with --latency seconds per request, from a separate
-process (as a real tile server is; it still shares the CPUs). Times exclude loading the model and tracing its graph (as predict's own clock does), and each
-timed run is repeated --repeats times, alternating, keeping the fastest. Prints:
+process (as a real tile server is; it still shares the CPUs). Times exclude loading the model and tracing its
+graph (as predict's own clock does), and each timed run is repeated --repeats times, alternating, keeping the
+fastest. Prints:
   (a) end-to-end `predict` tiles/s (fetch + decode + model + checkpoints) over model-only tiles/s on the same
       tiles already in memory, same batch size (goal >= 0.9), and the CPU time the loopback tile server took
       from the CPUs meanwhile (a real tile server runs elsewhere); and the CPU time per tile of the model alone,
