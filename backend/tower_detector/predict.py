@@ -56,7 +56,7 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
             log=print):
     """Score the cover's tiles (this shard's, or all) into the store `out`; returns the run's summary.
 
-    precision: auto (mixed float16 on a GPU, float32 on a CPU), float32, or mixed (also bfloat16 on a CPU)."""
+    precision: auto, float32 or mixed, as model.dtype_policy reads them (auto: bfloat16 on a CPU with it native)."""
     from .areas import load_area
     from .cover import TileCover, tile_cover
     from .imagery import open_imagery
