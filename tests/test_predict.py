@@ -277,3 +277,21 @@ def test_bad_models_stores_and_tile_lists(tiny_model, sample_scene, tmp_path):
                                                      "runs": []}))
     fails("--model", tiny_model[0], "--tiles", tmp_path / "empty.json", "--out", tmp_path / "s",
           message="holds no tiles")
+
+
+def test_a_batch_too_big_for_the_gpu_fails_before_any_chunk(tiny_model, sample_scene, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from tower_detector.events import UserError
+    from tower_detector.model import Classifier
+    from tower_detector.predict import predict
+
+    def out_of_memory(self, batch_size, tile_size=256, points=True):
+        # a GPU's out-of-memory error, which a CPU-only machine cannot produce without exhausting the host
+        raise tf.errors.ResourceExhaustedError(None, None, f"OOM when allocating tensor with shape[{batch_size}]")
+
+    monkeypatch.setattr(Classifier, "warm_up", out_of_memory)
+    with pytest.raises(UserError, match=r"out of memory scoring a batch of 64 tiles: try --batch-size 32$"):
+        predict(str(tiny_model[0]), str(sample_scene["imagery"]), str(tmp_path / "store"),
+                area=str(sample_scene["area"]), log=lambda *a, **k: None)
+    assert not list((tmp_path / "store").glob("chunks/*/*.npz"))  # nothing scored, nothing written

@@ -101,7 +101,7 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
         if skipped:
             log(f"resuming: {skipped} chunks already in the store, {len(todo)} to score ({total_tiles:,} tiles)")
         if todo:
-            classifier.warm_up(min(batch_size, total_tiles), source.tile_size)
+            _warm_up(classifier, min(batch_size, total_tiles), source.tile_size)
         stats = _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetch, progress, log)
         stats.update(chunks_existing=skipped, shards=len(ranges), shard=shard, tiles_in_job=cover.count, out=out,
                      dtype_policy=classifier.policy, model_streams=classifier.streams)
@@ -109,6 +109,17 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
                                                                        "seconds", "tiles_per_second")}})
         stats["job_complete"] = manifest["complete"]
         return stats
+
+
+def _warm_up(classifier, batch_size, tile_size):
+    """Trace the model before the clock starts; a batch too big for the GPU's memory fails here, before any work."""
+    import tensorflow as tf
+
+    try:
+        classifier.warm_up(batch_size, tile_size)
+    except tf.errors.ResourceExhaustedError:
+        raise UserError(f"out of memory scoring a batch of {batch_size} tiles: try --batch-size "
+                        f"{max(batch_size // 2, 1)}") from None
 
 
 def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetch, progress, log):
