@@ -2,7 +2,9 @@
 location."""
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,31 @@ def tiny_model(training_set, tmp_path_factory):
     return out, train(str(training_set), str(out), TINY_TRAINING, weights="none", log=lambda *a: None)
 
 
+def _this_process_qgis_temp_dirs():
+    """The empty QTemporaryDirs (QGIS3-XXXXXX: QgsSourceCache's, the project archive's) that this process's
+    QgsApplication made; pytest-qgis starts it before this file is imported. Their destructors would remove them,
+    but QGIS is never torn down in tests (qgis_disable_exit, and os._exit below), so they are removed at the end.
+    Ours: made by this user since this process started."""
+    try:
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        with open("/proc/self/stat") as f:
+            started = boot + int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError):
+        return []
+    found = []
+    for path in Path(tempfile.gettempdir()).glob("QGIS3-??????"):
+        try:
+            st = path.stat()
+            if st.st_uid == os.getuid() and st.st_mtime >= started - 1 and not any(path.iterdir()):
+                found.append(path)
+        except OSError:
+            continue
+    return found
+
+
+_qgis_temp_dirs = _this_process_qgis_temp_dirs()
+
 # QGIS (pytest-qgis) and TensorFlow share this process only in tests; the plugin never loads TensorFlow. Once
 # both are loaded, tearing down QGIS or the interpreter segfaults in their native code, after every test has
 # run and reported. So when TensorFlow was loaded, leave with the session's status and skip that teardown.
@@ -95,6 +122,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
+    for path in _qgis_temp_dirs:
+        shutil.rmtree(path, ignore_errors=True)
     if "tensorflow" in sys.modules:
         sys.stdout.flush()
         sys.stderr.flush()
