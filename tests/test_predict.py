@@ -75,6 +75,7 @@ def test_every_tile_is_scored_once_and_matches_the_model(reference, scene_tiles,
     # the CLI splits a CPU-only machine's CPUs into two concurrent model calls; in this process TensorFlow is
     # running already, so here it keeps one (and the scores agree below)
     assert result["model_streams"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    assert result["warm_up_seconds"] > 0  # tracing the graph, outside the run's seconds
     assert isinstance(result["checkpoint_seconds"], float)  # reported, and its share in the summary line:
     assert f"{100 * result['checkpoint_seconds'] / result['seconds']:.1f} % of the time writing checkpoints" in \
         result["message"]
