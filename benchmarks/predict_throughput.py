@@ -181,10 +181,11 @@ def main():
               f"took {server_cpu:.1f} CPU-s of the run's {ours_s:.1f} s x {os.cpu_count()} CPUs "
               f"({100 * server_cpu / (ours_s * os.cpu_count()):.0f} %)", flush=True)
         # sharing the same CPUs, a tile costs the model's CPU time plus the fetch's (and here the tile server's)
+        ceiling = model_ms / (model_ms + fetch_ms + fetch_server_ms)
         print(f"    CPU per tile: model {model_ms:.2f} ms, fetch + decode {fetch_ms:.2f} ms (fetch alone "
               f"{fetch_only:.0f} tiles/s), the loopback tile server {fetch_server_ms:.2f} ms; where the CPUs are all "
-              f"busy the ratio is at most {model_ms / (model_ms + fetch_ms + fetch_server_ms):.2f}, "
-              f"{model_ms / (model_ms + fetch_ms):.2f} with the tile server elsewhere", flush=True)
+              f"busy the ratio is at most {ceiling:.2f}, {model_ms / (model_ms + fetch_ms):.2f} with the tile server "
+              f"elsewhere; predict reached {100 * ours / model_only / ceiling:.0f} % of that", flush=True)
 
         t = time.perf_counter()
         seed_scores, seed_saves = seed_loop(server, tiles, classifier, os.path.join(work, "seed.json"),
