@@ -100,14 +100,14 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
         skipped = sum(store.plan.chunk_count(s) for s in selected) - len(todo)
         if skipped:
             log(f"resuming: {skipped} chunks already in the store, {len(todo)} to score ({total_tiles:,} tiles)")
-        warm_up = time.monotonic()
+        warm_up_started = time.monotonic()
         if todo:
             _warm_up(classifier, min(batch_size, total_tiles), source.tile_size)
-        warm_up = time.monotonic() - warm_up
+        warm_up_seconds = time.monotonic() - warm_up_started
         stats = _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetch, progress, log)
         stats.update(chunks_existing=skipped, shards=len(ranges), shard=shard, tiles_in_job=cover.count, out=out,
                      dtype_policy=classifier.policy, model_streams=classifier.streams,
-                     warm_up_seconds=round(warm_up, 2))
+                     warm_up_seconds=round(warm_up_seconds, 2))
         manifest = store.finalize({"last_run": {k: stats[k] for k in ("shard", "tiles_scored", "tiles_failed",
                                                                        "seconds", "tiles_per_second")}})
         stats["job_complete"] = manifest["complete"]
