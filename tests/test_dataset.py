@@ -71,6 +71,27 @@ def test_tower_tiles_are_labelled_positive(dataset, sample_scene):
     assert summary["towers_in_area"] == len(towers)
 
 
+def test_tower_positions_stand_on_the_rendered_steel(dataset, sample_scene):
+    """towers.csv gives every tower tile its towers in tile pixels; the scene's own rendering (its tower-steel
+    mask, drawn again here) has steel at each of them, and a background tile has none listed."""
+    from tower_detector.sample import plan_scene, render_scene
+
+    out, _ = dataset
+    rows = {r["tile_id"]: r for r in read_index(out)}
+    with open(out / "towers.csv") as f:
+        towers = list(csv.DictReader(f))
+    assert {t["tile_id"] for t in towers} == {k for k, r in rows.items() if r["label"] == "1"}
+    _, steel = render_scene(plan_scene(8, 8, seed=3))
+    x0, y0 = sample_scene["info"]["tile_range"]["x"][0], sample_scene["info"]["tile_range"]["y"][0]
+    for t in towers:
+        row = rows[t["tile_id"]]
+        u = (int(row["x"]) - x0) * 256 + float(t["px"])
+        v = (int(row["y"]) - y0) * 256 + float(t["py"])
+        near = steel[max(int(v) - 12, 0):int(v) + 13, max(int(u) - 12, 0):int(u) + 13]
+        assert near.any(), f"no tower steel within 12 px of {t}"
+        assert -6 <= float(t["px"]) <= 262 and -6 <= float(t["py"]) <= 262
+
+
 def test_splits_are_spatially_separated(dataset):
     out, _ = dataset
     where = {(int(r["x"]), int(r["y"])): r["split"] for r in read_index(out)}

@@ -109,6 +109,79 @@ def test_augmentation_keeps_the_fine_detail_of_a_tower(tmp_path):
     assert detail(training=True) > 0.75 * detail(training=False)
 
 
+def _bright_square_dataset(folder, n=24):
+    """A dataset of tiles with one bright 20-px square each (a "tower", listed in towers.csv) on grey, except
+    every fourth tile: a background tile. Returns {tile path: (px, py) or None}."""
+    rng = np.random.default_rng(5)
+    (folder / "tiles").mkdir(parents=True)
+    rows, towers, truth = [], [], {}
+    for i in range(n):
+        image = np.full((256, 256, 3), 90, np.uint8)
+        tower = i % 4 != 0
+        if tower:
+            px, py = rng.uniform(20, 236, 2)
+            image[int(py) - 10:int(py) + 10, int(px) - 10:int(px) + 10] = 250
+            towers.append(f"t{i},{px:.2f},{py:.2f}")
+        Image.fromarray(image).save(folder / "tiles" / f"t{i}.png")
+        rows.append(f"t{i},{i},0,18,train,{int(tower)},tiles/t{i}.png")
+        truth[str(folder / "tiles" / f"t{i}.png")] = (px, py) if tower else None
+    (folder / "index.csv").write_text("tile_id,x,y,z,split,label,path\n" + "\n".join(rows) + "\n")
+    (folder / "towers.csv").write_text("tile_id,px,py\n" + "\n".join(towers) + "\n")
+    return truth
+
+
+def test_tower_cells_move_with_the_augmented_tile(tmp_path):
+    """The point loss's targets ride through the flips, turns, rotations and zoom with the image: in every
+    augmented tower tile the brightest cell (where the square went) is a tower cell, and background tiles have
+    none. A tower tile that towers.csv does not list is left out of the point loss (known 0), not taught empty."""
+    from tower_detector.train import TrainingData, tf_dataset
+
+    _bright_square_dataset(tmp_path)
+    lines = (tmp_path / "towers.csv").read_text().splitlines()
+    (tmp_path / "towers.csv").write_text("\n".join(lines[:-1]) + "\n")  # t23's tower unlisted
+    data = TrainingData(tmp_path)
+    for training in (False, True):
+        (images, cells, known), y = next(iter(tf_dataset(data, "train", 96, 24, training=training, seed=2,
+                                                         point_grid=(6, 6))))
+        images, cells, known = np.asarray(images), np.asarray(cells)[..., 0], np.asarray(known)
+        assert images.shape == (24, 96, 96, 3) and cells.shape == (24, 6, 6)
+        order = np.asarray(y).astype(int)  # shuffled when training: the labels come along
+        assert known.sum() == 23
+        brightness = images.mean(axis=-1).reshape(24, 6, 16, 6, 16).mean(axis=(2, 4))
+        for i in range(24):
+            if order[i] == 0:
+                assert cells[i].sum() == 0
+            elif known[i]:
+                assert 1 <= cells[i].sum() <= 4
+                assert cells[i].flat[brightness[i].argmax()] == 1
+
+
+def test_point_loss_joins_the_training_loss_and_stays_out_of_the_saved_model(tmp_path):
+    """With towers.csv the point loss is added to what is minimised (its weight shows in the training loss);
+    the saved model is the classifier alone. Without towers.csv the training says so and goes on without it."""
+    from tower_detector.train import train
+
+    _bright_square_dataset(tmp_path / "ds", n=40)
+    index = (tmp_path / "ds" / "index.csv").read_text().splitlines()
+    rows = [index[0]] + [line.replace(",train,", ",val," if i < 32 else ",test,") if i >= 24 else line
+                         for i, line in enumerate(index[1:])]
+    (tmp_path / "ds" / "index.csv").write_text("\n".join(rows) + "\n")
+    params = dict(TINY, epochs_phase1=0, epochs_phase2=1)
+    losses = {}
+    for weight in (0.0, 50.0):
+        train(str(tmp_path / "ds"), str(tmp_path / f"m{weight}"), dict(params, point_loss_weight=weight),
+              weights="none", progress=lambda *a, w=weight, **k: losses.update({w: k["loss"]}), log=lambda *a: None)
+    assert losses[50.0] > losses[0.0] + 5  # ~0.7 a tile from the class loss; 50 x ~0.2 more from the points
+    model = Classifier(str(tmp_path / "m50.0")).model
+    assert "point_head" not in {layer.name for layer in model.layers}
+    assert [layer.name for layer in model.layers][-4:] == ["pool", "dense", "dropout", "tower"]
+
+    (tmp_path / "ds" / "towers.csv").unlink()
+    said = []
+    train(str(tmp_path / "ds"), str(tmp_path / "m-none"), params, weights="none", log=said.append)
+    assert any("no tower positions" in m and "without the point loss" in m for m in said)
+
+
 def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dataset):
     out, result = trained
     for name in ("model.keras", "params.json", "metrics.json", "test_scores.csv", "roc.png", "scores.png"):

@@ -6,6 +6,7 @@ Output directory:
   data.npz       x_<split> (n, 256, 256, 3) uint8 and y_<split> (n, 2) one-hot, per split (label-maker's)
   tiles/         one PNG per tile, x-y-z.png (lossless copies of what the model sees)
   index.csv      tile_id, x, y, z, split, label, path: the list training streams from
+  towers.csv     tile_id, px, py: where each tower tile's towers stand, in tile pixels (for the point loss)
   dataset.json   the summary: counts per split, skipped tiles and why, sources, block size, fingerprint
 
 Splits are spatially blocked: tiles are grouped in blocks of block_size x block_size tiles, whole blocks go
@@ -28,15 +29,16 @@ import numpy as np
 from PIL import Image
 
 from .areas import load_area
-from .cover import tile_cover
+from .cover import lonlat_to_tile_space, tile_cover
 from .events import UserError
 from .labels import positive_tiles
-from .tilemath import tile_id
+from .tilemath import TILE_SIZE, tile_id
 
 DEFAULT_SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 TOWER_CLASS = {"name": "tower", "filter": ["==", "power", "tower"]}
 SPAN_LINES = "power=line"  # the lines whose spans give negatives (HV: minor lines hang on poles, not towers)
 SNAP_DEGREES = 1e-7  # a line vertex this close to a tower point is that tower (in OSM: the same node)
+TOWER_MARGIN = 6  # towers.csv keeps towers this far (pixels) outside a tile: label-maker's 5-px buffer, rounded up
 SPAN_CLEARANCE = 0.2  # span tiles keep this far (tiles, ~30 m at zoom 18) from every tower: legs, shadow
 
 
@@ -112,6 +114,7 @@ def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, 
     with open_imagery(imagery, cache_dir=cache_dir, concurrency=concurrency) as source:
         written, skipped = _write_tiles(out, source, tiles, labels, split_of, splits, zoom, progress)
 
+    write_tower_pixels(os.path.join(out, "towers.csv"), points, written, zoom)
     summary = _summarise(out, written, skipped, splits, zoom, seed, block_size, background_ratio, tower_filter,
                          points, source.description, towers, area, extra_labels, len(hard_negatives),
                          span_negatives, len(spans))
@@ -293,6 +296,30 @@ def _write_tiles(out, source, tiles, labels, split_of, splits, zoom, progress):
         reasons = sorted({s["reason"] for s in skipped})[:3]
         raise UserError(f"no imagery could be read for any of the {total} tiles ({'; '.join(reasons)})")
     return written, skipped
+
+
+def write_tower_pixels(path, points, written, zoom):
+    """towers.csv: tile_id, px, py of every tower in each written tile (tile pixels, x right, y down; a tower
+    just over the edge that label-maker counts in the tile lies a few pixels outside 0..256). Training uses
+    these positions for its point loss; the tile labels stay label-maker's."""
+    fx, fy = lonlat_to_tile_space(points.lon, points.lat, zoom)
+    by_tile = {}
+    for px, py in zip(fx, fy):
+        by_tile.setdefault((int(np.floor(px)), int(np.floor(py))), []).append((px, py))
+    rows = []
+    for tid, x, y, _, _, label, _ in written:
+        if not label:
+            continue
+        for dx in (-1, 0, 1):  # the tower may stand in a neighbour, within label-maker's buffer
+            for dy in (-1, 0, 1):
+                for px, py in by_tile.get((x + dx, y + dy), ()):
+                    u, v = (px - x) * TILE_SIZE, (py - y) * TILE_SIZE
+                    if max(-u, -v, u - TILE_SIZE, v - TILE_SIZE) <= TOWER_MARGIN:
+                        rows.append((tid, round(u, 2), round(v, 2)))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["tile_id", "px", "py"])
+        writer.writerows(rows)
 
 
 def _write_npz(path, tmp, splits, counts, written):

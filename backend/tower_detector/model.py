@@ -55,6 +55,7 @@ DEFAULT_PARAMS = {
     "reduce_lr_patience": 2,
     "reduce_lr_factor": 0.3,
     "warmup_epochs": 2,
+    "point_loss_weight": 1.0,
     "seed": 0,
 }
 _INITS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal")
@@ -66,7 +67,8 @@ _RANGES = {
     "freeze_cutoff": (int, 0, XCEPTION_LAYERS), "dense_size": (int, 1, 8192), "dropout": (float, 0.0, 0.95),
     "epochs_phase1": (int, 0, 1000), "epochs_phase2": (int, 0, 1000), "batch_size": (int, 1, 4096),
     "image_size": (int, 71, 1024), "early_stopping_patience": (int, 1, 1000), "reduce_lr_patience": (int, 1, 1000),
-    "reduce_lr_factor": (float, 0.01, 0.99), "warmup_epochs": (float, 0, 1000), "seed": (int, 0, 2**31 - 1),
+    "reduce_lr_factor": (float, 0.01, 0.99), "warmup_epochs": (float, 0, 1000),
+    "point_loss_weight": (float, 0, 100), "seed": (int, 0, 2**31 - 1),
 }
 
 

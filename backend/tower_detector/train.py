@@ -40,6 +40,10 @@ from .model import (
 
 TILE = 256
 MONITOR = "val_auc"
+FAR = -1e4  # a padding tower position, far off every tile
+POINT_LAYER = "block13_sepconv2_bn"  # the point loss's feature map: the last at 1/16 of the input (6 x 6 at 96 px)
+POINT_RADIUS = 12  # pixels of the 256-px tile around a tower point that count as the tower (it is ~20 px across)
+POINT_POSITIVE_WEIGHT = 10.0  # a tower covers ~1 of 36 cells: its cells weigh this much more in the point loss
 
 
 # --- the dataset --------------------------------------------------------------------------------------------
@@ -60,6 +64,32 @@ class TrainingData:
             raise UserError(f"{data_dir} is not a dataset: it has neither index.csv nor data.npz "
                             "(build one with tower-detector dataset)")
         self.fingerprint = self._fingerprint(index if not self.in_memory else npz)
+        towers = os.path.join(data_dir, "towers.csv")
+        self.points = self._tower_points(towers) if os.path.isfile(towers) and not self.in_memory else None
+
+    def _tower_points(self, path):
+        """{split: (n, K, 2) float32 tower pixels per tile, padded far outside; (n,) bool: the tile's towers are
+        known}. A tower tile without positions (a reviewed tower, an older dataset) is left out of the point
+        loss rather than taught that it holds nothing."""
+        by_tile = {}
+        try:
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    by_tile.setdefault(row["tile_id"], []).append((float(row["px"]), float(row["py"])))
+        except (OSError, KeyError, ValueError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+        k = max([len(v) for v in by_tile.values()] + [1])
+        out = {}
+        for name, (paths, labels) in self.splits.items():
+            points = np.full((len(paths), k, 2), FAR, np.float32)
+            known = labels == 0
+            for i, p in enumerate(paths):
+                found = by_tile.get(os.path.basename(p).rsplit(".", 1)[0], ())
+                if found:
+                    points[i, :len(found)] = found
+                    known[i] = True
+            out[name] = (points, known)
+        return out
 
     def _from_index(self, path):
         splits = {}
@@ -144,21 +174,33 @@ class TrainingData:
         return "train", val, test
 
 
-def tf_dataset(data, split, image_size, batch_size, *, training, seed=0):
-    """A tf.data pipeline: read + decode (parallel), augment (training), resize, batch, prefetch."""
+def tf_dataset(data, split, image_size, batch_size, *, training, seed=0, point_grid=None):
+    """A tf.data pipeline: read + decode (parallel), augment (training), resize, batch, prefetch.
+
+    point_grid (rows, cols): also yield, as inputs beside the image, each tile's tower cells on that grid (1
+    where a tower stands, moved with the image by the augmentation) and whether they are known."""
     import tensorflow as tf
 
     source, labels = data.splits[split]
-    ds = tf.data.Dataset.from_tensor_slices((source, labels.astype(np.float32)))
+    points, known = data.points[split] if point_grid else (np.zeros((len(labels), 1, 2), np.float32),
+                                                          np.zeros(len(labels), bool))
+    ds = tf.data.Dataset.from_tensor_slices((source, points, known.astype(np.float32), labels.astype(np.float32)))
     if training:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
 
-    def load(item, label):
+    def load(item, tower_points, tile_known, label):
         image = item if data.in_memory else tf.io.decode_png(tf.io.read_file(item), channels=3)
-        return tf.cast(tf.ensure_shape(image, (TILE, TILE, 3)), tf.float32), label
+        image = tf.cast(tf.ensure_shape(image, (TILE, TILE, 3)), tf.float32)
+        if point_grid:  # the tower mask rides along as a fourth channel through the augmentation
+            image = tf.concat([image, _tower_mask(tower_points)], axis=-1)
+        return image, tile_known, label
 
-    def resize(image, label):
-        return tf.image.resize(image, (image_size, image_size), antialias=True), label
+    def resize(image, tile_known, label):
+        image = tf.image.resize(image, (image_size, image_size), antialias=True)
+        if not point_grid:
+            return image, label
+        cells = tf.image.resize(image[..., 3:], point_grid, method="area")
+        return (image[..., :3], tf.cast(cells > 0.02, tf.float32), tile_known), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if training:
@@ -166,22 +208,34 @@ def tf_dataset(data, split, image_size, batch_size, *, training, seed=0):
         # interpolate a second time there and blur the one or two pixels that a tower's members cover
         geometric = _geometric_augmentation(seed)
         ds = ds.map(_augment_one, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-        ds = ds.map(lambda x, y: (geometric(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, k, y: (geometric(x, training=True), k, y), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _augment_one(image, label):
+def _tower_mask(tower_points):
+    """(TILE, TILE, 1) float32: 255 within POINT_RADIUS of any tower point, else 0."""
+    import tensorflow as tf
+
+    centres = tf.range(TILE, dtype=tf.float32) + 0.5
+    dx = centres[None, :, None] - tower_points[None, None, :, 0]
+    dy = centres[:, None, None] - tower_points[None, None, :, 1]
+    inside = tf.reduce_any(dx * dx + dy * dy <= POINT_RADIUS**2, axis=-1)
+    return tf.cast(inside, tf.float32)[..., None] * 255.0
+
+
+def _augment_one(image, tile_known, label):
     import tensorflow as tf
 
     image = tf.image.random_flip_left_right(image)
     image = tf.image.random_flip_up_down(image)
     image = tf.image.rot90(image, tf.random.uniform((), 0, 4, dtype=tf.int32))
-    image = tf.image.random_brightness(image, 0.1 * 255)
-    image = tf.image.random_contrast(image, 0.8, 1.2)
-    return tf.clip_by_value(image, 0.0, 255.0), label
+    rgb, mask = image[..., :3], image[..., 3:]  # the tower mask (if any) moves, but is not recoloured
+    rgb = tf.image.random_brightness(rgb, 0.1 * 255)
+    rgb = tf.image.random_contrast(rgb, 0.8, 1.2)
+    return tf.concat([tf.clip_by_value(rgb, 0.0, 255.0), mask], axis=-1), tile_known, label
 
 
 def _geometric_augmentation(seed):
@@ -226,9 +280,17 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
         log(f"from scratch, phase 1's {params['epochs_phase1']} epoch(s) train a top over a random frozen base, which "
             "learnt nothing on the synthetic benchmark (validation AUC 0.50): --epochs-top 0 gives them to phase 2")
     size, batch = params["image_size"], params["batch_size"]
-    train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"])
-    val_ds = tf_dataset(data, val_split, size, batch, training=False)
     model, base = build_model(params, weights, policy)  # the model only: input and augmentation stay float32
+    fit_model, grid = model, None
+    if params["point_loss_weight"] and data.points is None:
+        log("the dataset has no tower positions (towers.csv; rebuild it with tower-detector dataset): training "
+            "without the point loss")
+    elif params["point_loss_weight"]:
+        grid = tuple(base.get_layer(POINT_LAYER).output.shape[1:3])
+        fit_model = _with_point_loss(model, base, params["point_loss_weight"], pretrained=weights != "none")
+    train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"],
+                          point_grid=grid)
+    val_ds = tf_dataset(data, val_split, size, batch, training=False, point_grid=grid)
     total = params["epochs_phase1"] + params["epochs_phase2"]
     ckpt = os.path.join(out, "checkpoints")
     os.makedirs(ckpt, exist_ok=True)
@@ -243,14 +305,15 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
             if phase == 2 and state.get("phase1_done") and os.path.exists(os.path.join(ckpt, "phase1.weights.h5")):
                 model.load_weights(os.path.join(ckpt, "phase1.weights.h5"))
             set_trainable(model, base, phase, params["freeze_cutoff"])
-            model.compile(optimizer=_optimizer(params, lr), loss="binary_crossentropy",
-                          metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
-                          jit_compile=gpu)
+            fit_model.compile(optimizer=_optimizer(params, lr), loss="binary_crossentropy",
+                              metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+                              jit_compile=gpu)
             if epochs:
                 offset = 0 if phase == 1 else params["epochs_phase1"]
                 steps = -(-sum(counts[train_split]) // batch)  # per epoch
-                callbacks = _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps)
-                model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights_by_class,
+                callbacks = _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps,
+                                       model)
+                fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights_by_class,
                           verbose=0, shuffle=False, callbacks=callbacks)  # tf.data shuffles
             if phase == 1:
                 model.save_weights(os.path.join(ckpt, "phase1.weights.h5"))
@@ -300,6 +363,35 @@ def _write_test_scores(path, data, split, scores):
         writer.writerows((n, int(lab), f"{s:.9g}") for n, lab, s in zip(names, labels, scores))
 
 
+def _with_point_loss(model, base, weight, pretrained):
+    """The classifier for fitting, with the point loss: a 1x1 convolution on the base's POINT_LAYER map predicts
+    which cells hold a tower, against the cells the dataset's tower positions give (weighted binary
+    cross-entropy, added to the tile loss while training). It shares every layer with `model`, which is what is
+    saved; the head is dropped then. Inputs: tile, tower cells, known; output: the tile's P(tower)."""
+    import keras
+
+    class PointLoss(keras.layers.Layer):
+        def call(self, inputs, training=None):
+            tower, logits, cells, known = inputs
+            if training:
+                cost = keras.ops.binary_crossentropy(cells, logits, from_logits=True)
+                cost = keras.ops.mean(cost * (1.0 + (POINT_POSITIVE_WEIGHT - 1.0) * cells), axis=(1, 2, 3))
+                self.add_loss(weight * keras.ops.sum(cost * known) / keras.ops.maximum(keras.ops.sum(known), 1.0))
+            return tower
+
+    point_map = base.get_layer(POINT_LAYER).output
+    trunk = keras.Model(base.inputs, [base.output, point_map], name="trunk")
+    tile = keras.Input((None, None, 3), name="tile")
+    cells = keras.Input(tuple(point_map.shape[1:3]) + (1,), name="tower_cells")
+    known = keras.Input((), name="known")
+    x = model.get_layer("xception_scale")(model.get_layer("resize")(tile))
+    features, point_features = trunk(x, training=False) if pretrained else trunk(x)
+    for name in ("pool", "dense", "dropout", "tower"):
+        features = model.get_layer(name)(features)
+    logits = keras.layers.Conv2D(1, 1, dtype="float32", name="point_head")(point_features)
+    return keras.Model([tile, cells, known], PointLoss(name="point_loss")([features, logits, cells, known]))
+
+
 def _copy_weights(source, target):
     target.set_weights(source.get_weights())
     return target
@@ -315,8 +407,9 @@ def _optimizer(params, lr):
     return keras.optimizers.Adam(learning_rate=lr)
 
 
-def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps_per_epoch):
-    """The phase's callbacks; in phase 2 the rate rises linearly to `lr` over its first warmup_epochs."""
+def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps_per_epoch, classifier):
+    """The phase's callbacks; in phase 2 the rate rises linearly to `lr` over its first warmup_epochs. The best
+    epoch keeps `classifier`'s weights (the model being fitted may carry the point loss's head too)."""
     import keras
 
     class Warmup(keras.callbacks.Callback):
@@ -339,7 +432,7 @@ def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_ru
         def on_epoch_end(self, epoch, logs=None):
             logs = {k: round(float(v), 5) for k, v in (logs or {}).items()}
             epochs_run.append(offset + epoch + 1)
-            best.update(self.model, phase, offset + epoch + 1, logs.get(MONITOR))
+            best.update(classifier, phase, offset + epoch + 1, logs.get(MONITOR))
             progress(offset + epoch + 1, total, stage="epochs", phase=phase, epoch=offset + epoch + 1, **logs)
             log(f"phase {phase} epoch {offset + epoch + 1}/{total}: " + ", ".join(f"{k} {v}" for k, v in logs.items()))
 
