@@ -314,7 +314,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
                 callbacks = _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps,
                                        model)
                 fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights_by_class,
-                          verbose=0, shuffle=False, callbacks=callbacks)  # tf.data shuffles
+                              verbose=0, shuffle=False, callbacks=callbacks)  # tf.data shuffles
             if phase == 1:
                 model.save_weights(os.path.join(ckpt, "phase1.weights.h5"))
                 _save_state(out, dict(state, phase1_done=True))
