@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from tower_detector.model import build_model, check_params, cpu_has_native_bfloat16, has_gpu, training_policy
+from tower_detector.model import build_model, check_params, cpu_has_native_bfloat16, dtype_policy, has_gpu
 
 
 def device_name():
@@ -61,7 +61,7 @@ def main():
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
-    mixed = training_policy("mixed", has_gpu())
+    mixed = dtype_policy("mixed", has_gpu())
     best = {"float32": (0.0, 0.0), mixed: (0.0, 0.0)}
     for _ in range(args.repeats):
         for policy in best:
