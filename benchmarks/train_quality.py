@@ -96,6 +96,8 @@ def main():
     p.add_argument("--epochs-top", type=int, default=2)
     p.add_argument("--epochs-fine", type=int, default=14)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--background-ratio", type=float, default=3.0,
+                   help="background tiles per tower tile in the training dataset (dataset --background-ratio)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="as train --precision (auto: mixed bfloat16 on a CPU with AMX-BF16 or AVX512-BF16)")
     p.add_argument("--params", help="JSON of hyperparameters over the defaults (to try recipes for training from "
@@ -112,11 +114,11 @@ def main():
     say(f"scenes: {time.monotonic() - t:.0f} s")
 
     t = time.monotonic()
-    data = os.path.join(work, "dataset")
+    data = os.path.join(work, "dataset" if args.background_ratio == 3 else f"dataset-bg{args.background_ratio:g}")
     if not os.path.exists(os.path.join(data, "dataset.json")):
         build_dataset(os.path.join(train_scene, "area.geojson"), os.path.join(train_scene, "towers.geojson"),
                       os.path.join(train_scene, "scene.tif"), data, splits=parse_splits("0.8,0.1,0.1"), seed=1,
-                      block_size=8, log=lambda *a: None)
+                      block_size=8, background_ratio=args.background_ratio, log=lambda *a: None)
     with open(os.path.join(data, "dataset.json")) as f:
         ds = json.load(f)
     say(f"dataset: {ds['tiles']} tiles " + ", ".join(f"{k} {v['tiles']} ({v['tower']} tower)"
@@ -124,7 +126,8 @@ def main():
         + f"; {time.monotonic() - t:.0f} s")
 
     model_dir = os.path.join(work, ("model" if not args.params else "model-" + os.path.basename(args.params)[:-5])
-                             + ("" if args.precision == "auto" else "-" + args.precision))
+                             + ("" if args.precision == "auto" else "-" + args.precision)
+                             + ("" if args.background_ratio == 3 else f"-bg{args.background_ratio:g}"))
     params = json.loads(open(args.params).read()) if args.params else {}
     params.update({"image_size": args.image_size, "epochs_phase1": args.epochs_top, "epochs_phase2": args.epochs_fine,
                    "batch_size": args.batch_size})

@@ -141,19 +141,22 @@ def test_tower_cells_move_with_the_augmented_tile(tmp_path):
     (tmp_path / "towers.csv").write_text("\n".join(lines[:-1]) + "\n")  # t23's tower unlisted
     data = TrainingData(tmp_path)
     for training in (False, True):
-        (images, cells, known), y = next(iter(tf_dataset(data, "train", 96, 24, training=training, seed=2,
-                                                         point_grid=(6, 6))))
-        images, cells, known = np.asarray(images), np.asarray(cells)[..., 0], np.asarray(known)
-        assert images.shape == (24, 96, 96, 3) and cells.shape == (24, 6, 6)
+        (images, fine, coarse, known), y = next(iter(tf_dataset(data, "train", 96, 24, training=training, seed=2,
+                                                                point_grids=[(12, 12), (6, 6)])))
+        images, known = np.asarray(images), np.asarray(known)
+        assert images.shape == (24, 96, 96, 3)
         order = np.asarray(y).astype(int)  # shuffled when training: the labels come along
         assert known.sum() == 23
-        brightness = images.mean(axis=-1).reshape(24, 6, 16, 6, 16).mean(axis=(2, 4))
-        for i in range(24):
-            if order[i] == 0:
-                assert cells[i].sum() == 0
-            elif known[i]:
-                assert 1 <= cells[i].sum() <= 4
-                assert cells[i].flat[brightness[i].argmax()] == 1
+        for cells, side, most in ((fine, 12, 9), (coarse, 6, 4)):
+            cells = np.asarray(cells)[..., 0]
+            assert cells.shape == (24, side, side)
+            brightness = images.mean(axis=-1).reshape(24, side, 96 // side, side, 96 // side).mean(axis=(2, 4))
+            for i in range(24):
+                if order[i] == 0:
+                    assert cells[i].sum() == 0
+                elif known[i]:
+                    assert 1 <= cells[i].sum() <= most
+                    assert cells[i].flat[brightness[i].argmax()] == 1
 
 
 def test_point_loss_joins_the_training_loss_and_stays_out_of_the_saved_model(tmp_path):
@@ -173,7 +176,7 @@ def test_point_loss_joins_the_training_loss_and_stays_out_of_the_saved_model(tmp
               weights="none", progress=lambda *a, w=weight, **k: losses.update({w: k["loss"]}), log=lambda *a: None)
     assert losses[50.0] > losses[0.0] + 5  # ~0.7 a tile from the class loss; 50 x ~0.2 more from the points
     model = Classifier(str(tmp_path / "m50.0")).model
-    assert "point_head" not in {layer.name for layer in model.layers}
+    assert not any(layer.name.startswith("point_head") for layer in model.layers)
     assert [layer.name for layer in model.layers][-4:] == ["pool", "dense", "dropout", "tower"]
 
     (tmp_path / "ds" / "towers.csv").unlink()
@@ -252,6 +255,21 @@ def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
     assert [e for e, _ in resumed] == [3, 4]
     assert resumed[0][1] == pytest.approx(peak, rel=0.01)  # the warm-up went on where it was, not from 0
     assert (out / "model.keras").is_file() and not (out / "backup").exists()
+
+
+def test_cosine_schedule_warms_up_then_falls_to_zero_at_the_last_epoch(dataset, tmp_path):
+    """lr_schedule cosine: after the warm-up the rate follows half a cosine, reaching 0 at phase 2's last step,
+    and no plateau cuts it in between."""
+    from tower_detector.train import train
+
+    rates = []
+    params = dict(TINY, epochs_phase1=0, epochs_phase2=3, warmup_epochs=1, lr_schedule="cosine", lr_phase2=4e-4)
+    train(str(dataset), str(tmp_path / "m"), params, weights="none", log=lambda *a: None,
+          progress=lambda *a, **k: rates.append(k["learning_rate"]))
+    # the rate of each epoch's last step: the warm-up's peak, then half way down the cosine, then 0
+    assert rates == pytest.approx([4e-4, 2e-4, 0.0], abs=1e-9)
+    with pytest.raises(UserError, match="lr_schedule must be one of plateau, cosine"):
+        check_params({"lr_schedule": "step"})
 
 
 def test_mixed_bfloat16_training_saves_a_float32_model(dataset, tmp_path):

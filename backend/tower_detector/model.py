@@ -55,12 +55,13 @@ DEFAULT_PARAMS = {
     "reduce_lr_patience": 2,
     "reduce_lr_factor": 0.3,
     "warmup_epochs": 2,
+    "lr_schedule": "plateau",
     "point_loss_weight": 1.0,
     "seed": 0,
 }
 _INITS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal")
 _CHOICES = {"optimizer": ("adam", "rmsprop", "sgd"), "weight_init": _INITS,
-            "dense_activation": ("relu", "elu", "selu", "tanh")}
+            "dense_activation": ("relu", "elu", "selu", "tanh"), "lr_schedule": ("plateau", "cosine")}
 # name: (type, low, high) inclusive
 _RANGES = {
     "lr_phase1": (float, 1e-7, 1.0), "lr_phase2": (float, 1e-8, 1.0), "momentum": (float, 0.0, 0.999),

@@ -4,8 +4,9 @@ Phase 1 trains the new top with the Xception base frozen (epochs_phase1, lr_phas
 layers from freeze_cutoff on trainable and fine-tunes (epochs_phase2, lr_phase2, reached by a linear warm-up over
 warmup_epochs). Binary cross-entropy with class weights; augmentation (flips, 90-degree turns, small rotations,
 zoom, brightness, contrast) on the training split only, at the tile's full size before the resize; EarlyStopping
-and ReduceLROnPlateau (both on validation ROC AUC) per phase; TensorBoard logs; the best epoch by validation ROC
-AUC (over both phases) is what is kept and evaluated on the test split.
+and ReduceLROnPlateau (both on validation ROC AUC) per phase, or in phase 2 a cosine decay (lr_schedule);
+TensorBoard logs; the best epoch by validation ROC AUC (over both phases) is what is kept and evaluated on the
+test split.
 
 Resuming: the output directory keeps state.json (what is being trained and how far it got), Keras'
 BackupAndRestore checkpoint of the running phase (written after every epoch), phase 1's final weights and
@@ -19,6 +20,7 @@ datasets bigger than memory train), or a label-maker data.npz (x_<split>/y_<spli
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -41,7 +43,10 @@ from .model import (
 TILE = 256
 MONITOR = "val_auc"
 FAR = -1e4  # a padding tower position, far off every tile
-POINT_LAYER = "block13_sepconv2_bn"  # the point loss's feature map: the last at 1/16 of the input (6 x 6 at 96 px)
+# the point loss's feature maps: the entry flow's last at 1/8 of the input (12 x 12 at 96 px), whose short path to
+# the first layers teaches them what a tower looks like early, and the exit flow's last at 1/16 (6 x 6), which the
+# pooled classifier reads
+POINT_LAYERS = ("block4_sepconv2_bn", "block13_sepconv2_bn")
 POINT_RADIUS = 12  # pixels of the 256-px tile around a tower point that count as the tower (it is ~20 px across)
 POINT_POSITIVE_WEIGHT = 10.0  # a tower covers ~1 of 36 cells: its cells weigh this much more in the point loss
 
@@ -174,16 +179,16 @@ class TrainingData:
         return "train", val, test
 
 
-def tf_dataset(data, split, image_size, batch_size, *, training, seed=0, point_grid=None):
+def tf_dataset(data, split, image_size, batch_size, *, training, seed=0, point_grids=()):
     """A tf.data pipeline: read + decode (parallel), augment (training), resize, batch, prefetch.
 
-    point_grid (rows, cols): also yield, as inputs beside the image, each tile's tower cells on that grid (1
-    where a tower stands, moved with the image by the augmentation) and whether they are known."""
+    point_grids [(rows, cols), ...]: also yield, as inputs beside the image, each tile's tower cells on each of
+    those grids (1 where a tower stands, moved with the image by the augmentation) and whether they are known."""
     import tensorflow as tf
 
     source, labels = data.splits[split]
-    points, known = data.points[split] if point_grid else (np.zeros((len(labels), 1, 2), np.float32),
-                                                          np.zeros(len(labels), bool))
+    points, known = data.points[split] if point_grids else (np.zeros((len(labels), 1, 2), np.float32),
+                                                           np.zeros(len(labels), bool))
     ds = tf.data.Dataset.from_tensor_slices((source, points, known.astype(np.float32), labels.astype(np.float32)))
     if training:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
@@ -191,24 +196,24 @@ def tf_dataset(data, split, image_size, batch_size, *, training, seed=0, point_g
     def load(item, tower_points, tile_known, label):
         image = item if data.in_memory else tf.io.decode_png(tf.io.read_file(item), channels=3)
         image = tf.cast(tf.ensure_shape(image, (TILE, TILE, 3)), tf.float32)
-        if point_grid:  # the tower mask rides along as a fourth channel through the augmentation
+        if point_grids:  # the tower mask rides along as a fourth channel through the augmentation
             image = tf.concat([image, _tower_mask(tower_points)], axis=-1)
         return image, tile_known, label
 
     def resize(image, tile_known, label):
         image = tf.image.resize(image, (image_size, image_size), antialias=True)
-        if not point_grid:
-            return image, label
-        cells = tf.image.resize(image[..., 3:], point_grid, method="area")
-        return (image[..., :3], tf.cast(cells > 0.02, tf.float32), tile_known), label
+        rgb = _recolour(image[..., :3]) if training else image[..., :3]  # the tower mask (if any) is not recoloured
+        if not point_grids:
+            return rgb, label
+        cells = [tf.cast(tf.image.resize(image[..., 3:], grid, method="area") > 0.02, tf.float32)
+                 for grid in point_grids]
+        return (rgb, *cells, tile_known), label
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if training:
-        # augmented at the tile's full size, then resized: rotating and zooming at the model's smaller size would
+        # turned and zoomed at the tile's full size, then resized: at the model's smaller size the rotation would
         # interpolate a second time there and blur the one or two pixels that a tower's members cover
-        geometric = _geometric_augmentation(seed)
-        ds = ds.map(_augment_one, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-        ds = ds.map(lambda x, k, y: (geometric(x, training=True), k, y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size).map(lambda x, k, y: (_turn_and_zoom(x), k, y), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
@@ -226,24 +231,37 @@ def _tower_mask(tower_points):
     return tf.cast(inside, tf.float32)[..., None] * 255.0
 
 
-def _augment_one(image, tile_known, label):
+def _turn_and_zoom(images):
+    """A batch (n, TILE, TILE, c) each flipped or not, turned by a multiple of 90 degrees, rotated by up to
+    +-11 degrees and zoomed by up to +-10 % about its centre, in one bilinear resampling per tile; reflected edges
+    leave no black corners."""
+    import math
+
     import tensorflow as tf
 
-    image = tf.image.random_flip_left_right(image)
-    image = tf.image.random_flip_up_down(image)
-    image = tf.image.rot90(image, tf.random.uniform((), 0, 4, dtype=tf.int32))
-    rgb, mask = image[..., :3], image[..., 3:]  # the tower mask (if any) moves, but is not recoloured
-    rgb = tf.image.random_brightness(rgb, 0.1 * 255)
-    rgb = tf.image.random_contrast(rgb, 0.8, 1.2)
-    return tf.concat([tf.clip_by_value(rgb, 0.0, 255.0), mask], axis=-1), tile_known, label
+    n = tf.shape(images)[0]
+    angle = tf.random.uniform((n,), -0.03, 0.03) * 2 * math.pi + tf.cast(tf.random.uniform((n,), 0, 4, tf.int32),
+                                                                        tf.float32) * (math.pi / 2)
+    scale = tf.random.uniform((n,), 0.9, 1.1)  # input pixels per output pixel: above 1 zooms out
+    flip = tf.where(tf.random.uniform((n,)) < 0.5, -1.0, 1.0)  # a mirror, then any turn: all 8 of the square's
+    cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+    a0, a1, b0, b1 = cos * flip, -sin, sin * flip, cos  # output -> input pixel, about the centre
+    centre = (TILE - 1) / 2
+    transforms = tf.stack([a0, a1, centre * (1 - a0 - a1), b0, b1, centre * (1 - b0 - b1),
+                           tf.zeros_like(a0), tf.zeros_like(a0)], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms, output_shape=[TILE, TILE],
+                                                 fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
 
 
-def _geometric_augmentation(seed):
-    """Small rotations (+-11 degrees) and zoom (+-10 %), per batch; reflected edges keep no black corners."""
-    import keras
+def _recolour(images):
+    """A batch's brightness (+-10 %) and contrast (0.8-1.2x) jittered, each tile its own."""
+    import tensorflow as tf
 
-    return keras.Sequential([keras.layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),
-                             keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed)], name="augment")
+    n = tf.shape(images)[0]
+    images = images + tf.random.uniform((n, 1, 1, 1), -0.1 * 255, 0.1 * 255)
+    mean = tf.reduce_mean(images, axis=(1, 2), keepdims=True)
+    images = (images - mean) * tf.random.uniform((n, 1, 1, 1), 0.8, 1.2) + mean
+    return tf.clip_by_value(images, 0.0, 255.0)
 
 
 # --- training -----------------------------------------------------------------------------------------------
@@ -281,16 +299,16 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
             "learnt nothing on the synthetic benchmark (validation AUC 0.50): --epochs-top 0 gives them to phase 2")
     size, batch = params["image_size"], params["batch_size"]
     model, base = build_model(params, weights, policy)  # the model only: input and augmentation stay float32
-    fit_model, grid = model, None
+    fit_model, grids = model, ()
     if params["point_loss_weight"] and data.points is None:
         log("the dataset has no tower positions (towers.csv; rebuild it with tower-detector dataset): training "
             "without the point loss")
     elif params["point_loss_weight"]:
-        grid = tuple(base.get_layer(POINT_LAYER).output.shape[1:3])
+        grids = [tuple(base.get_layer(name).output.shape[1:3]) for name in POINT_LAYERS]
         fit_model = _with_point_loss(model, base, params["point_loss_weight"], pretrained=weights != "none")
     train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"],
-                          point_grid=grid)
-    val_ds = tf_dataset(data, val_split, size, batch, training=False, point_grid=grid)
+                          point_grids=grids)
+    val_ds = tf_dataset(data, val_split, size, batch, training=False, point_grids=grids)
     total = params["epochs_phase1"] + params["epochs_phase2"]
     ckpt = os.path.join(out, "checkpoints")
     os.makedirs(ckpt, exist_ok=True)
@@ -364,32 +382,36 @@ def _write_test_scores(path, data, split, scores):
 
 
 def _with_point_loss(model, base, weight, pretrained):
-    """The classifier for fitting, with the point loss: a 1x1 convolution on the base's POINT_LAYER map predicts
-    which cells hold a tower, against the cells the dataset's tower positions give (weighted binary
-    cross-entropy, added to the tile loss while training). It shares every layer with `model`, which is what is
-    saved; the head is dropped then. Inputs: tile, tower cells, known; output: the tile's P(tower)."""
+    """The classifier for fitting, with the point loss: on each of the base's POINT_LAYERS maps a 1x1 convolution
+    predicts which cells hold a tower, against the cells the dataset's tower positions give (weighted binary
+    cross-entropy, each map's added to the tile loss while training). It shares every layer with `model`, which
+    is what is saved; the heads are dropped then. Inputs: tile, tower cells on each map, known; output: the
+    tile's P(tower)."""
     import keras
 
     class PointLoss(keras.layers.Layer):
         def call(self, inputs, training=None):
-            tower, logits, cells, known = inputs
+            tower, known, pairs = inputs[0], inputs[-1], inputs[1:-1]
             if training:
-                cost = keras.ops.binary_crossentropy(cells, logits, from_logits=True)
-                cost = keras.ops.mean(cost * (1.0 + (POINT_POSITIVE_WEIGHT - 1.0) * cells), axis=(1, 2, 3))
-                self.add_loss(weight * keras.ops.sum(cost * known) / keras.ops.maximum(keras.ops.sum(known), 1.0))
+                for logits, cells in zip(pairs[0::2], pairs[1::2]):
+                    cost = keras.ops.binary_crossentropy(cells, logits, from_logits=True)
+                    cost = keras.ops.mean(cost * (1.0 + (POINT_POSITIVE_WEIGHT - 1.0) * cells), axis=(1, 2, 3))
+                    self.add_loss(weight * keras.ops.sum(cost * known) / keras.ops.maximum(keras.ops.sum(known), 1.0))
             return tower
 
-    point_map = base.get_layer(POINT_LAYER).output
-    trunk = keras.Model(base.inputs, [base.output, point_map], name="trunk")
+    point_maps = [base.get_layer(name).output for name in POINT_LAYERS]
+    trunk = keras.Model(base.inputs, [base.output, *point_maps], name="trunk")
     tile = keras.Input((None, None, 3), name="tile")
-    cells = keras.Input(tuple(point_map.shape[1:3]) + (1,), name="tower_cells")
+    cells = [keras.Input(tuple(m.shape[1:3]) + (1,), name=f"tower_cells_{i}") for i, m in enumerate(point_maps)]
     known = keras.Input((), name="known")
     x = model.get_layer("xception_scale")(model.get_layer("resize")(tile))
-    features, point_features = trunk(x, training=False) if pretrained else trunk(x)
+    features, *point_features = trunk(x, training=False) if pretrained else trunk(x)
     for name in ("pool", "dense", "dropout", "tower"):
         features = model.get_layer(name)(features)
-    logits = keras.layers.Conv2D(1, 1, dtype="float32", name="point_head")(point_features)
-    return keras.Model([tile, cells, known], PointLoss(name="point_loss")([features, logits, cells, known]))
+    pairs = []
+    for i, (feature_map, target) in enumerate(zip(point_features, cells)):
+        pairs += [keras.layers.Conv2D(1, 1, dtype="float32", name=f"point_head_{i}")(feature_map), target]
+    return keras.Model([tile, *cells, known], PointLoss(name="point_loss")([features, *pairs, known]))
 
 
 def _copy_weights(source, target):
@@ -408,29 +430,41 @@ def _optimizer(params, lr):
 
 
 def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps_per_epoch, classifier):
-    """The phase's callbacks; in phase 2 the rate rises linearly to `lr` over its first warmup_epochs. The best
-    epoch keeps `classifier`'s weights (the model being fitted may carry the point loss's head too)."""
+    """The phase's callbacks; in phase 2 the rate rises linearly to `lr` over its first warmup_epochs, then
+    ReduceLROnPlateau cuts it (lr_schedule plateau) or it falls along half a cosine to zero at the phase's last
+    epoch (cosine). The best epoch keeps `classifier`'s weights (the model being fitted may carry the point loss's
+    heads too)."""
     import keras
 
-    class Warmup(keras.callbacks.Callback):
+    cosine = phase == 2 and params["lr_schedule"] == "cosine"
+
+    class Phase2Rate(keras.callbacks.Callback):
         # Unfreezing a base at the full rate jolts it: from scratch on the benchmark the loss jumped from 1.39 to
         # 1.90 at the unfreeze, and did not when warmed up; pretrained features are spared the same jolt.
         # Counted from the epoch number Keras resumes at, so a resumed training goes on where it was.
-        def __init__(self, steps):
+        def __init__(self, warmup_steps, steps):
             super().__init__()
-            self.steps, self.epoch = steps, 0
+            self.warmup, self.steps, self.epoch = warmup_steps, steps, 0
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
         def on_train_batch_begin(self, batch, logs=None):
             step = self.epoch * steps_per_epoch + batch + 1
-            if step <= self.steps:  # afterwards ReduceLROnPlateau alone sets the rate
-                self.model.optimizer.learning_rate.assign(lr * step / self.steps)
+            if step <= self.warmup:
+                rate = lr * step / self.warmup
+            elif cosine:
+                done = (step - self.warmup) / max(self.steps - self.warmup, 1)
+                rate = lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+            else:
+                return  # ReduceLROnPlateau alone sets the rate
+            self.model.optimizer.learning_rate.assign(rate)
 
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            logs = {k: round(float(v), 5) for k, v in (logs or {}).items()}
+            logs = dict(logs or {})
+            logs.setdefault("learning_rate", self.model.optimizer.learning_rate)  # ReduceLROnPlateau logs it too
+            logs = {k: round(float(v), 5) for k, v in logs.items()}
             epochs_run.append(offset + epoch + 1)
             best.update(classifier, phase, offset + epoch + 1, logs.get(MONITOR))
             progress(offset + epoch + 1, total, stage="epochs", phase=phase, epoch=offset + epoch + 1, **logs)
@@ -439,13 +473,15 @@ def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_ru
     return [
         keras.callbacks.BackupAndRestore(os.path.join(out, "backup", f"phase{phase}"), double_checkpoint=True),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=params["early_stopping_patience"]),
+    ] + ([] if cosine else [
         # on the same validation ROC AUC as early stopping: with class weights the unweighted val_loss rises while
         # the ranking still improves, and cut the learning rate at the 11th epoch of a run from scratch
         keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, mode="max", factor=params["reduce_lr_factor"],
-                                          patience=params["reduce_lr_patience"], min_lr=1e-7),
+                                          patience=params["reduce_lr_patience"], min_lr=1e-7)]) + [
         keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), write_graph=False),
         Report(),
-    ] + ([Warmup(params["warmup_epochs"] * steps_per_epoch)] if phase == 2 and params["warmup_epochs"] > 0 else [])
+    ] + ([Phase2Rate(params["warmup_epochs"] * steps_per_epoch, params["epochs_phase2"] * steps_per_epoch)]
+         if phase == 2 and (params["warmup_epochs"] > 0 or cosine) else [])
 
 
 class _BestWeights:
