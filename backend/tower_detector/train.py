@@ -235,8 +235,6 @@ def _turn_and_zoom(images):
     """A batch (n, TILE, TILE, c) each flipped or not, turned by a multiple of 90 degrees, rotated by up to
     +-11 degrees and zoomed by up to +-10 % about its centre, in one bilinear resampling per tile; reflected edges
     leave no black corners."""
-    import math
-
     import tensorflow as tf
 
     n = tf.shape(images)[0]
