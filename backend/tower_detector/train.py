@@ -389,9 +389,9 @@ def _with_point_loss(model, base, weight, pretrained):
 
     class PointLoss(keras.layers.Layer):
         def call(self, inputs, training=None):
-            tower, known, pairs = inputs[0], inputs[-1], inputs[1:-1]
+            tower, logits_by_map, cells_by_map, known = inputs
             if training:
-                for logits, cells in zip(pairs[0::2], pairs[1::2]):
+                for logits, cells in zip(logits_by_map, cells_by_map):
                     cost = keras.ops.binary_crossentropy(cells, logits, from_logits=True)
                     cost = keras.ops.mean(cost * (1.0 + (POINT_POSITIVE_WEIGHT - 1.0) * cells), axis=(1, 2, 3))
                     self.add_loss(weight * keras.ops.sum(cost * known) / keras.ops.maximum(keras.ops.sum(known), 1.0))
@@ -406,10 +406,9 @@ def _with_point_loss(model, base, weight, pretrained):
     features, *point_features = trunk(x, training=False) if pretrained else trunk(x)
     for name in ("pool", "dense", "dropout", "tower"):
         features = model.get_layer(name)(features)
-    pairs = []
-    for i, (feature_map, target) in enumerate(zip(point_features, cells)):
-        pairs += [keras.layers.Conv2D(1, 1, dtype="float32", name=f"point_head_{i}")(feature_map), target]
-    return keras.Model([tile, *cells, known], PointLoss(name="point_loss")([features, *pairs, known]))
+    logits = [keras.layers.Conv2D(1, 1, dtype="float32", name=f"point_head_{i}")(feature_map)
+              for i, feature_map in enumerate(point_features)]
+    return keras.Model([tile, *cells, known], PointLoss(name="point_loss")([features, logits, cells, known]))
 
 
 def _copy_weights(source, target):
