@@ -65,7 +65,11 @@ def test_predict_and_results():
     assert (ns.model, ns.imagery, ns.area, ns.tiles, ns.out, ns.shards, ns.shard, ns.workers, ns.checkpoint_every,
             ns.batch_size, ns.max_tiles) == ("m", "scene.tif", "a.geojson", None, "store", 8, "3/8", 4, 64, 32, 10**8)
     ns = parse(commands.predict_args("m", "scene.tif", "store", tiles="cover.json"))
-    assert (ns.tiles, ns.area) == ("cover.json", None)
+    assert (ns.tiles, ns.area, ns.views) == ("cover.json", None, 1)
+    assert parse(commands.predict_args("m", "scene.tif", "store", tiles="cover.json", views=8)).views == 8
+    assert "--views" not in commands.predict_args("m", "scene.tif", "store", tiles="cover.json", views=1)
+    with pytest.raises(ValueError, match="views must be one of 1, 2, 4, 8, not 3"):
+        commands.predict_args("m", "i", "s", tiles="t", views=3)
     with pytest.raises(ValueError, match="exactly one"):
         commands.predict_args("m", "i", "s", area="a", tiles="t")
     with pytest.raises(ValueError, match="exactly one"):

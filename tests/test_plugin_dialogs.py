@@ -188,11 +188,14 @@ def test_predict_dialog_runs_predict_then_results_with_the_models_threshold(qgis
     dialog.name.setText("p1")
     dialog.out.setFilePath(str(tmp_path / "results"))
     dialog.workers.setValue(4)
+    assert dialog.views.currentData() == 1  # the default: one view, the fastest
+    dialog.views.setCurrentIndex(3)
     job = dialog.build()
     folder = tmp_path / "results" / "p1"
     predict, merge = job["steps"]
     assert predict == commands.predict_args(str(model), str(tmp_path / "scene.tif"), str(folder / "store"),
-                                            area=area_file, workers=4, max_tiles=100_000_000)
+                                            area=area_file, workers=4, max_tiles=100_000_000, views=8)
+    assert predict[predict.index("--views") + 1] == "8"
     assert merge == commands.results_args(str(folder / "store"), heatmap=str(folder / "heatmap.tif"),
                                           candidates=str(folder / "candidates.gpkg"), threshold=0.62,
                                           json_path=str(folder / "scores.json"))

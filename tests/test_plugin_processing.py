@@ -167,11 +167,13 @@ def test_predict_runs_predict_then_results_and_styles_the_outputs(provider, reco
 
     result = processing.run("towerdetector:predict", {
         "MODEL": str(model), "IMAGERY": str(tmp_path / "src.tif"), "AREA": utm_area, "STORE": str(tmp_path / "s"),
-        "HEATMAP": str(tmp_path / "h.tif"), "CANDIDATES": str(tmp_path / "c.gpkg"), "WORKERS": 2},
+        "HEATMAP": str(tmp_path / "h.tif"), "CANDIDATES": str(tmp_path / "c.gpkg"), "WORKERS": 2,
+        "VIEWS": 2},  # the third choice: 4 views
         context=context, feedback=QgsProcessingFeedback())
     predict, merge = recorder()
     assert predict[:5] == ["predict", "--model", str(model), "--imagery", str(tmp_path / "src.tif")]
     assert predict[predict.index("--workers") + 1] == "2" and predict[predict.index("--out") + 1] == str(tmp_path / "s")
+    assert predict[predict.index("--views") + 1] == "4"
     assert merge == ["results", str(tmp_path / "s"), "--heatmap", str(tmp_path / "h.tif"), "--candidates",
                      str(tmp_path / "c.gpkg"), "--threshold", "0.62", "--events"]  # -1: the model's Youden
     assert (result["CANDIDATE_COUNT"], result["SCORED"]) == (3, 12)

@@ -117,6 +117,58 @@ def test_warm_up_traces_uncounted_and_padded_batches_score_as_unpadded(scene_ima
     np.testing.assert_allclose(points, want_points, atol=1e-4)
 
 
+def test_views_average_the_turned_tiles_and_turn_the_points_back(scene_images, tiny_model):
+    from tower_detector.events import UserError
+    from tower_detector.model import Classifier, view
+
+    tiles, images = scene_images
+    images = images[:12]
+    one, eight = Classifier(str(tiny_model[0])), Classifier(str(tiny_model[0]), views=8)
+    # the tiny model's scores all lie within 1e-5 of 0.5: its logits, centred and scaled up 100,000 times, spread
+    # them over 0..1, so that what a turn changes shows above float32's rounding
+    p = one.predict(images)
+    centre = float(np.mean(np.log(p / (1 - p))))
+    for classifier in (one, eight):
+        tower = classifier.model.get_layer("tower")
+        kernel, bias = tower.get_weights()
+        tower.set_weights([kernel * 1e5, (bias - centre) * 1e5])
+    scores, points = eight.predict_with_points(images, batch_size=5)
+    assert scores.max() - scores.min() > 0.1
+    views = [one.predict(np.ascontiguousarray(view(images, i))) for i in range(8)]
+    np.testing.assert_allclose(scores, np.mean(views, axis=0), atol=1e-5)
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2)))  # a quarter turn counter-clockwise
+    assert np.abs(one.predict(turned) - views[0]).max() > 1e-4  # one view's score depends on the turn
+    turned_scores, turned_points = eight.predict_with_points(turned, batch_size=5)
+    np.testing.assert_allclose(turned_scores, scores, atol=1e-5)  # eight views' does not
+    # and the point turns with the tile: (x, y) -> (y, 256 - x), which an unturned cell map would not give
+    np.testing.assert_allclose(turned_points, np.stack([points[:, 1], 256 - points[:, 0]], axis=1), atol=1e-3)
+    assert np.abs(points - [128, 128]).max() > 10  # points off the centre, so that turning them shows
+    with pytest.raises(UserError, match="views must be one of 1, 2, 4, 8, not 3"):
+        Classifier(str(tiny_model[0]), views=3)
+
+
+def test_predict_views_score_the_store_and_are_part_of_the_job(tiny_model, sample_scene, scene_images, tmp_path):
+    from tower_detector.model import Classifier
+
+    common = ["--model", tiny_model[0], "--imagery", sample_scene["imagery"], "--area", sample_scene["area"],
+              "--out", tmp_path / "store", "--batch-size", 8, "--precision", "float32", "--events"]
+    proc, events = run("predict", *common, "--views", 4)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any("4 views a tile" in e.get("message", "") for e in events)
+    tiles, images = scene_images
+    scores, _ = scores_of(tmp_path / "store")
+    np.testing.assert_allclose([scores[t][0] for t in tiles],
+                               Classifier(str(tiny_model[0]), views=4).predict(images, batch_size=8), atol=1e-5)
+    # resumed with other views, the store would mix two kinds of scores: refused, the store as it was
+    before = sorted(os.listdir(tmp_path / "store"))
+    proc, events = run("predict", *common, "--views", 1)
+    assert proc.returncode != 0
+    assert "already holds a different job (identity views: 4 there, null now)" in events[-1]["message"]
+    assert sorted(os.listdir(tmp_path / "store")) == before
+    proc, events = run("predict", *common, "--views", 3)
+    assert proc.returncode == 2 and "--views: invalid choice: 3 (choose from 1, 2, 4, 8)" in events[-1]["message"]
+
+
 def test_mixed_precision_scores_agree_with_float32(reference, scene_images, tiny_model, sample_scene, tmp_path):
     from tower_detector.model import SLOW_BFLOAT16, Classifier, cpu_has_native_bfloat16
 

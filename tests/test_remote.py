@@ -536,7 +536,7 @@ def test_a_missing_queue_and_quotas(remote, training_set, params_file, monkeypat
 
 
 def test_estimate_for_a_country():
-    from tower_detector.remote.jobs import estimate_predict
+    from tower_detector.remote.jobs import estimate_predict, estimate_text
 
     e = estimate_predict(50_000_000, 25, 10_000, tiles_per_second=150, spot_price=0.20, parallel=16)
     assert e["gpu_hours"] == pytest.approx(50e6 / 150 / 3600, abs=1e-3)  # 92.6
@@ -544,3 +544,7 @@ def test_estimate_for_a_country():
     assert e["compute_dollars"] == pytest.approx(e["instance_hours"] * 0.20, abs=0.01)
     assert e["s3_puts"] == 10_000 + 4 * 25 + 2 and e["s3_dollars"] < 0.1
     assert e["wall_hours"] == pytest.approx(2 * (92.593 / 25 + 5 / 60), abs=0.01)
+    eight = estimate_predict(50_000_000, 25, 10_000, tiles_per_second=150, spot_price=0.20, parallel=16, views=8)
+    assert eight["gpu_hours"] == pytest.approx(8 * e["gpu_hours"], abs=1e-2)  # every tile scored 8 times
+    assert "GPU-hours at 150 tiles/s per GPU (an assumption: --tiles-per-second) x 8 views a tile" in \
+        estimate_text(eight)

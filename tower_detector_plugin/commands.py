@@ -4,6 +4,8 @@ Every list ends with --events: the plugin always reads JSON-lines events. Secret
 spec carries ${NAME} references, whose values travel in the subprocess environment.
 """
 
+VIEWS = (1, 2, 4, 8)  # predict --views
+
 
 def _opt(args: list, flag: str, value) -> None:
     """Append `flag value` unless value is None or ""."""
@@ -86,7 +88,7 @@ def search_args(data: str, out: str, trials: int, *, space: str = None, metric: 
 
 def predict_args(model: str, imagery: str, out: str, *, area: str = None, tiles: str = None, shard: str = None,
                  shards: int = None, workers: int = None, checkpoint_every: int = None, batch_size: int = None,
-                 max_tiles: int = None) -> list:
+                 max_tiles: int = None, views: int = None) -> list:
     """Exactly one of area (GeoJSON or bbox) and tiles (a cover file from `tiles --out`)."""
     _need(model=model, imagery=imagery, out=out)
     if bool(area) == bool(tiles):
@@ -101,6 +103,9 @@ def predict_args(model: str, imagery: str, out: str, *, area: str = None, tiles:
     _opt(args, "--checkpoint-every", checkpoint_every)
     _opt(args, "--batch-size", batch_size)
     _opt(args, "--max-tiles", max_tiles)
+    if views not in (None, *VIEWS):
+        raise ValueError(f"views must be one of {', '.join(map(str, VIEWS))}, not {views}")
+    _opt(args, "--views", None if views == 1 else views)  # 1 is predict's default
     return [*args, "--events"]
 
 

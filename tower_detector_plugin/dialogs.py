@@ -362,12 +362,17 @@ class PredictDialog(JobDialog):
         self.checkpoint_every = _spin(0, 1_000_000, 0)
         self.batch_size = _spin(0, 4096, 0)
         self.shards = _spin(0, 1000, 0)
+        self.views = QComboBox()
+        for n, text in zip(commands.VIEWS, ("1 (fastest)", "2", "4: turned", "8: turned and mirrored")):
+            self.views.addItem(text, n)
+        self.views.setToolTip("Score each tile this many ways up and average the scores: steadier scores for "
+                              "that many times the model's work")
         self.where = _where_combo()
         for label, widget in (("Model folder", self.model), ("Imagery", self.imagery), ("Area", self.area),
                               ("Name", self.name), ("Results under", self.out),
                               ("Candidate threshold", self.threshold), ("Imagery workers", self.workers),
                               ("Checkpoint every (tiles)", self.checkpoint_every), ("Batch size", self.batch_size),
-                              ("Shards", self.shards), ("Run on", self.where)):
+                              ("Shards", self.shards), ("Views per tile", self.views), ("Run on", self.where)):
             self.form.addRow(label, widget)
 
     def _model_chosen(self, path):
@@ -383,7 +388,8 @@ class PredictDialog(JobDialog):
         threshold = round(self.threshold.value(), 6)
         options = dict(area=area, shards=_value(self.shards), workers=_value(self.workers),
                        checkpoint_every=_value(self.checkpoint_every), batch_size=_value(self.batch_size),
-                       max_tiles=settings.value("area/max_tiles"))
+                       max_tiles=settings.value("area/max_tiles"),
+                       views=self.views.currentData())
         if self.where.currentData() == "aws":
             bucket = settings.value("aws/bucket")
             store = f"s3://{bucket}/jobs/{name}/store" if bucket else None

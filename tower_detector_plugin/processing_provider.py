@@ -318,6 +318,8 @@ class PredictAlgorithm(BackendAlgorithm):
         for name, description in (("WORKERS", "Imagery workers"), ("CHECKPOINT_EVERY", "Checkpoint every (tiles)"),
                                   ("BATCH_SIZE", "Batch size")):
             self.addParameter(_int(name, f"{description} (0: default)", 0, optional=True))
+        self.addParameter(QgsProcessingParameterEnum("VIEWS", "Views per tile (scored turned/mirrored, averaged)",
+                                                     [str(n) for n in commands.VIEWS], defaultValue=0))
         self.addParameter(QgsProcessingParameterFolderDestination("STORE", "Results store folder"))
         self.addParameter(QgsProcessingParameterFileDestination("HEATMAP", "Heatmap", "GeoTIFF (*.tif)"))
         self.addParameter(QgsProcessingParameterFileDestination("CANDIDATES", "Candidates", "GeoPackage (*.gpkg)"))
@@ -338,7 +340,8 @@ class PredictAlgorithm(BackendAlgorithm):
              for k in ("WORKERS", "CHECKPOINT_EVERY", "BATCH_SIZE")}
         steps = [commands.predict_args(model, spec.spec, store, area=path, workers=n["WORKERS"],
                                        checkpoint_every=n["CHECKPOINT_EVERY"], batch_size=n["BATCH_SIZE"],
-                                       max_tiles=settings.value("area/max_tiles")),
+                                       max_tiles=settings.value("area/max_tiles"),
+                                       views=commands.VIEWS[self.parameterAsEnum(parameters, "VIEWS", context)]),
                  commands.results_args(store, heatmap=heatmap, candidates=candidates, threshold=threshold)]
         _predicted, merged = self.run_steps(steps, feedback, spec.env)
         try:

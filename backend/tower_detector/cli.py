@@ -121,7 +121,7 @@ def cmd_predict(args, rep):
     stats = predict(args.model, args.imagery, args.out, area=args.area, tiles=args.tiles, zoom=args.zoom,
                     shard=args.shard, shards=args.shards, workers=args.workers, checkpoint_every=args.checkpoint_every,
                     batch_size=args.batch_size, max_tiles=args.max_tiles, precision=args.precision,
-                    progress=rep.progress, log=rep.log)
+                    views=args.views, progress=rep.progress, log=rep.log)
     text = (f"scored {stats['tiles_scored']:,} tiles into {args.out} ({stats['tiles_failed']:,} failed, "
             f"{stats['chunks_written']} chunks written, {stats['chunks_existing']} already there; "
             f"{stats['tiles_per_second']} tiles/s, {_share(stats['checkpoint_seconds'], stats['seconds'])} of the time "
@@ -265,6 +265,9 @@ def build_parser():
     sp.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed"],
                     help="auto (default): mixed float16 on a GPU, mixed bfloat16 on a CPU with AMX-BF16 or "
                          "AVX512-BF16, else float32; mixed: bfloat16 on any CPU")
+    sp.add_argument("--views", type=int, default=1, choices=[1, 2, 4, 8],
+                    help="score each tile this many ways up (turned, and mirrored at 8) and average: steadier "
+                         "scores for that many times the model's work (default 1)")
 
     sp = command("results", cmd_results, "Merge a results store into a heatmap, candidates and the seed's formats.")
     sp.add_argument("store", help="results store: a directory or s3://bucket/prefix")

@@ -52,11 +52,12 @@ def model_fingerprint(model_dir):
 
 
 def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=None, shards=None, workers=16,
-            checkpoint_every=5000, batch_size=64, prefetch=4, max_tiles=100_000_000, precision="auto", progress=None,
-            log=print):
+            checkpoint_every=5000, batch_size=64, prefetch=4, max_tiles=100_000_000, precision="auto", views=1,
+            progress=None, log=print):
     """Score the cover's tiles (this shard's, or all) into the store `out`; returns the run's summary.
 
-    precision: auto, float32 or mixed, as model.dtype_policy reads them (auto: bfloat16 on a CPU with it native)."""
+    precision: auto, float32 or mixed, as model.dtype_policy reads them (auto: bfloat16 on a CPU with it native).
+    views: 1, 2, 4 or 8 turned and mirrored copies of each tile scored and averaged (Classifier)."""
     from .areas import load_area
     from .cover import TileCover, tile_cover
     from .imagery import open_imagery
@@ -69,8 +70,8 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
     if checkpoint_every < 1 or batch_size < 1 or workers < 1:
         raise UserError("--checkpoint-every, --batch-size and --workers must be at least 1")
     picked = parse_shard(shard)
-    classifier = Classifier(model_dir, precision)  # a missing or incompatible model fails before any work
-    log(f"scoring with {model_dir} in {classifier.policy}")
+    classifier = Classifier(model_dir, precision, views)  # a missing or incompatible model fails before any work
+    log(f"scoring with {model_dir} in {classifier.policy}" + (f", {views} views a tile" if views > 1 else ""))
     warn_if_slow_precision(classifier.policy, log)
     if tiles is not None:
         cover = TileCover.load(tiles)
@@ -90,6 +91,8 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
         # what makes two runs the same job: the exact weights, the imagery and the zoom (the plan adds the
         # cover, shards and chunk size); secrets in the imagery spec are redacted by the store
         identity = {"model_fingerprint": model_fingerprint(model_dir), "imagery": source.description, "zoom": zoom}
+        if views > 1:  # only then, so that stores written before views existed still resume
+            identity["views"] = views
         store.create_job({"identity": identity, "model": os.path.abspath(model_dir),
                           "model_params": {k: classifier.params.get(k) for k in ("image_size", "data_fingerprint")}},
                          cover, ranges, checkpoint_every)
@@ -121,7 +124,8 @@ def _warm_up(classifier, batch_size, tile_size):
     try:
         classifier.warm_up(batch_size, tile_size)
     except tf.errors.ResourceExhaustedError:
-        raise UserError(f"out of memory scoring a batch of {batch_size} tiles: try --batch-size "
+        views = f" ({classifier.views} views each)" if classifier.views > 1 else ""
+        raise UserError(f"out of memory scoring a batch of {batch_size} tiles{views}: try --batch-size "
                         f"{max(batch_size // 2, 1)}") from None
 
 

@@ -166,9 +166,10 @@ def _job_definition(aws, base_arn, secrets):
 # the estimate
 # ---------------------------------------------------------------------------------------------
 def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PER_SECOND,
-                     spot_price=DEFAULT_SPOT_PRICE, parallel=None):
-    """GPU-hours, dollars and S3 requests of a prediction (see the constants above for the assumptions)."""
-    gpu_hours = tiles / tiles_per_second / 3600
+                     spot_price=DEFAULT_SPOT_PRICE, parallel=None, views=1):
+    """GPU-hours, dollars and S3 requests of a prediction (see the constants above for the assumptions).
+    tiles_per_second is one view's; predict --views scores each tile that many times."""
+    gpu_hours = tiles * views / tiles_per_second / 3600
     instance_hours = gpu_hours + shards * STARTUP_MINUTES / 60
     # PUT-priced: one per chunk, job.json + cover.json + manifest per shard, the uploads, a listing per shard
     puts = chunks + 4 * shards + 2
@@ -178,7 +179,7 @@ def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PE
     parallel = max(1, min(shards, parallel or shards))
     wall_hours = math.ceil(shards / parallel) * (gpu_hours / shards + STARTUP_MINUTES / 60)
     return {"tiles": tiles, "shards": shards, "chunks": chunks, "tiles_per_second": tiles_per_second,
-            "gpu_hours": round(gpu_hours, 3), "instance_hours": round(instance_hours, 3),
+            "views": views, "gpu_hours": round(gpu_hours, 3), "instance_hours": round(instance_hours, 3),
             "spot_price": spot_price, "compute_dollars": round(instance_hours * spot_price, 2),
             "s3_puts": puts, "s3_gets": gets, "s3_dollars": round(s3_dollars, 4),
             "dollars": round(instance_hours * spot_price + s3_dollars, 2), "parallel": parallel,
@@ -189,7 +190,8 @@ def estimate_text(e):
     return "\n".join([
         f"estimate: {e['tiles']:,} tiles (the exact cover) in {e['shards']} shards, {e['chunks']:,} chunks",
         f"  GPU time: {e['gpu_hours']:,.2f} GPU-hours at {e['tiles_per_second']:g} tiles/s per GPU (an assumption: "
-        f"--tiles-per-second) + {STARTUP_MINUTES:g} min start-up per shard = {e['instance_hours']:,.2f} "
+        f"--tiles-per-second)" + (f" x {e['views']} views a tile" if e["views"] > 1 else "") +
+        f" + {STARTUP_MINUTES:g} min start-up per shard = {e['instance_hours']:,.2f} "
         "instance-hours",
         f"  compute:  {e['instance_hours']:,.2f} h x ${e['spot_price']:.2f}/h spot (--spot-price) = "
         f"${e['compute_dollars']:,.2f}",
@@ -235,7 +237,7 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
         cover, plan = _plan(values)
         shards = len(plan.shards)
         estimate = estimate_predict(cover.count, shards, plan.total_chunks, tiles_per_second=args.tiles_per_second,
-                                    spot_price=args.spot_price, parallel=parallel)
+                                    spot_price=args.spot_price, parallel=parallel, views=values.get("views") or 1)
         values["out"] = _out(values.get("out"), bucket, prefix + "results")
         record.update(store=values["out"], tiles=cover.count, array_size=shards if shards > 1 else None)
     else:
