@@ -31,7 +31,7 @@ from tower_detector.dataset import build_dataset, parse_splits
 from tower_detector.evaluate import metrics, roc_auc
 from tower_detector.imagery import open_imagery
 from tower_detector.labels import positive_tiles
-from tower_detector.model import PRECISIONS, Classifier
+from tower_detector.model import PRECISIONS, VIEWS, Classifier
 from tower_detector.osm import load_lines, load_towers
 from tower_detector.sample import write_sample_scene
 from tower_detector.tilemath import TILE_SIZE, resolution, tile_bounds_4326
@@ -119,7 +119,7 @@ def main():
                    help="background tiles per tower tile in the training dataset (dataset --background-ratio)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="as train --precision (auto: mixed bfloat16 on a CPU with AMX-BF16 or AVX512-BF16)")
-    p.add_argument("--views", type=int, default=1, choices=[1, 2, 4, 8],
+    p.add_argument("--views", type=int, default=1, choices=VIEWS,
                    help="also score the evaluation scene with this many views a tile (predict --views); the goal "
                         "is checked on that")
     p.add_argument("--params", help="JSON of hyperparameters over the defaults (to try recipes for training from "
