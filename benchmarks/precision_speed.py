@@ -17,7 +17,14 @@ import time
 
 import numpy as np
 
-from tower_detector.model import build_model, check_params, cpu_has_native_bfloat16, dtype_policy, has_gpu
+from tower_detector.model import (
+    after_resize,
+    build_model,
+    check_params,
+    cpu_has_native_bfloat16,
+    dtype_policy,
+    has_gpu,
+)
 
 
 def device_name():
@@ -39,7 +46,7 @@ def speeds(policy, size, batch, steps):
     params = check_params({"image_size": size, "batch_size": batch})
     x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
     y = (np.arange(batch) % 2).astype(np.float32).reshape(-1, 1)
-    model, _ = build_model(params, "none", policy)
+    model = after_resize(build_model(params, "none", policy)[0])  # tiles at image_size, as train fits it
     model.compile(optimizer="adam", loss="binary_crossentropy", jit_compile=has_gpu())
     model.train_on_batch(x, y)  # the first step builds and compiles
     model.predict_on_batch(x)

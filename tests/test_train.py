@@ -448,3 +448,29 @@ def test_cam_point_lands_on_the_hottest_cell(trained):
     np.testing.assert_allclose(points[0], [5.5 * 32, 2.5 * 32], atol=16)  # within the hot 32-px cell
     np.testing.assert_allclose(points[1], [0.5 * 32, 7.5 * 32], atol=16)
     assert b1.shape == (w1.shape[1],)
+
+
+def test_the_gpu_path_compiles_with_xla(dataset, trained, tmp_path, monkeypatch):
+    """On a GPU, train and predict compile their graphs with XLA. The same graphs compile with XLA on this CPU, so
+    this runs that path for real (as a GPU would, except for the device): a graph holding the antialiased resize
+    (ScaleAndTranslate, which has no XLA kernel) fails at its first batch. The scores are the uncompiled ones."""
+    from tower_detector import model as model_module
+    from tower_detector import train as train_module
+
+    monkeypatch.setattr(train_module, "has_gpu", lambda: True)
+    monkeypatch.setattr(model_module, "has_gpu", lambda: True)
+    said = []
+    result = train_module.train(str(dataset), str(tmp_path / "m"), dict(TINY, epochs_phase1=0), weights="none",
+                                log=said.append, precision="float32")  # float16 on a CPU: slow, nothing more
+    assert any("GPU, XLA" in m for m in said) and 0 <= result["roc_auc"] <= 1
+
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(dataset.rglob("*.png"))[:6]])
+    xla = Classifier(str(trained[0]))
+    assert xla._xla
+    xla.warm_up(4)
+    assert xla.pad_to == 4  # XLA compiles each batch size: a short batch is padded to the warmed-up one
+    scores, points = xla.predict_with_points(images[:6], batch_size=4)
+    monkeypatch.setattr(model_module, "has_gpu", lambda: False)
+    want_scores, want_points = Classifier(str(trained[0])).predict_with_points(images[:6], batch_size=4)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+    np.testing.assert_allclose(points, want_points, atol=0.5)

@@ -160,6 +160,17 @@ def _build_model(params, weights):
     return keras.Model(inputs, outputs, name="tower_classifier"), base
 
 
+def after_resize(model, outputs=None):
+    """`model` (or these outputs of its graph) from its resize layer on: tiles in at image_size, resized before
+    it. This is what is fitted, evaluated and scored, never the graph with the resize: TensorFlow's antialiased
+    resize (ScaleAndTranslate) has no XLA kernel, so on a GPU, where train and predict compile with XLA, a graph
+    holding it fails at its first batch; and on a CPU a training step skipped resizing the pipeline's 96-px tiles
+    to 96 px again (~10 % of the step)."""
+    import keras
+
+    return keras.Model(model.get_layer("resize").output, model.output if outputs is None else outputs)
+
+
 def _xception(size, weights):
     import keras
 
@@ -330,8 +341,9 @@ class Classifier:
         if self.policy != "float32":
             self.model = self._rebuilt_in(self.policy)
         self.image_size = self.params["image_size"]
+        self._network = self._ready(after_resize(self.model))
         self._cam_model = None
-        self.model.make_predict_function()  # made once here: streams calling predict_on_batch at once would race
+        self._resize = _resizer(self.image_size)
         self.streams = _MODEL_STREAMS
         self._pool = concurrent.futures.ThreadPoolExecutor(self.streams, thread_name_prefix="model")
         self._lock = threading.Lock()  # building the CAM model; model_seconds
@@ -386,14 +398,16 @@ class Classifier:
 
     def _score(self, images, points):
         started = time.monotonic()
-        model = self._cams() if points else self.model
-        n = len(images)
+        model = self._cams() if points else self._network
+        n, height, width = images.shape[:3]
+        if self.views > 1 and height != width:
+            raise ValueError(f"views > 1 need square tiles, not {width}x{height}")
+        if (height, width) != (self.image_size, self.image_size):
+            images = self._resize(images).numpy()  # outside the network's graph: see after_resize
         if self.pad_to and n < self.pad_to:
             images = np.concatenate([images, np.zeros((self.pad_to - n, *images.shape[1:]), images.dtype)])
-        if self.views > 1 and images.shape[1] != images.shape[2]:
-            raise ValueError(f"views > 1 need square tiles, not {images.shape[2]}x{images.shape[1]}")
         size = len(images)
-        # every view in one call: uint8 as it is, the graph casts it (2-11 % faster than numpy here)
+        # every view in one call (turning the resized tile is turning the tile: the resize is the same both ways)
         out = model.predict_on_batch(images if self.views == 1 else
                                      np.concatenate([view(images, i) for i in range(self.views)]))
         found = None
@@ -401,23 +415,25 @@ class Classifier:
             logits, out = out
             cells = np.asarray(logits, np.float32)[..., 0]
             cells = np.mean([view(cells[i * size:(i + 1) * size], i, back=True) for i in range(self.views)], axis=0)
-            found = cam_peaks(cells[:n], images.shape[2], images.shape[1])
+            found = cam_peaks(cells[:n], width, height)
         out = np.asarray(out, np.float32).reshape(self.views, size).mean(axis=0)
         with self._lock:
             self.model_seconds += time.monotonic() - started
         return out[:n], found
 
     def _cams(self):
-        import keras
-
         with self._lock:
             if self._cam_model is None:
                 cells = self.cell_logits(self.model.get_layer("pool").input)
-                self._cam_model = keras.Model(self.model.inputs, [cells, self.model.output])
-                if self._xla:
-                    self._cam_model.compile(jit_compile=True)
-                self._cam_model.make_predict_function()
+                self._cam_model = self._ready(after_resize(self.model, [cells, self.model.output]))
         return self._cam_model
+
+    def _ready(self, network):
+        """Compiled for scoring: with XLA on a GPU; its predict function made once, here, since streams calling
+        predict_on_batch at once would race to make it."""
+        network.compile(jit_compile=self._xla)
+        network.make_predict_function()
+        return network
 
     def cell_logits(self, features):
         """The head on every cell of a (n, rows, cols, channels) feature map: the tower logit, (n, rows, cols, 1)."""
@@ -428,6 +444,14 @@ class Classifier:
         logit.build((None, dense.units))
         logit.set_weights(tower.get_weights())
         return logit(dense(features))  # Dense acts on the last axis; the dropout between them is off here
+
+
+def _resizer(size):
+    """Tiles (n, h, w, 3) of any size and dtype -> (n, size, size, 3) float32, as the model's resize layer does."""
+    import tensorflow as tf
+
+    return tf.function(lambda images: tf.image.resize(tf.cast(images, tf.float32), (size, size), antialias=True),
+                       reduce_retracing=True)
 
 
 VIEWS = (1, 2, 4, 8)

@@ -30,6 +30,7 @@ import numpy as np
 from .events import UserError
 from .model import (
     DEFAULT_PARAMS,
+    after_resize,
     build_model,
     check_params,
     class_weight,
@@ -297,13 +298,14 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
             "learnt nothing on the synthetic benchmark (validation AUC 0.50): --epochs-top 0 gives them to phase 2")
     size, batch = params["image_size"], params["batch_size"]
     model, base = build_model(params, weights, policy)  # the model only: input and augmentation stay float32
-    fit_model, grids = model, ()
+    fit_model, grids = after_resize(model), ()  # the pipeline resizes the tiles (and XLA cannot)
     if params["point_loss_weight"] and data.points is None:
         log("the dataset has no tower positions (towers.csv; rebuild it with tower-detector dataset): training "
             "without the point loss")
     elif params["point_loss_weight"]:
         grids = [tuple(base.get_layer(name).output.shape[1:3]) for name in POINT_LAYERS]
-        fit_model = _with_point_loss(model, base, params["point_loss_weight"], pretrained=weights != "none")
+        fit_model = _with_point_loss(model, base, params["point_loss_weight"], pretrained=weights != "none",
+                                     size=size)
     train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"],
                           point_grids=grids)
     val_ds = tf_dataset(data, val_split, size, batch, training=False, point_grids=grids)
@@ -350,7 +352,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     from .evaluate import metrics, plot
 
     test_ds = tf_dataset(data, test_split, size, batch, training=False)
-    scores = model.predict(test_ds, verbose=0).reshape(-1)
+    scores = after_resize(model).predict(test_ds, verbose=0).reshape(-1)
     result = metrics(data.splits[test_split][1], scores)
     result.update(split=test_split, train_seconds=round(seconds, 1),
                   train_images_per_second=round(len(epochs_run) * sum(counts[train_split]) / max(seconds, 1e-9), 2),
@@ -379,12 +381,12 @@ def _write_test_scores(path, data, split, scores):
         writer.writerows((n, int(lab), f"{s:.9g}") for n, lab, s in zip(names, labels, scores))
 
 
-def _with_point_loss(model, base, weight, pretrained):
+def _with_point_loss(model, base, weight, pretrained, size):
     """The classifier for fitting, with the point loss: on each of the base's POINT_LAYERS maps a 1x1 convolution
     predicts which cells hold a tower, against the cells the dataset's tower positions give (weighted binary
     cross-entropy, each map's added to the tile loss while training). It shares every layer with `model`, which
-    is what is saved; the heads are dropped then. Inputs: tile, tower cells on each map, known; output: the
-    tile's P(tower)."""
+    is what is saved; the heads are dropped then. Inputs: tile (size x size, as after_resize), tower cells on
+    each map, known; output: the tile's P(tower)."""
     import keras
 
     class PointLoss(keras.layers.Layer):
@@ -399,10 +401,10 @@ def _with_point_loss(model, base, weight, pretrained):
 
     point_maps = [base.get_layer(name).output for name in POINT_LAYERS]
     trunk = keras.Model(base.inputs, [base.output, *point_maps], name="trunk")
-    tile = keras.Input((None, None, 3), name="tile")
+    tile = keras.Input((size, size, 3), name="tile")
     cells = [keras.Input(tuple(m.shape[1:3]) + (1,), name=f"tower_cells_{i}") for i, m in enumerate(point_maps)]
     known = keras.Input((), name="known")
-    x = model.get_layer("xception_scale")(model.get_layer("resize")(tile))
+    x = model.get_layer("xception_scale")(tile)
     features, *point_features = trunk(x, training=False) if pretrained else trunk(x)
     for name in ("pool", "dense", "dropout", "tower"):
         features = model.get_layer(name)(features)
