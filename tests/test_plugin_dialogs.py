@@ -190,6 +190,10 @@ def test_predict_dialog_runs_predict_then_results_with_the_models_threshold(qgis
     dialog.workers.setValue(4)
     assert dialog.views.currentData() == 1  # the default: one view, the fastest
     dialog.views.setCurrentIndex(3)
+    assert dialog.threshold.value() == pytest.approx(0.54)  # the Youden threshold of the 8-view scores
+    dialog.views.setCurrentIndex(0)
+    assert dialog.threshold.value() == pytest.approx(0.62)
+    dialog.views.setCurrentIndex(3)
     job = dialog.build()
     folder = tmp_path / "results" / "p1"
     predict, merge = job["steps"]
@@ -197,9 +201,9 @@ def test_predict_dialog_runs_predict_then_results_with_the_models_threshold(qgis
                                             area=area_file, workers=4, max_tiles=100_000_000, views=8)
     assert predict[predict.index("--views") + 1] == "8"
     assert merge == commands.results_args(str(folder / "store"), heatmap=str(folder / "heatmap.tif"),
-                                          candidates=str(folder / "candidates.gpkg"), threshold=0.62,
+                                          candidates=str(folder / "candidates.gpkg"), threshold=0.54,
                                           json_path=str(folder / "scores.json"))
-    assert job["outputs"]["candidates"] == str(folder / "candidates.gpkg") and job["outputs"]["threshold"] == 0.62
+    assert job["outputs"]["candidates"] == str(folder / "candidates.gpkg") and job["outputs"]["threshold"] == 0.54
     dialog.deleteLater()
 
 

@@ -175,7 +175,7 @@ def test_predict_runs_predict_then_results_and_styles_the_outputs(provider, reco
     assert predict[predict.index("--workers") + 1] == "2" and predict[predict.index("--out") + 1] == str(tmp_path / "s")
     assert predict[predict.index("--views") + 1] == "4"
     assert merge == ["results", str(tmp_path / "s"), "--heatmap", str(tmp_path / "h.tif"), "--candidates",
-                     str(tmp_path / "c.gpkg"), "--threshold", "0.62", "--events"]  # -1: the model's Youden
+                     str(tmp_path / "c.gpkg"), "--threshold", "0.58", "--events"]  # -1: the model's Youden at 4 views
     assert (result["CANDIDATE_COUNT"], result["SCORED"]) == (3, 12)
     assert (tmp_path / "h.qml").is_file()
     assert isinstance(QgsVectorLayer(f"{tmp_path / 'c.gpkg'}|layername=candidates").renderer(),

@@ -1,5 +1,6 @@
 """Results in QGIS: heatmap and candidates layers, styles saved with the files, the live threshold, metrics."""
 
+import json
 import sqlite3
 
 import pytest
@@ -187,7 +188,13 @@ def test_metrics_dialog_shows_the_table_and_plots(tmp_path):
     assert rows["threshold: seed"] == "0.9700"
     assert not dialog.plots["roc.png"].pixmap().isNull()
     assert dialog.plots["scores.png"].text() == "scores.png not found in the model directory"
+    assert rows["roc_auc, 8 views"] == "0.9630" and rows["threshold: youden, 8 views"] == "0.5400"
     assert results.recommended_threshold(str(model)) == 0.62
+    assert results.recommended_threshold(str(model), views=8) == pytest.approx(0.54)
+    old = json.loads((model / "metrics.json").read_text())
+    del old["views"]  # a model trained before the views were evaluated: its one-view threshold
+    (model / "metrics.json").write_text(json.dumps(old))
+    assert results.recommended_threshold(str(model), views=8) == 0.62
     assert results.recommended_threshold(str(tmp_path), 0.5) == 0.5
     with pytest.raises(results.ResultsError, match="no metrics.json"):
         results.MetricsDialog(str(tmp_path))

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tower_detector.evaluate import metrics
 from tower_detector.events import UserError
-from tower_detector.model import DEFAULT_PARAMS, Classifier, cam_peaks, check_params
+from tower_detector.model import DEFAULT_PARAMS, SCRATCH_PARAMS, Classifier, cam_peaks, check_params
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +194,10 @@ def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dat
     assert params["image_size"] == 72 and params["class_order"] == ["background", "tower"]
     assert params["data_fingerprint"] == json.loads((dataset / "dataset.json").read_text())["fingerprint"]
     assert params["weights"] == "none" and params["class_weights"] == {"0": 1.0, "1": 5.0}
+    # from scratch, SCRATCH_PARAMS stand in for the seed's values the params leave out; what they give wins
+    assert {k: params[k] for k in SCRATCH_PARAMS if k not in TINY} == \
+        {k: v for k, v in SCRATCH_PARAMS.items() if k not in TINY} and params["lr_schedule"] == "cosine"
+    assert params["epochs_phase1"] == TINY["epochs_phase1"] == 1
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["split"] == "test" and set(saved["thresholds"]) == {"youden", "recall_0.9", "seed"}
 
@@ -215,6 +219,13 @@ def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dat
     np.testing.assert_allclose(scores, saved_scores, atol=1e-4)
     np.testing.assert_allclose(classifier.predict(images), scores, atol=1e-5)
     assert points.shape == (len(rows), 2) and (points >= 0).all() and (points <= 256).all()
+    # the views' metrics are those of predict --views N's scores on the same tiles
+    for n in (2, 8):
+        by_views = Classifier(str(out), views=n).predict(images, batch_size=5)
+        want = metrics(labels, by_views)
+        assert saved["views"][str(n)]["roc_auc"] == pytest.approx(want["roc_auc"], abs=1e-3)
+        assert saved["views"][str(n)]["thresholds"]["youden"] == pytest.approx(want["thresholds"]["youden"], abs=1e-3)
+    assert set(saved["views"]) == {"2", "4", "8"}
 
 
 def test_finished_training_is_not_redone_and_a_different_one_is_refused(trained, dataset):
@@ -230,8 +241,9 @@ def test_finished_training_is_not_redone_and_a_different_one_is_refused(trained,
 
 def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
     out = tmp_path / "m"
+    (tmp_path / "p.json").write_text(json.dumps({"warmup_epochs": 2, "lr_schedule": "plateau"}))
     args = ["train", "--data", dataset, "--out", out, "--weights", "none", "--image-size", 72, "--batch-size", 16,
-            "--epochs-top", 1, "--epochs-fine", 3, "--events"]
+            "--epochs-top", 1, "--epochs-fine", 3, "--params", tmp_path / "p.json", "--events"]
     proc = subprocess.Popen([sys.executable, "-m", "tower_detector", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     seen, said = [], []
@@ -245,7 +257,7 @@ def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
                 break
     proc.wait(timeout=60)
     # phase 2 warms up over its first 2 epochs (warmup_epochs): half the rate after the first
-    peak = DEFAULT_PARAMS["lr_phase2"]
+    peak = SCRATCH_PARAMS["lr_phase2"]
     assert [e for e, _ in seen] == [1, 2] and seen[1][1] == pytest.approx(peak / 2, rel=0.01)
     assert not (out / "model.keras").exists()
     assert any(m.startswith("from scratch, phase 1's 1 epoch(s)") for m in said)  # the hint to skip it
@@ -320,6 +332,10 @@ def test_weights_file_is_loaded_into_the_base(dataset, tmp_path):
     model = Classifier(str(tmp_path / "m")).model
     loaded = model.get_layer(base.name).get_layer("block1_conv1").get_weights()[0]
     np.testing.assert_array_equal(loaded, base.get_layer("block1_conv1").get_weights()[0])
+    # pretrained weights keep the seed's recipe where the params say nothing (from scratch has its own)
+    saved = json.loads((tmp_path / "m" / "params.json").read_text())
+    assert {k: saved[k] for k in ("lr_phase2", "lr_schedule", "warmup_epochs")} == \
+        {k: DEFAULT_PARAMS[k] for k in ("lr_phase2", "lr_schedule", "warmup_epochs")}
 
 
 def test_imagenet_offline_says_how_to_pass_a_weights_file(dataset, tmp_path):
@@ -417,6 +433,7 @@ def test_killed_search_resumes_and_keeps_every_trial(dataset, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     history = json.loads((out / "history.json").read_text())["trials"]
     assert [t["status"] for t in history] == ["ok"] * 3 and history[1]["params"] == killed_params
+    assert all(t["params"]["lr_schedule"] == SCRATCH_PARAMS["lr_schedule"] for t in history)  # --weights none
     assert os.path.getmtime(out / "trials/000/model.keras") == first_model  # not trained again
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))

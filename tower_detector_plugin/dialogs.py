@@ -367,6 +367,7 @@ class PredictDialog(JobDialog):
             self.views.addItem(text, n)
         self.views.setToolTip("Score each tile this many ways up and average the scores: steadier scores for "
                               "that many times the model's work")
+        self.views.currentIndexChanged.connect(self._model_chosen)
         self.where = _where_combo()
         for label, widget in (("Model folder", self.model), ("Imagery", self.imagery), ("Area", self.area),
                               ("Name", self.name), ("Results under", self.out),
@@ -375,9 +376,11 @@ class PredictDialog(JobDialog):
                               ("Shards", self.shards), ("Views per tile", self.views), ("Run on", self.where)):
             self.form.addRow(label, widget)
 
-    def _model_chosen(self, path):
+    def _model_chosen(self, *_):
+        """The model's recommended threshold for the views chosen (its scores shift a little with them)."""
+        path = self.model.filePath().strip()
         if path and os.path.isfile(os.path.join(path, "metrics.json")):
-            self.threshold.setValue(recommended_threshold(path, self.threshold.value()))
+            self.threshold.setValue(recommended_threshold(path, self.threshold.value(), self.views.currentData()))
 
     def build(self) -> dict:
         model = self._out_dir(self.model, "model folder")

@@ -330,9 +330,10 @@ class PredictAlgorithm(BackendAlgorithm):
         model = self.parameterAsFile(parameters, "MODEL", context)
         spec = self.imagery(parameters, context)
         path, _geom = self.area_file(parameters, "AREA", context, feedback)
+        views = commands.VIEWS[self.parameterAsEnum(parameters, "VIEWS", context)]
         threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
         if threshold < 0:
-            threshold = results.recommended_threshold(model)
+            threshold = results.recommended_threshold(model, views=views)
         store = self.parameterAsString(parameters, "STORE", context)
         heatmap = self.parameterAsFileOutput(parameters, "HEATMAP", context)
         candidates = self.parameterAsFileOutput(parameters, "CANDIDATES", context)
@@ -341,7 +342,7 @@ class PredictAlgorithm(BackendAlgorithm):
         steps = [commands.predict_args(model, spec.spec, store, area=path, workers=n["WORKERS"],
                                        checkpoint_every=n["CHECKPOINT_EVERY"], batch_size=n["BATCH_SIZE"],
                                        max_tiles=settings.value("area/max_tiles"),
-                                       views=commands.VIEWS[self.parameterAsEnum(parameters, "VIEWS", context)]),
+                                       views=views),
                  commands.results_args(store, heatmap=heatmap, candidates=candidates, threshold=threshold)]
         _predicted, merged = self.run_steps(steps, feedback, spec.env)
         try:

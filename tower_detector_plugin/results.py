@@ -293,12 +293,17 @@ def read_metrics(model_dir: str) -> dict:
         raise ResultsError(f"{path} is not valid JSON: {exc}") from None
 
 
-def recommended_threshold(model_dir: str, default: float = 0.5) -> float:
-    """The model's Youden threshold (metrics.json), the usual choice for candidates; default without one."""
+def recommended_threshold(model_dir: str, default: float = 0.5, views: int = 1) -> float:
+    """The model's Youden threshold (metrics.json), the usual choice for candidates, for scores averaged over
+    `views` views a tile (predict --views; a model trained before views were evaluated has one view's only);
+    default without one."""
     try:
-        value = (read_metrics(model_dir).get("thresholds") or {}).get("youden")
+        metrics = read_metrics(model_dir)
     except ResultsError:
         return default
+    if views > 1 and str(views) in (metrics.get("views") or {}):
+        metrics = metrics["views"][str(views)]
+    value = (metrics.get("thresholds") or {}).get("youden")
     return float(value) if isinstance(value, (int, float)) else default
 
 
@@ -310,6 +315,9 @@ def metric_rows(metrics: dict) -> list:
             rows.append((key, _fmt(metrics[key])))
     for key, value in sorted((metrics.get("thresholds") or {}).items()):
         rows.append((f"threshold: {key}", _fmt(value)))
+    for views, scored in sorted((metrics.get("views") or {}).items(), key=lambda item: int(item[0])):
+        rows.append((f"roc_auc, {views} views", _fmt(scored.get("roc_auc"))))
+        rows.append((f"threshold: youden, {views} views", _fmt((scored.get("thresholds") or {}).get("youden"))))
     for key, value in sorted(metrics.items()):  # anything else scalar the backend adds
         if key not in METRIC_ROWS and key != "thresholds" and isinstance(value, (int, float, str)):
             rows.append((key, _fmt(value)))

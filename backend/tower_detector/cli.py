@@ -93,6 +93,10 @@ def cmd_train(args, rep):
     text = (f"model written to {args.out}: test ROC AUC {_fmt(result['roc_auc'])}, accuracy {result['accuracy']:.3f}, "
             f"precision {result['precision']:.3f}, recall {result['recall']:.3f} at 0.5; thresholds "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in result["thresholds"].items()))
+    eight = result.get("views", {}).get("8")  # a model trained before views were evaluated has none
+    if eight:
+        text += (f"; with predict --views 8: ROC AUC {_fmt(eight['roc_auc'])}, "
+                 f"youden {_fmt(eight['thresholds']['youden'])}")
     rep.result(text, out=args.out, **{k: result[k] for k in ("roc_auc", "pr_auc", "accuracy", "precision", "recall",
                                                               "f1", "thresholds", "train_images_per_second")})
 
@@ -227,7 +231,8 @@ def build_parser():
     sp.add_argument("--weights", default="imagenet", help="imagenet (downloaded once by Keras), none, or an "
                     "Xception notop .h5 weights file")
     sp.add_argument("--image-size", type=int, help="model input size in pixels (tiles are resized; default 256)")
-    sp.add_argument("--epochs-top", type=int, help="phase 1 epochs: the new top only (default 3)")
+    sp.add_argument("--epochs-top", type=int,
+                    help="phase 1 epochs: the new top only (default 3; 0 with --weights none)")
     sp.add_argument("--epochs-fine", type=int, help="phase 2 epochs: fine-tuning (default 20)")
     sp.add_argument("--batch-size", type=int, help="default 32")
     sp.add_argument("--seed", type=int, help="random seed (default 0)")

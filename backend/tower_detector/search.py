@@ -26,7 +26,7 @@ from functools import partial
 import numpy as np
 
 from .events import UserError
-from .model import DEFAULT_PARAMS, check_params, load_params_file
+from .model import DEFAULT_PARAMS, check_params, default_params, load_params_file
 
 SEED_SPACE = {
     "optimizer": {"choice": ["adam", "rmsprop", "sgd"]},
@@ -87,7 +87,7 @@ def search(data_dir, out, trials, space=None, metric="accuracy", params=None, we
         raise UserError("--trials must be at least 1")
     spec = load_params_file(space) if isinstance(space, str) else (space or SEED_SPACE)
     hp_space = hyperopt_space(spec)
-    fixed = check_params(params or {})
+    fixed = check_params(params or {}, base=default_params(weights))
     os.makedirs(os.path.join(out, "trials"), exist_ok=True)
     history = _History(out, dict(data=os.path.abspath(data_dir), space=spec, metric=metric, fixed=fixed,
                                  weights=weights, seed=seed))

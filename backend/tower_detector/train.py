@@ -30,13 +30,16 @@ import numpy as np
 from .events import UserError
 from .model import (
     DEFAULT_PARAMS,
+    VIEWS,
     after_resize,
     build_model,
     check_params,
     class_weight,
+    default_params,
     dtype_policy,
     has_gpu,
     set_trainable,
+    view,
     warn_if_slow_precision,
     write_params,
 )
@@ -272,7 +275,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     runs anywhere."""
     progress = progress or (lambda *a, **k: None)
     dtype_policy(precision)  # a bad value fails before any work
-    params = check_params(params or {})
+    params = check_params(params or {}, base=default_params(weights))
     data = TrainingData(data_dir)
     train_split, val_split, test_split = data.roles(log)
     state = _start_state(out, params, weights, data)
@@ -352,8 +355,13 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     from .evaluate import metrics, plot
 
     test_ds = tf_dataset(data, test_split, size, batch, training=False)
-    scores = after_resize(model).predict(test_ds, verbose=0).reshape(-1)
-    result = metrics(data.splits[test_split][1], scores)
+    by_view = _scores_by_view(after_resize(model), test_ds)
+    scores = by_view[0]  # view 0 is the tile as it is: what predict gives with one view
+    labels = data.splits[test_split][1]
+    result = metrics(labels, scores)
+    # predict --views N averages the first N views: its scores rank, and its thresholds fall, a little differently
+    result["views"] = {str(n): {k: m[k] for k in ("roc_auc", "pr_auc", "thresholds", "at_thresholds")}
+                       for n in VIEWS[1:] for m in [metrics(labels, by_view[:n].mean(axis=0))]}
     result.update(split=test_split, train_seconds=round(seconds, 1),
                   train_images_per_second=round(len(epochs_run) * sum(counts[train_split]) / max(seconds, 1e-9), 2),
                   best_epoch=best.record, dtype_policy=policy)
@@ -367,6 +375,16 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     _save_state(out, dict(state, finished=True))
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     return result
+
+
+def _scores_by_view(network, ds):
+    """(8, n) scores of the tiles `ds` gives, each turned and mirrored as predict's views are (model.view)."""
+    scores = []
+    for images, _ in ds.as_numpy_iterator():
+        n = len(images)
+        out = network.predict_on_batch(np.concatenate([view(images, i) for i in range(VIEWS[-1])]))
+        scores.append(np.asarray(out, np.float32).reshape(VIEWS[-1], n))
+    return np.concatenate(scores, axis=1)
 
 
 def _write_test_scores(path, data, split, scores):
