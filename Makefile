@@ -61,7 +61,7 @@ $(DEMO)/dataset/dataset.json: $(DEMO)/scene/scene.tif
 $(DEMO)/model/metrics.json: $(DEMO)/dataset/dataset.json
 	rm -rf $(DEMO)/model
 	$(TD) train --data $(DEMO)/dataset --out $(DEMO)/model --weights none --image-size 72 \
-		--epochs-top 1 --epochs-fine 3 --batch-size 16
+		--epochs-fine 4 --batch-size 16
 
 $(DEMO)/results/heatmap.tif: $(DEMO)/model/metrics.json
 	rm -rf $(DEMO)/store $(DEMO)/results
