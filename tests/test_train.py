@@ -74,6 +74,7 @@ def test_metrics_ties_and_one_class():
     ({"class_weight": {"0": 1}}, "class_weight must be"),
     ({"augment": "yes"}, "augment must be true or false"),
     ({"warmup_epochs": -1}, "warmup_epochs must be between 0"),
+    ({"focal_gamma": -0.5}, "focal_gamma must be between 0"),
 ])
 def test_bad_params_are_named(params, message):
     with pytest.raises(UserError, match=message):
@@ -85,6 +86,20 @@ def test_params_defaults_and_class_weight_forms():
     assert p["dense_size"] == 64 and isinstance(p["dense_size"], int)
     assert {k: p[k] for k in DEFAULT_PARAMS if k not in ("class_weight", "dense_size")} == \
         {k: v for k, v in DEFAULT_PARAMS.items() if k not in ("class_weight", "dense_size")}
+
+
+def test_tile_loss_matches_a_hand_computation():
+    """focal_gamma 0: cross-entropy; above 0 each tile's cross-entropy is scaled by (1 - p_true) ** gamma."""
+    from tower_detector.train import tile_loss
+
+    labels = np.array([[1.0], [0.0], [1.0], [0.0]])
+    scores = np.array([[0.9], [0.2], [0.3], [0.6]])
+    p_true = np.where(labels == 1, scores, 1 - scores)
+    entropy = -np.log(p_true)
+    assert float(tile_loss(check_params({}))(labels, scores)) == pytest.approx(entropy.mean(), rel=1e-5)
+    focal = float(tile_loss(check_params({"focal_gamma": 2}))(labels, scores))
+    assert focal == pytest.approx(((1 - p_true) ** 2 * entropy).mean(), rel=1e-5)
+    assert focal < entropy.mean() / 2  # the confident right tiles (0.9, 0.2) count for almost nothing
 
 
 # -- training --------------------------------------------------------------------------------------------------

@@ -326,7 +326,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
             if phase == 2 and state.get("phase1_done") and os.path.exists(os.path.join(ckpt, "phase1.weights.h5")):
                 model.load_weights(os.path.join(ckpt, "phase1.weights.h5"))
             set_trainable(model, base, phase, params["freeze_cutoff"])
-            fit_model.compile(optimizer=_optimizer(params, lr), loss="binary_crossentropy",
+            fit_model.compile(optimizer=_optimizer(params, lr), loss=tile_loss(params),
                               metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
                               jit_compile=gpu)
             if epochs:
@@ -434,6 +434,17 @@ def _with_point_loss(model, base, weight, pretrained, size):
 def _copy_weights(source, target):
     target.set_weights(source.get_weights())
     return target
+
+
+def tile_loss(params):
+    """The tile's loss: binary cross-entropy, or with focal_gamma > 0 the focal loss, which scales each tile's
+    cross-entropy by (1 - p_true) ** focal_gamma so that the tiles already right weigh little beside the ones
+    still wrong (grey roofs and boulders that look like steel, towers cut by the tile's edge)."""
+    import keras
+
+    if not params["focal_gamma"]:
+        return keras.losses.BinaryCrossentropy()
+    return keras.losses.BinaryFocalCrossentropy(gamma=params["focal_gamma"])
 
 
 def _optimizer(params, lr):
