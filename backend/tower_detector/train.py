@@ -2,11 +2,11 @@
 
 Phase 1 trains the new top with the Xception base frozen (epochs_phase1, lr_phase1); phase 2 makes the base's
 layers from freeze_cutoff on trainable and fine-tunes (epochs_phase2, lr_phase2, reached by a linear warm-up over
-warmup_epochs). Binary cross-entropy with class weights; augmentation (flips, 90-degree turns, small rotations,
-zoom, brightness, contrast) on the training split only, at the tile's full size before the resize; EarlyStopping
-and ReduceLROnPlateau (both on validation ROC AUC) per phase, or in phase 2 a cosine decay (lr_schedule);
-TensorBoard logs; the best epoch by validation ROC AUC (over both phases) is what is kept and evaluated on the
-test split.
+warmup_epochs). Binary cross-entropy, or the focal loss (focal_gamma), with class weights; augmentation (flips,
+90-degree turns, small rotations, zoom, brightness, contrast) on the training split only, at the tile's full size
+before the resize; EarlyStopping and ReduceLROnPlateau (both on validation ROC AUC) per phase, or in phase 2 a
+cosine decay (lr_schedule); TensorBoard logs; the best epoch by validation ROC AUC (over both phases) is what is
+kept and evaluated on the test split.
 
 Resuming: the output directory keeps state.json (what is being trained and how far it got), Keras'
 BackupAndRestore checkpoint of the running phase (written after every epoch), phase 1's final weights and
