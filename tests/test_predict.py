@@ -1,12 +1,16 @@
 """`tower-detector predict` and `results`: a tiny trained model scoring the 8x8 sample scene into real stores
-(local and moto's S3 on loopback), killed with SIGKILL and SIGTERM, with failing tiles."""
+(local and moto's S3 on loopback), killed with SIGKILL and SIGTERM, with failing tiles and imagery outages."""
 
 import json
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +18,8 @@ from tileserver import TileServer
 
 from tower_detector.areas import load_area
 from tower_detector.cover import tile_cover
+from tower_detector.events import UserError
+from tower_detector.imagery import ImageryUnreachable, open_imagery
 from tower_detector.store import open_store
 
 
@@ -124,14 +130,15 @@ def test_views_average_the_turned_tiles_and_turn_the_points_back(scene_images, t
     tiles, images = scene_images
     images = images[:12]
     one, eight = Classifier(str(tiny_model[0])), Classifier(str(tiny_model[0]), views=8)
-    # the tiny model's scores all lie within 1e-5 of 0.5: its logits, centred and scaled up 100,000 times, spread
-    # them over 0..1, so that what a turn changes shows above float32's rounding
-    p = one.predict(images)
-    centre = float(np.mean(np.log(p / (1 - p))))
+    # the tiny model's scores all lie within about 1e-5 of 0.5: its logits, centred and scaled up to a spread of
+    # 8, spread them over 0..1, so that what a turn changes shows above float32's rounding
+    p = one.predict(images).astype(np.float64)
+    logits = np.log(p / (1 - p))
+    centre, scale = float(np.mean(logits)), 8.0 / float(np.ptp(logits))
     for classifier in (one, eight):
         tower = classifier.model.get_layer("tower")
         kernel, bias = tower.get_weights()
-        tower.set_weights([kernel * 1e5, (bias - centre) * 1e5])
+        tower.set_weights([kernel * scale, (bias - centre) * scale])
     scores, points = eight.predict_with_points(images, batch_size=5)
     assert scores.max() - scores.min() > 0.1
     views = [one.predict(np.ascontiguousarray(view(images, i))) for i in range(8)]
@@ -347,3 +354,217 @@ def test_a_batch_too_big_for_the_gpu_fails_before_any_chunk(tiny_model, sample_s
         predict(str(tiny_model[0]), str(sample_scene["imagery"]), str(tmp_path / "store"),
                 area=str(sample_scene["area"]), log=lambda *a, **k: None)
     assert not list((tmp_path / "store").glob("chunks/*/*.npz"))  # nothing scored, nothing written
+
+
+# -- an imagery outage never becomes finished work ------------------------------------------------
+def predict_args(tiny_model, sample_scene, imagery, out, *extra):
+    return ["predict", "--model", tiny_model[0], "--imagery", imagery, "--area", sample_scene["area"], "--out", out,
+            "--checkpoint-every", 16, "--batch-size", 8, "--workers", 8, *extra, "--events"]
+
+
+def tile_requests(server):
+    return [p for p in server.paths if p.endswith(".png")]
+
+
+def test_an_outage_stops_the_run_marks_nothing_done_and_the_same_command_resumes(tiny_model, sample_scene, tmp_path):
+    out = tmp_path / "store"
+    with TileServer(sample_scene["imagery"]) as server:
+        args = predict_args(tiny_model, sample_scene, server.template("png"), out)
+        server.status = {tile: 500 for tile in server.tiles}  # a server answering 500 to everything
+        proc, events = run(*args)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert events[-1]["event"] == "error" and events[-1]["kind"] == "failure" and events[-1]["retry"]
+        message = events[-1]["message"]
+        # the whole first chunk, or the first 20 tiles, failed: whichever rule came first
+        assert re.match(r"imagery unreachable: (16|20) of the last \1 tiles failed: HTTP 500 after 4 retries;", message)
+        assert message.endswith("run the same command again to resume") and "\n" not in message
+        # nothing answered: no job was written, so nothing can be taken for finished
+        assert not (out / "job.json").exists() and not (out / "manifest.json").exists()
+
+        server.reset()  # the server is back
+        proc, events = run(*args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert events[-1]["tiles_scored"] == 64 and events[-1]["job_complete"]
+        requested = tile_requests(server)
+        assert len(requested) == len(set(requested)) == 64  # every tile fetched once, none skipped
+    assert len(scores_of(out)[0]) == 64
+
+
+def test_transient_failures_are_not_done_and_only_they_are_fetched_again(tiny_model, sample_scene, tmp_path):
+    out = tmp_path / "store"
+    with TileServer(sample_scene["imagery"]) as server:
+        args = predict_args(tiny_model, sample_scene, server.template("png"), out)
+        missing = server.tiles[3]
+        server.status = {missing: 404}  # no imagery there: a permanent failure
+        # three tiles of one column (one chunk): 500 for the first try and its 4 retries; two of them again for
+        # the run's own retry pass; then each is served
+        blip, flaky = server.tiles[20], server.tiles[28:37:8]
+        server.flaky = {blip: (500, 5), **{tile: (500, 10) for tile in flaky}}
+        proc, events = run(*args)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        error = events[-1]
+        assert error["event"] == "error" and error["retry"]
+        assert error["message"] == ("2 tiles failed transiently (HTTP 500 after 4 retries x2) and are not done; run "
+                                    "the same command again to fetch them")
+        requested = tile_requests(server)
+        assert requested.count("/18/{}/{}.png".format(*blip)) == 6  # five tries, then served by the retry pass
+        assert all(requested.count(f"/18/{x}/{y}.png") == 10 for x, y in flaky)  # tried in both passes
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert not manifest["complete"] and manifest["tiles_failed_transient"] == 2
+        assert manifest["tiles_failed_permanent"] == 1 and manifest["tiles_done"] == 62
+        proc, events = run("results", out, "--heatmap", tmp_path / "h.tif", "--events")
+        assert events[-1]["failed_transient"] == 2 and events[-1]["failed_permanent"] == 1
+        assert not events[-1]["complete"] and "2 failed transiently" in events[-1]["message"]
+
+        chunks = {p: p.read_bytes() for p in (out / "chunks").rglob("*.npz")}
+        server.paths.clear()
+        proc, events = run(*args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert events[-1]["tiles_retried"] == 2 and events[-1]["job_complete"]
+        # exactly the transient failures were fetched again, once; the 404 is done and was not asked again
+        assert sorted(tile_requests(server)) == sorted(f"/18/{x}/{y}.png" for x, y in flaky)
+    # chunks are immutable: the re-scores went into retry layers beside them, one per pass that scored any
+    assert all(p.read_bytes() == data for p, data in chunks.items())
+    store = open_store(out)
+    (shard, index), = [(s, c) for s, c in store.plan.all_chunks() if blip in set(zip(*store.plan.chunk_tiles(s, c)))]
+    layers = sorted(str(p.relative_to(out / "chunks")) for p in (out / "chunks").rglob("*.r*.npz"))
+    name = store.chunk_name(shard, index)[len("chunks/"):-len(".npz")]
+    assert layers == [f"{name}.r01.npz", f"{name}.r02.npz"]
+    scores, failed = scores_of(out)
+    assert len(scores) == 64 and failed == {missing: "HTTP 404"}
+    assert all(np.isfinite(scores[t][0]) for t in [blip, *flaky])
+    assert store.pending_retries() == [] and store.progress()["complete"]
+    proc, events = run("results", out, "--heatmap", tmp_path / "h.tif", "--events")
+    assert events[-1]["complete"] and events[-1]["scored"] == 63 and events[-1]["failed_transient"] == 0
+
+
+def test_a_resume_with_another_spelling_of_the_imagery_path_is_the_same_job(tiny_model, sample_scene, tmp_path):
+    out = tmp_path / "store"
+    relative = os.path.relpath(sample_scene["imagery"])
+    proc, events = run(*predict_args(tiny_model, sample_scene, relative, out, "--shard", "0/2"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc, events = run(*predict_args(tiny_model, sample_scene, os.path.abspath(relative), out, "--shard", "1/2"))
+    assert proc.returncode == 0, events[-1]
+    assert events[-1]["job_complete"]
+
+
+def test_a_run_refused_by_the_imagery_binds_nothing_to_the_store(tiny_model, sample_scene, tmp_path):
+    out = tmp_path / "store"
+    with TileServer(sample_scene["imagery"], token="right") as server:
+        proc, events = run(*predict_args(tiny_model, sample_scene, server.template("png", "wrong"), out))
+        assert proc.returncode == 2 and "HTTP 403" in events[-1]["message"]
+        assert not (out / "job.json").exists()
+        proc, events = run(*predict_args(tiny_model, sample_scene, server.template("png", "right"), out))
+        assert proc.returncode == 0, events[-1]
+
+
+def test_a_store_written_before_failures_were_told_apart_gets_its_holes_filled(tiny_model, sample_scene, tmp_path):
+    """The defect's store: every tile failed with a timeout, recorded as done, no markers. The new version finds
+    those failures as transient, and fetches them."""
+    out = tmp_path / "store"
+    proc, _ = run(*predict_args(tiny_model, sample_scene, str(sample_scene["imagery"]), out))
+    assert proc.returncode == 0
+    store = open_store(out)
+    old = tmp_path / "old"
+    (old / "chunks").mkdir(parents=True)
+    for name in ("job.json", "cover.json"):
+        (old / name).write_bytes((out / name).read_bytes())
+    for path in (out / "chunks").rglob("*.npz"):  # as the old version wrote them: no error_transient, no marker
+        s, c = int(path.parent.name[1:]), int(path.stem[1:])
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files if k != "error_transient"}
+        n = len(arrays["x"])
+        arrays.update(score=np.full(n, np.nan, np.float32), error_index=np.arange(n, dtype=np.int32),
+                      error_reason=np.array(["timeout after 4 retries"] * n))
+        target = old / Path(*store.chunk_name(s, c).split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(target, **arrays)
+    proc, events = run(*predict_args(tiny_model, sample_scene, str(sample_scene["imagery"]), old))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert events[-1]["tiles_retried"] == 64 and events[-1]["job_complete"]
+    assert len(scores_of(old)[0]) == 64 and not scores_of(old)[1]
+
+
+# -- the imagery's rules for giving up -----------------------------------------------------------------
+@pytest.fixture
+def black_hole():
+    """A server that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/{{z}}/{{x}}/{{y}}.png"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_a_server_that_never_answers_is_given_up_on(black_hole):
+    tiles = [(x, 100, 18) for x in range(40)]
+    with open_imagery(black_hole, concurrency=20, timeout=0.3, deadline=0.8, backoff=0.05) as src:
+        with pytest.raises(ImageryUnreachable, match=r"^imagery unreachable: 20 of the last 20 tiles failed: "
+                                                     r"timeout after \d retr(y|ies); run the same command again"):
+            list(src.fetch(tiles))
+
+
+def test_a_refused_connection_says_so():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with open_imagery(f"http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png", retries=1, backoff=0.01) as src:
+        result = next(src.fetch([(1, 1, 18)], give_up=False))
+    assert result.error == "connection refused after 1 retry" and result.transient
+
+
+def test_the_outage_rule_counts_only_transient_failures(sample_scene):
+    """Half of the last 100 tiles failing transiently is an outage; permanent failures (no imagery) never are."""
+    from tower_detector.imagery import OutageGuard, TileResult
+
+    guard = OutageGuard()
+    for i in range(300):
+        guard.check(TileResult(i, 0, 18, None, "HTTP 404"))  # no imagery anywhere here: never an outage
+    for i in range(200):  # one in three failing: bad luck, not an outage
+        guard.check(TileResult(i, 0, 18, None, "HTTP 503 after 4 retries", True) if i % 3 == 0
+                    else TileResult(i, 0, 18, np.zeros((1, 1, 3), np.uint8), None))
+    with pytest.raises(ImageryUnreachable, match="50 of the last 100 tiles failed: HTTP 503"):
+        for i in range(100):
+            guard.check(TileResult(i, 0, 18, None, "HTTP 503 after 4 retries", i % 4 != 0))
+
+
+def test_bad_stores_of_retries_are_refused(tmp_path):
+    from storedata import JOB, TRIANGLE, payload
+
+    from tower_detector.areas import load_area
+    from tower_detector.cover import tile_cover
+
+    cover = tile_cover(load_area(json.dumps(TRIANGLE)), 18)
+    store = open_store(tmp_path / "s", create=True)
+    store.create_job(JOB, cover, None, 40)
+    x, y, score, cam_x, cam_y, _ = payload(store.plan, 0, 0)
+    store.write_chunk(0, 0, x, y, score, cam_x, cam_y, errors={1: ("timeout after 4 retries", True),
+                                                               2: ("HTTP 404", False)})
+    retry, = store.pending_retries()
+    assert retry.layer == 1 and retry.pos.tolist() == [1]
+    with pytest.raises(ValueError, match="not the plan's tiles"):
+        store.write_retry(retry._replace(x=retry.x + 1), [0.5])
+    assert store.write_retry(retry, [0.25]).written
+    assert not store.write_retry(retry, [0.75]).written  # written once: the first layer stays
+    arrays = store.read_chunk(0, 0)
+    assert arrays["score"][1] == np.float32(0.25) and arrays["error_index"].tolist() == [2]
+    assert store.pending_retries() == []
+    (tmp_path / "s" / "chunks" / "s0000" / "c0000000.r01.npz").write_bytes(b"junk")
+    with pytest.raises(UserError, match="corrupt chunk chunks/s0000/c0000000.r01.npz"):
+        store.read_chunk(0, 0)

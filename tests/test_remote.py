@@ -127,6 +127,7 @@ def test_template_is_valid_and_least_privilege():
     assert {"Type": "GPU", "Value": "1"} in job["ContainerProperties"]["ResourceRequirements"]
     assert job["RetryStrategy"]["EvaluateOnExit"] == [{"OnStatusReason": "Host EC2*", "Action": "RETRY"},
                                                       {"OnExitCode": "143", "Action": "RETRY"},
+                                                      {"OnExitCode": "75", "Action": "RETRY"},
                                                       {"OnReason": "*", "Action": "EXIT"}]
     # least privilege: no wildcard actions; the job role touches only the bucket; secrets only under the path
     for name in ("InstanceRole", "ExecutionRole", "JobRole"):
@@ -162,7 +163,7 @@ def test_setup_deploys_updates_and_checks_the_stack(remote):
     assert jd["retryStrategy"]["attempts"] == 5
     assert [(c.get("onStatusReason") or c.get("onExitCode") or c.get("onReason"), c["action"].upper())
             for c in jd["retryStrategy"]["evaluateOnExit"]] == [("Host EC2*", "RETRY"), ("143", "RETRY"),
-                                                                ("*", "EXIT")]
+                                                                ("75", "RETRY"), ("*", "EXIT")]
 
     rc, events, text = cli("remote", "setup", "--stack", "td", "--template", remote["template"], "--events")
     assert rc == 0 and events[-1]["action"] in ("updated", "up to date"), text[-2000:]
@@ -219,7 +220,8 @@ def test_remote_predict_in_three_shards_one_killed_equals_a_local_run(remote, ti
         jd = remote["batch"].describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
         assert jd["containerProperties"]["secrets"] == [
             {"name": "TOKEN", "valueFrom": f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/tower-detector/TOKEN"}]
-        assert [c["action"].upper() for c in jd["retryStrategy"]["evaluateOnExit"]] == ["RETRY", "RETRY", "EXIT"]
+        assert [c["action"].upper() for c in jd["retryStrategy"]["evaluateOnExit"]] == ["RETRY", "RETRY", "RETRY",
+                                                                                         "EXIT"]
 
         # the Batch side: one process per child, with the environment a container of that child gets
         def child_env(i):
@@ -268,7 +270,10 @@ def test_remote_predict_in_three_shards_one_killed_equals_a_local_run(remote, ti
     put_logs(remote, f"{job['jobId']}:1", [line.strip() for line in retry.stdout.splitlines()])
     rc, events, text = cli("remote", "status", "scene3", "--events")
     assert rc == 0, text
-    assert events[-1]["progress"] == {"chunks_done": 8, "chunks_total": 8, "tiles_done": 64, "tiles_total": 64}
+    assert events[-1]["progress"] == {"chunks_done": 8, "chunks_total": 8, "tiles_done": 64, "tiles_total": 64,
+                                      "tiles_failed_permanent": 0, "tiles_failed_transient": 0, "failures": {},
+                                      "complete": True}
+    assert "failed: 0 for good (no imagery there, unreadable), 0 to retry (imagery unreachable)" in text
     assert events[-1]["children"] == {"SUCCEEDED": 3}
     printed.append(text)
     rc, events, text = cli("remote", "logs", "scene3", "--child", 1, "--tail", 2, "--events")
@@ -423,6 +428,33 @@ def test_status_counts_children_and_cancel_terminates(remote, tiny_model, sample
     rc, events, text = cli("remote", "cancel", "halfway", "--events")
     assert rc == 0 and events[-1]["terminated"], text
     assert moto_job(job_id).job_stopped_reason == "cancelled with tower-detector remote cancel"
+
+
+def test_a_child_whose_tiles_failed_transiently_exits_75_for_batch_to_retry(remote, tiny_model, sample_scene,
+                                                                             tmp_path):
+    with TileServer(sample_scene["imagery"]) as server:
+        rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                               server.template("png"), "--area", sample_scene["area"], "--checkpoint-every", 16,
+                               "--name", "outage", "--stack", "td", "--yes", "--events")
+        assert rc == 0, text[-2000:]
+        command = remote["batch"].describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]["container"]["command"]
+        argv = [sys.executable, "-m", "tower_detector", *command]
+        env = dict(os.environ, AWS_BATCH_JOB_ARRAY_INDEX="0", TOWER_DETECTOR_WORK=str(tmp_path / "w"))
+        server.status = {server.tiles[5]: 404, server.tiles[9]: 502, server.tiles[10]: 502}
+        child = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert child.returncode == 75, child.stderr[-2000:]  # the job definition retries exit 75
+        assert "2 tiles failed transiently (HTTP 502 after 4 retries x2)" in child.stdout
+        rc, events, text = cli("remote", "status", "outage", "--events")
+        progress = events[-1]["progress"]
+        assert progress["tiles_failed_transient"] == 2 and progress["tiles_failed_permanent"] == 1
+        assert not progress["complete"] and progress["tiles_done"] == 62
+        assert "failed: 1 for good (no imagery there, unreadable), 2 to retry (imagery unreachable)" in text
+
+        server.status = {server.tiles[5]: 404}  # the outage is over; Batch's retry of the child
+        child = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert child.returncode == 0, child.stderr[-2000:]
+    rc, events, text = cli("remote", "status", "outage", "--events")
+    assert events[-1]["progress"]["complete"] and events[-1]["progress"]["tiles_done"] == 64
 
 
 def test_a_job_that_failed_three_times_shows_why_and_its_last_log_lines(remote, training_set, params_file):

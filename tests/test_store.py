@@ -143,7 +143,7 @@ def test_chunks_round_trip_and_are_written_once(local_store, tmp_path):
     assert result.nbytes == path.stat().st_size
     check_chunk(local_store.read_chunk(1, 2), plan, 1, 2)
     with np.load(path, allow_pickle=False) as z:  # a plain npz any numpy reads
-        assert sorted(z.files) == ["cam_x", "cam_y", "error_index", "error_reason", "score", "x", "y"]
+        assert sorted(z.files) == ["cam_x", "cam_y", "error_index", "error_reason", "error_transient", "score", "x", "y"]
 
     # a second write (a racing worker, a retry) changes nothing
     original = path.read_bytes()
@@ -226,8 +226,9 @@ _KILLED_WRITER = textwrap.dedent("""
 
     def fsync(fd):
         real_fsync(fd)
-        # a regular file (not the directory): the temp file is whole but not yet linked to its name
-        if stat.S_ISREG(os.fstat(fd).st_mode) and len(store.done_chunks()) >= hang_at:
+        # a chunk's temp file (not a directory, not a marker): whole but not yet linked to its name
+        chunk_temp = stat.S_ISREG(os.fstat(fd).st_mode) and ".npz." in os.readlink("/proc/self/fd/" + str(fd))
+        if chunk_temp and len(store.done_chunks()) >= hang_at:
             print("HANG", flush=True)
             time.sleep(600)
     os.fsync = fsync
@@ -366,8 +367,10 @@ def test_s3_store_one_put_per_chunk_write_once_and_paginated_listing(s3, bucket,
         plan = store.plan
         puts = proxy.count("PUT")
         x, y, score, cam_x, cam_y, errors = payload(plan, 0, 1)
+        assert any(errors)
         result = store.write_chunk(0, 1, x, y, score, cam_x, cam_y, errors)
-        assert result.written and proxy.count("PUT") == puts + 1  # one request per checkpoint
+        # one request per checkpoint, and one for the marker of a chunk with failed tiles
+        assert result.written and proxy.count("PUT") == puts + 2
         put = [r for r in proxy.requests if r[0] == "PUT"][-1]
         assert "chunks/s0000/c0000001.npz" in put[1] and put[2] >= result.nbytes
 
@@ -377,7 +380,7 @@ def test_s3_store_one_put_per_chunk_write_once_and_paginated_listing(s3, bucket,
         assert s3.get_object(Bucket=bucket, Key="runs/zambia/chunks/s0000/c0000001.npz")["Body"].read() == original
 
         fill(store, skip={(2, 3)})
-        n = plan.total_chunks - 1
+        n = len([k for k in _keys(s3, bucket) if "/chunks/" in k])  # chunks and their markers
         lists = proxy.count("GET", "list-type=2")
         heads = proxy.count("HEAD")
         done = store.done_chunks()
@@ -387,12 +390,14 @@ def test_s3_store_one_put_per_chunk_write_once_and_paginated_listing(s3, bucket,
         assert store.done_chunks(shard=2) == {c for c in done if c[0] == 2}
         for shard, index, arrays in store.iter_chunks():
             check_chunk(arrays, plan, shard, index)
-    assert _keys(s3, bucket) == sorted(["runs/zambia/job.json", "runs/zambia/cover.json"]
+    markers = [f"runs/zambia/{Store.chunk_name(*c)[:-4]}.failed" for c in done if any(payload(plan, *c)[5])]
+    assert _keys(s3, bucket) == sorted(["runs/zambia/job.json", "runs/zambia/cover.json",
+                                        "runs/zambia/failures-marked.json"] + markers
                                        + [f"runs/zambia/{Store.chunk_name(*c)}" for c in done])
 
 
 def test_s3_faults_lose_nothing(s3, bucket, cover, monkeypatch):
-    with FaultProxy(s3.meta.endpoint_url, every=3) as proxy:
+    with FaultProxy(s3.meta.endpoint_url, every=2) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         store = open_store(f"s3://{bucket}/faulty", create=True, page_size=3)
         store.create_job(JOB, cover, cover.shard_ranges(3), 80)
@@ -406,10 +411,13 @@ def test_s3_faults_lose_nothing(s3, bucket, cover, monkeypatch):
         assert all(proxy.injected[kind] >= 1 for kind in FAULTS), proxy.injected
     # every chunk once; a PUT whose answer was lost is retried, finds its own object (412) and reports it there
     lost = {path for method, path, _, fault in proxy.requests
-            if method == "PUT" and fault == "lost" and "chunks/" in path}
+            if method == "PUT" and fault == "lost" and "chunks/" in path and ".npz" in path}
     assert written["chunks_existing"] == len(lost) >= 1
     assert written["chunks_written"] + written["chunks_existing"] == store.plan.total_chunks
-    assert _keys(s3, bucket) == sorted([f"faulty/{n}" for n in ("job.json", "cover.json", "manifest.json")]
+    markers = [f"faulty/{Store.chunk_name(*c)[:-4]}.failed" for c in store.plan.all_chunks()
+               if any(payload(store.plan, *c)[5])]
+    assert _keys(s3, bucket) == sorted([f"faulty/{n}" for n in ("job.json", "cover.json", "manifest.json",
+                                                                "failures-marked.json")] + markers
                                        + [f"faulty/{Store.chunk_name(*c)}" for c in store.plan.all_chunks()])
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.meta.endpoint_url)
     direct = open_store(f"s3://{bucket}/faulty")  # straight to moto, no proxy

@@ -11,7 +11,7 @@ import sys
 import traceback
 
 from . import __version__
-from .events import Interrupted, Reporter, UserError
+from .events import Failure, Interrupted, Reporter, UserError
 from .remote import add_remote_commands
 
 
@@ -118,18 +118,22 @@ def cmd_search(args, rep):
 
 
 def cmd_predict(args, rep):
-    from .model import use_model_streams
     from .predict import predict
 
-    use_model_streams()
     stats = predict(args.model, args.imagery, args.out, area=args.area, tiles=args.tiles, zoom=args.zoom,
                     shard=args.shard, shards=args.shards, workers=args.workers, checkpoint_every=args.checkpoint_every,
                     batch_size=args.batch_size, max_tiles=args.max_tiles, precision=args.precision,
-                    views=args.views, progress=rep.progress, log=rep.log)
-    text = (f"scored {stats['tiles_scored']:,} tiles into {args.out} ({stats['tiles_failed']:,} failed, "
-            f"{stats['chunks_written']} chunks written, {stats['chunks_existing']} already there; "
+                    views=args.views, imagery_name=args.imagery_name, progress=rep.progress, log=rep.log)
+    text = (f"scored {stats['tiles_scored']:,} tiles into {args.out} ({stats['tiles_failed']:,} without imagery or "
+            f"unreadable, {stats['chunks_written']} chunks written, {stats['chunks_existing']} already there; "
             f"{stats['tiles_per_second']} tiles/s, {_share(stats['checkpoint_seconds'], stats['seconds'])} of the time "
             "writing checkpoints)")
+    pending = stats["tiles_pending_retry"]
+    if pending:
+        reasons = ", ".join(f"{r} x{n:,}" for r, n in stats["pending_reasons"].items())
+        rep.log(text)
+        raise Failure(f"{pending:,} tiles failed transiently ({reasons}) and are not done; run the same command "
+                      "again to fetch them", retry=True)
     rep.result(text, **stats)
 
 
@@ -145,8 +149,9 @@ def cmd_results(args, rep):
     summary = merge_results(args.store, heatmap=args.heatmap, candidates=args.candidates, threshold=args.threshold,
                             json_path=args.json, geojson_path=args.geojson, yes_threshold=args.yes_threshold,
                             progress=rep.progress, log=rep.log)
-    lines = [f"{summary['scored']:,} tiles scored, {summary['failed']:,} failed"
-             + ("" if summary["complete"] else f", {summary['tiles_missing']:,} not scored yet (job unfinished)"),
+    lines = [f"{summary['scored']:,} tiles scored, {summary['failed_permanent']:,} failed for good (no imagery, "
+             f"unreadable), {summary['failed_transient']:,} failed transiently (not done: run predict again)"
+             + (f", {summary['tiles_missing']:,} not scored yet (job unfinished)" if summary["tiles_missing"] else ""),
              f"{summary['candidates']:,} candidates at or above {summary['threshold']} "
              f"({summary['candidates_yes']:,} at or above {summary['yes_threshold']})"]
     lines += [f"  {kind}: {path}" for kind, path in summary["outputs"].items()]
@@ -270,6 +275,8 @@ def build_parser():
     sp.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed"],
                     help="auto (default): mixed float16 on a GPU, mixed bfloat16 on a CPU with AMX-BF16 or "
                          "AVX512-BF16, else float32; mixed: bfloat16 on any CPU")
+    sp.add_argument("--imagery-name", help="the imagery's name for people (e.g. \"Esri World Imagery\"): kept "
+                    "with the job, the changeset source of OSM exports")
     sp.add_argument("--views", type=int, default=1, choices=[1, 2, 4, 8],
                     help="score each tile this many ways up (turned, and mirrored at 8) and average: steadier "
                          "scores for that many times the model's work (default 1)")
@@ -337,6 +344,9 @@ def main(argv=None):
     except Interrupted as exc:
         rep.error(str(exc), kind="interrupted")
         return 143
+    except Failure as exc:
+        rep.error(str(exc), kind="failure", retry=exc.retry)
+        return exc.exit_code
     except KeyboardInterrupt:
         rep.error("interrupted", kind="interrupted")
         return 130

@@ -2,7 +2,7 @@
 
 The contract with the plugin: with --events every line on stdout is one JSON object with an "event" key:
 progress {done, total, ...}, log {message}, result {message, ...}, error {message}. Exit codes: 0 success,
-2 bad input (UserError, one-line reason), 1 failure.
+2 bad input (UserError, one-line reason), 1 failure (Failure: one-line reason; else with a traceback).
 """
 
 import json
@@ -16,6 +16,17 @@ class UserError(Exception):
 
 class Interrupted(Exception):
     """Stopped on request (SIGTERM) at a safe point: the CLI reports it and exits 143, so a retry resumes."""
+
+
+class Failure(Exception):
+    """A failure whose cause is known (an imagery outage, tiles to retry): the CLI prints the message as one line,
+    with no traceback, and exits `exit_code` (1). `retry`: running the same command again may succeed."""
+
+    exit_code = 1
+
+    def __init__(self, message, retry=False):
+        super().__init__(message)
+        self.retry = retry
 
 
 class Reporter:

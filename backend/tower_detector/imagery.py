@@ -7,8 +7,8 @@
         images, errors = src.fetch_batch(xs, ys, 18)
 
 API
-    open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retries=4, timeout=30.0, backoff=0.5,
-                 tms=False, subdomains="abc", tile_size=256, bands=None) -> ImagerySource
+    open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retries=4, timeout=20.0, deadline=60.0,
+                 backoff=0.5, tms=False, subdomains="abc", tile_size=256, bands=None) -> ImagerySource
     ImagerySource.fetch(tiles, zoom=None, *, fail_fast=20) -> Iterator[TileResult]
         tiles: (x, y, z) tuples, "x-y-z" ids, a TileCover, or, with zoom=, (x, y) pairs or (xs, ys) array
         batches (as TileCover.iter_batches yields). At most 2 x concurrency tiles are in flight or waiting to be
@@ -39,13 +39,21 @@ Spec forms
 
 Behaviour
     Errors are per tile: a missing, corrupt or unreachable tile is a TileResult with image None and a reason
-    ("HTTP 404", "truncated/corrupt image: ...", "outside imagery", "timeout after 4 retries"), never an exception.
+    ("HTTP 404", "truncated/corrupt image: ...", "outside imagery", "timeout after 2 retries"), never an exception.
     Fail fast: when the first `fail_fast` tiles (all of them if fewer) all fail with HTTP 401/403, HTTP 404 or
     "missing tile", or are all outside the imagery, fetch raises UserError naming the source and the likely
     cause. Pass fail_fast=0 when the imagery may cover only part of the tiles and those come first.
     HTTP retries (`retries`, exponential backoff from `backoff` seconds with jitter) on 408, 429, 5xx, timeouts,
     connection errors and bodies shorter than their Content-Length; other 4xx answers are final, and so is a
-    200 answer with a text or JSON body (a login page served as a tile).
+    200 answer with a text or JSON body (a login page served as a tile). Each request waits at most `timeout`
+    seconds to connect and between bytes, and a tile's tries together at most `deadline` seconds.
+    Permanent and transient failures: no imagery (HTTP 204/404/410, a missing tile, outside the raster), a corrupt
+    tile or one of the wrong shape, and other 4xx answers are permanent: the tile is done, with no score.
+    Timeouts, refused connections, 5xx and 429 after their retries, 401/403 (a token that expired mid-run) and
+    read errors are transient (TileResult.transient): the tile is not done, and a later run fetches it again.
+    Giving up (give_up=True, the default): fetch raises ImageryUnreachable (a Failure, exit 1) when the first
+    `fail_fast` tiles all failed transiently, or when 50 of the last 100 did (OutageGuard): an outage, which no
+    amount of waiting inside one run fixes.
     Decoding (Pillow): JPEG, PNG, WebP and anything else Pillow reads; gray and palette images become RGB, alpha
     is dropped (transparent pixels keep their colour values), 16-bit gray is scaled by 255/65535, and square
     tiles of another size are resized to tile_size with Lanczos.
@@ -61,6 +69,7 @@ import logging
 import os
 import random
 import re
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -79,10 +88,11 @@ import numpy as np
 import urllib3
 from PIL import Image, UnidentifiedImageError
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from . import __version__
-from .events import UserError
+from .events import Failure, UserError
 from .tilemath import TILE_SIZE, parse_tile_id, quadkey, resolution, tile_bounds_3857
 
 log = logging.getLogger(__name__)
@@ -126,6 +136,48 @@ class TileResult(NamedTuple):
     z: int
     image: np.ndarray | None  # (size, size, 3) uint8, or None when error says why
     error: str | None
+    transient: bool = False  # the failure may pass (an outage, a timeout): the tile is not done, retry it later
+
+
+# Failure kinds (_TileError.kind) that may pass: the tile is retried by a later run. The others are permanent: no
+# imagery there ("missing", "outside"), or bytes that will not decode ("corrupt"), or a request the server refuses
+# for good ("http": a 4xx other than 401/403/407/408/429).
+TRANSIENT_KINDS = ("transient", "auth")
+
+
+class ImageryUnreachable(Failure):
+    """The imagery failed transiently for too many tiles in a row: the run stops, nothing is marked done."""
+
+    def __init__(self, message):
+        super().__init__(message, retry=True)
+
+
+class OutageGuard:
+    """Decides when transient failures are an outage rather than bad luck: when the first `head` results all failed
+    transiently, or when at least `limit` of the last `window` did. check() raises ImageryUnreachable then."""
+
+    def __init__(self, head=FAIL_FAST, window=100, limit=50):
+        self.head, self.window, self.limit = head, window, limit
+        self.seen = 0
+        self.last = deque(maxlen=window)  # reasons of the last results, None where it did not fail transiently
+        self.failures = 0
+
+    def check(self, result):
+        reason = result.error if result.transient else None
+        if len(self.last) == self.window and self.last[0] is not None:
+            self.failures -= 1
+        self.last.append(reason)
+        self.failures += reason is not None
+        self.seen += 1
+        if self.seen == self.head and self.failures == self.head:
+            self._raise(self.head, self.head)
+        if self.failures >= self.limit:
+            self._raise(self.failures, len(self.last))
+
+    def _raise(self, n, m):
+        reason, _ = Counter(r for r in self.last if r is not None).most_common(1)[0]
+        raise ImageryUnreachable(f"imagery unreachable: {n} of the last {m} tiles failed: {reason}; run the same "
+                                 "command again to resume")
 
 
 class _TileError(Exception):
@@ -255,13 +307,17 @@ class ImagerySource:
         return handle
 
     # -- fetching ------------------------------------------------------------------------------
-    def fetch(self, tiles, zoom=None, *, fail_fast=FAIL_FAST):
-        """Yield a TileResult per tile, in input order; see the module docstring."""
+    def fetch(self, tiles, zoom=None, *, fail_fast=FAIL_FAST, give_up=True):
+        """Yield a TileResult per tile, in input order; see the module docstring. give_up: raise
+        ImageryUnreachable when transient failures look like an outage (OutageGuard)."""
         stream = self._results(tiles, zoom)
+        guard = OutageGuard() if give_up else None
         try:
             head = list(islice(stream, fail_fast)) if fail_fast else []
             self._check_head(head)
             for result, _ in chain(head, stream):
+                if guard:
+                    guard.check(result)
                 yield result
         finally:
             stream.close()
@@ -285,12 +341,12 @@ class ImagerySource:
             for future in window:
                 future.cancel()
 
-    def fetch_batch(self, xs, ys, z, *, fail_fast=FAIL_FAST):
+    def fetch_batch(self, xs, ys, z, *, fail_fast=FAIL_FAST, give_up=True):
         """(uint8 array [n, size, size, 3], errors): zeros and the reason where a tile failed, None where ok."""
         xs, ys = np.asarray(xs).ravel(), np.asarray(ys).ravel()
         images = np.zeros((len(xs), self.tile_size, self.tile_size, 3), dtype=np.uint8)
         errors = [None] * len(xs)
-        for i, result in enumerate(self.fetch([(xs, ys)], zoom=z, fail_fast=fail_fast)):
+        for i, result in enumerate(self.fetch([(xs, ys)], zoom=z, fail_fast=fail_fast, give_up=give_up)):
             if result.error is None:
                 images[i] = result.image
             else:
@@ -324,7 +380,7 @@ class ImagerySource:
                 self._store(x, y, z, data, image)
             return TileResult(x, y, z, image, None), None
         except _TileError as exc:
-            return TileResult(x, y, z, None, redact(exc.reason)), exc.kind
+            return TileResult(x, y, z, None, redact(exc.reason), exc.kind in TRANSIENT_KINDS), exc.kind
 
     # -- cache ---------------------------------------------------------------------------------
     def _cache_path(self, x, y, z, ext):
@@ -410,8 +466,8 @@ def _retry_after(value):
 class XyzSource(ImagerySource):
     kind = "xyz"
 
-    def __init__(self, template, *, tms=False, subdomains="abc", retries=4, timeout=30.0, backoff=0.5,
-                 rate_limit=None, **common):
+    def __init__(self, template, *, tms=False, subdomains="abc", retries=4, timeout=20.0, deadline=60.0,
+                 backoff=0.5, rate_limit=None, **common):
         super().__init__(redact(template), **common)
         has_xy = "{x}" in template and ("{y}" in template or "{-y}" in template) and "{z}" in template
         if not (has_xy or "{q}" in template):
@@ -425,6 +481,7 @@ class XyzSource(ImagerySource):
         self._subdomains = list(subdomains or "")
         self._retries = max(0, int(retries))
         self._timeout = timeout
+        self._deadline = deadline
         self._backoff = backoff
         self._limiter = _HostLimiter(rate_limit)
         # one pool slot per worker thread, per host ({s} subdomains are separate hosts to urllib3)
@@ -455,10 +512,15 @@ class XyzSource(ImagerySource):
     def _load(self, x, y, z):
         url = self.url(x, y, z)
         failure = retry_after = None
+        deadline = time.monotonic() + self._deadline
+        attempt = 0
         for attempt in range(self._retries + 1):
             if attempt:
                 delay = min(MAX_BACKOFF, self._backoff * 2 ** (attempt - 1))
                 delay *= random.uniform(0.5, 1.0)  # jitter, so that threads that failed together spread out
+                if time.monotonic() + delay >= deadline:
+                    attempt -= 1  # the tile's time is up: no more tries
+                    break
                 if failure.startswith("HTTP 429"):
                     # pause the whole host, not only this thread; acquire() below waits it out
                     self._limiter.hold(max(delay, retry_after))
@@ -466,8 +528,10 @@ class XyzSource(ImagerySource):
                     time.sleep(delay)
                 log.debug("retry %d of %s: %s", attempt, redact(url), failure)
             self._limiter.acquire()
+            left = max(deadline - time.monotonic(), 0.1)
             try:
-                response = self._http.request("GET", url, timeout=self._timeout)
+                response = self._http.request("GET", url, timeout=urllib3.Timeout(
+                    total=left, connect=min(self._timeout, left), read=min(self._timeout, left)))
                 body = response.data
             except Urllib3Error as exc:
                 failure = _failure(exc)
@@ -491,8 +555,7 @@ class XyzSource(ImagerySource):
                 raise _TileError(f"HTTP {status}", "http")
             failure = f"HTTP {status}"
             retry_after = min(MAX_RETRY_AFTER, _retry_after(response.headers.get("Retry-After")) or 0.0)
-        raise _TileError(f"{failure} after {self._retries} {'retry' if self._retries == 1 else 'retries'}",
-                         "transient")
+        raise _TileError(f"{failure} after {attempt} {'retry' if attempt == 1 else 'retries'}", "transient")
 
 
 def _http_pool(url, **pool):
@@ -521,6 +584,13 @@ def _truncated(received, expected):
 def _failure(exc):
     """A failed request's reason, as retries and error values name it."""
     reason = getattr(exc, "reason", None) or exc  # under the MaxRetryError our no-retry policy raises at once
+    if isinstance(reason, NewConnectionError):  # before Urllib3Timeout: urllib3 makes it a ConnectTimeoutError
+        cause = reason.__context__ or reason.__cause__
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host not found"
+        return "cannot connect"
     if isinstance(reason, Urllib3Timeout):
         return "timeout"
     # urllib3's IncompleteRead is an http.client one whose partial is a count, not the bytes
@@ -783,12 +853,12 @@ _FORMS = ("an XYZ URL template (https://.../{z}/{x}/{y}.png), a GeoTIFF/COG/VRT 
           "tiles")
 
 
-def open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retries=4, timeout=30.0, backoff=0.5,
-                 tms=False, subdomains="abc", tile_size=TILE_SIZE, bands=None):
+def open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retries=4, timeout=20.0, deadline=60.0,
+                 backoff=0.5, tms=False, subdomains="abc", tile_size=TILE_SIZE, bands=None):
     """An ImagerySource for `spec` (see the module docstring for the forms); UserError for anything else."""
     written = os.fspath(spec).strip()
-    source = _open(_expand_env(written), cache_dir, concurrency, rate_limit, retries, timeout, backoff, tms,
-                   subdomains, tile_size, bands)
+    source = _open(_expand_env(written), cache_dir, concurrency, rate_limit, retries, timeout, deadline, backoff,
+                   tms, subdomains, tile_size, bands)
     if "${" in written:  # keep ${NAME}, never its value, wherever the spec is shown or stored
         source.description = redact(written)
     return source
@@ -805,15 +875,16 @@ def _expand_env(spec):
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value, spec)
 
 
-def _open(spec, cache_dir, concurrency, rate_limit, retries, timeout, backoff, tms, subdomains, tile_size, bands):
+def _open(spec, cache_dir, concurrency, rate_limit, retries, timeout, deadline, backoff, tms, subdomains, tile_size,
+          bands):
     common = dict(cache_dir=cache_dir, concurrency=concurrency, tile_size=tile_size)
     lower = spec.lower()
     is_url = lower.startswith(("http://", "https://"))
     remote = is_url or lower.startswith(("s3://", "/vsi"))
     path = urlsplit(spec).path.lower() if is_url else lower
     if is_url and any(key in spec for key in ("{x}", "{-y}", "{q}")):
-        return XyzSource(spec, tms=tms, subdomains=subdomains, retries=retries, timeout=timeout, backoff=backoff,
-                         rate_limit=rate_limit, **common)
+        return XyzSource(spec, tms=tms, subdomains=subdomains, retries=retries, timeout=timeout, deadline=deadline,
+                         backoff=backoff, rate_limit=rate_limit, **common)
     if path.endswith((".tif", ".tiff", ".vrt")):
         if not remote and not os.path.isfile(spec):
             raise UserError(f"imagery file not found: {spec}")

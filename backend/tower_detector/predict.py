@@ -23,6 +23,7 @@ import queue
 import signal
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,15 +54,19 @@ def model_fingerprint(model_dir):
 
 def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=None, shards=None, workers=16,
             checkpoint_every=5000, batch_size=64, prefetch=4, max_tiles=100_000_000, precision="auto", views=1,
-            progress=None, log=print):
+            imagery_name=None, progress=None, log=print):
     """Score the cover's tiles (this shard's, or all) into the store `out`; returns the run's summary.
 
+    Everything that can be checked is checked before TensorFlow loads. Tiles that failed transiently in an
+    earlier run are scored first; one more pass at the end retries this run's transient failures. Raises
+    ImageryUnreachable (exit 1) on an outage: what was scored is kept, the job is not complete.
     precision: auto, float32 or mixed, as model.dtype_policy reads them (auto: bfloat16 on a CPU with it native).
-    views: 1, 2, 4 or 8 turned and mirrored copies of each tile scored and averaged (Classifier)."""
+    views: 1, 2, 4 or 8 turned and mirrored copies of each tile scored and averaged (Classifier).
+    imagery_name: the imagery's name for people (e.g. "Esri World Imagery"), kept with the job for exports."""
     from .areas import load_area
     from .cover import TileCover, tile_cover
     from .imagery import open_imagery
-    from .model import Classifier, warn_if_slow_precision
+    from .model import PRECISIONS, VIEWS, read_params
     from .store import open_store
 
     progress = progress or (lambda *a, **k: None)
@@ -69,10 +74,12 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
         raise UserError("predict needs --area or --tiles (one of them)")
     if checkpoint_every < 1 or batch_size < 1 or workers < 1:
         raise UserError("--checkpoint-every, --batch-size and --workers must be at least 1")
+    if views not in VIEWS or precision not in PRECISIONS:
+        raise UserError(f"--views must be one of {VIEWS} and --precision one of {PRECISIONS}")
     picked = parse_shard(shard)
-    classifier = Classifier(model_dir, precision, views)  # a missing or incompatible model fails before any work
-    log(f"scoring with {model_dir} in {classifier.policy}" + (f", {views} views a tile" if views > 1 else ""))
-    warn_if_slow_precision(classifier.policy, log)
+    params = read_params(model_dir)
+    if not os.path.isfile(os.path.join(model_dir, "model.keras")):
+        raise UserError(f"{model_dir} has params.json but no model.keras")
     if tiles is not None:
         cover = TileCover.load(tiles)
         zoom = cover.zoom
@@ -90,31 +97,103 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
     with store, open_imagery(imagery, concurrency=workers) as source:
         # what makes two runs the same job: the exact weights, the imagery and the zoom (the plan adds the
         # cover, shards and chunk size); secrets in the imagery spec are redacted by the store
-        identity = {"model_fingerprint": model_fingerprint(model_dir), "imagery": source.description, "zoom": zoom}
+        identity = {"model_fingerprint": model_fingerprint(model_dir), "imagery": _imagery_identity(source, store),
+                    "zoom": zoom}
         if views > 1:  # only then, so that stores written before views existed still resume
             identity["views"] = views
-        store.create_job({"identity": identity, "model": os.path.abspath(model_dir),
-                          "model_params": {k: classifier.params.get(k) for k in ("image_size", "data_fingerprint")}},
-                         cover, ranges, checkpoint_every)
+        job = {"identity": identity, "model": os.path.abspath(model_dir),
+               "model_params": {k: params.get(k) for k in ("image_size", "data_fingerprint")}}
+        if imagery_name:
+            job["imagery_name"] = imagery_name
+        store.prepare_job(job, cover, ranges, checkpoint_every)  # written once the imagery has answered
         selected = [picked[0]] if picked else list(range(len(ranges)))
-        done = store.done_chunks()
-        todo = [c for s in selected for c in store.missing_chunks(s, done=done)]
-        total_tiles = sum(store.plan.chunk_len(s, c) for s, c in todo)
+        scan = store.scan()
+        retries = [r for r in store.pending_retries(scan=scan) if r.shard in selected]
+        todo = [c for s in selected for c in store.missing_chunks(s, done=scan.done)]
         skipped = sum(store.plan.chunk_count(s) for s in selected) - len(todo)
+        units = [_Unit(s, c, 0, None, *store.plan.chunk_tiles(s, c)) for s, c in todo]
+        if retries:
+            log(f"retrying {sum(len(r.pos) for r in retries):,} tiles that failed transiently before")
         if skipped:
-            log(f"resuming: {skipped} chunks already in the store, {len(todo)} to score ({total_tiles:,} tiles)")
-        warm_up_started = time.monotonic()
-        if todo:
-            _warm_up(classifier, min(batch_size, total_tiles), source.tile_size)
-        warm_up_seconds = time.monotonic() - warm_up_started
-        stats = _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetch, progress, log)
+            log(f"resuming: {skipped} chunks already in the store, {len(todo)} to score "
+                f"({sum(len(u.xs) for u in units):,} tiles)")
+        stats = {"chunks_written": 0, "tiles_scored": 0, "tiles_failed": 0, "tiles_failed_transient": 0,
+                 "tiles_retried": 0, "bytes_written": 0, "checkpoint_seconds": 0.0, "seconds": 0.0,
+                 "model_seconds": 0.0, "warm_up_seconds": 0.0}
+        classifier = None
+        for attempt in range(2):  # the work, then one more pass over this run's transient failures
+            units = [_Unit(r.shard, r.index, r.layer, r, r.x, r.y) for r in retries] + units
+            if not units:
+                break
+            if classifier is None:
+                classifier = _classifier(model_dir, precision, views, log)
+                warm_up_started = time.monotonic()
+                _warm_up(classifier, min(batch_size, sum(len(u.xs) for u in units)), source.tile_size)
+                stats["warm_up_seconds"] = round(time.monotonic() - warm_up_started, 2)
+            if attempt:
+                log(f"retrying {sum(len(u.xs) for u in units):,} tiles that failed transiently in this run")
+            _run(classifier, source, store, units, zoom, batch_size, prefetch, progress, log, stats)
+            scan = store.scan()
+            retries = [r for r in store.pending_retries(scan=scan) if r.shard in selected]
+            units = []
+        pending = sum(len(r.pos) for r in retries)
         stats.update(chunks_existing=skipped, shards=len(ranges), shard=shard, tiles_in_job=cover.count, out=out,
-                     dtype_policy=classifier.policy, model_streams=classifier.streams,
-                     warm_up_seconds=round(warm_up_seconds, 2))
-        manifest = store.finalize({"last_run": {k: stats[k] for k in ("shard", "tiles_scored", "tiles_failed",
-                                                                       "seconds", "tiles_per_second")}})
-        stats["job_complete"] = manifest["complete"]
+                     dtype_policy=classifier.policy if classifier else None,
+                     model_streams=classifier.streams if classifier else None,
+                     tiles_per_second=round(stats["tiles_scored"] / max(stats["seconds"], 1e-9), 1),
+                     tiles_pending_retry=pending,
+                     pending_reasons=_top_reasons(store, retries) if pending else {})
+        if store.has_job():
+            manifest = store.finalize({"last_run": {k: stats[k] for k in (
+                "shard", "tiles_scored", "tiles_failed", "tiles_pending_retry", "seconds", "tiles_per_second")}},
+                scan=scan)
+            stats["job_complete"] = manifest["complete"]
+        else:
+            stats["job_complete"] = False
         return stats
+
+
+class _Unit(NamedTuple):
+    """Work for the pipeline: a chunk (layer 0) or a chunk's retry layer, and its tiles."""
+    shard: int
+    chunk: int
+    layer: int
+    retry: object  # the store's Retry for a layer, else None
+    xs: np.ndarray
+    ys: np.ndarray
+
+
+def _classifier(model_dir, precision, views, log):
+    """The model, loaded (TensorFlow starts here), in this process's model streams."""
+    from .model import Classifier, use_model_streams, warn_if_slow_precision
+
+    use_model_streams()
+    classifier = Classifier(model_dir, precision, views)
+    log(f"scoring with {model_dir} in {classifier.policy}" + (f", {views} views a tile" if views > 1 else ""))
+    warn_if_slow_precision(classifier.policy, log)
+    return classifier
+
+
+def _imagery_identity(source, store):
+    """The imagery as the job's identity names it: a local path made absolute, so that a resume with another
+    spelling of the same file is the same job (a job written with a relative path still matches it)."""
+    spec = source.description
+    if "://" in spec or spec.startswith("/vsi") or "${" in spec:
+        return spec
+    spec = os.path.abspath(spec)
+    try:
+        old = store.read_job()["identity"].get("imagery")
+    except UserError:
+        return spec
+    return old if isinstance(old, str) and os.path.abspath(old) == spec else spec
+
+
+def _top_reasons(store, retries, n=3):
+    reasons = collections.Counter()
+    for r in retries:
+        arrays = store.read_chunk(r.shard, r.index)
+        reasons.update(arrays["error_reason"][arrays["error_transient"]].tolist())
+    return dict(reasons.most_common(n))
 
 
 def _warm_up(classifier, batch_size, tile_size):
@@ -129,12 +208,15 @@ def _warm_up(classifier, batch_size, tile_size):
                         f"{max(batch_size // 2, 1)}") from None
 
 
-def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetch, progress, log):
+def _run(classifier, source, store, units, zoom, batch_size, prefetch, progress, log, stats):
+    """Score `units` through the pipeline, writing each once its last batch is back; adds to `stats`."""
+    from .imagery import ImageryUnreachable
+
     stop = threading.Event()
     previous = _on_sigterm(lambda: (stop.set(), log("SIGTERM: finishing the current chunk, then stopping")))
-    feed = _Feeder(source, [(s, c, *store.plan.chunk_tiles(s, c)) for s, c in todo], zoom, batch_size, prefetch)
+    feed = _Feeder(source, units, zoom, batch_size, prefetch)
+    total_tiles = sum(len(u.xs) for u in units)
     started = time.monotonic()
-    stats = {"chunks_written": 0, "tiles_scored": 0, "tiles_failed": 0, "bytes_written": 0, "checkpoint_seconds": 0.0}
     scored, model_seconds = 0, classifier.model_seconds
     # batches handed to the model, oldest first: (chunk, offset, n, ok, future), at most two per stream (one it
     # scores, one queued, so a stream never waits for the main thread); a chunk is written, in order, once its
@@ -152,57 +234,75 @@ def _run(classifier, source, store, todo, total_tiles, zoom, batch_size, prefetc
                 chunk.score[idx], chunk.cam[idx] = p, pts
             chunk.waiting -= 1
             scored += n
-            progress(scored, total_tiles, stage="tiles", shard=chunk.shard, chunk=chunk.chunk)
+            progress(scored, total_tiles, stage="tiles", shard=chunk.unit.shard, chunk=chunk.unit.chunk)
             while open_chunks and open_chunks[0].complete and open_chunks[0].waiting == 0:
                 write(open_chunks.popleft())
 
     def write(chunk):
+        unit, n = chunk.unit, len(chunk.unit.xs)
+        transient = sum(1 for _, t in chunk.errors.values() if t)
+        if transient == n:
+            if unit.retry is not None:
+                return  # every tile of the retry failed again: nothing new to record, they stay pending
+            # the whole chunk failed transiently: an outage, not tiles to record
+            reason = collections.Counter(r for r, _ in chunk.errors.values()).most_common(1)[0][0]
+            raise ImageryUnreachable(f"imagery unreachable: {n} of the last {n} tiles failed: {reason}; run the "
+                                     "same command again to resume")
         t = time.monotonic()
-        written = store.write_chunk(chunk.shard, chunk.chunk, chunk.xs, chunk.ys, np.clip(chunk.score, 0, 1),
-                                    cam_x=np.clip(chunk.cam[:, 0], 0, 256), cam_y=np.clip(chunk.cam[:, 1], 0, 256),
-                                    errors=chunk.errors)
+        store.commit_job()  # the imagery has answered: the job is written with the first chunk
+        columns = dict(cam_x=np.clip(chunk.cam[:, 0], 0, 256), cam_y=np.clip(chunk.cam[:, 1], 0, 256),
+                       errors=chunk.errors)
+        if unit.retry is None:
+            written = store.write_chunk(unit.shard, unit.chunk, unit.xs, unit.ys, np.clip(chunk.score, 0, 1),
+                                        **columns)
+        else:
+            written = store.write_retry(unit.retry, np.clip(chunk.score, 0, 1), **columns)
+            stats["tiles_retried"] += n
         stats["checkpoint_seconds"] += time.monotonic() - t
-        stats["chunks_written"] += int(written.written)
+        stats["chunks_written"] += int(written.written and unit.retry is None)
         stats["bytes_written"] += written.nbytes
-        stats["tiles_failed"] += len(chunk.errors)
-        stats["tiles_scored"] += len(chunk.xs) - len(chunk.errors)
+        stats["tiles_failed"] += len(chunk.errors) - transient
+        stats["tiles_failed_transient"] += transient
+        stats["tiles_scored"] += n - len(chunk.errors)
         if stop.is_set():
             raise _Stopped()
 
     try:
-        for (s, c, xs, ys), batches in feed.chunks():
-            chunk = _Chunk(s, c, xs, ys)
-            open_chunks.append(chunk)
-            for offset, images, ok, reasons in batches:
-                chunk.errors.update((offset + i, r) for i, r in enumerate(reasons) if r is not None)
-                collect(depth - 1)  # room for this batch
-                future = classifier.submit(images[ok]) if ok.any() else None
-                in_model.append((chunk, offset, len(images), ok, future))
-                chunk.waiting += 1
-            chunk.complete = True
-            collect(depth - 1)
-        collect(0)
+        try:
+            for unit, batches in feed.chunks():
+                chunk = _Chunk(unit)
+                open_chunks.append(chunk)
+                for offset, images, ok, errors in batches:
+                    chunk.errors.update((offset + i, e) for i, e in enumerate(errors) if e is not None)
+                    collect(depth - 1)  # room for this batch
+                    future = classifier.submit(images[ok]) if ok.any() else None
+                    in_model.append((chunk, offset, len(images), ok, future))
+                    chunk.waiting += 1
+                chunk.complete = True
+                collect(depth - 1)
+            collect(0)
+        except ImageryUnreachable:
+            collect(0)  # the chunks whose tiles were all fetched are written; the one under way is not
+            raise
     except _Stopped:
         raise Interrupted(f"stopped on SIGTERM after writing {stats['chunks_written']} chunks; run the same "
                           "command again to resume") from None
     finally:
         feed.close()
         signal.signal(signal.SIGTERM, previous) if previous is not None else None
-    seconds = time.monotonic() - started
-    stats.update(seconds=round(seconds, 2), tiles_per_second=round(stats["tiles_scored"] / max(seconds, 1e-9), 1),
-                 model_seconds=round(classifier.model_seconds - model_seconds, 2),
-                 checkpoint_seconds=round(stats["checkpoint_seconds"], 3), chunks_todo=len(todo))
-    return stats
+        stats["seconds"] = round(stats["seconds"] + time.monotonic() - started, 2)
+        stats["model_seconds"] = round(stats["model_seconds"] + classifier.model_seconds - model_seconds, 2)
+        stats["checkpoint_seconds"] = round(stats["checkpoint_seconds"], 3)
 
 
 class _Chunk:
-    """One chunk's scores as its batches come back from the model."""
+    """One unit's scores as its batches come back from the model."""
 
-    def __init__(self, shard, chunk, xs, ys):
-        self.shard, self.chunk, self.xs, self.ys = shard, chunk, xs, ys
-        self.score = np.full(len(xs), np.nan, np.float32)
-        self.cam = np.full((len(xs), 2), np.nan, np.float32)
-        self.errors = {}
+    def __init__(self, unit):
+        self.unit = unit
+        self.score = np.full(len(unit.xs), np.nan, np.float32)
+        self.cam = np.full((len(unit.xs), 2), np.nan, np.float32)
+        self.errors = {}  # position -> (reason, transient)
         self.waiting = 0  # batches in the model
         self.complete = False  # every batch handed to the model
 
@@ -223,8 +323,8 @@ class _Feeder:
 
     _END = object()
 
-    def __init__(self, source, chunks, zoom, batch_size, prefetch):
-        self.source, self.chunks_todo, self.zoom, self.batch_size = source, chunks, zoom, batch_size
+    def __init__(self, source, units, zoom, batch_size, prefetch):
+        self.source, self.units, self.zoom, self.batch_size = source, units, zoom, batch_size
         self.queue = queue.Queue(maxsize=max(prefetch, 1))
         self.closed = threading.Event()
         self.thread = threading.Thread(target=self._work, name="tile-feeder", daemon=True)
@@ -243,16 +343,17 @@ class _Feeder:
         try:
             # one continuous stream over every chunk, so fetching never pauses at a chunk boundary
             def all_tiles():
-                for _, _, xs, ys in self.chunks_todo:
-                    yield from zip(xs.tolist(), ys.tolist(), [self.zoom] * len(xs))
+                for unit in self.units:
+                    yield from zip(unit.xs.tolist(), unit.ys.tolist(), [self.zoom] * len(unit.xs))
 
             results = self.source.fetch(all_tiles())
-            for s, c, xs, ys in self.chunks_todo:
-                if not self._put(("chunk", (s, c, xs, ys))):
+            for unit in self.units:
+                if not self._put(("chunk", unit)):
                     return
+                xs = unit.xs
                 for offset in range(0, len(xs), self.batch_size):
                     n = min(self.batch_size, len(xs) - offset)
-                    images, ok, reasons = None, np.zeros(n, bool), [None] * n
+                    images, ok, errors = None, np.zeros(n, bool), [None] * n
                     for i in range(n):
                         r = next(results)
                         if r.error is None:
@@ -260,17 +361,17 @@ class _Feeder:
                                 images = np.zeros((n, *r.image.shape), np.uint8)
                             images[i], ok[i] = r.image, True
                         else:
-                            reasons[i] = r.error
+                            errors[i] = (r.error, r.transient)
                     if images is None:
                         images = np.zeros((n, 256, 256, 3), np.uint8)
-                    if not self._put(("batch", (offset, images, ok, reasons))):
+                    if not self._put(("batch", (offset, images, ok, errors))):
                         return
             self._put((self._END, None))
         except BaseException as exc:  # handed to the consumer, which raises it
             self._put(("error", exc))
 
     def chunks(self):
-        """Yields ((shard, chunk, xs, ys), batches iterator) in order; the batches must be consumed in turn."""
+        """Yields (unit, batches iterator) in order; the batches must be consumed in turn."""
         pending = None
         while True:
             kind, value = pending or self.queue.get()

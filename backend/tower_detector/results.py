@@ -63,8 +63,10 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
                   progress=None, log=None, *, yes_threshold=0.97, concurrency=8):
     """Merge a store's chunks into the outputs asked for (None: not written); return the summary.
 
-    Summary: store, zoom, tiles (in the job), chunks_total/done/missing, complete, tiles_missing (in missing
-    chunks), scored, failed, failures {reason: count}, unscored (in present chunks, neither scored nor failed),
+    Summary: store, zoom, tiles (in the job), chunks_total/done/missing, complete (every tile scored or failed for
+    good), tiles_missing (in missing chunks), scored, failed, failed_permanent (no imagery, unreadable: done),
+    failed_transient (imagery unreachable: to fetch again), failures {reason: count}, unscored (in present chunks,
+    neither scored nor failed),
     threshold, yes_threshold, candidates, candidates_yes, score_min/mean/max, histogram {edges, counts} (10 bins
     over 0..1), heatmap_grid {x0, y0, width, height}, outputs {kind: path}.
     Bad input (UserError, one line): threshold outside 0..1, unwritable or misnamed outputs, a store with no job,
@@ -102,7 +104,8 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
     finally:
         store.close()
     summary.update({"chunks_total": plan.total_chunks, "chunks_done": len(done), "chunks_missing": len(missing),
-                    "complete": not missing, "tiles_missing": int(sum(plan.chunk_len(*c) for c in missing)),
+                    "complete": not missing and not summary["failed_transient"],
+                    "tiles_missing": int(sum(plan.chunk_len(*c) for c in missing)),
                     "outputs": outputs})
     return summary
 
@@ -119,7 +122,7 @@ def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, repor
         for i, (_, _, c) in enumerate(store.iter_chunks(order)):
             ok = ~np.isnan(c["score"])
             x, y, s = c["x"][ok].astype(np.int64), c["y"][ok].astype(np.int64), c["score"][ok]
-            stats.add(len(ok), s, c["error_reason"])
+            stats.add(len(ok), s, c["error_reason"], c["error_transient"])
             hit = s >= np.float32(threshold)  # scores are float32, so is the cut: 0.95 keeps a score of 0.95
             picked.append((x[hit], y[hit], s[hit], c["cam_x"][ok][hit], c["cam_y"][ok][hit]))
             if heat:
@@ -163,14 +166,15 @@ class _Stats:
     """Counts, failures by reason, a 10-bin histogram and min/mean/max of the scores, chunk by chunk."""
 
     def __init__(self):
-        self.tiles = self.scored = self.failed = 0
+        self.tiles = self.scored = self.failed = self.transient = 0
         self.failures = {}
         self.counts = np.zeros(10, dtype=np.int64)
         self.total, self.lo, self.hi = 0.0, math.inf, -math.inf
 
-    def add(self, tiles, scores, reasons):
+    def add(self, tiles, scores, reasons, transient):
         self.tiles += tiles
         self.failed += len(reasons)
+        self.transient += int(transient.sum())
         for reason, k in zip(*(a.tolist() for a in np.unique(reasons, return_counts=True))):
             self.failures[reason] = self.failures.get(reason, 0) + k
         if len(scores):
@@ -180,7 +184,8 @@ class _Stats:
             self.lo, self.hi = min(self.lo, float(scores.min())), max(self.hi, float(scores.max()))
 
     def summary(self):
-        return {"tiles_done": self.tiles, "scored": self.scored, "failed": self.failed,
+        return {"tiles_done": self.tiles - self.transient, "scored": self.scored, "failed": self.failed,
+                "failed_permanent": self.failed - self.transient, "failed_transient": self.transient,
                 "failures": dict(sorted(self.failures.items(), key=lambda kv: -kv[1])),
                 "unscored": self.tiles - self.scored - self.failed,
                 "score_min": self.lo, "score_mean": self.total / self.scored, "score_max": self.hi,

@@ -2,13 +2,22 @@
 
     job.json                                the job spec (written once; a resume must match its identity)
     cover.json                              the tile cover, TileCover.save's format with the shards (written once)
+    failures-marked.json                    written with the job: chunks with failures carry a .failed marker
     chunks/s{shard:04d}/c{index:07d}.npz    immutable chunk files, one per fixed run of one shard's tiles
+    chunks/s{shard:04d}/c{index:07d}.failed empty marker, written before a chunk that holds failed tiles
+    chunks/s{shard:04d}/c{index:07d}.r{k:02d}.npz  immutable retry layer k: the chunk's tiles that had failed
+                                            transiently in layer k-1 (layer 0: the chunk), scored again
     manifest.json                           progress summary written by finalize() (optional, rewritable)
 
     store = open_store("s3://bucket/zambia", create=True)        # or a local directory
-    store.create_job({"identity": {"model": fp, "imagery": desc}, "model": path}, cover, shards, chunk_size=5000)
-    for shard, index in store.missing_chunks():
+    store.prepare_job({"identity": {"model": fp, "imagery": desc}, "model": path}, cover, shards, chunk_size=5000)
+    scan = store.scan()
+    for retry in store.pending_retries(scan=scan):               # tiles that failed transiently last time
+        store.commit_job()
+        store.write_retry(retry, scores, cam_x, cam_y, errors)
+    for shard, index in store.missing_chunks(done=scan.done):
         xs, ys = store.plan.chunk_tiles(shard, index)
+        store.commit_job()                                       # once there is something to store
         store.write_chunk(shard, index, xs, ys, scores, cam_x, cam_y, errors)   # -> ChunkWrite(written, nbytes)
     store.finalize({"timings": ...})
 
@@ -33,6 +42,17 @@ Chunk payload (.npz, compressed; np.load(..., allow_pickle=False) reads it)
     cam_x, cam_y         float32   most likely tower position inside the tile, tile pixels 0..256; NaN if none
     error_index          int32     positions (into x, y) of failed tiles
     error_reason         unicode   why each failed (e.g. "HTTP 404"), redacted
+    error_transient      bool      per failed tile: the failure may pass (an outage): the tile is not done
+    pos                  int32     retry layers only: positions of the layer's tiles x, y in its chunk
+    A chunk is read with its retry layers applied (read_chunk, iter_chunks): each layer's scores, points and
+    failures replace those of its tiles. Chunks written before error_transient existed have it derived from
+    the reason (transient_reason), and a store written before the markers is marked once, on its first scan.
+
+Failed tiles
+    A tile is done once it has a score or a permanent failure (no imagery there, a corrupt tile). A tile that
+    failed transiently is not: pending_retries() lists them (reading only the marked chunks), and the next run
+    scores exactly those tiles into the chunk's next retry layer, written once like a chunk. progress() and the
+    manifest count both kinds, and say complete only when every chunk is there and no tile waits for a retry.
 
 Exactly once
     Chunk boundaries are fixed by the plan, which the job spec pins (a resume with another cover, shard list
@@ -42,7 +62,8 @@ Exactly once
     write: the object is complete or absent, and a second PUT of the same key is refused with 412). A resume
     lists the chunks present (one paginated listing) and computes only the missing ones. So every tile lies in
     exactly one chunk, every chunk is present once with one payload, and a worker that dies mid-chunk leaves no
-    trace but a temp file: its chunk is recomputed by the next run, never half-counted.
+    trace but a temp file: its chunk is recomputed by the next run, never half-counted. Retry layers follow the
+    same rule: layer k's tiles are a function of the layers before it, and it is written once.
     A conditional PUT whose response was lost and is retried gets 412 for our own object: reported as "already
     there" (written=False), which is true. S3-compatible stores that answer 501 to If-None-Match fall back to
     HEAD-then-PUT, where two racing workers may both write the same chunk; both wrote the same tiles with the
@@ -81,7 +102,9 @@ from .imagery import redact
 JOB_FORMAT = "tower-detector/prediction-job"
 MANIFEST_FORMAT = "tower-detector/prediction-manifest"
 TILE_PIXELS = 256
-_CHUNK_NAME = re.compile(r"^chunks/s(\d{4})/c(\d{7})\.npz$")
+# chunks/s0001/c0000042.npz (a chunk), .r01.npz (its first retry layer), .failed (marker: it holds failures)
+_CHUNK_NAME = re.compile(r"^chunks/s(\d{4})/c(\d{7})(?:\.r(\d{2,})\.npz|\.npz|(\.failed))$")
+MARKED = "failures-marked.json"  # written once at job creation: every chunk with failures has its .failed marker
 _TMP_SUFFIX = ".tmp"  # local temp files: .<final name>.<random>.tmp, next to the final name
 STALE_TMP_SECONDS = 3600  # temp files older than this are left-overs of dead writers
 
@@ -90,6 +113,24 @@ class ChunkWrite(NamedTuple):
     name: str  # the chunk's name in the store, e.g. chunks/s0001/c0000042.npz
     written: bool  # False: the chunk was already there and was left as it was
     nbytes: int  # bytes written (0 when not written)
+
+
+class Retry(NamedTuple):
+    """Tiles of a chunk that failed transiently, to be scored into the chunk's retry layer `layer`."""
+    shard: int
+    index: int
+    layer: int  # 1 for the chunk's first retry layer
+    pos: np.ndarray  # int64 positions of the tiles in the chunk
+    x: np.ndarray
+    y: np.ndarray
+
+
+class Scan(NamedTuple):
+    """One listing of the store's chunks: done {(shard, index)}, layers {(shard, index): retry layers present},
+    marked {(shard, index) with a .failed marker}."""
+    done: set
+    layers: dict
+    marked: set
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,6 +525,8 @@ class Store:
         self._job = None
         self._cover = None
         self._plan = None
+        self._committed = False
+        self._marked = False  # the store's chunks with failures are known to carry markers
         self.stats = {"chunks_written": 0, "chunks_existing": 0, "bytes_written": 0}
         self._stats_lock = threading.Lock()  # workers may write chunks from several threads
 
@@ -501,7 +544,13 @@ class Store:
 
     # -- the job -------------------------------------------------------------------------------
     def create_job(self, job, cover, shards, chunk_size):
-        """Write job.json and cover.json, or check that the job already here is the same one; returns the job.
+        """prepare_job, then commit_job: the job is in the store when this returns; returns its spec."""
+        self.prepare_job(job, cover, shards, chunk_size)
+        return self.commit_job()
+
+    def prepare_job(self, job, cover, shards, chunk_size):
+        """Check `job` against the job already in the store, if any (UserError when they differ), and make it this
+        store's job, without writing anything: commit_job() writes it, once the run has something to store.
 
         job: a JSON-able dict; job["identity"] (a dict) is what must match on resume, with the plan (cover,
         shards, chunk_size). shards: [(x_start, x_end)] covering every tile (None: one shard).
@@ -517,21 +566,35 @@ class Store:
         spec.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         # JSON round trip (tuples -> lists...) and redaction, so that what is compared is what is stored
         spec = json.loads(redact(json.dumps(spec, default=_jsonable)))
+        existing = self._read_json("job.json")
+        if existing is not None:
+            self._check_same_job(existing, spec)
+        self._job, self._cover, self._plan = existing or spec, cover, plan
+        self._committed = existing is not None
+        if self._committed:
+            self._b.remove_stale_temp(STALE_TMP_SECONDS)  # temp files of writers that died (see the docstring)
+        return self._job
 
+    def commit_job(self):
+        """Write the prepared job (job.json, cover.json, the failure-marker note) unless it is there; returns it."""
+        if self._committed:
+            return self._job
+        spec, cover, plan = self._job, self._cover, self._plan
         existing = self._read_json("job.json")
         if existing is None:
-            cover_data = json.dumps(cover.to_dict(shards), separators=(",", ":")).encode()
+            cover_data = json.dumps(cover.to_dict(plan.shards), separators=(",", ":")).encode()
             if not self._b.write_once("cover.json", cover_data):
                 other = self._load_cover()
                 if cover_hash(other) != spec["plan"]["cover_sha256"]:
                     raise UserError(f"the store {self.spec} holds the tile cover of another job; use a new --out")
+            self._b.write_once(MARKED, json.dumps({"since": spec["created"]}).encode())
+            self._marked = True
             if self._b.write_once("job.json", json.dumps(spec, indent=1).encode()):
                 existing = spec
             else:
                 existing = self._read_json("job.json")  # another worker created it first: compare with it
         self._check_same_job(existing, spec)
-        self._b.remove_stale_temp(STALE_TMP_SECONDS)  # temp files of writers that died (see the docstring)
-        self._job, self._cover, self._plan = existing, cover, plan
+        self._job, self._committed = existing, True
         return existing
 
     def _check_same_job(self, existing, new):
@@ -547,6 +610,10 @@ class Store:
                         a, b = ([[s.get("x_start"), s.get("x_end")] for s in v or []] for v in (a, b))
                     raise UserError(f"the store {self.spec} already holds a different job ({part} {key}: "
                                     f"{_short(a)} there, {_short(b)} now); use a new --out")
+
+    def has_job(self):
+        """Whether the store holds a job (job.json)."""
+        return self._committed or self._read_json("job.json") is not None
 
     def read_job(self):
         """The job spec (job.json); UserError when the store holds no job."""
@@ -594,19 +661,34 @@ class Store:
 
     # -- chunks --------------------------------------------------------------------------------
     @staticmethod
-    def chunk_name(shard, index):
-        return f"chunks/s{int(shard):04d}/c{int(index):07d}.npz"
+    def chunk_name(shard, index, layer=0):
+        """A chunk's name (layer 0), or that of its retry layer `layer`."""
+        return f"chunks/s{int(shard):04d}/c{int(index):07d}" + (f".r{int(layer):02d}.npz" if layer else ".npz")
 
     def write_chunk(self, shard, index, x, y, score, cam_x=None, cam_y=None, errors=None):
         """Write chunk (shard, index) once and atomically; an existing chunk is left as it is.
 
         x, y must be exactly plan.chunk_tiles(shard, index). score: P(tower) per tile, NaN where not scored.
-        cam_x, cam_y: tower position in tile pixels (0..256) or NaN; None: all NaN. errors: None, a list with a
-        reason or None per tile (ImagerySource.fetch_batch's), or {position: reason}; failed tiles score NaN.
-        Caller mistakes (wrong tiles, lengths, ranges) raise ValueError. Returns a ChunkWrite.
+        cam_x, cam_y: tower position in tile pixels (0..256) or NaN; None: all NaN. errors: None, a list with an
+        error or None per tile, or {position: error}; an error is a reason (a permanent failure) or a (reason,
+        transient) pair; failed tiles score NaN. Caller mistakes (wrong tiles, lengths, ranges) raise ValueError.
+        Returns a ChunkWrite.
         """
-        name = self.chunk_name(shard, index)
         want_x, want_y = self.plan.chunk_tiles(shard, index)
+        return self._write_layer(shard, index, 0, None, want_x, want_y, x, y, score, cam_x, cam_y, errors)
+
+    def write_retry(self, retry, score, cam_x=None, cam_y=None, errors=None):
+        """Write the retry layer of a Retry from pending_retries(): the scores of exactly its tiles, as
+        write_chunk takes them (positions in `errors` are into retry.x). Once and atomically, like a chunk."""
+        xs, ys = self.plan.chunk_tiles(retry.shard, retry.index)
+        pos = np.asarray(retry.pos, dtype=np.int64)
+        if retry.layer < 1 or not len(pos) or pos.min() < 0 or pos.max() >= len(xs):
+            raise ValueError(f"{self.chunk_name(retry.shard, retry.index, retry.layer)}: not a retry of this chunk")
+        return self._write_layer(retry.shard, retry.index, retry.layer, pos, xs[pos], ys[pos], retry.x, retry.y,
+                                 score, cam_x, cam_y, errors)
+
+    def _write_layer(self, shard, index, layer, pos, want_x, want_y, x, y, score, cam_x, cam_y, errors):
+        name = self.chunk_name(shard, index, layer)
         x, y = np.asarray(x).ravel(), np.asarray(y).ravel()
         if not (np.array_equal(x, want_x) and np.array_equal(y, want_y)):
             raise ValueError(f"{name}: x, y are not the plan's tiles for this chunk")
@@ -614,12 +696,18 @@ class Store:
         score = _column(score, n, "score", name, 0.0, 1.0)
         cam_x = _column(cam_x, n, "cam_x", name, 0.0, TILE_PIXELS)
         cam_y = _column(cam_y, n, "cam_y", name, 0.0, TILE_PIXELS)
-        error_index, error_reason = _errors(errors, n, name)
+        error_index, error_reason, error_transient = _errors(errors, n, name)
         score[error_index] = np.nan
+        extra = {} if pos is None else {"pos": np.asarray(pos, dtype=np.int32)}
         buf = io.BytesIO()
         np.savez_compressed(buf, x=x.astype(np.uint32), y=y.astype(np.uint32), score=score, cam_x=cam_x,
-                            cam_y=cam_y, error_index=error_index, error_reason=error_reason)
+                            cam_y=cam_y, error_index=error_index, error_reason=error_reason,
+                            error_transient=error_transient, **extra)
         data = buf.getvalue()
+        if len(error_index) and layer == 0:
+            # the marker first: a chunk with failures is never in the store without it (kill -9 in between leaves
+            # a marker without its chunk, which is harmless: the chunk is missing, and is scored again)
+            self._b.write_once(self.chunk_name(shard, index)[:-4] + ".failed", b"")
         written = self._b.write_once(name, data)
         with self._stats_lock:
             self.stats["chunks_written" if written else "chunks_existing"] += 1
@@ -629,51 +717,132 @@ class Store:
     def has_chunk(self, shard, index):
         return self._b.exists(self.chunk_name(shard, index))
 
-    def done_chunks(self, shard=None):
-        """{(shard, index)} of the chunks present: one listing (S3: paginated), never a request per chunk."""
+    def scan(self, shard=None):
+        """One listing of the chunks (S3: paginated), never a request per chunk: a Scan."""
         prefix = "chunks/" if shard is None else f"chunks/s{int(shard):04d}/"
-        done = set()
+        done, layers, marked = set(), {}, set()
         for name in self._b.list(prefix):
             m = _CHUNK_NAME.match(name)
             if m:
-                done.add((int(m[1]), int(m[2])))
-        return done
+                key = (int(m[1]), int(m[2]))
+                if m[4]:
+                    marked.add(key)
+                elif m[3]:
+                    layers.setdefault(key, set()).add(int(m[3]))
+                else:
+                    done.add(key)
+        # only layers 1, 2, ... without a gap count (each is made from the one before it)
+        count = {}
+        for key, present in layers.items():
+            count[key] = next(k for k in range(1, len(present) + 2) if k not in present) - 1
+        scan = Scan(done, {k: v for k, v in count.items() if v}, marked)
+        if not self._marked:
+            self._marked = self._b.exists(MARKED)
+            if not self._marked:  # a store from before the markers: mark its chunks with failures, once
+                scan = self._mark_failures(scan)
+        return scan
+
+    def _mark_failures(self, scan):
+        """Mark the chunks with failures of a store written before markers existed (once; reads every chunk)."""
+        for s, i, arrays in self.iter_chunks(sorted(scan.done), scan=Scan(scan.done, scan.layers, set())):
+            if len(arrays["error_index"]):
+                scan.marked.add((s, i))
+                self._try_write_once(self.chunk_name(s, i)[:-4] + ".failed", b"")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._try_write_once(MARKED, json.dumps({"since": now}).encode())
+        self._marked = True
+        return scan
+
+    def _try_write_once(self, name, data):
+        try:
+            self._b.write_once(name, data)
+        except Exception:  # a store we may only read: the marks hold for this run only
+            pass
+
+    def done_chunks(self, shard=None):
+        """{(shard, index)} of the chunks present: one listing (S3: paginated), never a request per chunk."""
+        return self.scan(shard).done
 
     def missing_chunks(self, shard=None, done=None):
         """The plan's chunks not yet in the store, in plan order."""
         done = self.done_chunks(shard) if done is None else done
         return [c for c in self.plan.all_chunks() if (shard is None or c[0] == shard) and c not in done]
 
-    def read_chunk(self, shard, index):
-        """The chunk's arrays as a dict (see the module docstring); UserError when missing or corrupt."""
+    def read_chunk(self, shard, index, layers=None):
+        """The chunk's arrays as a dict (see the module docstring), its retry layers applied (`layers` of them;
+        None: as many as the store holds); UserError when missing or corrupt."""
         name = self.chunk_name(shard, index)
         data = self._b.read(name)
         if data is None:
             raise UserError(f"chunk {name} is not in {self.spec}")
-        return self._decode(name, data, self.plan.chunk_len(shard, index))
+        arrays = self._decode(name, data, self.plan.chunk_len(shard, index))
+        if layers is None:
+            layers = self.scan(shard).layers.get((shard, index), 0)
+        for layer in range(1, layers + 1):
+            name = self.chunk_name(shard, index, layer)
+            data = self._b.read(name)
+            if data is None:
+                raise UserError(f"chunk layer {name} is not in {self.spec}")
+            _apply_layer(arrays, self._decode(name, data, None), name, self.spec)
+        return arrays
 
     def _decode(self, name, data, n):
+        """A chunk's or a layer's arrays (n: the chunk's tile count; None for a layer)."""
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
+            n = len(arrays["pos"]) if n is None else n
             ok = all(len(arrays[k]) == n for k in ("x", "y", "score", "cam_x", "cam_y"))
             ok = ok and len(arrays["error_index"]) == len(arrays["error_reason"])
+            if "error_transient" not in arrays:  # written before failures were told apart
+                arrays["error_transient"] = np.array([transient_reason(r) for r in arrays["error_reason"].tolist()],
+                                                     dtype=bool)
+            ok = ok and len(arrays["error_transient"]) == len(arrays["error_index"])
         except Exception:  # zipfile, numpy and key errors alike: the bytes are not a chunk we wrote
             ok = False
         if not ok:
             raise UserError(f"corrupt chunk {name} in {self.spec}: delete it and resume to recompute it")
         return arrays
 
-    def iter_chunks(self, keys=None, concurrency=None):
-        """Yield (shard, index, arrays) for `keys` (default: every chunk present, in plan order), reading up
-        to `concurrency` chunks ahead in threads (S3 latency), yielding in order."""
-        keys = sorted(self.done_chunks()) if keys is None else list(keys)
+    def pending_retries(self, shard=None, scan=None):
+        """A Retry for each chunk whose tiles failed transiently and were not scored since, in plan order; reads
+        only the chunks marked as holding failures."""
+        scan = self.scan(shard) if scan is None else scan
+        keys = sorted(k for k in scan.marked & scan.done if shard is None or k[0] == shard)
+        retries = []
+        for s, i, arrays in self.iter_chunks(keys, scan=scan):
+            pos = arrays["error_index"][arrays["error_transient"]].astype(np.int64)
+            if len(pos):
+                pos.sort()
+                retries.append(Retry(s, i, scan.layers.get((s, i), 0) + 1, pos, arrays["x"][pos].astype(np.int64),
+                                     arrays["y"][pos].astype(np.int64)))
+        return retries
+
+    def failure_counts(self, scan=None):
+        """{"permanent": n, "transient": n, "reasons": {reason: n}} over the store's chunks (reads only the chunks
+        marked as holding failures)."""
+        scan = self.scan() if scan is None else scan
+        counts = {"permanent": 0, "transient": 0, "reasons": {}}
+        for _, _, arrays in self.iter_chunks(sorted(scan.marked & scan.done), scan=scan):
+            transient = int(arrays["error_transient"].sum())
+            counts["transient"] += transient
+            counts["permanent"] += len(arrays["error_index"]) - transient
+            for reason in arrays["error_reason"].tolist():
+                counts["reasons"][reason] = counts["reasons"].get(reason, 0) + 1
+        return counts
+
+    def iter_chunks(self, keys=None, concurrency=None, scan=None):
+        """Yield (shard, index, arrays) for `keys` (default: every chunk present, in plan order), retry layers
+        applied, reading up to `concurrency` chunks ahead in threads (S3 latency), yielding in order."""
+        if scan is None:
+            scan = self.scan()
+        keys = sorted(scan.done) if keys is None else list(keys)
         self.plan  # noqa: B018 - load the job and cover once, before the threads
         window = deque()
         with ThreadPoolExecutor(concurrency or self.concurrency, thread_name_prefix="store") as pool:
             try:
                 for key in keys:
-                    window.append((key, pool.submit(self.read_chunk, *key)))
+                    window.append((key, pool.submit(self.read_chunk, *key, scan.layers.get(key, 0))))
                     if len(window) > 2 * (concurrency or self.concurrency):
                         (s, i), future = window.popleft()
                         yield s, i, future.result()
@@ -685,20 +854,31 @@ class Store:
                     future.cancel()
 
     # -- manifest --------------------------------------------------------------------------------
-    def finalize(self, extra=None):
-        """Write manifest.json (chunks done per shard as [start, end) index ranges, counts, `extra` such as
-        timings) and return it. Rewritable: call it at the end of every run."""
-        plan, done = self.plan, self.done_chunks()
+    def progress(self, scan=None):
+        """Where the job stands (what manifest.json holds): chunks and tiles done, failures by kind, complete.
+
+        A tile is done once it has a score or a permanent failure: tiles that failed transiently are not, and
+        the job is complete only when every tile is done. Reads only the chunks marked as holding failures."""
+        plan, scan = self.plan, self.scan() if scan is None else scan
+        done = scan.done
+        failures = self.failure_counts(scan)
         shards = []
         for i, (a, b) in enumerate(plan.shards):
             idx = np.array(sorted(j for s, j in done if s == i), dtype=np.int64)
             shards.append({"x_start": a, "x_end": b, "chunks": plan.chunk_count(i), "done": _ranges(idx),
-                           "tiles_done": int(sum(plan.chunk_len(i, j) for j in idx.tolist()))})
+                           "tiles_in_done_chunks": int(sum(plan.chunk_len(i, j) for j in idx.tolist()))})
+        in_chunks = sum(s["tiles_in_done_chunks"] for s in shards)
+        return {"chunks_total": plan.total_chunks, "chunks_done": len(done), "tiles_total": plan.cover.count,
+                "tiles_done": in_chunks - failures["transient"], "tiles_failed_permanent": failures["permanent"],
+                "tiles_failed_transient": failures["transient"], "failures": failures["reasons"],
+                "complete": len(done) == plan.total_chunks and not failures["transient"], "shards": shards}
+
+    def finalize(self, extra=None, scan=None):
+        """Write manifest.json (progress(), chunks done per shard as [start, end) index ranges, `extra` such as
+        timings) and return it. Rewritable: call it at the end of every run."""
         manifest = {"format": MANIFEST_FORMAT, "version": 1,
                     "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "chunks_total": plan.total_chunks, "chunks_done": len(done),
-                    "tiles_total": plan.cover.count, "tiles_done": sum(s["tiles_done"] for s in shards),
-                    "complete": len(done) == plan.total_chunks, "shards": shards, **(extra or {})}
+                    **self.progress(scan), **(extra or {})}
         self.write_manifest(manifest)
         return manifest
 
@@ -722,6 +902,7 @@ def _column(values, n, what, name, lo, hi):
 
 
 def _errors(errors, n, name):
+    """(error_index, error_reason, error_transient) arrays from write_chunk's `errors`."""
     if errors is None:
         items = []
     elif isinstance(errors, dict):
@@ -734,8 +915,39 @@ def _errors(errors, n, name):
     index = np.array([i for i, _ in items], dtype=np.int32)
     if len(index) and (index.min() < 0 or index.max() >= n or len(np.unique(index)) != len(index)):
         raise ValueError(f"{name}: error positions must be distinct and within 0..{n - 1}")
-    reasons = [redact(" ".join(str(r).split())) or "error" for _, r in items]  # one line each, no secrets
-    return index, np.array(reasons, dtype=str) if reasons else np.zeros(0, dtype="<U1")
+    pairs = [r if isinstance(r, tuple) else (r, False) for _, r in items]
+    reasons = [redact(" ".join(str(r).split())) or "error" for r, _ in pairs]  # one line each, no secrets
+    return (index, np.array(reasons, dtype=str) if reasons else np.zeros(0, dtype="<U1"),
+            np.array([bool(t) for _, t in pairs], dtype=bool))
+
+
+_TRANSIENT_REASON = re.compile(r"after \d+ retr(y|ies)$|^read error|^S3 |^HTTP 40[13]$")
+
+
+def transient_reason(reason):
+    """Whether a failure reason written before chunks recorded it (error_transient) is one worth retrying:
+    what the imagery gave up on after retries, read errors, and refused credentials."""
+    return bool(_TRANSIENT_REASON.search(reason))
+
+
+def _apply_layer(arrays, layer, name, spec):
+    """Overlay a retry layer on its chunk's arrays (in place): its tiles' scores, points and failures replace
+    the chunk's."""
+    pos = layer["pos"].astype(np.int64)
+    inside = not len(pos) or (pos.min() >= 0 and pos.max() < len(arrays["x"]))
+    if not inside or not (np.array_equal(arrays["x"][pos], layer["x"]) and
+                          np.array_equal(arrays["y"][pos], layer["y"])):
+        raise UserError(f"corrupt chunk layer {name} in {spec}: its tiles are not its chunk's")
+    for key in ("score", "cam_x", "cam_y"):
+        arrays[key][pos] = layer[key]
+    keep = ~np.isin(arrays["error_index"], pos)
+    moved = pos[layer["error_index"]].astype(np.int32)
+    for key, extra in (("error_index", moved), ("error_reason", layer["error_reason"]),
+                       ("error_transient", layer["error_transient"])):
+        arrays[key] = np.concatenate([arrays[key][keep], extra]) if len(extra) else arrays[key][keep]
+    order = np.argsort(arrays["error_index"], kind="stable")
+    for key in ("error_index", "error_reason", "error_transient"):
+        arrays[key] = arrays[key][order]
 
 
 def _ranges(idx):

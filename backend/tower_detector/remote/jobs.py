@@ -474,7 +474,9 @@ def status(aws, record, tail=10):
         if fields["progress"]:
             p = fields["progress"]
             lines.append(f"results: {p['chunks_done']:,}/{p['chunks_total']:,} chunks, {p['tiles_done']:,}/"
-                         f"{p['tiles_total']:,} tiles ({p['tiles_done'] / max(p['tiles_total'], 1):.0%})")
+                         f"{p['tiles_total']:,} tiles done ({p['tiles_done'] / max(p['tiles_total'], 1):.0%}); "
+                         f"failed: {p['tiles_failed_permanent']:,} for good (no imagery there, unreadable), "
+                         f"{p['tiles_failed_transient']:,} to retry (imagery unreachable)")
     failure = None
     failed = []
     if summary and summary.get("FAILED"):
@@ -508,9 +510,8 @@ def _progress(store_spec):
 
     try:
         with open_store(store_spec) as store:
-            plan, done = store.plan, store.done_chunks()
-            return {"chunks_done": len(done), "chunks_total": plan.total_chunks,
-                    "tiles_done": sum(plan.chunk_len(s, c) for s, c in done), "tiles_total": plan.cover.count}
+            progress = store.progress()
+            return {k: v for k, v in progress.items() if k != "shards"}
     except UserError:
         return None  # no worker has started yet
 

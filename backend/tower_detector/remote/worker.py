@@ -5,7 +5,8 @@ KIND ARGS are a local command's own arguments (predict, train, search) with S3 U
 paths. The worker brings those inputs down, runs the local command in this process, and:
   predict  scores shard AWS_BATCH_JOB_ARRAY_INDEX of --shards N straight into the S3 store (--out s3://...), so
            an array job of N children scores every shard once. SIGTERM: predict finishes its chunk and exits 143,
-           which the job definition's retry strategy retries; the retry scores only the missing chunks.
+           which the job definition's retry strategy retries; the retry scores only the missing chunks. Tiles
+           that failed transiently (an imagery outage) exit 75, retried too; the retry fetches only those.
   train,   run in a local folder mirrored to --out s3://... (transfer.DirSync): pulled before, pushed every
   search   TOWER_DETECTOR_SYNC_SECONDS (120) and at the end, so a retry resumes (train from its checkpoints,
            search from history.json).
@@ -21,10 +22,11 @@ import signal
 import tempfile
 import threading
 
-from ..events import UserError
+from ..events import Failure, UserError
 from .transfer import DirSync, fetch_input, parse_s3, s3_client
 
 KINDS = ("predict", "train", "search")
+RETRY_EXIT_CODE = 75  # EX_TEMPFAIL: tiles failed transiently; the job definition's retry strategy retries it
 # options whose value is an input path: fetched when they name s3://
 _INPUTS = {"predict": ("model", "tiles", "area"), "train": ("data", "params", "weights"),
            "search": ("data", "params", "space", "weights")}
@@ -74,7 +76,12 @@ def _predict(args, rep):
             raise UserError(f"AWS_BATCH_JOB_ARRAY_INDEX is not set, and the job has {n} shards")
         args.shard = f"{int(index or 0)}/{n}"
     rep.log(f"worker: predict shard {args.shard} into {args.out}")
-    args.func(args, rep)  # the store is on S3 already; SIGTERM -> Interrupted -> exit 143, which Batch retries
+    try:
+        args.func(args, rep)  # the store is on S3 already; SIGTERM -> Interrupted -> exit 143, which Batch retries
+    except Failure as exc:
+        if exc.retry:  # tiles that failed transiently, or an imagery outage: Batch retries the child
+            exc.exit_code = RETRY_EXIT_CODE
+        raise
 
 
 def _mirrored(s3, args, work, rep):
