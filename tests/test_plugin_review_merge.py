@@ -51,7 +51,8 @@ def test_results_again_under_an_open_review_keep_every_decision(qgis_iface, qgis
 
     def results_job(store):
         args = commands.results_args(store, candidates=path, threshold=0.5)
-        assert "--overwrite" not in args  # the plugin never discards a review by itself
+        assert "--overwrite" not in args  # the plugin never discards a review by itself (nor does its Fetch)
+        assert "--overwrite" not in commands.remote_args("fetch", "job-1", out=str(folder), threshold=0.5)
         job_id = manager.start("predict", "predict 1", [args], out=str(folder),
                                outputs={"candidates": path, "threshold": 0.5})
         wait_until(lambda: manager.store.get(job_id)["status"] not in ("queued", "running"), 180, job_id)
