@@ -534,7 +534,11 @@ def _gpkg_envelope(blob):
     order = "<" if flags & 1 else ">"
     if (flags >> 1) & 0b111:
         return struct.unpack_from(order + "4d", blob, 8)
-    import shapely  # points carry no envelope: read the WKB after the 8-byte header
+    wkb = "<" if blob[8] else ">"  # points carry no envelope: read the WKB after the 8-byte header
+    if len(blob) == 29 and struct.unpack_from(wkb + "I", blob, 9)[0] == 1:  # a 2D point, the usual case
+        x, y = struct.unpack_from(wkb + "2d", blob, 13)
+        return x, x, y, y
+    import shapely
 
     minx, miny, maxx, maxy = shapely.from_wkb(bytes(blob[8:])).bounds
     return minx, maxx, miny, maxy
