@@ -4,6 +4,7 @@ afresh. Reviews are recorded with sqlite3 and GDAL, as the plugin's review dock 
 
 import hashlib
 import json
+import re
 import sqlite3
 import subprocess
 from contextlib import closing
@@ -119,15 +120,19 @@ def check_consistent(path):
         prtree = {r[0]: r[1:] for r in db.execute("SELECT id, minx, miny FROM rtree_candidate_points_geom")}
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert [r[3] for r in cands] == list(range(1, len(cands) + 1))
-    assert [r[2] for r in cands] == sorted((r[2] for r in cands), reverse=True)
-    assert set(points) == rtree == set(prtree) == {r[0] for r in cands}
+    scored = [r[2] for r in cands if r[2] is not None]  # a row added by hand may have no score: ranked last
+    assert scored == sorted(scored, reverse=True) and all(r[2] is None for r in cands[len(scored):])
+    assert rtree == {r[0] for r in cands}
+    assert set(points) == set(prtree) == {r[0] for r in cands if re.fullmatch(r"\d+-\d+-\d+", r[1]) or r[4] is not None}
     for fid, tile_id, score, _rank, lon, lat, source, _x, _y in cands:
+        if fid not in points:
+            continue
         assert points[fid] == (tile_id, score, source)
         assert prtree[fid] == pytest.approx((lon, lat), abs=1e-5)  # the point layer shows the reviewer's point
     validate_gpkg.check(path, abort_at_first_error=True, extra_checks=True, warning_as_error=True)
     ds = ogr.Open(path)
     assert ds.GetLayerByName("candidates").GetFeatureCount() == len(cands)
-    assert ds.GetLayerByName("candidate_points").GetFeatureCount() == len(cands)
+    assert ds.GetLayerByName("candidate_points").GetFeatureCount() == len(points)
     return cands
 
 
@@ -330,3 +335,29 @@ def test_exports_after_a_merge_follow_the_new_ranks(tmp_path):
     assert summary["nodes"] == 1 and summary["merged"] == 1
     text = (tmp_path / "towers.osm").read_text()
     assert f'lon="{now[better]["point_lon"]:.7f}"' in text, text
+
+
+def test_rows_added_by_hand_survive_a_merge(tmp_path):
+    """A mapper digitised a tower the model missed in QGIS: a row with a geometry, a tile id of their own and a
+    status, nothing else. The merge keeps it (and drops a bare one nobody decided on)."""
+    from osgeo import ogr
+
+    store = make_store(tmp_path / "a", scores_of)
+    path = str(tmp_path / "c.gpkg")
+    merge_results(store, candidates=path, threshold=0.5)
+    ds = ogr.Open(path, 1)
+    layer = ds.GetLayerByName("candidates")
+    for tile_id, status in (("missed-by-model", "confirmed"), ("scratch", None)):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((28.001 -14.995,28.002 -14.995,28.002 -14.994,"
+                                                      "28.001 -14.994,28.001 -14.995))"))
+        feature.SetField("tile_id", tile_id)
+        if status:
+            feature.SetField("status", status)
+        layer.CreateFeature(feature)
+    ds = layer = feature = None
+    summary = merge_results(store, candidates=path, threshold=0.6)
+    after = rows(path)
+    assert after["missed-by-model"]["status"] == "confirmed" and after["missed-by-model"]["in_results"] == 0
+    assert "scratch" not in after and summary["merge"]["reviewed_kept"] == 1
+    check_consistent(path)

@@ -646,11 +646,25 @@ _NOT_CANDIDATES = "is not a candidates GeoPackage (from `tower-detector results 
 _NEEDED = ("tile_id", "x", "y", "z", "score", "rank", "point_lon", "point_lat", "point_source", "status", "note",
            "reviewer", "reviewed_at")
 # a human (or conflate) has touched the row: a status, a note, or a tower point moved by hand
-_REVIEWED = "(coalesce(status, 'unreviewed') != 'unreviewed' OR coalesce(note, '') != '' OR point_source = 'reviewer')"
+_REVIEWED = ("(coalesce(status, 'unreviewed') != 'unreviewed' OR coalesce(note, '') != '' "
+             "OR coalesce(point_source, '') = 'reviewer')")
 
 
 def _tile_keys(x, y, zoom):
     return np.asarray(x, np.int64) << zoom | np.asarray(y, np.int64)
+
+
+def _tiles_of(tile_ids):
+    """(x, y, z) int64 arrays of "x-y-z" tile ids (the merge's key; the x, y, z columns may have been edited),
+    -1 where one does not parse (a row someone added by hand)."""
+    xyz = []
+    for tile_id in tile_ids:
+        try:
+            x, y, z = map(int, str(tile_id).split("-"))
+        except ValueError:
+            x = y = z = -1
+        xyz.append((x, y, z))
+    return tuple(np.array(c, np.int64).reshape(-1) for c in (zip(*xyz) if xyz else ((), (), ())))
 
 
 def existing_candidates(path, zoom, overwrite=False):
@@ -660,6 +674,7 @@ def existing_candidates(path, zoom, overwrite=False):
     if not os.path.exists(path):
         return None
     x = y = z = reviewed = np.zeros(0, np.int64)
+    problem = None
     try:
         with closing(sqlite3.connect(path, timeout=60)) as db:
             have = {row[1] for row in db.execute("PRAGMA table_info(candidates)")}
@@ -668,19 +683,20 @@ def existing_candidates(path, zoom, overwrite=False):
                 why = "it has no candidates layer" if not have else f"its candidates layer lacks {', '.join(missing)}"
                 problem = f"{_NOT_CANDIDATES} ({why})"
             else:
-                rows = db.execute(f"SELECT x, y, z, {_REVIEWED} FROM candidates").fetchall()
-                if rows:
-                    x, y, z, reviewed = (np.array(c, dtype=np.int64) for c in zip(*rows))
-                zooms = sorted(set(z.tolist()) - {zoom})
-                problem = f"holds zoom-{zooms[0]} candidates and this job is zoom {zoom}" if zooms else None
+                rows = db.execute(f"SELECT tile_id, {_REVIEWED} FROM candidates").fetchall()
+                x, y, z = _tiles_of([r[0] for r in rows])
+                reviewed = np.array([r[1] for r in rows], np.int64)
+                zooms = sorted(set(z.tolist()) - {zoom, -1})
+                if zooms:
+                    problem = f"holds zoom-{zooms[0]} candidates and this job is zoom {zoom}"
     except sqlite3.DatabaseError as exc:
         problem = f"{_NOT_CANDIDATES} ({exc})"
     if problem and not overwrite:
         raise UserError(f"{os.path.basename(path)} {problem}: write them to another file, or pass --overwrite "
                         "to replace it")
     merge = not (problem or overwrite)
-    return {"merge": merge, "keys": np.sort(_tile_keys(x, y, zoom)) if merge else np.zeros(0, np.int64),
-            "reviewed": int(reviewed.sum())}
+    keys = np.sort(_tile_keys(x[z == zoom], y[z == zoom], zoom)) if merge else np.zeros(0, np.int64)
+    return {"merge": merge, "keys": keys, "reviewed": int(reviewed.sum())}
 
 
 def write_candidates(path, tmp, existing, zoom, x, y, score, cam_x, cam_y, chosen, info):
@@ -736,7 +752,7 @@ def merge_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, chosen, info):
         try:
             counts = _merge_rows(db, zoom, x, y, scores, lon, lat, source.tolist(), chosen.tolist(), new)
             info = {**info, "merges": [*_merges(db), _history(info, {"mode": "merged", **counts})]}
-            _finish_gpkg(db, info)
+            _finish_gpkg(db, zoom, info)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -794,24 +810,25 @@ def _merge_rows(db, zoom, x, y, scores, lon, lat, source, chosen, new):
     return counts
 
 
-def _finish_gpkg(db, info):
+def _finish_gpkg(db, zoom, info):
     """After rows changed: ranks, the candidate_points layer, extents, feature counts and the job table."""
-    rows = db.execute("SELECT fid, x, y, z, score, rank, point_lon, point_lat, tile_id, point_source "
-                      "FROM candidates").fetchall()
-    fid, x, y, z = (np.array([r[k] for r in rows], np.int64) for k in range(4))
-    score = np.array([r[4] for r in rows], np.float64)
+    rows = db.execute("SELECT fid, score, rank, point_lon, point_lat, tile_id, point_source FROM candidates").fetchall()
+    fid = np.array([r[0] for r in rows], np.int64)
+    score = np.array([r[1] for r in rows], np.float64)  # NULL: NaN, ranked last
+    x, y, _ = _tiles_of([r[5] for r in rows])
     order = np.lexsort((y, x, -score))
     rank = np.empty(len(rows), np.int64)
     rank[order] = np.arange(1, len(rows) + 1)
     db.executemany("UPDATE candidates SET rank = ? WHERE fid = ?",
-                   [(int(r), int(f)) for r, f, row in zip(rank, fid, rows) if row[5] != r])
+                   [(int(r), int(f)) for r, f, row in zip(rank, fid, rows) if row[2] != r])
 
     # the points layer mirrors the candidates' points (a reviewer's moved point included); same fids
-    zoom = int(z[0]) if len(z) else 0
+    tiled = x >= 0
     cx, cy = tile_lonlat(x + 0.5, y + 0.5, zoom)
-    lon = np.array([cxi if r[6] is None else r[6] for r, cxi in zip(rows, cx.tolist())], np.float64)
-    lat = np.array([cyi if r[7] is None else r[7] for r, cyi in zip(rows, cy.tolist())], np.float64)
-    want = {int(f): (g, r[8], r[4], r[9]) for f, g, r in zip(fid, _gpkg_points(lon, lat), rows)}
+    lon = np.array([c if r[3] is None else r[3] for r, c in zip(rows, cx.tolist())], np.float64)
+    lat = np.array([c if r[4] is None else r[4] for r, c in zip(rows, cy.tolist())], np.float64)
+    placed = tiled | np.array([r[3] is not None and r[4] is not None for r in rows], bool)
+    want = {int(f): (g, r[5], r[1], r[6]) for f, g, r, ok in zip(fid, _gpkg_points(lon, lat), rows, placed) if ok}
     have = {r[0]: r[1:] for r in db.execute("SELECT fid, geom, tile_id, score, point_source FROM candidate_points")}
     db.executemany("DELETE FROM candidate_points WHERE fid = ?", [(f,) for f in have if f not in want])
     db.executemany("UPDATE candidate_points SET geom = ?, tile_id = ?, score = ?, point_source = ? WHERE fid = ?",
@@ -819,13 +836,11 @@ def _finish_gpkg(db, info):
     db.executemany("INSERT INTO candidate_points (fid, geom, tile_id, score, point_source) VALUES (?, ?, ?, ?, ?)",
                    [(f, *v) for f, v in want.items() if f not in have])
 
-    if len(rows):
-        w, n = tile_lonlat(x, y, zoom)
-        e, s = tile_lonlat(x + 1, y + 1, zoom)
-        extents = {"candidates": (w.min(), s.min(), e.max(), n.max()),
-                   "candidate_points": (lon.min(), lat.min(), lon.max(), lat.max())}
-    else:
-        extents = dict.fromkeys(("candidates", "candidate_points"), (None,) * 4)
+    x, y, lon, lat = x[tiled], y[tiled], lon[placed], lat[placed]
+    w, n = tile_lonlat(x, y, zoom)
+    e, s = tile_lonlat(x + 1, y + 1, zoom)
+    extents = {"candidates": (w.min(), s.min(), e.max(), n.max()) if len(x) else (None,) * 4,
+               "candidate_points": (lon.min(), lat.min(), lon.max(), lat.max()) if len(lon) else (None,) * 4}
     for table, bounds in extents.items():
         db.execute("UPDATE gpkg_contents SET min_x = ?, min_y = ?, max_x = ?, max_y = ?, "
                    "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE table_name = ?",
