@@ -256,7 +256,7 @@ def test_gdal_reads_and_validates_the_geopackage(merged, tmp_path):
     defn = layer.GetLayerDefn()
     fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
     assert fields == ["tile_id", "x", "y", "z", "score", "rank", "point_lon", "point_lat", "point_source", "status",
-                      "note", "reviewer", "reviewed_at"]
+                      "note", "reviewer", "reviewed_at", "in_results"]
     assert defn.GetFieldDefn(fields.index("status")).GetDefault() == "'unreviewed'"
     # the spatial index answers a window query with exactly the tiles that overlap it
     exp, order = merged["exp"], candidates_of(merged["exp"], 0.5)
@@ -317,7 +317,7 @@ def test_geojson_overlay_bands_and_style(merged, tmp_path):
     assert sum(p["label"] == "Yes" for p in props) == s["candidates_yes"] == (valid >= 0.95).sum()
     with sqlite3.connect(tmp_path / "c.gpkg") as db:
         assert db.execute("SELECT count(*), min(score) FROM candidates").fetchone() == (len(props), 0.9)
-    s = merge_results(merged["store"], candidates=tmp_path / "c.gpkg", threshold=1.0)  # replaces the file
+    s = merge_results(merged["store"], candidates=tmp_path / "c.gpkg", threshold=1.0)  # merged: unreviewed ones go
     with sqlite3.connect(tmp_path / "c.gpkg") as db:
         assert db.execute("SELECT count(*), min(score) FROM candidates").fetchone() == ((valid == 1).sum(), 1.0)
 
@@ -333,7 +333,7 @@ def test_merge_from_s3_equals_the_local_merge(s3, merged, tmp_path):
                 s3.put_object(Bucket="results-test", Key=f"runs/tri/{rel}", Body=data.read())
     s = merge_results("s3://results-test/runs/tri", json_path=tmp_path / "seed.json", threshold=0.5)
     def same(summary):
-        return {k: v for k, v in summary.items() if k not in ("store", "outputs")}
+        return {k: v for k, v in summary.items() if k not in ("store", "outputs", "merge")}
 
     assert same(s) == same(merged["summary"])
     assert (tmp_path / "seed.json").read_bytes() == merged["json_path"].read_bytes()

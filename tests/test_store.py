@@ -143,7 +143,8 @@ def test_chunks_round_trip_and_are_written_once(local_store, tmp_path):
     assert result.nbytes == path.stat().st_size
     check_chunk(local_store.read_chunk(1, 2), plan, 1, 2)
     with np.load(path, allow_pickle=False) as z:  # a plain npz any numpy reads
-        assert sorted(z.files) == ["cam_x", "cam_y", "error_index", "error_reason", "error_transient", "score", "x", "y"]
+        assert sorted(z.files) == ["cam_x", "cam_y", "error_index", "error_reason", "error_transient", "score", "x",
+                                   "y"]
 
     # a second write (a racing worker, a retry) changes nothing
     original = path.read_bytes()

@@ -117,12 +117,28 @@ class TowerDetectorPlugin:
 
             self.manager = JobManager(self.iface)
             self.manager.changed.connect(self._job_started)
+            self.manager.finished.connect(self._job_finished)
         return self.manager
 
     def _job_started(self, job_id):
         job = self.manager.store.get(job_id)
         if job is not None and job.get("status") == "queued":
             self.show_jobs()
+
+    def _job_finished(self, job_id):
+        """A job that wrote files the project shows (results merged into a candidates GeoPackage, a fetch, a new
+        heatmap): their layers, and the review dock on one of them, read them again."""
+        from .results import reload_file_layers
+
+        job = self.manager.store.get(job_id)
+        if job is None or job.get("status") != "finished":
+            return
+        outputs = job.get("outputs") or {}
+        changed = [layer for key in ("candidates", "heatmap") if outputs.get(key)
+                   for layer in reload_file_layers(outputs[key])]
+        session = self.review_dock.session if self.review_dock is not None else None
+        if session is not None and any(layer is session.layer for layer in changed):
+            self.review_dock.reload()
 
     def _show_dialog(self, key, factory):
         """One non-modal dialog per kind: raise it if open, else make a new one."""

@@ -130,16 +130,51 @@ def candidates_renderer() -> QgsGraduatedSymbolRenderer:
     return QgsGraduatedSymbolRenderer("score", ranges)
 
 
-def threshold_filter(threshold: float) -> str:
-    return f'"score" >= {float(threshold)!r}'
+THRESHOLD_PROPERTY = "tower_detector/threshold"
+
+
+def threshold_filter(threshold: float, kept: bool = False) -> str:
+    """Candidates scoring at least threshold; kept: also those the backend kept for their review alone
+    (in_results = 0: reviewed, then below the threshold of a later `results`/fetch), so no decision is hidden."""
+    text = f'"score" >= {float(threshold)!r}'
+    return f'{text} OR "in_results" = 0' if kept else text
 
 
 def set_threshold(layers, threshold: float) -> None:
-    """Show only candidates scoring at least threshold (a provider filter: counts and exports follow it)."""
+    """Show only candidates scoring at least threshold, and the reviewed ones kept below it (a provider filter:
+    counts and exports follow it)."""
     for layer in layers:
         if layer is not None and layer.isValid():
-            layer.setSubsetString(threshold_filter(threshold))
+            layer.setSubsetString(threshold_filter(threshold, layer.fields().indexOf("in_results") >= 0))
+            layer.setCustomProperty(THRESHOLD_PROPERTY, float(threshold))
             layer.triggerRepaint()
+
+
+def file_layers(path: str, project: QgsProject = None, layer_name: str = None) -> list:
+    """The project's layers that read the file at path (only its layer_name, for a GeoPackage, if given)."""
+    project = project or QgsProject.instance()
+    real, found = os.path.realpath(path), []
+    for layer in project.mapLayers().values():
+        parts = layer.source().split("|")
+        if os.path.realpath(parts[0]) == real and (layer_name is None or f"layername={layer_name}" in parts[1:]):
+            found.append(layer)
+    return found
+
+
+def reload_file_layers(path: str, project: QgsProject = None) -> list:
+    """Re-read the project's layers of a file the backend has just changed (a merge into a candidates GeoPackage
+    adds rows and columns; a heatmap is a new file): rows, fields, extent; a threshold set here is applied again
+    (the file may have gained in_results). Returns those layers."""
+    layers = file_layers(path, project)
+    for layer in layers:
+        layer.reload()
+        if isinstance(layer, QgsVectorLayer):
+            layer.updateExtents()
+            threshold = layer.customProperty(THRESHOLD_PROPERTY)
+            if threshold is not None:
+                set_threshold((layer,), float(threshold))
+        layer.triggerRepaint()
+    return layers
 
 
 def count(layer: QgsVectorLayer) -> int:
@@ -190,18 +225,28 @@ def load_candidates(path: str, threshold: float = 0.5, name: str = "tower candid
 
 def add_results(heatmap: str = None, candidates: str = None, *, threshold: float = 0.5, floor: float = 0.5,
                 title: str = "Tower Detector results", project: QgsProject = None) -> dict:
-    """Add what exists of a result set to the project in one group, candidates above the heatmap."""
+    """Add what exists of a result set to the project in one group, candidates above the heatmap. A file the
+    project already shows is re-read in its layer, not opened a second time."""
     project = project or QgsProject.instance()
     layers = {}
     if candidates:
-        layers["candidates"] = load_candidates(candidates, threshold)
+        shown = file_layers(candidates, project, "candidates")
+        if shown:
+            reload_file_layers(candidates, project)
+            set_threshold(shown[:1], threshold)
+        layers["candidates"] = shown[0] if shown else load_candidates(candidates, threshold)
     if heatmap:
-        layers["heatmap"] = load_heatmap(heatmap, floor)
+        shown = file_layers(heatmap, project)
+        if shown:
+            reload_file_layers(heatmap, project)
+            style_heatmap(shown[0], floor)
+        layers["heatmap"] = shown[0] if shown else load_heatmap(heatmap, floor)
     if not layers:
         raise ResultsError("nothing to load: give a heatmap or a candidates GeoPackage")
-    group: QgsLayerTreeGroup = project.layerTreeRoot().insertGroup(0, title)
-    for key in ("candidates", "heatmap"):
-        if key in layers:
+    new = [key for key in ("candidates", "heatmap") if key in layers and not project.mapLayer(layers[key].id())]
+    if new:
+        group: QgsLayerTreeGroup = project.layerTreeRoot().insertGroup(0, title)
+        for key in new:
             project.addMapLayer(layers[key], False)
             group.addLayer(layers[key])
     return layers

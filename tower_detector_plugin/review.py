@@ -87,7 +87,6 @@ class ReviewSession:
             raise ReviewError(f"{layer.name()} is not a tower-detector candidates layer (no {', '.join(missing)})")
         self.layer = layer
         self.reviewer = reviewer or _login()
-        self.index = {name: layer.fields().indexOf(name) for name in (*REQUIRED_FIELDS, "tile_id")}
         self.min_score, self.max_score, self.statuses, self.extent = 0.0, 1.0, {UNREVIEWED}, None
         self.position = None  # the rank (index in score order) of the current candidate
         self.fids = []
@@ -97,6 +96,7 @@ class ReviewSession:
     def reload(self):
         """Read the candidates passing the layer's filter (best first); keeps the current one if still there."""
         current = self.current_fid()
+        self.index = {name: self.layer.fields().indexOf(name) for name in (*REQUIRED_FIELDS, "tile_id")}
         names = ["score", "status", "point_lon", "point_lat", "tile_id", "note"]
         request = QgsFeatureRequest().setSubsetOfAttributes([self.index[n] for n in names if self.index[n] >= 0])
         rows = []
@@ -458,7 +458,7 @@ class ReviewDock(QDockWidget):
     def reload(self):
         """Read the layer again after something else (the backend) changed its file."""
         if self.session is not None:
-            self.session.layer.dataProvider().reloadData()
+            self.session.layer.reload()  # rows and fields (a merge may add columns)
             self.session.reload()
             self._filters_changed()
 

@@ -148,14 +148,29 @@ def cmd_results(args, rep):
         raise UserError("results: ask for at least one of --heatmap, --candidates, --json, --geojson")
     summary = merge_results(args.store, heatmap=args.heatmap, candidates=args.candidates, threshold=args.threshold,
                             json_path=args.json, geojson_path=args.geojson, yes_threshold=args.yes_threshold,
-                            progress=rep.progress, log=rep.log)
+                            progress=rep.progress, log=rep.log, overwrite=args.overwrite)
     lines = [f"{summary['scored']:,} tiles scored, {summary['failed_permanent']:,} failed for good (no imagery, "
              f"unreadable), {summary['failed_transient']:,} failed transiently (not done: run predict again)"
              + (f", {summary['tiles_missing']:,} not scored yet (job unfinished)" if summary["tiles_missing"] else ""),
              f"{summary['candidates']:,} candidates at or above {summary['threshold']} "
              f"({summary['candidates_yes']:,} at or above {summary['yes_threshold']})"]
+    if "merge" in summary:
+        lines.append(merge_text(summary["merge"]))
     lines += [f"  {kind}: {path}" for kind, path in summary["outputs"].items()]
     rep.result("\n".join(lines), **summary)
+
+
+def merge_text(merge):
+    """One line on what writing the candidates GeoPackage did (results, remote fetch)."""
+    if merge["mode"] == "merged":
+        return (f"candidates merged into the existing file by tile: {merge['reviewed_kept']:,} reviewed kept "
+                f"({merge['reviewed_below_threshold']:,} of them now below the threshold or unscored: in_results = "
+                f"0), {merge['updated']:,} updated, {merge['added']:,} added, {merge['unreviewed_dropped']:,} "
+                "unreviewed below the threshold dropped")
+    if merge["mode"] == "overwritten":
+        return (f"candidates file overwritten (--overwrite): {merge['added']:,} candidates, "
+                f"{merge['reviewed_discarded']:,} reviewed ones discarded")
+    return f"candidates file written: {merge['added']:,} candidates"
 
 
 def cmd_export(args, rep):
@@ -284,11 +299,14 @@ def build_parser():
     sp = command("results", cmd_results, "Merge a results store into a heatmap, candidates and the seed's formats.")
     sp.add_argument("store", help="results store: a directory or s3://bucket/prefix")
     sp.add_argument("--heatmap", help="heatmap GeoTIFF to write (EPSG:3857, one pixel per tile)")
-    sp.add_argument("--candidates", help="candidates GeoPackage to write (tiles at or above --threshold)")
+    sp.add_argument("--candidates", help="candidates GeoPackage to write (tiles at or above --threshold); an "
+                    "existing one is merged into by tile, its review decisions kept")
     sp.add_argument("--threshold", type=float, default=0.5, help="candidate score cut (see the model's metrics.json)")
     sp.add_argument("--yes-threshold", type=float, default=0.97, help="'Yes' band of the overlay (the seed's 0.97)")
     sp.add_argument("--json", help="the seed's {\"x-y-z\": score} JSON")
     sp.add_argument("--geojson", help="the seed's GeoJSON overlay (Maybe/Yes bands)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="write the candidates GeoPackage afresh, discarding the review decisions in it")
 
     sp = command("export", cmd_export, "Export reviewed candidates for JOSM, MapRoulette, the Tasking Manager or "
                  "the next training set.")

@@ -146,7 +146,7 @@ def export(kind, candidates, out, *, statuses=None, min_score=None, bbox=None, c
 # reading and checks
 # ---------------------------------------------------------------------------------------------
 def read_candidates(path):
-    """({column: numpy array} of the candidates layer in fid order, {key: value} of the job table) of a
+    """({column: numpy array} of the candidates layer in rank order, {key: value} of the job table) of a
     candidates GeoPackage; job values that are JSON text are decoded. All candidates share one zoom."""
     path = os.fspath(path)
     name = os.path.basename(path)
@@ -159,7 +159,7 @@ def read_candidates(path):
             if missing:
                 why = "it has no candidates layer" if not have else f"its candidates layer lacks {', '.join(missing)}"
                 raise UserError(f"{name} {_NOT_CANDIDATES}: {why}")
-            values = db.execute(f"SELECT {', '.join(COLUMNS)} FROM candidates ORDER BY fid").fetchall()
+            values = db.execute(f"SELECT {', '.join(COLUMNS)} FROM candidates ORDER BY rank, fid").fetchall()
             has_job = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job'").fetchone()
             job = dict(db.execute("SELECT key, value FROM job").fetchall()) if has_job else {}
     except sqlite3.DatabaseError as exc:

@@ -5,7 +5,8 @@
 
 One pass over the store's chunks (read ahead in threads) feeds every output; a job that is not finished is
 merged as far as it goes (summary["complete"] is False and the missing chunks are counted). Each output is
-written to a temp file next to it and renamed at the end, so a failure never leaves a half-written file.
+written to a temp file next to it and renamed at the end, so a failure never leaves a half-written file; an
+existing candidates GeoPackage is merged into instead, its review decisions kept (see below).
 
 Heatmap (GeoTIFF)
     EPSG:3857, one pixel per tile, aligned to the tile grid: pixel (col, row) is tile (x0 + col, y0 + row), the
@@ -23,13 +24,30 @@ Candidates (GeoPackage, written with sqlite3 to the OGC GeoPackage 1.2 spec; GDA
     layer candidates (Polygon, EPSG:4326): the tile squares with score >= threshold, by score descending (fid
     and rank 1 = the highest; ties by x, then y). Fields: tile_id "x-y-z", x, y, z, score, rank, point_lon,
     point_lat (the CAM point, tile pixels -> lon/lat; the tile centre when there is none), point_source
-    ("cam" or "tile_centre"), status (default "unreviewed"), note, reviewer, reviewed_at (for the review UI).
+    ("cam" or "tile_centre"), status (default "unreviewed"), note, reviewer, reviewed_at (for the review UI),
+    in_results (1; 0 for a reviewed candidate that the last write kept only for its review, see below).
     layer candidate_points (Point, EPSG:4326): the same candidates' points (same fid), tile_id, score,
     point_source. Both have an R-tree spatial index. Its update triggers fire only when the geometry or the
     fid changes, so plain sqlite3 clients can update status/note without GDAL's ST_* functions; once GDAL has
     opened the file for writing (QGIS's review does) it rewrites them, and gpkg_connect provides the functions.
     table job (attributes, key/value TEXT): threshold, yes_threshold, zoom, store, job identity and notes,
     counts; no secrets (the store redacts its job spec).
+
+Writing onto an existing candidates GeoPackage (a reviewed one: `results` run again, `remote fetch` again)
+    merges into it by tile id, in one SQLite transaction on the file itself: a failure rolls back and leaves it
+    as it was, and QGIS may keep it open meanwhile (in WAL mode; its own writes wait). Rows keep their fid, so
+    an open layer's features stay valid; ranks are renumbered by score (fid order is no longer rank order).
+    A row is reviewed when it has a status other than unreviewed, a note, or a point a reviewer moved
+    (point_source "reviewer"). A reviewed row is never dropped, and keeps its status, note, reviewer,
+    reviewed_at and point; its score follows the new store where that scored the tile. An unreviewed row that
+    is a candidate again gets the new score and point; new candidates are added, unreviewed. A reviewed row that
+    is not a candidate this time (below the threshold, or not scored in this store) stays, with in_results = 0;
+    an unreviewed one is dropped. Columns and tables that others added (conflate's osm_* columns, QGIS's saved
+    style) are kept; candidate_points is rewritten to mirror the candidates' points (the reviewer's included);
+    the job table is updated, and its key `merges` lists every write. A file that is not a candidates
+    GeoPackage, or holds another zoom, is refused. overwrite writes a new file and puts it in place with
+    SQLite's backup API, not a rename: a database renamed in beside a -wal journal that QGIS still holds would
+    be read with that journal's pages, i.e. corrupted.
 
 Seed JSON: {"x-y-z": score} for every scored tile (6 significant digits), as the 2018 pipeline wrote it. It is
     the one per-tile text output (~0.4 us per tile; ~1 GB for 34 M tiles): ask for it only when needed.
@@ -46,6 +64,7 @@ import secrets
 import sqlite3
 import struct
 import time
+from contextlib import closing
 
 import numpy as np
 
@@ -60,17 +79,20 @@ BANDS = {"Yes": {"fill": "#d7191c", "stroke": "#d7191c", "fill-opacity": 0.5, "s
 
 
 def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json_path=None, geojson_path=None,
-                  progress=None, log=None, *, yes_threshold=0.97, concurrency=8):
+                  progress=None, log=None, *, yes_threshold=0.97, concurrency=8, overwrite=False):
     """Merge a store's chunks into the outputs asked for (None: not written); return the summary.
 
+    An existing candidates GeoPackage is merged into (see "Writing onto a reviewed GeoPackage" above) unless
+    overwrite is True, which writes it afresh.
     Summary: store, zoom, tiles (in the job), chunks_total/done/missing, complete (every tile scored or failed for
     good), tiles_missing (in missing chunks), scored, failed, failed_permanent (no imagery, unreadable: done),
     failed_transient (imagery unreachable: to fetch again), failures {reason: count}, unscored (in present chunks,
     neither scored nor failed),
     threshold, yes_threshold, candidates, candidates_yes, score_min/mean/max, histogram {edges, counts} (10 bins
-    over 0..1), heatmap_grid {x0, y0, width, height}, outputs {kind: path}.
+    over 0..1), heatmap_grid {x0, y0, width, height}, outputs {kind: path}, and with candidates, merge (what
+    was done to the GeoPackage: see write_candidates).
     Bad input (UserError, one line): threshold outside 0..1, unwritable or misnamed outputs, a store with no job,
-    a store with no scored tile yet.
+    a store with no scored tile yet, an existing candidates file that is not one or holds another zoom.
     """
     report = progress or (lambda done, total, **fields: None)
     say = log or (lambda message, **fields: None)
@@ -91,13 +113,23 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
         if missing:
             say(f"the job is not finished: {len(missing):,} of {plan.total_chunks:,} chunks are missing; "
                 "merging what is there")
+        existing = None
+        if "candidates" in outputs:
+            existing = existing_candidates(outputs["candidates"], plan.zoom, overwrite)
+            if overwrite and existing["reviewed"]:
+                say(f"--overwrite: {existing['reviewed']:,} reviewed candidates in {outputs['candidates']} are "
+                    "replaced by unreviewed ones")
         grid = heatmap_grid(cover)
         order = _merge_order(plan, done, grid)
         temps = {kind: _temp_name(path) for kind, path in outputs.items()}
         try:
-            summary = _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report)
-            for kind, path in outputs.items():
-                os.replace(temps[kind], path)
+            summary, picked = _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report,
+                                     existing)
+            if "candidates" in outputs:  # before the other swaps: a failed merge leaves every output as it was
+                summary["merge"] = write_candidates(outputs["candidates"], temps.pop("candidates"), existing,
+                                                    *picked)
+            for kind, tmp in temps.items():
+                os.replace(tmp, outputs[kind])
         finally:
             for tmp in temps.values():
                 _remove(tmp)
@@ -110,9 +142,10 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
     return summary
 
 
-def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report):
+def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report, existing=None):
     """The one pass over the chunks: streams the heatmap and the seed JSON, gathers statistics and candidates
-    (five arrays per candidate tile: memory grows with the candidates, not with the job)."""
+    (five arrays per candidate tile: memory grows with the candidates, not with the job), and the new scores of
+    the tiles already in an existing candidates file (existing["keys"])."""
     zoom = plan.zoom
     stats = _Stats()
     picked = []
@@ -124,6 +157,8 @@ def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, repor
             x, y, s = c["x"][ok].astype(np.int64), c["y"][ok].astype(np.int64), c["score"][ok]
             stats.add(len(ok), s, c["error_reason"], c["error_transient"])
             hit = s >= np.float32(threshold)  # scores are float32, so is the cut: 0.95 keeps a score of 0.95
+            if existing and len(existing["keys"]):
+                hit |= np.isin(_tile_keys(x, y, zoom), existing["keys"])
             picked.append((x[hit], y[hit], s[hit], c["cam_x"][ok][hit], c["cam_y"][ok][hit]))
             if heat:
                 heat.add((x - grid["x0"]) % (1 << zoom), y - grid["y0"], s)
@@ -147,19 +182,20 @@ def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, repor
     cx, cy, cs, cam_x, cam_y = (np.concatenate(a) for a in zip(*picked))
     rank = np.lexsort((cy, cx, -cs))  # score descending, then x, then y: deterministic
     cx, cy, cs, cam_x, cam_y = cx[rank], cy[rank], cs[rank], cam_x[rank], cam_y[rank]
+    above = cs >= np.float32(threshold)  # the rest: tiles of the existing candidates file, below the cut
     summary = {"store": store.spec, "zoom": zoom, "tiles": plan.cover.count, **stats.summary(),
-               "threshold": threshold, "yes_threshold": yes_threshold, "candidates": len(cs),
-               "candidates_yes": int((cs >= np.float32(yes_threshold)).sum()),
+               "threshold": threshold, "yes_threshold": yes_threshold, "candidates": int(above.sum()),
+               "candidates_yes": int((cs[above] >= np.float32(yes_threshold)).sum()),
                "heatmap_grid": {k: grid[k] for k in ("x0", "y0", "width", "height")}}
+    if "geojson" in temps:
+        write_overlay_geojson(temps["geojson"], zoom, cx[above], cy[above], cs[above], yes_threshold)
     if "candidates" in temps:
         info = {**{k: v for k, v in job.items() if k not in ("format", "version")},
                 "threshold": threshold, "yes_threshold": yes_threshold, "zoom": zoom, "store": store.spec,
                 "merged": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "counts": {k: summary[k] for k in ("tiles", "scored", "failed", "candidates", "candidates_yes")}}
-        write_candidates_gpkg(temps["candidates"], zoom, cx, cy, cs, cam_x, cam_y, info)
-    if "geojson" in temps:
-        write_overlay_geojson(temps["geojson"], zoom, cx, cy, cs, yes_threshold)
-    return summary
+        return summary, (zoom, cx, cy, cs, cam_x, cam_y, above, info)
+    return summary, None
 
 
 class _Stats:
@@ -451,7 +487,7 @@ CREATE TABLE gpkg_extensions (table_name TEXT, column_name TEXT, extension_name 
 _CORE = _GPKG_CORE + """
 CREATE TABLE candidates (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POLYGON, tile_id TEXT NOT NULL UNIQUE,
   x INTEGER, y INTEGER, z INTEGER, score REAL, rank INTEGER, point_lon REAL, point_lat REAL, point_source TEXT,
-  status TEXT DEFAULT 'unreviewed', note TEXT, reviewer TEXT, reviewed_at TEXT);
+  status TEXT DEFAULT 'unreviewed', note TEXT, reviewer TEXT, reviewed_at TEXT, in_results INTEGER DEFAULT 1);
 CREATE TABLE candidate_points (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POINT, tile_id TEXT NOT NULL,
   score REAL, point_source TEXT);
 CREATE TABLE job (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, key TEXT NOT NULL UNIQUE, value TEXT);
@@ -503,7 +539,11 @@ def _gpkg_envelope(blob):
     order = "<" if flags & 1 else ">"
     if (flags >> 1) & 0b111:
         return struct.unpack_from(order + "4d", blob, 8)
-    import shapely  # points carry no envelope: read the WKB after the 8-byte header
+    wkb = "<" if blob[8] else ">"  # points carry no envelope: read the WKB after the 8-byte header
+    if len(blob) == 29 and struct.unpack_from(wkb + "I", blob, 9)[0] == 1:  # a 2D point, the usual case
+        x, y = struct.unpack_from(wkb + "2d", blob, 13)
+        return x, x, y, y
+    import shapely
 
     minx, miny, maxx, maxy = shapely.from_wkb(bytes(blob[8:])).bounds
     return minx, maxx, miny, maxy
@@ -602,3 +642,220 @@ def write_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, info):
     finally:
         db.close()
 
+
+
+# ---------------------------------------------------------------------------------------------
+# writing onto an existing (reviewed) GeoPackage
+# ---------------------------------------------------------------------------------------------
+_NOT_CANDIDATES = "is not a candidates GeoPackage (from `tower-detector results --candidates`)"
+_NEEDED = ("tile_id", "x", "y", "z", "score", "rank", "point_lon", "point_lat", "point_source", "status", "note",
+           "reviewer", "reviewed_at")
+# a human (or conflate) has touched the row: a status, a note, or a tower point moved by hand
+_REVIEWED = ("(coalesce(status, 'unreviewed') != 'unreviewed' OR coalesce(note, '') != '' "
+             "OR coalesce(point_source, '') = 'reviewer')")
+
+
+def _tile_keys(x, y, zoom):
+    return np.asarray(x, np.int64) << zoom | np.asarray(y, np.int64)
+
+
+def _tiles_of(tile_ids):
+    """(x, y, z) int64 arrays of "x-y-z" tile ids (the merge's key; the x, y, z columns may have been edited),
+    -1 where one does not parse (a row someone added by hand)."""
+    xyz = []
+    for tile_id in tile_ids:
+        try:
+            x, y, z = map(int, str(tile_id).split("-"))
+        except ValueError:
+            x = y = z = -1
+        xyz.append((x, y, z))
+    return tuple(np.array(c, np.int64).reshape(-1) for c in (zip(*xyz) if xyz else ((), (), ())))
+
+
+def existing_candidates(path, zoom, overwrite=False):
+    """What is at a candidates output already: None (no file), else {merge: True to merge into it, keys: its
+    tiles (_tile_keys, sorted; empty unless merging), reviewed: how many of its candidates were reviewed}.
+    Without overwrite, a file that is not a candidates GeoPackage, or holds another zoom, is a UserError."""
+    if not os.path.exists(path):
+        return None
+    x = y = z = reviewed = np.zeros(0, np.int64)
+    problem = None
+    try:
+        with closing(sqlite3.connect(path, timeout=60)) as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(candidates)")}
+            missing = [c for c in _NEEDED if c not in have]
+            if missing:
+                why = "it has no candidates layer" if not have else f"its candidates layer lacks {', '.join(missing)}"
+                problem = f"{_NOT_CANDIDATES} ({why})"
+            else:
+                rows = db.execute(f"SELECT tile_id, {_REVIEWED} FROM candidates").fetchall()
+                x, y, z = _tiles_of([r[0] for r in rows])
+                reviewed = np.array([r[1] for r in rows], np.int64)
+                zooms = sorted(set(z.tolist()) - {zoom, -1})
+                if zooms:
+                    problem = f"holds zoom-{zooms[0]} candidates and this job is zoom {zoom}"
+    except sqlite3.DatabaseError as exc:
+        problem = f"{_NOT_CANDIDATES} ({exc})"
+    if problem and not overwrite:
+        raise UserError(f"{os.path.basename(path)} {problem}: write them to another file, or pass --overwrite "
+                        "to replace it")
+    merge = not (problem or overwrite)
+    keys = np.sort(_tile_keys(x[z == zoom], y[z == zoom], zoom)) if merge else np.zeros(0, np.int64)
+    return {"merge": merge, "keys": keys, "reviewed": int(reviewed.sum())}
+
+
+def write_candidates(path, tmp, existing, zoom, x, y, score, cam_x, cam_y, chosen, info):
+    """The candidates output: a new file where there is none (or with overwrite), else a merge into the one
+    there. x, y, ... are the candidate tiles and the existing file's other scored tiles (chosen: the candidates,
+    rank order). Returns what was done: {mode: new, overwritten or merged, and its counts}."""
+    try:
+        if existing is not None and existing["merge"]:
+            counts = merge_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, chosen, info)
+            return {"mode": "merged", **counts}
+        counts = {"mode": "new" if existing is None else "overwritten", "added": int(chosen.sum())}
+        if existing is not None:
+            counts["reviewed_discarded"] = existing["reviewed"]
+        info = {**info, "merges": [_history(info, counts)]}
+        write_candidates_gpkg(tmp, zoom, x[chosen], y[chosen], score[chosen], cam_x[chosen], cam_y[chosen], info)
+        if existing is None:
+            os.replace(tmp, path)
+        else:
+            _replace_contents(tmp, path)
+        return counts
+    finally:
+        _remove(tmp)
+
+
+def _history(info, counts):
+    return {"time": info["merged"], "store": info["store"], "threshold": info["threshold"], **counts}
+
+
+def _replace_contents(tmp, path):
+    """Put the database tmp in place of the one at path, inside SQLite (its backup API, one transaction): a
+    program that has it open (QGIS, in WAL mode) reads the new contents, and no stale -wal file is ever paired
+    with a renamed-in database. A file that is not SQLite at all is simply replaced."""
+    try:
+        with closing(sqlite3.connect(tmp)) as src, closing(sqlite3.connect(path, timeout=60)) as dst:
+            src.backup(dst)
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_NOTADB:
+            raise
+        os.replace(tmp, path)
+
+
+def merge_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, chosen, info):
+    """Merge candidates into an existing candidates GeoPackage by tile id, in one SQLite transaction (see the
+    module docstring); returns the counts: reviewed_kept, updated, added, reviewed_below_threshold,
+    unreviewed_dropped."""
+    x, y = np.asarray(x, np.int64), np.asarray(y, np.int64)
+    lon, lat, source = candidate_points(x, y, np.asarray(cam_x, np.float64), np.asarray(cam_y, np.float64), zoom)
+    scores = [float(str(v)) for v in np.asarray(score, np.float32)]
+    new = {f"{a}-{b}-{zoom}": i for i, (a, b) in enumerate(zip(x.tolist(), y.tolist()))}
+    db = gpkg_connect(path, timeout=60, isolation_level=None)  # explicit transaction; waits while QGIS writes
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            counts = _merge_rows(db, zoom, x, y, scores, lon, lat, source.tolist(), chosen.tolist(), new)
+            info = {**info, "merges": [*_merges(db), _history(info, {"mode": "merged", **counts})]}
+            _finish_gpkg(db, zoom, info)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    finally:
+        db.close()
+    return counts
+
+
+def _merges(db):
+    value = (db.execute("SELECT value FROM job WHERE key = 'merges'").fetchone() or ["[]"])[0]
+    try:
+        merges = json.loads(value)
+    except ValueError:
+        return []
+    return merges if isinstance(merges, list) else []
+
+
+def _merge_rows(db, zoom, x, y, scores, lon, lat, source, chosen, new):
+    if "in_results" not in {row[1] for row in db.execute("PRAGMA table_info(candidates)")}:
+        db.execute("ALTER TABLE candidates ADD COLUMN in_results INTEGER DEFAULT 1")
+    counts = dict.fromkeys(("reviewed_kept", "updated", "added", "reviewed_below_threshold", "unreviewed_dropped"), 0)
+    updates, points, marks, drops = [], [], [], []
+    for fid, tile_id, reviewed in db.execute(f"SELECT fid, tile_id, {_REVIEWED} FROM candidates").fetchall():
+        i = new.pop(tile_id, None)
+        counts["reviewed_kept"] += bool(reviewed)
+        if i is not None and chosen[i]:
+            counts["updated"] += 1
+            updates.append((scores[i], 1, fid))
+            if not reviewed:  # a reviewed candidate keeps the point the reviewer saw (or moved)
+                points.append((lon[i], lat[i], source[i], fid))
+        elif reviewed:
+            counts["reviewed_below_threshold"] += 1
+            if i is None:  # not scored in this store: its last score stays
+                marks.append((fid,))
+            else:
+                updates.append((scores[i], 0, fid))
+        else:
+            counts["unreviewed_dropped"] += 1
+            drops.append((fid,))
+    db.executemany("UPDATE candidates SET score = ?, in_results = ? WHERE fid = ?", updates)
+    db.executemany("UPDATE candidates SET point_lon = ?, point_lat = ?, point_source = ? WHERE fid = ?", points)
+    db.executemany("UPDATE candidates SET in_results = 0 WHERE fid = ?", marks)
+    db.executemany("DELETE FROM candidates WHERE fid = ?", drops)
+    added = [i for i in new.values() if chosen[i]]
+    counts["added"] = len(added)
+    if added:
+        k = np.array(added)
+        w, n = tile_lonlat(x[k], y[k], zoom)
+        e, s = tile_lonlat(x[k] + 1, y[k] + 1, zoom)
+        db.executemany("INSERT INTO candidates (geom, tile_id, x, y, z, score, rank, point_lon, point_lat, "
+                       "point_source, status, in_results) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 'unreviewed', 1)",
+                       [(g, f"{x[i]}-{y[i]}-{zoom}", int(x[i]), int(y[i]), zoom, scores[i], lon[i], lat[i],
+                         source[i]) for g, i in zip(_gpkg_polygons(w, s, e, n), added)])
+    return counts
+
+
+def _finish_gpkg(db, zoom, info):
+    """After rows changed: ranks, the candidate_points layer, extents, feature counts and the job table."""
+    rows = db.execute("SELECT fid, score, rank, point_lon, point_lat, tile_id, point_source FROM candidates").fetchall()
+    fid = np.array([r[0] for r in rows], np.int64)
+    score = np.array([r[1] for r in rows], np.float64)  # NULL: NaN, ranked last
+    x, y, _ = _tiles_of([r[5] for r in rows])
+    order = np.lexsort((y, x, -score))
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(1, len(rows) + 1)
+    db.executemany("UPDATE candidates SET rank = ? WHERE fid = ?",
+                   [(int(r), int(f)) for r, f, row in zip(rank, fid, rows) if row[2] != r])
+
+    # the points layer mirrors the candidates' points (a reviewer's moved point included); same fids
+    tiled = x >= 0
+    cx, cy = tile_lonlat(x + 0.5, y + 0.5, zoom)
+    lon = np.array([c if r[3] is None else r[3] for r, c in zip(rows, cx.tolist())], np.float64)
+    lat = np.array([c if r[4] is None else r[4] for r, c in zip(rows, cy.tolist())], np.float64)
+    placed = tiled | np.array([r[3] is not None and r[4] is not None for r in rows], bool)
+    want = {int(f): (g, r[5], r[1], r[6]) for f, g, r, ok in zip(fid, _gpkg_points(lon, lat), rows, placed) if ok}
+    have = {r[0]: r[1:] for r in db.execute("SELECT fid, geom, tile_id, score, point_source FROM candidate_points")}
+    db.executemany("DELETE FROM candidate_points WHERE fid = ?", [(f,) for f in have if f not in want])
+    db.executemany("UPDATE candidate_points SET geom = ?, tile_id = ?, score = ?, point_source = ? WHERE fid = ?",
+                   [(*v, f) for f, v in want.items() if f in have and tuple(have[f]) != v])
+    db.executemany("INSERT INTO candidate_points (fid, geom, tile_id, score, point_source) VALUES (?, ?, ?, ?, ?)",
+                   [(f, *v) for f, v in want.items() if f not in have])
+
+    x, y, lon, lat = x[tiled], y[tiled], lon[placed], lat[placed]
+    w, n = tile_lonlat(x, y, zoom)
+    e, s = tile_lonlat(x + 1, y + 1, zoom)
+    extents = {"candidates": (w.min(), s.min(), e.max(), n.max()) if len(x) else (None,) * 4,
+               "candidate_points": (lon.min(), lat.min(), lon.max(), lat.max()) if len(lon) else (None,) * 4}
+    for table, bounds in extents.items():
+        db.execute("UPDATE gpkg_contents SET min_x = ?, min_y = ?, max_x = ?, max_y = ?, "
+                   "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE table_name = ?",
+                   (*(None if v is None else float(v) for v in bounds), table))
+    db.execute("UPDATE gpkg_contents SET description = ? WHERE table_name = 'candidates'",
+               (f"zoom-{zoom} tiles with P(tower) >= {info['threshold']:g} and reviewed ones, best first",))
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'gpkg_ogr_contents'").fetchone():  # GDAL's counts
+        for table in ("candidates", "candidate_points"):
+            db.execute(f"UPDATE gpkg_ogr_contents SET feature_count = (SELECT count(*) FROM {table}) "
+                       "WHERE lower(table_name) = ?", (table,))
+    db.executemany("INSERT OR REPLACE INTO job (key, value) VALUES (?, ?)",
+                   [(key, value if isinstance(value, str) else json.dumps(value, default=str))
+                    for key, value in info.items()])

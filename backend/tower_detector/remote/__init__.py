@@ -99,6 +99,8 @@ def add_remote_commands(sub, command):
             sp.add_argument("--out", required=True, help="local folder to write into")
             sp.add_argument("--threshold", type=float, default=0.5, help="candidate score cut (predict)")
             sp.add_argument("--yes-threshold", type=float, default=0.97, help="'Yes' band of the overlay (predict)")
+            sp.add_argument("--overwrite", action="store_true", help="write candidates.gpkg afresh, discarding its "
+                            "review decisions (by default a fetch merges into it by tile)")
 
     action(rsub, "jobs", _cmd_jobs, "The remote jobs submitted from this machine.")
     sp = action(rsub, "worker", _cmd_worker, "What a Batch container runs (written by `remote submit`).")
@@ -190,11 +192,14 @@ def _cmd_fetch(args, rep):
 
     record = find_job(args.job)
     summary = fetch(_aws(args, record), record, args.out, threshold=args.threshold, yes_threshold=args.yes_threshold,
-                    progress=rep.progress, log=rep.log)
+                    progress=rep.progress, log=rep.log, overwrite=args.overwrite)
     if record.get("kind") == "predict":
+        from ..cli import merge_text
+
         text = (f"{summary['scored']:,} tiles scored, {summary['failed']:,} failed"
                 + ("" if summary["complete"] else f", {summary['tiles_missing']:,} not scored yet (job unfinished)")
                 + f"; {summary['candidates']:,} candidates at or above {summary['threshold']}\n"
+                + merge_text(summary["merge"]) + "\n"
                 + "\n".join(f"  {kind}: {path}" for kind, path in summary["outputs"].items()))
     else:
         text = f"{summary['files']} files into {args.out}" + ("" if summary["finished"] else " (not finished yet)")

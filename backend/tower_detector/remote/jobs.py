@@ -543,9 +543,10 @@ def cancel(aws, record):
     return job["status"], True
 
 
-def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None, log=None):
-    """predict: merge the S3 store into out/ (heatmap, candidates, the seed's JSON/GeoJSON); train/search:
-    download the model or search folder (without the training's resume checkpoints)."""
+def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None, log=None, overwrite=False):
+    """predict: merge the S3 store into out/ (heatmap, candidates, the seed's JSON/GeoJSON; a candidates.gpkg
+    already there is merged into, its review decisions kept, unless overwrite); train/search: download the
+    model or search folder (without the training's resume checkpoints)."""
     from .transfer import list_keys, parse_s3
 
     os.makedirs(out, exist_ok=True)
@@ -556,7 +557,7 @@ def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None,
                              candidates=os.path.join(out, "candidates.gpkg"), threshold=threshold,
                              json_path=os.path.join(out, "scores.json"),
                              geojson_path=os.path.join(out, "overlay.geojson"), yes_threshold=yes_threshold,
-                             progress=progress, log=log)
+                             progress=progress, log=log, overwrite=overwrite)
     if record.get("kind") not in ("train", "search"):
         raise UserError(f"{record['name']} is not a job of this list: fetch needs a job submitted from here")
     bucket, prefix = parse_s3(record["out"])
