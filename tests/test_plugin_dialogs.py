@@ -81,7 +81,8 @@ def test_literal_secrets_in_urls_are_lifted_into_the_environment(monkeypatch):
     spec = imagery.resolve(f"{URL}?api_key=abc%2F123&style=x&access_token=pk.999")
     assert spec.spec == (f"{URL}?api_key=${{TOWER_DETECTOR_SECRET_API_KEY}}&style=x"
                          "&access_token=${TOWER_DETECTOR_SECRET_ACCESS_TOKEN}")
-    assert spec.env == {"TOWER_DETECTOR_SECRET_API_KEY": "abc/123", "TOWER_DETECTOR_SECRET_ACCESS_TOKEN": "pk.999"}
+    # as written, percent-escapes included: the backend puts the value back into the URL verbatim
+    assert spec.env == {"TOWER_DETECTOR_SECRET_API_KEY": "abc%2F123", "TOWER_DETECTOR_SECRET_ACCESS_TOKEN": "pk.999"}
     assert imagery.literal_secrets(f"{URL}?key=abc&style=x") == ["key"]
     assert imagery.literal_secrets(f"{URL}?key={imagery.TOKEN_REF}") == []
     with pytest.raises(ValueError, match="user:password@"):

@@ -40,7 +40,7 @@ def resolve(spec: str, authcfg: str = "") -> ImagerySpec:
 
     def lift(name, secret):
         var = "TOWER_DETECTOR_SECRET_" + (re.sub(r"\W", "_", name).upper() or "QUERY")
-        env[var] = unquote(secret)
+        env[var] = secret  # as written: the backend puts it back into the URL verbatim
         return f"${{{var}}}"
 
     spec = redact(spec, lift)  # every value the backend would hide becomes a reference
