@@ -190,6 +190,40 @@ def test_jobs_are_recorded_and_survive_a_restart(qgis_iface, plugin_settings, fa
     assert loaded[0]["outputs"] == outputs
 
 
+MARK = "Qz7MARKER"  # in every secret below; in no record or log line
+
+
+def test_a_secret_under_any_name_reaches_no_job_record_or_log(qgis_iface, plugin_settings, fake_backend, tmp_path):
+    """imagery.resolve lifts every value the backend would hide into the environment, and the job record and the
+    log are redacted by the same allowlist even when a backend quotes a URL with a secret in it."""
+    from tower_detector_plugin import imagery
+
+    names = ("access_token", "connectId", "auth", "code", "session", "zzq")
+    url = "https://t.example.com/{z}/{x}/{y}.png?format=png&" + "&".join(f"{n}={MARK}-{n}" for n in names)
+    spec = imagery.resolve(url)
+    assert MARK not in spec.spec and "format=png" in spec.spec and len(spec.env) == len(names)
+    assert all(MARK in value for value in spec.env.values())
+    # a backend that quotes the URL with its secrets, in a result, an error and on stderr
+    quoted = url.replace("://", f"://me:{MARK}-pw@")
+    fake_backend(f"print(json.dumps({{'event': 'log', 'message': 'fetching {quoted}'}}), flush=True)\n"
+                 f"print(json.dumps({{'event': 'error', 'message': 'HTTP 403 for {quoted}', 'kind': 'failure'}}))\n"
+                 f"sys.stderr.write('Traceback: GET {quoted}\\n')\n"
+                 "sys.exit(1)")
+    log = LogRecorder()
+    try:
+        manager = JobManager(qgis_iface)
+        job_id = manager.start("predict", "predict p1", [commands.predict_args("m", spec.spec, str(tmp_path / "s"),
+                                                                       area="a.geojson")],
+                               out=str(tmp_path), env=spec.env)
+        wait_until(lambda: manager.store.get(job_id)["status"] == "failed", 30)
+    finally:
+        log.close()
+    record = open(manager.store.path).read()
+    assert "HTTP 403" in record and "${TOWER_DETECTOR_SECRET_CONNECTID}" in record
+    assert MARK not in record
+    assert log.messages and not [m for _, m in log.messages if MARK in m]
+
+
 def test_cancelled_job_is_recorded_as_cancelled(qgis_iface, fake_backend, tmp_path, monkeypatch):
     monkeypatch.setenv("PIDS_FILE", str(tmp_path / "pids.json"))
     fake_backend(SPAWNS_AND_WAITS)

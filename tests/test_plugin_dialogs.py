@@ -1,6 +1,7 @@
 """Dialogs, imagery sources and secrets: what each dialog turns into, and the settings dialog."""
 
 import json
+from pathlib import Path
 
 import pytest
 import test_plugin_support as support
@@ -15,7 +16,7 @@ from qgis.core import (
     QgsSettings,
     QgsVectorLayer,
 )
-from test_plugin_support import CRASH_SCRIPT, make_heatmap, make_model_dir, need_command, real_cli
+from test_plugin_support import CRASH_SCRIPT, REPO, make_heatmap, make_model_dir, need_command, real_cli
 
 from tower_detector_plugin import commands, imagery
 from tower_detector_plugin.dialogs import (
@@ -80,7 +81,8 @@ def test_literal_secrets_in_urls_are_lifted_into_the_environment(monkeypatch):
     spec = imagery.resolve(f"{URL}?api_key=abc%2F123&style=x&access_token=pk.999")
     assert spec.spec == (f"{URL}?api_key=${{TOWER_DETECTOR_SECRET_API_KEY}}&style=x"
                          "&access_token=${TOWER_DETECTOR_SECRET_ACCESS_TOKEN}")
-    assert spec.env == {"TOWER_DETECTOR_SECRET_API_KEY": "abc/123", "TOWER_DETECTOR_SECRET_ACCESS_TOKEN": "pk.999"}
+    # as written, percent-escapes included: the backend puts the value back into the URL verbatim
+    assert spec.env == {"TOWER_DETECTOR_SECRET_API_KEY": "abc%2F123", "TOWER_DETECTOR_SECRET_ACCESS_TOKEN": "pk.999"}
     assert imagery.literal_secrets(f"{URL}?key=abc&style=x") == ["key"]
     assert imagery.literal_secrets(f"{URL}?key={imagery.TOKEN_REF}") == []
     with pytest.raises(ValueError, match="user:password@"):
@@ -88,6 +90,23 @@ def test_literal_secrets_in_urls_are_lifted_into_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="choose the authentication config"):
         imagery.resolve(f"{URL}?t={imagery.TOKEN_REF}")
     assert imagery.resolve("/data/scene.tif") == imagery.ImagerySpec("/data/scene.tif", {})
+
+
+def test_the_plugin_redacts_with_the_backends_own_module(monkeypatch):
+    """The plugin's redaction.py is the backend's file (copied by scripts/build_plugin.py), and imagery uses it:
+    every query value but a harmless parameter's is lifted, whatever the parameter is called."""
+    from tower_detector_plugin import redaction
+
+    backend = (REPO / "backend" / "tower_detector" / "redaction.py").read_text()
+    assert Path(redaction.__file__).read_text().split("\n", 1)[1] == backend
+    assert imagery.redact is redaction.redact and imagery.secrets is redaction.secrets
+    monkeypatch.delenv("TOWER_DETECTOR_TOKEN", raising=False)
+    spec = imagery.resolve(f"{URL}?connectId=c1&layer=Topo&auth=a1&zzq=z1&tilematrix={{z}}&session=")
+    assert spec.spec == (f"{URL}?connectId=${{TOWER_DETECTOR_SECRET_CONNECTID}}&layer=Topo"
+                         "&auth=${TOWER_DETECTOR_SECRET_AUTH}&zzq=${TOWER_DETECTOR_SECRET_ZZQ}&tilematrix={z}&session=")
+    assert spec.env == {"TOWER_DETECTOR_SECRET_CONNECTID": "c1", "TOWER_DETECTOR_SECRET_AUTH": "a1",
+                        "TOWER_DETECTOR_SECRET_ZZQ": "z1"}
+    assert imagery.literal_secrets(f"{URL}?code=x&format=png&session=${{S}}") == ["code"]
 
 
 def test_imagery_sources_are_the_users_xyz_connections_and_raster_layers(qgis_new_project, tmp_path):

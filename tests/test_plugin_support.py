@@ -1,5 +1,6 @@
 """Shared fixtures and helpers for the plugin's tests (imported by the test_plugin_*.py modules; no tests here)."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +18,11 @@ from qgis.PyQt.QtCore import QEventLoop
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the plugin package is imported from the dev checkout
     sys.path.insert(0, str(REPO))
+# its copies of the backend's shared modules (`make resources` writes them too), fresh before it is imported
+_spec = importlib.util.spec_from_file_location("build_plugin", REPO / "scripts" / "build_plugin.py")
+build_plugin = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build_plugin)
+build_plugin.copy_shared(REPO / build_plugin.PLUGIN)
 CLI = Path(sys.prefix) / "bin" / "tower-detector"
 
 

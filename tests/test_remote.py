@@ -519,6 +519,24 @@ def test_bad_submissions(remote, tiny_model, sample_scene, training_set, params_
     assert cli("remote", "jobs", "--events")[1][-1]["jobs"] == jobs_before  # nothing was submitted
 
 
+def test_a_secret_in_clear_under_any_name_is_refused_and_never_stored(remote, tiny_model, sample_scene):
+    """Every query value but a harmless parameter's (and any user:password@) must come as a ${NAME} secret."""
+    jobs_before = cli("remote", "jobs", "--events")[1][-1]["jobs"]
+    mark = "Qz7MARKER"
+    predict = ["remote", "submit", "predict", "--model", tiny_model[0], "--area", sample_scene["area"],
+               "--stack", "td", "--yes"]
+    for name in ("connectId", "auth", "code", "session", "zzq"):
+        imagery = f"https://t.example.com/{{z}}/{{x}}/{{y}}.png?format=png&{name}={mark}"
+        message, events = fails(*predict, "--imagery", imagery, message=f"holds a secret in clear ({name})")
+        assert mark not in json.dumps(events)
+    message, events = fails(*predict, "--imagery", f"https://me:{mark}@t.example.com/{{z}}/{{x}}/{{y}}.png",
+                            message="holds a secret in clear (user:password@)")
+    assert mark not in json.dumps(events)
+    assert cli("remote", "jobs", "--events")[1][-1]["jobs"] == jobs_before  # nothing was submitted
+    home = remote["work"] / "home"
+    assert not [p for p in home.rglob("*") if p.is_file() and mark in p.read_text(errors="replace")]
+
+
 def test_credentials_region_and_profile(remote, monkeypatch):
     fails("remote", "setup", "--check", "--stack", "td", "--region", "xx-nowhere-1",
           message="unknown AWS region 'xx-nowhere-1'")

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .redaction import redact
+
 EXE = "tower-detector.exe" if sys.platform == "win32" else "tower-detector"
 DEV_CHECKOUT_CLI = Path(__file__).resolve().parent.parent / ".venv" / ("Scripts" if sys.platform == "win32" else "bin")
 KILL_GRACE_S = 10.0  # SIGTERM first: predict writes the chunk under way and exits; then SIGKILL the group
@@ -70,8 +72,9 @@ def environment(extra=None) -> dict:
 
 
 def parse_event(line: str) -> dict:
-    """One stdout line as an event; anything that is not a JSON event becomes a log event."""
-    line = line.strip()
+    """One stdout line as an event; anything that is not a JSON event becomes a log event. Redacted first (the
+    backend redacts what it prints; this is the last check before events reach records, logs and the screen)."""
+    line = redact(line.strip())
     try:
         event = json.loads(line)
     except ValueError:
@@ -179,7 +182,7 @@ def run(backend: Backend, args, *, env=None, on_event=None, is_canceled=None, cw
     out.returncode = proc.wait()
     for thread in threads:
         thread.join(timeout=30)
-    out.stderr = "".join(stderr_parts)[-STDERR_KEEP:]
+    out.stderr = redact("".join(stderr_parts)[-STDERR_KEEP:])
     return out
 
 

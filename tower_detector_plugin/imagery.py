@@ -3,8 +3,9 @@
 Sources: the XYZ connections of QGIS's browser (settings `qgis/connections-xyz/NAME/...`), the project's raster
 layers (a local file, or an XYZ layer), or a URL template / path typed in. The backend expands ${NAME} references
 in a spec from its environment; so a spec here carries ${TOWER_DETECTOR_TOKEN} (the token of the chosen auth
-config, from QgsAuthManager) or ${TOWER_DETECTOR_SECRET_<PARAM>} (a token that was written into a URL's query),
-and the values go into the job's environment only.
+config, from QgsAuthManager) or ${TOWER_DETECTOR_SECRET_<PARAM>} (any query value the backend would hide: every
+one but a harmless parameter's, by redaction.py's allowlist, the backend's own), and the values go into the job's
+environment only.
 """
 
 import os
@@ -14,15 +15,11 @@ from urllib.parse import unquote
 
 from qgis.core import QgsProject, QgsProviderRegistry, QgsRasterLayer, QgsSettings
 
+from .redaction import USERINFO, redact, secrets
 from .settings import auth_token
 
 TOKEN_VAR = "TOWER_DETECTOR_TOKEN"
 TOKEN_REF = "${" + TOKEN_VAR + "}"
-# The same query names the backend redacts: token, key, secret, password, signature, credential, sig, X-Amz-*.
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&;])((?:[\w.-]*(?:token|key|secret|passw(?:or)?d|signature|credential)[\w.-]*|sig|x-amz-[\w-]+))="
-    r"([^&#\s'\"]*)")
-_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
 
 
 @dataclass
@@ -36,20 +33,17 @@ def resolve(spec: str, authcfg: str = "") -> ImagerySpec:
     spec = (spec or "").strip()
     if not spec:
         raise ValueError("no imagery given")
-    if _USERINFO.search(spec):
+    if USERINFO in secrets(spec):
         raise ValueError("the imagery URL has user:password@ in it; store the password in a QGIS authentication "
                          "config and put " + TOKEN_REF + " where it goes")
     env = {}
 
-    def lift(match):
-        sep, name, secret = match.groups()
-        if not secret or secret.startswith("${"):
-            return match.group(0)  # nothing to hide, or already a reference
-        var = "TOWER_DETECTOR_SECRET_" + re.sub(r"\W", "_", name).upper()
-        env[var] = unquote(secret)
-        return f"{sep}{name}=${{{var}}}"
+    def lift(name, secret):
+        var = "TOWER_DETECTOR_SECRET_" + (re.sub(r"\W", "_", name).upper() or "QUERY")
+        env[var] = secret  # as written: the backend puts it back into the URL verbatim
+        return f"${{{var}}}"
 
-    spec = _SECRET_QUERY.sub(lift, spec)
+    spec = redact(spec, lift)  # every value the backend would hide becomes a reference
     if authcfg:
         if TOKEN_REF not in spec:
             raise ValueError(f"an authentication config is chosen but the imagery spec has no {TOKEN_REF}; put it "
@@ -61,11 +55,9 @@ def resolve(spec: str, authcfg: str = "") -> ImagerySpec:
 
 
 def literal_secrets(spec: str) -> list:
-    """Names of the query parameters (or "user:password@") that hold a secret value in spec: what must never be
-    stored in QgsSettings or a project."""
-    found = ["user:password@"] if _USERINFO.search(spec or "") else []
-    return found + [m.group(2) for m in _SECRET_QUERY.finditer(spec or "")
-                    if m.group(3) and not m.group(3).startswith("${")]
+    """Names of the query parameters (or "user:password@") whose values the backend would hide in spec: what must
+    never be stored in QgsSettings or a project."""
+    return [name or "a value with no name" for name in secrets(spec or "")]
 
 
 @dataclass

@@ -32,6 +32,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import backend, commands, settings
+from .redaction import redact
 from .tasks import LOG_TAG, BackendTask
 
 ACTIVE = ("queued", "running", "submitted")
@@ -82,7 +83,8 @@ class JobStore:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             tmp = f"{self.path}.{os.getpid()}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"format": "tower-detector/plugin-jobs", "jobs": self.jobs}, f, indent=1)
+                # commands carry ${NAME} references only; redacting the rest (messages, results) is the last check
+                f.write(redact(json.dumps({"format": "tower-detector/plugin-jobs", "jobs": self.jobs}, indent=1)))
             os.replace(tmp, self.path)
 
 

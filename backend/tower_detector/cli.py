@@ -12,6 +12,7 @@ import traceback
 
 from . import __version__
 from .events import Failure, Interrupted, Reporter, UserError
+from .redaction import redact
 from .remote import add_remote_commands
 
 
@@ -370,7 +371,7 @@ def main(argv=None):
         return 130
     except Exception as exc:  # a failure, not bad input: the one-line reason, the traceback for the log
         rep.error(f"{type(exc).__name__}: {exc}", kind="failure")
-        traceback.print_exc(file=sys.stderr)
+        sys.stderr.write(redact(traceback.format_exc()))
         return 1
 
 

@@ -3,11 +3,16 @@
 The contract with the plugin: with --events every line on stdout is one JSON object with an "event" key:
 progress {done, total, ...}, log {message}, result {message, ...}, error {message}. Exit codes: 0 success,
 2 bad input (UserError, one-line reason), 1 failure (Failure: one-line reason; else with a traceback).
+
+Everything a Reporter writes passes through redaction.redact, the last line of defence against a secret in a URL
+that some message quotes.
 """
 
 import json
 import sys
 import time
+
+from .redaction import redact
 
 
 class UserError(Exception):
@@ -38,7 +43,7 @@ class Reporter:
         self._bar_shown = False
 
     def _emit(self, event, **fields):
-        self.out.write(json.dumps({"event": event, **fields}, default=_jsonable) + "\n")
+        self.out.write(redact(json.dumps({"event": event, **fields}, default=_jsonable)) + "\n")
         self.out.flush()
 
     def progress(self, done, total, **fields):
@@ -63,7 +68,7 @@ class Reporter:
             self._emit("log", message=message, **fields)
         else:
             self._end_bar()
-            self.err.write(message + "\n")
+            self.err.write(redact(message) + "\n")
 
     def result(self, text=None, **fields):
         """The command's outcome: a JSON event (with `text` as its message, for the plugin to show), or `text`."""
@@ -71,14 +76,14 @@ class Reporter:
             self._emit("result", **({"message": text} if text is not None else {}), **fields)
         else:
             self._end_bar()
-            self.out.write((text if text is not None else json.dumps(fields, indent=2, default=_jsonable)) + "\n")
+            self.out.write(redact(text if text is not None else json.dumps(fields, indent=2, default=_jsonable)) + "\n")
 
     def error(self, message, **fields):
         if self.events:
             self._emit("error", message=message, **fields)
         else:
             self._end_bar()
-            self.err.write(f"error: {message}\n")
+            self.err.write(redact(f"error: {message}") + "\n")
 
     def _end_bar(self):
         if self._bar_shown:

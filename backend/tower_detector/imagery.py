@@ -15,7 +15,7 @@ API
         yielded (a sliding window), plus the first `fail_fast` results, held back for the check below.
     ImagerySource.fetch_batch(xs, ys, z, *, fail_fast=20) -> (uint8 array [n, size, size, 3], [error or None])
     ImagerySource.description, .kind ("xyz", "geotiff", "mbtiles", "tiledir"), .close(); a context manager.
-    redact(text) -> text with URL secrets replaced by ***; decode_tile(bytes, size=256) -> array or ValueError.
+    decode_tile(bytes, size=256) -> array or ValueError.
 
 Spec forms
     XYZ/TMS template  http(s)://...{z}/{x}/{y}... with {z} {x} {y}, {-y} (TMS row 2^z-1-y), {q} (quadkey) and {s}
@@ -59,9 +59,9 @@ Behaviour
     tiles of another size are resized to tile_size with Lanczos.
     Cache (cache_dir, any source): cache_dir/{z}/{x}/{y}.{png,jpg,webp}, the bytes as fetched (warped GeoTIFF
     tiles as PNG), written atomically after a successful decode; a hit makes no request. One directory per source.
-    Secrets: description, error values, UserError messages and this module's logs are redacted (query values of
-    token/key/secret/password/signature-like names and X-Amz-*, and user:password@); so are urllib3's and
-    rasterio's log records. Secrets elsewhere in a URL (a path segment) cannot be recognised.
+    Secrets: description, error values, UserError messages and this module's logs are redacted by
+    redaction.redact (every query value but those of harmless parameters, and user:password@); so are urllib3's
+    and rasterio's log records. Secrets elsewhere in a URL (a path segment) cannot be recognised.
 """
 
 import io
@@ -93,6 +93,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from . import __version__
 from .events import Failure, UserError
+from .redaction import redact
 from .tilemath import TILE_SIZE, parse_tile_id, quadkey, resolution, tile_bounds_3857
 
 log = logging.getLogger(__name__)
@@ -103,17 +104,6 @@ MAX_BACKOFF = 30.0
 MAX_COARSENESS = 4  # raster pixels up to this many times a zoom's pixel size are still usable
 _TILE_EXTS = ("png", "jpg", "webp")
 _FATAL = ("auth", "missing", "outside")  # error kinds that, on every leading tile, mean a wrong source
-
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&;](?:[\w.-]*(?:token|key|secret|passw(?:or)?d|signature|credential)[\w.-]*|sig|x-amz-[\w-]+)=)"
-    r"[^&#\s'\"]*")
-_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
-
-
-def redact(text):
-    """`text` (a URL, or any message holding URLs) with query secrets and user:password@ replaced by ***."""
-    return _USERINFO.sub("***@", _SECRET_QUERY.sub(r"\1***", str(text)))
-
 
 class _RedactingFilter(logging.Filter):
     def filter(self, record):

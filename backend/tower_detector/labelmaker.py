@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .events import UserError
+from .redaction import redact
 
 _FAILED = "label-maker's tile mapper failed"
 _failures = []
@@ -74,7 +75,7 @@ def run_label_maker_labels(config, dest_dir):
     # label-maker would reuse a tile set left by an earlier run, however the GeoJSON has changed since
     (dest / f"{Path(config['geojson']).stem}-z{config['zoom']}.mbtiles").unlink(missing_ok=True)
     config_path = dest / "config.json"
-    config_path.write_text(json.dumps(config))
+    config_path.write_text(redact(json.dumps(config)))  # its labels step never reads the imagery
     code = "import sys; from tower_detector.labelmaker import _labels_main; _labels_main(*sys.argv[1:])"
     proc = subprocess.run([sys.executable, "-c", code, str(config_path), str(dest)], env=env,
                           capture_output=True, text=True)

@@ -33,7 +33,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 import osmium
@@ -44,6 +44,7 @@ import shapely
 from . import __version__
 from .areas import load_area
 from .events import UserError
+from .redaction import redact
 
 DEFAULT_OVERPASS_URL = "https://overpass-api.de/api/interpreter"
 CHUNK_DEGREES = 0.5
@@ -208,15 +209,6 @@ def _source(spec, area, what, overpass_url, timeout, retries, backoff, cache_dir
 # --- Overpass ------------------------------------------------------------------------------------
 
 
-def safe_url(url):
-    """The URL without credentials, query or fragment (keys for private endpoints travel there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def overpass_query(flt, bbox, timeout, element="node"):
     """(settings, body) of the QL query for nodes (or ways, with their geometry) matching flt in bbox
     (south, west, north, east)."""
@@ -266,9 +258,9 @@ class _Overpass:
     def __init__(self, url, timeout, retries, backoff, cache_dir):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"bad Overpass URL {safe_url(url)!r}: give overpass:http(s)://host/api/interpreter")
+            raise UserError(f"bad Overpass URL {redact(url)!r}: give overpass:http(s)://host/api/interpreter")
         self.url = url
-        self.name = f"Overpass at {safe_url(url)}"
+        self.name = f"Overpass at {redact(url)}"
         self.timeout = timeout
         self.retries = max(int(retries), 0)
         self.backoff = backoff
@@ -278,12 +270,12 @@ class _Overpass:
         nodes, note = self._collect(geometry, flt, "node", chunk_degrees, progress)
         ids = list(nodes)
         coords = np.array([(nodes[i]["lon"], nodes[i]["lat"]) for i in ids], dtype=np.float64).reshape(-1, 2)
-        return Towers(coords[:, 0], coords[:, 1], [f"node/{i}" for i in ids], f"overpass {safe_url(self.url)}",
+        return Towers(coords[:, 0], coords[:, 1], [f"node/{i}" for i in ids], f"overpass {redact(self.url)}",
                       [note], [flt.value_of(nodes[i].get("tags") or {}) for i in ids])
 
     def lines(self, geometry, flt, chunk_degrees, progress):
         ways, note = self._collect(geometry, flt, "way", chunk_degrees, progress)
-        return _overpass_lines(list(ways.values()), {}, f"overpass {safe_url(self.url)}", [note])
+        return _overpass_lines(list(ways.values()), {}, f"overpass {redact(self.url)}", [note])
 
     def _collect(self, geometry, flt, element, chunk_degrees, progress):
         """({id: element}, note) of the elements of one kind matching flt, over the chunks of geometry."""

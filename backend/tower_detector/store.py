@@ -97,7 +97,7 @@ import numpy as np
 from .cover import FORMAT as COVER_FORMAT
 from .cover import TileCover
 from .events import UserError
-from .imagery import redact
+from .redaction import redact
 
 JOB_FORMAT = "tower-detector/prediction-job"
 MANIFEST_FORMAT = "tower-detector/prediction-manifest"

@@ -10,7 +10,7 @@ in a message.
 import os
 
 from ..events import UserError
-from ..imagery import redact
+from ..redaction import redact
 
 # error codes across services, grouped by what the user has to do about them
 _CREDENTIALS = {"InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch", "InvalidAccessKeyId",

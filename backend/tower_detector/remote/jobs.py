@@ -19,7 +19,8 @@ import tempfile
 import time
 
 from ..events import UserError
-from ..imagery import _SECRET_QUERY, _USERINFO, redact
+from ..redaction import redact
+from ..redaction import secrets as literal_secrets
 from .stack import spot_quota_problems, stack_outputs
 
 # Throughput and prices behind the estimate. ASSUMPTIONS until measured on the real thing: no GPU was available
@@ -61,7 +62,7 @@ def save_job(record):
     os.makedirs(_home(), exist_ok=True)
     path = os.path.join(_home(), "jobs.json")
     with open(path + ".tmp", "w") as f:
-        json.dump(jobs, f, indent=1)
+        f.write(redact(json.dumps(jobs, indent=1)))  # specs carry ${NAME} references only; this is a last check
     os.replace(path + ".tmp", path)
 
 
@@ -114,15 +115,11 @@ def read_secret_value(stdin=None, prompt=None):
 
 def _imagery_secrets(aws, outputs, imagery):
     """Batch `secrets` for the ${NAME} references of an imagery spec; a secret written in clear is refused."""
-    for m in _SECRET_QUERY.finditer(imagery):
-        value = m.group(0)[len(m.group(1)):]
-        if value and not _REF.fullmatch(value):
-            raise UserError(f"the imagery spec holds a secret in clear ({redact(m.group(0))}): store it with "
-                            "`tower-detector remote secret put NAME` and write ${NAME} in its place")
-    userinfo = _USERINFO.search(imagery)
-    if userinfo and _REF.sub("", userinfo.group(0)).strip(":@"):
-        raise UserError("the imagery URL holds a user:password in clear: store it with `tower-detector remote "
-                        "secret put NAME` and write ${NAME} in its place")
+    clear = literal_secrets(imagery)  # every value but a harmless parameter's (redaction.HARMLESS) may be a secret
+    if clear:
+        names = ", ".join(name or "a value with no name" for name in clear)
+        raise UserError(f"the imagery spec holds a secret in clear ({names}): store each with `tower-detector "
+                        "remote secret put NAME` and write ${NAME} in its place")
     path = outputs.get("SecretsPath", "/tower-detector/")
     secrets = []
     for ref in sorted(set(_REF.findall(imagery))):
