@@ -169,14 +169,17 @@ def cmd_export(args, rep):
 def cmd_conflate(args, rep):
     from .conflate import conflate
 
-    s = conflate(args.candidates, args.osm, buffer_m=args.buffer, cache_dir=args.cache, progress=rep.progress,
-                 log=rep.log)
+    if args.buffer is not None:
+        rep.log("--buffer is no longer used and is ignored: conflation now decides by the candidate's tower point "
+                "(see --duplicate-distance)")
+    distance = {} if args.duplicate_distance is None else {"duplicate_m": args.duplicate_distance}
+    s = conflate(args.candidates, args.osm, cache_dir=args.cache, progress=rep.progress, log=rep.log, **distance)
     text = (f"{s['candidates']:,} candidates against {s['towers']:,} mapped towers, {s['poles']:,} poles and "
             f"{s['lines']:,} lines: "
-            f"{s['already_mapped']:,} already mapped ({s['status_set']:,} newly marked, "
-            f"{s['human_decisions_kept']:,} reviewed by people left as they were), "
-            f"{s['possibly_misplaced']:,} possibly misplaced, {s['line_without_tower']:,} on a line without a "
-            f"tower, {s['no_flags']:,} without flags")
+            f"{s['already_mapped']:,} already mapped (a support within {s['duplicate_m']:g} m of the point; "
+            f"{s['status_set']:,} newly marked, {s['human_decisions_kept']:,} reviewed by people left as they were), "
+            f"{s['on_mapped_line']:,} new on a mapped line, {s['possibly_misplaced']:,} possibly misplaced, "
+            f"{s['no_flags']:,} without flags")
     rep.result(text, **s)
 
 
@@ -303,7 +306,10 @@ def build_parser():
                     "osm_ref, and status already_mapped where still unreviewed")
     sp.add_argument("--osm", required=True, help="overpass[:URL], .osm.pbf/.osm, GeoJSON, a saved Overpass JSON "
                     "answer, or .gpkg[:layer]")
-    sp.add_argument("--buffer", type=float, default=20.0, help="metres around a tile where a mapped tower counts")
+    sp.add_argument("--duplicate-distance", type=float, metavar="METRES",
+                    help="a mapped tower, portal or pole this near a candidate's tower point means already mapped "
+                    "(default 30)")
+    sp.add_argument("--buffer", type=float, help=argparse.SUPPRESS)  # gone: conflation decides by the point
     sp.add_argument("--cache", help="cache Overpass answers in this folder")
 
     sp = command("sample", cmd_sample, "Write a synthetic aerial scene with HV towers, for tests and demos.")

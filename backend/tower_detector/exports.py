@@ -182,6 +182,7 @@ def read_candidates(path):
     unset = np.isnan(rows["point_lon"]) | np.isnan(rows["point_lat"])
     rows["point_lon"] = np.where(unset, lon, rows["point_lon"])
     rows["point_lat"] = np.where(unset, lat, rows["point_lat"])
+    rows["point_source"] = np.where(unset, "tile_centre", rows["point_source"]).astype(object)
     return rows, {k: _json_or_text(v) for k, v in job.items()}
 
 
