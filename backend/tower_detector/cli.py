@@ -154,15 +154,26 @@ def cmd_results(args, rep):
 
 
 def cmd_export(args, rep):
-    from .exports import export
+    from .exports import NODE_KINDS, export
 
+    if args.include_near_duplicates and args.kind in NODE_KINDS:
+        rep.log("warning: not checked against OSM (--include-near-duplicates): towers OSM already has may be added "
+                "again")
     summary = export(args.kind, args.candidates, args.out, statuses=args.status, min_score=args.min_score,
                      bbox=args.bbox, comment=args.comment, source=args.source, hashtags=args.hashtags,
-                     yes_threshold=args.yes_threshold, task_zoom=args.task_zoom)
+                     yes_threshold=args.yes_threshold, task_zoom=args.task_zoom, osm=args.osm,
+                     include_near_duplicates=args.include_near_duplicates, duplicate_m=args.duplicate_distance,
+                     cache_dir=args.cache)
     counts = ", ".join(f"{n} {status}" for status, n in summary["statuses"].items())
     text = f"{summary['exported']:,} candidates ({counts}) exported as {args.kind} to {args.out}"
+    if summary.get("near_duplicates"):
+        text += (f"; {summary['near_duplicates']} left out: within {summary['duplicate_m']:g} m of a tower or pole "
+                 f"OSM already has (checked against {summary['checked_against']}; --include-near-duplicates keeps "
+                 "them)")
     if summary.get("merged"):
         text += f"; {summary['merged']} points within a few metres of a better-ranked one were merged into it"
+    if summary.get("source"):
+        text += f"; changeset source \"{summary['source']}\""
     rep.result(text, **summary)
 
 
@@ -296,10 +307,18 @@ def build_parser():
     sp.add_argument("--min-score", type=float, help="export candidates scoring at least this")
     sp.add_argument("--bbox", help="W,S,E,N: export the candidates whose point lies in this box (degrees)")
     sp.add_argument("--comment", help="osm: the changeset comment (default: says what was added and how)")
-    sp.add_argument("--source", help="osm: the changeset source (default: the imagery the job scored)")
+    sp.add_argument("--source", help="osm: the changeset source (default: the imagery's name the job kept, else "
+                    "\"aerial imagery\")")
     sp.add_argument("--hashtags", help='osm: changeset hashtags, "#one;#two"')
     sp.add_argument("--yes-threshold", type=float, default=0.97, help="the 'Yes' band (overlay, tasking-manager)")
     sp.add_argument("--task-zoom", type=int, default=14, help="tasking-manager: tasks are tiles of this zoom")
+    sp.add_argument("--osm", help="osm, maproulette-cooperative: leave out towers OSM has, checked against this "
+                    "source (as conflate's --osm; default: the candidates' last conflation)")
+    sp.add_argument("--include-near-duplicates", action="store_true",
+                    help="osm, maproulette-cooperative: export every confirmed tower, even one OSM may have already")
+    sp.add_argument("--duplicate-distance", type=float, metavar="METRES", help="osm, maproulette-cooperative: a "
+                    "mapped support this near a point means OSM has the tower (default: the conflation's, else 30)")
+    sp.add_argument("--cache", help="cache Overpass answers in this folder (--osm overpass)")
 
     sp = command("conflate", cmd_conflate, "Flag candidates against the towers and lines already in OSM.")
     sp.add_argument("--candidates", required=True, help="candidates GeoPackage; gets osm_flags, osm_distance_m, "
