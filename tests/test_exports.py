@@ -182,6 +182,9 @@ def test_osm_conflates_on_the_spot_with_osm_and_refuses_unchecked_candidates(nea
     review(only, tile_of(*near["points"]["on0"]), "confirmed")
     with pytest.raises(UserError, match="all 1 confirmed candidates are within 30 m of a mapped tower or pole"):
         export("osm", only, tmp_path / "none.osm", osm=str(near["towers"]))
+    _set_job(only, "conflation", {"time": "2024-01-01T00:00:00Z", "buffer_m": 20})  # before supports were kept
+    with pytest.raises(UserError, match="conflated by an older version.*run `tower-detector conflate` on it"):
+        export("osm", only, tmp_path / "none.osm")
 
 
 def test_osm_reference_layer(reviewed, tmp_path):

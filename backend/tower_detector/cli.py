@@ -170,6 +170,9 @@ def cmd_export(args, rep):
         text += (f"; {summary['near_duplicates']} left out: within {summary['duplicate_m']:g} m of a tower or pole "
                  f"OSM already has (checked against {summary['checked_against']}; --include-near-duplicates keeps "
                  "them)")
+    elif summary.get("near_duplicates") == 0:
+        text += (f"; none within {summary['duplicate_m']:g} m of a tower or pole OSM has (checked against "
+                 f"{summary['checked_against']})")
     if summary.get("merged"):
         text += f"; {summary['merged']} points within a few metres of a better-ranked one were merged into it"
     if summary.get("source"):

@@ -38,6 +38,7 @@ import os
 import sqlite3
 import time
 from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 import shapely
@@ -139,7 +140,7 @@ def stored_supports(candidates):
     """(the supports the last conflation kept in the GeoPackage as Towers, its job record), or (None, None) when the
     candidates were never conflated (by a version that keeps them)."""
     try:
-        with closing(sqlite3.connect(f"file:{os.path.abspath(candidates)}?mode=ro", uri=True)) as db:
+        with closing(sqlite3.connect(Path(candidates).resolve().as_uri() + "?mode=ro", uri=True)) as db:
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'osm_supports'").fetchone():
                 return None, None
             found = db.execute("SELECT ref, power, lon, lat FROM osm_supports ORDER BY id").fetchall()

@@ -142,7 +142,7 @@ def export(kind, candidates, out, *, statuses=None, min_score=None, bbox=None, c
         checked = {"near_duplicates": None, "duplicate_m": None, "checked_against": None}
         if not include_near_duplicates:
             near, checked["duplicate_m"], checked["checked_against"] = _mapped_nearby(
-                {k: v[keep] for k, v in rows.items()}, candidates, osm, duplicate_m, cache_dir)
+                {k: v[keep] for k, v in rows.items()}, candidates, job, osm, duplicate_m, cache_dir)
             checked["near_duplicates"] = int(near.sum())
             if near.all():
                 raise UserError(f"nothing to export: all {near.size} confirmed candidates are within "
@@ -258,7 +258,7 @@ def _source(source, job):
     return source or (str(name).strip() if name not in (None, "") else "") or GENERIC_SOURCE
 
 
-def _mapped_nearby(rows, candidates, osm, duplicate_m, cache_dir):
+def _mapped_nearby(rows, candidates, job, osm, duplicate_m, cache_dir):
     """(mask of the rows whose point is within the duplicate distance of a mapped support, that distance, what
     they were checked against): see the module docstring."""
     from .conflate import DUPLICATE_M, check_duplicate_m, load_supports, stored_supports  # conflate imports us
@@ -269,9 +269,10 @@ def _mapped_nearby(rows, candidates, osm, duplicate_m, cache_dir):
     else:
         supports, record = stored_supports(candidates)
         if supports is None:
-            raise UserError(f"{os.path.basename(candidates)} was never conflated with OSM, so towers OSM already "
-                            "has could be added again: run `tower-detector conflate` on it first, give --osm, or "
-                            "pass --include-near-duplicates")
+            what = ("was conflated by an older version, which kept no OSM supports to check against" if
+                    "conflation" in job else "was never conflated with OSM")
+            raise UserError(f"{os.path.basename(candidates)} {what}, so towers OSM already has could be added again: "
+                            "run `tower-detector conflate` on it, give --osm, or pass --include-near-duplicates")
         against = f"the conflation of {record.get('time', 'an earlier run')} with {supports.source}"
         default = record.get("duplicate_m", DUPLICATE_M)
     distance = check_duplicate_m(default if duplicate_m is None else duplicate_m)
