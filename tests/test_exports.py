@@ -23,6 +23,7 @@ from tower_detector.tilemath import tile_bounds_4326
 
 GEOD = Geod(ellps="WGS84")
 RS = "\x1e"
+ALL = ("--include-near-duplicates",)
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,13 @@ def reviewed(sample_scene, tmp_path_factory):
 def test_osm_file_for_josm(reviewed, tmp_path):
     out = tmp_path / "towers.osm"
     code, events = run_cli("export", "osm", "--candidates", reviewed["path"], "--out", out, "--comment", "Towers",
-                           "--source", "Esri World Imagery", "--hashtags", "#towers; #zambia")
+                           "--source", "Esri World Imagery", "--hashtags", "#towers; #zambia",
+                           "--include-near-duplicates")  # the scene's towers are OSM's: kept only when asked
     assert code == 0, events
     result = events[-1]
     assert result["event"] == "result" and result["exported"] == 4 and result["nodes"] == 3 and result["merged"] == 1
+    assert result["near_duplicates"] is None and any("warning: not checked against OSM" in e["message"]
+                                                     for e in events if e["event"] == "log")
     root = ET.parse(out).getroot()
     assert root.tag == "osm" and root.get("version") == "0.6" and root.get("upload") == "false"
     assert root.get("generator").startswith("tower-detector ")
@@ -88,14 +92,99 @@ def test_osm_file_for_josm(reviewed, tmp_path):
     np.testing.assert_allclose([r[2:] for r in read], want, atol=1e-7)
 
 
-def test_osm_source_defaults_to_the_imagery_and_refuses_other_statuses(reviewed, tmp_path):
-    summary = export("osm", reviewed["path"], tmp_path / "a.osm")
-    assert summary["source"] == "tiles.example.com"  # the job's imagery host, its {s} subdomain dropped
+def _set_job(path, key, value):
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT OR REPLACE INTO job (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+
+def test_osm_source_is_the_imagerys_name_never_a_host_and_refuses_other_statuses(reviewed, tmp_path):
+    path = tmp_path / "c.gpkg"
+    path.write_bytes(reviewed["path"].read_bytes())
+    # the job scored https://{s}.tiles.example.com/...: its host is no source a mapper can check
+    summary = export("osm", path, tmp_path / "a.osm", include_near_duplicates=True)
+    assert summary["source"] == "aerial imagery" and "example" not in (tmp_path / "a.osm").read_text()
+    _set_job(path, "imagery_name", "Esri World Imagery")  # as `results` copies `predict --imagery-name`
+    summary = export("osm", path, tmp_path / "b.osm", include_near_duplicates=True)
+    assert summary["source"] == "Esri World Imagery"
+    changeset = ET.parse(tmp_path / "b.osm").getroot().find("changeset")
+    assert {t.get("k"): t.get("v") for t in changeset.findall("tag")}["source"] == "Esri World Imagery"
+    assert export("osm", path, tmp_path / "c.osm", source="Bing", include_near_duplicates=True)["source"] == "Bing"
     with pytest.raises(UserError, match="confirmed candidates only"):
-        export("osm", reviewed["path"], tmp_path / "b.osm", statuses="unsure")
+        export("osm", path, tmp_path / "d.osm", statuses="unsure")
     with pytest.raises(UserError, match="--hashtags must look like"):
-        export("osm", reviewed["path"], tmp_path / "c.osm", hashtags="towers zambia")
-    assert not (tmp_path / "b.osm").exists() and not (tmp_path / "c.osm").exists()
+        export("osm", path, tmp_path / "e.osm", hashtags="towers zambia", include_near_duplicates=True)
+    assert not (tmp_path / "d.osm").exists() and not (tmp_path / "e.osm").exists()
+
+
+@pytest.fixture
+def near(sample_scene, tmp_path):
+    """Confirmed candidates on the sample scene, by their distance to the nearest mapped tower: on0 5 m from tower 0,
+    near3 25 m from tower 3, off4 45 m from tower 4, and new in an empty tile, far from any support."""
+    towers = scene_features(sample_scene["towers"], "tower")
+    points = {"on0": GEOD.fwd(*towers[0], 30, 5.0)[:2], "near3": GEOD.fwd(*towers[3], 90, 25.0)[:2],
+              "off4": GEOD.fwd(*towers[4], 180, 45.0)[:2]}
+    tiles = {name: tile_of(*p) for name, p in points.items()}
+    info = sample_scene["info"]["tile_range"]
+    supports = [tile_of(*p) for kind in ("tower", "pole") for p in scene_features(sample_scene["towers"], kind)]
+    tiles["new"] = next((x, y) for x in range(info["x"][0], info["x"][1] + 1)
+                        for y in range(info["y"][0], info["y"][1] + 1)
+                        if all(abs(x - a) > 1 or abs(y - b) > 1 for a, b in supports))
+    points["new"] = centre(*tiles["new"])
+    assert len(set(tiles.values())) == 4
+    path = make_candidates(tmp_path / "c.gpkg", list(tiles.values()), points=list(points.values()))
+    for tile in tiles.values():
+        review(path, tile, "confirmed")
+    return {"path": path, "points": points, "towers": sample_scene["towers"]}
+
+
+def _nodes(path):
+    return [(float(n.get("lon")), float(n.get("lat"))) for n in ET.parse(path).getroot().findall("node")]
+
+
+def test_osm_leaves_out_towers_osm_has_after_conflation(near, tmp_path):
+    """Issue 29: 49 confirmed candidates became 49 new nodes, 25 within 1 m of an OSM tower."""
+    code, events = run_cli("conflate", "--candidates", near["path"], "--osm", near["towers"])
+    assert code == 0, events
+    out = tmp_path / "towers.osm"
+    code, events = run_cli("export", "osm", "--candidates", near["path"], "--out", out)
+    assert code == 0, events
+    result = events[-1]
+    assert (result["near_duplicates"], result["exported"], result["nodes"], result["duplicate_m"]) == (2, 2, 2, 30)
+    assert "2 left out: within 30 m of a tower or pole OSM already has" in result["message"]
+    assert "--include-near-duplicates" in result["message"] and "conflation" in result["checked_against"]
+    np.testing.assert_allclose(_nodes(out), [near["points"]["off4"], near["points"]["new"]], atol=1e-7)
+    # a point moved since is checked where it is now: off4 onto tower 4 is OSM's
+    tower4 = GEOD.fwd(*near["points"]["off4"], 0, 45.0)[:2]
+    review(near["path"], tile_of(*near["points"]["off4"]), "confirmed", point=tower4)
+    summary = export("osm", near["path"], tmp_path / "moved.osm")
+    assert summary["near_duplicates"] == 3 and summary["nodes"] == 1
+    everything = export("osm", near["path"], tmp_path / "all.osm", include_near_duplicates=True)
+    assert everything["nodes"] == 4 and everything["near_duplicates"] is None
+    cooperative = export("maproulette-cooperative", near["path"], tmp_path / "coop.geojson")
+    assert cooperative["tasks"] == 1 and cooperative["near_duplicates"] == 3
+
+
+def test_osm_conflates_on_the_spot_with_osm_and_refuses_unchecked_candidates(near, tmp_path):
+    before = near["path"].read_bytes()
+    out = tmp_path / "towers.osm"
+    code, events = run_cli("export", "osm", "--candidates", near["path"], "--out", out, "--osm", near["towers"])
+    assert code == 0, events
+    assert events[-1]["near_duplicates"] == 2 and events[-1]["checked_against"] == "OSM from towers.geojson"
+    np.testing.assert_allclose(_nodes(out), [near["points"]["off4"], near["points"]["new"]], atol=1e-7)
+    wider = export("osm", near["path"], tmp_path / "wider.osm", osm=str(near["towers"]), duplicate_m=50)
+    assert wider["near_duplicates"] == 3 and wider["nodes"] == 1
+    code, events = run_cli("export", "osm", "--candidates", near["path"], "--out", tmp_path / "unchecked.osm")
+    assert code == 2 and "never conflated with OSM" in events[-1]["message"]
+    assert "--include-near-duplicates" in events[-1]["message"] and not (tmp_path / "unchecked.osm").exists()
+    assert near["path"].read_bytes() == before  # an export never writes to the candidates
+    # every confirmed tower already mapped: nothing to export, and says why
+    only = make_candidates(tmp_path / "only.gpkg", [tile_of(*near["points"]["on0"])], points=[near["points"]["on0"]])
+    review(only, tile_of(*near["points"]["on0"]), "confirmed")
+    with pytest.raises(UserError, match="all 1 confirmed candidates are within 30 m of a mapped tower or pole"):
+        export("osm", only, tmp_path / "none.osm", osm=str(near["towers"]))
+    _set_job(only, "conflation", {"time": "2024-01-01T00:00:00Z", "buffer_m": 20})  # before supports were kept
+    with pytest.raises(UserError, match="conflated by an older version.*run `tower-detector conflate` on it"):
+        export("osm", only, tmp_path / "none.osm")
 
 
 def test_osm_reference_layer(reviewed, tmp_path):
@@ -193,7 +282,7 @@ def test_maproulette_line_by_line(reviewed, tmp_path):
 
 def test_maproulette_cooperative_carries_an_osmchange(reviewed, tmp_path):
     out = tmp_path / "cooperative.geojson"
-    summary = export("maproulette-cooperative", reviewed["path"], out)
+    summary = export("maproulette-cooperative", reviewed["path"], out, include_near_duplicates=True)
     tasks = _lines(out)
     assert len(tasks) == summary["tasks"] == 3 and summary["merged"] == 1
     for k, task in enumerate(tasks):
@@ -328,8 +417,13 @@ def test_bad_inputs_exit_2_and_write_nothing(reviewed, sample_scene, tmp_path):
         (["osm", "--candidates", sample_scene["area"], "--out", tmp_path / "a.osm"], "is not a candidates GeoPackage"),
         (["osm", "--candidates", plain, "--out", tmp_path / "a.osm"], "has no candidates layer"),
         (["osm", "--candidates", unreviewed, "--out", existing], "no candidates .* with status confirmed"),
-        (["osm", "--candidates", reviewed["path"], "--out", tmp_path / "nope" / "a.osm"], "cannot write"),
-        (["osm", "--candidates", reviewed["path"], "--out", tmp_path / "a.txt"], r"must end with \.osm"),
+        (["osm", "--candidates", reviewed["path"], "--out", tmp_path / "nope" / "a.osm", *ALL], "cannot write"),
+        (["osm", "--candidates", reviewed["path"], "--out", tmp_path / "a.txt", *ALL], r"must end with \.osm"),
+        (["osm", "--candidates", reviewed["path"], "--out", tmp_path / "a.osm"], "never conflated with OSM"),
+        (["osm", "--candidates", reviewed["path"], "--out", tmp_path / "a.osm", "--osm", tmp_path / "none.osm"],
+         "towers source not found"),
+        (["osm", "--candidates", reviewed["path"], "--out", tmp_path / "a.osm", "--osm", sample_scene["towers"],
+          "--duplicate-distance", "-1"], "--duplicate-distance must be more than 0"),
         (["maproulette", "--candidates", reviewed["path"], "--out", tmp_path, "--status", "all"], "cannot write"),
         (["overlay", "--candidates", reviewed["path"], "--out", tmp_path / "o.geojson", "--status", "yes"],
          "unknown --status yes"),
@@ -338,7 +432,7 @@ def test_bad_inputs_exit_2_and_write_nothing(reviewed, sample_scene, tmp_path):
         (["wat", "--candidates", reviewed["path"], "--out", tmp_path / "o"], "unknown export kind"),
     ]
     if os.geteuid() != 0:  # root writes anywhere
-        cases.append((["osm", "--candidates", reviewed["path"], "--out", locked / "a.osm"], "cannot write"))
+        cases.append((["osm", "--candidates", reviewed["path"], "--out", locked / "a.osm", *ALL], "cannot write"))
     for args, message in cases:
         before = sorted(os.listdir(tmp_path))
         code, events = run_cli("export", *args)

@@ -14,6 +14,13 @@ def parse(args):
     return build_parser().parse_args(args)
 
 
+def _knows(command, option):
+    from tower_detector.cli import build_parser
+
+    commands_ = next(a for a in build_parser()._actions if a.dest == "command")
+    return any(option in a.option_strings for a in commands_.choices[command]._actions)
+
+
 def test_tiles():
     args = commands.tiles_args("a.geojson", 18, out="cover.json", shards=4, max_tiles=1000)
     assert args == ["tiles", "--area", "a.geojson", "--zoom", "18", "--shards", "4", "--out", "cover.json",
@@ -75,6 +82,13 @@ def test_predict_and_results():
     with pytest.raises(ValueError, match="exactly one"):
         commands.predict_args("m", "i", "s")
 
+    named = commands.predict_args("m", "https://t/{z}/{x}/{y}.jpg", "store", area="a.geojson",
+                                  imagery_name="Esri World Imagery")
+    assert named[named.index("--imagery-name") + 1] == "Esri World Imagery"
+    assert "--imagery-name" not in commands.predict_args("m", "scene.tif", "store", area="a.geojson")
+    if _knows("predict", "--imagery-name"):  # the backend keeps the name from issue 29 on
+        assert parse(named).imagery_name == "Esri World Imagery"
+
     args = commands.results_args("store", heatmap="h.tif", candidates="c.gpkg", threshold=0.62,
                                  json_path="s.json", geojson="o.geojson")
     assert args == ["results", "store", "--heatmap", "h.tif", "--candidates", "c.gpkg", "--threshold", "0.62",
@@ -110,3 +124,21 @@ def test_remote_status_and_fetch():
         commands.remote_args("fetch", "p1")
     with pytest.raises(ValueError, match="unknown remote action"):
         commands.remote_args("submit", "p1")
+
+
+def test_export_and_conflate():
+    args = commands.export_args("osm", "c.gpkg", "t.osm", comment="HV towers", source="Esri World Imagery",
+                                osm="zambia.osm.pbf")
+    assert args == ["export", "osm", "--candidates", "c.gpkg", "--out", "t.osm", "--comment", "HV towers",
+                    "--source", "Esri World Imagery", "--osm", "zambia.osm.pbf", "--events"]
+    ns = parse(args)
+    assert (ns.kind, ns.osm, ns.source, ns.include_near_duplicates) == ("osm", "zambia.osm.pbf", "Esri World Imagery",
+                                                                        False)
+    ns = parse(commands.export_args("maproulette-cooperative", "c.gpkg", "c.geojson", include_near_duplicates=True))
+    assert ns.include_near_duplicates and ns.osm is None
+    overlay = commands.export_args("overlay", "c.gpkg", "o.geojson", source="x", osm="y", include_near_duplicates=True)
+    assert overlay == ["export", "overlay", "--candidates", "c.gpkg", "--out", "o.geojson", "--events"]
+    args = commands.conflate_args("c.gpkg", "overpass", duplicate_m=25.0)
+    assert args == ["conflate", "--candidates", "c.gpkg", "--osm", "overpass", "--duplicate-distance", "25.0",
+                    "--events"]
+    assert parse(args).duplicate_distance == 25.0

@@ -118,6 +118,7 @@ def test_imagery_sources_are_the_users_xyz_connections_and_raster_layers(qgis_ne
     try:
         sources = {s.label: s for s in imagery.xyz_connections()}
         assert sources["XYZ connection: Aerial test"].authcfg == "abc1234"
+        assert sources["XYZ connection: Aerial test"].name == "Aerial test"
         assert "XYZ connection: Hidden one" not in sources
     finally:
         settings.remove("qgis/connections-xyz/Aerial test")
@@ -128,6 +129,7 @@ def test_imagery_sources_are_the_users_xyz_connections_and_raster_layers(qgis_ne
     QgsProject.instance().addMapLayer(xyz, True)
     layers = {s.label: s.spec for s in imagery.raster_layer_sources()}
     assert layers["Layer: scene"] == str(tif)
+    assert {s.label: s.name for s in imagery.raster_layer_sources()}["Layer: scene"] == "scene"
     if xyz.isValid():  # the wms provider may refuse a layer it cannot reach; the decoding is what is tested
         assert layers["Layer: basemap"] == URL
 
@@ -300,6 +302,27 @@ def test_load_results_dialog_emits_what_to_load(tmp_path):
     assert "choose a heatmap" in empty.error.text()
     dialog.deleteLater()
     empty.deleteLater()
+
+
+def test_predict_names_the_imagery_after_the_chosen_connection(qgis_iface, manager, area_file, tmp_path):
+    """The name goes with the job (`predict --imagery-name`): the OSM changeset's source, never a host."""
+    settings = QgsSettings()
+    settings.setValue("qgis/connections-xyz/Esri World Imagery/url", URL)
+    try:
+        dialog = PredictDialog(qgis_iface, manager)
+        dialog.model.setFilePath(str(make_model_dir(tmp_path / "model")))
+        dialog.area.set_path(area_file)
+        dialog.out.setFilePath(str(tmp_path / "results"))
+        labels = [dialog.imagery.combo.itemText(i) for i in range(dialog.imagery.combo.count())]
+        dialog.imagery.combo.setCurrentIndex(labels.index("XYZ connection: Esri World Imagery"))
+        predict = dialog.build()["steps"][0]
+        assert predict[predict.index("--imagery-name") + 1] == "Esri World Imagery"
+        assert predict[predict.index("--imagery") + 1] == URL
+        dialog.imagery.spec.setText(URL + "?style=other")  # edited: no longer that connection
+        assert "--imagery-name" not in dialog.build()["steps"][0]
+        dialog.deleteLater()
+    finally:
+        settings.remove("qgis/connections-xyz/Esri World Imagery")
 
 
 def test_osm_tile_servers_are_never_offered_as_imagery(qgis_new_project):

@@ -104,6 +104,19 @@ def test_load_data_confirmed_layer_discourages_upload(josm):
     assert len(nodes(query["data"])) == 200 and query["data"] == confirmed
 
 
+def test_every_command_reaches_josm_even_when_repeated(josm):
+    """QGIS's network cache answered a repeated GET itself: a layer sent twice, or /version once JOSM was gone."""
+    remote = JosmRemote(josm.url)
+    for _ in range(2):
+        remote.version()
+        remote.load_data(REFERENCE_XML, layer_name="x")
+    assert [r["path"] for r in josm.requests] == ["/version", "/load_data"] * 2
+    url = josm.url
+    josm.stop()
+    with pytest.raises(JosmNotRunning):
+        JosmRemote(url).version()
+
+
 def test_load_data_refuses_an_unknown_upload_policy(josm):
     with pytest.raises(ValueError, match="upload_policy"):
         JosmRemote(josm.url).load_data(REFERENCE_XML, layer_name="x", upload_policy="no")

@@ -249,16 +249,23 @@ def test_export_and_conflate_algorithms_run_the_backend(provider, plugin_setting
     ch.review(path, tiles[0], "confirmed")
     out = tmp_path / "confirmed.osm"
     kinds = list(EXPORT_KINDS)
+    osm = str(tmp_path / "scene" / "towers.geojson")
+    # the confirmed tower is one OSM has: unchecked candidates are refused, OSM data or the asking lets them through
+    with pytest.raises(QgsProcessingException, match="never conflated with OSM"):
+        _run("towerdetector:exportreview", {"CANDIDATES": path, "FORMAT": kinds.index("osm"), "OUTPUT": str(out)})
+    with pytest.raises(QgsProcessingException, match="all 1 confirmed candidates are within 30 m"):
+        _run("towerdetector:exportreview", {"CANDIDATES": path, "FORMAT": kinds.index("osm"), "OSM": osm,
+                                            "OUTPUT": str(out)})
     result = _run("towerdetector:exportreview", {"CANDIDATES": path, "FORMAT": kinds.index("osm"),
-                                                 "SOURCE": "Esri World Imagery", "OUTPUT": str(out)})
+                                                 "SOURCE": "Esri World Imagery", "INCLUDE_NEAR_DUPLICATES": True,
+                                                 "OUTPUT": str(out)})
     assert result["MESSAGE"].startswith("1 candidates") and out.is_file()
     assert 'k="power" v="tower"' in out.read_text() and 'v="Esri World Imagery"' in out.read_text()
     with pytest.raises(QgsProcessingException, match="tower-detector export: .*\\.osm"):
         _run("towerdetector:exportreview", {"CANDIDATES": path, "FORMAT": kinds.index("osm"),
-                                            "OUTPUT": str(tmp_path / "confirmed.txt")})
-    result = _run("towerdetector:conflate", {"CANDIDATES": path, "OSM": str(tmp_path / "scene" / "towers.geojson"),
-                                             "BUFFER": 20})
-    assert "(1 newly marked, 1 reviewed by people left as they were)" in result["MESSAGE"]
+                                            "INCLUDE_NEAR_DUPLICATES": True, "OUTPUT": str(tmp_path / "confirmed.txt")})
+    result = _run("towerdetector:conflate", {"CANDIDATES": path, "OSM": osm, "DUPLICATE_DISTANCE": 30})
+    assert "1 newly marked, 1 reviewed by people left as they were" in result["MESSAGE"]
     statuses = ch.rows(path)
     assert statuses[f"{tiles[0][0]}-{tiles[0][1]}-18"]["status"] == "confirmed"  # a person's decision, kept
     assert statuses[f"{tiles[1][0]}-{tiles[1][1]}-18"]["status"] == "already_mapped"

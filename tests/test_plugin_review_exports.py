@@ -2,12 +2,13 @@
 servers on loopback, the real backend CLI for exports and conflation, the job manager's QGIS tasks."""
 
 import json
+import sqlite3
 import xml.etree.ElementTree as ET
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import test_plugin_support as support
-from candidates_helpers import make_candidates, scene_features, tile_of
+from candidates_helpers import centre, make_candidates, scene_features, tile_of
 from josm_server import JosmServer
 from overpass_server import OverpassServer, elements_from_geojson
 from qgis.core import Qgis, QgsProject, QgsVectorLayer
@@ -40,7 +41,7 @@ def review(tmp_path, qgis_iface, plugin_settings):
     dock.exportRequested.connect(exports.handle)
     dock.start(layer)
     yield {"dock": dock, "exports": exports, "manager": manager, "path": str(path), "scene": tmp_path / "scene",
-           "towers": towers}
+           "towers": towers, "empty": empty}
     dock.stop()
     QgsProject.instance().removeMapLayer(layer.id())
 
@@ -50,32 +51,60 @@ def finish(manager, job_id):
     return manager.store.get(job_id)
 
 
-def test_josm_loads_the_candidate_with_the_changeset_tags_and_gets_both_layers(review, plugin_settings):
-    plugin_settings.set_value("review/source", "Esri World Imagery")
-    dock = review["dock"]
-    with JosmServer() as josm:
+def test_josm_gets_the_imagerys_name_and_no_tower_osm_has(review, plugin_settings, qgis_iface):
+    """Issue 29: the JOSM path sent no changeset source unless one was typed, and its confirmed layer held towers
+    OSM already had. The source is the setting, else the imagery's name the job kept, else a generic one (never the
+    imagery's host); the confirmed layer leaves out towers OSM has, asking Overpass when nothing was conflated."""
+    dock, exports, path = review["dock"], review["exports"], review["path"]
+    bar = qgis_iface.messageBar()  # pytest-qgis's: it records what was pushed, by level
+    bar.clear_messages()
+    with JosmServer() as josm, OverpassServer(elements_from_geojson(review["scene"] / "towers.geojson")) as overpass:
         plugin_settings.set_value("review/josm_url", josm.url)
-        review["exports"].handle("josm-zoom")
+        plugin_settings.set_value("review/overpass_url", overpass.url)
+        exports.handle("josm-zoom")
+        assert josm.last("load_and_zoom")["query"]["changeset_source"] == "aerial imagery"  # not tiles.example.com
+        with sqlite3.connect(path) as db:  # as `results` copies `predict --imagery-name` into the job table
+            db.execute("INSERT INTO job (key, value) VALUES ('imagery_name', ?)", (json.dumps("Esri World Imagery"),))
+        exports.handle("josm-zoom")
         q = josm.last("load_and_zoom")["query"]
         lon, lat = review["towers"][0]
         assert float(q["left"]) < lon < float(q["right"]) and float(q["bottom"]) < lat < float(q["top"])
         assert q["changeset_source"] == "Esri World Imagery" and q["changeset_hashtags"] == "#towerdetector"
         assert q["changeset_comment"].startswith("Add power towers")
+        plugin_settings.set_value("review/source", "Bing aerial imagery")  # what the reviewer typed comes first
+        exports.handle("josm-zoom")
+        assert josm.last("load_and_zoom")["query"]["changeset_source"] == "Bing aerial imagery"
+        plugin_settings.set_value("review/source", "")
 
-        dock.decide("confirmed")  # the best candidate: the first tower
-        review["exports"].handle("josm-layers")
+        for status in ("confirmed", "unsure", "unsure", "confirmed"):  # the first tower, which OSM has, and the
+            dock.decide(status)                                       # first empty tile, a tower OSM lacks
+        exports.handle("josm-layers")
+        assert overpass.log and overpass.log[0]["method"] == "POST"  # never conflated: OSM around here, asked now
         reference, confirmed = [r["query"] for r in josm.requests if r["path"] == "/load_data"]
-    assert reference["upload_policy"] == "never" and reference["layer_locked"] == "true"
-    assert reference["new_layer"] == "true"
-    squares = ET.fromstring(reference["data"])
-    assert squares.get("upload") == "never" and len(squares.findall("way")) == 5  # all five are within 2 km
-    assert confirmed["upload_policy"] == "false" and confirmed["layer_locked"] == "false"
-    osm = ET.fromstring(confirmed["data"])
-    [node] = osm.findall("node")
-    assert int(node.get("id")) < 0 and {t.get("k"): t.get("v") for t in node.findall("tag")} == {"power": "tower"}
-    assert (float(node.get("lon")), float(node.get("lat"))) == pytest.approx(review["towers"][0], abs=1e-6)
-    changeset = {t.get("k"): t.get("v") for t in osm.find("changeset").findall("tag")}
-    assert changeset["source"] == "Esri World Imagery" and changeset["hashtags"] == "#towerdetector"
+        assert reference["upload_policy"] == "never" and reference["layer_locked"] == "true"
+        assert reference["new_layer"] == "true"
+        squares = ET.fromstring(reference["data"])
+        assert squares.get("upload") == "never" and len(squares.findall("way")) == 5  # all five are within 2 km
+        assert confirmed["upload_policy"] == "false" and confirmed["layer_locked"] == "false"
+        osm = ET.fromstring(confirmed["data"])
+        [node] = osm.findall("node")
+        assert int(node.get("id")) < 0 and {t.get("k"): t.get("v") for t in node.findall("tag")} == {"power": "tower"}
+        assert (float(node.get("lon")), float(node.get("lat"))) == pytest.approx(centre(*review["empty"][0]),
+                                                                                 abs=1e-6)
+        changeset = {t.get("k"): t.get("v") for t in osm.find("changeset").findall("tag")}
+        assert changeset["source"] == "Esri World Imagery" and changeset["hashtags"] == "#towerdetector"
+        [text] = bar.get_messages(Qgis.Info)
+        assert "1 confirmed towers within 30 m of a tower OSM already has were left out" in text
+
+        # conflated: the file's outcome serves, and Overpass is not asked again
+        job = finish(review["manager"], exports.conflate(str(review["scene"] / "towers.geojson")))
+        assert job["status"] == "finished", job["message"]
+        overpass.clear_log()
+        josm.requests.clear()
+        exports.handle("josm-layers")
+        assert not overpass.log
+        _reference, confirmed = [r["query"] for r in josm.requests if r["path"] == "/load_data"]
+        assert len(ET.fromstring(confirmed["data"]).findall("node")) == 1
 
 
 def test_josm_not_listening_is_one_clear_line_in_the_message_bar(review, plugin_settings, qgis_iface):

@@ -88,12 +88,14 @@ def search_args(data: str, out: str, trials: int, *, space: str = None, metric: 
 
 def predict_args(model: str, imagery: str, out: str, *, area: str = None, tiles: str = None, shard: str = None,
                  shards: int = None, workers: int = None, checkpoint_every: int = None, batch_size: int = None,
-                 max_tiles: int = None, views: int = None) -> list:
-    """Exactly one of area (GeoJSON or bbox) and tiles (a cover file from `tiles --out`)."""
+                 max_tiles: int = None, views: int = None, imagery_name: str = None) -> list:
+    """Exactly one of area (GeoJSON or bbox) and tiles (a cover file from `tiles --out`). imagery_name: what the
+    imagery is called (a QGIS connection or layer name), kept with the job as the OSM changeset's source."""
     _need(model=model, imagery=imagery, out=out)
     if bool(area) == bool(tiles):
         raise ValueError("give exactly one of an area and a tile cover file")
     args = ["predict", "--model", str(model), "--imagery", str(imagery)]
+    _opt(args, "--imagery-name", imagery_name)
     _opt(args, "--area", area)
     _opt(args, "--tiles", tiles)
     args += ["--out", str(out)]
@@ -161,9 +163,15 @@ EXPORT_KINDS = ("osm", "osm-reference", "overlay", "maproulette", "maproulette-c
                 "labels")
 
 
+NODE_KINDS = ("osm", "maproulette-cooperative")  # exports that add nodes: checked for towers OSM already has
+
+
 def export_args(kind: str, candidates: str, out: str, *, comment: str = None, source: str = None,
-                hashtags: str = None, min_score: float = None, status: str = None, bbox=None) -> list:
-    """`export KIND --candidates C.gpkg --out PATH`: the reviewed candidates for OSM editing or training."""
+                hashtags: str = None, min_score: float = None, status: str = None, bbox=None, osm: str = None,
+                include_near_duplicates: bool = False) -> list:
+    """`export KIND --candidates C.gpkg --out PATH`: the reviewed candidates for OSM editing or training. For the
+    kinds that add nodes: osm, an OSM source to leave out towers OSM has (default: the candidates' conflation), or
+    include_near_duplicates to keep them all."""
     if kind not in EXPORT_KINDS:
         raise ValueError(f"unknown export {kind}; one of {', '.join(EXPORT_KINDS)}")
     _need(candidates=candidates, out=out)
@@ -172,15 +180,19 @@ def export_args(kind: str, candidates: str, out: str, *, comment: str = None, so
         _opt(args, "--comment", comment)
         _opt(args, "--source", source)
         _opt(args, "--hashtags", hashtags)
+    if kind in NODE_KINDS:
+        _opt(args, "--osm", osm)
+        if include_near_duplicates:
+            args.append("--include-near-duplicates")
     _opt(args, "--min-score", min_score)
     _opt(args, "--status", status)
     _opt(args, "--bbox", ",".join(f"{v:.7f}" for v in bbox) if bbox else None)
     return [*args, "--events"]
 
 
-def conflate_args(candidates: str, osm: str, *, buffer_m: float = None) -> list:
+def conflate_args(candidates: str, osm: str, *, duplicate_m: float = None) -> list:
     """`conflate --candidates C.gpkg --osm SRC`: mark candidates OSM already has, flag misplaced towers."""
     _need(candidates=candidates, osm=osm)
     args = ["conflate", "--candidates", str(candidates), "--osm", str(osm)]
-    _opt(args, "--buffer", buffer_m)
+    _opt(args, "--duplicate-distance", duplicate_m)
     return [*args, "--events"]

@@ -160,6 +160,13 @@ class ImageryWidget(QWidget):
     def resolved(self) -> imagery.ImagerySpec:
         return imagery.resolve(self.spec.text(), self.auth.configId())
 
+    def name(self) -> str:
+        """The chosen connection's or layer's name while its spec is as chosen ("" for one typed in): what the OSM
+        changeset will name as its source."""
+        index = self.combo.currentIndex()
+        chosen = self.sources[index - 1] if index >= 1 else None
+        return chosen.name if chosen and chosen.spec == self.spec.text() else ""
+
 
 # --- job dialogs --------------------------------------------------------------------------------------------------
 class JobDialog(QDialog):
@@ -392,7 +399,7 @@ class PredictDialog(JobDialog):
         options = dict(area=area, shards=_value(self.shards), workers=_value(self.workers),
                        checkpoint_every=_value(self.checkpoint_every), batch_size=_value(self.batch_size),
                        max_tiles=settings.value("area/max_tiles"),
-                       views=self.views.currentData())
+                       views=self.views.currentData(), imagery_name=self.imagery.name() or None)
         if self.where.currentData() == "aws":
             bucket = settings.value("aws/bucket")
             store = f"s3://{bucket}/jobs/{name}/store" if bucket else None

@@ -64,7 +64,9 @@ class JosmRemote:
         request = QNetworkRequest(QUrl.fromEncoded(url.encode("ascii")))
         request.setTransferTimeout(self.timeout_ms)
         blocking = QgsBlockingNetworkRequest()
-        blocking.get(request)
+        # forceRefresh: every command must reach JOSM; QGIS's network cache would answer a repeated one itself (the
+        # same layer sent again, /version while JOSM is down)
+        blocking.get(request, True)
         reply = blocking.reply()
         body = bytes(reply.content()).decode("utf-8", "replace")
         status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)

@@ -65,6 +65,7 @@ class Source:
     label: str  # shown in the combo box
     spec: str
     authcfg: str = ""
+    name: str = ""  # the connection's or layer's name: what the imagery is called (the OSM changeset's source)
 
 
 # openstreetmap.org's tile servers forbid bulk downloads (operations.osmfoundation.org/policies/tiles): a
@@ -84,7 +85,7 @@ def xyz_connections() -> list:
         url = unquote(settings.value(base + "url", "") or "")
         hidden = str(settings.value(base + "hidden", "false")).lower() in ("true", "1")
         if url and not hidden and not _NO_BULK.match(url):
-            out.append(Source(f"XYZ connection: {name}", url, settings.value(base + "authcfg", "") or ""))
+            out.append(Source(f"XYZ connection: {name}", url, settings.value(base + "authcfg", "") or "", name))
     return out
 
 
@@ -98,8 +99,9 @@ def raster_layer_sources(project: QgsProject = None) -> list:
         provider = layer.providerType()
         parts = QgsProviderRegistry.instance().decodeUri(provider, layer.source())
         if provider == "gdal" and parts.get("path") and os.path.isfile(parts["path"]):
-            out.append(Source(f"Layer: {layer.name()}", parts["path"]))
+            out.append(Source(f"Layer: {layer.name()}", parts["path"], "", layer.name()))
         elif provider == "wms" and parts.get("type") == "xyz" and parts.get("url") and not _NO_BULK.match(
                 unquote(parts["url"])):
-            out.append(Source(f"Layer: {layer.name()}", unquote(parts["url"]), parts.get("authcfg", "") or ""))
+            out.append(Source(f"Layer: {layer.name()}", unquote(parts["url"]), parts.get("authcfg", "") or "",
+                              layer.name()))
     return sorted(out, key=lambda s: s.label.lower())

@@ -19,6 +19,7 @@ from qgis.core import (
     QgsProcessingOutputString,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterAuthConfig,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
@@ -313,6 +314,8 @@ class PredictAlgorithm(BackendAlgorithm):
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model folder", QgsProcessingParameterFile.Folder))
         for param in _imagery_params():
             self.addParameter(param)
+        self.addParameter(QgsProcessingParameterString("IMAGERY_NAME", "Imagery name, the OSM changeset's source "
+                                                       "(e.g. Esri World Imagery)", None, False, True))
         self.addParameter(_area_param())
         self.addParameter(_float("THRESHOLD", "Candidate threshold (-1: the model's)", -1.0, -1.0, 1.0))
         for name, description in (("WORKERS", "Imagery workers"), ("CHECKPOINT_EVERY", "Checkpoint every (tiles)"),
@@ -341,8 +344,8 @@ class PredictAlgorithm(BackendAlgorithm):
              for k in ("WORKERS", "CHECKPOINT_EVERY", "BATCH_SIZE")}
         steps = [commands.predict_args(model, spec.spec, store, area=path, workers=n["WORKERS"],
                                        checkpoint_every=n["CHECKPOINT_EVERY"], batch_size=n["BATCH_SIZE"],
-                                       max_tiles=settings.value("area/max_tiles"),
-                                       views=views),
+                                       max_tiles=settings.value("area/max_tiles"), views=views,
+                                       imagery_name=self.parameterAsString(parameters, "IMAGERY_NAME", context)),
                  commands.results_args(store, heatmap=heatmap, candidates=candidates, threshold=threshold)]
         _predicted, merged = self.run_steps(steps, feedback, spec.env)
         try:
@@ -420,7 +423,9 @@ class ExportReviewAlgorithm(BackendAlgorithm):
                 "JOSM, never uploaded by itself), osm-reference (the candidate squares, upload=never), overlay (the "
                 "seed's GeoJSON bands), maproulette and maproulette-cooperative (line-by-line GeoJSON), "
                 "tasking-manager (a folder: AOI, task polygons, priority areas), labels (review labels for "
-                "`dataset --extra-labels`).")
+                "`dataset --extra-labels`). osm and maproulette-cooperative leave out towers within 30 m of one OSM "
+                "has: checked against the candidates' last conflation, or the OSM data given; candidates never "
+                "conflated are refused unless near duplicates are included.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile("CANDIDATES", "Candidates GeoPackage",
@@ -430,6 +435,11 @@ class ExportReviewAlgorithm(BackendAlgorithm):
                            ("HASHTAGS", "Changeset hashtags")):
             self.addParameter(QgsProcessingParameterString(key, label, settings.value(f"review/{key.lower()}"),
                                                            False, True))
+        self.addParameter(QgsProcessingParameterFile("OSM", "OSM data to leave out towers OSM has (empty: the "
+                                                     "candidates' conflation)", QgsProcessingParameterFile.File,
+                                                     None, None, True))
+        self.addParameter(QgsProcessingParameterBoolean("INCLUDE_NEAR_DUPLICATES", "Include towers OSM may have "
+                                                        "already (unchecked)", False))
         self.addParameter(QgsProcessingParameterString("OUTPUT", "Output file (a folder for tasking-manager)"))
         self.addOutput(QgsProcessingOutputString("MESSAGE", "Summary"))
 
@@ -439,7 +449,10 @@ class ExportReviewAlgorithm(BackendAlgorithm):
         tags = {key.lower(): self.parameterAsString(parameters, key, context) or None
                 for key in ("COMMENT", "SOURCE", "HASHTAGS")}
         try:
-            args = commands.export_args(kind, self.parameterAsFile(parameters, "CANDIDATES", context), out, **tags)
+            args = commands.export_args(kind, self.parameterAsFile(parameters, "CANDIDATES", context), out, **tags,
+                                        osm=self.parameterAsFile(parameters, "OSM", context) or None,
+                                        include_near_duplicates=self.parameterAsBool(
+                                            parameters, "INCLUDE_NEAR_DUPLICATES", context))
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
         [result] = self.run_steps([args], feedback)
@@ -454,17 +467,18 @@ class ConflateAlgorithm(BackendAlgorithm):
         return "Conflate candidates with OSM"
 
     def shortHelpString(self):  # noqa: N802
-        return ("Marks candidates whose tile (buffered) already holds a mapped power tower, pole or portal as "
-                "already mapped (human decisions are kept), flags mapped towers 30-100 m from the proposed point as "
-                "possibly misplaced and mapped lines crossing a tile without towers. OSM data: a .osm.pbf, .osm, "
-                "GeoJSON or Overpass JSON file, or, left empty, Overpass asked through QGIS's networking.")
+        return ("Marks candidates with a mapped power tower, pole or portal within the duplicate distance of their "
+                "tower point as already mapped (human decisions are kept), flags new towers on a mapped line, and "
+                "mapped towers 30-100 m off that nothing else explains as possibly misplaced. OSM data: a .osm.pbf, "
+                ".osm, GeoJSON or Overpass JSON file, or, left empty, Overpass asked through QGIS's networking.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile("CANDIDATES", "Candidates GeoPackage",
                                                      QgsProcessingParameterFile.File, "gpkg"))
         self.addParameter(QgsProcessingParameterFile("OSM", "OSM data (empty: Overpass)",
                                                      QgsProcessingParameterFile.File, None, None, True))
-        self.addParameter(_float("BUFFER", "Buffer around each tile (m)", settings.value("review/buffer_m")))
+        self.addParameter(_float("DUPLICATE_DISTANCE", "Duplicate distance from the tower point (m)",
+                                 settings.value("review/duplicate_m"), 0.1, 100.0))
         self.addOutput(QgsProcessingOutputString("MESSAGE", "Summary"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -480,7 +494,7 @@ class ConflateAlgorithm(BackendAlgorithm):
                 raise QgsProcessingException(str(exc)) from None
             feedback.pushInfo(f"OSM power features from Overpass saved in {source}")
         args = commands.conflate_args(candidates, source,
-                                      buffer_m=self.parameterAsDouble(parameters, "BUFFER", context))
+                                      duplicate_m=self.parameterAsDouble(parameters, "DUPLICATE_DISTANCE", context))
         [result] = self.run_steps([args], feedback)
         return {"MESSAGE": str(result.get("message", ""))}
 

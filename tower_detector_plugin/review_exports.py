@@ -2,15 +2,20 @@
 
 File exports and conflation run the backend (`tower-detector export ...`, `conflate`) as jobs; JOSM, iD and Rapid
 are driven from here (editors.py), through QGIS's networking. Nothing ever uploads to OSM: every path ends in an
-editor or a file that a person checks and uploads.
+editor or a file that a person checks and uploads. The confirmed towers sent to JOSM leave out those OSM already
+has: checked against the candidates' last conflation, else against OSM around them, asked of Overpass there and
+then. The changeset source is the imagery's name (the setting, else the one the job kept), never a host.
 """
 
 import hashlib
 import json
 import os
+import sqlite3
 import tempfile
+from contextlib import closing
+from pathlib import Path
 
-from qgis.core import Qgis, QgsBlockingNetworkRequest, QgsMessageLog
+from qgis.core import Qgis, QgsBlockingNetworkRequest, QgsMessageLog, QgsRectangle
 from qgis.PyQt.QtCore import QByteArray, QObject, QUrl
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtNetwork import QNetworkRequest
@@ -33,8 +38,35 @@ JOSM_AREA_M = 2000  # half the side of the box around the current candidate whos
 OSM_FEATURES = 'node["power"~"^(tower|pole|portal)$"]({bbox});way["power"~"^(line|minor_line)$"]({bbox});'
 
 
-def changeset_tags() -> dict:
-    return {"comment": settings.value("review/comment"), "source": settings.value("review/source"),
+GENERIC_SOURCE = "aerial imagery"  # the changeset source when the job names no imagery (as the backend's exports)
+
+
+def candidates_facts(path: str) -> dict:
+    """What a candidates GeoPackage says of itself: imagery_name (the job's, "" when none) and conflated (whether
+    `tower-detector conflate` kept OSM's supports in it, which the exports check against). Read-only."""
+    facts = {"imagery_name": "", "conflated": False}
+    try:
+        with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            facts["conflated"] = "osm_supports" in tables
+            row = db.execute("SELECT value FROM job WHERE key = 'imagery_name'").fetchone() if "job" in tables else None
+    except sqlite3.Error:
+        return facts
+    if row and row[0]:
+        try:
+            name = json.loads(row[0])  # job values are JSON text
+        except ValueError:
+            name = row[0]
+        facts["imagery_name"] = str(name).strip()
+    return facts
+
+
+def changeset_tags(candidates: str = None) -> dict:
+    """The changeset tags from the settings; the source falls back on the imagery's name the candidates' job kept,
+    then on GENERIC_SOURCE."""
+    name = candidates_facts(candidates)["imagery_name"] if candidates else ""
+    return {"comment": settings.value("review/comment"),
+            "source": settings.value("review/source") or name or GENERIC_SOURCE,
             "hashtags": settings.value("review/hashtags")}
 
 
@@ -105,9 +137,10 @@ class ReviewExports(QObject):
 
     def export(self, kind: str, out: str) -> str:
         """Start `tower-detector export KIND` as a job; its id."""
-        tags = changeset_tags()
-        args = commands.export_args(kind, self.candidates_path(), out, comment=tags["comment"],
-                                    source=tags["source"], hashtags=tags["hashtags"])
+        path = self.candidates_path()
+        tags = changeset_tags(path)
+        args = commands.export_args(kind, path, out, comment=tags["comment"], source=tags["source"],
+                                    hashtags=tags["hashtags"])
         return self.manager.start("export", f"export {kind}", [args], out=out, outputs={"export": out})
 
     # -- editors
@@ -127,33 +160,44 @@ class ReviewExports(QObject):
     def josm_zoom(self):
         """JOSM downloads the OSM data around the current candidate, with the changeset tags pre-filled."""
         left, bottom, right, top = editors.candidate_bbox(*self.current_point(), 150)
-        tags = changeset_tags()
+        tags = changeset_tags(self.candidates_path())
         self.josm().load_and_zoom(left, bottom, right, top, changeset_comment=tags["comment"],
                                   changeset_source=tags["source"], changeset_hashtags=tags["hashtags"])
 
     def josm_layers(self):
         """Around the current candidate (JOSM_AREA_M): the candidate squares as a locked reference layer that can
-        never be uploaded, and the confirmed towers as a layer to check and merge (upload discouraged)."""
+        never be uploaded, and the confirmed towers OSM does not have yet as a layer to check and merge (upload
+        discouraged)."""
         remote = self.josm()
-        bbox = editors.candidate_bbox(*self.current_point(), JOSM_AREA_M)
+        path = self.candidates_path()
+        lon, lat = self.current_point()
+        bbox = editors.candidate_bbox(lon, lat, JOSM_AREA_M)
+        # never conflated: OSM around here, from Overpass now (a little wider: a support just outside still counts)
+        osm = None if candidates_facts(path)["conflated"] else fetch_overpass(
+            QgsRectangle(*editors.candidate_bbox(lon, lat, JOSM_AREA_M + 100)))
         with tempfile.TemporaryDirectory() as tmp:
             reference, confirmed = os.path.join(tmp, "candidates.osm"), os.path.join(tmp, "confirmed.osm")
-            self._run_now(commands.export_args("osm-reference", self.candidates_path(), reference, bbox=bbox))
+            self._run_now(commands.export_args("osm-reference", path, reference, bbox=bbox))
             remote.load_data(_read(reference), layer_name="Tower Detector candidates (reference)", new_layer=True,
                              upload_policy="never", layer_locked=True)
-            tags = changeset_tags()
-            outcome = self._run_now(commands.export_args("osm", self.candidates_path(), confirmed, bbox=bbox,
-                                                         **tags), allow_bad_input=True)
+            outcome = self._run_now(commands.export_args("osm", path, confirmed, bbox=bbox, osm=osm,
+                                                         **changeset_tags(path)), allow_bad_input=True)
             if outcome.ok:
                 remote.load_data(_read(confirmed), layer_name="Tower Detector confirmed towers", new_layer=True,
                                  upload_policy="false")
-            else:  # no confirmed tower yet: the reference layer alone is still useful
+                result = outcome.result or {}
+                if result.get("near_duplicates"):
+                    self.iface.messageBar().pushMessage(
+                        "Tower Detector", f"{result['near_duplicates']} confirmed towers within "
+                        f"{result['duplicate_m']:g} m of a tower OSM already has were left out of the JOSM layer",
+                        level=Qgis.Info, duration=8)
+            else:  # no confirmed tower OSM lacks: the reference layer alone is still useful
                 self.iface.messageBar().pushMessage("Tower Detector", outcome.reason(), level=Qgis.Info,
                                                     duration=8)
 
     def open_editor(self, editor: str):
         lon, lat = self.current_point()
-        tags = changeset_tags()
+        tags = changeset_tags(self.candidates_path())
         url = editors.editor_url(editor, lon, lat, 19, comment=tags["comment"], hashtags=tags["hashtags"],
                                  source=tags["source"])
         QDesktopServices.openUrl(QUrl(url))
@@ -173,7 +217,7 @@ class ReviewExports(QObject):
         candidates = self.candidates_path()
         if source is None:
             source = fetch_overpass(self.dock.session.layer.extent())
-        args = commands.conflate_args(candidates, source, buffer_m=settings.value("review/buffer_m"))
+        args = commands.conflate_args(candidates, source, duplicate_m=settings.value("review/duplicate_m"))
         job_id = self.manager.start("conflate", "conflate with OSM", [args], out=os.path.dirname(candidates))
         self.conflate_jobs.add(job_id)
         return job_id

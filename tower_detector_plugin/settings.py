@@ -37,11 +37,11 @@ DEFAULTS = {
     "review/reviewer": "",  # "" = the login name
     # the changeset tags JOSM, iD and the .osm export pre-fill (a human reviews them before any upload)
     "review/comment": "Add power towers confirmed on imagery (Tower Detector candidates, human-reviewed)",
-    "review/source": "",  # "" = the imagery's name from the job; e.g. "Bing aerial imagery"
+    "review/source": "",  # "" = the imagery's name the job kept, else "aerial imagery"; e.g. "Esri World Imagery"
     "review/hashtags": "#towerdetector",
     "review/overpass_url": "https://overpass-api.de/api/interpreter",
     "review/josm_url": "http://127.0.0.1:8111",  # JOSM's remote control (Preferences > Remote Control)
-    "review/buffer_m": 20.0,  # conflation: a mapped tower this close to a candidate tile means already mapped
+    "review/duplicate_m": 30.0,  # a mapped tower this close to a candidate's tower point: OSM has it already
 }
 
 

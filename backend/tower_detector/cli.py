@@ -175,29 +175,46 @@ def merge_text(merge):
 
 
 def cmd_export(args, rep):
-    from .exports import export
+    from .exports import NODE_KINDS, export
 
+    if args.include_near_duplicates and args.kind in NODE_KINDS:
+        rep.log("warning: not checked against OSM (--include-near-duplicates): towers OSM already has may be added "
+                "again")
     summary = export(args.kind, args.candidates, args.out, statuses=args.status, min_score=args.min_score,
                      bbox=args.bbox, comment=args.comment, source=args.source, hashtags=args.hashtags,
-                     yes_threshold=args.yes_threshold, task_zoom=args.task_zoom)
+                     yes_threshold=args.yes_threshold, task_zoom=args.task_zoom, osm=args.osm,
+                     include_near_duplicates=args.include_near_duplicates, duplicate_m=args.duplicate_distance,
+                     cache_dir=args.cache)
     counts = ", ".join(f"{n} {status}" for status, n in summary["statuses"].items())
     text = f"{summary['exported']:,} candidates ({counts}) exported as {args.kind} to {args.out}"
+    if summary.get("near_duplicates"):
+        text += (f"; {summary['near_duplicates']} left out: within {summary['duplicate_m']:g} m of a tower or pole "
+                 f"OSM already has (checked against {summary['checked_against']}; --include-near-duplicates keeps "
+                 "them)")
+    elif summary.get("near_duplicates") == 0:
+        text += (f"; none within {summary['duplicate_m']:g} m of a tower or pole OSM has (checked against "
+                 f"{summary['checked_against']})")
     if summary.get("merged"):
         text += f"; {summary['merged']} points within a few metres of a better-ranked one were merged into it"
+    if summary.get("source"):
+        text += f"; changeset source \"{summary['source']}\""
     rep.result(text, **summary)
 
 
 def cmd_conflate(args, rep):
     from .conflate import conflate
 
-    s = conflate(args.candidates, args.osm, buffer_m=args.buffer, cache_dir=args.cache, progress=rep.progress,
-                 log=rep.log)
+    if args.buffer is not None:
+        rep.log("--buffer is no longer used and is ignored: conflation now decides by the candidate's tower point "
+                "(see --duplicate-distance)")
+    distance = {} if args.duplicate_distance is None else {"duplicate_m": args.duplicate_distance}
+    s = conflate(args.candidates, args.osm, cache_dir=args.cache, progress=rep.progress, log=rep.log, **distance)
     text = (f"{s['candidates']:,} candidates against {s['towers']:,} mapped towers, {s['poles']:,} poles and "
             f"{s['lines']:,} lines: "
-            f"{s['already_mapped']:,} already mapped ({s['status_set']:,} newly marked, "
-            f"{s['human_decisions_kept']:,} reviewed by people left as they were), "
-            f"{s['possibly_misplaced']:,} possibly misplaced, {s['line_without_tower']:,} on a line without a "
-            f"tower, {s['no_flags']:,} without flags")
+            f"{s['already_mapped']:,} already mapped (a support within {s['duplicate_m']:g} m of the point; "
+            f"{s['status_set']:,} newly marked, {s['human_decisions_kept']:,} reviewed by people left as they were), "
+            f"{s['on_mapped_line']:,} new on a mapped line, {s['possibly_misplaced']:,} possibly misplaced, "
+            f"{s['no_flags']:,} without flags")
     rep.result(text, **s)
 
 
@@ -319,17 +336,28 @@ def build_parser():
     sp.add_argument("--min-score", type=float, help="export candidates scoring at least this")
     sp.add_argument("--bbox", help="W,S,E,N: export the candidates whose point lies in this box (degrees)")
     sp.add_argument("--comment", help="osm: the changeset comment (default: says what was added and how)")
-    sp.add_argument("--source", help="osm: the changeset source (default: the imagery the job scored)")
+    sp.add_argument("--source", help="osm: the changeset source (default: the imagery's name the job kept, else "
+                    "\"aerial imagery\")")
     sp.add_argument("--hashtags", help='osm: changeset hashtags, "#one;#two"')
     sp.add_argument("--yes-threshold", type=float, default=0.97, help="the 'Yes' band (overlay, tasking-manager)")
     sp.add_argument("--task-zoom", type=int, default=14, help="tasking-manager: tasks are tiles of this zoom")
+    sp.add_argument("--osm", help="osm, maproulette-cooperative: leave out towers OSM has, checked against this "
+                    "source (as conflate's --osm; default: the candidates' last conflation)")
+    sp.add_argument("--include-near-duplicates", action="store_true",
+                    help="osm, maproulette-cooperative: export every confirmed tower, even one OSM may have already")
+    sp.add_argument("--duplicate-distance", type=float, metavar="METRES", help="osm, maproulette-cooperative: a "
+                    "mapped support this near a point means OSM has the tower (default: the conflation's, else 30)")
+    sp.add_argument("--cache", help="cache Overpass answers in this folder (--osm overpass)")
 
     sp = command("conflate", cmd_conflate, "Flag candidates against the towers and lines already in OSM.")
     sp.add_argument("--candidates", required=True, help="candidates GeoPackage; gets osm_flags, osm_distance_m, "
                     "osm_ref, and status already_mapped where still unreviewed")
     sp.add_argument("--osm", required=True, help="overpass[:URL], .osm.pbf/.osm, GeoJSON, a saved Overpass JSON "
                     "answer, or .gpkg[:layer]")
-    sp.add_argument("--buffer", type=float, default=20.0, help="metres around a tile where a mapped tower counts")
+    sp.add_argument("--duplicate-distance", type=float, metavar="METRES",
+                    help="a mapped tower, portal or pole this near a candidate's tower point means already mapped "
+                    "(default 30)")
+    sp.add_argument("--buffer", type=float, help=argparse.SUPPRESS)  # gone: conflation decides by the point
     sp.add_argument("--cache", help="cache Overpass answers in this folder")
 
     sp = command("sample", cmd_sample, "Write a synthetic aerial scene with HV towers, for tests and demos.")

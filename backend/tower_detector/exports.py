@@ -15,7 +15,9 @@ Kinds, and the documents they follow:
                   tags: they are not map data). Points closer than MERGE_M to a better-ranked one are one tower
                   (two tiles sharing a tower on their edge are both candidates) and become one node. The osm element
                   has upload="false", so JOSM asks before uploading, and a <changeset> element whose tags (comment,
-                  source, hashtags) JOSM keeps as the layer's changeset tags for its upload dialog.
+                  source, hashtags) JOSM keeps as the layer's changeset tags for its upload dialog. The source is
+                  the imagery's name (--source, else the job's imagery_name, else GENERIC_SOURCE), never a host or
+                  a file name.
   osm-reference   the candidate squares as closed ways (corner nodes shared by neighbours) tagged
                   tower_detector:candidate=yes, tower_detector:score, :rank, :status and :tile_id, with
                   upload="never": a reference layer to lock in JOSM, never data to upload.
@@ -49,6 +51,13 @@ Kinds, and the documents they follow:
 Default statuses: osm, maproulette-cooperative: confirmed only (always); labels: confirmed and false_positive
 (always); maproulette: unreviewed and unsure; overlay: all but false_positive; tasking-manager: all but
 false_positive, already_mapped and bad_imagery; osm-reference: all.
+
+Kinds that add nodes to OSM (NODE_KINDS) leave out the points within the duplicate distance of a mapped tower,
+portal or pole: OSM has that tower already. They check against `osm` when given (any source conflate reads;
+Overpass is asked around the candidates), else against the supports the last `tower-detector conflate` kept in the
+GeoPackage (with its duplicate distance), so a point a reviewer moved since is checked where it is now. Candidates
+never conflated, with no `osm` either, are refused: nothing proves they are not duplicates.
+include_near_duplicates exports them all, unchecked.
 """
 
 import base64
@@ -59,7 +68,6 @@ import sqlite3
 import xml.etree.ElementTree as ET
 from contextlib import closing
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import shapely
@@ -86,7 +94,9 @@ DEFAULT_STATUSES = {"osm-reference": STATUSES, "overlay": tuple(s for s in STATU
                     "maproulette": ("unreviewed", "unsure"),
                     "tasking-manager": tuple(s for s in STATUSES
                                              if s not in ("false_positive", "already_mapped", "bad_imagery"))}
+NODE_KINDS = ("osm", "maproulette-cooperative")  # the kinds whose output adds nodes to OSM
 DEFAULT_COMMENT = "Add power towers checked on imagery (candidates found by tower-detector)"
+GENERIC_SOURCE = "aerial imagery"  # the changeset source when the job names no imagery
 MEAN_EARTH_RADIUS = 6371008.8
 MERGE_M = 10.0  # confirmed points closer than this are one tower (towers stand 250-450 m apart on a line)
 COLUMNS = ("fid", "tile_id", "x", "y", "z", "score", "rank", "point_lon", "point_lat", "point_source", "status",
@@ -96,14 +106,18 @@ _NOT_CANDIDATES = "is not a candidates GeoPackage (from `tower-detector results 
 
 
 def export(kind, candidates, out, *, statuses=None, min_score=None, bbox=None, comment=None, source=None,
-           hashtags=None, yes_threshold=0.97, task_zoom=14):
+           hashtags=None, yes_threshold=0.97, task_zoom=14, osm=None, include_near_duplicates=False,
+           duplicate_m=None, cache_dir=None):
     """Write one export of a candidates GeoPackage (see the module docstring); return its summary.
 
     statuses: "a,b", a list, "all" or None (the kind's default); min_score: keep scores at or above it;
     bbox: "W,S,E,N" (or a 4-tuple) in degrees: keep the candidates whose point lies in it;
-    comment (None: DEFAULT_COMMENT), source (None: the job's imagery) and hashtags ("#a;#b"): osm's changeset tags.
+    comment (None: DEFAULT_COMMENT), source (None: the job's imagery name) and hashtags ("#a;#b"): osm's changeset
+    tags. NODE_KINDS: osm (an OSM source), include_near_duplicates, duplicate_m (None: the conflation's, or
+    conflate.DUPLICATE_M with osm) and cache_dir (Overpass answers) for the duplicate check.
     Summary: kind, out, candidates (rows in the file), exported, statuses {status: count exported}, and per kind
-    merged (osm, maproulette-cooperative), tasks and priority_areas (tasking-manager), files (tasking-manager).
+    merged (osm, maproulette-cooperative), near_duplicates, duplicate_m and checked_against (NODE_KINDS; None when
+    not checked), tasks and priority_areas (tasking-manager), files (tasking-manager).
     """
     if kind not in KINDS:
         raise UserError(f"unknown export kind {kind!r}: one of {', '.join(KINDS)}")
@@ -118,14 +132,27 @@ def export(kind, candidates, out, *, statuses=None, min_score=None, bbox=None, c
         w, s, e, n = _bbox(bbox)
         lon, lat = rows["point_lon"], rows["point_lat"]
         keep &= (lon >= w) & (lon <= e) & (lat >= s) & (lat <= n)
-    picked = {k: v[keep] for k, v in rows.items()}
     if not keep.any():
         what = "any status" if wanted is None else " or ".join(wanted)
         cut = f" scoring at least {min_score}" if min_score is not None else ""
         cut += f" inside {bbox}" if bbox is not None else ""
         raise UserError(f"nothing to export: no candidates in {os.path.basename(candidates)} with status {what}{cut}")
+    checked = {}
+    if kind in NODE_KINDS:
+        checked = {"near_duplicates": None, "duplicate_m": None, "checked_against": None}
+        if not include_near_duplicates:
+            near, checked["duplicate_m"], checked["checked_against"] = _mapped_nearby(
+                {k: v[keep] for k, v in rows.items()}, candidates, job, osm, duplicate_m, cache_dir)
+            checked["near_duplicates"] = int(near.sum())
+            if near.all():
+                raise UserError(f"nothing to export: all {near.size} confirmed candidates are within "
+                                f"{checked['duplicate_m']:g} m of a mapped tower or pole (checked against "
+                                f"{checked['checked_against']}); --include-near-duplicates exports them anyway")
+            keep[np.flatnonzero(keep)[near]] = False
+    picked = {k: v[keep] for k, v in rows.items()}
     summary = {"kind": kind, "out": out, "candidates": len(rows["fid"]), "exported": int(keep.sum()),
-               "statuses": dict(zip(*(a.tolist() for a in np.unique(picked["status"], return_counts=True))))}
+               "statuses": dict(zip(*(a.tolist() for a in np.unique(picked["status"], return_counts=True)))),
+               **checked}
     if kind == "osm":
         summary.update(_osm(picked, out, comment or DEFAULT_COMMENT, _source(source, job), _hashtags(hashtags)))
     elif kind == "osm-reference":
@@ -182,6 +209,7 @@ def read_candidates(path):
     unset = np.isnan(rows["point_lon"]) | np.isnan(rows["point_lat"])
     rows["point_lon"] = np.where(unset, lon, rows["point_lon"])
     rows["point_lat"] = np.where(unset, lat, rows["point_lat"])
+    rows["point_source"] = np.where(unset, "tile_centre", rows["point_source"]).astype(object)
     return rows, {k: _json_or_text(v) for k, v in job.items()}
 
 
@@ -224,17 +252,35 @@ def _parse_statuses(statuses):
 
 
 def _source(source, job):
-    """The changeset's source: --source, else the imagery the job scored (a URL's host, a file's name)."""
-    if source:
-        return source
-    identity = job.get("identity")
-    imagery = identity.get("imagery") if isinstance(identity, dict) else None
-    if imagery:
-        host = urlsplit(imagery).hostname if "://" in imagery and not imagery.startswith("s3://") else None
-        name = re.sub(r"^\{[^}]*\}\.", "", host) if host else os.path.basename(imagery.rstrip("/"))
-        if name:
-            return name
-    raise UserError("no imagery recorded in the candidates' job table: name the imagery with --source")
+    """The changeset's source: --source, else the imagery's name the job kept (`predict --imagery-name`), else
+    GENERIC_SOURCE; never a host or a file name, which say nothing to a mapper (and a host may be private)."""
+    name = job.get("imagery_name")
+    return source or (str(name).strip() if name not in (None, "") else "") or GENERIC_SOURCE
+
+
+def _mapped_nearby(rows, candidates, job, osm, duplicate_m, cache_dir):
+    """(mask of the rows whose point is within the duplicate distance of a mapped support, that distance, what
+    they were checked against): see the module docstring."""
+    from .conflate import DUPLICATE_M, check_duplicate_m, load_supports, stored_supports  # conflate imports us
+
+    if osm is not None:
+        supports = load_supports(osm, rows, cache_dir=cache_dir)
+        against, default = f"OSM from {supports.source}", DUPLICATE_M
+    else:
+        supports, record = stored_supports(candidates)
+        if supports is None:
+            what = ("was conflated by an older version, which kept no OSM supports to check against" if
+                    "conflation" in job else "was never conflated with OSM")
+            raise UserError(f"{os.path.basename(candidates)} {what}, so towers OSM already has could be added again: "
+                            "run `tower-detector conflate` on it, give --osm, or pass --include-near-duplicates")
+        against = f"the conflation of {record.get('time', 'an earlier run')} with {supports.source}"
+        default = record.get("duplicate_m", DUPLICATE_M)
+    distance = check_duplicate_m(default if duplicate_m is None else duplicate_m)
+    near = np.zeros(len(rows["fid"]), bool)
+    if len(supports):
+        i, _, _ = pairs_within(rows["point_lon"], rows["point_lat"], supports.lon, supports.lat, distance)
+        near[i] = True
+    return near, distance, against
 
 
 def _hashtags(text):
