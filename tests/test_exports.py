@@ -162,6 +162,12 @@ def test_osm_leaves_out_towers_osm_has_after_conflation(near, tmp_path):
     assert everything["nodes"] == 4 and everything["near_duplicates"] is None
     cooperative = export("maproulette-cooperative", near["path"], tmp_path / "coop.geojson")
     assert cooperative["tasks"] == 1 and cooperative["near_duplicates"] == 3
+    # a candidate a later `results` merged in was never conflated: its point proves nothing, so it is refused
+    with sqlite3.connect(near["path"]) as db:
+        db.execute("UPDATE candidates SET osm_flags = NULL WHERE fid = (SELECT MIN(fid) FROM candidates WHERE "
+                   "status = 'confirmed')")
+    with pytest.raises(UserError, match="1 of the candidates to export in .* came after its last conflation"):
+        export("osm", near["path"], tmp_path / "later.osm")
 
 
 def test_osm_conflates_on_the_spot_with_osm_and_refuses_unchecked_candidates(near, tmp_path):

@@ -331,7 +331,7 @@ def test_exports_after_a_merge_follow_the_new_ranks(tmp_path):
     now = rows(path)
     better = min((west, east), key=lambda t: now[t]["rank"])
     assert now[better]["fid"] > min(now[west]["fid"], now[east]["fid"])  # the better one is now the later fid
-    summary = export("osm", path, tmp_path / "towers.osm")
+    summary = export("osm", path, tmp_path / "towers.osm", include_near_duplicates=True)  # not conflated here
     assert summary["nodes"] == 1 and summary["merged"] == 1
     text = (tmp_path / "towers.osm").read_text()
     assert f'lon="{now[better]["point_lon"]:.7f}"' in text, text

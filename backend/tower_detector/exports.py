@@ -273,6 +273,11 @@ def _mapped_nearby(rows, candidates, job, osm, duplicate_m, cache_dir):
                     "conflation" in job else "was never conflated with OSM")
             raise UserError(f"{os.path.basename(candidates)} {what}, so towers OSM already has could be added again: "
                             "run `tower-detector conflate` on it, give --osm, or pass --include-near-duplicates")
+        later = _not_conflated(candidates, rows["fid"])
+        if later:
+            raise UserError(f"{later} of the candidates to export in {os.path.basename(candidates)} came after its "
+                            "last conflation (a later `results`), so towers OSM already has could be added again: "
+                            "run `tower-detector conflate` on it again, give --osm, or pass --include-near-duplicates")
         against = f"the conflation of {record.get('time', 'an earlier run')} with {supports.source}"
         default = record.get("duplicate_m", DUPLICATE_M)
     distance = check_duplicate_m(default if duplicate_m is None else duplicate_m)
@@ -281,6 +286,13 @@ def _mapped_nearby(rows, candidates, job, osm, duplicate_m, cache_dir):
         i, _, _ = pairs_within(rows["point_lon"], rows["point_lat"], supports.lon, supports.lat, distance)
         near[i] = True
     return near, distance, against
+
+
+def _not_conflated(candidates, fids):
+    """How many of the rows `fids` no conflation has looked at (osm_flags is NULL: added by a later merge)."""
+    with closing(sqlite3.connect(Path(candidates).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        flags = dict(db.execute("SELECT fid, osm_flags FROM candidates").fetchall())
+    return sum(flags.get(int(fid)) is None for fid in fids)
 
 
 def _hashtags(text):
