@@ -91,11 +91,17 @@ def test_max_tiles_refuses_big_areas(tmp_path):
     assert "over --max-tiles 1,000,000" in proc.stderr and proc.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("bbox,expected", [("28,-15,28.1", "not found"), ("28,-14,28.1,-15", "not below north"),
-                                           ("28,-15,28.1,95", "outside -90..90"), ("190,-15,191,-14", "outside -180")])
+@pytest.mark.parametrize("bbox,expected", [("28,-15,28.1", "bbox 28,-15,28.1 has 3 values; give 4: W,S,E,N"),
+                                           ("28,-14,28.1,-15", "not below north"),
+                                           ("28,-15,28.1,95", "outside -90..90"), ("190,-15,191,-14", "outside -180"),
+                                           ("a,b,c,d", "bbox a,b,c,d: 'a' is not a number"),
+                                           ("28,-15,,-14", "bbox 28,-15,,-14: '' is not a number"),
+                                           ("nan,-15,28.1,-14", "nan is not a finite number"),
+                                           ("28,-15,inf,-14", "inf is not a finite number"),
+                                           ("3,-15,2,-14", "bbox west 3 is east of east 2")])
 def test_bad_bboxes(bbox, expected):
     proc = run_cli("tiles", "--area", bbox)
-    assert proc.returncode == 2 and expected in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr
 
 
 def test_usage_mistakes_are_one_line_bad_input():

@@ -14,7 +14,7 @@ import re
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, mapping
 
-from .events import UserError
+from .events import UserError, one_line
 from .tilemath import MAX_LATITUDE
 
 _NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
@@ -53,24 +53,30 @@ def load_area(spec, repair=False):
     spec = str(spec).strip()
     if not spec:
         raise UserError("no area given: pass a GeoJSON file or a bbox W,S,E,N")
-    if _BBOX.match(spec):
+    if _BBOX.match(spec) or ("," in spec and not spec.startswith("{") and not os.path.exists(spec)):
         return _bbox_area(spec)
     if spec.startswith("{"):
         text, name = spec, "area"
     else:
         if not os.path.exists(spec):
             raise UserError(f"area file not found: {spec} (give a GeoJSON file or a bbox W,S,E,N)")
+        if os.path.isdir(spec):
+            raise UserError(f"the area {spec} is a folder: give a GeoJSON file or a bbox W,S,E,N")
         name = os.path.splitext(os.path.basename(spec))[0]
         try:
             with open(spec, encoding="utf-8") as f:
                 text = f.read()
         except UnicodeDecodeError:
             raise UserError(f"{spec} is not GeoJSON (not UTF-8 text; convert other formats to GeoJSON)") from None
+        except OSError as exc:
+            raise UserError(f"cannot read the area {spec}: {one_line(exc)}") from None
     try:
         data = json.loads(text)
+        return area_from_geojson(data, name=name, repair=repair)
     except json.JSONDecodeError as exc:
         raise UserError(f"{name} is not GeoJSON (invalid JSON at line {exc.lineno}: {exc.msg})") from None
-    return area_from_geojson(data, name=name, repair=repair)
+    except RecursionError:
+        raise UserError(f"{name} is not GeoJSON (nested too deeply)") from None
 
 
 def area_from_geojson(data, name="area", repair=False):
@@ -100,7 +106,18 @@ def area_from_geojson(data, name="area", repair=False):
 
 
 def _bbox_area(spec):
-    west, south, east, north = (float(v) for v in spec.split(","))
+    parts = spec.split(",")
+    if len(parts) != 4:
+        raise UserError(f"bbox {spec} has {len(parts)} values; give 4: W,S,E,N in degrees")
+    values = []
+    for v in parts:
+        try:
+            values.append(float(v))
+        except ValueError:
+            raise UserError(f"bbox {spec}: {v.strip()!r} is not a number (give W,S,E,N in degrees)") from None
+        if not math.isfinite(values[-1]):
+            raise UserError(f"bbox {spec}: {v.strip()} is not a finite number of degrees (give W,S,E,N)")
+    west, south, east, north = values
     for lon in (west, east):
         if not -180 <= lon <= 180:
             raise UserError(f"bbox longitude {lon} is outside -180..180 (the order is W,S,E,N)")
@@ -112,7 +129,10 @@ def _bbox_area(spec):
         raise UserError(f"bbox south {south} is not below north {north} (the order is W,S,E,N)")
     if west == east:
         raise UserError("bbox has zero width (west equals east)")
-    if west > east:  # crosses the antimeridian, as GeoJSON bboxes do
+    if west > east:  # crosses the antimeridian, as GeoJSON bboxes do: from the eastern to the western hemisphere
+        if not west > 0 > east:
+            raise UserError(f"bbox west {west:g} is east of east {east:g} (the order is W,S,E,N; a bbox across the "
+                            "antimeridian has W > 0 > E)")
         east += 360
     poly = Polygon([(west, south), (east, south), (east, north), (west, north)])
     return Area(poly, name="bbox")

@@ -6,25 +6,29 @@ SIGTERM at a safe point (run the same command again to resume), 130 interrupted 
 """
 
 import argparse
+import math
 import os
+import re
 import sys
 import traceback
 
 from . import __version__
-from .events import Failure, Interrupted, Reporter, UserError
+from .events import Failure, Interrupted, Reporter, UserError, one_line
 from .redaction import redact
 from .remote import add_remote_commands
 
 
 def cmd_tiles(args, rep):
     from .areas import load_area
-    from .cover import tile_cover
+    from .cover import check_cover_path, tile_cover
 
+    if args.out:
+        check_cover_path(args.out)
     area = load_area(args.area, repair=args.repair)
     cover = tile_cover(area, args.zoom)
     if args.max_tiles is not None and cover.count > args.max_tiles:
         raise UserError(f"the area covers {cover.count:,} zoom-{args.zoom} tiles, over --max-tiles {args.max_tiles:,}")
-    shards = cover.shard_ranges(args.shards) if args.shards else None
+    shards = cover.shard_ranges(args.shards) if args.shards is not None else None
     if args.out:
         cover.save(args.out, shards=shards)
     summary = {"count": cover.count, "zoom": cover.zoom, "runs": len(cover.x), "out": args.out}
@@ -51,10 +55,58 @@ def cmd_sample(args, rep):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage mistakes are bad input like any other: one line, exit 2, an event with --events."""
+    """argparse, but usage mistakes are bad input like any other: one line, exit 2, an event with --events; and a
+    value such as a western bbox (--area -75,40,-74,41) is taken as the option's value, not as an option."""
 
     def error(self, message):
         raise UserError(f"{self.prog}: {message} (see --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        glued = []
+        for arg in sys.argv[1:] if args is None else args:
+            if glued and _NEGATIVE_LIST.fullmatch(arg) and glued[-1].startswith("--") and "=" not in glued[-1] \
+                    and "--" not in glued:
+                glued[-1] += f"={arg}"  # --area=-75,40,-74,41: argparse takes what follows = as the value
+            else:
+                glued.append(arg)
+        return super().parse_known_args(glued, namespace)
+
+
+_NEGATIVE_LIST = re.compile(r"-[\d.][^,]*(,[^,]*)+")  # -75,40,-74,41 (and malformed ones, for a clear error)
+
+
+def _whole(low, high=None):
+    """An argparse type: a whole number in low..high."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, not {value}" if high is not None
+                                             else f"must be at least {low}, not {value}")
+        return value
+    return parse
+
+
+def _number(low, strict=False):
+    """An argparse type: a finite number >= low (> low when strict)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be a number {'>' if strict else '>='} {low:g}, not {text}")
+        return value
+    return parse
+
+
+ZOOM = _whole(0, 24)  # the zooms tile covers support
+COUNT = _whole(1)  # shards, workers, tiles, batch sizes...
+SEED = _whole(0)  # numpy's generators take seeds >= 0
+NON_NEGATIVE = _number(0)  # ratios, prices
+POSITIVE = _number(0, strict=True)  # rates, durations
 
 
 def cmd_dataset(args, rep):
@@ -235,10 +287,10 @@ def build_parser():
 
     sp = command("tiles", cmd_tiles, "Count and list the tiles that cover an area.")
     sp.add_argument("--area", required=True, help="GeoJSON file (Polygon/MultiPolygon, WGS84) or bbox W,S,E,N")
-    sp.add_argument("--zoom", type=int, default=18)
-    sp.add_argument("--shards", type=int, help="split into N X-index ranges of about equal tile counts")
+    sp.add_argument("--zoom", type=ZOOM, default=18)
+    sp.add_argument("--shards", type=COUNT, help="split into N X-index ranges of about equal tile counts")
     sp.add_argument("--out", help="write the cover: .json (compact runs) or .txt (one x-y-z per line)")
-    sp.add_argument("--max-tiles", type=int, help="refuse areas covering more tiles than this")
+    sp.add_argument("--max-tiles", type=COUNT, help="refuse areas covering more tiles than this")
     sp.add_argument("--repair", action="store_true", help="repair invalid polygons with make_valid instead of refusing")
 
     sp = command("dataset", cmd_dataset, "Build a label-maker-compatible training set of tower/background tiles.")
@@ -247,20 +299,20 @@ def build_parser():
     sp.add_argument("--towers", help="tower points: overpass[:URL], .osm.pbf, .geojson or .gpkg[:layer]")
     sp.add_argument("--imagery", help="XYZ URL template, GeoTIFF/COG, .mbtiles, or a folder/s3 prefix of x-y-z tiles")
     sp.add_argument("--config", help="a label-maker config.json instead of --area/--towers/--imagery")
-    sp.add_argument("--zoom", type=int, default=18)
-    sp.add_argument("--background-ratio", type=float, default=3.0, help="background tiles per tower tile")
-    sp.add_argument("--span-negatives", type=float, default=0.0,
+    sp.add_argument("--zoom", type=ZOOM, default=18)
+    sp.add_argument("--background-ratio", type=NON_NEGATIVE, default=3.0, help="background tiles per tower tile")
+    sp.add_argument("--span-negatives", type=NON_NEGATIVE, default=0.0,
                     help="negative tiles per tower tile taken along power=line spans between mapped towers "
                          "(default 0: none)")
     sp.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=SEED, default=0)
     sp.add_argument("--extra-labels", help="review decisions (GeoPackage/GeoJSON points with a status field)")
     sp.add_argument("--tower-filter", default="power=tower", help="OSM tag filter: key=value[,value], key, or all")
-    sp.add_argument("--block-size", type=int, default=8, help="split blocks are N x N tiles (default 8)")
+    sp.add_argument("--block-size", type=COUNT, default=8, help="split blocks are N x N tiles (default 8)")
     sp.add_argument("--force", action="store_true", help="allow a background-only dataset when there are no towers")
-    sp.add_argument("--max-tiles", type=int, default=50_000_000, help="refuse areas covering more tiles")
+    sp.add_argument("--max-tiles", type=COUNT, default=50_000_000, help="refuse areas covering more tiles")
     sp.add_argument("--cache", help="cache imagery and Overpass answers in this folder")
-    sp.add_argument("--concurrency", type=int, default=16, help="parallel imagery requests")
+    sp.add_argument("--concurrency", type=COUNT, default=16, help="parallel imagery requests")
 
     sp = command("train", cmd_train, "Train the Xception tower classifier on a dataset (resumes when run again).")
     sp.add_argument("--data", required=True, help="a tower-detector dataset directory (or a label-maker data.npz's)")
@@ -281,7 +333,7 @@ def build_parser():
     sp = command("search", cmd_search, "Hyperopt TPE search over the training recipe (resumes when run again).")
     sp.add_argument("--data", required=True, help="a tower-detector dataset directory")
     sp.add_argument("--out", required=True, help="search directory to write (or to resume)")
-    sp.add_argument("--trials", type=int, required=True, help="number of trials in all (the first 3 random)")
+    sp.add_argument("--trials", type=COUNT, required=True, help="number of trials in all (the first 3 random)")
     sp.add_argument("--space", help="JSON search space (default: the original project's; see README)")
     sp.add_argument("--metric", default="accuracy", choices=["accuracy", "roc_auc"],
                     help="chooses the best trial on the test split (default accuracy, as the original)")
@@ -290,7 +342,7 @@ def build_parser():
     sp.add_argument("--image-size", type=int)
     sp.add_argument("--epochs-fine", type=int)
     sp.add_argument("--batch-size", type=int)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=SEED, default=0)
 
     sp = command("predict", cmd_predict, "Score every tile of an area into a results store (resumes when run again).")
     sp.add_argument("--model", required=True, help="model directory (from train or search's best/)")
@@ -298,13 +350,13 @@ def build_parser():
     sp.add_argument("--area", help="GeoJSON file or bbox W,S,E,N")
     sp.add_argument("--tiles", help="a tile cover file from `tower-detector tiles --out` (instead of --area)")
     sp.add_argument("--out", required=True, help="results store: a directory or s3://bucket/prefix")
-    sp.add_argument("--zoom", type=int, default=18)
+    sp.add_argument("--zoom", type=ZOOM, default=18)
     sp.add_argument("--shard", help="i/n: score only shard i of n (X-index ranges; for parallel workers)")
-    sp.add_argument("--shards", type=int, help="split the job into N shards (all scored here unless --shard)")
-    sp.add_argument("--workers", type=int, default=16, help="concurrent imagery requests and decoders")
-    sp.add_argument("--checkpoint-every", type=int, default=5000, help="tiles per chunk: the unit of checkpoints")
-    sp.add_argument("--batch-size", type=int, default=64)
-    sp.add_argument("--max-tiles", type=int, default=100_000_000)
+    sp.add_argument("--shards", type=COUNT, help="split the job into N shards (all scored here unless --shard)")
+    sp.add_argument("--workers", type=COUNT, default=16, help="concurrent imagery requests and decoders")
+    sp.add_argument("--checkpoint-every", type=COUNT, default=5000, help="tiles per chunk: the unit of checkpoints")
+    sp.add_argument("--batch-size", type=COUNT, default=64)
+    sp.add_argument("--max-tiles", type=COUNT, default=100_000_000)
     sp.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed"],
                     help="auto (default): mixed float16 on a GPU, mixed bfloat16 on a CPU with AMX-BF16 or "
                          "AVX512-BF16, else float32; mixed: bfloat16 on any CPU")
@@ -386,7 +438,7 @@ def main(argv=None):
         args.func(args, rep)
         return 0
     except UserError as exc:
-        rep.error(str(exc), kind="bad_input")
+        rep.error(one_line(exc), kind="bad_input")
         return 2
     except Interrupted as exc:
         rep.error(str(exc), kind="interrupted")

@@ -15,13 +15,14 @@ import os
 
 import numpy as np
 
-from .events import UserError
+from .events import UserError, one_line
 from .tilemath import tile_id
 
 FORMAT = "tower-detector/tile-cover"
 # Snap tile-space coordinates this close to a grid line onto it, so that an area drawn exactly on
 # tile edges (often made from tile bounds, with float noise) does not pick up a ring of neighbours.
 SNAP = 1e-7
+TEXT_EXTENSIONS = (".txt", ".csv")
 
 
 class TileCover:
@@ -119,26 +120,69 @@ class TileCover:
 
     def save(self, path, shards=None):
         """Write the cover: JSON runs (compact, any size), or one x-y-z id per line for .txt/.csv."""
+        check_cover_path(path)
         tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            if str(path).endswith((".txt", ".csv")):
-                for xs, ys in self.iter_batches():
-                    f.write("".join(f"{x}-{y}-{self.zoom}\n" for x, y in zip(xs.tolist(), ys.tolist())))
-            else:
-                json.dump(self.to_dict(shards), f, separators=(",", ":"))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                if str(path).lower().endswith(TEXT_EXTENSIONS):
+                    for xs, ys in self.iter_batches():
+                        f.write("".join(f"{x}-{y}-{self.zoom}\n" for x, y in zip(xs.tolist(), ys.tolist())))
+                else:
+                    json.dump(self.to_dict(shards), f, separators=(",", ":"))
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk, a read-only folder: nothing is left behind
+            raise UserError(f"cannot write the tile cover {path}: {one_line(exc)}") from None
+        finally:
+            if os.path.isfile(tmp):
+                os.remove(tmp)
 
     @classmethod
     def load(cls, path):
+        """A cover file from save(): its runs must be whole, sorted, disjoint tiles of its zoom."""
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read tile cover {path}: {exc}") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            raise UserError(f"cannot read tile cover {path}: {one_line(exc)}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"{path} is not a tile cover written by `tower-detector tiles`")
-        runs = np.asarray(data["runs"], dtype=np.int64).reshape(-1, 3)
-        return cls(data["zoom"], runs[:, 0], runs[:, 1], runs[:, 2])
+        zoom = data.get("zoom")
+        try:
+            runs = np.asarray(data.get("runs", []))
+        except (TypeError, ValueError):  # ragged lists
+            runs = np.asarray(None)
+        if type(zoom) is not int or not 0 <= zoom <= 24:
+            raise UserError(f"tile cover {path}: zoom {zoom!r} is not a whole number from 0 to 24")
+        if runs.size == 0:
+            runs = np.zeros((0, 3), dtype=np.int64)
+        if runs.ndim != 2 or runs.shape[1] != 3 or runs.dtype.kind not in "iu":
+            raise UserError(f"tile cover {path}: runs must be [x, y0, y1] triples of whole numbers")
+        x, y0, y1 = runs.astype(np.int64).T
+        n = 1 << zoom
+        keys = _keys(x, y0, zoom)
+        bad = (x < 0) | (x >= n) | (y0 < 0) | (y0 >= y1) | (y1 > n)
+        bad[1:] |= keys[1:] < _keys(x, y1, zoom)[:-1]  # each run starts after the previous one ends
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise UserError(f"tile cover {path}: run {i} {runs[i].tolist()} is not a run of zoom-{zoom} tiles "
+                            "after the one before it (need 0 <= x < 2^zoom, 0 <= y0 < y1 <= 2^zoom, sorted, disjoint)")
+        cover = cls(zoom, x, y0, y1)
+        if "count" in data and data["count"] != cover.count:
+            raise UserError(f"tile cover {path}: its count {data['count']!r} is not the {cover.count} tiles its runs "
+                            "hold (the file is damaged)")
+        return cover
+
+
+def check_cover_path(path):
+    """A cover file's name: .json (runs) or .txt/.csv (x-y-z ids), not a folder; checked before any work."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"the tile cover {path} is a folder: give a file name")
+    if not path.lower().endswith((".json",) + TEXT_EXTENSIONS):
+        raise UserError(f"the tile cover {path} must end with .json (runs) or .txt/.csv (one x-y-z per line)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"cannot write the tile cover {path}: no such folder {folder}")
 
 
 def _keys(x, y, zoom):

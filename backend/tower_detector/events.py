@@ -19,6 +19,13 @@ class UserError(Exception):
     """Bad input: the CLI prints the message as one line and exits 2."""
 
 
+def one_line(value):
+    """An exception or a message as one line: an OSError's reason without its path (the caller names the path),
+    runs of whitespace as one space, an exception's class name where it has no message."""
+    text = value.strerror if isinstance(value, OSError) and value.strerror else str(value)
+    return " ".join(text.split()) or (type(value).__name__ if isinstance(value, BaseException) else "")
+
+
 class Interrupted(Exception):
     """Stopped on request (SIGTERM) at a safe point: the CLI reports it and exits 143, so a retry resumes."""
 

@@ -92,7 +92,7 @@ from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from . import __version__
-from .events import Failure, UserError
+from .events import Failure, UserError, one_line
 from .redaction import redact
 from .tilemath import TILE_SIZE, parse_tile_id, quadkey, resolution, tile_bounds_3857
 
@@ -619,7 +619,7 @@ class GeoTiffSource(ImagerySource):
             with rasterio.Env(**self._options), rasterio.open(spec) as ds:
                 self._inspect(ds, bands)
         except rasterio.errors.RasterioError as exc:
-            raise UserError(redact(f"cannot open imagery {self.description}: {_one_line(exc)}")) from None
+            raise UserError(redact(f"cannot open imagery {self.description}: {one_line(exc)}")) from None
 
     def _inspect(self, ds, bands):
         from rasterio.enums import ColorInterp
@@ -681,7 +681,7 @@ class GeoTiffSource(ImagerySource):
                     resampling=Resampling.bilinear, src_alpha=self._alpha, add_alpha=not self._alpha) as vrt:
                 data = vrt.read(indexes=[*self._bands, self._alpha or ds.count + 1])
         except rasterio.errors.RasterioError as exc:
-            raise _TileError(f"read error: {_one_line(exc)}", "transient") from None
+            raise _TileError(f"read error: {one_line(exc)}", "transient") from None
         rgb, valid = data[:-1], data[-1]
         if not valid.any():
             raise _TileError("outside imagery", "outside")  # inside the bounds, but all nodata
@@ -691,10 +691,6 @@ class GeoTiffSource(ImagerySource):
         if len(rgb) == 1:
             rgb = np.repeat(rgb, 3, axis=0)
         return np.ascontiguousarray(rgb.transpose(1, 2, 0))
-
-
-def _one_line(exc):
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -790,7 +786,7 @@ class TileDirSource(ImagerySource):
                 for obj in page.get("Contents", []):
                     yield obj["Key"][len(self._prefix):]
         except (BotoCoreError, ClientError) as exc:
-            raise UserError(f"cannot list imagery {self.description}: {_one_line(exc)}") from None
+            raise UserError(f"cannot list imagery {self.description}: {one_line(exc)}") from None
 
     def _check_zoom(self, z):
         seen = set()
@@ -827,7 +823,7 @@ class TileDirSource(ImagerySource):
                 raise _TileError(f"S3 {code or status}", "auth") from None
             raise _TileError(f"S3 {code or status}", "transient") from None
         except BotoCoreError as exc:
-            raise _TileError(f"S3 error: {_one_line(exc)}", "transient") from None
+            raise _TileError(f"S3 error: {one_line(exc)}", "transient") from None
 
     def close(self):
         super().close()

@@ -22,11 +22,12 @@ import json
 import os
 import threading
 import time
+import zipfile
 
 import numpy as np
 
 from . import __version__
-from .events import UserError
+from .events import UserError, one_line
 
 FORMAT = "tower-detector/model"
 VERSION = 1
@@ -187,11 +188,16 @@ def after_resize(model, outputs=None):
     return keras.Model(model.get_layer("resize").output, model.output if outputs is None else outputs)
 
 
+def check_weights(weights):
+    """--weights: imagenet, none or an existing file; checked before TensorFlow loads."""
+    if weights not in ("imagenet", "none") and not os.path.isfile(weights):
+        raise UserError(f"--weights {weights}: no such file (give imagenet, none, or an Xception notop .h5 file)")
+
+
 def _xception(size, weights):
     import keras
 
-    if weights not in ("imagenet", "none") and not os.path.isfile(weights):
-        raise UserError(f"--weights {weights}: no such file (give imagenet, none, or an Xception notop .h5 file)")
+    check_weights(weights)
     try:
         return keras.applications.Xception(include_top=False, weights=None if weights == "none" else weights,
                                            input_shape=(size, size, 3))
@@ -338,22 +344,25 @@ class Classifier:
     def __init__(self, model_dir, precision="float32", views=1):
         """precision: float32 (the default: full precision), auto or mixed (dtype_policy); the weights are the
         saved float32 ones in every case. views: 1, 2, 4 or 8 (VIEWS)."""
-        import keras
-
         if views not in VIEWS:
             raise UserError(f"views must be one of {', '.join(map(str, VIEWS))}, not {views}")
         self.views = views
-
-        self._xla = has_gpu()  # XLA-compiled inference where it pays: on a GPU
-        self.policy = dtype_policy(precision, self._xla)
+        dtype_policy(precision)  # a bad value fails before TensorFlow loads
         self.params = read_params(model_dir)
         path = os.path.join(model_dir, "model.keras")
         if not os.path.isfile(path):
             raise UserError(f"{model_dir} has params.json but no model.keras")
+        if not zipfile.is_zipfile(path):  # Keras would call it "file not found"
+            raise UserError(f"{path} is corrupt: not a .keras (zip) file; copy it again or retrain")
+
+        import keras
+
+        self._xla = has_gpu()  # XLA-compiled inference where it pays: on a GPU
+        self.policy = dtype_policy(precision, self._xla)
         try:
             self.model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as exc:
-            raise UserError(f"cannot load {path}: {str(exc).splitlines()[0][:300]}") from None
+            raise UserError(f"cannot load {path}, corrupt or not a model: {one_line(exc)[:300]}") from None
         if self.policy != "float32":
             self.model = self._rebuilt_in(self.policy)
         self.image_size = self.params["image_size"]

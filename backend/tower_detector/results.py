@@ -68,7 +68,7 @@ from contextlib import closing
 
 import numpy as np
 
-from .events import UserError
+from .events import UserError, one_line
 from .store import open_store
 from .tilemath import ORIGIN_SHIFT
 
@@ -130,6 +130,8 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
                                                     *picked)
             for kind, tmp in temps.items():
                 os.replace(tmp, outputs[kind])
+        except _write_errors() as exc:  # a full disk, a quota: the old outputs stay as they were
+            raise UserError(f"cannot write the results ({', '.join(outputs.values())}): {one_line(exc)}") from None
         finally:
             for tmp in temps.values():
                 _remove(tmp)
@@ -272,6 +274,14 @@ def _check_outputs(outputs):
         _remove(probe)
 
 
+def _write_errors():
+    """What a failed write of an output raises: OSError, SQLite's error, GDAL's (rasterio names their base only in
+    a private module)."""
+    from rasterio._err import CPLE_BaseError
+
+    return OSError, sqlite3.OperationalError, CPLE_BaseError
+
+
 def _temp_name(path):
     folder, base = os.path.split(os.path.abspath(path))
     return os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
@@ -390,6 +400,21 @@ class _HeatmapWriter:
             self.ds.build_overviews(factors, Resampling.average)  # GDAL leaves nodata pixels out of averages
             self.ds.update_tags(ns="rio_overview", resampling="average")
         self.abort()
+        self._check()
+
+    def _check(self):
+        """Read every block back: GDAL may close a file it could not finish (a full disk) without an error."""
+        import rasterio
+
+        try:
+            with rasterio.open(self.path) as ds:
+                levels = [None, *range(len(ds.overviews(1)))]
+            for level in levels:
+                with rasterio.open(self.path, **({} if level is None else {"overview_level": level})) as ds:
+                    for _, window in ds.block_windows(1):
+                        ds.read(1, window=window)
+        except _write_errors():
+            raise OSError("the heatmap does not read back whole (is the disk full?)") from None
 
     def abort(self):
         if self.ds is not None:

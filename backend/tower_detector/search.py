@@ -26,7 +26,7 @@ from functools import partial
 import numpy as np
 
 from .events import UserError
-from .model import DEFAULT_PARAMS, check_params, default_params, load_params_file
+from .model import DEFAULT_PARAMS, check_params, check_weights, default_params, load_params_file
 
 SEED_SPACE = {
     "optimizer": {"choice": ["adam", "rmsprop", "sgd"]},
@@ -77,8 +77,9 @@ def hyperopt_space(spec):
 def search(data_dir, out, trials, space=None, metric="accuracy", params=None, weights="none", seed=0,
            progress=None, log=print):
     from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, tpe
+    from hyperopt.exceptions import AllTrialsFailed
 
-    from .train import train
+    from .train import TrainingData, train
 
     progress = progress or (lambda *a, **k: None)
     if metric not in METRICS:
@@ -88,6 +89,8 @@ def search(data_dir, out, trials, space=None, metric="accuracy", params=None, we
     spec = load_params_file(space) if isinstance(space, str) else (space or SEED_SPACE)
     hp_space = hyperopt_space(spec)
     fixed = check_params(params or {}, base=default_params(weights))
+    check_weights(weights)
+    TrainingData(data_dir).roles(lambda *a, **k: None)  # bad data fails here, not in every trial
     os.makedirs(os.path.join(out, "trials"), exist_ok=True)
     history = _History(out, dict(data=os.path.abspath(data_dir), space=spec, metric=metric, fixed=fixed,
                                  weights=weights, seed=seed))
@@ -138,8 +141,11 @@ def search(data_dir, out, trials, space=None, metric="accuracy", params=None, we
             _current_vals[0] = {k: [_plain(x) for x in v] for k, v in docs[0]["misc"]["vals"].items()}
             return docs
 
-        fmin(objective, hp_space, algo=remembering_suggest, max_evals=trials, trials=hp_trials,
-             rstate=np.random.default_rng(seed + done), show_progressbar=False)
+        try:
+            fmin(objective, hp_space, algo=remembering_suggest, max_evals=trials, trials=hp_trials,
+                 rstate=np.random.default_rng(seed + done), show_progressbar=False)
+        except AllTrialsFailed:
+            pass  # _finish says so in one line
     return _finish(out, history, metric, log)
 
 

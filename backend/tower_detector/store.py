@@ -96,7 +96,7 @@ import numpy as np
 
 from .cover import FORMAT as COVER_FORMAT
 from .cover import TileCover
-from .events import UserError
+from .events import UserError, one_line
 from .redaction import redact
 
 JOB_FORMAT = "tower-detector/prediction-job"
@@ -291,14 +291,17 @@ class _LocalBackend:
 
     def _write_temp(self, path, data):
         folder, base = os.path.split(path)
-        os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like any new file
         try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like any new file
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())  # the data is on disk before the name points at it
+        except OSError as exc:  # a full disk, a quota, a folder made read-only: the user's to fix
+            _remove(tmp)
+            raise UserError(f"cannot write to the store {self.root}: {one_line(exc)}") from None
         except BaseException:
             _remove(tmp)
             raise
@@ -383,7 +386,7 @@ class _S3Backend:
             raise UserError(f"no AWS credentials for {self.spec}: set AWS_PROFILE or AWS_ACCESS_KEY_ID and "
                             "AWS_SECRET_ACCESS_KEY, or run with an instance role") from None
         if isinstance(exc, EndpointConnectionError):
-            raise UserError(f"cannot reach S3 for {self.spec}: {redact(_one_line(exc))}") from None
+            raise UserError(f"cannot reach S3 for {self.spec}: {redact(one_line(exc))}") from None
         if isinstance(exc, ClientError):
             code, status = _error_code(exc)
             if code == "NoSuchBucket" or (bucket_call and status == 404):
@@ -465,10 +468,6 @@ class _S3Backend:
 def _error_code(exc):
     err = exc.response.get("Error", {})
     return str(err.get("Code", "")), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-
-
-def _one_line(exc):
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------

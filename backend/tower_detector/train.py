@@ -27,13 +27,14 @@ import time
 
 import numpy as np
 
-from .events import UserError
+from .events import UserError, one_line
 from .model import (
     DEFAULT_PARAMS,
     VIEWS,
     after_resize,
     build_model,
     check_params,
+    check_weights,
     class_weight,
     default_params,
     dtype_policy,
@@ -102,11 +103,14 @@ class TrainingData:
 
     def _from_index(self, path):
         splits = {}
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                paths, labels = splits.setdefault(row["split"], ([], []))
-                paths.append(os.path.join(self.dir, row["path"]))
-                labels.append(int(row["label"]))
+        try:
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    paths, labels = splits.setdefault(row["split"], ([], []))
+                    paths.append(os.path.join(self.dir, row["path"]))
+                    labels.append(int(row["label"]))
+        except (OSError, KeyError, TypeError, ValueError, csv.Error) as exc:
+            raise UserError(f"{path} is not a dataset index (split,path,label rows): {one_line(exc)}") from None
         splits = {k: (np.array(p), np.array(lab, dtype=np.int64)) for k, (p, lab) in splits.items()}
         self._check_images(splits)
         return splits
@@ -275,6 +279,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     runs anywhere."""
     progress = progress or (lambda *a, **k: None)
     dtype_policy(precision)  # a bad value fails before any work
+    check_weights(weights)
     params = check_params(params or {}, base=default_params(weights))
     data = TrainingData(data_dir)
     train_split, val_split, test_split = data.roles(log)

@@ -22,6 +22,8 @@ _MIRRORED = {}  # kind -> the local command's argparse actions, copied into `rem
 def add_remote_commands(sub, command):
     """Register `remote` on the CLI's subparsers; `command(name, func, help)` is cli.build_parser's helper. Call
     it after predict, train and search are registered: submit mirrors their arguments."""
+    from ..cli import COUNT, NON_NEGATIVE, POSITIVE  # the CLI's checked number types; cli is loaded by now
+
     rp = command("remote", _cmd_remote, "Run train, search and predict on AWS Batch GPU spot instances.")
     rsub = rp.add_subparsers(dest="remote_action", metavar="ACTION")
 
@@ -44,7 +46,7 @@ def add_remote_commands(sub, command):
     sp.add_argument("--vpc", help="VPC id (default: the region's default VPC)")
     sp.add_argument("--subnets", help="comma-separated subnet ids with internet access (default: the VPC's)")
     sp.add_argument("--instance-types", help="comma-separated GPU instance types (default g4dn/g5 xlarge, 2xlarge)")
-    sp.add_argument("--max-vcpus", type=int, help="most vCPUs running at once (default 64: 16 workers)")
+    sp.add_argument("--max-vcpus", type=COUNT, help="most vCPUs running at once (default 64: 16 workers)")
     sp.add_argument("--image-tag", help="worker image tag in the stack's ECR repository (default latest)")
     sp.add_argument("--template", help="a CloudFormation template instead of the packaged stack.yaml")
 
@@ -76,11 +78,12 @@ def add_remote_commands(sub, command):
         aws_options(ksp)
         ksp.add_argument("--name", help="a short job name for status/logs/fetch (default KIND-DATE-TIME)")
         ksp.add_argument("--yes", action="store_true", help="submit without asking (needed with --events)")
-        ksp.add_argument("--spot-price", type=float, default=0.20,
+        ksp.add_argument("--spot-price", type=NON_NEGATIVE, default=0.20,
                          help="$ per instance-hour for the estimate (default 0.20: g4dn.xlarge spot, us-east-1)")
-        ksp.add_argument("--timeout-hours", type=float, help="stop an attempt after this long (default: the stack's)")
+        ksp.add_argument("--timeout-hours", type=POSITIVE,
+                         help="stop an attempt after this long (default: the stack's)")
         if kind == "predict":
-            ksp.add_argument("--tiles-per-second", type=float, default=150.0,
+            ksp.add_argument("--tiles-per-second", type=POSITIVE, default=150.0,
                              help="throughput per GPU for the estimate (default 150: an assumption; see README)")
 
     for name, func, text in (("status", _cmd_status, "Status of a remote job: children, progress, failures."),

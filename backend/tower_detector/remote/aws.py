@@ -9,7 +9,7 @@ in a message.
 
 import os
 
-from ..events import UserError
+from ..events import UserError, one_line
 from ..redaction import redact
 
 # error codes across services, grouped by what the user has to do about them
@@ -35,7 +35,7 @@ class Aws:
         except ProfileNotFound:
             raise UserError(f"AWS profile {profile!r} is not in your AWS config (~/.aws/config)") from None
         except BotoCoreError as exc:
-            raise UserError(f"cannot read the AWS configuration: {_one_line(exc)}") from None
+            raise UserError(f"cannot read the AWS configuration: {one_line(exc)}") from None
         self.profile = profile
         self.region = self.session.region_name
         if not self.region:
@@ -110,11 +110,11 @@ def raise_user_error(exc, what, region=None):
         raise UserError("no AWS credentials: pass --profile, set AWS_PROFILE or AWS_ACCESS_KEY_ID and "
                         "AWS_SECRET_ACCESS_KEY, or run where an instance role is available") from None
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
-        raise UserError(f"cannot reach AWS for {what} in region {region}: {redact(_one_line(exc))}") from None
+        raise UserError(f"cannot reach AWS for {what} in region {region}: {redact(one_line(exc))}") from None
     if not isinstance(exc, ClientError):
         return
     code, status = error_code(exc)
-    message = redact(_one_line(exc.response.get("Error", {}).get("Message") or code or status))
+    message = redact(one_line(exc.response.get("Error", {}).get("Message") or code or status))
     if code in _CREDENTIALS:
         raise UserError(f"AWS rejected the credentials ({code}) for {what}: check the profile or keys") from None
     if code in _DENIED or status == 403:
@@ -130,7 +130,3 @@ def raise_user_error(exc, what, region=None):
     if code in ("ClientException", "ValidationError", "InvalidParameterValue", "InvalidParameterException",
                 "ValidationException"):
         raise UserError(f"{what}: {message}") from None
-
-
-def _one_line(value):
-    return " ".join(str(value).split())
