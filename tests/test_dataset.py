@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import rasterio
+from conftest import folder_bytes
 from PIL import Image
 from rasterio.windows import Window
 
@@ -292,6 +293,47 @@ def test_a_zoom_the_imagery_does_not_have(sample_scene, tmp_path):
                            "--block-size", 2)
     assert proc.returncode == 2 and events[-1]["event"] == "error"
     assert "zoom 21" in events[-1]["message"] and "\n" not in events[-1]["message"]
+    assert not (tmp_path / "ds").exists()  # nothing left as if it were a dataset
+
+
+def test_a_rebuild_whose_imagery_fails_leaves_the_old_dataset_whole(sample_scene, tmp_path):
+    """Every tile failing: exit non-zero, the dataset already there is byte-identical, a fresh --out stays absent,
+    and no temporary folder is left beside them."""
+    from tileserver import TileServer
+
+    out = tmp_path / "ds"
+    build(sample_scene, out)
+    before = folder_bytes(out)
+    with TileServer(sample_scene["imagery"]) as tiles:
+        tiles.corrupt = set(tiles.tiles)  # every tile answers half an image: no retry, no fail-fast
+        for target in (out, tmp_path / "fresh"):
+            proc, events = run_cli("--area", sample_scene["area"], "--towers", sample_scene["towers"],
+                                   "--imagery", tiles.template("png"), "--out", target, "--block-size", 2)
+            assert proc.returncode != 0 and events[-1]["event"] == "error"
+            assert "no imagery could be read" in events[-1]["message"]
+    assert folder_bytes(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_a_rebuild_replaces_the_dataset_whole_and_never_a_folder_of_other_files(sample_scene, tmp_path):
+    out = tmp_path / "ds"
+    build(sample_scene, out)
+    (out / "tiles" / "stale.png").write_bytes(b"a tile of an older build")
+    summary = build(sample_scene, out, seed=2)
+    assert json.loads((out / "dataset.json").read_text())["fingerprint"] == summary["fingerprint"]
+    assert not (out / "tiles" / "stale.png").exists()  # the new build whole, nothing of the old one
+    assert {p.name for p in out.iterdir()} == {"config.json", "data.npz", "dataset.json", "index.csv", "labels.npz",
+                                              "tiles", "towers.csv"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+    other = tmp_path / "documents"
+    other.mkdir()
+    (other / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match="is not a dataset"):
+        build(sample_scene, other)
+    assert folder_bytes(other) == {"notes.txt": b"the user's"}
+    with pytest.raises(UserError, match="--cache .* inside --out"):
+        build(sample_scene, out, cache_dir=str(out / "cache"))
 
 
 def test_full_disk_is_one_line_and_leaves_no_partial_arrays(sample_scene, tmp_path):
@@ -304,6 +346,6 @@ def test_full_disk_is_one_line_and_leaves_no_partial_arrays(sample_scene, tmp_pa
         with pytest.raises(UserError, match="disk is full") as caught:
             build(sample_scene, disk / "ds")
         assert "\n" not in str(caught.value)
-        assert not (disk / "ds" / "data.npz").exists() and not (disk / "ds" / ".partial").exists()
+        assert list(disk.iterdir()) == []  # no partial arrays, no empty dataset, no temporary folder
     finally:
         subprocess.run(["umount", str(disk)], check=True)

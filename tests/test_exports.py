@@ -13,6 +13,7 @@ import osmium
 import pytest
 import shapely
 from candidates_helpers import centre, make_candidates, review, run_cli, scene_features, tile_of
+from conftest import folder_bytes
 from pyproj import Geod
 
 from tower_detector.dataset import build_dataset, parse_splits
@@ -353,6 +354,52 @@ def test_tasking_manager_files(reviewed, tmp_path):
     assert shapely.union_all(priority_areas).symmetric_difference(yes_area).area < 1e-12
     with pytest.raises(UserError, match="--task-zoom"):
         export("tasking-manager", reviewed["path"], tmp_path / "bad", task_zoom=19)
+
+
+def test_a_tasking_manager_export_failing_midway_leaves_the_old_folder_whole(tmp_path):
+    """The disk fills up after the new tasks.geojson is written: the folder of the previous export stays byte for
+    byte (not new tasks beside old areas); with room again the new export replaces it whole."""
+    import subprocess
+
+    tiles = [(150000 + 2 * i, 120000 + 2 * j) for i in range(20) for j in range(20)]  # 400 separate tasks at 18
+    path = make_candidates(tmp_path / "candidates.gpkg", tiles)
+    export("tasking-manager", path, tmp_path / "want", task_zoom=18)
+    want = folder_bytes(tmp_path / "want")
+    pages = {name: -(-len(data) // 4096) for name, data in want.items()}
+    assert pages["aoi.geojson"] >= 2  # so that the room left below holds the new tasks but not its areas too
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs as a disk that fills up")
+    try:
+        out = disk / "tm"
+        export("tasking-manager", path, out, task_zoom=12)  # the previous export: one task
+        before = folder_bytes(out)
+        room = pages["tasks.geojson"] + pages["aoi.geojson"] - 2
+        (disk / "filler").write_bytes(bytes((os.statvfs(disk).f_bavail - room) * 4096))
+        with pytest.raises(UserError, match="cannot write"):
+            export("tasking-manager", path, out, task_zoom=18)
+        assert folder_bytes(out) == before
+        assert sorted(os.listdir(disk)) == ["filler", "tm"]  # no temporary file or folder left
+        (disk / "filler").unlink()
+        export("tasking-manager", path, out, task_zoom=18)
+        assert folder_bytes(out) == want and sorted(os.listdir(disk)) == ["tm"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_tasking_manager_export_never_replaces_a_folder_of_other_files(reviewed, tmp_path):
+    """The export replaces its folder whole, so a folder holding anything else (the job folder the dialog opens
+    at) is refused, untouched."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "candidates.gpkg").write_bytes(b"the review")
+    (folder / "tasks.geojson").write_text("{}")
+    with pytest.raises(UserError, match="holds other files"):
+        export("tasking-manager", reviewed["path"], folder)
+    assert folder_bytes(folder) == {"candidates.gpkg": b"the review", "tasks.geojson": b"{}"}
+    with pytest.raises(UserError, match="is a file"):
+        export("tasking-manager", reviewed["path"], folder / "candidates.gpkg")
 
 
 # --- labels for the next training set ----------------------------------------------------------------------------

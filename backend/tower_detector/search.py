@@ -3,8 +3,9 @@
 SEARCH_DIR layout:
   history.json     every trial: tid, hyperopt's vals (choice indices), the params trained, status
                    ("running" | "ok" | "failed"), metrics, model dir. Rewritten (atomically) after each trial.
-  trials/NNN/      each trial's model directory (train's layout)
-  best/            a copy of the best trial's model directory, by --metric on the held-out test split
+  trials/NNN/      each trial's model directory (train's layout; trials/NNN.partial while it trains)
+  best/            a copy of the best trial's model directory, by --metric on the held-out test split (replaced
+                   whole, atomic.building)
   summary.csv      one row per finished trial, best first (also printed)
 
 Resuming reads history.json only (no pickles from shared storage): finished trials are fed back to TPE as
@@ -25,6 +26,7 @@ from functools import partial
 
 import numpy as np
 
+from .atomic import atomic_file, building
 from .events import UserError
 from .model import DEFAULT_PARAMS, check_params, check_weights, default_params, load_params_file
 
@@ -175,9 +177,8 @@ class _History:
             self.entries = saved["trials"]
 
     def save(self):
-        with open(self.path + ".tmp", "w") as f:
+        with atomic_file(self.path) as f:
             json.dump({"identity": self.identity, "trials": self.entries}, f, indent=1)
-        os.replace(self.path + ".tmp", self.path)
 
     def feed(self, hp_trials):
         """Finished trials into hyperopt's Trials, as if it had run them (its documented doc format)."""
@@ -206,16 +207,14 @@ def _finish(out, history, metric, log):
     finished.sort(key=lambda e: -e["value"])
     best = finished[0]
     target = os.path.join(out, "best")
-    tmp = target + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(best["model_dir"], tmp, ignore=shutil.ignore_patterns("backup", "checkpoints", "tensorboard"))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with building(target) as folder:
+        shutil.copytree(best["model_dir"], folder, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("backup", "checkpoints", "tensorboard"))
     names = sorted({k for e in finished for k in e["params"]} & set(history.identity["space"]))
     rows = [[e["tid"], round(e["value"], 4), *(round(e["metrics"].get(m) or 0, 4) for m in METRICS if m != metric),
              *(_short(e["params"][k]) for k in names)] for e in finished]
     header = ["trial", metric, *(m for m in METRICS if m != metric), *names]
-    with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
+    with atomic_file(os.path.join(out, "summary.csv"), newline="") as f:
         csv.writer(f).writerows([header, *rows])
     failed = [e for e in history.entries if e["status"] == "failed"]
     table = "\n".join("  ".join(str(c) for c in row) for row in [header, *rows])

@@ -8,10 +8,12 @@ before the resize; EarlyStopping and ReduceLROnPlateau (both on validation ROC A
 cosine decay (lr_schedule); TensorBoard logs; the best epoch by validation ROC AUC (over both phases) is what is
 kept and evaluated on the test split.
 
-Resuming: the output directory keeps state.json (what is being trained and how far it got), Keras'
-BackupAndRestore checkpoint of the running phase (written after every epoch), phase 1's final weights and
-the best weights so far. Run the same command again after a kill and it goes on at the epoch after the last
-one completed; a finished training is not redone.
+A model directory appears only whole: the training runs in `<out>.partial`, which keeps state.json (what is being
+trained and how far it got), Keras' BackupAndRestore checkpoint of the running phase (written after every epoch),
+phase 1's final weights and the best weights so far, and which becomes `<out>` once the model, its metrics and
+params are written (atomic.swap_in). Run the same command again after a kill or a failure and it goes on at the
+epoch after the last one completed; a finished training is not redone, and a finished model directory is never
+replaced by another training.
 
 Input: a `tower-detector dataset` directory (index.csv + tiles/*.png, streamed from disk with tf.data, so
 datasets bigger than memory train), or a label-maker data.npz (x_<split>/y_<split>), which is read into memory.
@@ -27,6 +29,7 @@ import time
 
 import numpy as np
 
+from .atomic import atomic_file, swap_in
 from .events import UserError, one_line
 from .model import (
     DEFAULT_PARAMS,
@@ -271,20 +274,24 @@ def _recolour(images):
 
 
 # --- training -----------------------------------------------------------------------------------------------
-def train(data_dir, out, params=None, weights="none", progress=None, log=print, precision="auto"):
+def train(data_dir, out, params=None, weights="none", progress=None, log=print, precision="auto", in_place=False):
     """Train (or resume training) into the model directory `out`; returns the test metrics.
 
     precision: auto (mixed precision where the hardware runs it faster: float16 on a GPU, bfloat16 on a CPU
     with AMX-BF16 or AVX512-BF16), float32, or mixed. The saved model is float32 whatever it trained in, so it
-    runs anywhere."""
+    runs anywhere. in_place: train in `out` itself, not beside it (the remote worker, whose output is the S3
+    copy of `out`, pushed while it trains)."""
     progress = progress or (lambda *a, **k: None)
     dtype_policy(precision)  # a bad value fails before any work
     check_weights(weights)
     params = check_params(params or {}, base=default_params(weights))
     data = TrainingData(data_dir)
     train_split, val_split, test_split = data.roles(log)
-    state = _start_state(out, params, weights, data)
+    out = os.path.normpath(out)
+    state, work = _start_state(out, params, weights, data, in_place)
     if state.get("finished"):
+        if work != out:  # finished, but stopped before it was swapped in
+            _publish(work, out)
         log(f"{out} already holds this finished training; returning its metrics")
         with open(os.path.join(out, "metrics.json")) as f:
             return json.load(f)
@@ -318,7 +325,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
                           point_grids=grids)
     val_ds = tf_dataset(data, val_split, size, batch, training=False, point_grids=grids)
     total = params["epochs_phase1"] + params["epochs_phase2"]
-    ckpt = os.path.join(out, "checkpoints")
+    ckpt = os.path.join(work, "checkpoints")
     os.makedirs(ckpt, exist_ok=True)
     best = _BestWeights(ckpt)
     epochs_run = []  # epochs completed in this process, for the training speed
@@ -337,13 +344,13 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
             if epochs:
                 offset = 0 if phase == 1 else params["epochs_phase1"]
                 steps = -(-sum(counts[train_split]) // batch)  # per epoch
-                callbacks = _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps,
+                callbacks = _callbacks(work, phase, params, best, offset, total, progress, log, epochs_run, lr, steps,
                                        model)
                 fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights_by_class,
                               verbose=0, shuffle=False, callbacks=callbacks)  # tf.data shuffles
             if phase == 1:
                 model.save_weights(os.path.join(ckpt, "phase1.weights.h5"))
-                _save_state(out, dict(state, phase1_done=True))
+                _save_state(work, dict(state, phase1_done=True))
                 state["phase1_done"] = True
     except tf.errors.ResourceExhaustedError:
         raise UserError(f"out of memory with batch size {batch} at image size {size}: try --batch-size "
@@ -355,7 +362,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
         model.load_weights(best.path)
         log(f"kept epoch {best.record['epoch']} (phase {best.record['phase']}), validation ROC AUC "
             f"{best.record['value']:.4f}")
-    model.save(os.path.join(out, "model.keras"))
+    model.save(os.path.join(work, "model.keras"))
 
     from .evaluate import metrics, plot
 
@@ -370,16 +377,27 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     result.update(split=test_split, train_seconds=round(seconds, 1),
                   train_images_per_second=round(len(epochs_run) * sum(counts[train_split]) / max(seconds, 1e-9), 2),
                   best_epoch=best.record, dtype_policy=policy)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
+    with open(os.path.join(work, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
-    _write_test_scores(os.path.join(out, "test_scores.csv"), data, test_split, scores)
-    plot(result, out)
-    write_params(out, params, weights=weights if weights in ("imagenet", "none") else os.path.basename(weights),
+    _write_test_scores(os.path.join(work, "test_scores.csv"), data, test_split, scores)
+    plot(result, work)
+    write_params(work, params, weights=weights if weights in ("imagenet", "none") else os.path.basename(weights),
                  data_fingerprint=data.fingerprint, data_dir=os.path.abspath(data_dir), trained_on=train_split,
                  validated_on=val_split, tested_on=test_split, class_weights=weights_by_class)
-    _save_state(out, dict(state, finished=True))
-    shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+    _save_state(work, dict(state, finished=True))
+    shutil.rmtree(os.path.join(work, "backup"), ignore_errors=True)
+    if work != out:
+        _publish(work, out)
     return result
+
+
+def _publish(work, out):
+    """The finished training in work becomes the model directory out, whole."""
+    try:
+        swap_in(work, out)
+    except OSError as exc:
+        raise UserError(f"the model is complete in {work} but cannot replace {out}: {exc.strerror or exc}; run the "
+                        "same command again once it can") from None
 
 
 def _scores_by_view(network, ds):
@@ -462,7 +480,7 @@ def _optimizer(params, lr):
     return keras.optimizers.Adam(learning_rate=lr)
 
 
-def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_run, lr, steps_per_epoch, classifier):
+def _callbacks(work, phase, params, best, offset, total, progress, log, epochs_run, lr, steps_per_epoch, classifier):
     """The phase's callbacks; in phase 2 the rate rises linearly to `lr` over its first warmup_epochs, then
     ReduceLROnPlateau cuts it (lr_schedule plateau) or it falls along half a cosine to zero at the phase's last
     epoch (cosine). The best epoch keeps `classifier`'s weights (the model being fitted may carry the point loss's
@@ -504,14 +522,14 @@ def _callbacks(out, phase, params, best, offset, total, progress, log, epochs_ru
             log(f"phase {phase} epoch {offset + epoch + 1}/{total}: " + ", ".join(f"{k} {v}" for k, v in logs.items()))
 
     return [
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup", f"phase{phase}"), double_checkpoint=True),
+        keras.callbacks.BackupAndRestore(os.path.join(work, "backup", f"phase{phase}"), double_checkpoint=True),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=params["early_stopping_patience"]),
     ] + ([] if cosine else [
         # on the same validation ROC AUC as early stopping: with class weights the unweighted val_loss rises while
         # the ranking still improves, and cut the learning rate at the 11th epoch of a run from scratch
         keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, mode="max", factor=params["reduce_lr_factor"],
                                           patience=params["reduce_lr_patience"], min_lr=1e-7)]) + [
-        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), write_graph=False),
+        keras.callbacks.TensorBoard(os.path.join(work, "tensorboard"), write_graph=False),
         Report(),
     ] + ([Phase2Rate(params["warmup_epochs"] * steps_per_epoch, params["epochs_phase2"] * steps_per_epoch)]
          if phase == 2 and (params["warmup_epochs"] > 0 or cosine) else [])
@@ -534,40 +552,51 @@ class _BestWeights:
     def update(self, model, phase, epoch, value):
         if value is None or not np.isfinite(value) or (self.record and value <= self.record["value"]):
             return
-        tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")
+        tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")  # Keras wants the .weights.h5 ending
         model.save_weights(tmp)
         os.replace(tmp, self.path)
         self.record = {"phase": phase, "epoch": epoch, "value": float(value), "monitor": MONITOR}
-        with open(self._json + ".tmp", "w") as f:
+        with atomic_file(self._json) as f:
             json.dump(self.record, f)
-        os.replace(self._json + ".tmp", self._json)
 
 
-def _start_state(out, params, weights, data):
-    """state.json for a new training, or the one to resume; a different training in `out` is refused."""
+def _start_state(out, params, weights, data, in_place=False):
+    """(state, folder): the finished training in `out`, or the one to run or resume in `<out>.partial` (in `out`
+    itself with in_place); a different training in either is refused, so a finished model is never replaced."""
     identity = {"params": params, "weights": weights, "data_fingerprint": data.fingerprint}
-    path = os.path.join(out, "state.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            state = json.load(f)
+    partial = out if in_place else f"{out}.partial"
+    for folder in dict.fromkeys([out, partial]):
+        state = _read_state(folder)
+        if state is None:
+            if os.path.lexists(folder) and not (os.path.isdir(folder) and not os.listdir(folder)):
+                raise UserError(f"{folder} exists and is not a training of ours: give a new or empty --out")
+            continue
         if {k: state.get(k) for k in identity} != identity:
-            raise UserError(f"{out} holds a different training (other data, parameters or weights): give a new --out, "
-                            "or delete it to start again")
-        return state
-    if os.path.isdir(out) and os.listdir(out):
-        raise UserError(f"{out} exists and is not a training of ours: give a new or empty --out")
+            raise UserError(f"{folder} holds a different training (other data, parameters or weights): give a new "
+                            "--out, or delete it to start again")
+        return state, folder  # (an unfinished training in out itself, from an earlier version, resumes there)
     try:
-        os.makedirs(out, exist_ok=True)
+        os.makedirs(partial, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot write the model to {out}: {exc.strerror or exc}") from None
-    _save_state(out, identity)
-    return identity
+        raise UserError(f"cannot write the model to {partial}: {exc.strerror or exc}") from None
+    _save_state(partial, identity)
+    return identity, partial
 
 
-def _save_state(out, state):
-    with open(os.path.join(out, "state.json.tmp"), "w") as f:
+def _read_state(folder):
+    path = os.path.join(folder, "state.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def _save_state(folder, state):
+    with atomic_file(os.path.join(folder, "state.json")) as f:
         json.dump(state, f, indent=2)
-    os.replace(os.path.join(out, "state.json.tmp"), os.path.join(out, "state.json"))
 
 
 __all__ = ["DEFAULT_PARAMS", "TrainingData", "tf_dataset", "train"]

@@ -95,6 +95,7 @@ def _mirrored(s3, args, work, rep):
     if pulled:
         rep.log(f"resuming from {pulled} files in {args.out}")
     args.out = sync.local
+    args.in_place = True  # train: its resume state in the mirrored folder itself (S3 is the output, not it)
     previous = None
     if threading.current_thread() is threading.main_thread():
         # a spot notice or a cancel: push what is whole now (ECS kills the container after its stop timeout)
