@@ -260,8 +260,12 @@ def test_remote_predict_in_three_shards_one_killed_equals_a_local_run(remote, ti
     assert remote_chunks.keys() == local_chunks.keys() and len(remote_chunks) == 8
     tiles = []
     for key, arrays in local_chunks.items():
-        for name in ("x", "y", "score", "cam_x", "cam_y", "error_index"):
+        for name in ("x", "y", "error_index"):
             np.testing.assert_array_equal(remote_chunks[key][name], arrays[name], err_msg=f"{key} {name}")
+        # the same model on the same tiles, in batches that may split differently among the model's streams:
+        # equal but for float rounding (a CAM point once differed by 8e-6 px)
+        for name, tolerance in (("score", 1e-6), ("cam_x", 1e-3), ("cam_y", 1e-3)):
+            np.testing.assert_allclose(remote_chunks[key][name], arrays[name], atol=tolerance, err_msg=f"{key} {name}")
         tiles += list(zip(arrays["x"].tolist(), arrays["y"].tolist()))
     assert len(tiles) == len(set(tiles)) == 64 and np.isfinite(np.concatenate(
         [c["score"] for c in remote_chunks.values()])).all()
