@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from candidates_helpers import rows  # noqa: E402
 from planted_towers import corridors, figures, on_real_towers  # noqa: E402
 
-from tower_detector.conflate import conflate  # noqa: E402
-from tower_detector.exports import pairs_within  # noqa: E402
+from tower_detector.review.conflate import conflate  # noqa: E402
+from tower_detector.review.exports import pairs_within  # noqa: E402
 
 NIGERIA = REPO.parent / "shared" / "data" / "osm" / "nigeria_power_2018-04-04.geojson"
 COLUMNS = ("already_mapped_recall", "new_towers_hidden", "removed_flagged_on_mapped_line",

@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from tileserver import TileServer  # noqa: E402
 
-from tower_detector.imagery import open_imagery  # noqa: E402
-from tower_detector.sample import write_sample_scene  # noqa: E402
+from tower_detector.sources.imagery import open_imagery  # noqa: E402
+from tower_detector.synthetic import write_sample_scene  # noqa: E402
 
 
 def serial(server, tiles, ext):

@@ -24,9 +24,9 @@ from pathlib import Path
 import mercantile
 import numpy as np
 
-from tower_detector.areas import load_area
-from tower_detector.labelmaker import run_label_maker_labels
-from tower_detector.labels import positive_tiles
+from tower_detector.datasets.labelmaker import run_label_maker_labels
+from tower_detector.datasets.labels import positive_tiles
+from tower_detector.geo.areas import load_area
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOWERS = DATA / "osm" / "nigeria_power_2018-04-04.geojson"

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from tower_detector.model import (
+from tower_detector.training.model import (
     after_resize,
     build_model,
     check_params,

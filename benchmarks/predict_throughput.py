@@ -40,8 +40,11 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from tower_detector.imagery import open_imagery  # noqa: E402
-from tower_detector.model import (  # noqa: E402
+from tower_detector.prediction.predict import predict  # noqa: E402
+from tower_detector.prediction.store import open_store  # noqa: E402
+from tower_detector.sources.imagery import open_imagery  # noqa: E402
+from tower_detector.synthetic import write_sample_scene  # noqa: E402
+from tower_detector.training.model import (  # noqa: E402
     PRECISIONS,
     Classifier,
     build_model,
@@ -49,9 +52,6 @@ from tower_detector.model import (  # noqa: E402
     use_model_streams,  # noqa: E402
     write_params,
 )
-from tower_detector.predict import predict  # noqa: E402
-from tower_detector.sample import write_sample_scene  # noqa: E402
-from tower_detector.store import open_store  # noqa: E402
 
 
 def make_model(folder, image_size, precision):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from shapely.geometry import box
 
-from tower_detector.areas import load_area
-from tower_detector.cover import tile_cover
-from tower_detector.tilemath import lonlat_to_tile, tile_bounds_4326
+from tower_detector.geo.areas import load_area
+from tower_detector.geo.cover import tile_cover
+from tower_detector.geo.tilemath import lonlat_to_tile, tile_bounds_4326
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "boundaries"
 

@@ -27,16 +27,16 @@ import time
 import numpy as np
 import shapely
 
-from tower_detector.cover import lonlat_to_tile_space
-from tower_detector.dataset import build_dataset, parse_splits
-from tower_detector.evaluate import metrics, roc_auc
-from tower_detector.imagery import open_imagery
-from tower_detector.labels import positive_tiles
-from tower_detector.model import PRECISIONS, VIEWS, Classifier
-from tower_detector.osm import load_lines, load_towers
-from tower_detector.sample import write_sample_scene
-from tower_detector.tilemath import TILE_SIZE, resolution, tile_bounds_4326
-from tower_detector.train import train
+from tower_detector.datasets.dataset import build_dataset, parse_splits
+from tower_detector.datasets.labels import positive_tiles
+from tower_detector.geo.cover import lonlat_to_tile_space
+from tower_detector.geo.tilemath import TILE_SIZE, resolution, tile_bounds_4326
+from tower_detector.sources.imagery import open_imagery
+from tower_detector.sources.osm import load_lines, load_towers
+from tower_detector.synthetic import write_sample_scene
+from tower_detector.training.evaluate import metrics, roc_auc
+from tower_detector.training.model import PRECISIONS, VIEWS, Classifier
+from tower_detector.training.train import train
 
 TRAIN_SEED, EVAL_SEED = 11, 12  # the two scenes' seeds: different terrain, lines and hard negatives
 
@@ -61,7 +61,7 @@ def scene(folder, tiles, seed):
 def steel_pixels(tiles, info, seed, folder):
     """Pixels of tower steel in each tile of the scene made with `seed`, from its rendering (drawn again once,
     ~30 s, then kept in the scene's folder)."""
-    from tower_detector.sample import plan_scene, render_scene
+    from tower_detector.synthetic import plan_scene, render_scene
 
     x0, y0 = info["tile_range"]["x"][0], info["tile_range"]["y"][0]
     nx, ny = info["tile_range"]["x"][1] - x0 + 1, info["tile_range"]["y"][1] - y0 + 1

@@ -25,7 +25,7 @@ QRC = REPO / "resources.qrc"
 EXCLUDE = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
 # Standard-library-only backend modules the plugin uses too: it cannot import the backend (QGIS has none of its
 # dependencies, and the zip ships alone), so it gets a copy of each, one definition in the repository.
-SHARED = {"redaction.py": REPO / "backend" / "tower_detector" / "redaction.py"}
+SHARED = {"redaction.py": REPO / "backend" / "tower_detector" / "common" / "redaction.py"}
 
 
 def plugin_version() -> str:

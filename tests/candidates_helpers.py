@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 
+from tower_detector.geo.tilemath import lonlat_to_tile_fraction, tile_bounds_4326
 from tower_detector.results import write_candidates_gpkg
-from tower_detector.tilemath import lonlat_to_tile_fraction, tile_bounds_4326
 
 IMAGERY = "https://{s}.tiles.example.com/{z}/{x}/{y}.jpg?key=***"
 CLI = os.path.join(os.path.dirname(sys.executable), "tower-detector")

@@ -15,7 +15,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="session")
 def sample_scene(tmp_path_factory):
     """An 8x8-tile scene (seed 3): {"dir", "imagery", "towers", "area", "info"} with Paths."""
-    from tower_detector.sample import write_sample_scene
+    from tower_detector.synthetic import write_sample_scene
 
     out = tmp_path_factory.mktemp("scene")
     info = write_sample_scene(str(out), tiles_x=8, tiles_y=8, seed=3)
@@ -69,8 +69,8 @@ TINY_TRAINING = {"image_size": 72, "batch_size": 16, "epochs_phase1": 1, "epochs
 @pytest.fixture(scope="session")
 def training_set(tmp_path_factory):
     """A dataset from a 16x16-tile scene (seed 7), 0.6/0.2/0.2 in 4x4-tile blocks: every split has both classes."""
-    from tower_detector.dataset import build_dataset, parse_splits
-    from tower_detector.sample import write_sample_scene
+    from tower_detector.datasets.dataset import build_dataset, parse_splits
+    from tower_detector.synthetic import write_sample_scene
 
     work = tmp_path_factory.mktemp("training-set")
     write_sample_scene(str(work / "scene"), tiles_x=16, tiles_y=16, seed=7)
@@ -84,7 +84,7 @@ def training_set(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(training_set, tmp_path_factory):
     """A model directory trained for real on training_set at a tiny size: (path, the test metrics)."""
-    from tower_detector.train import train
+    from tower_detector.training.train import train
 
     out = tmp_path_factory.mktemp("tiny-model") / "model"
     return out, train(str(training_set), str(out), TINY_TRAINING, weights="none", log=lambda *a: None)

@@ -1,6 +1,6 @@
 """A loopback stand-in for the Overpass API's `interpreter` endpoint, for tests (a real HTTP server).
 
-It answers Overpass QL queries of the form tower_detector.osm generates, `node[...](s,w,n,e);` statements
+It answers Overpass QL queries of the form tower_detector.sources.osm generates, `node[...](s,w,n,e);` statements
 alone or in a union, with the recorded nodes that match the tag filters and lie in the bbox:
 
     from overpass_server import OverpassServer, elements_from_geojson

@@ -5,7 +5,7 @@ import os
 import pytest
 from conftest import folder_bytes
 
-from tower_detector.atomic import atomic_file, building, restore
+from tower_detector.common.atomic import atomic_file, building, restore
 
 
 def test_a_file_is_replaced_only_when_written_whole(tmp_path):

@@ -14,11 +14,11 @@ import pytest
 from conftest import TINY_TRAINING
 from storedata import JOB, TRIANGLE, fill
 
-from tower_detector.areas import load_area
 from tower_detector.cli import main
-from tower_detector.cover import TileCover, tile_cover
-from tower_detector.events import UserError
-from tower_detector.store import open_store
+from tower_detector.common.errors import UserError
+from tower_detector.geo.areas import load_area
+from tower_detector.geo.cover import TileCover, tile_cover
+from tower_detector.prediction.store import open_store
 
 AREA = "28,-15,28.01,-14.99"  # 72 zoom-18 tiles
 
@@ -197,7 +197,7 @@ def test_a_cover_written_by_tiles_loads_as_it_was(tmp_path):
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
     """A model directory as train writes it, with untrained weights (what is tested here needs no training)."""
-    from tower_detector.model import build_model, check_params, write_params
+    from tower_detector.training.model import build_model, check_params, write_params
 
     out = tmp_path_factory.mktemp("untrained")
     params = check_params(TINY_TRAINING)
@@ -223,7 +223,7 @@ def test_predict_with_a_malformed_tile_cover(untrained_model, sample_scene, tmp_
 
 
 def test_a_corrupt_model_is_called_corrupt(tmp_path, sample_scene):
-    from tower_detector.model import check_params, write_params
+    from tower_detector.training.model import check_params, write_params
 
     write_params(str(tmp_path), check_params(TINY_TRAINING))
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 cut short by a failed copy")
@@ -293,7 +293,7 @@ def test_search_checks_its_data_before_any_trial(tmp_path):
 
 
 def test_one_line_of_an_exception():
-    from tower_detector.events import one_line
+    from tower_detector.common.errors import one_line
 
     assert one_line(OSError(28, "No space left on device", "/data/x.tmp")) == "No space left on device"
     assert one_line(ValueError("first\n  second")) == "first second"

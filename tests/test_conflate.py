@@ -14,10 +14,10 @@ from overpass_server import OverpassServer
 from planted_towers import corridors, figures
 from pyproj import Geod
 
-from tower_detector.conflate import CONFLATE_REVIEWER, conflate
-from tower_detector.events import UserError
-from tower_detector.osm import load_lines, load_towers
-from tower_detector.tilemath import tile_bounds_4326
+from tower_detector.common.errors import UserError
+from tower_detector.geo.tilemath import tile_bounds_4326
+from tower_detector.review.conflate import CONFLATE_REVIEWER, conflate
+from tower_detector.sources.osm import load_lines, load_towers
 
 GEOD = Geod(ellps="WGS84")
 

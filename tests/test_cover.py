@@ -8,9 +8,9 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from tower_detector.areas import Area, load_area
-from tower_detector.cover import TileCover, lonlat_to_tile_space, tile_cover
-from tower_detector.tilemath import tile_bounds_4326
+from tower_detector.geo.areas import Area, load_area
+from tower_detector.geo.cover import TileCover, lonlat_to_tile_space, tile_cover
+from tower_detector.geo.tilemath import tile_bounds_4326
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -12,11 +12,11 @@ from conftest import folder_bytes
 from PIL import Image
 from rasterio.windows import Window
 
-from tower_detector.dataset import build_dataset, parse_splits
-from tower_detector.events import UserError
-from tower_detector.labelmaker import validate_config
-from tower_detector.labels import positive_tiles
-from tower_detector.osm import load_towers
+from tower_detector.common.errors import UserError
+from tower_detector.datasets.dataset import build_dataset, parse_splits
+from tower_detector.datasets.labelmaker import validate_config
+from tower_detector.datasets.labels import positive_tiles
+from tower_detector.sources.osm import load_towers
 
 SPLITS = parse_splits("0.6,0.2,0.2")
 
@@ -75,7 +75,7 @@ def test_tower_tiles_are_labelled_positive(dataset, sample_scene):
 def test_tower_positions_stand_on_the_rendered_steel(dataset, sample_scene):
     """towers.csv gives every tower tile its towers in tile pixels; the scene's own rendering (its tower-steel
     mask, drawn again here) has steel at each of them, and a background tile has none listed."""
-    from tower_detector.sample import plan_scene, render_scene
+    from tower_detector.synthetic import plan_scene, render_scene
 
     out, _ = dataset
     rows = {r["tile_id"]: r for r in read_index(out)}
@@ -117,7 +117,7 @@ def test_config_is_valid_label_maker_and_build_is_deterministic(dataset, sample_
 
 def test_review_labels_add_positives_and_hard_negatives(sample_scene, tmp_path):
     info = sample_scene["info"]
-    from tower_detector.tilemath import tile_bounds_4326
+    from tower_detector.geo.tilemath import tile_bounds_4326
 
     # a confirmed tower where OSM has none, and a rejected candidate: both at known tile centres
     towers = load_towers(str(sample_scene["towers"]))
@@ -148,8 +148,8 @@ def _tiles_on_lines(rows, towers_path):
     """The rows' tiles that a power=line crosses."""
     import shapely
 
-    from tower_detector.osm import load_lines
-    from tower_detector.tilemath import tile_bounds_4326
+    from tower_detector.geo.tilemath import tile_bounds_4326
+    from tower_detector.sources.osm import load_lines
 
     lines = load_lines(str(towers_path), tag_filter="power=line")
     return {r["tile_id"] for r in rows
@@ -157,8 +157,8 @@ def _tiles_on_lines(rows, towers_path):
 
 
 def test_span_negatives_come_from_lines_between_mapped_towers(sample_scene, tmp_path):
-    from tower_detector.dataset import _span_tiles
-    from tower_detector.osm import load_lines
+    from tower_detector.datasets.dataset import _span_tiles
+    from tower_detector.sources.osm import load_lines
 
     towers = load_towers(str(sample_scene["towers"]), tag_filter="power=tower")
     lines = load_lines(str(sample_scene["towers"]), tag_filter="power=line")
@@ -207,7 +207,7 @@ def test_unwritable_output_is_refused_before_any_work(sample_scene, tmp_path):
 
 
 def test_label_maker_config_runs_and_bad_config_is_one_line(sample_scene, tmp_path):
-    from tower_detector.areas import load_area
+    from tower_detector.geo.areas import load_area
 
     bbox = list(load_area(str(sample_scene["area"])).geometry.bounds)
     config = {"geojson": str(sample_scene["towers"]), "bounding_box": bbox, "zoom": 18,

@@ -16,11 +16,11 @@ from candidates_helpers import centre, make_candidates, review, run_cli, scene_f
 from conftest import folder_bytes
 from pyproj import Geod
 
-from tower_detector.dataset import build_dataset, parse_splits
-from tower_detector.events import UserError
-from tower_detector.exports import export
-from tower_detector.osm import load_towers
-from tower_detector.tilemath import tile_bounds_4326
+from tower_detector.common.errors import UserError
+from tower_detector.datasets.dataset import build_dataset, parse_splits
+from tower_detector.geo.tilemath import tile_bounds_4326
+from tower_detector.review.exports import export
+from tower_detector.sources.osm import load_towers
 
 GEOD = Geod(ellps="WGS84")
 RS = "\x1e"

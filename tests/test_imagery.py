@@ -13,9 +13,9 @@ from PIL import Image
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from tileserver import TileServer
 
-from tower_detector.events import UserError
-from tower_detector.imagery import decode_tile, open_imagery, redact
-from tower_detector.tilemath import quadkey
+from tower_detector.common.errors import UserError
+from tower_detector.geo.tilemath import quadkey
+from tower_detector.sources.imagery import decode_tile, open_imagery, redact
 
 SECRET = "sk.SECRET-TOKEN-5f3a9c"
 
@@ -69,8 +69,8 @@ def test_png_tiles_are_the_scene_and_jpeg_webp_are_close(server):
 
 
 def test_results_keep_input_order_and_accept_ids_covers_and_batches(server, sample_scene):
-    from tower_detector.areas import load_area
-    from tower_detector.cover import tile_cover
+    from tower_detector.geo.areas import load_area
+    from tower_detector.geo.cover import tile_cover
 
     rng = np.random.default_rng(1)
     shuffled = [server.tiles[i] for i in rng.permutation(len(server.tiles))[:24]]

@@ -6,10 +6,10 @@ import mercantile
 import numpy as np
 import pytest
 
-from tower_detector.areas import load_area
-from tower_detector.events import UserError
-from tower_detector.labelmaker import run_label_maker_labels, validate_config
-from tower_detector.labels import positive_tiles
+from tower_detector.common.errors import UserError
+from tower_detector.datasets.labelmaker import run_label_maker_labels, validate_config
+from tower_detector.datasets.labels import positive_tiles
+from tower_detector.geo.areas import load_area
 
 TOWER = {"name": "tower", "filter": ["==", "power", "tower"]}
 POLE = {"name": "pole", "filter": ["==", "power", "pole"]}

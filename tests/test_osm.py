@@ -13,9 +13,9 @@ import requests
 import shapely
 from overpass_server import OverpassServer, elements_from_geojson, parse_query
 
-from tower_detector.areas import load_area
-from tower_detector.events import UserError
-from tower_detector.osm import Towers, load_towers, overpass_chunks, parse_tag_filter
+from tower_detector.common.errors import UserError
+from tower_detector.geo.areas import load_area
+from tower_detector.sources.osm import Towers, load_towers, overpass_chunks, parse_tag_filter
 
 FAST = {"backoff": 0.01}  # keep retry waits short; Retry-After headers still set the pace where sent
 

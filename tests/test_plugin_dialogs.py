@@ -97,7 +97,7 @@ def test_the_plugin_redacts_with_the_backends_own_module(monkeypatch):
     every query value but a harmless parameter's is lifted, whatever the parameter is called."""
     from tower_detector_plugin import redaction
 
-    backend = (REPO / "backend" / "tower_detector" / "redaction.py").read_text()
+    backend = (REPO / "backend" / "tower_detector" / "common" / "redaction.py").read_text()
     assert Path(redaction.__file__).read_text().split("\n", 1)[1] == backend
     assert imagery.redact is redaction.redact and imagery.secrets is redaction.secrets
     monkeypatch.delenv("TOWER_DETECTOR_TOKEN", raising=False)

@@ -55,7 +55,7 @@ def test_the_built_zip_passes_and_holds_the_plugin(good_zip):
         assert f"tower_detector_plugin/{required}" in names
     assert b"qt_resource_data" in names["tower_detector_plugin/resources.py"]  # compiled, not the .qrc
     # the backend's redaction module, copied whole: the plugin redacts with the same code
-    backend = (REPO / "backend" / "tower_detector" / "redaction.py").read_bytes()
+    backend = (REPO / "backend" / "tower_detector" / "common" / "redaction.py").read_bytes()
     assert names["tower_detector_plugin/redaction.py"].split(b"\n", 1)[1] == backend
     assert subprocess.run([sys.executable, str(REPO / "scripts" / "check_plugin_zip.py"), str(good_zip)],
                           capture_output=True).returncode == 0

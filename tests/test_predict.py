@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from tileserver import TileServer
 
-from tower_detector.areas import load_area
-from tower_detector.cover import tile_cover
-from tower_detector.events import UserError
-from tower_detector.imagery import ImageryUnreachable, open_imagery
-from tower_detector.store import open_store
+from tower_detector.common.errors import UserError
+from tower_detector.geo.areas import load_area
+from tower_detector.geo.cover import tile_cover
+from tower_detector.prediction.store import open_store
+from tower_detector.sources.imagery import ImageryUnreachable, open_imagery
 
 
 def run(*args, timeout=300, env=None):
@@ -52,7 +52,7 @@ def scene_tiles(sample_scene):
 @pytest.fixture(scope="module")
 def scene_images(scene_tiles, sample_scene):
     """The scene's tiles, sorted, and their images as the imagery source gives them."""
-    from tower_detector.imagery import open_imagery
+    from tower_detector.sources.imagery import open_imagery
 
     tiles = sorted(scene_tiles)
     with open_imagery(str(sample_scene["imagery"])) as src:
@@ -72,7 +72,7 @@ def reference(tiny_model, sample_scene, tmp_path_factory):
 
 
 def test_every_tile_is_scored_once_and_matches_the_model(reference, scene_tiles, scene_images, tiny_model):
-    from tower_detector.model import Classifier, use_model_streams
+    from tower_detector.training.model import Classifier, use_model_streams
 
     out, result = reference
     scores, failed = scores_of(out)
@@ -95,7 +95,7 @@ def test_every_tile_is_scored_once_and_matches_the_model(reference, scene_tiles,
 
 
 def test_two_model_streams_give_every_batch_its_own_scores(scene_images, tiny_model):
-    from tower_detector.model import Classifier
+    from tower_detector.training.model import Classifier
 
     tiles, images = scene_images
     want_scores, want_points = Classifier(str(tiny_model[0])).predict_with_points(images, batch_size=4)
@@ -109,7 +109,7 @@ def test_two_model_streams_give_every_batch_its_own_scores(scene_images, tiny_mo
 
 
 def test_warm_up_traces_uncounted_and_padded_batches_score_as_unpadded(scene_images, tiny_model):
-    from tower_detector.model import Classifier
+    from tower_detector.training.model import Classifier
 
     tiles, images = scene_images
     classifier = Classifier(str(tiny_model[0]))
@@ -124,8 +124,8 @@ def test_warm_up_traces_uncounted_and_padded_batches_score_as_unpadded(scene_ima
 
 
 def test_views_average_the_turned_tiles_and_turn_the_points_back(scene_images, tiny_model):
-    from tower_detector.events import UserError
-    from tower_detector.model import Classifier, view
+    from tower_detector.common.errors import UserError
+    from tower_detector.training.model import Classifier, view
 
     tiles, images = scene_images
     images = images[:12]
@@ -155,7 +155,7 @@ def test_views_average_the_turned_tiles_and_turn_the_points_back(scene_images, t
 
 
 def test_predict_views_score_the_store_and_are_part_of_the_job(tiny_model, sample_scene, scene_images, tmp_path):
-    from tower_detector.model import Classifier
+    from tower_detector.training.model import Classifier
 
     common = ["--model", tiny_model[0], "--imagery", sample_scene["imagery"], "--area", sample_scene["area"],
               "--out", tmp_path / "store", "--batch-size", 8, "--precision", "float32", "--events"]
@@ -177,7 +177,7 @@ def test_predict_views_score_the_store_and_are_part_of_the_job(tiny_model, sampl
 
 
 def test_mixed_precision_scores_agree_with_float32(reference, scene_images, tiny_model, sample_scene, tmp_path):
-    from tower_detector.model import SLOW_BFLOAT16, Classifier, cpu_has_native_bfloat16
+    from tower_detector.training.model import SLOW_BFLOAT16, Classifier, cpu_has_native_bfloat16
 
     assert reference[1]["dtype_policy"] == "float32"  # as asked
     assert Classifier(str(tiny_model[0]), precision="auto").policy == \
@@ -341,9 +341,9 @@ def test_bad_models_stores_and_tile_lists(tiny_model, sample_scene, tmp_path):
 def test_a_batch_too_big_for_the_gpu_fails_before_any_chunk(tiny_model, sample_scene, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from tower_detector.events import UserError
-    from tower_detector.model import Classifier
-    from tower_detector.predict import predict
+    from tower_detector.common.errors import UserError
+    from tower_detector.prediction.predict import predict
+    from tower_detector.training.model import Classifier
 
     def out_of_memory(self, batch_size, tile_size=256, points=True):
         # a GPU's out-of-memory error, which a CPU-only machine cannot produce without exhausting the host
@@ -531,7 +531,7 @@ def test_a_refused_connection_says_so():
 
 def test_the_outage_rule_counts_only_transient_failures(sample_scene):
     """Half of the last 100 tiles failing transiently is an outage; permanent failures (no imagery) never are."""
-    from tower_detector.imagery import OutageGuard, TileResult
+    from tower_detector.sources.imagery import OutageGuard, TileResult
 
     guard = OutageGuard()
     for i in range(300):
@@ -547,8 +547,8 @@ def test_the_outage_rule_counts_only_transient_failures(sample_scene):
 def test_bad_stores_of_retries_are_refused(tmp_path):
     from storedata import JOB, TRIANGLE, payload
 
-    from tower_detector.areas import load_area
-    from tower_detector.cover import tile_cover
+    from tower_detector.geo.areas import load_area
+    from tower_detector.geo.cover import tile_cover
 
     cover = tile_cover(load_area(json.dumps(TRIANGLE)), 18)
     store = open_store(tmp_path / "s", create=True)

@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tower_detector.redaction import HARMLESS, redact, secrets
+from tower_detector.common.redaction import HARMLESS, redact, secrets
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "Qz7MARKER"  # every secret below contains it; no output may

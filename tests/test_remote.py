@@ -25,8 +25,8 @@ from conftest import TINY_TRAINING
 from tileserver import TileServer
 
 from tower_detector.cli import main
+from tower_detector.prediction.store import open_store
 from tower_detector.remote.stack import TEMPLATE
-from tower_detector.store import open_store
 
 ACCOUNT = "123456789012"  # moto's
 SECRET = "s3cr3t-Imagery-T0ken-7f9e21"  # must appear in no S3 object, log line or event

@@ -16,12 +16,12 @@ import shapely
 from shapely import wkb
 from storedata import JOB, REASONS, TRIANGLE, expected, fill, payload
 
-from tower_detector.areas import load_area
-from tower_detector.cover import tile_cover
-from tower_detector.events import UserError
+from tower_detector.common.errors import UserError
+from tower_detector.geo.areas import load_area
+from tower_detector.geo.cover import tile_cover
+from tower_detector.geo.tilemath import ORIGIN_SHIFT, tile_bounds_3857, tile_bounds_4326
+from tower_detector.prediction.store import open_store
 from tower_detector.results import merge_results
-from tower_detector.store import open_store
-from tower_detector.tilemath import ORIGIN_SHIFT, tile_bounds_3857, tile_bounds_4326
 
 MISSING = (1, 1)  # the chunk the job has not written yet
 

@@ -14,12 +14,12 @@ import pytest
 from candidates_helpers import CLI, make_candidates, review
 from storedata import JOB, scores_of
 
-from tower_detector.areas import load_area
 from tower_detector.cli import main
-from tower_detector.cover import tile_cover
-from tower_detector.events import UserError
+from tower_detector.common.errors import UserError
+from tower_detector.geo.areas import load_area
+from tower_detector.geo.cover import tile_cover
+from tower_detector.prediction.store import open_store
 from tower_detector.results import gpkg_connect, merge_results
-from tower_detector.store import open_store
 
 AREA = "28.0,-15.0,28.01,-14.99"
 REVIEW = ("status", "note", "reviewer", "reviewed_at", "point_lon", "point_lat", "point_source")
@@ -307,8 +307,8 @@ def test_remote_fetch_twice_keeps_the_review(s3, tmp_path, monkeypatch):
 def test_exports_after_a_merge_follow_the_new_ranks(tmp_path):
     """fids keep their rows through a merge (an open QGIS layer relies on them), so fid order is no longer rank
     order: the .osm export's "the better-ranked of two points on one tower" must read the ranks."""
-    from tower_detector.exports import export
     from tower_detector.results import tile_lonlat
+    from tower_detector.review.exports import export
 
     path = str(tmp_path / "c.gpkg")
     merge_results(make_store(tmp_path / "a", scores_of), candidates=path, threshold=0.0)

@@ -10,11 +10,11 @@ import pytest
 import rasterio
 from rasterio.enums import ColorInterp
 
-from tower_detector import sample
-from tower_detector.areas import load_area
-from tower_detector.cover import tile_cover
-from tower_detector.events import UserError
-from tower_detector.tilemath import ORIGIN_SHIFT, TILE_SIZE, lonlat_to_mercator, lonlat_to_tile, resolution
+from tower_detector import synthetic as sample
+from tower_detector.common.errors import UserError
+from tower_detector.geo.areas import load_area
+from tower_detector.geo.cover import tile_cover
+from tower_detector.geo.tilemath import ORIGIN_SHIFT, TILE_SIZE, lonlat_to_mercator, lonlat_to_tile, resolution
 
 ARGS = dict(tiles_x=6, tiles_y=4, seed=7)
 

@@ -15,10 +15,10 @@ import pytest
 from s3proxy import FAULTS, FaultProxy
 from storedata import JOB, TRIANGLE, check_chunk, fill, payload, scores_of
 
-from tower_detector.areas import load_area
-from tower_detector.cover import tile_cover
-from tower_detector.events import UserError
-from tower_detector.store import ChunkPlan, Store, chunk_count, chunk_tiles, open_store
+from tower_detector.common.errors import UserError
+from tower_detector.geo.areas import load_area
+from tower_detector.geo.cover import tile_cover
+from tower_detector.prediction.store import ChunkPlan, Store, chunk_count, chunk_tiles, open_store
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ _KILLED_WRITER = textwrap.dedent("""
     import os, stat, sys, time
     sys.path.insert(0, {tests!r})
     from storedata import payload
-    from tower_detector.store import open_store
+    from tower_detector.prediction.store import open_store
 
     store = open_store(sys.argv[1])
     chunks = store.plan.all_chunks()

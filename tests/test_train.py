@@ -13,9 +13,9 @@ from conftest import TINY_TRAINING as TINY  # noqa: E402
 from conftest import folder_bytes
 from PIL import Image
 
-from tower_detector.evaluate import metrics
-from tower_detector.events import UserError
-from tower_detector.model import DEFAULT_PARAMS, SCRATCH_PARAMS, Classifier, cam_peaks, check_params
+from tower_detector.common.errors import UserError
+from tower_detector.training.evaluate import metrics
+from tower_detector.training.model import DEFAULT_PARAMS, SCRATCH_PARAMS, Classifier, cam_peaks, check_params
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_params_defaults_and_class_weight_forms():
 
 def test_tile_loss_matches_a_hand_computation():
     """focal_gamma 0: cross-entropy; above 0 each tile's cross-entropy is scaled by (1 - p_true) ** gamma."""
-    from tower_detector.train import tile_loss
+    from tower_detector.training.train import tile_loss
 
     labels = np.array([[1.0], [0.0], [1.0], [0.0]])
     scores = np.array([[0.9], [0.2], [0.3], [0.6]])
@@ -107,7 +107,7 @@ def test_tile_loss_matches_a_hand_computation():
 def test_augmentation_keeps_the_fine_detail_of_a_tower(tmp_path):
     """Rotation and zoom run on the 256-px tile before the resize: at the model's 72 px they would interpolate
     again and wash out 2-px lattice members (half their contrast or more, measured when it did)."""
-    from tower_detector.train import TrainingData, tf_dataset
+    from tower_detector.training.train import TrainingData, tf_dataset
 
     lattice = np.full((256, 256, 3), 96, np.uint8)
     for k in (0, 1):  # 2-px members every 8 px, both ways
@@ -150,7 +150,7 @@ def test_tower_cells_move_with_the_augmented_tile(tmp_path):
     """The point loss's targets ride through the flips, turns, rotations and zoom with the image: in every
     augmented tower tile the brightest cell (where the square went) is a tower cell, and background tiles have
     none. A tower tile that towers.csv does not list is left out of the point loss (known 0), not taught empty."""
-    from tower_detector.train import TrainingData, tf_dataset
+    from tower_detector.training.train import TrainingData, tf_dataset
 
     _bright_square_dataset(tmp_path)
     lines = (tmp_path / "towers.csv").read_text().splitlines()
@@ -178,7 +178,7 @@ def test_tower_cells_move_with_the_augmented_tile(tmp_path):
 def test_point_loss_joins_the_training_loss_and_stays_out_of_the_saved_model(tmp_path):
     """With towers.csv the point loss is added to what is minimised (its weight shows in the training loss);
     the saved model is the classifier alone. Without towers.csv the training says so and goes on without it."""
-    from tower_detector.train import train
+    from tower_detector.training.train import train
 
     _bright_square_dataset(tmp_path / "ds", n=40)
     index = (tmp_path / "ds" / "index.csv").read_text().splitlines()
@@ -245,7 +245,7 @@ def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dat
 
 
 def test_finished_training_is_not_redone_and_a_different_one_is_refused(trained, dataset):
-    from tower_detector.train import train
+    from tower_detector.training.train import train
 
     out, result = trained
     mtime = os.path.getmtime(out / "model.keras")
@@ -293,7 +293,7 @@ def test_a_training_failing_midway_leaves_no_model_and_never_touches_a_finished_
     and appears whole. A finished model folder is never replaced: another training into it is refused."""
     import shutil
 
-    from tower_detector.train import train
+    from tower_detector.training.train import train
 
     ds = _copy_dataset(dataset, tmp_path / "ds")
     with open(ds / "index.csv") as f:
@@ -320,7 +320,7 @@ def test_a_training_failing_midway_leaves_no_model_and_never_touches_a_finished_
 def test_cosine_schedule_warms_up_then_falls_to_zero_at_the_last_epoch(dataset, tmp_path):
     """lr_schedule cosine: after the warm-up the rate follows half a cosine, reaching 0 at phase 2's last step,
     and no plateau cuts it in between."""
-    from tower_detector.train import train
+    from tower_detector.training.train import train
 
     rates = []
     params = dict(TINY, epochs_phase1=0, epochs_phase2=3, warmup_epochs=1, lr_schedule="cosine", lr_phase2=4e-4)
@@ -335,8 +335,8 @@ def test_cosine_schedule_warms_up_then_falls_to_zero_at_the_last_epoch(dataset, 
 def test_mixed_bfloat16_training_saves_a_float32_model(dataset, tmp_path):
     import keras
 
-    from tower_detector.model import SLOW_BFLOAT16, cpu_has_native_bfloat16
-    from tower_detector.train import train
+    from tower_detector.training.model import SLOW_BFLOAT16, cpu_has_native_bfloat16
+    from tower_detector.training.train import train
 
     out = tmp_path / "m"
     said = []
@@ -355,7 +355,7 @@ def test_mixed_bfloat16_training_saves_a_float32_model(dataset, tmp_path):
 
 
 def test_precision_choices():
-    from tower_detector.model import cpu_has_native_bfloat16, dtype_policy
+    from tower_detector.training.model import cpu_has_native_bfloat16, dtype_policy
 
     assert dtype_policy("float32", gpu=True) == "float32"
     assert dtype_policy("auto", gpu=True) == dtype_policy("mixed", gpu=True) == "mixed_float16"
@@ -370,7 +370,7 @@ def test_precision_choices():
 def test_weights_file_is_loaded_into_the_base(dataset, tmp_path):
     import keras
 
-    from tower_detector.train import train
+    from tower_detector.training.train import train
 
     base = keras.applications.Xception(include_top=False, weights=None, input_shape=(72, 72, 3))
     path = tmp_path / "xception_notop.weights.h5"
@@ -404,7 +404,7 @@ def _copy_dataset(dataset, dest):
 
 
 def test_one_class_dataset_is_refused(dataset, tmp_path):
-    from tower_detector.train import train
+    from tower_detector.training.train import train
 
     ds = _copy_dataset(dataset, tmp_path / "ds")
     text = (ds / "index.csv").read_text().splitlines()
@@ -416,7 +416,7 @@ def test_one_class_dataset_is_refused(dataset, tmp_path):
 
 
 def test_wrong_image_shape_and_missing_splits(dataset, tmp_path):
-    from tower_detector.train import train
+    from tower_detector.training.train import train
 
     ds = _copy_dataset(dataset, tmp_path / "ds")
     victim = sorted((ds / "tiles").iterdir())[3]
@@ -521,8 +521,8 @@ def test_the_gpu_path_compiles_with_xla(dataset, trained, tmp_path, monkeypatch)
     """On a GPU, train and predict compile their graphs with XLA. The same graphs compile with XLA on this CPU, so
     this runs that path for real (as a GPU would, except for the device): a graph holding the antialiased resize
     (ScaleAndTranslate, which has no XLA kernel) fails at its first batch. The scores are the uncompiled ones."""
-    from tower_detector import model as model_module
-    from tower_detector import train as train_module
+    from tower_detector.training import model as model_module
+    from tower_detector.training import train as train_module
 
     monkeypatch.setattr(train_module, "has_gpu", lambda: True)
     monkeypatch.setattr(model_module, "has_gpu", lambda: True)

@@ -12,7 +12,7 @@ TileServer(geotiff, *, latency=0.0, token=None, files=None): files maps names to
 Paths: /{z}/{x}/{y}.png (lossless), .jpg and .webp (quality 90) for the scene's tiles at its zoom (any other
 tile: 404), and /files/<name> for the `files` given (with HTTP Range support, for GDAL's /vsicurl/).
 The scene must be an EPSG:3857 raster at exactly one zoom level's resolution, aligned to the tile grid (what
-tower_detector.sample writes).
+tower_detector.synthetic writes).
 
 Knobs: attributes, which tests may change between requests; tiles are (x, y) pairs.
     latency     seconds to wait before answering each request (every path)
@@ -40,7 +40,7 @@ import rasterio
 from loopback import LoopbackServer
 from PIL import Image
 
-from tower_detector.tilemath import ORIGIN_SHIFT, TILE_SIZE
+from tower_detector.geo.tilemath import ORIGIN_SHIFT, TILE_SIZE
 
 _FORMATS = {"png": ("PNG", "image/png", {"compress_level": 1}), "jpg": ("JPEG", "image/jpeg", {"quality": 90}),
             "webp": ("WEBP", "image/webp", {"quality": 90, "method": 0})}

@@ -13,14 +13,15 @@ import sys
 import traceback
 
 from . import __version__
-from .events import Failure, Interrupted, Reporter, UserError, one_line
-from .redaction import redact
+from .common.errors import Failure, Interrupted, UserError, one_line
+from .common.events import Reporter
+from .common.redaction import redact
 from .remote import add_remote_commands
 
 
 def cmd_tiles(args, rep):
-    from .areas import load_area
-    from .cover import check_cover_path, tile_cover
+    from .geo.areas import load_area
+    from .geo.cover import check_cover_path, tile_cover
 
     if args.out:
         check_cover_path(args.out)
@@ -46,7 +47,7 @@ def cmd_tiles(args, rep):
 
 
 def cmd_sample(args, rep):
-    from .sample import write_sample_scene
+    from .synthetic import write_sample_scene
 
     info = write_sample_scene(args.out, tiles_x=args.tiles_x, tiles_y=args.tiles_y, seed=args.seed,
                               lon=args.lon, lat=args.lat, zoom=args.zoom, progress=rep.progress)
@@ -110,7 +111,7 @@ POSITIVE = _number(0, strict=True)  # rates, durations
 
 
 def cmd_dataset(args, rep):
-    from .dataset import build_dataset, dataset_from_label_maker_config, parse_splits
+    from .datasets.dataset import build_dataset, dataset_from_label_maker_config, parse_splits
 
     common = dict(block_size=args.block_size, force=args.force, max_tiles=args.max_tiles, cache_dir=args.cache,
                   concurrency=args.concurrency, progress=rep.progress, log=rep.log)
@@ -133,8 +134,8 @@ def cmd_dataset(args, rep):
 
 
 def cmd_train(args, rep):
-    from .model import load_params_file
-    from .train import train
+    from .training.model import load_params_file
+    from .training.train import train
 
     params = load_params_file(args.params) if args.params else {}
     for name, value in (("image_size", args.image_size), ("epochs_phase1", args.epochs_top),
@@ -155,8 +156,8 @@ def cmd_train(args, rep):
 
 
 def cmd_search(args, rep):
-    from .model import load_params_file
-    from .search import search
+    from .training.model import load_params_file
+    from .training.search import search
 
     params = load_params_file(args.params) if args.params else {}
     for name, value in (("image_size", args.image_size), ("epochs_phase2", args.epochs_fine),
@@ -171,7 +172,7 @@ def cmd_search(args, rep):
 
 
 def cmd_predict(args, rep):
-    from .predict import predict
+    from .prediction.predict import predict
 
     stats = predict(args.model, args.imagery, args.out, area=args.area, tiles=args.tiles, zoom=args.zoom,
                     shard=args.shard, shards=args.shards, workers=args.workers, checkpoint_every=args.checkpoint_every,
@@ -227,7 +228,7 @@ def merge_text(merge):
 
 
 def cmd_export(args, rep):
-    from .exports import NODE_KINDS, export
+    from .review.exports import NODE_KINDS, export
 
     if args.include_near_duplicates and args.kind in NODE_KINDS:
         rep.log("warning: not checked against OSM (--include-near-duplicates): towers OSM already has may be added "
@@ -254,7 +255,7 @@ def cmd_export(args, rep):
 
 
 def cmd_conflate(args, rep):
-    from .conflate import conflate
+    from .review.conflate import conflate
 
     if args.buffer is not None:
         rep.log("--buffer is no longer used and is ignored: conflation now decides by the candidate's tower point "

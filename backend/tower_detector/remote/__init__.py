@@ -14,7 +14,7 @@ inputs and output sync), worker.py (the container side). boto3 is imported only 
 import argparse
 import copy
 
-from ..events import UserError
+from ..common.errors import UserError
 
 _MIRRORED = {}  # kind -> the local command's argparse actions, copied into `remote submit KIND`
 

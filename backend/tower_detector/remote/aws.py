@@ -9,8 +9,8 @@ in a message.
 
 import os
 
-from ..events import UserError, one_line
-from ..redaction import redact
+from ..common.errors import UserError, one_line
+from ..common.redaction import redact
 
 # error codes across services, grouped by what the user has to do about them
 _CREDENTIALS = {"InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch", "InvalidAccessKeyId",

@@ -18,9 +18,9 @@ import sys
 import tempfile
 import time
 
-from ..events import UserError
-from ..redaction import redact
-from ..redaction import secrets as literal_secrets
+from ..common.errors import UserError
+from ..common.redaction import redact
+from ..common.redaction import secrets as literal_secrets
 from .stack import spot_quota_problems, stack_outputs
 
 # Throughput and prices behind the estimate. ASSUMPTIONS until measured on the real thing: no GPU was available
@@ -296,7 +296,7 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
 
 def _check_local_inputs(kind, values):
     """What a worker would refuse once an instance has started for it, refused here (local inputs only)."""
-    from ..model import load_params_file, read_params
+    from ..training.model import load_params_file, read_params
 
     def local(name):
         value = values.get(name)
@@ -329,9 +329,9 @@ def _check_imagery(aws, outputs, imagery, log):
 
 def _plan(values):
     """The exact cover and the chunk plan of a prediction, computed here (the estimate needs them)."""
-    from ..areas import load_area
-    from ..cover import TileCover, tile_cover
-    from ..store import ChunkPlan
+    from ..geo.areas import load_area
+    from ..geo.cover import TileCover, tile_cover
+    from ..prediction.store import ChunkPlan
 
     if (values.get("area") is None) == (values.get("tiles") is None):
         raise UserError("remote submit predict needs --area or --tiles (one of them)")
@@ -503,7 +503,7 @@ def status(aws, record, tail=10):
 
 
 def _progress(store_spec):
-    from ..store import open_store
+    from ..prediction.store import open_store
 
     try:
         with open_store(store_spec) as store:

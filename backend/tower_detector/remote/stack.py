@@ -8,7 +8,7 @@ wait in RUNNABLE for ever).
 
 import os
 
-from ..events import UserError
+from ..common.errors import UserError
 from .aws import error_code
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "stack.yaml")

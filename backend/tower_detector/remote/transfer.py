@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 import threading
 
-from ..events import UserError
+from ..common.errors import UserError
 
 
 def parse_s3(uri):

@@ -22,7 +22,7 @@ import signal
 import tempfile
 import threading
 
-from ..events import Failure, UserError
+from ..common.errors import Failure, UserError
 from .transfer import DirSync, fetch_input, parse_s3, s3_client
 
 KINDS = ("predict", "train", "search")

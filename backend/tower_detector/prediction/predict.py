@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .events import Interrupted, UserError
+from ..common.errors import Interrupted, UserError
 
 
 def parse_shard(text, n_max=100_000):
@@ -63,10 +63,10 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
     precision: auto, float32 or mixed, as model.dtype_policy reads them (auto: bfloat16 on a CPU with it native).
     views: 1, 2, 4 or 8 turned and mirrored copies of each tile scored and averaged (Classifier).
     imagery_name: the imagery's name for people (e.g. "Esri World Imagery"), kept with the job for exports."""
-    from .areas import load_area
-    from .cover import TileCover, tile_cover
-    from .imagery import open_imagery
-    from .model import PRECISIONS, VIEWS, read_params
+    from ..geo.areas import load_area
+    from ..geo.cover import TileCover, tile_cover
+    from ..sources.imagery import open_imagery
+    from ..training.model import PRECISIONS, VIEWS, read_params
     from .store import open_store
 
     progress = progress or (lambda *a, **k: None)
@@ -165,7 +165,7 @@ class _Unit(NamedTuple):
 
 def _classifier(model_dir, precision, views, log):
     """The model, loaded (TensorFlow starts here), in this process's model streams."""
-    from .model import Classifier, use_model_streams, warn_if_slow_precision
+    from ..training.model import Classifier, use_model_streams, warn_if_slow_precision
 
     use_model_streams()
     classifier = Classifier(model_dir, precision, views)
@@ -210,7 +210,7 @@ def _warm_up(classifier, batch_size, tile_size):
 
 def _run(classifier, source, store, units, zoom, batch_size, prefetch, progress, log, stats):
     """Score `units` through the pipeline, writing each once its last batch is back; adds to `stats`."""
-    from .imagery import ImageryUnreachable
+    from ..sources.imagery import ImageryUnreachable
 
     stop = threading.Event()
     previous = _on_sigterm(lambda: (stop.set(), log("SIGTERM: finishing the current chunk, then stopping")))

@@ -9,7 +9,7 @@ directly on the points (no tippecanoe run); tests check it against real label-ma
 
 import numpy as np
 
-from .cover import lonlat_to_tile_space
+from ..geo.cover import lonlat_to_tile_space
 
 TIPPECANOE_BUFFER = 5 / 256  # tippecanoe's default --buffer, in tiles
 TIPPECANOE_DETAIL = 12  # tippecanoe's default -d: its max-zoom tiles keep 2**12 steps a side

@@ -14,7 +14,7 @@ import re
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, mapping
 
-from .events import UserError, one_line
+from ..common.errors import UserError, one_line
 from .tilemath import MAX_LATITUDE
 
 _NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"

@@ -26,8 +26,8 @@ from functools import partial
 
 import numpy as np
 
-from .atomic import atomic_file, building
-from .events import UserError
+from ..common.atomic import atomic_file, building
+from ..common.errors import UserError
 from .model import DEFAULT_PARAMS, check_params, check_weights, default_params, load_params_file
 
 SEED_SPACE = {

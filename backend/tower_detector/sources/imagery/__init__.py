@@ -91,10 +91,10 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from . import __version__
-from .events import Failure, UserError, one_line
-from .redaction import redact
-from .tilemath import TILE_SIZE, parse_tile_id, quadkey, resolution, tile_bounds_3857
+from ... import __version__
+from ...common.errors import Failure, UserError, one_line
+from ...common.redaction import redact
+from ...geo.tilemath import TILE_SIZE, parse_tile_id, quadkey, resolution, tile_bounds_3857
 
 log = logging.getLogger(__name__)
 

@@ -94,10 +94,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cover import FORMAT as COVER_FORMAT
-from .cover import TileCover
-from .events import UserError, one_line
-from .redaction import redact
+from ...common.errors import UserError, one_line
+from ...common.redaction import redact
+from ...geo.cover import FORMAT as COVER_FORMAT
+from ...geo.cover import TileCover
 
 JOB_FORMAT = "tower-detector/prediction-job"
 MANIFEST_FORMAT = "tower-detector/prediction-manifest"

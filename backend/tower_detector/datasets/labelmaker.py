@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import building
-from .events import UserError
-from .redaction import redact
+from ..common.atomic import building
+from ..common.errors import UserError
+from ..common.redaction import redact
 
 _FAILED = "label-maker's tile mapper failed"
 _failures = []
@@ -79,7 +79,7 @@ def run_label_maker_labels(config, dest_dir):
         dest = Path(folder)
         config_path = dest / "config.json"
         config_path.write_text(redact(json.dumps(config)))  # its labels step never reads the imagery
-        code = "import sys; from tower_detector.labelmaker import _labels_main; _labels_main(*sys.argv[1:])"
+        code = "import sys; from tower_detector.datasets.labelmaker import _labels_main; _labels_main(*sys.argv[1:])"
         proc = subprocess.run([sys.executable, "-c", code, str(config_path), str(dest)], env=env,
                               capture_output=True, text=True)
         if proc.returncode:

@@ -1,8 +1,7 @@
 """Progress and results for people (a progress bar on stderr) or for the plugin (JSON lines on stdout).
 
 The contract with the plugin: with --events every line on stdout is one JSON object with an "event" key:
-progress {done, total, ...}, log {message}, result {message, ...}, error {message}. Exit codes: 0 success,
-2 bad input (UserError, one-line reason), 1 failure (Failure: one-line reason; else with a traceback).
+progress {done, total, ...}, log {message}, result {message, ...}, error {message}. The exit codes are cli.py's.
 
 Everything a Reporter writes passes through redaction.redact, the last line of defence against a secret in a URL
 that some message quotes.
@@ -13,32 +12,6 @@ import sys
 import time
 
 from .redaction import redact
-
-
-class UserError(Exception):
-    """Bad input: the CLI prints the message as one line and exits 2."""
-
-
-def one_line(value):
-    """An exception or a message as one line: an OSError's reason without its path (the caller names the path),
-    runs of whitespace as one space, an exception's class name where it has no message."""
-    text = value.strerror if isinstance(value, OSError) and value.strerror else str(value)
-    return " ".join(text.split()) or (type(value).__name__ if isinstance(value, BaseException) else "")
-
-
-class Interrupted(Exception):
-    """Stopped on request (SIGTERM) at a safe point: the CLI reports it and exits 143, so a retry resumes."""
-
-
-class Failure(Exception):
-    """A failure whose cause is known (an imagery outage, tiles to retry): the CLI prints the message as one line,
-    with no traceback, and exits `exit_code` (1). `retry`: running the same command again may succeed."""
-
-    exit_code = 1
-
-    def __init__(self, message, retry=False):
-        super().__init__(message)
-        self.retry = retry
 
 
 class Reporter:

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .events import UserError, one_line
+from ..common.errors import UserError, one_line
 from .tilemath import tile_id
 
 FORMAT = "tower-detector/tile-cover"

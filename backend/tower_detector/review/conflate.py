@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from .areas import Area
-from .events import UserError
+from ..common.errors import UserError
+from ..geo.areas import Area
+from ..geo.tilemath import ORIGIN_SHIFT
+from ..results import gpkg_connect, tile_lonlat
+from ..sources.osm import Towers, load_lines, load_towers
 from .exports import haversine_m, mercator, pairs_within, read_candidates
-from .osm import Towers, load_lines, load_towers
-from .results import gpkg_connect, tile_lonlat
-from .tilemath import ORIGIN_SHIFT
 
 SUPPORTS = "power=tower,portal,pole"  # towers and poles come from one read, then split by their power value
 LINES = "power=line,minor_line"

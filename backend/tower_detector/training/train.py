@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 
-from .atomic import atomic_file, swap_in
-from .events import UserError, one_line
+from ..common.atomic import atomic_file, swap_in
+from ..common.errors import UserError, one_line
 from .model import (
     DEFAULT_PARAMS,
     VIEWS,

@@ -41,10 +41,10 @@ import pyproj
 import requests
 import shapely
 
-from . import __version__
-from .areas import load_area
-from .events import UserError
-from .redaction import redact
+from ... import __version__
+from ...common.errors import UserError
+from ...common.redaction import redact
+from ...geo.areas import load_area
 
 DEFAULT_OVERPASS_URL = "https://overpass-api.de/api/interpreter"
 CHUNK_DEGREES = 0.5

@@ -30,8 +30,8 @@ import rasterio
 import shapely
 from rasterio.transform import Affine
 
-from .events import UserError
-from .tilemath import (
+from ..common.errors import UserError
+from ..geo.tilemath import (
     MAX_LATITUDE,
     TILE_SIZE,
     ground_resolution,

@@ -68,9 +68,9 @@ from contextlib import closing
 
 import numpy as np
 
-from .events import UserError, one_line
-from .store import open_store
-from .tilemath import ORIGIN_SHIFT
+from ..common.errors import UserError, one_line
+from ..geo.tilemath import ORIGIN_SHIFT
+from ..prediction.store import open_store
 
 NODATA = -1.0
 BLOCK = 512  # GeoTIFF block size, and the width of the strips the heatmap is written in

@@ -26,8 +26,8 @@ import zipfile
 
 import numpy as np
 
-from . import __version__
-from .events import UserError, one_line
+from .. import __version__
+from ..common.errors import UserError, one_line
 
 FORMAT = "tower-detector/model"
 VERSION = 1

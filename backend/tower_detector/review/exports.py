@@ -73,10 +73,11 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from . import __version__
-from .atomic import building
-from .events import UserError
-from .results import (
+from .. import __version__
+from ..common.atomic import building
+from ..common.errors import UserError
+from ..geo.tilemath import EARTH_RADIUS
+from ..results import (
     _GPKG_CORE,
     _fraction,
     _gpkg_points,
@@ -86,7 +87,6 @@ from .results import (
     tile_lonlat,
     write_overlay_geojson,
 )
-from .tilemath import EARTH_RADIUS
 
 STATUSES = ("unreviewed", "confirmed", "false_positive", "already_mapped", "misplaced", "unsure", "bad_imagery")
 KINDS = ("osm", "osm-reference", "overlay", "maproulette", "maproulette-cooperative", "tasking-manager", "labels")

@@ -33,12 +33,12 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from .areas import load_area
-from .atomic import building
-from .cover import lonlat_to_tile_space, tile_cover
-from .events import UserError
+from ..common.atomic import building
+from ..common.errors import UserError
+from ..geo.areas import load_area
+from ..geo.cover import lonlat_to_tile_space, tile_cover
+from ..geo.tilemath import TILE_SIZE, tile_id
 from .labels import positive_tiles
-from .tilemath import TILE_SIZE, tile_id
 
 DEFAULT_SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 TOWER_CLASS = {"name": "tower", "filter": ["==", "power", "tower"]}
@@ -70,8 +70,8 @@ def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, 
     span_negatives: negative tiles taken along mapped lines, per tower tile (see _span_tiles), beside the
     random background: a line's conductors and corridor are the easy cue a model learns first, and these
     tiles teach it that they are not a tower."""
-    from .imagery import open_imagery
-    from .osm import load_lines, load_towers
+    from ..sources.imagery import open_imagery
+    from ..sources.osm import load_lines, load_towers
 
     progress = progress or (lambda *a, **k: None)
     if not (isinstance(span_negatives, (int, float)) and 0 <= span_negatives <= 100):
@@ -175,7 +175,7 @@ def _span_tiles(lines, points, zoom):
     negatives; a stretch with an unmapped vertex may hide an unmapped tower and is skipped."""
     import shapely
 
-    from .cover import lonlat_to_tile_space
+    from ..geo.cover import lonlat_to_tile_space
 
     if not len(lines) or not len(points):
         return np.zeros((0, 2), dtype=np.int64)
