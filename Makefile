@@ -44,11 +44,11 @@ demo: setup resources $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json $(DEMO)/mo
 	@echo "  results store (chunks):        $(DEMO)/store/"
 	@echo "  heatmap (GeoTIFF):             $(DEMO)/results/heatmap.tif"
 	@echo "  candidates (GeoPackage):       $(DEMO)/results/candidates.gpkg"
-	@echo "  seed JSON / GeoJSON overlay:   $(DEMO)/results/seed.json, $(DEMO)/results/overlay.geojson"
+	@echo "  original JSON / GeoJSON overlay:   $(DEMO)/results/original.json, $(DEMO)/results/overlay.geojson"
 	@echo "  QGIS project, styled (.qgz):   $(DEMO)/demo.qgz, rendered by QGIS to $(DEMO)/demo.png"
 
 $(DEMO)/scene/scene.tif: $(BACKEND_SOURCES)
-	$(TD) sample --out $(DEMO)/scene --tiles-x 16 --tiles-y 16 --seed 7
+	$(TD) synthetic --out $(DEMO)/scene --tiles-x 16 --tiles-y 16 --seed 7
 
 $(DEMO)/tiles.json: $(DEMO)/scene/scene.tif
 	$(TD) tiles --area $(DEMO)/scene/area.geojson --zoom 18 --shards 2 --out $@
@@ -69,7 +69,7 @@ $(DEMO)/results/heatmap.tif: $(DEMO)/model/metrics.json
 	$(TD) predict --model $(DEMO)/model --imagery $(DEMO)/scene/scene.tif --area $(DEMO)/scene/area.geojson \
 		--out $(DEMO)/store --shards 2 --checkpoint-every 64
 	$(TD) results $(DEMO)/store --heatmap $@ --candidates $(DEMO)/results/candidates.gpkg \
-		--json $(DEMO)/results/seed.json --geojson $(DEMO)/results/overlay.geojson \
+		--json $(DEMO)/results/original.json --geojson $(DEMO)/results/overlay.geojson \
 		--threshold $(THRESHOLD)
 
 # the plugin's own styling, from Debian's QGIS; THRESHOLD as for the results above

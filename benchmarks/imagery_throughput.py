@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from tileserver import TileServer  # noqa: E402
 
 from tower_detector.sources.imagery import open_imagery  # noqa: E402
-from tower_detector.synthetic import write_sample_scene  # noqa: E402
+from tower_detector.synthetic import write_scene  # noqa: E402
 
 
 def serial(server, tiles, ext):
@@ -55,7 +55,7 @@ def main():
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_sample_scene(tmp, tiles_x=args.tiles_x, tiles_y=args.tiles_y, seed=7)
+        write_scene(tmp, tiles_x=args.tiles_x, tiles_y=args.tiles_y, seed=7)
         with TileServer(os.path.join(tmp, "scene.tif"), latency=args.latency) as server:
             tiles = server.tiles
             print(f"{len(tiles)} tiles, {args.latency * 1000:.0f} ms server latency, {os.cpu_count()} CPUs")

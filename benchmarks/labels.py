@@ -5,7 +5,7 @@
 Both sides read the same file, ../shared/data/osm/nigeria_power_2018-04-04.geojson (29,110 towers among
 other power features), with the filter power=tower, and label the same tiles: those of the region's bounding
 box, which label-maker walks tile by tile (a sqlite lookup, a dict entry and a labels.npz member each). The
-region is the seed's Nigerian training region (0.69 M tiles): the towers' own bbox is 47 M tiles, about
+region is the original project's Nigerian training region (0.69 M tiles): the towers' own bbox is 47 M tiles, about
 1.5 h and ~90 GB of memory for label-maker (~2 kB a tile), so its time there is only extrapolated.
 Ours: read the GeoJSON (json + numpy), positive_tiles on every tower, keep the tiles in the bbox.
 label-maker's: its whole `labels` step (tippecanoe over the file, then tilereduce over the bbox, writing

@@ -20,11 +20,11 @@ import numpy as np
 from tower_detector.training.model import (
     after_resize,
     build_model,
-    check_params,
     cpu_has_native_bfloat16,
     dtype_policy,
     has_gpu,
 )
+from tower_detector.training.params import check_params
 
 
 def device_name():

@@ -13,16 +13,16 @@ fastest. Prints:
       from the CPUs meanwhile (a real tile server runs elsewhere); and the CPU time per tile of the model alone,
       of fetch + decode alone and of the tile server, from which the ratio's ceiling when they share busy CPUs:
       model / (model + fetch + server), and without the server;
-  (b) ours against a seed-style loop: one request at a time, PIL decode, predict in batches of 16, and the
+  (b) ours against an original-style loop: one request at a time, PIL decode, predict in batches of 16, and the
       whole {"x-y-z": score} JSON rewritten at every save (every 5,000 tiles in 2018; here every
       --seed-save tiles so that a small scene sees several saves) (goal >= 5x). No pipeline scores faster than
-      the model alone, so model-only / seed-style is the ratio's ceiling on this machine, also printed: the
+      the model alone, so model-only / original-style is the ratio's ceiling on this machine, also printed: the
       serial loop spends latency + decode + 1/model-rate a tile, so the ceiling is 1 + rate x (latency + decode),
       and 5x at 20 ms needs a model that scores ~180 tiles/s (a GPU, or a faster CPU at a smaller size);
   (c) checkpoint overhead: predict with a checkpoint every --checkpoint tiles against one single checkpoint
       at the end (goal <= 2 %); the share of that run's time spent writing checkpoints (predict's
       checkpoint_seconds / seconds, timed inside one run, so the machine's drift between runs does not enter it);
-      and bytes written per checkpoint at 10 % and 90 % progress, ours and the seed's.
+      and bytes written per checkpoint at 10 % and 90 % progress, ours and the original project's.
 """
 
 import argparse
@@ -43,15 +43,15 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from tower_detector.prediction.predict import predict  # noqa: E402
 from tower_detector.prediction.store import open_store  # noqa: E402
 from tower_detector.sources.imagery import open_imagery  # noqa: E402
-from tower_detector.synthetic import write_sample_scene  # noqa: E402
+from tower_detector.synthetic import write_scene  # noqa: E402
 from tower_detector.training.model import (  # noqa: E402
     PRECISIONS,
     Classifier,
     build_model,
-    check_params,
     use_model_streams,  # noqa: E402
     write_params,
 )
+from tower_detector.training.params import check_params  # noqa: E402
 
 
 def make_model(folder, image_size, precision):
@@ -63,7 +63,7 @@ def make_model(folder, image_size, precision):
     return Classifier(folder, precision)
 
 
-def seed_loop(server, tiles, classifier, json_path, save_every, ext):
+def original_loop(server, tiles, classifier, json_path, save_every, ext):
     """The 2018 pipeline's shape: serial download and decode, batches of 16, whole JSON rewritten per save."""
     scores, batch, keys, save_sizes = {}, [], [], []
     session = requests.Session()
@@ -79,7 +79,7 @@ def seed_loop(server, tiles, classifier, json_path, save_every, ext):
             batch, keys = [], []
         if n % save_every == 0 or n == len(tiles):
             data = json.dumps(scores).encode()
-            with open(json_path, "wb") as f:  # the seed re-uploaded this whole file at every save
+            with open(json_path, "wb") as f:  # the original project re-uploaded this whole file at every save
                 f.write(data)
             save_sizes.append((n, len(data)))
     return scores, save_sizes
@@ -134,13 +134,13 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="as predict --precision, for every run here (mixed: bfloat16 on a CPU)")
-    p.add_argument("--seed-save", type=int, default=64, help="tiles per save of the seed-style loop")
+    p.add_argument("--seed-save", type=int, default=64, help="tiles per save of the original-style loop")
     p.add_argument("--format", choices=("png", "jpg", "webp"), default="png",
                    help="what the tile server sends (aerial imagery services mostly send JPEG)")
     args = p.parse_args()
     streams = use_model_streams()  # as the predict command does, for every model call here
     work = tempfile.mkdtemp(prefix="predict-bench-")
-    info = write_sample_scene(os.path.join(work, "scene"), tiles_x=args.tiles, tiles_y=args.tiles, seed=5)
+    info = write_scene(os.path.join(work, "scene"), tiles_x=args.tiles, tiles_y=args.tiles, seed=5)
     area = os.path.join(work, "scene", "area.geojson")
     classifier = make_model(os.path.join(work, "model"), args.image_size, args.precision)
     model_dir = os.path.join(work, "model")
@@ -188,10 +188,10 @@ def main():
               f"elsewhere; predict reached {100 * ours / model_only / ceiling:.0f} % of that", flush=True)
 
         t = time.perf_counter()
-        seed_scores, seed_saves = seed_loop(server, tiles, classifier, os.path.join(work, "seed.json"),
+        seed_scores, seed_saves = original_loop(server, tiles, classifier, os.path.join(work, "original.json"),
                                             args.seed_save, args.format)
         seed = n / (time.perf_counter() - t)
-        print(f"(b) seed-style loop {seed:.1f} tiles/s; ours {ours:.1f} tiles/s; ratio {ours / seed:.1f}x "
+        print(f"(b) original-style loop {seed:.1f} tiles/s; ours {ours:.1f} tiles/s; ratio {ours / seed:.1f}x "
               f"(goal >= 5x; the model alone bounds any pipeline at {model_only / seed:.1f}x here)", flush=True)
 
         one, many = [], []

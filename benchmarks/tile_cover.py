@@ -34,7 +34,7 @@ def timed(func, repeat=3):
 
 
 def per_tile_walk(area, zoom):
-    """The seed's way: enumerate the bbox's tiles and test each tile polygon against the area."""
+    """The original project's way: enumerate the bbox's tiles and test each tile polygon against the area."""
     west, south, east, north = area.geometry.bounds
     x0, y0 = lonlat_to_tile(west, north, zoom)
     x1, y1 = lonlat_to_tile(east, south, zoom)

@@ -33,7 +33,7 @@ from tower_detector.geo.cover import lonlat_to_tile_space
 from tower_detector.geo.tilemath import TILE_SIZE, resolution, tile_bounds_4326
 from tower_detector.sources.imagery import open_imagery
 from tower_detector.sources.osm import load_lines, load_towers
-from tower_detector.synthetic import write_sample_scene
+from tower_detector.synthetic import write_scene
 from tower_detector.training.evaluate import metrics, roc_auc
 from tower_detector.training.model import PRECISIONS, VIEWS, Classifier
 from tower_detector.training.train import train
@@ -51,7 +51,7 @@ def scene(folder, tiles, seed):
     """The scene's info, generated once per work folder."""
     path = os.path.join(folder, "info.json")
     if not os.path.exists(path):
-        info = write_sample_scene(folder, tiles_x=tiles, tiles_y=tiles, seed=seed)
+        info = write_scene(folder, tiles_x=tiles, tiles_y=tiles, seed=seed)
         with open(path, "w") as f:
             json.dump(info, f, default=str)
     with open(path) as f:

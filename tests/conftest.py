@@ -15,10 +15,10 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="session")
 def sample_scene(tmp_path_factory):
     """An 8x8-tile scene (seed 3): {"dir", "imagery", "towers", "area", "info"} with Paths."""
-    from tower_detector.synthetic import write_sample_scene
+    from tower_detector.synthetic import write_scene
 
     out = tmp_path_factory.mktemp("scene")
-    info = write_sample_scene(str(out), tiles_x=8, tiles_y=8, seed=3)
+    info = write_scene(str(out), tiles_x=8, tiles_y=8, seed=3)
     return {"dir": out, "imagery": out / "scene.tif", "towers": out / "towers.geojson",
             "area": out / "area.geojson", "info": info}
 
@@ -70,10 +70,10 @@ TINY_TRAINING = {"image_size": 72, "batch_size": 16, "epochs_phase1": 1, "epochs
 def training_set(tmp_path_factory):
     """A dataset from a 16x16-tile scene (seed 7), 0.6/0.2/0.2 in 4x4-tile blocks: every split has both classes."""
     from tower_detector.datasets.dataset import build_dataset, parse_splits
-    from tower_detector.synthetic import write_sample_scene
+    from tower_detector.synthetic import write_scene
 
     work = tmp_path_factory.mktemp("training-set")
-    write_sample_scene(str(work / "scene"), tiles_x=16, tiles_y=16, seed=7)
+    write_scene(str(work / "scene"), tiles_x=16, tiles_y=16, seed=7)
     summary = build_dataset(str(work / "scene/area.geojson"), str(work / "scene/towers.geojson"),
                             str(work / "scene/scene.tif"), str(work / "ds"), splits=parse_splits("0.6,0.2,0.2"),
                             block_size=4, background_ratio=2, seed=1, log=lambda *a: None)

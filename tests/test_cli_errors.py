@@ -197,7 +197,8 @@ def test_a_cover_written_by_tiles_loads_as_it_was(tmp_path):
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
     """A model directory as train writes it, with untrained weights (what is tested here needs no training)."""
-    from tower_detector.training.model import build_model, check_params, write_params
+    from tower_detector.training.model import build_model, write_params
+    from tower_detector.training.params import check_params
 
     out = tmp_path_factory.mktemp("untrained")
     params = check_params(TINY_TRAINING)
@@ -223,7 +224,8 @@ def test_predict_with_a_malformed_tile_cover(untrained_model, sample_scene, tmp_
 
 
 def test_a_corrupt_model_is_called_corrupt(tmp_path, sample_scene):
-    from tower_detector.training.model import check_params, write_params
+    from tower_detector.training.model import write_params
+    from tower_detector.training.params import check_params
 
     write_params(str(tmp_path), check_params(TINY_TRAINING))
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 cut short by a failed copy")

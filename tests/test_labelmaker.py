@@ -68,7 +68,7 @@ def kept(side, d):
 
 
 def test_buffer_rule_matches_label_maker_at_edges_and_corners(tmp_path):
-    origin = mercantile.tile(7.0, 6.0, 18)  # in the seed's Nigerian training region
+    origin = mercantile.tile(7.0, 6.0, 18)  # in the original project's Nigerian training region
     cases, features = [], []
     for i, (side, d) in enumerate([(s, d) for s in SIDES for d in DISTANCES] + [("pole", 1), ("pole", 4)]):
         x, y = origin.x + 4 * (i % 10) + 1, origin.y + 4 * (i // 10) + 1  # the tile under test, in a 4x4 block

@@ -204,13 +204,13 @@ def test_results_outputs(reference, tmp_path):
     scores, _ = scores_of(out)
     threshold = float(np.median([s[0] for s in scores.values()]))
     proc, events = run("results", out, "--heatmap", tmp_path / "h.tif", "--candidates", tmp_path / "c.gpkg",
-                       "--json", tmp_path / "seed.json", "--geojson", tmp_path / "o.geojson", "--threshold",
+                       "--json", tmp_path / "original.json", "--geojson", tmp_path / "o.geojson", "--threshold",
                        threshold, "--events")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = events[-1]
     above = sum(s[0] >= threshold for s in scores.values())
     assert summary["complete"] and summary["scored"] == 64 and summary["candidates"] == above
-    seed = json.loads((tmp_path / "seed.json").read_text())
+    seed = json.loads((tmp_path / "original.json").read_text())
     assert {tuple(map(int, k.split("-")[:2])) for k in seed} == set(scores)
     assert all(abs(seed[f"{x}-{y}-18"] - scores[(x, y)][0]) < 1e-5 for x, y in scores)
     overlay = json.loads((tmp_path / "o.geojson").read_text())

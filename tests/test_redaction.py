@@ -105,7 +105,7 @@ def test_a_secret_under_any_name_reaches_no_file_event_or_log(sample_scene, tiny
     results = work / "results"
     results.mkdir()
     run("results", work / "store", "--heatmap", results / "heatmap.tif", "--candidates", results / "candidates.gpkg",
-        "--json", results / "seed.json", "--geojson", results / "overlay.geojson", "--threshold", 0)
+        "--json", results / "original.json", "--geojson", results / "overlay.geojson", "--threshold", 0)
     conflated = results / "conflated.gpkg"
     shutil.copy(results / "candidates.gpkg", conflated)
     run("conflate", "--candidates", conflated, "--osm", sample_scene["towers"])

@@ -45,7 +45,7 @@ def job(tmp_path_factory):
 @pytest.fixture(scope="module")
 def merged(job):
     root, events = job["root"], []
-    out = {"heatmap": root / "heat.tif", "candidates": root / "cand.gpkg", "json_path": root / "seed.json",
+    out = {"heatmap": root / "heat.tif", "candidates": root / "cand.gpkg", "json_path": root / "original.json",
            "geojson_path": root / "overlay.geojson"}
     summary = merge_results(job["store"], threshold=0.5, progress=lambda d, t, **f: events.append((d, t, f)),
                             log=lambda m, **f: events.append(m), **out)
@@ -331,12 +331,12 @@ def test_merge_from_s3_equals_the_local_merge(s3, merged, tmp_path):
             rel = os.path.relpath(os.path.join(folder, f), root).replace(os.sep, "/")
             with open(os.path.join(folder, f), "rb") as data:
                 s3.put_object(Bucket="results-test", Key=f"runs/tri/{rel}", Body=data.read())
-    s = merge_results("s3://results-test/runs/tri", json_path=tmp_path / "seed.json", threshold=0.5)
+    s = merge_results("s3://results-test/runs/tri", json_path=tmp_path / "original.json", threshold=0.5)
     def same(summary):
         return {k: v for k, v in summary.items() if k not in ("store", "outputs", "merge")}
 
     assert same(s) == same(merged["summary"])
-    assert (tmp_path / "seed.json").read_bytes() == merged["json_path"].read_bytes()
+    assert (tmp_path / "original.json").read_bytes() == merged["json_path"].read_bytes()
 
 
 # -- bad input -------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from PIL import Image
 
 from tower_detector.common.errors import UserError
 from tower_detector.training.evaluate import metrics
-from tower_detector.training.model import DEFAULT_PARAMS, SCRATCH_PARAMS, Classifier, cam_peaks, check_params
+from tower_detector.training.model import Classifier, cam_peaks
+from tower_detector.training.params import DEFAULT_PARAMS, SCRATCH_PARAMS, check_params
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_metrics_match_a_hand_computation():
     assert m["pr_auc"] == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
     # TPR - FPR: .9: 1/3, .8: 0, .7: 1/3, .4: 2/3, .35: 1/3, .1: 0
     assert m["thresholds"]["youden"] == pytest.approx(0.4)
-    assert m["thresholds"]["recall_0.9"] == pytest.approx(0.4) and m["thresholds"]["seed"] == 0.97
+    assert m["thresholds"]["recall_0.9"] == pytest.approx(0.4) and m["thresholds"]["original"] == 0.97
     assert m["at_thresholds"]["youden"] == {"precision": 0.75, "recall": 1.0, "fpr": pytest.approx(1 / 3)}
     assert m["roc"]["fpr"] == pytest.approx([0, 0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 1], abs=1e-6)
     assert m["roc"]["tpr"] == pytest.approx([0, 1 / 3, 1 / 3, 2 / 3, 1, 1, 1], abs=1e-6)
@@ -210,12 +211,12 @@ def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dat
     assert params["image_size"] == 72 and params["class_order"] == ["background", "tower"]
     assert params["data_fingerprint"] == json.loads((dataset / "dataset.json").read_text())["fingerprint"]
     assert params["weights"] == "none" and params["class_weights"] == {"0": 1.0, "1": 5.0}
-    # from scratch, SCRATCH_PARAMS stand in for the seed's values the params leave out; what they give wins
+    # from scratch, SCRATCH_PARAMS stand in for the original project's values the params leave out; what they give wins
     assert {k: params[k] for k in SCRATCH_PARAMS if k not in TINY} == \
         {k: v for k, v in SCRATCH_PARAMS.items() if k not in TINY} and params["lr_schedule"] == "cosine"
     assert params["epochs_phase1"] == TINY["epochs_phase1"] == 1
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["split"] == "test" and set(saved["thresholds"]) == {"youden", "recall_0.9", "seed"}
+    assert saved["split"] == "test" and set(saved["thresholds"]) == {"youden", "recall_0.9", "original"}
 
     # test_scores.csv holds the scores behind metrics.json, and the saved model (safe mode) scoring the test
     # tiles again gives them (scores, not the AUC: a tiny model's near-equal scores may swap ranks on other CPUs)
@@ -380,7 +381,7 @@ def test_weights_file_is_loaded_into_the_base(dataset, tmp_path):
     model = Classifier(str(tmp_path / "m")).model
     loaded = model.get_layer(base.name).get_layer("block1_conv1").get_weights()[0]
     np.testing.assert_array_equal(loaded, base.get_layer("block1_conv1").get_weights()[0])
-    # pretrained weights keep the seed's recipe where the params say nothing (from scratch has its own)
+    # pretrained weights keep the original project's recipe where the params say nothing (from scratch has its own)
     saved = json.loads((tmp_path / "m" / "params.json").read_text())
     assert {k: saved[k] for k in ("lr_phase2", "lr_schedule", "warmup_epochs")} == \
         {k: DEFAULT_PARAMS[k] for k in ("lr_phase2", "lr_schedule", "warmup_epochs")}

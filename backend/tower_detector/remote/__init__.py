@@ -12,17 +12,16 @@ inputs and output sync), worker.py (the container side). boto3 is imported only 
 """
 
 import argparse
-import copy
 
 from ..common.errors import UserError
 
-_MIRRORED = {}  # kind -> the local command's argparse actions, copied into `remote submit KIND`
+_STAGE_ACTIONS = {}  # kind -> the argparse actions of its stage's arguments in `remote submit KIND`
 
 
 def add_remote_commands(sub, command):
-    """Register `remote` on the CLI's subparsers; `command(name, func, help)` is cli.build_parser's helper. Call
-    it after predict, train and search are registered: submit mirrors their arguments."""
-    from ..cli import COUNT, NON_NEGATIVE, POSITIVE  # the CLI's checked number types; cli is loaded by now
+    """Register `remote` on the CLI's subparsers; `command(name, func, help)` is cli.build_parser's helper.
+    `remote submit KIND` takes the arguments of the stage KIND (pipeline.STAGES)."""
+    from ..pipeline import COUNT, NON_NEGATIVE, POSITIVE, STAGES
 
     rp = command("remote", _cmd_remote, "Run train, search and predict on AWS Batch GPU spot instances.")
     rsub = rp.add_subparsers(dest="remote_action", metavar="ACTION")
@@ -59,22 +58,11 @@ def add_remote_commands(sub, command):
 
     sp = action(rsub, "submit", _cmd_remote, "Submit a remote job.")
     ksub = sp.add_subparsers(dest="kind", metavar="KIND")
-    for kind in ("predict", "train", "search"):
-        local = sub.choices.get(kind)
-        if local is None:
-            raise RuntimeError("add_remote_commands must be called after predict, train and search are registered")
+    for stage in (s for s in STAGES if s.remote):
+        kind = stage.name
         ksp = action(ksub, kind, _cmd_submit, f"Run `tower-detector {kind}` on AWS Batch; the same arguments, "
                      "with local paths uploaded to the stack's bucket (or s3:// URIs in it).")
-        _MIRRORED[kind] = []
-        for a in local._actions:
-            if a.dest in ("help", "events", "shard"):  # the array job picks each child's shard
-                continue
-            a = copy.copy(a)
-            if a.dest == "out":
-                a.required = False
-                a.help = "s3://BUCKET/prefix in the stack's bucket (default: s3://BUCKET/jobs/NAME/...)"
-            ksp._add_action(a)  # argparse's own way of sharing arguments (parents=); a copy, so local stays as is
-            _MIRRORED[kind].append(a)
+        _STAGE_ACTIONS[kind] = stage.arguments(ksp, remote=True)
         aws_options(ksp)
         ksp.add_argument("--name", help="a short job name for status/logs/fetch (default KIND-DATE-TIME)")
         ksp.add_argument("--yes", action="store_true", help="submit without asking (needed with --events)")
@@ -148,7 +136,7 @@ def _cmd_secret_put(args, rep):
 def _cmd_submit(args, rep):
     from .jobs import submit
 
-    record = submit(_aws(args), args.kind, args, _MIRRORED[args.kind], stack=args.stack, name=args.name,
+    record = submit(_aws(args), args.kind, args, _STAGE_ACTIONS[args.kind], stack=args.stack, name=args.name,
                     yes=args.yes, events=args.events, log=rep.log)
     size = f" ({record['array_size']} children)" if record.get("array_size") else ""
     rep.result(f"submitted {record['name']}: Batch job {record['job_id']}{size}; output {record['out']}\n"

@@ -296,7 +296,8 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
 
 def _check_local_inputs(kind, values):
     """What a worker would refuse once an instance has started for it, refused here (local inputs only)."""
-    from ..training.model import load_params_file, read_params
+    from ..training.model import read_params
+    from ..training.params import load_params_file
 
     def local(name):
         value = values.get(name)
@@ -541,9 +542,9 @@ def cancel(aws, record):
 
 
 def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None, log=None, overwrite=False):
-    """predict: merge the S3 store into out/ (heatmap, candidates, the seed's JSON/GeoJSON; a candidates.gpkg
-    already there is merged into, its review decisions kept, unless overwrite); train/search: download the
-    model or search folder (without the training's resume checkpoints)."""
+    """predict: merge the S3 store into out/ (heatmap, candidates, the original project's JSON/GeoJSON; a
+    candidates.gpkg already there is merged into, its review decisions kept, unless overwrite); train/search:
+    download the model or search folder (without the training's resume checkpoints)."""
     from .transfer import list_keys, parse_s3
 
     os.makedirs(out, exist_ok=True)

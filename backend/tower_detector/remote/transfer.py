@@ -1,9 +1,9 @@
 """Moving inputs and outputs between this machine, S3 and the workers.
 
 Inputs (a dataset folder, a model folder, a params file) go up once, content-addressed: a folder becomes one
-uncompressed tar object (thousands of small tiles as one object: the seed's one-object-per-tile S3 traffic was
-its largest bill), named by its sha256, so submitting the same input twice uploads nothing. A worker fetches an
-input by what its URI names: a `.tar` object is unpacked, another object is one file, anything else a prefix.
+uncompressed tar object (thousands of small tiles as one object: the original project's one-object-per-tile S3
+traffic was its largest bill), named by its sha256, so submitting the same input twice uploads nothing. A worker
+fetches an input by what its URI names: a `.tar` object is unpacked, another object is one file, anything else a prefix.
 
 Outputs of train and search (a model or search folder) are mirrored up by DirSync while the job runs, so a
 retry on another instance (a spot reclaim) pulls them down and resumes. See DirSync for what a reclaim keeps.

@@ -23,18 +23,15 @@ import tempfile
 import threading
 
 from ..common.errors import Failure, UserError
+from ..pipeline import REMOTE, STAGE
 from .transfer import DirSync, fetch_input, parse_s3, s3_client
 
-KINDS = ("predict", "train", "search")
 RETRY_EXIT_CODE = 75  # EX_TEMPFAIL: tiles failed transiently; the job definition's retry strategy retries it
-# options whose value is an input path: fetched when they name s3://
-_INPUTS = {"predict": ("model", "tiles", "area"), "train": ("data", "params", "weights"),
-           "search": ("data", "params", "space", "weights")}
 
 
 def run_worker(argv, rep):
-    if not argv or argv[0] not in KINDS:
-        raise UserError(f"remote worker: the first argument must be one of {', '.join(KINDS)}")
+    if not argv or argv[0] not in REMOTE:
+        raise UserError(f"remote worker: the first argument must be one of {', '.join(REMOTE)}")
     from ..cli import build_parser
 
     args = build_parser().parse_args(list(argv))
@@ -60,7 +57,7 @@ def run_worker(argv, rep):
 
 
 def _fetch_inputs(s3, args, folder, rep):
-    for name in _INPUTS[args.command]:
+    for name in STAGE[args.command].inputs:  # options whose value is an input path: fetched when s3://
         value = getattr(args, name, None)
         if isinstance(value, str) and value.lower().startswith("s3://"):
             suffix = "" if name in ("model", "data") else os.path.splitext(parse_s3(value)[1])[1]

@@ -1,7 +1,8 @@
-"""Merged outputs of a prediction store: a heatmap GeoTIFF, a candidates GeoPackage, the seed's JSON and GeoJSON.
+"""Merged outputs of a prediction store: a heatmap GeoTIFF, a candidates GeoPackage, the original project's JSON
+and GeoJSON.
 
     summary = merge_results("s3://bucket/zambia", heatmap="zambia.tif", candidates="zambia.gpkg", threshold=0.5,
-                            json_path="seed.json", geojson_path="overlay.geojson")
+                            json_path="original.json", geojson_path="overlay.geojson")
 
 One pass over the store's chunks (read ahead in threads) feeds every output; a job that is not finished is
 merged as far as it goes (summary["complete"] is False and the missing chunks are counted). Each output is
@@ -49,7 +50,7 @@ Writing onto an existing candidates GeoPackage (a reviewed one: `results` run ag
     SQLite's backup API, not a rename: a database renamed in beside a -wal journal that QGIS still holds would
     be read with that journal's pages, i.e. corrupted.
 
-Seed JSON: {"x-y-z": score} for every scored tile (6 significant digits), as the 2018 pipeline wrote it. It is
+Original JSON: {"x-y-z": score} for every scored tile (6 significant digits), as the 2018 pipeline wrote it. It is
     the one per-tile text output (~0.4 us per tile; ~1 GB for 34 M tiles): ask for it only when needed.
 GeoJSON overlay (RFC 7946): the tiles at or above threshold as polygons with properties x, y, z, prob (score
     rounded to 3 decimals), label and simplestyle-spec hints (fill, stroke, fill-opacity, stroke-width). Bands,
@@ -145,14 +146,14 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
 
 
 def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report, existing=None):
-    """The one pass over the chunks: streams the heatmap and the seed JSON, gathers statistics and candidates
+    """The one pass over the chunks: streams the heatmap and the original JSON, gathers statistics and candidates
     (five arrays per candidate tile: memory grows with the candidates, not with the job), and the new scores of
     the tiles already in an existing candidates file (existing["keys"])."""
     zoom = plan.zoom
     stats = _Stats()
     picked = []
     heat = _HeatmapWriter(temps["heatmap"], grid, store.spec) if "heatmap" in temps else None
-    seed = _SeedJson(temps["json"], zoom) if "json" in temps else None
+    seed = _OriginalJson(temps["json"], zoom) if "json" in temps else None
     try:
         for i, (_, _, c) in enumerate(store.iter_chunks(order)):
             ok = ~np.isnan(c["score"])
@@ -433,9 +434,9 @@ def _overview_factors(width, height):
 
 
 # ---------------------------------------------------------------------------------------------
-# seed JSON and GeoJSON
+# original JSON and GeoJSON
 # ---------------------------------------------------------------------------------------------
-class _SeedJson:
+class _OriginalJson:
     """{"x-y-z": score, ...} streamed chunk by chunk."""
 
     def __init__(self, path, zoom):
@@ -468,7 +469,7 @@ def tile_lonlat(x, y, zoom):
 
 
 def write_overlay_geojson(path, zoom, x, y, score, yes_threshold=0.97):
-    """The seed's overlay: tile squares with x, y, z, prob, label ("Yes"/"Maybe") and simplestyle hints."""
+    """The original project's overlay: tile squares with x, y, z, prob, label ("Yes"/"Maybe") and simplestyle hints."""
     w, n = tile_lonlat(x, y, zoom)
     e, s = tile_lonlat(x + 1, y + 1, zoom)
     yes = np.asarray(score, dtype=np.float32) >= np.float32(yes_threshold)

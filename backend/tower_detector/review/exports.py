@@ -21,7 +21,8 @@ Kinds, and the documents they follow:
   osm-reference   the candidate squares as closed ways (corner nodes shared by neighbours) tagged
                   tower_detector:candidate=yes, tower_detector:score, :rank, :status and :tile_id, with
                   upload="never": a reference layer to lock in JOSM, never data to upload.
-  overlay         the seed's GeoJSON overlay, written by results.write_overlay_geojson (x, y, z, prob, Maybe/Yes).
+  overlay         the original project's GeoJSON overlay, written by results.write_overlay_geojson (x, y, z, prob,
+                  Maybe/Yes).
   maproulette     MapRoulette's line-by-line GeoJSON (learn.maproulette.org, "Line-by-Line GeoJSON Format"; RFC 7464):
                   one task per candidate, a line of RS (0x1E) then a FeatureCollection of one Point feature at the
                   candidate point. Properties: id "z/x/y" (MapRoulette takes the `id` property as the task's external

@@ -1,6 +1,6 @@
 """A synthetic aerial scene with HV towers: the offline stand-in for real imagery in tests, benchmarks and demos.
 
-`write_sample_scene` writes, into one directory:
+`write_scene` writes, into one directory:
   scene.tif       RGB uint8 GeoTIFF in EPSG:3857 at exactly zoom-z resolution, its corners on zoom-z tile corners;
   towers.geojson  HV towers (power=tower, at each tower's centre) and their lines (power=line), distribution
                   poles (power=pole) and their lines (power=minor_line): poles are hard negatives, not towers;
@@ -82,7 +82,7 @@ FREE, CORRIDOR, HARD = 0, 1, 2  # occupancy while planning: corridors get few tr
 
 
 # -- the entry point -----------------------------------------------------------------------------------------------
-def write_sample_scene(out, tiles_x=8, tiles_y=8, seed=0, lon=28.28, lat=-15.42, zoom=18, progress=None):
+def write_scene(out, tiles_x=8, tiles_y=8, seed=0, lon=28.28, lat=-15.42, zoom=18, progress=None):
     """Write scene.tif, towers.geojson and area.geojson into directory `out`; return a JSON-able summary.
 
     tiles_x, tiles_y: the scene's size in zoom-`zoom` tiles, 1..64 each. The tile containing (lon, lat) is the
@@ -170,7 +170,7 @@ def scene_grid(tiles_x, tiles_y, lon, lat, zoom):
         if not _is_whole(value) or not 1 <= value <= MAX_TILES:
             raise UserError(f"{name} must be a whole number of tiles from 1 to {MAX_TILES}, got {value!r}")
     if not _is_whole(zoom) or zoom not in ZOOMS:
-        raise UserError(f"zoom {zoom!r} is not supported for sample scenes: use one of {', '.join(map(str, ZOOMS))}")
+        raise UserError(f"zoom {zoom!r} is not supported for synthetic scenes: use one of {', '.join(map(str, ZOOMS))}")
     if not (isinstance(lon, numbers.Real) and math.isfinite(lon) and -180 <= lon <= 180):
         raise UserError(f"longitude {lon!r} is outside -180..180")
     if not (isinstance(lat, numbers.Real) and math.isfinite(lat) and abs(lat) <= MAX_LATITUDE):
@@ -1183,7 +1183,7 @@ def _prepare_dir(out):
             pass
         os.remove(probe)
     except OSError as exc:
-        raise UserError(f"cannot write the sample scene to {out}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot write the synthetic scene to {out}: {exc.strerror or exc}") from None
 
 
 def _write_geotiff(path, rgb, grid):
@@ -1232,5 +1232,5 @@ def _power_features(plan):
 def _area_geojson(grid):
     corners = ((0, grid.height), (grid.width, grid.height), (grid.width, 0), (0, 0), (0, grid.height))
     return {"type": "FeatureCollection", "features": [{
-        "type": "Feature", "properties": {"name": "sample scene", "tiles": grid.tiles_x * grid.tiles_y},
+        "type": "Feature", "properties": {"name": "synthetic scene", "tiles": grid.tiles_x * grid.tiles_y},
         "geometry": {"type": "Polygon", "coordinates": [[list(grid.lonlat(x, y)) for x, y in corners]]}}]}

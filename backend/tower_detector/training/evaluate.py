@@ -8,13 +8,13 @@ metrics(labels, scores) -> {
   roc            {"fpr", "tpr", "thresholds"}: the curve's corners, thinned to at most 201 points
   histogram      {"bins": 21 edges over 0..1, "tower": counts, "background": counts}
   thresholds     {"youden": t maximising TPR - FPR, "recall_0.9": the highest t with recall >= 0.9,
-                  "seed": 0.97}, each with its precision, recall and FPR in "at_thresholds"
+                  "original": 0.97}, each with its precision, recall and FPR in "at_thresholds"
 }
 """
 
 import numpy as np
 
-SEED_THRESHOLD = 0.97  # the original project's overlay cut, from its ROC analysis
+ORIGINAL_THRESHOLD = 0.97  # the original project's overlay cut, from its ROC analysis
 
 
 def metrics(labels, scores, threshold=0.5, target_recall=0.9):
@@ -35,7 +35,7 @@ def metrics(labels, scores, threshold=0.5, target_recall=0.9):
                            "tower": np.histogram(np.clip(s[y], 0, 1), bins)[0].tolist(),
                            "background": np.histogram(np.clip(s[~y], 0, 1), bins)[0].tolist()}
     chosen = {"youden": _youden(fpr, tpr, cuts), f"recall_{target_recall:g}": _for_recall(tpr, cuts, target_recall),
-              "seed": SEED_THRESHOLD}
+              "original": ORIGINAL_THRESHOLD}
     result["thresholds"] = {k: (None if v is None else float(min(v, 1.0))) for k, v in chosen.items()}
     result["at_thresholds"] = {k: None if v is None else {m: _at(y, s, v)[m] for m in ("precision", "recall", "fpr")}
                                for k, v in result["thresholds"].items()}
@@ -116,7 +116,7 @@ def plot(result, out_dir):
     auc = result["roc_auc"]
     ax.plot(result["roc"]["fpr"], result["roc"]["tpr"], lw=2, label=f"ROC AUC {auc:.3f}" if auc is not None else "ROC")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    for name, marker in (("youden", "o"), ("seed", "s")):
+    for name, marker in (("youden", "o"), ("original", "s")):
         at = result["at_thresholds"].get(name)
         if at:
             ax.plot(at["fpr"], at["recall"], marker, label=f"{name} threshold {result['thresholds'][name]:.2f}")

@@ -1,4 +1,5 @@
-"""The tile classifier: the seed's Xception transfer-learning model, its hyperparameters and its model directory.
+"""The tile classifier: the original project's Xception transfer-learning model, its hyperparameters and its model
+directory.
 
 Model directory (the contract with predict, the plugin and remote jobs):
   model.keras    the Keras 3 model; input: (None, None, 3) RGB float 0..255 (any size: resized inside to
@@ -28,116 +29,12 @@ import numpy as np
 
 from .. import __version__
 from ..common.errors import UserError, one_line
+from .params import DEFAULT_PARAMS, check_params
 
 FORMAT = "tower-detector/model"
 VERSION = 1
 CLASS_ORDER = ["background", "tower"]
 PREPROCESSING = "resize to image_size (bilinear, antialiased), then x / 127.5 - 1 (Xception)"
-XCEPTION_LAYERS = 132  # layers of keras.applications.Xception(include_top=False): freeze_cutoff's upper bound
-
-# The seed's recipe. freeze_cutoff: phase 2 trains the base's layers from this index on (0: all of them).
-DEFAULT_PARAMS = {
-    "optimizer": "adam",
-    "lr_phase1": 5e-4,
-    "lr_phase2": 1e-4,
-    "momentum": 0.9,
-    "weight_init": "glorot_uniform",
-    "freeze_cutoff": 0,
-    "dense_size": 256,
-    "dense_activation": "relu",
-    "dropout": 0.5,
-    "epochs_phase1": 3,
-    "epochs_phase2": 20,
-    "batch_size": 32,
-    "image_size": 256,
-    "class_weight": "seed",
-    "focal_gamma": 0.0,
-    "augment": True,
-    "early_stopping_patience": 6,
-    "reduce_lr_patience": 2,
-    "reduce_lr_factor": 0.3,
-    "warmup_epochs": 2,
-    "lr_schedule": "plateau",
-    "point_loss_weight": 1.0,
-    "seed": 0,
-}
-# From scratch (weights none) the seed's recipe, made to fine-tune ImageNet features, learnt nothing on the
-# synthetic benchmark: phase 1 trains a top over random features, and 1e-4 cut early by ReduceLROnPlateau leaves
-# the base barely moved (the README's benchmark table). These replace its values there, unless params set them:
-# every epoch to phase 2, a faster rate warmed up over 1 epoch and falling along half a cosine to 0 at the last
-# epoch (no plateau cuts that one early validation spike can trigger before the network takes off); and the
-# focal loss, which beat cross-entropy on the evaluation scene with both seeds tried.
-SCRATCH_PARAMS = {"epochs_phase1": 0, "lr_phase2": 5e-4, "lr_schedule": "cosine", "warmup_epochs": 1,
-                  "early_stopping_patience": 12, "focal_gamma": 2.0}
-
-
-def default_params(weights):
-    """The defaults that params override: the seed's recipe, with SCRATCH_PARAMS when training from scratch."""
-    return {**DEFAULT_PARAMS, **SCRATCH_PARAMS} if weights == "none" else dict(DEFAULT_PARAMS)
-
-
-_INITS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal")
-_CHOICES = {"optimizer": ("adam", "rmsprop", "sgd"), "weight_init": _INITS,
-            "dense_activation": ("relu", "elu", "selu", "tanh"), "lr_schedule": ("plateau", "cosine")}
-# name: (type, low, high) inclusive
-_RANGES = {
-    "lr_phase1": (float, 1e-7, 1.0), "lr_phase2": (float, 1e-8, 1.0), "momentum": (float, 0.0, 0.999),
-    "freeze_cutoff": (int, 0, XCEPTION_LAYERS), "dense_size": (int, 1, 8192), "dropout": (float, 0.0, 0.95),
-    "epochs_phase1": (int, 0, 1000), "epochs_phase2": (int, 0, 1000), "batch_size": (int, 1, 4096),
-    "image_size": (int, 71, 1024), "early_stopping_patience": (int, 1, 1000), "reduce_lr_patience": (int, 1, 1000),
-    "reduce_lr_factor": (float, 0.01, 0.99), "warmup_epochs": (float, 0, 1000),
-    "point_loss_weight": (float, 0, 100), "focal_gamma": (float, 0, 10), "seed": (int, 0, 2**31 - 1),
-}
-
-
-def check_params(params, base=None):
-    """DEFAULT_PARAMS (or `base`) updated with `params`, checked: unknown keys and bad values are UserErrors."""
-    merged = dict(base or DEFAULT_PARAMS)
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise UserError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(DEFAULT_PARAMS))}")
-    merged.update(params)
-    for name, allowed in _CHOICES.items():
-        if merged[name] not in allowed:
-            raise UserError(f"parameter {name} must be one of {', '.join(allowed)}, not {merged[name]!r}")
-    for name, (kind, low, high) in _RANGES.items():
-        value = merged[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise UserError(f"parameter {name} must be {'an integer' if kind is int else 'a number'}, not {value!r}")
-        if not low <= value <= high:
-            raise UserError(f"parameter {name} must be between {low:g} and {high:g}, not {value!r}")
-        merged[name] = kind(value)
-    if not isinstance(merged["augment"], bool):
-        raise UserError(f"parameter augment must be true or false, not {merged['augment']!r}")
-    class_weight(merged["class_weight"], 1, 1)  # checks its form
-    return merged
-
-
-def class_weight(spec, n_background, n_tower):
-    """{0: w0, 1: w1} from "seed" ({0: 1, 1: 5}), "balanced" (from the label counts), "none" or a mapping."""
-    if spec == "seed":
-        return {0: 1.0, 1: 5.0}
-    if spec == "none":
-        return {0: 1.0, 1: 1.0}
-    if spec == "balanced":
-        return {0: 1.0, 1: max(n_background, 1) / max(n_tower, 1)}
-    if isinstance(spec, dict) and set(map(str, spec)) == {"0", "1"}:
-        weights = {int(k): v for k, v in spec.items()}
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in weights.values()):
-            return {k: float(v) for k, v in weights.items()}
-    raise UserError(f'parameter class_weight must be "seed", "balanced", "none" or {{"0": w, "1": w}}, not {spec!r}')
-
-
-def load_params_file(path):
-    try:
-        with open(path) as f:
-            params = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read params {path}: {exc}") from None
-    if not isinstance(params, dict):
-        raise UserError(f"params {path} must be a JSON object of hyperparameters")
-    return params
-
 
 def build_model(params, weights="none", policy="float32"):
     """The classifier and its Xception base. weights: "imagenet", "none", or an Xception notop weights file;

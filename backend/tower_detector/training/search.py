@@ -1,4 +1,4 @@
-"""`tower-detector search`: Hyperopt TPE over the seed's hyperparameter space, every trial kept, resumable.
+"""`tower-detector search`: Hyperopt TPE over the original project's hyperparameter space, every trial kept, resumable.
 
 SEARCH_DIR layout:
   history.json     every trial: tid, hyperopt's vals (choice indices), the params trained, status
@@ -10,11 +10,11 @@ SEARCH_DIR layout:
 
 Resuming reads history.json only (no pickles from shared storage): finished trials are fed back to TPE as
 history, and a trial that was running when the search was killed is trained again with its own params,
-which resumes its training where it stopped. TPE's random state is seeded from the seed and the number of
+which resumes its training where it stopped. TPE's random state is seeded from --seed and the number of
 trials done, so a resumed search proposes what an uninterrupted one given the same history would.
 
 Space (--space space.json): {"name": {"choice": [...]} | {"uniform": [lo, hi]} | {"loguniform": [lo, hi]} |
-{"int": [lo, hi]}}, names from the model's parameters. The default is the seed's.
+{"int": [lo, hi]}}, names from the model's parameters. The default is the original project's.
 """
 
 import csv
@@ -28,9 +28,10 @@ import numpy as np
 
 from ..common.atomic import atomic_file, building
 from ..common.errors import UserError
-from .model import DEFAULT_PARAMS, check_params, check_weights, default_params, load_params_file
+from .model import check_weights
+from .params import DEFAULT_PARAMS, check_params, default_params, load_params_file
 
-SEED_SPACE = {
+ORIGINAL_SPACE = {
     "optimizer": {"choice": ["adam", "rmsprop", "sgd"]},
     "lr_phase1": {"loguniform": [1e-4, 1e-3]},
     "lr_phase2": {"loguniform": [1e-5, 5e-4]},
@@ -42,7 +43,7 @@ SEED_SPACE = {
     "epochs_phase1": {"int": [2, 4]},
 }
 METRICS = ("accuracy", "roc_auc")
-RANDOM_TRIALS = 3  # TPE's first trials are random, as the seed's
+RANDOM_TRIALS = 3  # TPE's first trials are random, as the original project's
 
 
 def hyperopt_space(spec):
@@ -88,7 +89,7 @@ def search(data_dir, out, trials, space=None, metric="accuracy", params=None, we
         raise UserError(f"--metric must be one of {', '.join(METRICS)}")
     if trials < 1:
         raise UserError("--trials must be at least 1")
-    spec = load_params_file(space) if isinstance(space, str) else (space or SEED_SPACE)
+    spec = load_params_file(space) if isinstance(space, str) else (space or ORIGINAL_SPACE)
     hp_space = hyperopt_space(spec)
     fixed = check_params(params or {}, base=default_params(weights))
     check_weights(weights)

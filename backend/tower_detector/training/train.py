@@ -1,4 +1,4 @@
-"""`tower-detector train`: the seed's two-phase transfer-learning recipe, streaming from disk, resumable.
+"""`tower-detector train`: the original project's two-phase transfer-learning recipe, streaming from disk, resumable.
 
 Phase 1 trains the new top with the Xception base frozen (epochs_phase1, lr_phase1); phase 2 makes the base's
 layers from freeze_cutoff on trainable and fine-tunes (epochs_phase2, lr_phase2, reached by a linear warm-up over
@@ -32,14 +32,10 @@ import numpy as np
 from ..common.atomic import atomic_file, swap_in
 from ..common.errors import UserError, one_line
 from .model import (
-    DEFAULT_PARAMS,
     VIEWS,
     after_resize,
     build_model,
-    check_params,
     check_weights,
-    class_weight,
-    default_params,
     dtype_policy,
     has_gpu,
     set_trainable,
@@ -47,6 +43,7 @@ from .model import (
     warn_if_slow_precision,
     write_params,
 )
+from .params import DEFAULT_PARAMS, check_params, class_weight, default_params, renamed
 
 TILE = 256
 MONITOR = "val_auc"
@@ -571,7 +568,7 @@ def _start_state(out, params, weights, data, in_place=False):
             if os.path.lexists(folder) and not (os.path.isdir(folder) and not os.listdir(folder)):
                 raise UserError(f"{folder} exists and is not a training of ours: give a new or empty --out")
             continue
-        if {k: state.get(k) for k in identity} != identity:
+        if {k: renamed(state.get(k)) for k in identity} != identity:
             raise UserError(f"{folder} holds a different training (other data, parameters or weights): give a new "
                             "--out, or delete it to start again")
         return state, folder  # (an unfinished training in out itself, from an earlier version, resumes there)

@@ -70,8 +70,9 @@ Exactly once
     same model, so the last full object wins and no tile is lost or counted twice.
 
 Cost per checkpoint
-    Each chunk is its own file or object; nothing that grows with progress is rewritten (the seed re-uploaded
-    its whole JSON at every save). ChunkWrite.nbytes and Store.stats record the bytes written per chunk.
+    Each chunk is its own file or object; nothing that grows with progress is rewritten (the original
+    project re-uploaded its whole JSON at every save). ChunkWrite.nbytes and Store.stats record the bytes
+    written per chunk.
 
 S3
     boto3's standard credential chain; AWS_ENDPOINT_URL is honoured. Retries with exponential backoff and jitter
@@ -239,9 +240,9 @@ def check_shards(cover, shards):
 
 
 # ---------------------------------------------------------------------------------------------
-# back ends: bytes by name
+# storage: bytes by name, in a local folder or under an S3 prefix
 # ---------------------------------------------------------------------------------------------
-class _LocalBackend:
+class _LocalFolder:
     def __init__(self, root):
         self.root = root
 
@@ -351,7 +352,7 @@ def _remove(path):
         pass
 
 
-class _S3Backend:
+class _S3Prefix:
     def __init__(self, bucket, prefix, *, retries, timeout, concurrency, page_size):
         import boto3
         from botocore.config import Config
@@ -489,14 +490,14 @@ def open_store(spec, *, create=False, retries=10, timeout=60.0, concurrency=8, p
         if not bucket:
             raise UserError(f"no bucket in {spec}; expected s3://bucket/prefix")
         prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        backend = _S3Backend(bucket, prefix, retries=retries, timeout=timeout, concurrency=concurrency,
-                             page_size=page_size)
+        objects = _S3Prefix(bucket, prefix, retries=retries, timeout=timeout, concurrency=concurrency,
+                            page_size=page_size)
         try:
-            backend.check()
+            objects.check()
         except BaseException:
-            backend.close()
+            objects.close()
             raise
-        return Store(backend.spec, backend, concurrency=concurrency)
+        return Store(objects.spec, objects, concurrency=concurrency)
     if "://" in spec:
         raise UserError(f"unsupported store {redact(spec)}: use a local directory or s3://bucket/prefix")
     if create:
@@ -510,17 +511,17 @@ def open_store(spec, *, create=False, retries=10, timeout=60.0, concurrency=8, p
             raise UserError(f"cannot write to the store {spec}: {exc.strerror or exc}") from None
     elif not os.path.isdir(spec):
         raise UserError(f"no prediction job in {spec}: no such directory")
-    return Store(spec, _LocalBackend(spec), concurrency=concurrency)
+    return Store(spec, _LocalFolder(spec), concurrency=concurrency)
 
 
 class Store:
     """One prediction job's results; see the module docstring. Made by open_store()."""
 
-    def __init__(self, spec, backend, concurrency=8):
+    def __init__(self, spec, storage, concurrency=8):
         self.spec = spec
         self.is_s3 = spec.startswith("s3://")
         self.concurrency = max(1, int(concurrency))
-        self._b = backend
+        self._b = storage
         self._job = None
         self._cover = None
         self._plan = None

@@ -1,4 +1,4 @@
-"""`tower-detector sample`: a tile-aligned synthetic scene whose GeoJSON says truly where its towers are."""
+"""`tower-detector synthetic`: a tile-aligned synthetic scene whose GeoJSON says truly where its towers are."""
 
 import json
 import math
@@ -20,7 +20,7 @@ ARGS = dict(tiles_x=6, tiles_y=4, seed=7)
 
 
 def write(out, **kwargs):
-    info = sample.write_sample_scene(str(out), **{**ARGS, **kwargs})
+    info = sample.write_scene(str(out), **{**ARGS, **kwargs})
     with rasterio.open(out / "scene.tif") as ds:
         pixels = ds.read()
     return info, pixels, json.loads((out / "towers.geojson").read_text())
@@ -147,7 +147,7 @@ def test_default_scene_has_enough_towers_and_big_scenes_more_lines(sample_scene)
 ])
 def test_bad_arguments_are_one_line_user_errors(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message) as err:
-        sample.write_sample_scene(str(tmp_path / "out"), **{"tiles_x": 2, "tiles_y": 2, **kwargs})
+        sample.write_scene(str(tmp_path / "out"), **{"tiles_x": 2, "tiles_y": 2, **kwargs})
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
 
@@ -157,11 +157,11 @@ def test_unwritable_output_is_a_user_error(tmp_path):
     blocker.write_text("not a directory")
     for out in (blocker, blocker / "scene"):
         with pytest.raises(UserError, match="cannot write the sample scene"):
-            sample.write_sample_scene(str(out), tiles_x=1, tiles_y=1)
+            sample.write_scene(str(out), tiles_x=1, tiles_y=1)
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tower_detector", "sample", *args, "--events"],
+    return subprocess.run([sys.executable, "-m", "tower_detector", "synthetic", *args, "--events"],
                           capture_output=True, text=True, timeout=120)
 
 
