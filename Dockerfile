@@ -1,6 +1,6 @@
 # The remote worker: the `tower-detector` command on TensorFlow's GPU image, run by AWS Batch on the ECS GPU AMI
 # (which brings the NVIDIA driver). Built from the repository root and pushed to the stack's ECR repository; see
-# README, "Remote jobs on AWS". Each job's command is `remote worker predict|train|search ...`.
+# docs/aws.md. Each job's command is `remote worker predict|train|search ...`.
 #
 #   docker build -t tower-detector-worker .
 #   docker run --rm tower-detector-worker --version

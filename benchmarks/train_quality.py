@@ -128,7 +128,7 @@ def main():
                    help="also score the evaluation scene with this many views a tile (predict --views; default 8); "
                         "the goal is checked on that (1: on one view)")
     p.add_argument("--params", help="JSON of hyperparameters over the defaults (to try recipes for training from "
-                   "scratch); the figures in the README say which were used")
+                   "scratch); docs/benchmarks/train_quality.md says which were used")
     args = p.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="train-quality-")
     os.makedirs(work, exist_ok=True)

@@ -1,7 +1,7 @@
 """Areas of interest: a GeoJSON file or text, or a bbox "W,S,E,N", checked and normalised.
 
 Every problem a user will plausibly hit is a UserError with a one-line reason. Two are repaired
-rather than refused, as the README documents: rings that cross the antimeridian are unwrapped
+rather than refused, as docs/cli.md documents: rings that cross the antimeridian are unwrapped
 (longitudes continue past 180) so the cover is split at the antimeridian instead of becoming a
 world-wide strip, and with repair=True an invalid polygon goes through shapely's make_valid.
 """

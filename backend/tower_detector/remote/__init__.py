@@ -72,7 +72,7 @@ def add_remote_commands(sub, command):
                          help="stop an attempt after this long (default: the stack's)")
         if kind == "predict":
             ksp.add_argument("--tiles-per-second", type=POSITIVE, default=150.0,
-                             help="throughput per GPU for the estimate (default 150: an assumption; see README)")
+                             help="throughput per GPU for the estimate (default 150: an assumption; docs/aws.md)")
 
     for name, func, text in (("status", _cmd_status, "Status of a remote job: children, progress, failures."),
                              ("cancel", _cmd_cancel, "Stop a remote job (what it wrote is kept)."),

@@ -23,10 +23,8 @@ from ..common.redaction import redact
 from ..common.redaction import secrets as literal_secrets
 from .stack import spot_quota_problems, stack_outputs
 
-# Throughput and prices behind the estimate. ASSUMPTIONS until measured on the real thing: no GPU was available
-# where this was written. 150 tiles/s per g4dn.xlarge (one T4, 4 vCPUs) is bounded by the imagery, not the GPU:
-# 16 concurrent requests at ~100 ms each, decoding on 4 vCPUs; Xception at 256 px alone should do several hundred
-# tiles/s on a T4. Replace it with `predict`'s own tiles_per_second from a run on the instance type.
+# Throughput and prices behind the estimate: assumptions, not measurements (docs/aws.md says why); replace the
+# throughput with `predict`'s own tiles_per_second from a run on the instance type.
 DEFAULT_TILES_PER_SECOND = 150.0
 DEFAULT_SPOT_PRICE = 0.20  # $ per g4dn.xlarge-hour on spot (us-east-1, typical; on demand is $0.526)
 STARTUP_MINUTES = 5.0  # per shard: instance boot, worker image pull, model load

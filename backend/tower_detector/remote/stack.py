@@ -204,7 +204,7 @@ def _check(aws, stack, existing):
     images = aws.call("ecr", "list_images", what=f"ECR repository {repo}", repositoryName=repo,
                       filter={"tagStatus": "TAGGED"})["imageIds"]
     if not any(i.get("imageTag") == tag for i in images):
-        problems.append(f"no worker image {repo_uri}:{tag} yet: build and push it (README, 'Remote jobs on AWS')")
+        problems.append(f"no worker image {repo_uri}:{tag} yet: build and push it (docs/aws.md)")
     types = ce[0].get("computeResources", {}).get("instanceTypes", []) if ce else []
     vcpus = next((p["ParameterValue"] for p in existing.get("Parameters", []) if p["ParameterKey"] == "JobVcpus"), "4")
     problems += spot_quota_problems(aws, types, int(vcpus))

@@ -30,7 +30,7 @@ recomputes all of it from scratch, so running it twice changes nothing more. The
 
 Metres: candidates and OSM features go to Web Mercator, where STRtrees find the pairs (each query widened by
 1/cos(latitude), the projection's scale there); distances are then great-circle metres (exports.haversine_m), or,
-to lines, Mercator distances times cos(latitude). 100k candidates against 100k towers take a few seconds.
+to lines, Mercator distances times cos(latitude).
 """
 
 import json

@@ -61,7 +61,7 @@ def _build_model(params, weights):
         x = base(x, training=False)
     else:
         # from scratch the features change fast: statistics that follow them closely keep validation (which
-        # uses the moving averages) in step with training; Keras' default momentum 0.99 lags for ~100s of steps
+        # uses the moving averages) in step with training; Keras' default momentum 0.99 lags far behind them
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = 0.9
@@ -78,8 +78,8 @@ def after_resize(model, outputs=None):
     """`model` (or these outputs of its graph) from its resize layer on: tiles in at image_size, resized before
     it. This is what is fitted, evaluated and scored, never the graph with the resize: TensorFlow's antialiased
     resize (ScaleAndTranslate) has no XLA kernel, so on a GPU, where train and predict compile with XLA, a graph
-    holding it fails at its first batch; and on a CPU a training step skipped resizing the pipeline's 96-px tiles
-    to 96 px again (~10 % of the step)."""
+    holding it fails at its first batch; and on a CPU a training step no longer resizes the pipeline's tiles,
+    already at image_size, a second time."""
     import keras
 
     return keras.Model(model.get_layer("resize").output, model.output if outputs is None else outputs)
@@ -159,10 +159,9 @@ _MODEL_STREAMS = 1  # concurrent model calls of a Classifier in this process (us
 def use_model_streams(streams=2):
     """Call before TensorFlow runs anything, in a process that scores (predict): on a CPU-only machine, split
     the CPUs into `streams` concurrent model calls of cpus // streams threads each. One call over every CPU has
-    its threads wait for each other at each op, so a CPU taken for a moment by decoding stalls them all; two
-    single-threaded calls on 2 CPUs scored 1.2-1.4x as fast on tiles in memory, and predict 4-16 % faster end
-    to end (benchmarks/predict_throughput.py). Returns the streams in use (1: unchanged, on a
-    GPU, on one CPU, or where TensorFlow was running already, as after a training in the same process)."""
+    its threads wait for each other at each op, so a CPU taken for a moment by decoding stalls them all
+    (docs/benchmarks/predict_throughput.md). Returns the streams in use (1: unchanged, on a GPU, on one CPU, or
+    where TensorFlow was running already, as after a training in the same process)."""
     import tensorflow as tf
 
     global _MODEL_STREAMS
@@ -182,9 +181,8 @@ PRECISIONS = ("auto", "float32", "mixed")
 
 def dtype_policy(precision="auto", gpu=False, cpu_bfloat16=None):
     """The Keras dtype policy for --precision, training and scoring alike. auto: mixed float16 on a GPU, mixed
-    bfloat16 on a CPU that computes it natively (cpu_bfloat16; None: this CPU), else float32. On a 2-core Intel
-    Xeon with AMX-BF16 bfloat16 trained 1.1-1.2x and scored 1.4x as fast as float32 (benchmarks/precision_speed.py),
-    on AMD Zen 4's AVX512-BF16 1.5x and 1.2x; scores stay within ~0.01 of float32's. mixed: bfloat16 on any CPU."""
+    bfloat16 on a CPU that computes it natively (cpu_bfloat16; None: this CPU), else float32; mixed: bfloat16 on
+    any CPU. The speeds and the scores' agreement with float32: docs/benchmarks/precision_speed.md."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "float32":
@@ -199,8 +197,7 @@ def dtype_policy(precision="auto", gpu=False, cpu_bfloat16=None):
 
 def warn_if_slow_precision(policy, log):
     """Log a warning when `policy` runs slower than float32 here: bfloat16 (a CPU-only policy) on a CPU without
-    AMX-BF16 or AVX512-BF16 is emulated (training about 5x slower than float32 on an AMD EPYC Zen 2:
-    benchmarks/precision_speed.py)."""
+    AMX-BF16 or AVX512-BF16 is emulated (docs/benchmarks/precision_speed.md)."""
     if policy == "mixed_bfloat16" and not cpu_has_native_bfloat16():
         log(f"warning: {SLOW_BFLOAT16} is emulated and several times slower than float32; "
             "--precision auto picks what is fastest here")
@@ -304,8 +301,8 @@ class Classifier:
         return self._pool.submit(self._score, np.asarray(images), points)
 
     def warm_up(self, batch_size, tile_size=256, points=True):
-        """Trace the model's graph before the scoring starts, so that no batch waits for it: the first call on a
-        fresh Classifier spends ~1 s tracing (a quarter of a 576-tile benchmark run on 2 CPUs). On a CPU, a second
+        """Trace the model's graph before the scoring starts, so that no batch waits for it (the first call on a
+        fresh Classifier traces it, which is not quick). On a CPU, a second
         call with another batch size makes TensorFlow trace for any batch size, so that a chunk's last, smaller
         batch does not trace again; on a GPU, XLA compiles each batch size anew (seconds each), so smaller batches
         are padded to batch_size instead. Not counted in model_seconds."""

@@ -307,7 +307,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     warn_if_slow_precision(policy, log)
     if weights == "none" and params["epochs_phase1"]:
         log(f"from scratch, phase 1's {params['epochs_phase1']} epoch(s) train a top over a random frozen base, which "
-            "learnt nothing on the synthetic benchmark (validation AUC 0.50): --epochs-top 0 gives them to phase 2")
+            "learns nothing (docs/experiments/training.md): --epochs-top 0 gives them to phase 2")
     size, batch = params["image_size"], params["batch_size"]
     model, base = build_model(params, weights, policy)  # the model only: input and augmentation stay float32
     fit_model, grids = after_resize(model), ()  # the pipeline resizes the tiles (and XLA cannot)
@@ -353,7 +353,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
         raise UserError(f"out of memory with batch size {batch} at image size {size}: try --batch-size "
                         f"{max(batch // 2, 1)}") from None
     seconds = time.monotonic() - started
-    # a fresh, uncompiled float32 copy: model.keras without the optimizer's state (a third of the size)
+    # a fresh, uncompiled float32 copy: model.keras without the optimizer's state, which it does not need
     model = _copy_weights(model, build_model(params, "none")[0])
     if best.exists():
         model.load_weights(best.path)
@@ -487,8 +487,8 @@ def _callbacks(work, phase, params, best, offset, total, progress, log, epochs_r
     cosine = phase == 2 and params["lr_schedule"] == "cosine"
 
     class Phase2Rate(keras.callbacks.Callback):
-        # Unfreezing a base at the full rate jolts it: from scratch on the benchmark the loss jumped from 1.39 to
-        # 1.90 at the unfreeze, and did not when warmed up; pretrained features are spared the same jolt.
+        # Unfreezing a base at the full rate jolts it (the loss jumps; docs/experiments/training.md); a rate warmed
+        # up from near 0 spares it, and pretrained features the same jolt.
         # Counted from the epoch number Keras resumes at, so a resumed training goes on where it was.
         def __init__(self, warmup_steps, steps):
             super().__init__()
