@@ -1,8 +1,9 @@
-"""Results in QGIS: the heatmap and candidates as styled layers, a live score threshold, and a model's metrics.
+"""Results as QGIS layers: the heatmap and candidates styled, the candidates' score threshold, a model's metrics.
 
 Styles persist where the data is: the candidates' style goes into the GeoPackage's layer_styles table as its
 default (saveStyleToDatabase), the heatmap's into a heatmap.qml sidecar, which QGIS loads with the GeoTIFF. So
-the layers look the same wherever they are opened, the demo project included.
+the layers look the same wherever they are opened, the demo project included. The widgets that drive these are
+in ui/results_dock.py and ui/metrics_dialog.py.
 """
 
 import json
@@ -25,24 +26,7 @@ from qgis.core import (
     QgsSymbolLayer,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import Qt, pyqtSignal
-from qgis.PyQt.QtGui import QColor, QPixmap
-from qgis.PyQt.QtWidgets import (
-    QDialog,
-    QDialogButtonBox,
-    QDockWidget,
-    QDoubleSpinBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QScrollArea,
-    QSlider,
-    QTableWidget,
-    QTableWidgetItem,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
+from qgis.PyQt.QtGui import QColor
 
 STYLE_NAME = "tower_detector"
 ROLE_PROPERTY = "tower_detector/role"
@@ -252,77 +236,6 @@ def add_results(heatmap: str = None, candidates: str = None, *, threshold: float
     return layers
 
 
-# --- live threshold -----------------------------------------------------------------------------------------------
-class ThresholdWidget(QWidget):
-    """A slider and spin box bound to candidate layers' filters, and a floor for the heatmap."""
-
-    changed = pyqtSignal(float)
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.layers = []
-        self.heatmap = None
-        self.slider = QSlider(Qt.Horizontal)
-        self.slider.setRange(0, 1000)
-        self.spin = QDoubleSpinBox()
-        self.spin.setRange(0.0, 1.0)
-        self.spin.setDecimals(3)
-        self.spin.setSingleStep(0.01)
-        self.floor = QDoubleSpinBox()
-        self.floor.setRange(0.0, 0.99)
-        self.floor.setDecimals(2)
-        self.floor.setSingleStep(0.05)
-        self.count = QLabel("")
-        row = QHBoxLayout()
-        row.addWidget(self.slider, 1)
-        row.addWidget(self.spin)
-        form = QFormLayout(self)
-        form.addRow("Candidate score ≥", row)
-        form.addRow("", self.count)
-        form.addRow("Heatmap floor", self.floor)
-        self.slider.valueChanged.connect(lambda v: self.spin.setValue(v / 1000.0))
-        self.spin.valueChanged.connect(self._apply)
-        self.floor.valueChanged.connect(self._apply_floor)
-
-    def bind(self, candidate_layers, heatmap=None, threshold=0.5, floor=0.5):
-        self.layers = [layer for layer in candidate_layers if layer is not None]
-        self.heatmap = heatmap
-        self.floor.blockSignals(True)
-        self.floor.setValue(floor)
-        self.floor.blockSignals(False)
-        self.spin.setValue(threshold)
-        self._apply(threshold)
-
-    def _apply(self, value):
-        self.slider.blockSignals(True)
-        self.slider.setValue(int(round(value * 1000)))
-        self.slider.blockSignals(False)
-        self.layers = [layer for layer in self.layers if _alive(layer)]
-        set_threshold(self.layers, value)
-        if self.layers:
-            self.count.setText(f"{count(self.layers[0]):,} candidates shown")
-        self.changed.emit(value)
-
-    def _apply_floor(self, value):
-        if self.heatmap is not None and _alive(self.heatmap):
-            style_heatmap(self.heatmap, value)
-
-
-def _alive(layer) -> bool:
-    try:
-        return layer.isValid()
-    except RuntimeError:  # the user removed the layer: its C++ side is gone
-        return False
-
-
-class ResultsDock(QDockWidget):
-    def __init__(self, parent=None):
-        super().__init__("Tower Detector results", parent)
-        self.setObjectName("TowerDetectorResultsDock")
-        self.threshold = ThresholdWidget()
-        self.setWidget(self.threshold)
-
-
 # --- model metrics ------------------------------------------------------------------------------------------------
 METRIC_ROWS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 
@@ -373,44 +286,3 @@ def _fmt(value) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-class MetricsDialog(QDialog):
-    """metrics.json as a table, and the ROC and score-distribution plots."""
-
-    def __init__(self, model_dir: str, parent=None):
-        super().__init__(parent)
-        self.setObjectName("TowerDetectorMetrics")
-        self.setWindowTitle(f"Model metrics: {model_dir}")
-        metrics = read_metrics(model_dir)
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(("metric", "value"))
-        for name, text in metric_rows(metrics):
-            r = self.table.rowCount()
-            self.table.insertRow(r)
-            self.table.setItem(r, 0, QTableWidgetItem(name))
-            self.table.setItem(r, 1, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
-        tabs = QTabWidget()
-        tabs.addTab(self.table, "Metrics")
-        self.plots = {}
-        for filename, title in (("roc.png", "ROC curve"), ("scores.png", "Scores")):
-            label = QLabel()
-            label.setAlignment(Qt.AlignCenter)
-            path = os.path.join(model_dir, filename)
-            pixmap = QPixmap(path) if os.path.isfile(path) else QPixmap()
-            if pixmap.isNull():
-                label.setText(f"{filename} not found in the model directory")
-            else:
-                label.setPixmap(pixmap.scaled(640, 480, Qt.KeepAspectRatio, Qt.SmoothTransformation))
-            self.plots[filename] = label
-            scroll = QScrollArea()
-            scroll.setWidget(label)
-            scroll.setWidgetResizable(True)
-            tabs.addTab(scroll, title)
-        buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addWidget(tabs)
-        layout.addWidget(buttons)
-        self.resize(700, 560)

@@ -1,12 +1,15 @@
 """The plugin's settings (QgsSettings under "tower_detector/") and its secrets (QgsAuthManager only).
 
 Nothing secret is ever stored here: an imagery token lives in QGIS's authentication database and the settings
-keep only its auth config id. Tokens reach the backend through the subprocess environment (see imagery.py).
+keep only its auth config id. Tokens reach the backend through the subprocess environment (see imagery_sources.py).
 """
 
 import os
 
-from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsSettings
+from qgis.core import Qgis, QgsApplication, QgsAuthMethodConfig, QgsMessageLog, QgsSettings
+
+from . import runner
+from .tasks import LOG_TAG
 
 PREFIX = "tower_detector/"
 
@@ -16,8 +19,8 @@ PREFIX = "tower_detector/"
 # - remote GPU: 150 tiles/s per GPU and $0.20/h (g4dn.xlarge spot, us-east-1), the backend's `remote submit`
 #   estimate defaults; 8 GPU workers.
 DEFAULTS = {
-    "backend/mode": "local",  # "local" or "aws"
-    "backend/path": "",  # a tower-detector executable or a Python with tower_detector; "" = auto-detect
+    "jobs/run_on": "local",  # where Train and Predict run by default: "local" or "aws"
+    "cli/path": "",  # a tower-detector executable or a Python with tower_detector; "" = auto-detect
     "work_dir": "",  # "" = <QGIS profile>/tower_detector
     "aws/profile": "",
     "aws/region": "",
@@ -45,10 +48,35 @@ DEFAULTS = {
 }
 
 
+# Keys that were renamed: old -> new. A value stored under an old key moves to the new one when first read.
+RENAMED = {"backend/path": "cli/path", "backend/mode": "jobs/run_on"}
+
+
+def _current(key: str) -> str:
+    """key, or the new name of a renamed key (with a deprecation message in the log)."""
+    if key in RENAMED:
+        QgsMessageLog.logMessage(f"the setting {key} is now called {RENAMED[key]}", LOG_TAG, Qgis.Warning)
+        return RENAMED[key]
+    return key
+
+
+def _migrate(store: QgsSettings) -> None:
+    """Move values stored under old keys to their new names (a newer value already there wins)."""
+    for old, new in RENAMED.items():
+        if store.contains(PREFIX + old):
+            if not store.contains(PREFIX + new):
+                store.setValue(PREFIX + new, store.value(PREFIX + old))
+            store.remove(PREFIX + old)
+            QgsMessageLog.logMessage(f"setting {PREFIX}{old} moved to {PREFIX}{new}", LOG_TAG, Qgis.Info)
+
+
 def value(key: str):
     """A setting with the type of its default."""
+    key = _current(key)
     default = DEFAULTS[key]
-    raw = QgsSettings().value(PREFIX + key, default)
+    store = QgsSettings()
+    _migrate(store)
+    raw = store.value(PREFIX + key, default)
     if raw is None or raw == "":
         return default
     try:
@@ -58,14 +86,22 @@ def value(key: str):
 
 
 def set_value(key: str, new_value) -> None:
+    key = _current(key)
     if key not in DEFAULTS:
         raise KeyError(key)
-    QgsSettings().setValue(PREFIX + key, new_value)
+    store = QgsSettings()
+    _migrate(store)
+    store.setValue(PREFIX + key, new_value)
 
 
 def reset() -> None:
     """Forget every setting of this plugin (tests use it; so can a user from the Python console)."""
     QgsSettings().remove(PREFIX.rstrip("/"))
+
+
+def configured_cli() -> runner.Cli:
+    """The tower-detector CLI these settings name (else the one auto-detected); runner.CliNotFound if none."""
+    return runner.locate(value("cli/path"))
 
 
 def work_dir() -> str:
