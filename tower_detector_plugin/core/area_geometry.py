@@ -14,10 +14,12 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from . import parameters
+
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 MAX_LAT = 85.05112878  # Web Mercator's limit: tiles do not go further
 EARTH_CIRCUMFERENCE_M = 40075016.686
-ZOOM = 18
+ZOOM = parameters.ZOOM.default  # the zoom the picker counts and estimates
 
 
 def _context(transform_context):

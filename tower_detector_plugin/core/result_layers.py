@@ -28,13 +28,18 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from .parameters import THRESHOLD, YES_THRESHOLD
+from .settings import DEFAULTS
+
+FLOOR = DEFAULTS["results/heatmap_floor"]
 STYLE_NAME = "tower_detector"
 ROLE_PROPERTY = "tower_detector/role"
 HEATMAP_RAMP = ((0.0, QColor(255, 255, 178)), (0.35, QColor(254, 204, 92)), (0.7, QColor(253, 141, 60)),
                 (0.9, QColor(240, 59, 32)), (1.0, QColor(189, 0, 38)))  # positions within floor..1
 SCORE_BANDS = ((0.0, 0.9, QColor(254, 204, 92), "below 0.9"),
-               (0.9, 0.97, QColor(253, 141, 60), "0.9 to 0.97"),
-               (0.97, 1.0, QColor(227, 26, 28), "0.97 and above (the seed's \"Yes\")"))
+               (0.9, YES_THRESHOLD.default, QColor(253, 141, 60), f"0.9 to {YES_THRESHOLD.default:g}"),
+               (YES_THRESHOLD.default, 1.0, QColor(227, 26, 28),
+                f"{YES_THRESHOLD.default:g} and above (the seed's \"Yes\")"))
 
 
 class ResultsError(Exception):
@@ -42,7 +47,7 @@ class ResultsError(Exception):
 
 
 # --- heatmap ------------------------------------------------------------------------------------------------------
-def style_heatmap(layer: QgsRasterLayer, floor: float = 0.5) -> None:
+def style_heatmap(layer: QgsRasterLayer, floor: float = FLOOR) -> None:
     """Pseudocolor from floor (pale yellow) to 1 (dark red); scores below the floor and nodata are transparent."""
     floor = min(max(float(floor), 0.0), 0.999)
     shader = QgsColorRampShader(floor, 1.0)
@@ -66,7 +71,7 @@ def heatmap_floor(layer: QgsRasterLayer):
     return renderer.classificationMin() if isinstance(renderer, QgsSingleBandPseudoColorRenderer) else None
 
 
-def load_heatmap(path: str, floor: float = 0.5, name: str = "tower scores (heatmap)",
+def load_heatmap(path: str, floor: float = FLOOR, name: str = "tower scores (heatmap)",
                  save_style: bool = True) -> QgsRasterLayer:
     if not os.path.isfile(path):
         raise ResultsError(f"heatmap not found: {path}")
@@ -193,7 +198,7 @@ def open_candidates(path: str, name: str = "tower candidates") -> QgsVectorLayer
     return _open_gpkg_layer(path, "candidates", name)
 
 
-def load_candidates(path: str, threshold: float = 0.5, name: str = "tower candidates") -> QgsVectorLayer:
+def load_candidates(path: str, threshold: float = THRESHOLD.default, name: str = "tower candidates") -> QgsVectorLayer:
     """The candidates layer of a candidates GeoPackage, styled, filtered at threshold. The style is saved into
     the GeoPackage the first time; later loads take the saved one (with any edits the user saved)."""
     layer = open_candidates(path, name)
@@ -207,8 +212,8 @@ def load_candidates(path: str, threshold: float = 0.5, name: str = "tower candid
     return layer
 
 
-def add_results(heatmap: str = None, candidates: str = None, *, threshold: float = 0.5, floor: float = 0.5,
-                title: str = "Tower Detector results", project: QgsProject = None) -> dict:
+def add_results(heatmap: str = None, candidates: str = None, *, threshold: float = THRESHOLD.default,
+                floor: float = FLOOR, title: str = "Tower Detector results", project: QgsProject = None) -> dict:
     """Add what exists of a result set to the project in one group, candidates above the heatmap. A file the
     project already shows is re-read in its layer, not opened a second time."""
     project = project or QgsProject.instance()
@@ -251,7 +256,7 @@ def read_metrics(model_dir: str) -> dict:
         raise ResultsError(f"{path} is not valid JSON: {exc}") from None
 
 
-def recommended_threshold(model_dir: str, default: float = 0.5, views: int = 1) -> float:
+def recommended_threshold(model_dir: str, default: float = THRESHOLD.default, views: int = 1) -> float:
     """The model's Youden threshold (metrics.json), the usual choice for candidates, for scores averaged over
     `views` views a tile (predict --views; a model trained before views were evaluated has one view's only);
     default without one."""

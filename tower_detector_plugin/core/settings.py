@@ -8,7 +8,7 @@ import os
 
 from qgis.core import Qgis, QgsApplication, QgsAuthMethodConfig, QgsMessageLog, QgsSettings
 
-from . import runner
+from . import parameters, runner
 from .tasks import LOG_TAG
 
 PREFIX = "tower_detector/"
@@ -33,9 +33,9 @@ DEFAULTS = {
     "estimate/remote_usd_per_hour": 0.20,
     "estimate/remote_workers": 8,
     "area/warn_tiles": 1_000_000,  # the picker warns above this many zoom-18 tiles
-    "area/max_tiles": 100_000_000,  # and refuses above this (the backend's own predict limit)
+    "area/max_tiles": parameters.MAX_TILES.default,  # and refuses above this (predict's own limit)
     "results/heatmap_floor": 0.5,  # heatmap pixels below this score are transparent
-    "results/threshold": 0.5,  # default candidate score filter
+    "results/threshold": parameters.THRESHOLD.default,  # default candidate score filter
     "review/scale": 2000,  # the map scale each candidate is shown at (0: keep the scale)
     "review/reviewer": "",  # "" = the login name
     # the changeset tags JOSM, iD and the .osm export pre-fill (a human reviews them before any upload)
@@ -44,7 +44,7 @@ DEFAULTS = {
     "review/hashtags": "#towerdetector",
     "review/overpass_url": "https://overpass-api.de/api/interpreter",
     "review/josm_url": "http://127.0.0.1:8111",  # JOSM's remote control (Preferences > Remote Control)
-    "review/duplicate_m": 30.0,  # a mapped tower this close to a candidate's tower point: OSM has it already
+    "review/duplicate_m": parameters.DUPLICATE_DISTANCE.default,  # OSM has a tower this close to the point
 }
 
 

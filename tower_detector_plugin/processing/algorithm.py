@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingParameterAuthConfig,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
@@ -95,6 +96,30 @@ class CliAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def optional_int(value):
         return int(value) if value else None  # 0 means "the backend's default"
+
+
+def number_parameter(param, default=None, optional=None) -> QgsProcessingParameterNumber:
+    """The Processing input for a step parameter of core/parameters.py. default: a value to start from instead of
+    the definition's (a setting the user chose). A parameter the CLI decides is optional, and 0 stands for "the
+    CLI's default" (optional_int turns it into None)."""
+    value = param.default if default is None else default
+    kind = QgsProcessingParameterNumber.Double if param.decimals else QgsProcessingParameterNumber.Integer
+    label = param.label if value is not None else f"{param.label} (0: default)"
+    number = QgsProcessingParameterNumber(param.name, label, kind, 0 if value is None else value,
+                                          value is None if optional is None else optional, param.minimum)
+    if param.maximum is not None:
+        number.setMaximum(param.maximum)
+    number.setHelp(param.help)
+    return number
+
+
+def choice_parameter(param, options=None) -> QgsProcessingParameterEnum:
+    """The Processing input for a step parameter with choices; options: the choices and the algorithm's own
+    options after them (the default is the definition's)."""
+    options = [str(option) for option in (options or param.choices)]
+    choice = QgsProcessingParameterEnum(param.name, param.label, options, False, param.choices.index(param.default))
+    choice.setHelp(param.help)
+    return choice
 
 
 def int_parameter(name, description, default, minimum=0, maximum=None, optional=False):

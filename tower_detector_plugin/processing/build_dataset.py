@@ -11,8 +11,9 @@ from qgis.core import (
 )
 
 from ..core import commands, settings
+from ..core.parameters import BACKGROUND_RATIO, BLOCK_SIZE, SEED, SPAN_NEGATIVES, ZOOM
 from ..core.point_export import export_source_points
-from .algorithm import CliAlgorithm, area_parameter, float_parameter, imagery_parameters, int_parameter
+from .algorithm import CliAlgorithm, area_parameter, imagery_parameters, number_parameter
 
 
 class BuildDatasetAlgorithm(CliAlgorithm):
@@ -34,12 +35,9 @@ class BuildDatasetAlgorithm(CliAlgorithm):
                                                               [QgsProcessing.TypeVectorPoint], None, True))
         self.addParameter(QgsProcessingParameterString("TOWER_FILTER", "OSM tag filter (empty: power=tower for OSM, "
                                                        "all for a point layer)", None, False, True))
-        self.addParameter(int_parameter("ZOOM", "Zoom", 18, 15, 21))
-        self.addParameter(float_parameter("BACKGROUND_RATIO", "Background tiles per tower tile", 3.0, 0.5))
-        self.addParameter(float_parameter("SPAN_NEGATIVES", "Negative tiles along OSM power lines, per tower tile",
-                                          0.0, 0.0))
-        self.addParameter(int_parameter("BLOCK_SIZE", "Split block size (tiles)", 8, 1))
-        self.addParameter(int_parameter("SEED", "Seed", 0, optional=True))
+        for param in (ZOOM, BACKGROUND_RATIO, SPAN_NEGATIVES, BLOCK_SIZE):
+            self.addParameter(number_parameter(param))
+        self.addParameter(number_parameter(SEED, optional=True))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Training data folder"))
 
     def processAlgorithm(self, parameters, context, feedback):
@@ -54,13 +52,12 @@ class BuildDatasetAlgorithm(CliAlgorithm):
             count = export_source_points(source, towers, context.transformContext())
             feedback.pushInfo(f"{count} tower points exported to {towers}")
             tower_filter = tower_filter or "all"
-        zoom = self.parameterAsInt(parameters, "ZOOM", context)
-        span_negatives = self.parameterAsDouble(parameters, "SPAN_NEGATIVES", context) or None
-        args = commands.dataset_args(path, towers, spec.spec, out, zoom=zoom,
-                                     background_ratio=self.parameterAsDouble(parameters, "BACKGROUND_RATIO", context),
-                                     span_negatives=span_negatives,
-                                     block_size=self.parameterAsInt(parameters, "BLOCK_SIZE", context),
-                                     seed=self.parameterAsInt(parameters, "SEED", context), tower_filter=tower_filter,
-                                     max_tiles=settings.value("area/max_tiles"))
+        args = commands.dataset_args(
+            path, towers, spec.spec, out, zoom=self.parameterAsInt(parameters, ZOOM.name, context),
+            background_ratio=self.parameterAsDouble(parameters, BACKGROUND_RATIO.name, context),
+            span_negatives=self.parameterAsDouble(parameters, SPAN_NEGATIVES.name, context) or None,  # 0: none
+            block_size=self.parameterAsInt(parameters, BLOCK_SIZE.name, context),
+            seed=self.parameterAsInt(parameters, SEED.name, context), tower_filter=tower_filter,
+            max_tiles=settings.value("area/max_tiles"))
         self.run_steps([args], feedback, spec.env)
         return {"OUTPUT": out}

@@ -4,8 +4,9 @@ from qgis.core import QgsProcessingException, QgsProcessingOutputString, QgsProc
 
 from ..core import commands, result_layers, settings
 from ..core.overpass import fetch_overpass
+from ..core.parameters import DUPLICATE_DISTANCE
 from ..core.review_session import ReviewError
-from .algorithm import CliAlgorithm, float_parameter
+from .algorithm import CliAlgorithm, number_parameter
 
 
 class ConflateAlgorithm(CliAlgorithm):
@@ -26,8 +27,7 @@ class ConflateAlgorithm(CliAlgorithm):
                                                      QgsProcessingParameterFile.File, "gpkg"))
         self.addParameter(QgsProcessingParameterFile("OSM", "OSM data (empty: Overpass)",
                                                      QgsProcessingParameterFile.File, None, None, True))
-        self.addParameter(float_parameter("DUPLICATE_DISTANCE", "Duplicate distance from the tower point (m)",
-                                          settings.value("review/duplicate_m"), 0.1, 100.0))
+        self.addParameter(number_parameter(DUPLICATE_DISTANCE, default=settings.value("review/duplicate_m")))
         self.addOutput(QgsProcessingOutputString("MESSAGE", "Summary"))
 
     def processAlgorithm(self, parameters, context, feedback):
@@ -40,6 +40,6 @@ class ConflateAlgorithm(CliAlgorithm):
                 raise QgsProcessingException(str(exc)) from None
             feedback.pushInfo(f"OSM power features from Overpass saved in {source}")
         args = commands.conflate_args(candidates, source,
-                                      duplicate_m=self.parameterAsDouble(parameters, "DUPLICATE_DISTANCE", context))
+                                      duplicate_m=self.parameterAsDouble(parameters, DUPLICATE_DISTANCE.name, context))
         [result] = self.run_steps([args], feedback)
         return {"MESSAGE": str(result.get("message", ""))}

@@ -10,6 +10,7 @@ from qgis.core import (
 )
 
 from ..core import commands, settings
+from ..core.parameters import DUPLICATE_DISTANCE
 from .algorithm import CliAlgorithm
 
 
@@ -27,9 +28,9 @@ class ExportReviewAlgorithm(CliAlgorithm):
                 "JOSM, never uploaded by itself), osm-reference (the candidate squares, upload=never), overlay (the "
                 "seed's GeoJSON bands), maproulette and maproulette-cooperative (line-by-line GeoJSON), "
                 "tasking-manager (a folder: AOI, task polygons, priority areas), labels (review labels for "
-                "`dataset --extra-labels`). osm and maproulette-cooperative leave out towers within 30 m of one OSM "
-                "has: checked against the candidates' last conflation, or the OSM data given; candidates never "
-                "conflated are refused unless near duplicates are included.")
+                "`dataset --extra-labels`). osm and maproulette-cooperative leave out towers within "
+                f"{DUPLICATE_DISTANCE.default:g} m of one OSM has: checked against the candidates' last conflation, "
+                "or the OSM data given; candidates never conflated are refused unless near duplicates are included.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFile("CANDIDATES", "Candidates GeoPackage",

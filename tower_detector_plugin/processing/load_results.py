@@ -9,7 +9,8 @@ from qgis.core import (
 )
 
 from ..core import result_layers, settings
-from .algorithm import CliAlgorithm, float_parameter, load_on_completion
+from ..core.parameters import THRESHOLD
+from .algorithm import CliAlgorithm, load_on_completion, number_parameter
 
 
 class LoadResultsAlgorithm(CliAlgorithm):
@@ -28,8 +29,7 @@ class LoadResultsAlgorithm(CliAlgorithm):
                                                      "tif", None, True))
         self.addParameter(QgsProcessingParameterFile("CANDIDATES", "Candidates (GeoPackage)",
                                                      QgsProcessingParameterFile.File, "gpkg", None, True))
-        self.addParameter(float_parameter("THRESHOLD", "Candidate threshold", settings.value("results/threshold"), 0.0,
-                                          1.0))
+        self.addParameter(number_parameter(THRESHOLD, default=settings.value("results/threshold")))
         self.addOutput(QgsProcessingOutputRasterLayer("HEATMAP_LAYER", "Heatmap"))
         self.addOutput(QgsProcessingOutputVectorLayer("CANDIDATES_LAYER", "Candidates"))
         self.addOutput(QgsProcessingOutputNumber("CANDIDATE_COUNT", "Candidates at or above the threshold"))

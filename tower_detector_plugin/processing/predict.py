@@ -3,7 +3,6 @@
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterFolderDestination,
@@ -11,14 +10,18 @@ from qgis.core import (
 )
 
 from ..core import commands, result_layers, settings
+from ..core.parameters import BATCH_SIZE, CHECKPOINT_EVERY, VIEWS, WORKERS
 from .algorithm import (
     CliAlgorithm,
     area_parameter,
+    choice_parameter,
     float_parameter,
     imagery_parameters,
-    int_parameter,
     load_on_completion,
+    number_parameter,
 )
+
+NUMBERS = (WORKERS, CHECKPOINT_EVERY, BATCH_SIZE)
 
 
 class PredictAlgorithm(CliAlgorithm):
@@ -41,11 +44,9 @@ class PredictAlgorithm(CliAlgorithm):
                                                        "(e.g. Esri World Imagery)", None, False, True))
         self.addParameter(area_parameter())
         self.addParameter(float_parameter("THRESHOLD", "Candidate threshold (-1: the model's)", -1.0, -1.0, 1.0))
-        for name, description in (("WORKERS", "Imagery workers"), ("CHECKPOINT_EVERY", "Checkpoint every (tiles)"),
-                                  ("BATCH_SIZE", "Batch size")):
-            self.addParameter(int_parameter(name, f"{description} (0: default)", 0, optional=True))
-        self.addParameter(QgsProcessingParameterEnum("VIEWS", "Views per tile (scored turned/mirrored, averaged)",
-                                                     [str(n) for n in commands.VIEWS], defaultValue=0))
+        for param in NUMBERS:
+            self.addParameter(number_parameter(param))
+        self.addParameter(choice_parameter(VIEWS))
         self.addParameter(QgsProcessingParameterFolderDestination("STORE", "Results store folder"))
         self.addParameter(QgsProcessingParameterFileDestination("HEATMAP", "Heatmap", "GeoTIFF (*.tif)"))
         self.addParameter(QgsProcessingParameterFileDestination("CANDIDATES", "Candidates", "GeoPackage (*.gpkg)"))
@@ -56,17 +57,15 @@ class PredictAlgorithm(CliAlgorithm):
         model = self.parameterAsFile(parameters, "MODEL", context)
         spec = self.imagery(parameters, context)
         path, _geom = self.area_file(parameters, "AREA", context, feedback)
-        views = commands.VIEWS[self.parameterAsEnum(parameters, "VIEWS", context)]
+        views = VIEWS.choices[self.parameterAsEnum(parameters, VIEWS.name, context)]
         threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
         if threshold < 0:
             threshold = result_layers.recommended_threshold(model, views=views)
         store = self.parameterAsString(parameters, "STORE", context)
         heatmap = self.parameterAsFileOutput(parameters, "HEATMAP", context)
         candidates = self.parameterAsFileOutput(parameters, "CANDIDATES", context)
-        n = {k: self.optional_int(self.parameterAsInt(parameters, k, context))
-             for k in ("WORKERS", "CHECKPOINT_EVERY", "BATCH_SIZE")}
-        steps = [commands.predict_args(model, spec.spec, store, area=path, workers=n["WORKERS"],
-                                       checkpoint_every=n["CHECKPOINT_EVERY"], batch_size=n["BATCH_SIZE"],
+        numbers = {p.key: self.optional_int(self.parameterAsInt(parameters, p.name, context)) for p in NUMBERS}
+        steps = [commands.predict_args(model, spec.spec, store, area=path, **numbers,
                                        max_tiles=settings.value("area/max_tiles"), views=views,
                                        imagery_name=self.parameterAsString(parameters, "IMAGERY_NAME", context)),
                  commands.results_args(store, heatmap=heatmap, candidates=candidates, threshold=threshold)]

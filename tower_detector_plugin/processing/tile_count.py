@@ -1,5 +1,7 @@
 """towerdetector:tilecount: the zoom-18 tiles that cover an area, with its km² and a time and cost estimate."""
 
+from dataclasses import replace
+
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
@@ -8,7 +10,8 @@ from qgis.core import (
 )
 
 from ..core import area_geometry, commands, estimates, runner, settings
-from .algorithm import CliAlgorithm, area_parameter, int_parameter
+from ..core.parameters import ZOOM
+from .algorithm import CliAlgorithm, area_parameter, int_parameter, number_parameter
 
 
 class TileCountAlgorithm(CliAlgorithm):
@@ -24,7 +27,7 @@ class TileCountAlgorithm(CliAlgorithm):
 
     def initAlgorithm(self, config=None):
         self.addParameter(area_parameter())
-        self.addParameter(int_parameter("ZOOM", "Zoom", 18, 1, 22))
+        self.addParameter(number_parameter(replace(ZOOM, minimum=1, maximum=22)))  # any zoom's tiles can be counted
         self.addParameter(int_parameter("MAX_TILES", "Refuse above this many tiles (0: the Settings limit)", 0,
                                         optional=True))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Tile cover (.json runs or .txt ids)",
@@ -36,7 +39,7 @@ class TileCountAlgorithm(CliAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         path, geom = self.area_file(parameters, "AREA", context, feedback)
-        zoom = self.parameterAsInt(parameters, "ZOOM", context)
+        zoom = self.parameterAsInt(parameters, ZOOM.name, context)
         limit = self.parameterAsInt(parameters, "MAX_TILES", context) or settings.value("area/max_tiles")
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context) or None
         try:

@@ -3,17 +3,19 @@
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
 )
 
 from ..core import commands
-from .algorithm import CliAlgorithm, int_parameter
+from ..core.parameters import BATCH_SIZE, EPOCHS_FINE, EPOCHS_TOP, IMAGE_SIZE, WEIGHTS
+from .algorithm import CliAlgorithm, choice_parameter, number_parameter
+
+NUMBERS = (IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE)
 
 
 class TrainAlgorithm(CliAlgorithm):
-    WEIGHTS = ("imagenet", "none", "file")
+    WEIGHT_OPTIONS = (*WEIGHTS.choices, "file")  # "file": the WEIGHTS_FILE below
 
     def name(self):
         return "train"
@@ -28,31 +30,27 @@ class TrainAlgorithm(CliAlgorithm):
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFile("DATA", "Training data folder",
                                                      QgsProcessingParameterFile.Folder))
-        self.addParameter(QgsProcessingParameterEnum("WEIGHTS", "Start weights", list(self.WEIGHTS), False, 0))
+        self.addParameter(choice_parameter(WEIGHTS, self.WEIGHT_OPTIONS))
         self.addParameter(QgsProcessingParameterFile("WEIGHTS_FILE", "Weights file (Start weights: file)",
                                                      QgsProcessingParameterFile.File, "h5", None, True))
         self.addParameter(QgsProcessingParameterFile("PARAMS", "Hyperparameters (JSON)",
                                                      QgsProcessingParameterFile.File, "json", None, True))
-        for name, description in (("IMAGE_SIZE", "Image size (px)"), ("EPOCHS_TOP", "Epochs, new top"),
-                                  ("EPOCHS_FINE", "Epochs, fine-tuning"), ("BATCH_SIZE", "Batch size")):
-            self.addParameter(int_parameter(name, description, 0, optional=True))
+        for param in NUMBERS:
+            self.addParameter(number_parameter(param))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Model folder"))
         self.addOutput(QgsProcessingOutputNumber("ROC_AUC", "Test ROC AUC"))
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD", "Recommended threshold (Youden)"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        weights = self.WEIGHTS[self.parameterAsEnum(parameters, "WEIGHTS", context)]
+        weights = self.WEIGHT_OPTIONS[self.parameterAsEnum(parameters, WEIGHTS.name, context)]
         if weights == "file":
             weights = self.parameterAsFile(parameters, "WEIGHTS_FILE", context)
             if not weights:
                 raise QgsProcessingException("Start weights is 'file' but no weights file is given")
         out = self.parameterAsString(parameters, "OUTPUT", context)
-        n = {k: self.optional_int(self.parameterAsInt(parameters, k, context))
-             for k in ("IMAGE_SIZE", "EPOCHS_TOP", "EPOCHS_FINE", "BATCH_SIZE")}
+        numbers = {p.key: self.optional_int(self.parameterAsInt(parameters, p.name, context)) for p in NUMBERS}
         args = commands.train_args(self.parameterAsFile(parameters, "DATA", context), out, weights=weights,
-                                   params=self.parameterAsFile(parameters, "PARAMS", context) or None,
-                                   image_size=n["IMAGE_SIZE"], epochs_top=n["EPOCHS_TOP"],
-                                   epochs_fine=n["EPOCHS_FINE"], batch_size=n["BATCH_SIZE"])
+                                   params=self.parameterAsFile(parameters, "PARAMS", context) or None, **numbers)
         [result] = self.run_steps([args], feedback)
         return {"OUTPUT": out, "ROC_AUC": result.get("roc_auc"),
                 "THRESHOLD": (result.get("thresholds") or {}).get("youden")}

@@ -12,7 +12,6 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QLabel,
@@ -22,9 +21,29 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import commands, runner, settings
+from ..core.parameters import (
+    BACKGROUND_RATIO,
+    BATCH_SIZE,
+    BLOCK_SIZE,
+    CHECKPOINT_EVERY,
+    EPOCHS_FINE,
+    EPOCHS_TOP,
+    IMAGE_SIZE,
+    METRIC,
+    SEED,
+    SHARDS,
+    SPAN_NEGATIVES,
+    SPLIT,
+    THRESHOLD,
+    TRIALS,
+    VIEWS,
+    WEIGHTS,
+    WORKERS,
+    ZOOM,
+)
 from ..core.point_export import export_layer_points
 from ..core.result_layers import recommended_threshold
-from .widgets import ERROR_STYLE, AreaWidget, ImageryWidget, file_widget, int_spin, spin_value, timestamp
+from .widgets import ERROR_STYLE, AreaWidget, ImageryWidget, file_widget, parameter_input, spin_value, timestamp
 
 
 class JobDialog(QDialog):
@@ -67,6 +86,12 @@ class JobDialog(QDialog):
         self.accept()
         return self.last_job
 
+    def _add_input(self, param, value=None):
+        """A row for a step parameter of core/parameters.py; its input."""
+        widget = parameter_input(param, value)
+        self.form.addRow(param.label, widget)
+        return widget
+
     def _out_dir(self, widget, what):
         path = widget.filePath().strip()
         if not path:
@@ -95,22 +120,11 @@ class BuildDatasetDialog(JobDialog):
         box.addRow("OSM tag filter", self.tower_filter)
         self.out = file_widget(QgsFileWidget.GetDirectory,
                                path=os.path.join(settings.work_dir(), "datasets", f"dataset-{timestamp()}"))
-        self.zoom = int_spin(15, 21, 18, special="")
-        self.background_ratio = QDoubleSpinBox()
-        self.background_ratio.setRange(0.5, 50)
-        self.background_ratio.setValue(3.0)
-        self.span_negatives = QDoubleSpinBox()  # 0: none; OSM lines give them (a point layer has none)
-        self.span_negatives.setRange(0, 20)
-        self.span_negatives.setValue(0)
-        self.split = QLineEdit("0.7,0.15,0.15")
-        self.block_size = int_spin(1, 256, 8, special="")
-        self.seed = int_spin(0, 1_000_000, 0, special="")
-        for label, widget in (("Area", self.area), ("Imagery", self.imagery), ("", labels), ("Output folder", self.out),
-                              ("Zoom", self.zoom), ("Background tiles per tower tile", self.background_ratio),
-                              ("Line tiles per tower tile (negatives)", self.span_negatives),
-                              ("Split train,val,test", self.split), ("Split block size (tiles)", self.block_size),
-                              ("Seed", self.seed)):
+        for label, widget in (("Area", self.area), ("Imagery", self.imagery), ("", labels),
+                              ("Output folder", self.out)):
             self.form.addRow(label, widget)
+        self.zoom, self.background_ratio, self.span_negatives, self.split, self.block_size, self.seed = (
+            self._add_input(param) for param in (ZOOM, BACKGROUND_RATIO, SPAN_NEGATIVES, SPLIT, BLOCK_SIZE, SEED))
 
     def build(self) -> dict:
         area = self.area.path()
@@ -148,33 +162,26 @@ class TrainDialog(JobDialog):
                                path=os.path.join(settings.work_dir(), "models", f"model-{timestamp()}"))
         self.mode = QComboBox()
         self.mode.addItems(["Train one model", "Hyperparameter search (Hyperopt)"])
-        self.weights = QComboBox()
-        self.weights.addItems(["imagenet", "none", "file…"])
+        self.weights = _choices(WEIGHTS, extra=("file…",))
         self.weights_file = file_widget(QgsFileWidget.GetFile, "Keras weights (*.h5 *.keras)")
         self.params = file_widget(QgsFileWidget.GetFile, "JSON (*.json)")
-        self.image_size = int_spin(0, 1024, 0)
-        self.epochs_top = int_spin(0, 100, 0)
-        self.epochs_fine = int_spin(0, 1000, 0)
-        self.batch_size = int_spin(0, 4096, 0)
-        self.trials = int_spin(1, 10_000, 100, special="")
-        self.metric = QComboBox()
-        self.metric.addItems(commands.METRICS)
+        for label, widget in (("Training data folder", self.data), ("Output folder", self.out), ("What", self.mode),
+                              (WEIGHTS.label, self.weights), ("Weights file", self.weights_file),
+                              ("Hyperparameters (JSON)", self.params)):
+            self.form.addRow(label, widget)
+        self.image_size, self.epochs_top, self.epochs_fine, self.batch_size, self.trials = (
+            self._add_input(param) for param in (IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE, TRIALS))
+        self.metric = _choices(METRIC)
         self.space = file_widget(QgsFileWidget.GetFile, "JSON (*.json)")
         self.where = _where_combo()
-        for label, widget in (("Training data folder", self.data), ("Output folder", self.out), ("What", self.mode),
-                              ("Start weights", self.weights), ("Weights file", self.weights_file),
-                              ("Hyperparameters (JSON)", self.params), ("Image size (px)", self.image_size),
-                              ("Epochs, new top", self.epochs_top), ("Epochs, fine-tuning", self.epochs_fine),
-                              ("Batch size", self.batch_size), ("Search trials", self.trials),
-                              ("Search picks by", self.metric), ("Search space (JSON)", self.space),
-                              ("Run on", self.where)):
+        for label, widget in ((METRIC.label, self.metric), ("Search space (JSON)", self.space), ("Run on", self.where)):
             self.form.addRow(label, widget)
 
     def build(self) -> dict:
         data = self._out_dir(self.data, "training data folder")
         out = self._out_dir(self.out, "output folder")
-        weights = self.weights.currentText()
-        if weights.startswith("file"):
+        weights = self.weights.currentData()
+        if weights is None:  # file…
             weights = self.weights_file.filePath().strip()
             if not weights:
                 raise ValueError("choose the weights file, or imagenet / none")
@@ -183,7 +190,7 @@ class TrainDialog(JobDialog):
                       batch_size=spin_value(self.batch_size))
         if self.mode.currentIndex() == 1:
             args = commands.search_args(data, out, self.trials.value(), space=self.space.filePath().strip() or None,
-                                        metric=self.metric.currentText(), **common)
+                                        metric=self.metric.currentData(), **common)
             kind, model = "search", os.path.join(out, "best")
         else:
             args = commands.train_args(data, out, epochs_top=spin_value(self.epochs_top), **common)
@@ -204,27 +211,17 @@ class PredictDialog(JobDialog):
         self.area = AreaWidget(iface)
         self.name = QLineEdit(f"predict-{timestamp()}")
         self.out = file_widget(QgsFileWidget.GetDirectory, path=os.path.join(settings.work_dir(), "results"))
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.0, 1.0)
-        self.threshold.setDecimals(3)
-        self.threshold.setValue(settings.value("results/threshold"))
-        self.workers = int_spin(0, 256, 0)
-        self.checkpoint_every = int_spin(0, 1_000_000, 0)
-        self.batch_size = int_spin(0, 4096, 0)
-        self.shards = int_spin(0, 1000, 0)
-        self.views = QComboBox()
-        for n, text in zip(commands.VIEWS, ("1 (fastest)", "2", "4: turned", "8: turned and mirrored")):
-            self.views.addItem(text, n)
-        self.views.setToolTip("Score each tile this many ways up and average the scores: steadier scores for "
-                              "that many times the model's work")
+        for label, widget in (("Model folder", self.model), ("Imagery", self.imagery), ("Area", self.area),
+                              ("Name", self.name), ("Results under", self.out)):
+            self.form.addRow(label, widget)
+        self.threshold = self._add_input(THRESHOLD, settings.value("results/threshold"))
+        self.workers, self.checkpoint_every, self.batch_size, self.shards = (
+            self._add_input(param) for param in (WORKERS, CHECKPOINT_EVERY, BATCH_SIZE, SHARDS))
+        self.views = _choices(VIEWS, texts=("1 (fastest)", "2", "4: turned", "8: turned and mirrored"))
         self.views.currentIndexChanged.connect(self._model_chosen)
         self.where = _where_combo()
-        for label, widget in (("Model folder", self.model), ("Imagery", self.imagery), ("Area", self.area),
-                              ("Name", self.name), ("Results under", self.out),
-                              ("Candidate threshold", self.threshold), ("Imagery workers", self.workers),
-                              ("Checkpoint every (tiles)", self.checkpoint_every), ("Batch size", self.batch_size),
-                              ("Shards", self.shards), ("Views per tile", self.views), ("Run on", self.where)):
-            self.form.addRow(label, widget)
+        self.form.addRow(VIEWS.label, self.views)
+        self.form.addRow("Run on", self.where)
 
     def _model_chosen(self, *_):
         """The model's recommended threshold for the views chosen (its scores shift a little with them)."""
@@ -258,6 +255,19 @@ class PredictDialog(JobDialog):
                                        json_path=os.path.join(folder, "scores.json"))]
         return {"kind": "predict", "title": f"predict {name}", "steps": steps, "out": folder, "env": spec.env,
                 "outputs": {"store": store, "heatmap": heatmap, "candidates": candidates, "threshold": threshold}}
+
+
+def _choices(param, texts=None, extra=()) -> QComboBox:
+    """A combo box of a step parameter's choices (shown as texts, if given), at its default; the extra items come
+    after them, with no value."""
+    combo = QComboBox()
+    for choice, text in zip(param.choices, texts or [str(c) for c in param.choices]):
+        combo.addItem(text, choice)
+    for text in extra:
+        combo.addItem(text, None)
+    combo.setCurrentIndex(param.choices.index(param.default))
+    combo.setToolTip(param.help)
+    return combo
 
 
 def _where_combo() -> QComboBox:

@@ -14,7 +14,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import settings
-from .widgets import ERROR_STYLE, file_widget
+from ..core.parameters import THRESHOLD
+from .widgets import ERROR_STYLE, file_widget, parameter_input
 
 
 class LoadResultsDialog(QDialog):
@@ -29,10 +30,7 @@ class LoadResultsDialog(QDialog):
         self.setObjectName("TowerDetectorLoadResultsDialog")
         self.heatmap = file_widget(QgsFileWidget.GetFile, "GeoTIFF (*.tif *.tiff)", heatmap)
         self.candidates = file_widget(QgsFileWidget.GetFile, "GeoPackage (*.gpkg)", candidates)
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.0, 1.0)
-        self.threshold.setDecimals(3)
-        self.threshold.setValue(settings.value("results/threshold"))
+        self.threshold = parameter_input(THRESHOLD, settings.value("results/threshold"))
         self.floor = QDoubleSpinBox()
         self.floor.setRange(0.0, 0.99)
         self.floor.setValue(settings.value("results/heatmap_floor"))
@@ -47,7 +45,7 @@ class LoadResultsDialog(QDialog):
         self.error.setWordWrap(True)
         form = QFormLayout()
         for label, widget in (("Heatmap (GeoTIFF)", self.heatmap), ("Candidates (GeoPackage)", self.candidates),
-                              ("Candidate threshold", self.threshold), ("Heatmap floor", self.floor),
+                              (THRESHOLD.label, self.threshold), ("Heatmap floor", self.floor),
                               ("Model folder", model_row)):
             form.addRow(label, widget)
         buttons = QDialogButtonBox(QDialogButtonBox.Cancel)

@@ -3,7 +3,8 @@
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import QDockWidget, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QSlider, QWidget
 
-from ..core.result_layers import count, set_threshold, style_heatmap
+from ..core.parameters import THRESHOLD
+from ..core.result_layers import FLOOR, count, set_threshold, style_heatmap
 
 
 class ThresholdWidget(QWidget):
@@ -37,7 +38,7 @@ class ThresholdWidget(QWidget):
         self.spin.valueChanged.connect(self._apply)
         self.floor.valueChanged.connect(self._apply_floor)
 
-    def bind(self, candidate_layers, heatmap=None, threshold=0.5, floor=0.5):
+    def bind(self, candidate_layers, heatmap=None, threshold=THRESHOLD.default, floor=FLOOR):
         self.layers = [layer for layer in candidate_layers if layer is not None]
         self.heatmap = heatmap
         self.floor.blockSignals(True)

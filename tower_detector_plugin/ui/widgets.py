@@ -1,4 +1,4 @@
-"""Widgets the dialogs share: an area file, an imagery source, file pickers and number boxes."""
+"""Widgets the dialogs share: an area file, an imagery source, file pickers and the inputs of step parameters."""
 
 import glob
 import os
@@ -7,6 +7,7 @@ import time
 from qgis.gui import QgsAuthConfigSelect, QgsFileWidget
 from qgis.PyQt.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
     QLineEdit,
@@ -35,17 +36,29 @@ def file_widget(mode, filt="", path=""):
     return widget
 
 
-def int_spin(minimum, maximum, value, special="default"):
-    """An int spin box where the minimum means "the backend's default" (None)."""
-    box = QSpinBox()
-    box.setRange(minimum, maximum)
-    box.setValue(value)
-    if special:
-        box.setSpecialValueText(special)
-    return box
+def parameter_input(param, value=None):
+    """The input for a step parameter of core/parameters.py, starting at value (else the definition's default): a
+    line edit for text, else a spin box over the definition's range. A parameter the CLI decides shows "default"
+    at its minimum, which spin_value reads as None."""
+    value = param.default if value is None else value
+    if isinstance(value, str):
+        widget = QLineEdit(value)
+    else:
+        widget = QDoubleSpinBox() if param.decimals else QSpinBox()
+        if param.decimals:
+            widget.setDecimals(param.decimals)
+            widget.setRange(param.minimum, param.maximum if param.maximum is not None else 1e12)
+        else:
+            widget.setRange(int(param.minimum), int(param.maximum) if param.maximum is not None else 2**31 - 1)
+        widget.setValue(param.minimum if value is None else value)
+        if value is None:
+            widget.setSpecialValueText("default")
+    widget.setToolTip(param.help)
+    return widget
 
 
 def spin_value(box):
+    """A spin box's value; None at "default"."""
     return None if box.specialValueText() and box.value() == box.minimum() else box.value()
 
 
