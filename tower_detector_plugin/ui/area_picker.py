@@ -151,6 +151,20 @@ class AreaPickerDialog(QDialog):
         self.shown_band = _band(self.canvas)
 
         self.name = QLineEdit(time.strftime("area-%Y%m%d-%H%M%S"))
+        source_box = self._source_box()
+        info = self._info_form()
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        self.use_button = self.buttons.addButton("Use this area", QDialogButtonBox.AcceptRole)
+        self.use_button.setEnabled(False)
+        self.buttons.rejected.connect(self.reject)
+        self.use_button.clicked.connect(self._use)
+        layout = QVBoxLayout(self)
+        layout.addWidget(source_box)
+        layout.addLayout(info)
+        layout.addWidget(self.buttons)
+
+    def _source_box(self) -> QGroupBox:
+        """The ways to give the area: draw it, or take the map's extent, a layer's, or selected polygons."""
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.HasGeometry | QgsMapLayerProxyModel.RasterLayer)
         self.polygon_combo = QgsMapLayerComboBox()
@@ -173,9 +187,12 @@ class AreaPickerDialog(QDialog):
         self.extent_button.clicked.connect(self.use_canvas_extent)
         self.layer_button.clicked.connect(lambda: self.use_layer_extent(self.layer_combo.currentLayer()))
         self.selected_button.clicked.connect(lambda: self.use_selected_features(self.polygon_combo.currentLayer()))
-
         source_box = QGroupBox("Area")
         source_box.setLayout(buttons)
+        return source_box
+
+    def _info_form(self) -> QFormLayout:
+        """The area's name, tile count, km², time and cost, limit warning and file."""
         self.tiles_label = QLabel("-")
         self.km2_label = QLabel("-")
         self.time_label = QLabel("-")
@@ -191,15 +208,7 @@ class AreaPickerDialog(QDialog):
         info.addRow("Predict", self.time_label)
         info.addRow("", self.limit_label)
         info.addRow("File", self.file_label)
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.use_button = self.buttons.addButton("Use this area", QDialogButtonBox.AcceptRole)
-        self.use_button.setEnabled(False)
-        self.buttons.rejected.connect(self.reject)
-        self.use_button.clicked.connect(self._use)
-        layout = QVBoxLayout(self)
-        layout.addWidget(source_box)
-        layout.addLayout(info)
-        layout.addWidget(self.buttons)
+        return info
 
     # -- sources
     def _activate_tool(self, tool_class):

@@ -113,10 +113,17 @@ STATUS_FILTERS = (("Unreviewed", {UNREVIEWED}), ("All", None), ("Reviewed", {s f
 
 
 class ReviewDock(QDockWidget):
-    """The review panel. `exporter` (optional) gets the export buttons' requests: exportRequested(kind)."""
+    """The review panel. Its export and editor buttons emit exportRequested(kind), which ui/review_exports.py's
+    ReviewExports carries out; each decision emits decided(fid, status)."""
 
     exportRequested = pyqtSignal(str)  # "josm-zoom", "josm-layers", "id", "rapid", "osm", "overlay", ...
     decided = pyqtSignal(int, str)  # fid, status
+
+    EXPORTS = (("josm-zoom", "JOSM: load here"), ("josm-layers", "JOSM: send layers"), ("id", "Open in iD"),
+               ("rapid", "Open in Rapid"), ("osm", ".osm of confirmed"), ("overlay", "GeoJSON overlay"),
+               ("maproulette", "MapRoulette"), ("maproulette-cooperative", "MapRoulette (cooperative)"),
+               ("tasking-manager", "Tasking Manager"), ("labels", "Training labels"),
+               ("conflate", "Conflate with OSM"))  # (what exportRequested says, the button's text)
 
     def __init__(self, iface, parent=None):
         super().__init__("Tower Detector review", parent)
@@ -134,7 +141,20 @@ class ReviewDock(QDockWidget):
         self.layer_label = QLabel("No candidates loaded: use Load results, then Review candidates.")
         self.layer_label.setWordWrap(True)
         layout.addWidget(self.layer_label)
+        layout.addWidget(self._filter_box())
+        self._add_navigation(layout)
+        self._add_decision_inputs(layout)
+        layout.addWidget(self._changeset_box())
+        layout.addWidget(self._export_box())
+        layout.addStretch(1)
+        self.setWidget(body)
+        self._connect_inputs()
+        self.shortcuts = self._make_shortcuts()
+        self._show_current()
 
+    # -- building the panel, top to bottom
+    def _filter_box(self) -> QGroupBox:
+        """Score range, status, "only inside the current view", and whether to hide the heatmap."""
         filters = QGroupBox("Filter")
         form = QFormLayout(filters)
         self.min_score, self.max_score = _score_spin(0.0), _score_spin(1.0)
@@ -152,8 +172,10 @@ class ReviewDock(QDockWidget):
         self.hide_heatmap = QCheckBox("Hide the heatmap while reviewing (it covers the imagery)")
         self.hide_heatmap.setChecked(True)
         form.addRow("", self.hide_heatmap)
-        layout.addWidget(filters)
+        return filters
 
+    def _add_navigation(self, layout) -> None:
+        """The current candidate's line, then Previous, Next and the scale candidates are shown at."""
         self.current_label = QLabel("")
         self.current_label.setWordWrap(True)
         layout.addWidget(self.current_label)
@@ -172,6 +194,8 @@ class ReviewDock(QDockWidget):
         nav.addWidget(self.scale)
         layout.addLayout(nav)
 
+    def _add_decision_inputs(self, layout) -> None:
+        """A button per status (with its key), the note, moving the tower point, the reviewer, the progress."""
         grid = QGridLayout()
         self.status_buttons = {}
         for n, (status, text, key) in enumerate(STATUSES):
@@ -194,6 +218,8 @@ class ReviewDock(QDockWidget):
         self.progress_label = QLabel("")
         layout.addWidget(self.progress_label)
 
+    def _changeset_box(self) -> QGroupBox:
+        """The changeset tags, saved in the settings as they are edited."""
         changeset = QGroupBox("Changeset tags (pre-filled in JOSM, iD, Rapid and the .osm file)")
         tags = QFormLayout(changeset)
         self.changeset = {}
@@ -203,24 +229,19 @@ class ReviewDock(QDockWidget):
             tags.addRow(label, edit)
             self.changeset[key] = edit
         self.changeset["source"].setPlaceholderText("the imagery, e.g. Esri World Imagery")
-        layout.addWidget(changeset)
+        return changeset
 
+    def _export_box(self) -> QGroupBox:
         exports = QGroupBox("OSM editing and exports (nothing is uploaded by itself)")
-        ex = QGridLayout(exports)
-        for n, (kind, text) in enumerate((
-                ("josm-zoom", "JOSM: load here"), ("josm-layers", "JOSM: send layers"), ("id", "Open in iD"),
-                ("rapid", "Open in Rapid"), ("osm", ".osm of confirmed"), ("overlay", "GeoJSON overlay"),
-                ("maproulette", "MapRoulette"), ("maproulette-cooperative", "MapRoulette (cooperative)"),
-                ("tasking-manager", "Tasking Manager"), ("labels", "Training labels"),
-                ("conflate", "Conflate with OSM"))):
+        grid = QGridLayout(exports)
+        for n, (kind, text) in enumerate(self.EXPORTS):
             button = QPushButton(text)
             button.setObjectName(f"export_{kind}")
             button.clicked.connect(lambda _checked=False, k=kind: self.exportRequested.emit(k))
-            ex.addWidget(button, n // 2, n % 2)
-        layout.addWidget(exports)
-        layout.addStretch(1)
-        self.setWidget(body)
+            grid.addWidget(button, n // 2, n % 2)
+        return exports
 
+    def _connect_inputs(self) -> None:
         self.previous_button.clicked.connect(self.previous)
         self.next_button.clicked.connect(self.next)
         self.min_score.valueChanged.connect(self._filters_changed)
@@ -232,8 +253,6 @@ class ReviewDock(QDockWidget):
         self.hide_heatmap.toggled.connect(self._show_heatmaps)
         self.scale.valueChanged.connect(lambda v: settings.set_value("review/scale", int(v)))
         self.reviewer.editingFinished.connect(self._reviewer_changed)
-        self.shortcuts = self._make_shortcuts()
-        self._show_current()
 
     def _make_shortcuts(self):
         """Window-wide keys (so they work while the canvas has the focus), live only while the dock is shown."""
