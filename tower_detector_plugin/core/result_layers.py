@@ -39,7 +39,7 @@ HEATMAP_RAMP = ((0.0, QColor(255, 255, 178)), (0.35, QColor(254, 204, 92)), (0.7
 SCORE_BANDS = ((0.0, 0.9, QColor(254, 204, 92), "below 0.9"),
                (0.9, YES_THRESHOLD.default, QColor(253, 141, 60), f"0.9 to {YES_THRESHOLD.default:g}"),
                (YES_THRESHOLD.default, 1.0, QColor(227, 26, 28),
-                f"{YES_THRESHOLD.default:g} and above (the seed's \"Yes\")"))
+                f"{YES_THRESHOLD.default:g} and above (the original project's \"Yes\")"))
 
 
 class ResultsError(Exception):

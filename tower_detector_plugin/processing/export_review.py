@@ -26,7 +26,7 @@ class ExportReviewAlgorithm(CliAlgorithm):
     def shortHelpString(self):
         return ("Writes a reviewed candidates GeoPackage for OSM editing or training: osm (the confirmed towers for "
                 "JOSM, never uploaded by itself), osm-reference (the candidate squares, upload=never), overlay (the "
-                "seed's GeoJSON bands), maproulette and maproulette-cooperative (line-by-line GeoJSON), "
+                "original project's GeoJSON bands), maproulette and maproulette-cooperative (line-by-line GeoJSON), "
                 "tasking-manager (a folder: AOI, task polygons, priority areas), labels (review labels for "
                 "`dataset --extra-labels`). osm and maproulette-cooperative leave out towers within "
                 f"{DUPLICATE_DISTANCE.default:g} m of one OSM has: checked against the candidates' last conflation, "
