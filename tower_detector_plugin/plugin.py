@@ -12,7 +12,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
-from . import resources  # noqa: F401 - registers :/plugins/tower_detector/* with Qt
+from . import resources  # registers :/plugins/tower_detector/* with Qt
 
 MENU = "&Tower Detector"
 ICON = ":/plugins/tower_detector/icon.svg"

@@ -42,7 +42,7 @@ class CliTask(QgsTask):
     ended, however it ended. QGIS deletes the task after that: keep the TaskEnd, not the task.
     """
 
-    eventReceived = pyqtSignal(dict)  # noqa: N815 - Qt naming
+    eventReceived = pyqtSignal(dict)
     done = pyqtSignal(object)
 
     def __init__(self, title: str, steps: list, cli: runner.Cli, env: dict = None):

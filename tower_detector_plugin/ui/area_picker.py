@@ -58,14 +58,14 @@ class RectangleTool(QgsMapTool):
         self.band = _band(canvas)
         self.start = None
 
-    def canvasPressEvent(self, e):  # noqa: N802 - Qt API
+    def canvasPressEvent(self, e):
         self.start = e.mapPoint()
 
-    def canvasMoveEvent(self, e):  # noqa: N802
+    def canvasMoveEvent(self, e):
         if self.start is not None:
             self.band.setToGeometry(QgsGeometry.fromRect(QgsRectangle(self.start, e.mapPoint())), None)
 
-    def canvasReleaseEvent(self, e):  # noqa: N802
+    def canvasReleaseEvent(self, e):
         if self.start is None:
             return
         rect = QgsRectangle(self.start, e.mapPoint())
@@ -96,21 +96,21 @@ class PolygonTool(QgsMapTool):
             self.band.addPoint(p, False)
         self.band.show()
 
-    def canvasReleaseEvent(self, e):  # noqa: N802
+    def canvasReleaseEvent(self, e):
         if e.button() == Qt.RightButton:
             self.finish()
         else:
             self.points.append(e.mapPoint())
             self._show()
 
-    def canvasDoubleClickEvent(self, e):  # noqa: N802
+    def canvasDoubleClickEvent(self, e):
         self.finish()
 
-    def canvasMoveEvent(self, e):  # noqa: N802
+    def canvasMoveEvent(self, e):
         if self.points:
             self._show(e.mapPoint())
 
-    def keyPressEvent(self, e):  # noqa: N802
+    def keyPressEvent(self, e):
         if e.key() == Qt.Key_Escape:
             self.points = []
             self.band.reset(QgsWkbTypes.PolygonGeometry)
@@ -133,7 +133,7 @@ class PolygonTool(QgsMapTool):
 class AreaPickerDialog(QDialog):
     """Non-modal: the user draws on the canvas while it is open. Emits areaChosen(path) on "Use this area"."""
 
-    areaChosen = pyqtSignal(str)  # noqa: N815
+    areaChosen = pyqtSignal(str)
 
     def __init__(self, iface, parent=None):
         super().__init__(parent or iface.mainWindow())

@@ -24,8 +24,8 @@ COLUMNS = ("Job", "Status", "Started", "Progress", "Output", "Message")
 class JobsDock(QDockWidget):
     """Lists the jobs; cancel, open the output folder, load a prediction's results, show a model's metrics."""
 
-    loadResults = pyqtSignal(dict)  # noqa: N815 - a finished predict job's record
-    showMetrics = pyqtSignal(str)  # noqa: N815 - a model directory
+    loadResults = pyqtSignal(dict)
+    showMetrics = pyqtSignal(str)
 
     def __init__(self, manager: JobManager, parent=None):
         super().__init__("Tower Detector jobs", parent)
