@@ -49,7 +49,7 @@ def run(n, steps, work):
     from qgis.gui import QgsMapCanvas, QgsMessageBar
     from qgis.PyQt.QtWidgets import QMainWindow
 
-    from tower_detector_plugin.review import ReviewDock
+    from tower_detector_plugin.ui.review_dock import ReviewDock
 
     path = make_candidates(Path(work) / f"candidates-{n}.gpkg", n)
     layer = QgsVectorLayer(f"{path}|layername=candidates", "tower candidates", "ogr")

@@ -9,7 +9,7 @@ metadata.txt and LICENSE; metadata.txt's [general] section with the required fie
 version, qgisMinimumVersion, author, email, about, tracker, repository), http(s) URLs for tracker, repository
 and homepage, an author without slashes, true/false flags, and an icon that is in the zip. Ours on top: no
 binaries (by extension or by an ELF / PE / Mach-O header), a dotted numeric version, the compiled resources.py
-and the copied redaction.py.
+and the copied core/redaction.py.
 (The site also checks that the URLs answer; that needs the network and is left to the upload.)
 """
 
@@ -66,7 +66,7 @@ def check_zip(path, max_bytes: int = MAX_BYTES) -> list:
         top = tops[0]
         if not top.isidentifier() or not re.match(r"^[A-Za-z][A-Za-z0-9_]+$", top):
             problems.append(f"top-level folder {top!r} is not a Python identifier (letters, digits, _)")
-        for required in ("__init__.py", "metadata.txt", "LICENSE", "resources.py", "redaction.py"):
+        for required in ("__init__.py", "metadata.txt", "LICENSE", "resources.py", "core/redaction.py"):
             if f"{top}/{required}" not in names:
                 problems.append(f"missing {top}/{required}")
         if f"{top}/metadata.txt" in names:

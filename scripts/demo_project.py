@@ -28,7 +28,7 @@ def build(scene, heatmap, candidates, out, png=None, *, threshold=0.5, floor=0.5
     from qgis.PyQt.QtGui import QColor
 
     sys.path.insert(0, str(REPO))  # the plugin's styling, from this checkout
-    from tower_detector_plugin.results import add_results
+    from tower_detector_plugin.core.result_layers import add_results
 
     project = QgsProject.instance()
     project.clear()

@@ -73,7 +73,7 @@ def run_a_real_job(plugin):
     area = os.path.join(os.path.dirname(os.environ.get("TD_SMOKE_SCENE", "")), "area.geojson")
     if not os.path.isfile(area):
         return
-    from tower_detector_plugin import commands
+    from tower_detector_plugin.core import commands
 
     manager = plugin.job_manager()
     job_id = manager.start("tiles", "tile count of the sample scene", [commands.tiles_args(area, 18)],

@@ -3,7 +3,7 @@
 
 python3 scripts/qgis_profile.py [--root build/qgis] [--profile tower-detector] [--run]
 
-Builds the plugin into ROOT/profiles/PROFILE/python/plugins/, enables it and points its backend setting at this
+Builds the plugin into ROOT/profiles/PROFILE/python/plugins/, enables it and points its CLI setting at this
 checkout's .venv/bin/tower-detector (in the profile's QGIS3.ini), then prints the command that starts QGIS with
 it (or runs it with --run). The user's own QGIS profile is never touched.
 """
@@ -31,14 +31,14 @@ def _ini_escape(key: str) -> str:
     return key.replace("/", "\\")
 
 
-def prepare(root, profile: str = "tower-detector", work_dir=None, backend=None) -> Path:
+def prepare(root, profile: str = "tower-detector", work_dir=None, cli=None) -> Path:
     """Create or refresh ROOT/profiles/PROFILE with the plugin built from this checkout; returns its folder."""
     root = Path(root).resolve()
     folder = root / "profiles" / profile
     plugins = folder / "python" / "plugins"
     plugins.mkdir(parents=True, exist_ok=True)
     _build_script().build_plugin(plugins)
-    backend = backend or REPO / ".venv" / "bin" / "tower-detector"
+    cli = cli or REPO / ".venv" / "bin" / "tower-detector"
     work_dir = Path(work_dir or root / "work").resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     ini = folder / "QGIS" / "QGIS3.ini"
@@ -47,7 +47,7 @@ def prepare(root, profile: str = "tower-detector", work_dir=None, backend=None) 
     sections = _read_ini(ini)
     sections.setdefault("PythonPlugins", {})[PLUGIN] = "true"
     td = sections.setdefault("tower_detector", {})
-    td.setdefault(_ini_escape("backend/path"), str(backend) if Path(backend).exists() else "")
+    td.setdefault(_ini_escape("cli/path"), str(cli) if Path(cli).exists() else "")
     td.setdefault("work_dir", str(work_dir))
     qgis = sections.setdefault("qgis", {})
     qgis.setdefault("checkVersion", "false")  # no network calls at start-up

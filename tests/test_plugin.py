@@ -1,5 +1,6 @@
 """The QGIS plugin skeleton: metadata, packaging, and loading it in real QGIS (pytest-qgis, offscreen)."""
 
+import ast
 import configparser
 import importlib.util
 import os
@@ -202,4 +203,48 @@ def test_plugin_never_imports_backend_only_packages():
     sources = sorted((REPO / PLUGIN).rglob("*.py"))
     assert sources
     offenders = [f"{path}: {m.group(0).strip()}" for path in sources for m in pattern.finditer(path.read_text())]
+    assert offenders == []
+
+
+def _plugin_imports(path: Path):
+    """(imported module as a dotted name inside the plugin or outside it, the names taken from it) for each import
+    in a plugin module; relative imports resolved against the module's package."""
+    package = path.relative_to(REPO).with_suffix("").parts[:-1]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names = [alias.name for alias in node.names]
+            if node.module is None:  # from . import a, b: each name is a module
+                for name in names:
+                    yield f"{module}.{name}", []
+            else:
+                yield module, names
+
+
+def test_plugin_packages_import_downwards_only():
+    """core/ is the plugin's logic without widgets: it imports neither ui/ nor processing/, nor QtWidgets or
+    qgis.gui. ui/ and processing/ build on core/ and not on each other; plugin.py wires them. No module takes a
+    private name from another package."""
+    layer_of = {"core": 0, "ui": 1, "processing": 1}
+    offenders = []
+    for path in sorted((REPO / PLUGIN).rglob("*.py")):
+        if path.name == "resources.py":
+            continue
+        own = path.relative_to(REPO / PLUGIN).parts[0] if len(path.relative_to(REPO / PLUGIN).parts) > 1 else ""
+        for module, names in _plugin_imports(path):
+            parts = module.split(".")
+            if own == "core" and (module.startswith(("qgis.gui", "qgis.PyQt.QtWidgets", "PyQt5.QtWidgets"))):
+                offenders.append(f"{path.name}: {module} (core has no widgets)")
+            if parts[0] != PLUGIN or len(parts) < 2:
+                continue
+            target = parts[1]
+            if own in layer_of and target in layer_of and target != own and layer_of[target] >= layer_of[own]:
+                offenders.append(f"{own}/{path.name} imports {module}")
+            private = [name for name in names if name.startswith("_") and target != own]
+            if private:
+                offenders.append(f"{own}/{path.name} takes private {private} from {module}")
     assert offenders == []

@@ -18,7 +18,8 @@ from qgis.gui import QgsMapMouseEvent
 from qgis.PyQt.QtCore import QEvent, QPoint, Qt
 from test_plugin_support import CRASH_SCRIPT, real_cli, wait_until
 
-from tower_detector_plugin import area
+from tower_detector_plugin.core import area_geometry, estimates
+from tower_detector_plugin.ui import area_picker
 
 fake_backend = support.fake_backend  # a fixture
 plugin_settings = support.plugin_settings  # a fixture
@@ -39,7 +40,7 @@ def utm_project(qgis_iface, qgis_new_project):
 
 @pytest.fixture
 def picker(qgis_iface, plugin_settings, utm_project):
-    dialog = area.AreaPickerDialog(qgis_iface)
+    dialog = area_picker.AreaPickerDialog(qgis_iface)
     yield dialog
     dialog.close()
     dialog.deleteLater()
@@ -57,25 +58,25 @@ def _exact_count(path) -> int:
 
 
 def test_utm_rectangle_becomes_a_densified_wgs84_polygon(qgis_new_project):
-    geom = area.to_wgs84(QgsGeometry.fromRect(BOX), UTM35S)
+    geom = area_geometry.to_wgs84(QgsGeometry.fromRect(BOX), UTM35S)
     box = geom.boundingBox()
     assert 26.99 < box.xMinimum() < box.xMaximum() < 27.03
     assert -15.47 < box.yMinimum() < box.yMaximum() < -15.44
     assert geom.constGet().nCoordinates() > 5 * 4  # densified: the edges follow the projected rectangle
     # 4 km² in UTM; UTM's scale factor 0.9996 makes the true area 0.08 % larger at the central meridian
-    assert area.area_km2(geom) == pytest.approx(4.0 / 0.9996**2, rel=1e-3)
+    assert area_geometry.area_km2(geom) == pytest.approx(4.0 / 0.9996**2, rel=1e-3)
 
 
 def test_web_mercator_limit_is_refused():
     with pytest.raises(ValueError, match="beyond latitude"):
-        area.to_wgs84(QgsGeometry.fromRect(QgsRectangle(0, 80, 1, 86)), area.WGS84)
+        area_geometry.to_wgs84(QgsGeometry.fromRect(QgsRectangle(0, 80, 1, 86)), area_geometry.WGS84)
 
 
 def test_drawn_rectangle_is_written_and_counted_exactly(picker, utm_project, plugin_settings):
     picker.name.setText("my area")
-    picker._activate_tool(area.RectangleTool)
+    picker._activate_tool(area_picker.RectangleTool)
     tool = utm_project.mapTool()
-    assert isinstance(tool, area.RectangleTool)
+    assert isinstance(tool, area_picker.RectangleTool)
     tool.canvasPressEvent(_mouse(utm_project, QEvent.MouseButtonPress, QgsPointXY(500_000, 8_292_000)))
     tool.canvasMoveEvent(_mouse(utm_project, QEvent.MouseMove, QgsPointXY(501_000, 8_291_000)))
     tool.canvasReleaseEvent(_mouse(utm_project, QEvent.MouseButtonRelease, QgsPointXY(502_000, 8_290_000)))
@@ -99,13 +100,13 @@ def test_drawn_rectangle_is_written_and_counted_exactly(picker, utm_project, plu
 
 
 def test_polygon_tool_and_selected_features(picker, utm_project):
-    picker._activate_tool(area.PolygonTool)
+    picker._activate_tool(area_picker.PolygonTool)
     tool = utm_project.mapTool()
     for x, y in ((500_000, 8_290_000), (502_000, 8_290_000), (501_000, 8_292_000)):
         tool.canvasReleaseEvent(_mouse(utm_project, QEvent.MouseButtonRelease, QgsPointXY(x, y)))
     tool.canvasReleaseEvent(_mouse(utm_project, QEvent.MouseButtonRelease, QgsPointXY(0, 0), Qt.RightButton))
     assert picker.geometry4326 is not None
-    assert area.area_km2(picker.geometry4326) == pytest.approx(2.0, rel=0.01)
+    assert area_geometry.area_km2(picker.geometry4326) == pytest.approx(2.0, rel=0.01)
 
     layer = QgsVectorLayer("Polygon?crs=EPSG:32735", "fields", "memory")
     features = []
@@ -119,16 +120,16 @@ def test_polygon_tool_and_selected_features(picker, utm_project):
     assert "select one or more" in picker.limit_label.text()
     layer.selectByIds([f.id() for f in layer.getFeatures()][1:])
     picker.use_selected_features(layer)
-    assert area.area_km2(picker.geometry4326) == pytest.approx(1.0, rel=0.01)
+    assert area_geometry.area_km2(picker.geometry4326) == pytest.approx(1.0, rel=0.01)
     picker.use_layer_extent(layer)
-    assert area.area_km2(picker.geometry4326) == pytest.approx(11.0 * 2.0, rel=0.01)
+    assert area_geometry.area_km2(picker.geometry4326) == pytest.approx(11.0 * 2.0, rel=0.01)
 
 
 def test_without_a_backend_the_count_is_an_estimate_and_says_so(picker, utm_project, plugin_settings, tmp_path):
     exact_path = tmp_path / "box.geojson"
-    area.write_area(area.to_wgs84(QgsGeometry.fromRect(BOX), UTM35S), str(exact_path))
+    area_geometry.write_area(area_geometry.to_wgs84(QgsGeometry.fromRect(BOX), UTM35S), str(exact_path))
     exact = _exact_count(exact_path)
-    plugin_settings.set_value("backend/path", str(tmp_path / "missing" / "tower-detector"))
+    plugin_settings.set_value("cli/path", str(tmp_path / "missing" / "tower-detector"))
     picker.set_area(QgsGeometry.fromRect(BOX), UTM35S)
     assert picker.tiles is not None and not picker.exact
     assert picker.tiles_label.text().startswith("≈")
@@ -156,8 +157,8 @@ def test_large_areas_warn_then_are_refused(picker, utm_project, plugin_settings)
     wait_until(lambda: picker.tiles is not None, 60, "the tile count")
     assert "over the limit of 100" in picker.limit_label.text()
     assert not picker.use_button.isEnabled()
-    assert area.limit_check(50) == ("warn", area.limit_check(50)[1])
-    assert area.limit_check(5)[0] == "ok"
+    assert estimates.limit_check(50) == ("warn", estimates.limit_check(50)[1])
+    assert estimates.limit_check(5)[0] == "ok"
 
 
 def test_cost_estimate_uses_the_settings(plugin_settings):
@@ -165,6 +166,6 @@ def test_cost_estimate_uses_the_settings(plugin_settings):
     plugin_settings.set_value("estimate/remote_tiles_per_s", 1000.0)
     plugin_settings.set_value("estimate/remote_usd_per_hour", 0.5)
     plugin_settings.set_value("estimate/remote_workers", 4)
-    est = area.estimate_cost(3_600_000)
+    est = estimates.estimate_cost(3_600_000)
     assert (est.local_hours, est.gpu_hours, est.remote_hours, est.usd) == (10.0, 1.0, 0.25, 0.5)
-    assert area.format_hours(est.local_hours) == "10.0 h" and area.format_hours(0.25) == "15 min"
+    assert estimates.format_hours(est.local_hours) == "10.0 h" and estimates.format_hours(0.25) == "15 min"

@@ -7,9 +7,10 @@ import test_plugin_support as support
 from qgis.core import Qgis, QgsApplication
 from test_plugin_support import CLI, CRASH_SCRIPT, process_gone, real_cli, run_task, wait_until
 
-from tower_detector_plugin import backend, commands
-from tower_detector_plugin.jobs import JobManager, JobsDock, JobStore
-from tower_detector_plugin.tasks import BackendTask
+from tower_detector_plugin.core import commands, runner
+from tower_detector_plugin.core.jobs import JobManager, JobStore
+from tower_detector_plugin.core.tasks import CliTask
+from tower_detector_plugin.ui.jobs_dock import JobsDock
 
 fake_backend = support.fake_backend  # a fixture
 plugin_settings = support.plugin_settings  # a fixture
@@ -49,58 +50,59 @@ def test_locate_prefers_configured_then_dev_checkout_then_path(tmp_path, monkeyp
     python = tmp_path / "python3.11"
     python.write_text("#!/bin/sh\n")
     python.chmod(0o755)
-    assert backend.locate(str(python)).command == (str(python), "-m", "tower_detector")
-    with pytest.raises(backend.BackendMissing, match="not an executable"):
-        backend.locate(str(tmp_path / "nowhere"))
+    assert runner.DEV_CHECKOUT_CLI == support.REPO / ".venv" / "bin"  # the checkout's, wherever runner.py lies
+    assert runner.locate(str(python)).command == (str(python), "-m", "tower_detector")
+    with pytest.raises(runner.CliNotFound, match="not an executable"):
+        runner.locate(str(tmp_path / "nowhere"))
 
-    monkeypatch.setattr(backend, "DEV_CHECKOUT_CLI", tmp_path / "no-venv")
+    monkeypatch.setattr(runner, "DEV_CHECKOUT_CLI", tmp_path / "no-venv")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(backend.BackendMissing, match="not found"):
-        backend.locate("")
+    with pytest.raises(runner.CliNotFound, match="not found"):
+        runner.locate("")
     (tmp_path / "bin").mkdir()
     exe = tmp_path / "bin" / "tower-detector"
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert backend.locate("") == backend.Backend((str(exe),), "PATH")
-    monkeypatch.setattr(backend, "DEV_CHECKOUT_CLI", CLI.parent)
+    assert runner.locate("") == runner.Cli((str(exe),), "PATH")
+    monkeypatch.setattr(runner, "DEV_CHECKOUT_CLI", CLI.parent)
     if CLI.is_file():  # in the dev checkout, its .venv wins over PATH
-        assert backend.locate("").source == "dev checkout"
+        assert runner.locate("").source == "dev checkout"
 
 
 def test_version_check_runs_the_real_cli():
-    be = backend.locate(real_cli())
-    assert backend.version(be).startswith("tower-detector ")
+    cli = runner.locate(real_cli())
+    assert runner.version(cli).startswith("tower-detector ")
 
 
 def test_events_from_the_real_tiles_command():
-    be = backend.locate(real_cli())
+    cli = runner.locate(real_cli())
     seen = []
-    result = backend.run(be, commands.tiles_args("28.0,-15.0,28.01,-14.99"), on_event=seen.append)
+    result = runner.run(cli, commands.tiles_args("28.0,-15.0,28.01,-14.99"), on_event=seen.append)
     assert result.ok, result.stderr
     assert result.result["count"] == seen[-1]["count"] > 0
     assert result.returncode == 0 and result.error is None
 
 
 def test_bad_input_gives_the_one_line_reason():
-    be = backend.locate(real_cli())
-    result = backend.run(be, commands.tiles_args("10,10,5"))
+    cli = runner.locate(real_cli())
+    result = runner.run(cli, commands.tiles_args("10,10,5"))
     assert result.returncode == 2
     assert result.error["kind"] == "bad_input"
     assert result.reason() == result.error["message"] and "\n" not in result.reason()
 
 
 def test_non_json_output_becomes_log_events():
-    assert backend.parse_event("plain words") == {"event": "log", "message": "plain words"}
-    assert backend.parse_event('{"event": "progress", "done": 1, "total": 2}')["done"] == 1
-    assert backend.parse_event("[1, 2]")["event"] == "log"
+    assert runner.parse_event("plain words") == {"event": "log", "message": "plain words"}
+    assert runner.parse_event('{"event": "progress", "done": 1, "total": 2}')["done"] == 1
+    assert runner.parse_event("[1, 2]")["event"] == "log"
 
 
 def test_secrets_travel_in_the_environment_and_python_paths_do_not(tmp_path, fake_backend, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/usr/share/qgis/python")
     script = fake_backend('print(json.dumps({"event": "result", "token": os.environ.get("TOWER_DETECTOR_TOKEN"), '
                           '"pythonpath": os.environ.get("PYTHONPATH"), "argv": sys.argv[1:]}))')
-    result = backend.run(backend.locate(str(script)), ["tiles", "--events"], env={"TOWER_DETECTOR_TOKEN": "s3cr3t"})
+    result = runner.run(runner.locate(str(script)), ["tiles", "--events"], env={"TOWER_DETECTOR_TOKEN": "s3cr3t"})
     assert result.result["token"] == "s3cr3t"
     assert result.result["pythonpath"] is None
     assert "s3cr3t" not in json.dumps(result.result["argv"])
@@ -108,7 +110,7 @@ def test_secrets_travel_in_the_environment_and_python_paths_do_not(tmp_path, fak
 
 def test_crashing_backend_fails_the_task_with_the_last_stderr_line(fake_backend, log):
     script = fake_backend(CRASH_SCRIPT)
-    end = run_task(BackendTask("crash", [["train", "--events"]], backend.locate(str(script))))
+    end = run_task(CliTask("crash", [["train", "--events"]], runner.locate(str(script))))
     assert not end.ok and not end.canceled
     assert end.outcome.returncode == 1
     assert end.reason == "exit status 1: RuntimeError: the model exploded"
@@ -119,7 +121,7 @@ def test_crashing_backend_fails_the_task_with_the_last_stderr_line(fake_backend,
 def test_task_progress_spans_its_steps(fake_backend):
     script = fake_backend('print(json.dumps({"event": "progress", "done": 1, "total": 2}), flush=True)\n'
                           'print(json.dumps({"event": "result", "message": "ok"}))')
-    task = BackendTask("two steps", [["a", "--events"], ["b", "--events"]], backend.locate(str(script)))
+    task = CliTask("two steps", [["a", "--events"], ["b", "--events"]], runner.locate(str(script)))
     seen = []
     task.progressChanged.connect(seen.append)
     end = run_task(task)
@@ -131,7 +133,7 @@ def test_task_progress_spans_its_steps(fake_backend):
 def test_cancel_ends_the_backend_and_its_children(tmp_path, fake_backend, monkeypatch):
     monkeypatch.setenv("PIDS_FILE", str(tmp_path / "pids.json"))
     script = fake_backend(SPAWNS_AND_WAITS)
-    task = BackendTask("long", [["predict", "--events"]], backend.locate(str(script)))
+    task = CliTask("long", [["predict", "--events"]], runner.locate(str(script)))
     events = []
     task.eventReceived.connect(events.append)
     ended = []
@@ -147,7 +149,7 @@ def test_cancel_ends_the_backend_and_its_children(tmp_path, fake_backend, monkey
 
 
 def test_missing_backend_fails_the_job_with_where_to_set_it(qgis_iface, plugin_settings, monkeypatch, tmp_path):
-    plugin_settings.set_value("backend/path", str(tmp_path / "gone" / "tower-detector"))
+    plugin_settings.set_value("cli/path", str(tmp_path / "gone" / "tower-detector"))
     qgis_iface.messageBar().clear_messages()
     manager = JobManager(qgis_iface)
     job_id = manager.start("train", "train m1", [commands.train_args("ds", "m1")])
@@ -194,13 +196,13 @@ MARK = "Qz7MARKER"  # in every secret below; in no record or log line
 
 
 def test_a_secret_under_any_name_reaches_no_job_record_or_log(qgis_iface, plugin_settings, fake_backend, tmp_path):
-    """imagery.resolve lifts every value the backend would hide into the environment, and the job record and the
+    """imagery_sources.resolve lifts every value the backend would hide into the environment, and the job record and the
     log are redacted by the same allowlist even when a backend quotes a URL with a secret in it."""
-    from tower_detector_plugin import imagery
+    from tower_detector_plugin.core import imagery_sources
 
     names = ("access_token", "connectId", "auth", "code", "session", "zzq")
     url = "https://t.example.com/{z}/{x}/{y}.png?format=png&" + "&".join(f"{n}={MARK}-{n}" for n in names)
-    spec = imagery.resolve(url)
+    spec = imagery_sources.resolve(url)
     assert MARK not in spec.spec and "format=png" in spec.spec and len(spec.env) == len(names)
     assert all(MARK in value for value in spec.env.values())
     # a backend that quotes the URL with its secrets, in a result, an error and on stderr

@@ -3,7 +3,7 @@
 import pytest
 from test_plugin_support import need_command
 
-from tower_detector_plugin import commands
+from tower_detector_plugin.core import commands
 
 
 def parse(args):

@@ -18,16 +18,12 @@ from qgis.core import (
 )
 from test_plugin_support import CRASH_SCRIPT, REPO, make_heatmap, make_model_dir, need_command, real_cli
 
-from tower_detector_plugin import commands, imagery
-from tower_detector_plugin.dialogs import (
-    BuildDatasetDialog,
-    LoadResultsDialog,
-    PredictDialog,
-    SettingsDialog,
-    TrainDialog,
-    export_points,
-)
-from tower_detector_plugin.jobs import JobManager
+from tower_detector_plugin.core import commands, imagery_sources
+from tower_detector_plugin.core.jobs import JobManager
+from tower_detector_plugin.core.point_export import export_layer_points
+from tower_detector_plugin.ui.job_dialogs import BuildDatasetDialog, PredictDialog, TrainDialog
+from tower_detector_plugin.ui.load_results_dialog import LoadResultsDialog
+from tower_detector_plugin.ui.settings_dialog import SettingsDialog
 
 fake_backend = support.fake_backend  # a fixture
 plugin_settings = support.plugin_settings  # a fixture
@@ -67,56 +63,56 @@ def manager(qgis_iface, plugin_settings):
 
 
 def test_tokens_come_from_the_auth_manager_into_the_environment_only(token_authcfg):
-    spec = imagery.resolve(f"{URL}?access_token={imagery.TOKEN_REF}", token_authcfg)
+    spec = imagery_sources.resolve(f"{URL}?access_token={imagery_sources.TOKEN_REF}", token_authcfg)
     assert spec.spec == f"{URL}?access_token=${{TOWER_DETECTOR_TOKEN}}"
     assert spec.env == {"TOWER_DETECTOR_TOKEN": TOKEN}
     with pytest.raises(ValueError, match="has no"):
-        imagery.resolve(URL, token_authcfg)
+        imagery_sources.resolve(URL, token_authcfg)
     with pytest.raises(ValueError, match="not found"):
-        imagery.resolve(f"{URL}?t={imagery.TOKEN_REF}", "nosuchid")
+        imagery_sources.resolve(f"{URL}?t={imagery_sources.TOKEN_REF}", "nosuchid")
 
 
 def test_literal_secrets_in_urls_are_lifted_into_the_environment(monkeypatch):
     monkeypatch.delenv("TOWER_DETECTOR_TOKEN", raising=False)
-    spec = imagery.resolve(f"{URL}?api_key=abc%2F123&style=x&access_token=pk.999")
+    spec = imagery_sources.resolve(f"{URL}?api_key=abc%2F123&style=x&access_token=pk.999")
     assert spec.spec == (f"{URL}?api_key=${{TOWER_DETECTOR_SECRET_API_KEY}}&style=x"
                          "&access_token=${TOWER_DETECTOR_SECRET_ACCESS_TOKEN}")
     # as written, percent-escapes included: the backend puts the value back into the URL verbatim
     assert spec.env == {"TOWER_DETECTOR_SECRET_API_KEY": "abc%2F123", "TOWER_DETECTOR_SECRET_ACCESS_TOKEN": "pk.999"}
-    assert imagery.literal_secrets(f"{URL}?key=abc&style=x") == ["key"]
-    assert imagery.literal_secrets(f"{URL}?key={imagery.TOKEN_REF}") == []
+    assert imagery_sources.literal_secrets(f"{URL}?key=abc&style=x") == ["key"]
+    assert imagery_sources.literal_secrets(f"{URL}?key={imagery_sources.TOKEN_REF}") == []
     with pytest.raises(ValueError, match="user:password@"):
-        imagery.resolve("https://me:pw@tiles.example.com/{z}/{x}/{y}.png")
+        imagery_sources.resolve("https://me:pw@tiles.example.com/{z}/{x}/{y}.png")
     with pytest.raises(ValueError, match="choose the authentication config"):
-        imagery.resolve(f"{URL}?t={imagery.TOKEN_REF}")
-    assert imagery.resolve("/data/scene.tif") == imagery.ImagerySpec("/data/scene.tif", {})
+        imagery_sources.resolve(f"{URL}?t={imagery_sources.TOKEN_REF}")
+    assert imagery_sources.resolve("/data/scene.tif") == imagery_sources.ImagerySpec("/data/scene.tif", {})
 
 
 def test_the_plugin_redacts_with_the_backends_own_module(monkeypatch):
     """The plugin's redaction.py is the backend's file (copied by scripts/build_plugin.py), and imagery uses it:
     every query value but a harmless parameter's is lifted, whatever the parameter is called."""
-    from tower_detector_plugin import redaction
+    from tower_detector_plugin.core import redaction
 
     backend = (REPO / "backend" / "tower_detector" / "common" / "redaction.py").read_text()
     assert Path(redaction.__file__).read_text().split("\n", 1)[1] == backend
-    assert imagery.redact is redaction.redact and imagery.secrets is redaction.secrets
+    assert imagery_sources.redact is redaction.redact and imagery_sources.secrets is redaction.secrets
     monkeypatch.delenv("TOWER_DETECTOR_TOKEN", raising=False)
-    spec = imagery.resolve(f"{URL}?connectId=c1&layer=Topo&auth=a1&zzq=z1&tilematrix={{z}}&session=")
+    spec = imagery_sources.resolve(f"{URL}?connectId=c1&layer=Topo&auth=a1&zzq=z1&tilematrix={{z}}&session=")
     assert spec.spec == (f"{URL}?connectId=${{TOWER_DETECTOR_SECRET_CONNECTID}}&layer=Topo"
                          "&auth=${TOWER_DETECTOR_SECRET_AUTH}&zzq=${TOWER_DETECTOR_SECRET_ZZQ}&tilematrix={z}&session=")
     assert spec.env == {"TOWER_DETECTOR_SECRET_CONNECTID": "c1", "TOWER_DETECTOR_SECRET_AUTH": "a1",
                         "TOWER_DETECTOR_SECRET_ZZQ": "z1"}
-    assert imagery.literal_secrets(f"{URL}?code=x&format=png&session=${{S}}") == ["code"]
+    assert imagery_sources.literal_secrets(f"{URL}?code=x&format=png&session=${{S}}") == ["code"]
 
 
 def test_imagery_sources_are_the_users_xyz_connections_and_raster_layers(qgis_new_project, tmp_path):
     settings = QgsSettings()
-    settings.setValue("qgis/connections-xyz/Aerial test/url", f"{URL}?access_token={imagery.TOKEN_REF}")
+    settings.setValue("qgis/connections-xyz/Aerial test/url", f"{URL}?access_token={imagery_sources.TOKEN_REF}")
     settings.setValue("qgis/connections-xyz/Aerial test/authcfg", "abc1234")
     settings.setValue("qgis/connections-xyz/Hidden one/url", URL)
     settings.setValue("qgis/connections-xyz/Hidden one/hidden", "true")
     try:
-        sources = {s.label: s for s in imagery.xyz_connections()}
+        sources = {s.label: s for s in imagery_sources.xyz_connections()}
         assert sources["XYZ connection: Aerial test"].authcfg == "abc1234"
         assert sources["XYZ connection: Aerial test"].name == "Aerial test"
         assert "XYZ connection: Hidden one" not in sources
@@ -127,9 +123,9 @@ def test_imagery_sources_are_the_users_xyz_connections_and_raster_layers(qgis_ne
     QgsProject.instance().addMapLayer(QgsRasterLayer(str(tif), "scene", "gdal"))
     xyz = QgsRasterLayer(f"type=xyz&url={URL.replace('{', '%7B').replace('}', '%7D')}", "basemap", "wms")
     QgsProject.instance().addMapLayer(xyz, True)
-    layers = {s.label: s.spec for s in imagery.raster_layer_sources()}
+    layers = {s.label: s.spec for s in imagery_sources.raster_layer_sources()}
     assert layers["Layer: scene"] == str(tif)
-    assert {s.label: s.name for s in imagery.raster_layer_sources()}["Layer: scene"] == "scene"
+    assert {s.label: s.name for s in imagery_sources.raster_layer_sources()}["Layer: scene"] == "scene"
     if xyz.isValid():  # the wms provider may refuse a layer it cannot reach; the decoding is what is tested
         assert layers["Layer: basemap"] == URL
 
@@ -144,7 +140,7 @@ def test_dataset_dialog_exports_a_utm_point_layer_and_builds_the_command(qgis_if
     QgsProject.instance().addMapLayer(points)
     dialog = BuildDatasetDialog(qgis_iface, manager)
     dialog.area.set_path(area_file)
-    dialog.imagery.set_spec(f"{URL}?access_token={imagery.TOKEN_REF}", token_authcfg)
+    dialog.imagery.set_spec(f"{URL}?access_token={imagery_sources.TOKEN_REF}", token_authcfg)
     dialog.out.setFilePath(str(tmp_path / "ds1"))
     dialog.from_layer.setChecked(True)
     dialog.points.setLayer(points)
@@ -246,7 +242,7 @@ def test_remote_predict_needs_a_backend_with_remote_and_a_bucket(qgis_iface, man
         dialog.build()
 
     need_command("remote", "submit", "predict")
-    plugin_settings.set_value("backend/path", real_cli())
+    plugin_settings.set_value("cli/path", real_cli())
     job = dialog.build()
     [step] = job["steps"]
     assert job["kind"] == "remote-submit" and job["remote"]["kind"] == "predict"
@@ -257,11 +253,11 @@ def test_remote_predict_needs_a_backend_with_remote_and_a_bucket(qgis_iface, man
 
 def test_settings_dialog_checks_the_backend_and_keeps_secrets_out(plugin_settings, fake_backend, token_authcfg):
     dialog = SettingsDialog()
-    dialog.backend_path.setFilePath(real_cli())
+    dialog.cli_path.setFilePath(real_cli())
     assert dialog.check()
     assert dialog.check_label.text().startswith("tower-detector ")
     crash = fake_backend(CRASH_SCRIPT)
-    dialog.backend_path.setFilePath(str(crash))
+    dialog.cli_path.setFilePath(str(crash))
     assert not dialog.check()
     assert "RuntimeError: the model exploded" in dialog.check_label.text()
 
@@ -269,7 +265,7 @@ def test_settings_dialog_checks_the_backend_and_keeps_secrets_out(plugin_setting
     assert not dialog.save()
     assert "access_token" in dialog.check_label.text()
     assert plugin_settings.value("imagery/spec") == ""
-    dialog.edits["imagery/spec"].setText(f"{URL}?access_token={imagery.TOKEN_REF}")
+    dialog.edits["imagery/spec"].setText(f"{URL}?access_token={imagery_sources.TOKEN_REF}")
     dialog.auth.setConfigId(token_authcfg)
     dialog.numbers["area/max_tiles"].setValue(5000)
     assert dialog.save()
@@ -280,12 +276,25 @@ def test_settings_dialog_checks_the_backend_and_keeps_secrets_out(plugin_setting
     dialog.deleteLater()
 
 
-def test_export_points_writes_wgs84_geojson(qgis_new_project, tmp_path):
+def test_settings_under_their_old_names_move_to_the_new_ones(plugin_settings):
+    store = QgsSettings()
+    store.remove("tower_detector/cli/path")
+    store.setValue("tower_detector/backend/path", "/opt/td/bin/tower-detector")
+    store.setValue("tower_detector/backend/mode", "aws")
+    assert plugin_settings.value("cli/path") == "/opt/td/bin/tower-detector"
+    assert plugin_settings.value("jobs/run_on") == "aws"
+    assert not store.contains("tower_detector/backend/path") and not store.contains("tower_detector/backend/mode")
+    assert plugin_settings.value("backend/path") == "/opt/td/bin/tower-detector"  # the old name still answers
+    store.setValue("tower_detector/backend/mode", "local")  # a stale old value never replaces a new one
+    assert plugin_settings.value("jobs/run_on") == "aws"
+
+
+def test_export_layer_points_writes_wgs84_geojson(qgis_new_project, tmp_path):
     layer = QgsVectorLayer("Point?crs=EPSG:3857", "p", "memory")
     f = QgsFeature()
     f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(1_113_194.9079, 0)))
     layer.dataProvider().addFeatures([f])
-    path = export_points(layer, str(tmp_path / "sub" / "p.geojson"))
+    path = export_layer_points(layer, str(tmp_path / "sub" / "p.geojson"))
     lon, lat = json.load(open(path))["features"][0]["geometry"]["coordinates"]
     assert (lon, lat) == (pytest.approx(10.0, abs=1e-6), pytest.approx(0.0, abs=1e-9))
 
@@ -330,7 +339,7 @@ def test_osm_tile_servers_are_never_offered_as_imagery(qgis_new_project):
     settings.setValue("qgis/connections-xyz/OSM test/url", "https://tile.openstreetmap.org/{z}/{x}/{y}.png")
     settings.setValue("qgis/connections-xyz/Aerial test/url", URL)
     try:
-        labels = [s.label for s in imagery.xyz_connections()]
+        labels = [s.label for s in imagery_sources.xyz_connections()]
         assert "XYZ connection: Aerial test" in labels and "XYZ connection: OSM test" not in labels
     finally:
         settings.remove("qgis/connections-xyz/OSM test")

@@ -9,10 +9,10 @@ import test_plugin_support as support
 from qgis.core import QgsGraduatedSymbolRenderer, QgsProject, QgsVectorLayer
 from test_plugin_support import need_command, real_cli, wait_until
 
-from tower_detector_plugin import results
-from tower_detector_plugin.dialogs import BuildDatasetDialog, PredictDialog, TrainDialog
-from tower_detector_plugin.jobs import JobsDock
+from tower_detector_plugin.core import result_layers
 from tower_detector_plugin.plugin import TowerDetectorPlugin
+from tower_detector_plugin.ui.job_dialogs import BuildDatasetDialog, PredictDialog, TrainDialog
+from tower_detector_plugin.ui.jobs_dock import JobsDock
 
 plugin_settings = support.plugin_settings  # a fixture
 
@@ -85,7 +85,7 @@ def test_dataset_train_predict_and_load_results(qgis_iface, qgis_new_project, pl
     assert names == ["tower candidates", "tower scores (heatmap)"]
     candidates = group.findLayers()[0].layer()
     assert isinstance(candidates.renderer(), QgsGraduatedSymbolRenderer)
-    assert results.count(candidates) == 256
+    assert result_layers.count(candidates) == 256
 
     train_row = [dock.table.item(r, 0).text() for r in range(dock.table.rowCount())].index("train model")
     dock.table.selectRow(train_row)

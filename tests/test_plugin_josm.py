@@ -8,7 +8,7 @@ import pytest
 import test_plugin_support  # noqa: F401  (puts the dev checkout on sys.path)
 from josm_server import VERSION, JosmServer
 
-from tower_detector_plugin.editors import JosmError, JosmNotRunning, JosmRemote, candidate_bbox, editor_url
+from tower_detector_plugin.core.editors import JosmError, JosmNotRunning, JosmRemote, candidate_bbox, editor_url
 
 COMMENT = "Add HV towers: 3 + 1 checked & confirmed = 100% ✓"
 HASHTAGS = "#tower-detector;#hv-grid"

@@ -50,13 +50,13 @@ def _variant(tmp_path, good_zip, change):
 def test_the_built_zip_passes_and_holds_the_plugin(good_zip):
     assert checker.check_zip(good_zip) == []
     names = _members(good_zip)
-    for required in ("metadata.txt", "resources.py", "LICENSE", "__init__.py", "processing_provider.py",
+    for required in ("metadata.txt", "resources.py", "LICENSE", "__init__.py", "processing/provider.py",
                      "icons/settings.svg"):
         assert f"tower_detector_plugin/{required}" in names
     assert b"qt_resource_data" in names["tower_detector_plugin/resources.py"]  # compiled, not the .qrc
     # the backend's redaction module, copied whole: the plugin redacts with the same code
     backend = (REPO / "backend" / "tower_detector" / "common" / "redaction.py").read_bytes()
-    assert names["tower_detector_plugin/redaction.py"].split(b"\n", 1)[1] == backend
+    assert names["tower_detector_plugin/core/redaction.py"].split(b"\n", 1)[1] == backend
     assert subprocess.run([sys.executable, str(REPO / "scripts" / "check_plugin_zip.py"), str(good_zip)],
                           capture_output=True).returncode == 0
 
@@ -79,7 +79,7 @@ def _set_meta(key, value):
     (lambda m: m.update({"other/readme.txt": b"x"}), "exactly one top-level folder"),
     (lambda m: m.pop("tower_detector_plugin/LICENSE"), "missing tower_detector_plugin/LICENSE"),
     (lambda m: m.pop("tower_detector_plugin/resources.py"), "missing tower_detector_plugin/resources.py"),
-    (lambda m: m.pop("tower_detector_plugin/redaction.py"), "missing tower_detector_plugin/redaction.py"),
+    (lambda m: m.pop("tower_detector_plugin/core/redaction.py"), "missing tower_detector_plugin/core/redaction.py"),
     (_set_meta("email", None), "required field email"),
     (_set_meta("tracker", "bugs"), "tracker is not an http(s) URL"),
     (_set_meta("author", "a/b"), "author must not contain slashes"),

@@ -27,9 +27,9 @@ from qgis.core import (
 )
 from test_plugin_support import REPO, make_candidates, make_heatmap, make_model_dir, offscreen_env, real_cli
 
-from tower_detector_plugin import results
-from tower_detector_plugin.commands import EXPORT_KINDS
-from tower_detector_plugin.processing_provider import TowerDetectorProvider
+from tower_detector_plugin.core import result_layers
+from tower_detector_plugin.core.commands import EXPORT_KINDS
+from tower_detector_plugin.processing.provider import TowerDetectorProvider
 
 fake_backend = support.fake_backend  # a fixture
 plugin_settings = support.plugin_settings  # a fixture
@@ -84,7 +84,7 @@ def test_tile_count_of_a_utm_layer(provider, utm_area, plugin_settings, tmp_path
     with pytest.raises(QgsProcessingException, match="over --max-tiles 10"):
         _run("towerdetector:tilecount", {"AREA": utm_area, "MAX_TILES": 10})
 
-    plugin_settings.set_value("backend/path", str(tmp_path / "no" / "tower-detector"))
+    plugin_settings.set_value("cli/path", str(tmp_path / "no" / "tower-detector"))
     estimate = _run("towerdetector:tilecount", {"AREA": utm_area})
     assert estimate["EXACT"] == 0 and estimate["COUNT"] == pytest.approx(result["COUNT"], rel=0.1)
 
@@ -205,7 +205,7 @@ def test_load_results_adds_styled_filtered_layers(provider, qgis_new_project, pl
     assert result["CANDIDATE_COUNT"] == 1
     layers = {layer.name(): layer for layer in QgsProject.instance().mapLayers().values()}
     assert layers["tower candidates"].subsetString() == '"score" >= 0.5'
-    assert results.count(layers["tower candidates"]) == 1
+    assert result_layers.count(layers["tower candidates"]) == 1
     assert isinstance(layers["tower candidates"].renderer(), QgsGraduatedSymbolRenderer)
     assert layers["tower scores (heatmap)"].renderer().type() == "singlebandpseudocolor"
     empty = make_candidates(tmp_path / "e.gpkg", [])

@@ -14,8 +14,9 @@ from qgis.PyQt.QtCore import QPoint, Qt
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QApplication
 
-from tower_detector_plugin import results
-from tower_detector_plugin.review import STATUS_FILTERS, STATUSES, UNREVIEWED, ReviewDock, ReviewError, ReviewSession
+from tower_detector_plugin.core import result_layers
+from tower_detector_plugin.core.review_session import STATUSES, UNREVIEWED, ReviewError, ReviewSession
+from tower_detector_plugin.ui.review_dock import STATUS_FILTERS, ReviewDock
 
 plugin_settings = support.plugin_settings  # a fixture
 
@@ -97,7 +98,7 @@ def test_dock_review_with_buttons_keys_and_a_click_on_the_tower(layer, qgis_ifac
     window.show()
     dock.show()
     path = layer.source().split("|")[0]
-    heatmap = results.load_heatmap(str(support.make_heatmap(tmp_path / "heatmap.tif", [[0.9, 0.6]])))
+    heatmap = result_layers.load_heatmap(str(support.make_heatmap(tmp_path / "heatmap.tif", [[0.9, 0.6]])))
     QgsProject.instance().addMapLayer(heatmap)
     heatmap_node = QgsProject.instance().layerTreeRoot().findLayer(heatmap.id())
     try:
@@ -160,8 +161,8 @@ from qgis.core import QgsApplication, QgsVectorLayer
 app = QgsApplication([], False)
 app.initQgis()
 sys.path.insert(0, sys.argv[2])
-from tower_detector_plugin import results
-from tower_detector_plugin.review import ReviewSession
+from tower_detector_plugin.core import result_layers
+from tower_detector_plugin.core.review_session import ReviewSession
 session = ReviewSession(QgsVectorLayer(sys.argv[1] + "|layername=candidates", "c", "ogr"), reviewer="kim")
 statuses = ["confirmed", "false_positive", "unsure"]
 n = 0

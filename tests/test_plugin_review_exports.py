@@ -14,9 +14,9 @@ from overpass_server import OverpassServer, elements_from_geojson
 from qgis.core import Qgis, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtGui import QDesktopServices
 
-from tower_detector_plugin.jobs import JobManager
-from tower_detector_plugin.review import ReviewDock
-from tower_detector_plugin.review_exports import ReviewExports
+from tower_detector_plugin.core.jobs import JobManager
+from tower_detector_plugin.ui.review_dock import ReviewDock
+from tower_detector_plugin.ui.review_exports import ReviewExports
 
 plugin_settings = support.plugin_settings  # a fixture
 RS = "\x1e"

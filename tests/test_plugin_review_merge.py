@@ -13,7 +13,7 @@ from test_plugin_support import need_command, wait_until
 from test_review_merge import make_store, scores_b
 
 import tower_detector
-from tower_detector_plugin import commands
+from tower_detector_plugin.core import commands
 from tower_detector_plugin.plugin import TowerDetectorPlugin
 
 plugin_settings = support.plugin_settings  # fixtures

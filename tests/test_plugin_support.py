@@ -58,12 +58,12 @@ def need_command(*command):
 @pytest.fixture
 def plugin_settings(tmp_path, qgis_app):
     """The plugin's settings reset, its work dir in tmp_path, and the real backend CLI configured."""
-    from tower_detector_plugin import settings
+    from tower_detector_plugin.core import settings
 
     settings.reset()
     settings.set_value("work_dir", str(tmp_path / "work"))
     if CLI.is_file():
-        settings.set_value("backend/path", str(CLI))
+        settings.set_value("cli/path", str(CLI))
     yield settings
     # A test that failed half-way must not leave a backend running: QGIS waits for its tasks when it exits.
     QgsApplication.taskManager().cancelAll()
@@ -79,7 +79,7 @@ def fake_backend(tmp_path, plugin_settings):
         path = tmp_path / name
         path.write_text(f"#!{sys.executable}\nimport json, os, subprocess, sys, time\n{body}\n")
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
-        plugin_settings.set_value("backend/path", str(path))
+        plugin_settings.set_value("cli/path", str(path))
         return path
 
     return make

@@ -5,16 +5,12 @@ from qgis.core import QgsApplication
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
 
-from tower_detector_plugin.area import AreaPickerDialog
-from tower_detector_plugin.dialogs import (
-    BuildDatasetDialog,
-    LoadResultsDialog,
-    PredictDialog,
-    SettingsDialog,
-    TrainDialog,
-)
-from tower_detector_plugin.jobs import JobsDock
 from tower_detector_plugin.plugin import TowerDetectorPlugin
+from tower_detector_plugin.ui.area_picker import AreaPickerDialog
+from tower_detector_plugin.ui.job_dialogs import BuildDatasetDialog, PredictDialog, TrainDialog
+from tower_detector_plugin.ui.jobs_dock import JobsDock
+from tower_detector_plugin.ui.load_results_dialog import LoadResultsDialog
+from tower_detector_plugin.ui.settings_dialog import SettingsDialog
 
 plugin_settings = support.plugin_settings  # a fixture
 
@@ -61,7 +57,8 @@ def test_every_module_imports_with_debians_python_and_no_backend_library(tmp_pat
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     folder = build.build_plugin(tmp_path / "plugins")
-    modules = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+    modules = sorted(".".join(p.relative_to(folder).with_suffix("").parts) for p in folder.rglob("*.py")
+                     if p.stem != "__init__")
     code = (
         "import sys\n"
         "from qgis.core import QgsApplication\n"
@@ -76,5 +73,5 @@ def test_every_module_imports_with_debians_python_and_no_backend_library(tmp_pat
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
-    assert {"area", "backend", "commands", "dialogs", "imagery", "jobs", "plugin", "processing_provider", "results",
-            "settings", "tasks"} <= set(modules)
+    assert {"plugin", "core.commands", "core.runner", "core.jobs", "core.settings", "core.tasks", "ui.job_dialogs",
+            "ui.review_dock", "processing.provider", "processing.predict"} <= set(modules)

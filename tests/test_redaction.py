@@ -49,7 +49,7 @@ def test_urls_in_free_text_json_and_xml_are_redacted():
 
 def test_one_definition_no_private_copies():
     """The backend's modules import redaction's functions; no other module defines its own secret patterns."""
-    sources = [p for p in (REPO / "backend").rglob("*.py")] + list((REPO / "tower_detector_plugin").glob("*.py"))
+    sources = [p for p in (REPO / "backend").rglob("*.py")] + list((REPO / "tower_detector_plugin").rglob("*.py"))
     for path in sources:
         if path.name in ("redaction.py", "resources.py"):
             continue

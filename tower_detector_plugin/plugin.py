@@ -1,4 +1,8 @@
-"""The plugin's entry point in QGIS: its menu, toolbar, docks, dialogs and Processing provider."""
+"""The plugin's entry point in QGIS: its menu, toolbar, docks, dialogs and Processing provider.
+
+This module wires the packages together: ui/ (widgets, dialogs, docks) and processing/ (the algorithms) both
+build on core/ (the logic, no widgets); only this module knows all three. The ui and processing modules are
+imported on first use, so starting QGIS (or qgis_process) stays cheap."""
 
 import configparser
 from pathlib import Path
@@ -8,7 +12,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
-from . import resources  # noqa: F401 - registers :/plugins/tower_detector/* with Qt
+from . import resources  # registers :/plugins/tower_detector/* with Qt
 
 MENU = "&Tower Detector"
 ICON = ":/plugins/tower_detector/icon.svg"
@@ -45,14 +49,14 @@ class TowerDetectorPlugin:
         self.dialogs = {}  # non-modal dialogs, kept alive here
 
     # -- QGIS plugin API
-    def initProcessing(self):  # noqa: N802
-        from .processing_provider import TowerDetectorProvider
+    def initProcessing(self):
+        from .processing.provider import TowerDetectorProvider
 
         if self.provider is None:
             self.provider = TowerDetectorProvider()
             QgsApplication.processingRegistry().addProvider(self.provider)
 
-    def initGui(self):  # noqa: N802
+    def initGui(self):
         resources.qInitResources()  # again after an unload (Qt ignores a second registration of the same data)
         self.initProcessing()
         self.toolbar = self.iface.addToolBar("Tower Detector")
@@ -113,7 +117,7 @@ class TowerDetectorPlugin:
     # -- pieces made on first use
     def job_manager(self):
         if self.manager is None:
-            from .jobs import JobManager
+            from .core.jobs import JobManager
 
             self.manager = JobManager(self.iface)
             self.manager.changed.connect(self._job_started)
@@ -128,7 +132,7 @@ class TowerDetectorPlugin:
     def _job_finished(self, job_id):
         """A job that wrote files the project shows (results merged into a candidates GeoPackage, a fetch, a new
         heatmap): their layers, and the review dock on one of them, read them again."""
-        from .results import reload_file_layers
+        from .core.result_layers import reload_file_layers
 
         job = self.manager.store.get(job_id)
         if job is None or job.get("status") != "finished":
@@ -154,27 +158,27 @@ class TowerDetectorPlugin:
 
     # -- actions
     def pick_area(self):
-        from .area import AreaPickerDialog
+        from .ui.area_picker import AreaPickerDialog
 
         return self._show_dialog("area", lambda: AreaPickerDialog(self.iface))
 
     def build_dataset(self):
-        from .dialogs import BuildDatasetDialog
+        from .ui.job_dialogs import BuildDatasetDialog
 
         return self._show_dialog("dataset", lambda: BuildDatasetDialog(self.iface, self.job_manager()))
 
     def train(self):
-        from .dialogs import TrainDialog
+        from .ui.job_dialogs import TrainDialog
 
         return self._show_dialog("train", lambda: TrainDialog(self.iface, self.job_manager()))
 
     def predict(self):
-        from .dialogs import PredictDialog
+        from .ui.job_dialogs import PredictDialog
 
         return self._show_dialog("predict", lambda: PredictDialog(self.iface, self.job_manager()))
 
     def load_results_dialog(self, heatmap="", candidates=""):
-        from .dialogs import LoadResultsDialog
+        from .ui.load_results_dialog import LoadResultsDialog
 
         def make():
             dialog = LoadResultsDialog(self.iface.mainWindow(), heatmap, candidates)
@@ -185,8 +189,9 @@ class TowerDetectorPlugin:
         return self._show_dialog("results", make)
 
     def load_results(self, heatmap="", candidates="", threshold=None, floor=None, title="Tower Detector results"):
-        from . import settings
-        from .results import ResultsDock, ResultsError, add_results, count
+        from .core import settings
+        from .core.result_layers import ResultsError, add_results, count
+        from .ui.results_dock import ResultsDock
 
         threshold = settings.value("results/threshold") if threshold is None else threshold
         floor = settings.value("results/heatmap_floor") if floor is None else floor
@@ -211,7 +216,8 @@ class TowerDetectorPlugin:
                                  outputs.get("threshold"), title=job.get("title", "Tower Detector results"))
 
     def show_metrics(self, model_dir):
-        from .results import MetricsDialog, ResultsError
+        from .core.result_layers import ResultsError
+        from .ui.metrics_dialog import MetricsDialog
 
         try:
             return self._show_dialog("metrics", lambda: MetricsDialog(model_dir, self.iface.mainWindow()))
@@ -220,7 +226,7 @@ class TowerDetectorPlugin:
             return None
 
     def show_jobs(self):
-        from .jobs import JobsDock
+        from .ui.jobs_dock import JobsDock
 
         if self.jobs_dock is None:
             self.jobs_dock = JobsDock(self.job_manager(), self.iface.mainWindow())
@@ -233,8 +239,9 @@ class TowerDetectorPlugin:
 
     def review(self, layer=None):
         """The review dock on `layer`, else the active layer if it is a candidates layer, else the first one."""
-        from .review import ReviewDock, ReviewError, is_candidates_layer
-        from .review_exports import ReviewExports
+        from .core.review_session import ReviewError, is_candidates_layer
+        from .ui.review_dock import ReviewDock
+        from .ui.review_exports import ReviewExports
 
         if layer is None:
             active = self.iface.activeLayer()
@@ -259,7 +266,7 @@ class TowerDetectorPlugin:
         return self.review_dock
 
     def show_settings(self):
-        from .dialogs import SettingsDialog
+        from .ui.settings_dialog import SettingsDialog
 
         return self._show_dialog("settings", lambda: SettingsDialog(self.iface.mainWindow()))
 

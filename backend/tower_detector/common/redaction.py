@@ -7,7 +7,7 @@
 
 Standard library only, and the one definition for the whole project: the backend imports it, and the QGIS plugin
 (which cannot import the backend) ships a copy of this very file, written by scripts/build_plugin.py as
-tower_detector_plugin/redaction.py.
+tower_detector_plugin/core/redaction.py.
 """
 
 import re

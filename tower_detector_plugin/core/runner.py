@@ -1,8 +1,8 @@
-"""Finding and running the `tower-detector` backend CLI: a subprocess, never an import.
+"""Finding and running the `tower-detector` CLI: a subprocess, never an import.
 
 The backend brings TensorFlow, Keras and friends, which QGIS installs do not have and which would block QGIS's
 event loop; so the plugin only ever runs its CLI with `--events` and reads JSON lines from its stdout.
-Standard library only (no Qt here), so Processing algorithms and tasks share it.
+Standard library only (no Qt here), so Processing algorithms, tasks and dialogs share it.
 
 Network note: the plugin itself makes no network calls. Any future one (e.g. checking for a backend release)
 must go through QgsNetworkAccessManager / QgsBlockingNetworkRequest, so that QGIS's proxy, SSL and auth
@@ -23,13 +23,15 @@ from pathlib import Path
 from .redaction import redact
 
 EXE = "tower-detector.exe" if sys.platform == "win32" else "tower-detector"
-DEV_CHECKOUT_CLI = Path(__file__).resolve().parent.parent / ".venv" / ("Scripts" if sys.platform == "win32" else "bin")
+DEV_CHECKOUT_CLI = Path(__file__).resolve().parents[2] / ".venv" / ("Scripts" if sys.platform == "win32" else "bin")
 KILL_GRACE_S = 10.0  # SIGTERM first: predict writes the chunk under way and exits; then SIGKILL the group
 STDERR_KEEP = 200_000  # characters of stderr kept for the log panel (the tail; tracebacks end there)
 
 
 @dataclass(frozen=True)
-class Backend:
+class Cli:
+    """The tower-detector CLI to run: its argv prefix and where it was found."""
+
     command: tuple  # the argv prefix: ("/path/tower-detector",) or ("/path/python", "-m", "tower_detector")
     source: str  # "configured", "dev checkout" or "PATH"
 
@@ -37,29 +39,29 @@ class Backend:
         return [*self.command, *args]
 
 
-class BackendMissing(Exception):
-    """No backend CLI: the message says where we looked and what to set."""
+class CliNotFound(Exception):
+    """No tower-detector CLI: the message says where we looked and what to set."""
 
 
-def locate(configured: str = "") -> Backend:
-    """The backend to run: the configured path (an executable, or a Python that has tower_detector), else the
+def locate(configured: str = "") -> Cli:
+    """The CLI to run: the configured path (an executable, or a Python that has tower_detector), else the
     dev checkout's ../.venv next to the plugin source, else `tower-detector` on PATH."""
     if configured:
         path = Path(configured).expanduser()
         if not (path.is_file() and os.access(path, os.X_OK)):
-            raise BackendMissing(f"the configured backend {configured} is not an executable file; fix it in "
-                                 "Tower Detector > Settings")
+            raise CliNotFound(f"the configured tower-detector {configured} is not an executable file; fix it in "
+                              "Tower Detector > Settings")
         if path.name.lower().startswith("python"):
-            return Backend((str(path), "-m", "tower_detector"), "configured")
-        return Backend((str(path),), "configured")
+            return Cli((str(path), "-m", "tower_detector"), "configured")
+        return Cli((str(path),), "configured")
     dev = DEV_CHECKOUT_CLI / EXE
     if dev.is_file() and os.access(dev, os.X_OK):
-        return Backend((str(dev),), "dev checkout")
+        return Cli((str(dev),), "dev checkout")
     found = shutil.which("tower-detector")
     if found:
-        return Backend((found,), "PATH")
-    raise BackendMissing("tower-detector backend not found (not configured, no dev checkout .venv, not on PATH); "
-                         "install it (pip install tower-detector) and set its path in Tower Detector > Settings")
+        return Cli((found,), "PATH")
+    raise CliNotFound("the tower-detector CLI was not found (not configured, no dev checkout .venv, not on PATH); "
+                      "install it (pip install tower-detector) and set its path in Tower Detector > Settings")
 
 
 def environment(extra=None) -> dict:
@@ -82,6 +84,15 @@ def parse_event(line: str) -> dict:
     if isinstance(event, dict) and isinstance(event.get("event"), str):
         return event
     return {"event": "log", "message": line}
+
+
+def step_progress(event: dict, step: int, steps: int):
+    """The percentage of a run of `steps` commands that a progress event of command number `step` (from 0) marks,
+    or None for an event that is not progress."""
+    if event.get("event") != "progress" or not event.get("total"):
+        return None
+    fraction = min(max(float(event.get("done", 0)) / float(event["total"]), 0.0), 1.0)
+    return 100.0 * (step + fraction) / steps
 
 
 @dataclass
@@ -141,13 +152,13 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def run(backend: Backend, args, *, env=None, on_event=None, is_canceled=None, cwd=None) -> RunResult:
-    """Run one backend command to its end in this thread, passing each event to on_event(event).
+def run(cli: Cli, args, *, env=None, on_event=None, is_canceled=None, cwd=None) -> RunResult:
+    """Run one CLI command to its end in this thread, passing each event to on_event(event).
 
     is_canceled() is polled by a watcher thread while the command runs; when it turns true the process tree is
     ended and the result says canceled. Never raises for the command's own failures: see RunResult.
     """
-    proc = subprocess.Popen(backend.argv(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cli.argv(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
                             env=environment(env), cwd=cwd, **_popen_options())
     out = RunResult(returncode=-1)
@@ -186,28 +197,28 @@ def run(backend: Backend, args, *, env=None, on_event=None, is_canceled=None, cw
     return out
 
 
-def run_quick(backend: Backend, args, timeout: float = 60.0) -> subprocess.CompletedProcess:
+def run_quick(cli: Cli, args, timeout: float = 60.0) -> subprocess.CompletedProcess:
     """A short command (--version, --help) with a timeout; raises OSError/TimeoutExpired as subprocess does."""
-    return subprocess.run(backend.argv(args), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    return subprocess.run(cli.argv(args), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout, env=environment(), check=False)
 
 
-def version(backend: Backend) -> str:
+def version(cli: Cli) -> str:
     """`tower-detector --version`'s answer, or raise RuntimeError with the reason."""
     try:
-        done = run_quick(backend, ["--version"])
+        done = run_quick(cli, ["--version"])
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RuntimeError(f"{' '.join(backend.command)} did not run: {exc}") from None
+        raise RuntimeError(f"{' '.join(cli.command)} did not run: {exc}") from None
     text = (done.stdout or done.stderr).strip()
     if done.returncode != 0 or not text.startswith("tower-detector"):
         last = text.splitlines()[-1] if text else f"exit status {done.returncode}"
-        raise RuntimeError(f"{' '.join(backend.command)} --version failed: {last}")
+        raise RuntimeError(f"{' '.join(cli.command)} --version failed: {last}")
     return text
 
 
-def has_command(backend: Backend, *command) -> bool:
-    """Whether this backend knows `tower-detector COMMAND...` (older backends lack e.g. `remote`)."""
+def has_command(cli: Cli, *command) -> bool:
+    """Whether this CLI knows `tower-detector COMMAND...` (older backends lack e.g. `remote`)."""
     try:
-        return run_quick(backend, [*command, "--help"]).returncode == 0
+        return run_quick(cli, [*command, "--help"]).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False

@@ -1,10 +1,11 @@
 """Backend argument lists, one pure function per CLI command (no Qt, no I/O), so each is unit-tested alone.
 
 Every list ends with --events: the plugin always reads JSON-lines events. Secrets never appear here: an imagery
-spec carries ${NAME} references, whose values travel in the subprocess environment.
+spec carries ${NAME} references, whose values travel in the subprocess environment. Defaults and choices are
+core/parameters.py's.
 """
 
-VIEWS = (1, 2, 4, 8)  # predict --views
+from .parameters import METRIC, VIEWS, ZOOM
 
 
 def _opt(args: list, flag: str, value) -> None:
@@ -19,7 +20,7 @@ def _need(**values) -> None:
         raise ValueError(f"missing: {', '.join(missing)}")
 
 
-def tiles_args(area: str, zoom: int = 18, out: str = None, shards: int = None, max_tiles: int = None) -> list:
+def tiles_args(area: str, zoom: int = ZOOM.default, out: str = None, shards: int = None, max_tiles: int = None) -> list:
     _need(area=area)
     args = ["tiles", "--area", str(area), "--zoom", str(int(zoom))]
     _opt(args, "--shards", shards)
@@ -28,9 +29,9 @@ def tiles_args(area: str, zoom: int = 18, out: str = None, shards: int = None, m
     return [*args, "--events"]
 
 
-def dataset_args(area: str, towers: str, imagery: str, out: str, *, zoom: int = 18, background_ratio: float = None,
-                 split: str = None, seed: int = None, block_size: int = None, tower_filter: str = None,
-                 cache: str = None, max_tiles: int = None, extra_labels: str = None,
+def dataset_args(area: str, towers: str, imagery: str, out: str, *, zoom: int = ZOOM.default,
+                 background_ratio: float = None, split: str = None, seed: int = None, block_size: int = None,
+                 tower_filter: str = None, cache: str = None, max_tiles: int = None, extra_labels: str = None,
                  span_negatives: float = None) -> list:
     """towers: "overpass", "overpass:URL" or a GeoJSON/GeoPackage path (a layer exported in EPSG:4326)."""
     _need(area=area, towers=towers, imagery=imagery, out=out)
@@ -48,9 +49,6 @@ def dataset_args(area: str, towers: str, imagery: str, out: str, *, zoom: int = 
     return [*args, "--events"]
 
 
-WEIGHTS = ("imagenet", "none")  # or a path to an Xception notop .h5 file
-
-
 def train_args(data: str, out: str, *, weights: str = None, params: str = None, image_size: int = None,
                epochs_top: int = None, epochs_fine: int = None, batch_size: int = None, seed: int = None) -> list:
     _need(data=data, out=out)
@@ -65,16 +63,13 @@ def train_args(data: str, out: str, *, weights: str = None, params: str = None, 
     return [*args, "--events"]
 
 
-METRICS = ("accuracy", "roc_auc")
-
-
 def search_args(data: str, out: str, trials: int, *, space: str = None, metric: str = None, params: str = None,
                 weights: str = None, image_size: int = None, epochs_fine: int = None, batch_size: int = None) -> list:
     _need(data=data, out=out, trials=trials)
     if int(trials) < 1:
         raise ValueError("trials must be at least 1")
-    if metric is not None and metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}")
+    if metric is not None and metric not in METRIC.choices:
+        raise ValueError(f"metric must be one of {', '.join(METRIC.choices)}")
     args = ["search", "--data", str(data), "--out", str(out), "--trials", str(int(trials))]
     _opt(args, "--space", space)
     _opt(args, "--metric", metric)
@@ -105,9 +100,9 @@ def predict_args(model: str, imagery: str, out: str, *, area: str = None, tiles:
     _opt(args, "--checkpoint-every", checkpoint_every)
     _opt(args, "--batch-size", batch_size)
     _opt(args, "--max-tiles", max_tiles)
-    if views not in (None, *VIEWS):
-        raise ValueError(f"views must be one of {', '.join(map(str, VIEWS))}, not {views}")
-    _opt(args, "--views", None if views == 1 else views)  # 1 is predict's default
+    if views not in (None, *VIEWS.choices):
+        raise ValueError(f"views must be one of {', '.join(map(str, VIEWS.choices))}, not {views}")
+    _opt(args, "--views", None if views == VIEWS.default else views)
     return [*args, "--events"]
 
 

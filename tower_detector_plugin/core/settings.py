@@ -1,12 +1,15 @@
 """The plugin's settings (QgsSettings under "tower_detector/") and its secrets (QgsAuthManager only).
 
 Nothing secret is ever stored here: an imagery token lives in QGIS's authentication database and the settings
-keep only its auth config id. Tokens reach the backend through the subprocess environment (see imagery.py).
+keep only its auth config id. Tokens reach the backend through the subprocess environment (see imagery_sources.py).
 """
 
 import os
 
-from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsSettings
+from qgis.core import Qgis, QgsApplication, QgsAuthMethodConfig, QgsMessageLog, QgsSettings
+
+from . import parameters, runner
+from .tasks import LOG_TAG
 
 PREFIX = "tower_detector/"
 
@@ -16,8 +19,8 @@ PREFIX = "tower_detector/"
 # - remote GPU: 150 tiles/s per GPU and $0.20/h (g4dn.xlarge spot, us-east-1), the backend's `remote submit`
 #   estimate defaults; 8 GPU workers.
 DEFAULTS = {
-    "backend/mode": "local",  # "local" or "aws"
-    "backend/path": "",  # a tower-detector executable or a Python with tower_detector; "" = auto-detect
+    "jobs/run_on": "local",  # where Train and Predict run by default: "local" or "aws"
+    "cli/path": "",  # a tower-detector executable or a Python with tower_detector; "" = auto-detect
     "work_dir": "",  # "" = <QGIS profile>/tower_detector
     "aws/profile": "",
     "aws/region": "",
@@ -30,9 +33,9 @@ DEFAULTS = {
     "estimate/remote_usd_per_hour": 0.20,
     "estimate/remote_workers": 8,
     "area/warn_tiles": 1_000_000,  # the picker warns above this many zoom-18 tiles
-    "area/max_tiles": 100_000_000,  # and refuses above this (the backend's own predict limit)
+    "area/max_tiles": parameters.MAX_TILES.default,  # and refuses above this (predict's own limit)
     "results/heatmap_floor": 0.5,  # heatmap pixels below this score are transparent
-    "results/threshold": 0.5,  # default candidate score filter
+    "results/threshold": parameters.THRESHOLD.default,  # default candidate score filter
     "review/scale": 2000,  # the map scale each candidate is shown at (0: keep the scale)
     "review/reviewer": "",  # "" = the login name
     # the changeset tags JOSM, iD and the .osm export pre-fill (a human reviews them before any upload)
@@ -41,14 +44,39 @@ DEFAULTS = {
     "review/hashtags": "#towerdetector",
     "review/overpass_url": "https://overpass-api.de/api/interpreter",
     "review/josm_url": "http://127.0.0.1:8111",  # JOSM's remote control (Preferences > Remote Control)
-    "review/duplicate_m": 30.0,  # a mapped tower this close to a candidate's tower point: OSM has it already
+    "review/duplicate_m": parameters.DUPLICATE_DISTANCE.default,  # OSM has a tower this close to the point
 }
+
+
+# Keys that were renamed: old -> new. A value stored under an old key moves to the new one when first read.
+RENAMED = {"backend/path": "cli/path", "backend/mode": "jobs/run_on"}
+
+
+def _current(key: str) -> str:
+    """key, or the new name of a renamed key (with a deprecation message in the log)."""
+    if key in RENAMED:
+        QgsMessageLog.logMessage(f"the setting {key} is now called {RENAMED[key]}", LOG_TAG, Qgis.Warning)
+        return RENAMED[key]
+    return key
+
+
+def _migrate(store: QgsSettings) -> None:
+    """Move values stored under old keys to their new names (a newer value already there wins)."""
+    for old, new in RENAMED.items():
+        if store.contains(PREFIX + old):
+            if not store.contains(PREFIX + new):
+                store.setValue(PREFIX + new, store.value(PREFIX + old))
+            store.remove(PREFIX + old)
+            QgsMessageLog.logMessage(f"setting {PREFIX}{old} moved to {PREFIX}{new}", LOG_TAG, Qgis.Info)
 
 
 def value(key: str):
     """A setting with the type of its default."""
+    key = _current(key)
     default = DEFAULTS[key]
-    raw = QgsSettings().value(PREFIX + key, default)
+    store = QgsSettings()
+    _migrate(store)
+    raw = store.value(PREFIX + key, default)
     if raw is None or raw == "":
         return default
     try:
@@ -58,14 +86,22 @@ def value(key: str):
 
 
 def set_value(key: str, new_value) -> None:
+    key = _current(key)
     if key not in DEFAULTS:
         raise KeyError(key)
-    QgsSettings().setValue(PREFIX + key, new_value)
+    store = QgsSettings()
+    _migrate(store)
+    store.setValue(PREFIX + key, new_value)
 
 
 def reset() -> None:
     """Forget every setting of this plugin (tests use it; so can a user from the Python console)."""
     QgsSettings().remove(PREFIX.rstrip("/"))
+
+
+def configured_cli() -> runner.Cli:
+    """The tower-detector CLI these settings name (else the one auto-detected); runner.CliNotFound if none."""
+    return runner.locate(value("cli/path"))
 
 
 def work_dir() -> str:

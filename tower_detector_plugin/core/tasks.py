@@ -1,4 +1,4 @@
-"""BackendTask: runs one or more backend commands in a QgsTask, so QGIS stays responsive.
+"""CliTask: runs one or more tower-detector commands in a QgsTask, so QGIS stays responsive.
 
 Why subprocess in the task thread and not QProcess: QgsTask.run() executes in a worker thread with no Qt event
 loop, where a QProcess would need one to deliver its output; and Qt 5's QProcess cannot start the child in its
@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from . import backend as backend_mod
+from . import runner
 
 LOG_TAG = "Tower Detector"
 
 
 @dataclass
 class TaskEnd:
-    """How a BackendTask ended; what done() carries, since QGIS deletes the task itself right after."""
+    """How a CliTask ended; what done() carries, since QGIS deletes the task itself right after."""
 
     ok: bool  # every step succeeded
     canceled: bool
@@ -35,23 +35,23 @@ class TaskEnd:
         return (self.outcome.result or {}) if self.outcome else {}
 
 
-class BackendTask(QgsTask):
+class CliTask(QgsTask):
     """Run `steps` (argument lists) one after the other; stop at the first that fails.
 
     Signals (queued to the main thread): eventReceived(dict) for every event; done(TaskEnd) once the task has
     ended, however it ended. QGIS deletes the task after that: keep the TaskEnd, not the task.
     """
 
-    eventReceived = pyqtSignal(dict)  # noqa: N815 - Qt naming
+    eventReceived = pyqtSignal(dict)
     done = pyqtSignal(object)
 
-    def __init__(self, title: str, steps: list, backend: backend_mod.Backend, env: dict = None):
+    def __init__(self, title: str, steps: list, cli: runner.Cli, env: dict = None):
         super().__init__(title, QgsTask.CanCancel)
         self.steps = [list(step) for step in steps]
-        self.backend = backend
+        self.cli = cli
         self.env = dict(env or {})
-        self.results: list[backend_mod.RunResult] = []
-        self.start_error = None  # an OSError starting the backend, as one line
+        self.results: list[runner.RunResult] = []
+        self.start_error = None  # an OSError starting the CLI, as one line
 
     @property
     def outcome(self):
@@ -64,24 +64,23 @@ class BackendTask(QgsTask):
                 return False
 
             def on_event(event, i=i):
-                if event.get("event") == "progress" and event.get("total"):
-                    frac = min(max(float(event.get("done", 0)) / float(event["total"]), 0.0), 1.0)
-                    self.setProgress(100.0 * (i + frac) / n)
+                progress = runner.step_progress(event, i, n)
+                if progress is not None:
+                    self.setProgress(progress)
                 elif event.get("event") == "log":
                     QgsMessageLog.logMessage(f"{self.description()}: {event.get('message', '')}", LOG_TAG, Qgis.Info)
                 self.eventReceived.emit(event)
 
-            QgsMessageLog.logMessage(f"{self.description()}: {' '.join(self.backend.argv(args))}", LOG_TAG, Qgis.Info)
+            QgsMessageLog.logMessage(f"{self.description()}: {' '.join(self.cli.argv(args))}", LOG_TAG, Qgis.Info)
             try:
-                result = backend_mod.run(self.backend, args, env=self.env, on_event=on_event,
-                                         is_canceled=self.isCanceled)
+                result = runner.run(self.cli, args, env=self.env, on_event=on_event, is_canceled=self.isCanceled)
             except OSError as exc:
-                self.start_error = f"could not start {self.backend.command[0]}: {exc}"
+                self.start_error = f"could not start {self.cli.command[0]}: {exc}"
                 return False
             self.results.append(result)
             if not result.ok:
                 if result.stderr.strip() and not result.canceled:
-                    QgsMessageLog.logMessage(f"{self.description()} failed; backend stderr:\n{result.stderr}",
+                    QgsMessageLog.logMessage(f"{self.description()} failed; tower-detector stderr:\n{result.stderr}",
                                              LOG_TAG, Qgis.Critical)
                 return False
             self.setProgress(100.0 * (i + 1) / n)

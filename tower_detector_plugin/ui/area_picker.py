@@ -5,17 +5,13 @@ estimate from the area and perimeter and says so. Above the warning limit it war
 refuses the area (the backend's own --max-tiles refuses it too).
 """
 
-import json
-import math
 import os
 import time
-from dataclasses import dataclass
 
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
-    QgsDistanceArea,
     QgsGeometry,
     QgsMapLayerProxyModel,
     QgsProject,
@@ -37,110 +33,10 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
-from . import backend, commands, settings
-from .tasks import BackendTask
-
-WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
-MAX_LAT = 85.05112878  # Web Mercator's limit: tiles do not go further
-EARTH_CIRCUMFERENCE_M = 40075016.686
-ZOOM = 18
-
-
-# --- geometry -----------------------------------------------------------------------------------------------------
-def _context(transform_context):
-    return transform_context if transform_context is not None else QgsProject.instance().transformContext()
-
-
-def to_wgs84(geom: QgsGeometry, crs: QgsCoordinateReferenceSystem, transform_context=None) -> QgsGeometry:
-    """geom (in crs) in EPSG:4326. Long straight edges are densified first: a straight edge in UTM is not
-    straight in degrees, and the tile cover must follow the shape the user saw."""
-    geom = QgsGeometry(geom)
-    if geom.isEmpty() or geom.type() != QgsWkbTypes.PolygonGeometry:
-        raise ValueError("the area must be a polygon")
-    if crs != WGS84:
-        box = geom.boundingBox()
-        geom = geom.densifyByDistance(max(box.width(), box.height()) / 64.0)
-        geom.transform(QgsCoordinateTransform(crs, WGS84, _context(transform_context)))
-    if not geom.isGeosValid():
-        geom = geom.makeValid()  # a drawn polygon that crosses itself: keep what it encloses
-    if geom.isEmpty() or geom.area() <= 0:
-        raise ValueError("the area is empty (an empty map, or a layer without extent?)")
-    box = geom.boundingBox()
-    if box.yMinimum() < -MAX_LAT or box.yMaximum() > MAX_LAT:
-        raise ValueError(f"the area reaches beyond latitude {MAX_LAT:.4f}, where Web Mercator tiles end")
-    return geom
-
-
-def feature_collection(geom4326: QgsGeometry, name: str) -> dict:
-    return {"type": "FeatureCollection",
-            "features": [{"type": "Feature", "properties": {"name": name}, "geometry": json.loads(geom4326.asJson(7))}]}
-
-
-def write_area(geom4326: QgsGeometry, path: str, name: str = "") -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(feature_collection(geom4326, name or os.path.splitext(os.path.basename(path))[0]), f)
-    os.replace(tmp, path)
-    return path
-
-
-def _measure(geom4326: QgsGeometry, transform_context=None):
-    da = QgsDistanceArea()
-    da.setSourceCrs(WGS84, _context(transform_context))
-    da.setEllipsoid("WGS84")
-    return da.measureArea(geom4326), da.measurePerimeter(geom4326)
-
-
-def area_km2(geom4326: QgsGeometry, transform_context=None) -> float:
-    return _measure(geom4326, transform_context)[0] / 1e6
-
-
-def estimate_tiles(geom4326: QgsGeometry, zoom: int = ZOOM, transform_context=None) -> int:
-    """About how many zoom-z tiles cover the area: area / tile area plus a border of half a tile along the
-    perimeter (a randomly placed a x b rectangle meets (a/s + 1)(b/s + 1) tiles on average)."""
-    area_m2, perimeter_m = _measure(geom4326, transform_context)
-    lat = geom4326.centroid().asPoint().y()
-    side = EARTH_CIRCUMFERENCE_M * math.cos(math.radians(lat)) / 2**zoom  # a tile's ground size there
-    parts = max(1, geom4326.constGet().numGeometries() if geom4326.isMultipart() else 1)
-    return int(round(area_m2 / side**2 + perimeter_m / (2 * side) + parts))
-
-
-@dataclass
-class Estimate:
-    local_hours: float
-    gpu_hours: float
-    remote_hours: float
-    usd: float
-    workers: int
-
-
-def estimate_cost(tiles: int) -> Estimate:
-    """Time and money to predict `tiles` tiles, from the throughput and price settings."""
-    local = tiles / max(settings.value("estimate/local_tiles_per_s"), 1e-9) / 3600
-    gpu = tiles / max(settings.value("estimate/remote_tiles_per_s"), 1e-9) / 3600
-    workers = max(1, settings.value("estimate/remote_workers"))
-    return Estimate(local, gpu, gpu / workers, gpu * settings.value("estimate/remote_usd_per_hour"), workers)
-
-
-def format_hours(hours: float) -> str:
-    if hours < 1 / 60:
-        return f"{max(hours * 3600, 1):.0f} s"
-    if hours < 1:
-        return f"{hours * 60:.0f} min"
-    if hours < 48:
-        return f"{hours:.1f} h"
-    return f"{hours / 24:.1f} days"
-
-
-def limit_check(tiles: int):
-    """(level, text): level "ok", "warn" or "refuse", from the area limits in Settings."""
-    warn, hard = settings.value("area/warn_tiles"), settings.value("area/max_tiles")
-    if tiles > hard:
-        return "refuse", f"{tiles:,} tiles is over the limit of {hard:,} (Settings): choose a smaller area"
-    if tiles > warn:
-        return "warn", f"{tiles:,} tiles is a large job (over {warn:,}): check the time and cost below"
-    return "ok", ""
+from ..core import commands, runner, settings
+from ..core.area_geometry import WGS84, ZOOM, area_km2, estimate_tiles, to_wgs84, write_area
+from ..core.estimates import estimate_cost, format_hours, limit_check
+from ..core.tasks import CliTask
 
 
 # --- map tools ----------------------------------------------------------------------------------------------------
@@ -162,14 +58,14 @@ class RectangleTool(QgsMapTool):
         self.band = _band(canvas)
         self.start = None
 
-    def canvasPressEvent(self, e):  # noqa: N802 - Qt API
+    def canvasPressEvent(self, e):
         self.start = e.mapPoint()
 
-    def canvasMoveEvent(self, e):  # noqa: N802
+    def canvasMoveEvent(self, e):
         if self.start is not None:
             self.band.setToGeometry(QgsGeometry.fromRect(QgsRectangle(self.start, e.mapPoint())), None)
 
-    def canvasReleaseEvent(self, e):  # noqa: N802
+    def canvasReleaseEvent(self, e):
         if self.start is None:
             return
         rect = QgsRectangle(self.start, e.mapPoint())
@@ -200,21 +96,21 @@ class PolygonTool(QgsMapTool):
             self.band.addPoint(p, False)
         self.band.show()
 
-    def canvasReleaseEvent(self, e):  # noqa: N802
+    def canvasReleaseEvent(self, e):
         if e.button() == Qt.RightButton:
             self.finish()
         else:
             self.points.append(e.mapPoint())
             self._show()
 
-    def canvasDoubleClickEvent(self, e):  # noqa: N802
+    def canvasDoubleClickEvent(self, e):
         self.finish()
 
-    def canvasMoveEvent(self, e):  # noqa: N802
+    def canvasMoveEvent(self, e):
         if self.points:
             self._show(e.mapPoint())
 
-    def keyPressEvent(self, e):  # noqa: N802
+    def keyPressEvent(self, e):
         if e.key() == Qt.Key_Escape:
             self.points = []
             self.band.reset(QgsWkbTypes.PolygonGeometry)
@@ -237,7 +133,7 @@ class PolygonTool(QgsMapTool):
 class AreaPickerDialog(QDialog):
     """Non-modal: the user draws on the canvas while it is open. Emits areaChosen(path) on "Use this area"."""
 
-    areaChosen = pyqtSignal(str)  # noqa: N815
+    areaChosen = pyqtSignal(str)
 
     def __init__(self, iface, parent=None):
         super().__init__(parent or iface.mainWindow())
@@ -255,6 +151,20 @@ class AreaPickerDialog(QDialog):
         self.shown_band = _band(self.canvas)
 
         self.name = QLineEdit(time.strftime("area-%Y%m%d-%H%M%S"))
+        source_box = self._source_box()
+        info = self._info_form()
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        self.use_button = self.buttons.addButton("Use this area", QDialogButtonBox.AcceptRole)
+        self.use_button.setEnabled(False)
+        self.buttons.rejected.connect(self.reject)
+        self.use_button.clicked.connect(self._use)
+        layout = QVBoxLayout(self)
+        layout.addWidget(source_box)
+        layout.addLayout(info)
+        layout.addWidget(self.buttons)
+
+    def _source_box(self) -> QGroupBox:
+        """The ways to give the area: draw it, or take the map's extent, a layer's, or selected polygons."""
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.HasGeometry | QgsMapLayerProxyModel.RasterLayer)
         self.polygon_combo = QgsMapLayerComboBox()
@@ -277,9 +187,12 @@ class AreaPickerDialog(QDialog):
         self.extent_button.clicked.connect(self.use_canvas_extent)
         self.layer_button.clicked.connect(lambda: self.use_layer_extent(self.layer_combo.currentLayer()))
         self.selected_button.clicked.connect(lambda: self.use_selected_features(self.polygon_combo.currentLayer()))
-
         source_box = QGroupBox("Area")
         source_box.setLayout(buttons)
+        return source_box
+
+    def _info_form(self) -> QFormLayout:
+        """The area's name, tile count, km², time and cost, limit warning and file."""
         self.tiles_label = QLabel("-")
         self.km2_label = QLabel("-")
         self.time_label = QLabel("-")
@@ -295,15 +208,7 @@ class AreaPickerDialog(QDialog):
         info.addRow("Predict", self.time_label)
         info.addRow("", self.limit_label)
         info.addRow("File", self.file_label)
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.use_button = self.buttons.addButton("Use this area", QDialogButtonBox.AcceptRole)
-        self.use_button.setEnabled(False)
-        self.buttons.rejected.connect(self.reject)
-        self.use_button.clicked.connect(self._use)
-        layout = QVBoxLayout(self)
-        layout.addWidget(source_box)
-        layout.addLayout(info)
-        layout.addWidget(self.buttons)
+        return info
 
     # -- sources
     def _activate_tool(self, tool_class):
@@ -354,11 +259,11 @@ class AreaPickerDialog(QDialog):
 
     def _count_tiles(self):
         try:
-            be = backend.locate(settings.value("backend/path"))
-        except backend.BackendMissing as exc:
+            cli = settings.configured_cli()
+        except runner.CliNotFound as exc:
             return self._show_count(self._estimate(), False, str(exc))
         self.tiles_label.setText("counting…")
-        self.task = BackendTask("Tower Detector: tile count", [commands.tiles_args(self.path, ZOOM)], be)
+        self.task = CliTask("Tower Detector: tile count", [commands.tiles_args(self.path, ZOOM)], cli)
         self.task.done.connect(self._counted)
         QgsApplication.taskManager().addTask(self.task)
 

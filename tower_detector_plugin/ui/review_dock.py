@@ -1,23 +1,11 @@
-"""Reviewing candidates one by one on the map canvas.
-
-ReviewSession is the model: the candidates of a layer (in the layer's filter, best score first), the reviewer's
-filters and position, and the decisions. Each decision goes straight to the GeoPackage through the layer's data
-provider (no edit buffer), so a crash of QGIS loses nothing already decided. Moving between candidates touches
-only in-memory arrays (a bisect over the filtered ranks), so it stays instant with 100,000 candidates.
-
-ReviewDock is the widget: filters, next/previous, status buttons with keyboard shortcuts, a note, the proposed
-tower point (a click on the canvas moves it onto the real tower), progress, and the exports.
+"""The review dock: filters, next/previous, status buttons with keyboard shortcuts, a note, the proposed tower
+point (a click on the canvas moves it onto the real tower), progress, and the exports' buttons. The review's state
+and decisions are core/review_session.py's ReviewSession.
 """
-
-import bisect
-import getpass
-import os
-import time
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
-    QgsFeatureRequest,
     QgsGeometry,
     QgsPointXY,
     QgsProject,
@@ -46,191 +34,12 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import settings
-from .results import ROLE_PROPERTY
+from ..core import settings
+from ..core.result_layers import ROLE_PROPERTY
+from ..core.review_session import STATUSES, UNREVIEWED, ReviewError, ReviewSession, login_name
 
-# (status, button text, shortcut): the vocabulary the backend's exports and dataset --extra-labels read
-STATUSES = (
-    ("confirmed", "Confirmed tower", "1"),
-    ("false_positive", "False positive", "2"),
-    ("already_mapped", "Already mapped", "3"),
-    ("misplaced", "Misplaced existing", "4"),
-    ("unsure", "Unsure / skip", "5"),
-    ("bad_imagery", "Bad imagery", "6"),
-)
-UNREVIEWED = "unreviewed"
 NEXT_KEYS, PREVIOUS_KEYS = (".", "PgDown"), (",", "PgUp")
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
-REQUIRED_FIELDS = ("score", "status", "note", "reviewer", "reviewed_at", "point_lon", "point_lat", "point_source")
-
-
-class ReviewError(Exception):
-    """A layer that cannot be reviewed, or a decision that could not be written: one line for the message bar."""
-
-
-def is_candidates_layer(layer) -> bool:
-    try:
-        return (isinstance(layer, QgsVectorLayer) and layer.isValid()
-                and all(layer.fields().indexOf(name) >= 0 for name in REQUIRED_FIELDS))
-    except RuntimeError:  # a removed layer
-        return False
-
-
-class ReviewSession:
-    """The candidates of `layer` and the review's state. Coordinates of points are lon/lat (the GeoPackage's)."""
-
-    def __init__(self, layer: QgsVectorLayer, reviewer: str = ""):
-        if layer is None or not layer.isValid():
-            raise ReviewError("no candidates layer to review")
-        missing = [name for name in REQUIRED_FIELDS if layer.fields().indexOf(name) < 0]
-        if missing:
-            raise ReviewError(f"{layer.name()} is not a tower-detector candidates layer (no {', '.join(missing)})")
-        self.layer = layer
-        self.reviewer = reviewer or _login()
-        self.min_score, self.max_score, self.statuses, self.extent = 0.0, 1.0, {UNREVIEWED}, None
-        self.position = None  # the rank (index in score order) of the current candidate
-        self.fids = []
-        self.reload()
-
-    # -- loading and filtering
-    def reload(self):
-        """Read the candidates passing the layer's filter (best first); keeps the current one if still there."""
-        current = self.current_fid()
-        self.index = {name: self.layer.fields().indexOf(name) for name in (*REQUIRED_FIELDS, "tile_id")}
-        names = ["score", "status", "point_lon", "point_lat", "tile_id", "note"]
-        request = QgsFeatureRequest().setSubsetOfAttributes([self.index[n] for n in names if self.index[n] >= 0])
-        rows = []
-        for f in self.layer.getFeatures(request):
-            box = f.geometry().boundingBox()
-            rows.append((-(f["score"] or 0.0), f.id(), f["score"] or 0.0, f["status"] or UNREVIEWED,
-                         f["point_lon"], f["point_lat"], _text(f, "tile_id"), _text(f, "note"),
-                         (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum())))
-        rows.sort()
-        self.fids = [r[1] for r in rows]
-        self.scores = [r[2] for r in rows]
-        self.status = [r[3] for r in rows]
-        self.points = [(r[4], r[5]) for r in rows]
-        self.tile_ids = [r[6] for r in rows]
-        self.notes = [r[7] for r in rows]
-        self.boxes = [r[8] for r in rows]
-        self.rank_of = {fid: i for i, fid in enumerate(self.fids)}
-        self.position = self.rank_of.get(current)
-        self._refilter()
-
-    def set_filter(self, min_score=None, max_score=None, statuses=..., extent=...):
-        """statuses: a set of status values, or None for all; extent: a QgsRectangle in the layer's CRS or None."""
-        if min_score is not None:
-            self.min_score = float(min_score)
-        if max_score is not None:
-            self.max_score = float(max_score)
-        if statuses is not ...:
-            self.statuses = set(statuses) if statuses is not None else None
-        if extent is not ...:
-            self.extent = extent
-        self._refilter()
-
-    def _passes(self, i) -> bool:
-        if not self.min_score <= self.scores[i] <= self.max_score:
-            return False
-        if self.statuses is not None and self.status[i] not in self.statuses:
-            return False
-        if self.extent is not None:
-            x0, y0, x1, y1 = self.boxes[i]
-            e = self.extent
-            return x1 >= e.xMinimum() and x0 <= e.xMaximum() and y1 >= e.yMinimum() and y0 <= e.yMaximum()
-        return True
-
-    def _refilter(self):
-        self.visible = [i for i in range(len(self.fids)) if self._passes(i)]  # ranks, ascending
-
-    # -- position
-    def current_fid(self):
-        return None if self.position is None else self.fids[self.position]
-
-    def next(self):
-        """Move to the next candidate in the filter after the current one (the first when there is none);
-        returns its fid, or None at the end (the position stays)."""
-        at = bisect.bisect_right(self.visible, -1 if self.position is None else self.position)
-        if at < len(self.visible):
-            self.position = self.visible[at]
-            return self.fids[self.position]
-        return None
-
-    def previous(self):
-        if self.position is None:
-            return None
-        at = bisect.bisect_left(self.visible, self.position) - 1
-        if at >= 0:
-            self.position = self.visible[at]
-            return self.fids[self.position]
-        return None
-
-    def go_to(self, fid):
-        if fid not in self.rank_of:
-            raise ReviewError(f"feature {fid} is not among the candidates under review")
-        self.position = self.rank_of[fid]
-        return fid
-
-    def current(self) -> dict:
-        if self.position is None:
-            return {}
-        i = self.position
-        visible_at = bisect.bisect_left(self.visible, i)
-        in_filter = visible_at < len(self.visible) and self.visible[visible_at] == i
-        return {"fid": self.fids[i], "score": self.scores[i], "status": self.status[i], "point": self.points[i],
-                "tile_id": self.tile_ids[i], "note": self.notes[i], "box": self.boxes[i], "rank": i + 1,
-                "filter_position": visible_at + 1 if in_filter else None}
-
-    # -- decisions, written at once
-    def decide(self, status: str, note: str = None) -> None:
-        if status not in {s for s, _t, _k in STATUSES} | {UNREVIEWED}:
-            raise ReviewError(f"unknown review status {status!r}")
-        if self.position is None:
-            raise ReviewError("no current candidate: press Next first")
-        i = self.position
-        values = {self.index["status"]: status, self.index["reviewer"]: self.reviewer,
-                  self.index["reviewed_at"]: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if note is not None:
-            values[self.index["note"]] = note
-        self._write(self.fids[i], values)
-        self.status[i] = status
-        if note is not None:
-            self.notes[i] = note
-
-    def move_point(self, lon: float, lat: float) -> None:
-        """The reviewer's tower position for the current candidate (WGS84)."""
-        if self.position is None:
-            raise ReviewError("no current candidate: press Next first")
-        i = self.position
-        self._write(self.fids[i], {self.index["point_lon"]: float(lon), self.index["point_lat"]: float(lat),
-                                   self.index["point_source"]: "reviewer"})
-        self.points[i] = (float(lon), float(lat))
-
-    def _write(self, fid, values):
-        if not self.layer.dataProvider().changeAttributeValues({fid: values}):
-            errors = "; ".join(self.layer.dataProvider().errors()[-1:]) or "the data provider refused the change"
-            raise ReviewError(f"could not write the decision to {self.layer.source()}: {errors}")
-        self.layer.triggerRepaint()
-
-    def progress(self) -> dict:
-        reviewed = sum(1 for s in self.status if s != UNREVIEWED)
-        return {"reviewed": reviewed, "total": len(self.status),
-                "confirmed": sum(1 for s in self.status if s == "confirmed"), "in_filter": len(self.visible)}
-
-
-def _text(feature, name) -> str:
-    try:
-        value = feature[name]
-    except KeyError:
-        return ""
-    return "" if value is None or (hasattr(value, "isNull") and value.isNull()) else str(value)
-
-
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "")
 
 
 # --- the canvas ---------------------------------------------------------------------------------------------------
@@ -304,10 +113,17 @@ STATUS_FILTERS = (("Unreviewed", {UNREVIEWED}), ("All", None), ("Reviewed", {s f
 
 
 class ReviewDock(QDockWidget):
-    """The review panel. `exporter` (optional) gets the export buttons' requests: exportRequested(kind)."""
+    """The review panel. Its export and editor buttons emit exportRequested(kind), which ui/review_exports.py's
+    ReviewExports carries out; each decision emits decided(fid, status)."""
 
     exportRequested = pyqtSignal(str)  # "josm-zoom", "josm-layers", "id", "rapid", "osm", "overlay", ...
     decided = pyqtSignal(int, str)  # fid, status
+
+    EXPORTS = (("josm-zoom", "JOSM: load here"), ("josm-layers", "JOSM: send layers"), ("id", "Open in iD"),
+               ("rapid", "Open in Rapid"), ("osm", ".osm of confirmed"), ("overlay", "GeoJSON overlay"),
+               ("maproulette", "MapRoulette"), ("maproulette-cooperative", "MapRoulette (cooperative)"),
+               ("tasking-manager", "Tasking Manager"), ("labels", "Training labels"),
+               ("conflate", "Conflate with OSM"))  # (what exportRequested says, the button's text)
 
     def __init__(self, iface, parent=None):
         super().__init__("Tower Detector review", parent)
@@ -325,7 +141,20 @@ class ReviewDock(QDockWidget):
         self.layer_label = QLabel("No candidates loaded: use Load results, then Review candidates.")
         self.layer_label.setWordWrap(True)
         layout.addWidget(self.layer_label)
+        layout.addWidget(self._filter_box())
+        self._add_navigation(layout)
+        self._add_decision_inputs(layout)
+        layout.addWidget(self._changeset_box())
+        layout.addWidget(self._export_box())
+        layout.addStretch(1)
+        self.setWidget(body)
+        self._connect_inputs()
+        self.shortcuts = self._make_shortcuts()
+        self._show_current()
 
+    # -- building the panel, top to bottom
+    def _filter_box(self) -> QGroupBox:
+        """Score range, status, "only inside the current view", and whether to hide the heatmap."""
         filters = QGroupBox("Filter")
         form = QFormLayout(filters)
         self.min_score, self.max_score = _score_spin(0.0), _score_spin(1.0)
@@ -343,8 +172,10 @@ class ReviewDock(QDockWidget):
         self.hide_heatmap = QCheckBox("Hide the heatmap while reviewing (it covers the imagery)")
         self.hide_heatmap.setChecked(True)
         form.addRow("", self.hide_heatmap)
-        layout.addWidget(filters)
+        return filters
 
+    def _add_navigation(self, layout) -> None:
+        """The current candidate's line, then Previous, Next and the scale candidates are shown at."""
         self.current_label = QLabel("")
         self.current_label.setWordWrap(True)
         layout.addWidget(self.current_label)
@@ -363,6 +194,8 @@ class ReviewDock(QDockWidget):
         nav.addWidget(self.scale)
         layout.addLayout(nav)
 
+    def _add_decision_inputs(self, layout) -> None:
+        """A button per status (with its key), the note, moving the tower point, the reviewer, the progress."""
         grid = QGridLayout()
         self.status_buttons = {}
         for n, (status, text, key) in enumerate(STATUSES):
@@ -379,12 +212,14 @@ class ReviewDock(QDockWidget):
         self.move_button.setCheckable(True)
         layout.addWidget(self.move_button)
         who = QFormLayout()
-        self.reviewer = QLineEdit(settings.value("review/reviewer") or _login())
+        self.reviewer = QLineEdit(settings.value("review/reviewer") or login_name())
         who.addRow("Reviewer", self.reviewer)
         layout.addLayout(who)
         self.progress_label = QLabel("")
         layout.addWidget(self.progress_label)
 
+    def _changeset_box(self) -> QGroupBox:
+        """The changeset tags, saved in the settings as they are edited."""
         changeset = QGroupBox("Changeset tags (pre-filled in JOSM, iD, Rapid and the .osm file)")
         tags = QFormLayout(changeset)
         self.changeset = {}
@@ -394,24 +229,19 @@ class ReviewDock(QDockWidget):
             tags.addRow(label, edit)
             self.changeset[key] = edit
         self.changeset["source"].setPlaceholderText("the imagery, e.g. Esri World Imagery")
-        layout.addWidget(changeset)
+        return changeset
 
+    def _export_box(self) -> QGroupBox:
         exports = QGroupBox("OSM editing and exports (nothing is uploaded by itself)")
-        ex = QGridLayout(exports)
-        for n, (kind, text) in enumerate((
-                ("josm-zoom", "JOSM: load here"), ("josm-layers", "JOSM: send layers"), ("id", "Open in iD"),
-                ("rapid", "Open in Rapid"), ("osm", ".osm of confirmed"), ("overlay", "GeoJSON overlay"),
-                ("maproulette", "MapRoulette"), ("maproulette-cooperative", "MapRoulette (cooperative)"),
-                ("tasking-manager", "Tasking Manager"), ("labels", "Training labels"),
-                ("conflate", "Conflate with OSM"))):
+        grid = QGridLayout(exports)
+        for n, (kind, text) in enumerate(self.EXPORTS):
             button = QPushButton(text)
             button.setObjectName(f"export_{kind}")
             button.clicked.connect(lambda _checked=False, k=kind: self.exportRequested.emit(k))
-            ex.addWidget(button, n // 2, n % 2)
-        layout.addWidget(exports)
-        layout.addStretch(1)
-        self.setWidget(body)
+            grid.addWidget(button, n // 2, n % 2)
+        return exports
 
+    def _connect_inputs(self) -> None:
         self.previous_button.clicked.connect(self.previous)
         self.next_button.clicked.connect(self.next)
         self.min_score.valueChanged.connect(self._filters_changed)
@@ -423,8 +253,6 @@ class ReviewDock(QDockWidget):
         self.hide_heatmap.toggled.connect(self._show_heatmaps)
         self.scale.valueChanged.connect(lambda v: settings.set_value("review/scale", int(v)))
         self.reviewer.editingFinished.connect(self._reviewer_changed)
-        self.shortcuts = self._make_shortcuts()
-        self._show_current()
 
     def _make_shortcuts(self):
         """Window-wide keys (so they work while the canvas has the focus), live only while the dock is shown."""
@@ -535,7 +363,7 @@ class ReviewDock(QDockWidget):
         name = self.reviewer.text().strip()
         settings.set_value("review/reviewer", name)
         if self.session is not None:
-            self.session.reviewer = name or _login()
+            self.session.reviewer = name or login_name()
 
     def _show_current(self, flash=True):
         current = self.session.current() if self.session is not None else {}

@@ -1,8 +1,9 @@
-"""Results in QGIS: the heatmap and candidates as styled layers, a live score threshold, and a model's metrics.
+"""Results as QGIS layers: the heatmap and candidates styled, the candidates' score threshold, a model's metrics.
 
 Styles persist where the data is: the candidates' style goes into the GeoPackage's layer_styles table as its
 default (saveStyleToDatabase), the heatmap's into a heatmap.qml sidecar, which QGIS loads with the GeoTIFF. So
-the layers look the same wherever they are opened, the demo project included.
+the layers look the same wherever they are opened, the demo project included. The widgets that drive these are
+in ui/results_dock.py and ui/metrics_dialog.py.
 """
 
 import json
@@ -25,32 +26,20 @@ from qgis.core import (
     QgsSymbolLayer,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import Qt, pyqtSignal
-from qgis.PyQt.QtGui import QColor, QPixmap
-from qgis.PyQt.QtWidgets import (
-    QDialog,
-    QDialogButtonBox,
-    QDockWidget,
-    QDoubleSpinBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QScrollArea,
-    QSlider,
-    QTableWidget,
-    QTableWidgetItem,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
+from qgis.PyQt.QtGui import QColor
 
+from .parameters import THRESHOLD, YES_THRESHOLD
+from .settings import DEFAULTS
+
+FLOOR = DEFAULTS["results/heatmap_floor"]
 STYLE_NAME = "tower_detector"
 ROLE_PROPERTY = "tower_detector/role"
 HEATMAP_RAMP = ((0.0, QColor(255, 255, 178)), (0.35, QColor(254, 204, 92)), (0.7, QColor(253, 141, 60)),
                 (0.9, QColor(240, 59, 32)), (1.0, QColor(189, 0, 38)))  # positions within floor..1
 SCORE_BANDS = ((0.0, 0.9, QColor(254, 204, 92), "below 0.9"),
-               (0.9, 0.97, QColor(253, 141, 60), "0.9 to 0.97"),
-               (0.97, 1.0, QColor(227, 26, 28), "0.97 and above (the seed's \"Yes\")"))
+               (0.9, YES_THRESHOLD.default, QColor(253, 141, 60), f"0.9 to {YES_THRESHOLD.default:g}"),
+               (YES_THRESHOLD.default, 1.0, QColor(227, 26, 28),
+                f"{YES_THRESHOLD.default:g} and above (the original project's \"Yes\")"))
 
 
 class ResultsError(Exception):
@@ -58,7 +47,7 @@ class ResultsError(Exception):
 
 
 # --- heatmap ------------------------------------------------------------------------------------------------------
-def style_heatmap(layer: QgsRasterLayer, floor: float = 0.5) -> None:
+def style_heatmap(layer: QgsRasterLayer, floor: float = FLOOR) -> None:
     """Pseudocolor from floor (pale yellow) to 1 (dark red); scores below the floor and nodata are transparent."""
     floor = min(max(float(floor), 0.0), 0.999)
     shader = QgsColorRampShader(floor, 1.0)
@@ -82,7 +71,7 @@ def heatmap_floor(layer: QgsRasterLayer):
     return renderer.classificationMin() if isinstance(renderer, QgsSingleBandPseudoColorRenderer) else None
 
 
-def load_heatmap(path: str, floor: float = 0.5, name: str = "tower scores (heatmap)",
+def load_heatmap(path: str, floor: float = FLOOR, name: str = "tower scores (heatmap)",
                  save_style: bool = True) -> QgsRasterLayer:
     if not os.path.isfile(path):
         raise ResultsError(f"heatmap not found: {path}")
@@ -209,7 +198,7 @@ def open_candidates(path: str, name: str = "tower candidates") -> QgsVectorLayer
     return _open_gpkg_layer(path, "candidates", name)
 
 
-def load_candidates(path: str, threshold: float = 0.5, name: str = "tower candidates") -> QgsVectorLayer:
+def load_candidates(path: str, threshold: float = THRESHOLD.default, name: str = "tower candidates") -> QgsVectorLayer:
     """The candidates layer of a candidates GeoPackage, styled, filtered at threshold. The style is saved into
     the GeoPackage the first time; later loads take the saved one (with any edits the user saved)."""
     layer = open_candidates(path, name)
@@ -223,8 +212,8 @@ def load_candidates(path: str, threshold: float = 0.5, name: str = "tower candid
     return layer
 
 
-def add_results(heatmap: str = None, candidates: str = None, *, threshold: float = 0.5, floor: float = 0.5,
-                title: str = "Tower Detector results", project: QgsProject = None) -> dict:
+def add_results(heatmap: str = None, candidates: str = None, *, threshold: float = THRESHOLD.default,
+                floor: float = FLOOR, title: str = "Tower Detector results", project: QgsProject = None) -> dict:
     """Add what exists of a result set to the project in one group, candidates above the heatmap. A file the
     project already shows is re-read in its layer, not opened a second time."""
     project = project or QgsProject.instance()
@@ -252,77 +241,6 @@ def add_results(heatmap: str = None, candidates: str = None, *, threshold: float
     return layers
 
 
-# --- live threshold -----------------------------------------------------------------------------------------------
-class ThresholdWidget(QWidget):
-    """A slider and spin box bound to candidate layers' filters, and a floor for the heatmap."""
-
-    changed = pyqtSignal(float)
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.layers = []
-        self.heatmap = None
-        self.slider = QSlider(Qt.Horizontal)
-        self.slider.setRange(0, 1000)
-        self.spin = QDoubleSpinBox()
-        self.spin.setRange(0.0, 1.0)
-        self.spin.setDecimals(3)
-        self.spin.setSingleStep(0.01)
-        self.floor = QDoubleSpinBox()
-        self.floor.setRange(0.0, 0.99)
-        self.floor.setDecimals(2)
-        self.floor.setSingleStep(0.05)
-        self.count = QLabel("")
-        row = QHBoxLayout()
-        row.addWidget(self.slider, 1)
-        row.addWidget(self.spin)
-        form = QFormLayout(self)
-        form.addRow("Candidate score ≥", row)
-        form.addRow("", self.count)
-        form.addRow("Heatmap floor", self.floor)
-        self.slider.valueChanged.connect(lambda v: self.spin.setValue(v / 1000.0))
-        self.spin.valueChanged.connect(self._apply)
-        self.floor.valueChanged.connect(self._apply_floor)
-
-    def bind(self, candidate_layers, heatmap=None, threshold=0.5, floor=0.5):
-        self.layers = [layer for layer in candidate_layers if layer is not None]
-        self.heatmap = heatmap
-        self.floor.blockSignals(True)
-        self.floor.setValue(floor)
-        self.floor.blockSignals(False)
-        self.spin.setValue(threshold)
-        self._apply(threshold)
-
-    def _apply(self, value):
-        self.slider.blockSignals(True)
-        self.slider.setValue(int(round(value * 1000)))
-        self.slider.blockSignals(False)
-        self.layers = [layer for layer in self.layers if _alive(layer)]
-        set_threshold(self.layers, value)
-        if self.layers:
-            self.count.setText(f"{count(self.layers[0]):,} candidates shown")
-        self.changed.emit(value)
-
-    def _apply_floor(self, value):
-        if self.heatmap is not None and _alive(self.heatmap):
-            style_heatmap(self.heatmap, value)
-
-
-def _alive(layer) -> bool:
-    try:
-        return layer.isValid()
-    except RuntimeError:  # the user removed the layer: its C++ side is gone
-        return False
-
-
-class ResultsDock(QDockWidget):
-    def __init__(self, parent=None):
-        super().__init__("Tower Detector results", parent)
-        self.setObjectName("TowerDetectorResultsDock")
-        self.threshold = ThresholdWidget()
-        self.setWidget(self.threshold)
-
-
 # --- model metrics ------------------------------------------------------------------------------------------------
 METRIC_ROWS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 
@@ -338,7 +256,7 @@ def read_metrics(model_dir: str) -> dict:
         raise ResultsError(f"{path} is not valid JSON: {exc}") from None
 
 
-def recommended_threshold(model_dir: str, default: float = 0.5, views: int = 1) -> float:
+def recommended_threshold(model_dir: str, default: float = THRESHOLD.default, views: int = 1) -> float:
     """The model's Youden threshold (metrics.json), the usual choice for candidates, for scores averaged over
     `views` views a tile (predict --views; a model trained before views were evaluated has one view's only);
     default without one."""
@@ -373,44 +291,3 @@ def _fmt(value) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-class MetricsDialog(QDialog):
-    """metrics.json as a table, and the ROC and score-distribution plots."""
-
-    def __init__(self, model_dir: str, parent=None):
-        super().__init__(parent)
-        self.setObjectName("TowerDetectorMetrics")
-        self.setWindowTitle(f"Model metrics: {model_dir}")
-        metrics = read_metrics(model_dir)
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(("metric", "value"))
-        for name, text in metric_rows(metrics):
-            r = self.table.rowCount()
-            self.table.insertRow(r)
-            self.table.setItem(r, 0, QTableWidgetItem(name))
-            self.table.setItem(r, 1, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
-        tabs = QTabWidget()
-        tabs.addTab(self.table, "Metrics")
-        self.plots = {}
-        for filename, title in (("roc.png", "ROC curve"), ("scores.png", "Scores")):
-            label = QLabel()
-            label.setAlignment(Qt.AlignCenter)
-            path = os.path.join(model_dir, filename)
-            pixmap = QPixmap(path) if os.path.isfile(path) else QPixmap()
-            if pixmap.isNull():
-                label.setText(f"{filename} not found in the model directory")
-            else:
-                label.setPixmap(pixmap.scaled(640, 480, Qt.KeepAspectRatio, Qt.SmoothTransformation))
-            self.plots[filename] = label
-            scroll = QScrollArea()
-            scroll.setWidget(label)
-            scroll.setWidgetResizable(True)
-            tabs.addTab(scroll, title)
-        buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addWidget(tabs)
-        layout.addWidget(buttons)
-        self.resize(700, 560)

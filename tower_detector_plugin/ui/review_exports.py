@@ -1,29 +1,24 @@
 """The review dock's OSM editing and export buttons.
 
 File exports and conflation run the backend (`tower-detector export ...`, `conflate`) as jobs; JOSM, iD and Rapid
-are driven from here (editors.py), through QGIS's networking. Nothing ever uploads to OSM: every path ends in an
+are driven from here (core/editors.py), through QGIS's networking. Nothing ever uploads to OSM: every path ends in an
 editor or a file that a person checks and uploads. The confirmed towers sent to JOSM leave out those OSM already
 has: checked against the candidates' last conflation, else against OSM around them, asked of Overpass there and
 then. The changeset source is the imagery's name (the setting, else the one the job kept), never a host.
 """
 
-import hashlib
-import json
 import os
-import sqlite3
 import tempfile
-from contextlib import closing
-from pathlib import Path
 
-from qgis.core import Qgis, QgsBlockingNetworkRequest, QgsMessageLog, QgsRectangle
-from qgis.PyQt.QtCore import QByteArray, QObject, QUrl
+from qgis.core import Qgis, QgsRectangle
+from qgis.PyQt.QtCore import QObject, QUrl
 from qgis.PyQt.QtGui import QDesktopServices
-from qgis.PyQt.QtNetwork import QNetworkRequest
 from qgis.PyQt.QtWidgets import QFileDialog, QInputDialog
 
-from . import backend, commands, editors, settings
-from .review import ReviewError
-from .tasks import LOG_TAG
+from ..core import commands, editors, runner, settings
+from ..core.changeset import candidates_facts, changeset_tags
+from ..core.overpass import fetch_overpass
+from ..core.review_session import ReviewError
 
 # kind -> (what the file dialog asks for, file filter or None for a folder)
 FILE_EXPORTS = {
@@ -35,39 +30,6 @@ FILE_EXPORTS = {
     "labels": ("Review labels for the next training set", "GeoPackage (*.gpkg);;GeoJSON (*.geojson)"),
 }
 JOSM_AREA_M = 2000  # half the side of the box around the current candidate whose candidates go to JOSM's layers
-OSM_FEATURES = 'node["power"~"^(tower|pole|portal)$"]({bbox});way["power"~"^(line|minor_line)$"]({bbox});'
-
-
-GENERIC_SOURCE = "aerial imagery"  # the changeset source when the job names no imagery (as the backend's exports)
-
-
-def candidates_facts(path: str) -> dict:
-    """What a candidates GeoPackage says of itself: imagery_name (the job's, "" when none) and conflated (whether
-    `tower-detector conflate` kept OSM's supports in it, which the exports check against). Read-only."""
-    facts = {"imagery_name": "", "conflated": False}
-    try:
-        with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            facts["conflated"] = "osm_supports" in tables
-            row = db.execute("SELECT value FROM job WHERE key = 'imagery_name'").fetchone() if "job" in tables else None
-    except sqlite3.Error:
-        return facts
-    if row and row[0]:
-        try:
-            name = json.loads(row[0])  # job values are JSON text
-        except ValueError:
-            name = row[0]
-        facts["imagery_name"] = str(name).strip()
-    return facts
-
-
-def changeset_tags(candidates: str = None) -> dict:
-    """The changeset tags from the settings; the source falls back on the imagery's name the candidates' job kept,
-    then on GENERIC_SOURCE."""
-    name = candidates_facts(candidates)["imagery_name"] if candidates else ""
-    return {"comment": settings.value("review/comment"),
-            "source": settings.value("review/source") or name or GENERIC_SOURCE,
-            "hashtags": settings.value("review/hashtags")}
 
 
 class ReviewExports(QObject):
@@ -205,7 +167,7 @@ class ReviewExports(QObject):
 
     def _run_now(self, args, allow_bad_input=False):
         """A short backend command, waited for (exports of one layer take well under a second)."""
-        outcome = backend.run(backend.locate(settings.value("backend/path")), args)
+        outcome = runner.run(settings.configured_cli(), args)
         if not outcome.ok and not (allow_bad_input and outcome.returncode == 2):
             raise ReviewError(f"tower-detector {args[0]} {args[1]}: {outcome.reason()}")
         return outcome
@@ -226,32 +188,6 @@ class ReviewExports(QObject):
         if job_id in self.conflate_jobs:
             self.conflate_jobs.discard(job_id)
             self.dock.reload()  # the backend changed statuses in the file
-
-
-def fetch_overpass(extent, url: str = None) -> str:
-    """The OSM power features in extent (a WGS84 QgsRectangle), asked of Overpass through QGIS's networking (its
-    proxy and SSL settings apply), saved as the Overpass JSON answer in the work folder; the file's path."""
-    bbox = f"{extent.yMinimum():.7f},{extent.xMinimum():.7f},{extent.yMaximum():.7f},{extent.xMaximum():.7f}"
-    query = f"[out:json][timeout:180];({OSM_FEATURES.format(bbox=bbox)});out geom;"
-    url = url or settings.value("review/overpass_url")
-    request = QNetworkRequest(QUrl(url))
-    request.setHeader(QNetworkRequest.ContentTypeHeader, "application/x-www-form-urlencoded")
-    body = QByteArray(b"data=" + QUrl.toPercentEncoding(query).data())
-    blocking = QgsBlockingNetworkRequest()
-    if blocking.post(request, body) != QgsBlockingNetworkRequest.NoError:
-        raise ReviewError(f"Overpass ({url}) failed: {blocking.errorMessage()}")
-    content = bytes(blocking.reply().content())
-    try:
-        answer = json.loads(content)
-    except ValueError:
-        raise ReviewError(f"Overpass ({url}) did not answer JSON: {content[:120]!r}") from None
-    if not isinstance(answer, dict) or not isinstance(answer.get("elements"), list):
-        raise ReviewError(f"Overpass ({url}) answered without elements")
-    path = os.path.join(settings.work_dir(), f"overpass-{hashlib.sha1(query.encode()).hexdigest()[:12]}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(answer, f)
-    QgsMessageLog.logMessage(f"Overpass: {len(answer['elements'])} OSM power features in {bbox}", LOG_TAG, Qgis.Info)
-    return path
 
 
 def _read(path) -> str:

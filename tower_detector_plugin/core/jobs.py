@@ -1,6 +1,6 @@
-"""Jobs: starting backend tasks, remembering them in <work dir>/jobs.json, and the Jobs panel.
+"""Jobs: starting backend tasks and remembering them in <work dir>/jobs.json (the Jobs panel is ui/jobs_dock.py).
 
-A job is one BackendTask (one or more backend commands). Its record (command lines with ${...} references, never
+A job is one CliTask (one or more backend commands). Its record (command lines with ${...} references, never
 secret values; status, progress, output paths) is written to jobs.json on every change, so the list survives a
 QGIS restart. A job that was running when QGIS stopped is shown as "stopped": the backend resumes it when the
 same command runs again.
@@ -17,23 +17,11 @@ import time
 import uuid
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
-from qgis.PyQt.QtCore import QObject, Qt, QTimer, QUrl, pyqtSignal
-from qgis.PyQt.QtGui import QDesktopServices
-from qgis.PyQt.QtWidgets import (
-    QAbstractItemView,
-    QDockWidget,
-    QHBoxLayout,
-    QHeaderView,
-    QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 
-from . import backend, commands, settings
+from . import commands, runner, settings
 from .redaction import redact
-from .tasks import LOG_TAG, BackendTask
+from .tasks import LOG_TAG, CliTask
 
 ACTIVE = ("queued", "running", "submitted")
 REMOTE_DONE = {"SUCCEEDED": "finished", "FAILED": "failed"}  # AWS Batch states that end a job
@@ -102,7 +90,7 @@ class JobManager(QObject):
         super().__init__(parent)
         self.iface = iface
         self.store = JobStore(os.path.join(work_dir or settings.work_dir(), "jobs.json"))
-        self.tasks = {}  # job id -> BackendTask; Python must keep them while QGIS runs them
+        self.tasks = {}  # job id -> CliTask; Python must keep them while QGIS runs them
         self.pollers = {}
         for job in self.store.jobs:
             if job.get("status") == "submitted" and job.get("remote"):
@@ -117,11 +105,11 @@ class JobManager(QObject):
             "progress": 0.0, "out": out, "outputs": outputs or {}, "message": "", "remote": remote or {},
         })
         try:
-            be = backend.locate(settings.value("backend/path"))
-        except backend.BackendMissing as exc:
+            cli = settings.configured_cli()
+        except runner.CliNotFound as exc:
             self._end(job["id"], "failed", str(exc))
             return job["id"]
-        task = BackendTask(f"Tower Detector: {title}", steps, be, env)
+        task = CliTask(f"Tower Detector: {title}", steps, cli, env)
         self.tasks[job["id"]] = task
         task.begun.connect(lambda: self._set(job["id"], status="running"))
         task.progressChanged.connect(lambda p: self._progress(job["id"], p))
@@ -255,12 +243,12 @@ class RemotePoller(QObject):
             return self.stop()
         remote = job["remote"]
         try:
-            be = backend.locate(settings.value("backend/path"))
-        except backend.BackendMissing as exc:
+            cli = settings.configured_cli()
+        except runner.CliNotFound as exc:
             return self.manager._set(self.job_id, message=str(exc))
         args = commands.remote_args("status", remote["name"], profile=remote.get("profile"),
                                     region=remote.get("region"))
-        self.task = BackendTask(f"Tower Detector: status of {remote['name']}", [args], be)
+        self.task = CliTask(f"Tower Detector: status of {remote['name']}", [args], cli)
         self.task.done.connect(self._answered)
         QgsApplication.taskManager().addTask(self.task)
 
@@ -281,104 +269,3 @@ class RemotePoller(QObject):
             self.manager.pollers.pop(self.job_id, None)
             reason = ((end.outcome.error if end.outcome else None) or {}).get("message")
             self.manager._end(self.job_id, REMOTE_DONE[state], reason or f"remote job {state.lower()}")
-
-
-# --- the panel ----------------------------------------------------------------------------------------------------
-COLUMNS = ("Job", "Status", "Started", "Progress", "Output", "Message")
-
-
-class JobsDock(QDockWidget):
-    """Lists the jobs; cancel, open the output folder, load a prediction's results, show a model's metrics."""
-
-    loadResults = pyqtSignal(dict)  # noqa: N815 - a finished predict job's record
-    showMetrics = pyqtSignal(str)  # noqa: N815 - a model directory
-
-    def __init__(self, manager: JobManager, parent=None):
-        super().__init__("Tower Detector jobs", parent)
-        self.setObjectName("TowerDetectorJobsDock")
-        self.manager = manager
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.buttons = {}
-        row = QHBoxLayout()
-        for name, slot in (("Cancel", self._cancel), ("Fetch", self._fetch), ("Load results", self._load),
-                           ("Metrics", self._metrics),
-                           ("Open folder", self._open), ("Remove", self._remove)):
-            button = QPushButton(name)
-            button.clicked.connect(slot)
-            row.addWidget(button)
-            self.buttons[name] = button
-        row.addStretch(1)
-        body = QWidget()
-        layout = QVBoxLayout(body)
-        layout.addWidget(self.table)
-        layout.addLayout(row)
-        self.setWidget(body)
-        manager.changed.connect(lambda _id: self.refresh())
-        self.table.itemSelectionChanged.connect(self._update_buttons)
-        self.refresh()
-
-    def refresh(self):
-        selected = self.selected_id()
-        jobs = list(reversed(self.manager.store.jobs))  # newest first
-        self.table.setRowCount(len(jobs))
-        for r, job in enumerate(jobs):
-            values = (job.get("title", job.get("kind", "")), job.get("status", ""), job.get("started", ""),
-                      f"{job.get('progress', 0):.0f} %", job.get("out", ""), job.get("message", ""))
-            for c, text in enumerate(values):
-                item = QTableWidgetItem(str(text))
-                item.setData(Qt.UserRole, job["id"])
-                if c == 0:
-                    item.setToolTip("\n".join(job.get("commands", [])))
-                self.table.setItem(r, c, item)
-            if job["id"] == selected:
-                self.table.selectRow(r)
-        self._update_buttons()
-
-    def selected_id(self):
-        rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
-        return self.table.item(rows[0].row(), 0).data(Qt.UserRole) if rows else None
-
-    def selected_job(self):
-        job_id = self.selected_id()
-        return self.manager.store.get(job_id) if job_id else None
-
-    def _update_buttons(self):
-        job = self.selected_job() or {}
-        done = job.get("status") == "finished"
-        self.buttons["Cancel"].setEnabled(job.get("status") in ACTIVE)
-        self.buttons["Fetch"].setEnabled(job.get("kind") == "remote-submit" and bool(job.get("remote", {}).get("name")))
-        self.buttons["Load results"].setEnabled(done and bool(job.get("outputs", {}).get("heatmap")
-                                                              or job.get("outputs", {}).get("candidates")))
-        self.buttons["Metrics"].setEnabled(done and bool(job.get("outputs", {}).get("model")))
-        self.buttons["Open folder"].setEnabled(bool(job.get("out")) and os.path.isdir(job.get("out", "")))
-        self.buttons["Remove"].setEnabled(bool(job) and job.get("status") not in ACTIVE)
-
-    def _cancel(self):
-        if self.selected_id():
-            self.manager.cancel(self.selected_id())
-
-    def _fetch(self):
-        if self.selected_id():
-            self.manager.fetch_remote(self.selected_id())
-
-    def _load(self):
-        if self.selected_job():
-            self.loadResults.emit(self.selected_job())
-
-    def _metrics(self):
-        if self.selected_job():
-            self.showMetrics.emit(self.selected_job()["outputs"]["model"])
-
-    def _open(self):
-        if self.selected_job():
-            QDesktopServices.openUrl(QUrl.fromLocalFile(self.selected_job()["out"]))
-
-    def _remove(self):
-        if self.selected_id():
-            self.manager.remove(self.selected_id())

@@ -1,0 +1,81 @@
+"""The area of a job: any polygon made WGS84 (EPSG:4326), measured, its zoom-18 tiles estimated, written as
+the GeoJSON file the CLI reads."""
+
+import json
+import math
+import os
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsDistanceArea,
+    QgsGeometry,
+    QgsProject,
+    QgsWkbTypes,
+)
+
+from . import parameters
+
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+MAX_LAT = 85.05112878  # Web Mercator's limit: tiles do not go further
+EARTH_CIRCUMFERENCE_M = 40075016.686
+ZOOM = parameters.ZOOM.default  # the zoom the picker counts and estimates
+
+
+def _context(transform_context):
+    return transform_context if transform_context is not None else QgsProject.instance().transformContext()
+
+
+def to_wgs84(geom: QgsGeometry, crs: QgsCoordinateReferenceSystem, transform_context=None) -> QgsGeometry:
+    """geom (in crs) in EPSG:4326. Long straight edges are densified first: a straight edge in UTM is not
+    straight in degrees, and the tile cover must follow the shape the user saw."""
+    geom = QgsGeometry(geom)
+    if geom.isEmpty() or geom.type() != QgsWkbTypes.PolygonGeometry:
+        raise ValueError("the area must be a polygon")
+    if crs != WGS84:
+        box = geom.boundingBox()
+        geom = geom.densifyByDistance(max(box.width(), box.height()) / 64.0)
+        geom.transform(QgsCoordinateTransform(crs, WGS84, _context(transform_context)))
+    if not geom.isGeosValid():
+        geom = geom.makeValid()  # a drawn polygon that crosses itself: keep what it encloses
+    if geom.isEmpty() or geom.area() <= 0:
+        raise ValueError("the area is empty (an empty map, or a layer without extent?)")
+    box = geom.boundingBox()
+    if box.yMinimum() < -MAX_LAT or box.yMaximum() > MAX_LAT:
+        raise ValueError(f"the area reaches beyond latitude {MAX_LAT:.4f}, where Web Mercator tiles end")
+    return geom
+
+
+def feature_collection(geom4326: QgsGeometry, name: str) -> dict:
+    return {"type": "FeatureCollection",
+            "features": [{"type": "Feature", "properties": {"name": name}, "geometry": json.loads(geom4326.asJson(7))}]}
+
+
+def write_area(geom4326: QgsGeometry, path: str, name: str = "") -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(feature_collection(geom4326, name or os.path.splitext(os.path.basename(path))[0]), f)
+    os.replace(tmp, path)
+    return path
+
+
+def _measure(geom4326: QgsGeometry, transform_context=None):
+    da = QgsDistanceArea()
+    da.setSourceCrs(WGS84, _context(transform_context))
+    da.setEllipsoid("WGS84")
+    return da.measureArea(geom4326), da.measurePerimeter(geom4326)
+
+
+def area_km2(geom4326: QgsGeometry, transform_context=None) -> float:
+    return _measure(geom4326, transform_context)[0] / 1e6
+
+
+def estimate_tiles(geom4326: QgsGeometry, zoom: int = ZOOM, transform_context=None) -> int:
+    """About how many zoom-z tiles cover the area: area / tile area plus a border of half a tile along the
+    perimeter (a randomly placed a x b rectangle meets (a/s + 1)(b/s + 1) tiles on average)."""
+    area_m2, perimeter_m = _measure(geom4326, transform_context)
+    lat = geom4326.centroid().asPoint().y()
+    side = EARTH_CIRCUMFERENCE_M * math.cos(math.radians(lat)) / 2**zoom  # a tile's ground size there
+    parts = max(1, geom4326.constGet().numGeometries() if geom4326.isMultipart() else 1)
+    return int(round(area_m2 / side**2 + perimeter_m / (2 * side) + parts))

@@ -1,0 +1,97 @@
+"""The steps' parameters as the plugin offers them, each defined once: its CLI option, label, default, range and
+help. The dialogs (ui/) and the Processing algorithms (processing/) both build their inputs from these, and
+core/commands.py uses their defaults and choices.
+
+default is the CLI's own default, so that an untouched input sends what the CLI would use anyway. None means the
+plugin leaves the value to the CLI: the input shows "default" at its minimum (Processing takes 0), and the option
+is not sent. tests/test_plugin_parameters.py checks every default against the CLI's.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Parameter:
+    flag: str  # the CLI option, e.g. "--background-ratio"
+    label: str  # the input's label, in a dialog and in the Processing toolbox
+    default: object = None  # the CLI's default; None: the CLI decides, and the plugin sends nothing
+    minimum: float = 0
+    maximum: float = None
+    help: str = ""  # plain words: the input's tooltip and its Processing help
+    decimals: int = 0  # 0 for a whole number
+    choices: tuple = ()  # the values allowed, when there is a fixed list
+
+    @property
+    def key(self) -> str:
+        """The argument's name in core/commands.py: background_ratio for --background-ratio."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def name(self) -> str:
+        """The Processing parameter's name: BACKGROUND_RATIO for --background-ratio."""
+        return self.key.upper()
+
+
+# -- tiles and dataset
+ZOOM = Parameter("--zoom", "Zoom", 18, 15, 21,
+                 "The zoom level of the tiles; a model is trained and run at one zoom (18 is about 0.6 m a pixel).")
+BACKGROUND_RATIO = Parameter("--background-ratio", "Background tiles per tower tile", 3.0, 0.5, 50,
+                             "How many tiles without a tower to take for each tile with one.", decimals=2)
+SPAN_NEGATIVES = Parameter("--span-negatives", "Negative tiles along OSM power lines, per tower tile", 0.0, 0, 20,
+                           "Tiles under mapped power lines between towers, which look like towers but are not: "
+                           "hard examples for the model. 0: none. Only OSM towers have lines.", decimals=2)
+SPLIT = Parameter("--split", "Split train,val,test", "0.7,0.15,0.15",
+                  help="The fractions of the tiles for training, validation and the final test.")
+BLOCK_SIZE = Parameter("--block-size", "Split block size (tiles)", 8, 1, 256,
+                       "The area is split in blocks of N x N tiles, and each block goes whole to training, validation "
+                       "or test, so that neighbouring tiles do not leak from one to another.")
+SEED = Parameter("--seed", "Seed", 0, 0, 1_000_000, "The random seed: the same seed gives the same dataset.")
+
+# -- train and search
+WEIGHTS = Parameter("--weights", "Start weights", "imagenet", choices=("imagenet", "none"),
+                    help="imagenet: start from the ImageNet weights (downloaded once); none: from random weights; "
+                         "or a Keras weights file.")
+IMAGE_SIZE = Parameter("--image-size", "Image size (px)", None, 0, 1024,
+                       "The model's input size; tiles are resized to it.")
+EPOCHS_TOP = Parameter("--epochs-top", "Epochs, new top", None, 0, 100,
+                       "Phase 1: epochs that train only the new classifier on top of Xception.")
+EPOCHS_FINE = Parameter("--epochs-fine", "Epochs, fine-tuning", None, 0, 1000,
+                        "Phase 2: epochs that fine-tune the upper layers of Xception too.")
+BATCH_SIZE = Parameter("--batch-size", "Batch size", None, 0, 4096, "Tiles per step through the model.")
+TRIALS = Parameter("--trials", "Search trials", 100, 1, 10_000,
+                   "How many training recipes the hyperparameter search tries in all (the first 3 at random).")
+METRIC = Parameter("--metric", "Search picks by", "accuracy", choices=("accuracy", "roc_auc"),
+                   help="The test-split measure that chooses the best trial.")
+
+# -- predict and results
+WORKERS = Parameter("--workers", "Imagery workers", None, 0, 256, "Concurrent imagery requests and decoders.")
+CHECKPOINT_EVERY = Parameter("--checkpoint-every", "Checkpoint every (tiles)", None, 0, 1_000_000,
+                             "Tiles per chunk of the results store: a stopped run resumes from the last chunk.")
+SHARDS = Parameter("--shards", "Shards", None, 0, 1000,
+                   "Split the job into N parts by tile column, for parallel workers.")
+VIEWS = Parameter("--views", "Views per tile", 1, choices=(1, 2, 4, 8),
+                  help="Score each tile this many ways up (turned, and mirrored at 8) and average the scores: "
+                       "steadier scores for that many times the model's work.")
+MAX_TILES = Parameter("--max-tiles", "Refuse above (tiles)", 100_000_000, 1,
+                      help="Areas covering more tiles than this are refused.")
+THRESHOLD = Parameter("--threshold", "Candidate threshold", 0.5, 0.0, 1.0,
+                      "Tiles scoring at least this become candidates (the model's metrics recommend one).", decimals=3)
+YES_THRESHOLD = Parameter("--yes-threshold", "\"Yes\" band from", 0.97, 0.0, 1.0,
+                          "Candidates scoring at least this are the overlay's \"Yes\" band, as in the original "
+                          "project, whose ROC analysis chose 0.97.", decimals=3)
+
+# -- conflate
+DUPLICATE_DISTANCE = Parameter("--duplicate-distance", "Duplicate distance from the tower point (m)", 30.0, 0.1,
+                               100.0, "A mapped tower, pole or portal this close to a candidate's tower point means "
+                               "OSM has that tower already.", decimals=1)
+
+# The parameters each CLI command takes from the plugin (what the defaults test compares with the CLI).
+STEPS = {
+    "tiles": (ZOOM,),
+    "dataset": (ZOOM, BACKGROUND_RATIO, SPAN_NEGATIVES, SPLIT, BLOCK_SIZE, SEED),
+    "train": (WEIGHTS, IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE),
+    "search": (WEIGHTS, IMAGE_SIZE, EPOCHS_FINE, BATCH_SIZE, TRIALS, METRIC),
+    "predict": (WORKERS, CHECKPOINT_EVERY, BATCH_SIZE, SHARDS, VIEWS, MAX_TILES),
+    "results": (THRESHOLD, YES_THRESHOLD),
+    "conflate": (DUPLICATE_DISTANCE,),
+}

@@ -1,0 +1,56 @@
+"""towerdetector:train: trains the Xception tile classifier on a training data folder."""
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+)
+
+from ..core import commands
+from ..core.parameters import BATCH_SIZE, EPOCHS_FINE, EPOCHS_TOP, IMAGE_SIZE, WEIGHTS
+from .algorithm import CliAlgorithm, choice_parameter, number_parameter
+
+NUMBERS = (IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE)
+
+
+class TrainAlgorithm(CliAlgorithm):
+    WEIGHT_OPTIONS = (*WEIGHTS.choices, "file")  # "file": the WEIGHTS_FILE below
+
+    def name(self):
+        return "train"
+
+    def displayName(self):
+        return "Train the tower classifier"
+
+    def shortHelpString(self):
+        return ("Trains the Xception tile classifier on a training data folder (two phases; resumes when run again "
+                "with the same output folder). 0 in a number means the backend's default.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterFile("DATA", "Training data folder",
+                                                     QgsProcessingParameterFile.Folder))
+        self.addParameter(choice_parameter(WEIGHTS, self.WEIGHT_OPTIONS))
+        self.addParameter(QgsProcessingParameterFile("WEIGHTS_FILE", "Weights file (Start weights: file)",
+                                                     QgsProcessingParameterFile.File, "h5", None, True))
+        self.addParameter(QgsProcessingParameterFile("PARAMS", "Hyperparameters (JSON)",
+                                                     QgsProcessingParameterFile.File, "json", None, True))
+        for param in NUMBERS:
+            self.addParameter(number_parameter(param))
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Model folder"))
+        self.addOutput(QgsProcessingOutputNumber("ROC_AUC", "Test ROC AUC"))
+        self.addOutput(QgsProcessingOutputNumber("THRESHOLD", "Recommended threshold (Youden)"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        weights = self.WEIGHT_OPTIONS[self.parameterAsEnum(parameters, WEIGHTS.name, context)]
+        if weights == "file":
+            weights = self.parameterAsFile(parameters, "WEIGHTS_FILE", context)
+            if not weights:
+                raise QgsProcessingException("Start weights is 'file' but no weights file is given")
+        out = self.parameterAsString(parameters, "OUTPUT", context)
+        numbers = {p.key: self.optional_int(self.parameterAsInt(parameters, p.name, context)) for p in NUMBERS}
+        args = commands.train_args(self.parameterAsFile(parameters, "DATA", context), out, weights=weights,
+                                   params=self.parameterAsFile(parameters, "PARAMS", context) or None, **numbers)
+        [result] = self.run_steps([args], feedback)
+        return {"OUTPUT": out, "ROC_AUC": result.get("roc_auc"),
+                "THRESHOLD": (result.get("thresholds") or {}).get("youden")}

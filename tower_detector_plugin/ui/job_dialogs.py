@@ -1,0 +1,296 @@
+"""The job dialogs: Build training data, Train (or search) and Predict.
+
+Each dialog's build() turns its widgets into a job (argument lists from core/commands.py, output paths, the secret
+environment) or raises ValueError with one line; run() starts it. Dialogs are non-modal, as QGIS's own.
+"""
+
+import os
+
+from qgis.core import QgsMapLayerProxyModel
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QLineEdit,
+    QRadioButton,
+    QVBoxLayout,
+)
+
+from ..core import commands, runner, settings
+from ..core.parameters import (
+    BACKGROUND_RATIO,
+    BATCH_SIZE,
+    BLOCK_SIZE,
+    CHECKPOINT_EVERY,
+    EPOCHS_FINE,
+    EPOCHS_TOP,
+    IMAGE_SIZE,
+    METRIC,
+    SEED,
+    SHARDS,
+    SPAN_NEGATIVES,
+    SPLIT,
+    THRESHOLD,
+    TRIALS,
+    VIEWS,
+    WEIGHTS,
+    WORKERS,
+    ZOOM,
+)
+from ..core.point_export import export_layer_points
+from ..core.result_layers import recommended_threshold
+from .widgets import ERROR_STYLE, AreaWidget, ImageryWidget, file_widget, parameter_input, spin_value, timestamp
+
+
+class JobDialog(QDialog):
+    """A form, an error line, and Run. Subclasses fill self.form and implement build()."""
+
+    title = "Tower Detector"
+
+    def __init__(self, iface, manager, parent=None):
+        super().__init__(parent or (iface.mainWindow() if iface else None))
+        self.iface, self.manager = iface, manager
+        self.setWindowTitle(self.title)
+        self.setObjectName("TowerDetector" + type(self).__name__)
+        self.form = QFormLayout()
+        self.error = QLabel("")
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet(ERROR_STYLE)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
+        self.run_button = self.buttons.addButton("Run", QDialogButtonBox.AcceptRole)
+        self.run_button.clicked.connect(self.run)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(self.form)
+        layout.addWidget(self.error)
+        layout.addWidget(self.buttons)
+        self.last_job = None
+
+    def build(self) -> dict:
+        """{"kind", "title", "steps", "out", "outputs", "env", "remote"} or ValueError."""
+        raise NotImplementedError
+
+    def run(self):
+        try:
+            job = self.build()
+        except ValueError as exc:
+            self.error.setText(str(exc))
+            return None
+        self.error.setText("")
+        self.last_job = self.manager.start(job["kind"], job["title"], job["steps"], out=job.get("out", ""),
+                                           outputs=job.get("outputs"), env=job.get("env"), remote=job.get("remote"))
+        self.accept()
+        return self.last_job
+
+    def _add_input(self, param, value=None):
+        """A row for a step parameter of core/parameters.py; its input."""
+        widget = parameter_input(param, value)
+        self.form.addRow(param.label, widget)
+        return widget
+
+    def _out_dir(self, widget, what):
+        path = widget.filePath().strip()
+        if not path:
+            raise ValueError(f"choose the {what}")
+        return path
+
+
+class BuildDatasetDialog(JobDialog):
+    title = "Tower Detector: build training data"
+
+    def __init__(self, iface, manager, parent=None):
+        super().__init__(iface, manager, parent)
+        self.area = AreaWidget(iface)
+        self.imagery = ImageryWidget()
+        self.overpass = QRadioButton("OpenStreetMap towers (Overpass)")
+        self.overpass.setChecked(True)
+        self.from_layer = QRadioButton("Points of a layer")
+        self.points = QgsMapLayerComboBox()
+        self.points.setFilters(QgsMapLayerProxyModel.PointLayer)
+        self.tower_filter = QLineEdit("")
+        self.tower_filter.setPlaceholderText("power=tower for Overpass; all for a plain point layer")
+        labels = QGroupBox("Tower labels")
+        box = QFormLayout(labels)
+        box.addRow(self.overpass)
+        box.addRow(self.from_layer, self.points)
+        box.addRow("OSM tag filter", self.tower_filter)
+        self.out = file_widget(QgsFileWidget.GetDirectory,
+                               path=os.path.join(settings.work_dir(), "datasets", f"dataset-{timestamp()}"))
+        for label, widget in (("Area", self.area), ("Imagery", self.imagery), ("", labels),
+                              ("Output folder", self.out)):
+            self.form.addRow(label, widget)
+        self.zoom, self.background_ratio, self.span_negatives, self.split, self.block_size, self.seed = (
+            self._add_input(param) for param in (ZOOM, BACKGROUND_RATIO, SPAN_NEGATIVES, SPLIT, BLOCK_SIZE, SEED))
+
+    def build(self) -> dict:
+        area = self.area.path()
+        spec = self.imagery.resolved()
+        out = self._out_dir(self.out, "output folder")
+        tower_filter = self.tower_filter.text().strip() or None
+        if self.from_layer.isChecked():
+            layer = self.points.currentLayer()
+            if layer is None:
+                raise ValueError("choose a point layer with the towers, or use OpenStreetMap")
+            towers = export_layer_points(layer, os.path.join(os.path.dirname(out.rstrip("/\\")) or settings.work_dir(),
+                                                             f"{os.path.basename(out.rstrip('/'))}-towers.geojson"))
+            tower_filter = tower_filter or "all"
+        else:
+            towers = "overpass"
+        args = commands.dataset_args(area, towers, spec.spec, out, zoom=self.zoom.value(),
+                                     background_ratio=self.background_ratio.value(),
+                                     span_negatives=self.span_negatives.value() or None,
+                                     split=self.split.text().strip(),
+                                     block_size=self.block_size.value(),
+                                     seed=self.seed.value(), tower_filter=tower_filter,
+                                     cache=os.path.join(settings.work_dir(), "cache"),
+                                     max_tiles=settings.value("area/max_tiles"))
+        return {"kind": "dataset", "title": f"dataset {os.path.basename(out)}", "steps": [args], "out": out,
+                "outputs": {"dataset": out}, "env": spec.env}
+
+
+class TrainDialog(JobDialog):
+    title = "Tower Detector: train"
+
+    def __init__(self, iface, manager, parent=None):
+        super().__init__(iface, manager, parent)
+        self.data = file_widget(QgsFileWidget.GetDirectory)
+        self.out = file_widget(QgsFileWidget.GetDirectory,
+                               path=os.path.join(settings.work_dir(), "models", f"model-{timestamp()}"))
+        self.mode = QComboBox()
+        self.mode.addItems(["Train one model", "Hyperparameter search (Hyperopt)"])
+        self.weights = _choices(WEIGHTS, extra=("file…",))
+        self.weights_file = file_widget(QgsFileWidget.GetFile, "Keras weights (*.h5 *.keras)")
+        self.params = file_widget(QgsFileWidget.GetFile, "JSON (*.json)")
+        for label, widget in (("Training data folder", self.data), ("Output folder", self.out), ("What", self.mode),
+                              (WEIGHTS.label, self.weights), ("Weights file", self.weights_file),
+                              ("Hyperparameters (JSON)", self.params)):
+            self.form.addRow(label, widget)
+        self.image_size, self.epochs_top, self.epochs_fine, self.batch_size, self.trials = (
+            self._add_input(param) for param in (IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE, TRIALS))
+        self.metric = _choices(METRIC)
+        self.space = file_widget(QgsFileWidget.GetFile, "JSON (*.json)")
+        self.where = _where_combo()
+        for label, widget in ((METRIC.label, self.metric), ("Search space (JSON)", self.space), ("Run on", self.where)):
+            self.form.addRow(label, widget)
+
+    def build(self) -> dict:
+        data = self._out_dir(self.data, "training data folder")
+        out = self._out_dir(self.out, "output folder")
+        weights = self.weights.currentData()
+        if weights is None:  # file…
+            weights = self.weights_file.filePath().strip()
+            if not weights:
+                raise ValueError("choose the weights file, or imagenet / none")
+        common = dict(weights=weights, params=self.params.filePath().strip() or None,
+                      image_size=spin_value(self.image_size), epochs_fine=spin_value(self.epochs_fine),
+                      batch_size=spin_value(self.batch_size))
+        if self.mode.currentIndex() == 1:
+            args = commands.search_args(data, out, self.trials.value(), space=self.space.filePath().strip() or None,
+                                        metric=self.metric.currentData(), **common)
+            kind, model = "search", os.path.join(out, "best")
+        else:
+            args = commands.train_args(data, out, epochs_top=spin_value(self.epochs_top), **common)
+            kind, model = "train", out
+        job = {"kind": kind, "title": f"{kind} {os.path.basename(out)}", "steps": [args], "out": out,
+               "outputs": {"model": model}}
+        return _maybe_remote(job, self.where)
+
+
+class PredictDialog(JobDialog):
+    title = "Tower Detector: predict"
+
+    def __init__(self, iface, manager, parent=None):
+        super().__init__(iface, manager, parent)
+        self.model = file_widget(QgsFileWidget.GetDirectory)
+        self.model.fileChanged.connect(self._model_chosen)
+        self.imagery = ImageryWidget()
+        self.area = AreaWidget(iface)
+        self.name = QLineEdit(f"predict-{timestamp()}")
+        self.out = file_widget(QgsFileWidget.GetDirectory, path=os.path.join(settings.work_dir(), "results"))
+        for label, widget in (("Model folder", self.model), ("Imagery", self.imagery), ("Area", self.area),
+                              ("Name", self.name), ("Results under", self.out)):
+            self.form.addRow(label, widget)
+        self.threshold = self._add_input(THRESHOLD, settings.value("results/threshold"))
+        self.workers, self.checkpoint_every, self.batch_size, self.shards = (
+            self._add_input(param) for param in (WORKERS, CHECKPOINT_EVERY, BATCH_SIZE, SHARDS))
+        self.views = _choices(VIEWS, texts=("1 (fastest)", "2", "4: turned", "8: turned and mirrored"))
+        self.views.currentIndexChanged.connect(self._model_chosen)
+        self.where = _where_combo()
+        self.form.addRow(VIEWS.label, self.views)
+        self.form.addRow("Run on", self.where)
+
+    def _model_chosen(self, *_):
+        """The model's recommended threshold for the views chosen (its scores shift a little with them)."""
+        path = self.model.filePath().strip()
+        if path and os.path.isfile(os.path.join(path, "metrics.json")):
+            self.threshold.setValue(recommended_threshold(path, self.threshold.value(), self.views.currentData()))
+
+    def build(self) -> dict:
+        model = self._out_dir(self.model, "model folder")
+        spec = self.imagery.resolved()
+        area = self.area.path()
+        name = self.name.text().strip() or f"predict-{timestamp()}"
+        folder = os.path.join(self._out_dir(self.out, "results folder"), name)
+        threshold = round(self.threshold.value(), 6)
+        options = dict(area=area, shards=spin_value(self.shards), workers=spin_value(self.workers),
+                       checkpoint_every=spin_value(self.checkpoint_every), batch_size=spin_value(self.batch_size),
+                       max_tiles=settings.value("area/max_tiles"),
+                       views=self.views.currentData(), imagery_name=self.imagery.name() or None)
+        if self.where.currentData() == "aws":
+            bucket = settings.value("aws/bucket")
+            store = f"s3://{bucket}/jobs/{name}/store" if bucket else None
+            if not store:
+                raise ValueError("set the AWS bucket in Tower Detector > Settings for remote predictions")
+            job = {"kind": "predict", "title": f"predict {name}", "out": folder, "env": spec.env,
+                   "steps": [commands.predict_args(model, spec.spec, store, **options)]}
+            return _maybe_remote(job, self.where, name=name, threshold=threshold)
+        store = os.path.join(folder, "store")
+        heatmap, candidates = os.path.join(folder, "heatmap.tif"), os.path.join(folder, "candidates.gpkg")
+        steps = [commands.predict_args(model, spec.spec, store, **options),
+                 commands.results_args(store, heatmap=heatmap, candidates=candidates, threshold=threshold,
+                                       json_path=os.path.join(folder, "scores.json"))]
+        return {"kind": "predict", "title": f"predict {name}", "steps": steps, "out": folder, "env": spec.env,
+                "outputs": {"store": store, "heatmap": heatmap, "candidates": candidates, "threshold": threshold}}
+
+
+def _choices(param, texts=None, extra=()) -> QComboBox:
+    """A combo box of a step parameter's choices (shown as texts, if given), at its default; the extra items come
+    after them, with no value."""
+    combo = QComboBox()
+    for choice, text in zip(param.choices, texts or [str(c) for c in param.choices]):
+        combo.addItem(text, choice)
+    for text in extra:
+        combo.addItem(text, None)
+    combo.setCurrentIndex(param.choices.index(param.default))
+    combo.setToolTip(param.help)
+    return combo
+
+
+def _where_combo() -> QComboBox:
+    combo = QComboBox()
+    combo.addItem("this computer", "local")
+    combo.addItem("AWS (tower-detector remote)", "aws")
+    combo.setCurrentIndex(1 if settings.value("jobs/run_on") == "aws" else 0)
+    return combo
+
+
+def _maybe_remote(job: dict, where: QComboBox, name: str = None, threshold: float = None) -> dict:
+    """The job as is, or as a `remote submit` of it when "Run on" says AWS."""
+    if where.currentData() != "aws":
+        return job
+    try:
+        cli = settings.configured_cli()
+    except runner.CliNotFound as exc:
+        raise ValueError(str(exc)) from None
+    if not runner.has_command(cli, "remote", "submit"):
+        raise ValueError("this backend has no `tower-detector remote`: update it, or run on this computer")
+    profile, region = settings.value("aws/profile") or None, settings.value("aws/region") or None
+    [local] = job["steps"]
+    steps = [commands.remote_submit_args(local, name=name, profile=profile, region=region)]
+    remote = {"kind": job["kind"], "profile": profile, "region": region, "threshold": threshold}
+    return {**job, "kind": "remote-submit", "title": f"AWS {job['title']}", "steps": steps, "outputs": {},
+            "remote": remote}

@@ -1,0 +1,118 @@
+"""The Jobs panel: the job list, and cancel, fetch, load results, metrics, open folder and remove."""
+
+import os
+
+from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QDockWidget,
+    QHBoxLayout,
+    QHeaderView,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.jobs import ACTIVE, JobManager
+
+COLUMNS = ("Job", "Status", "Started", "Progress", "Output", "Message")
+
+
+class JobsDock(QDockWidget):
+    """Lists the jobs; cancel, open the output folder, load a prediction's results, show a model's metrics."""
+
+    loadResults = pyqtSignal(dict)
+    showMetrics = pyqtSignal(str)
+
+    def __init__(self, manager: JobManager, parent=None):
+        super().__init__("Tower Detector jobs", parent)
+        self.setObjectName("TowerDetectorJobsDock")
+        self.manager = manager
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.buttons = {}
+        row = QHBoxLayout()
+        for name, slot in (("Cancel", self._cancel), ("Fetch", self._fetch), ("Load results", self._load),
+                           ("Metrics", self._metrics),
+                           ("Open folder", self._open), ("Remove", self._remove)):
+            button = QPushButton(name)
+            button.clicked.connect(slot)
+            row.addWidget(button)
+            self.buttons[name] = button
+        row.addStretch(1)
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.addWidget(self.table)
+        layout.addLayout(row)
+        self.setWidget(body)
+        manager.changed.connect(lambda _id: self.refresh())
+        self.table.itemSelectionChanged.connect(self._update_buttons)
+        self.refresh()
+
+    def refresh(self):
+        selected = self.selected_id()
+        jobs = list(reversed(self.manager.store.jobs))  # newest first
+        self.table.setRowCount(len(jobs))
+        for r, job in enumerate(jobs):
+            values = (job.get("title", job.get("kind", "")), job.get("status", ""), job.get("started", ""),
+                      f"{job.get('progress', 0):.0f} %", job.get("out", ""), job.get("message", ""))
+            for c, text in enumerate(values):
+                item = QTableWidgetItem(str(text))
+                item.setData(Qt.UserRole, job["id"])
+                if c == 0:
+                    item.setToolTip("\n".join(job.get("commands", [])))
+                self.table.setItem(r, c, item)
+            if job["id"] == selected:
+                self.table.selectRow(r)
+        self._update_buttons()
+
+    def selected_id(self):
+        rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
+        return self.table.item(rows[0].row(), 0).data(Qt.UserRole) if rows else None
+
+    def selected_job(self):
+        job_id = self.selected_id()
+        return self.manager.store.get(job_id) if job_id else None
+
+    def _update_buttons(self):
+        job = self.selected_job() or {}
+        done = job.get("status") == "finished"
+        self.buttons["Cancel"].setEnabled(job.get("status") in ACTIVE)
+        self.buttons["Fetch"].setEnabled(job.get("kind") == "remote-submit" and bool(job.get("remote", {}).get("name")))
+        self.buttons["Load results"].setEnabled(done and bool(job.get("outputs", {}).get("heatmap")
+                                                              or job.get("outputs", {}).get("candidates")))
+        self.buttons["Metrics"].setEnabled(done and bool(job.get("outputs", {}).get("model")))
+        self.buttons["Open folder"].setEnabled(bool(job.get("out")) and os.path.isdir(job.get("out", "")))
+        self.buttons["Remove"].setEnabled(bool(job) and job.get("status") not in ACTIVE)
+
+    def _cancel(self):
+        if self.selected_id():
+            self.manager.cancel(self.selected_id())
+
+    def _fetch(self):
+        if self.selected_id():
+            self.manager.fetch_remote(self.selected_id())
+
+    def _load(self):
+        if self.selected_job():
+            self.loadResults.emit(self.selected_job())
+
+    def _metrics(self):
+        if self.selected_job():
+            self.showMetrics.emit(self.selected_job()["outputs"]["model"])
+
+    def _open(self):
+        if self.selected_job():
+            QDesktopServices.openUrl(QUrl.fromLocalFile(self.selected_job()["out"]))
+
+    def _remove(self):
+        if self.selected_id():
+            self.manager.remove(self.selected_id())

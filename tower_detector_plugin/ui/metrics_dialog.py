@@ -1,0 +1,59 @@
+"""A model's metrics.json as a table, with its ROC and score plots."""
+
+import os
+
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QPixmap
+from qgis.PyQt.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QLabel,
+    QScrollArea,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+)
+
+from ..core.result_layers import metric_rows, read_metrics
+
+
+class MetricsDialog(QDialog):
+    """metrics.json as a table, and the ROC and score-distribution plots."""
+
+    def __init__(self, model_dir: str, parent=None):
+        super().__init__(parent)
+        self.setObjectName("TowerDetectorMetrics")
+        self.setWindowTitle(f"Model metrics: {model_dir}")
+        metrics = read_metrics(model_dir)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(("metric", "value"))
+        for name, text in metric_rows(metrics):
+            r = self.table.rowCount()
+            self.table.insertRow(r)
+            self.table.setItem(r, 0, QTableWidgetItem(name))
+            self.table.setItem(r, 1, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        tabs = QTabWidget()
+        tabs.addTab(self.table, "Metrics")
+        self.plots = {}
+        for filename, title in (("roc.png", "ROC curve"), ("scores.png", "Scores")):
+            label = QLabel()
+            label.setAlignment(Qt.AlignCenter)
+            path = os.path.join(model_dir, filename)
+            pixmap = QPixmap(path) if os.path.isfile(path) else QPixmap()
+            if pixmap.isNull():
+                label.setText(f"{filename} not found in the model directory")
+            else:
+                label.setPixmap(pixmap.scaled(640, 480, Qt.KeepAspectRatio, Qt.SmoothTransformation))
+            self.plots[filename] = label
+            scroll = QScrollArea()
+            scroll.setWidget(label)
+            scroll.setWidgetResizable(True)
+            tabs.addTab(scroll, title)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(tabs)
+        layout.addWidget(buttons)
+        self.resize(700, 560)

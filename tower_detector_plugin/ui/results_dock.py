@@ -1,0 +1,77 @@
+"""The results dock: a live score threshold for the candidate layers and a floor for the heatmap."""
+
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import QDockWidget, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QSlider, QWidget
+
+from ..core.parameters import THRESHOLD
+from ..core.result_layers import FLOOR, count, set_threshold, style_heatmap
+
+
+class ThresholdWidget(QWidget):
+    """A slider and spin box bound to candidate layers' filters, and a floor for the heatmap."""
+
+    changed = pyqtSignal(float)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.layers = []
+        self.heatmap = None
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(0, 1000)
+        self.spin = QDoubleSpinBox()
+        self.spin.setRange(0.0, 1.0)
+        self.spin.setDecimals(3)
+        self.spin.setSingleStep(0.01)
+        self.floor = QDoubleSpinBox()
+        self.floor.setRange(0.0, 0.99)
+        self.floor.setDecimals(2)
+        self.floor.setSingleStep(0.05)
+        self.count = QLabel("")
+        row = QHBoxLayout()
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.spin)
+        form = QFormLayout(self)
+        form.addRow("Candidate score ≥", row)
+        form.addRow("", self.count)
+        form.addRow("Heatmap floor", self.floor)
+        self.slider.valueChanged.connect(lambda v: self.spin.setValue(v / 1000.0))
+        self.spin.valueChanged.connect(self._apply)
+        self.floor.valueChanged.connect(self._apply_floor)
+
+    def bind(self, candidate_layers, heatmap=None, threshold=THRESHOLD.default, floor=FLOOR):
+        self.layers = [layer for layer in candidate_layers if layer is not None]
+        self.heatmap = heatmap
+        self.floor.blockSignals(True)
+        self.floor.setValue(floor)
+        self.floor.blockSignals(False)
+        self.spin.setValue(threshold)
+        self._apply(threshold)
+
+    def _apply(self, value):
+        self.slider.blockSignals(True)
+        self.slider.setValue(int(round(value * 1000)))
+        self.slider.blockSignals(False)
+        self.layers = [layer for layer in self.layers if _alive(layer)]
+        set_threshold(self.layers, value)
+        if self.layers:
+            self.count.setText(f"{count(self.layers[0]):,} candidates shown")
+        self.changed.emit(value)
+
+    def _apply_floor(self, value):
+        if self.heatmap is not None and _alive(self.heatmap):
+            style_heatmap(self.heatmap, value)
+
+
+def _alive(layer) -> bool:
+    try:
+        return layer.isValid()
+    except RuntimeError:  # the user removed the layer: its C++ side is gone
+        return False
+
+
+class ResultsDock(QDockWidget):
+    def __init__(self, parent=None):
+        super().__init__("Tower Detector results", parent)
+        self.setObjectName("TowerDetectorResultsDock")
+        self.threshold = ThresholdWidget()
+        self.setWidget(self.threshold)

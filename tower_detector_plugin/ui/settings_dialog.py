@@ -1,0 +1,116 @@
+"""The Settings dialog: the CLI to run, the work folder, AWS, the default imagery and its token, the estimates'
+rates and the area limits."""
+
+from qgis.gui import QgsAuthConfigSelect, QgsFileWidget
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+)
+
+from ..core import imagery_sources, runner, settings
+from .widgets import ERROR_STYLE, file_widget
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Tower Detector: settings")
+        self.setObjectName("TowerDetectorSettingsDialog")
+        self.run_on = QComboBox()
+        self.run_on.addItem("local (this computer)", "local")
+        self.run_on.addItem("AWS (tower-detector remote)", "aws")
+        self.run_on.setCurrentIndex(self.run_on.findData(settings.value("jobs/run_on")))
+        self.cli_path = file_widget(QgsFileWidget.GetFile, path=settings.value("cli/path"))
+        self.cli_path.lineEdit().setPlaceholderText("auto: the dev checkout's .venv, then PATH")
+        self.check_button = QPushButton("Check")
+        self.check_button.clicked.connect(self.check)
+        self.check_label = QLabel("")
+        self.check_label.setWordWrap(True)
+        self.check_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        cli_row = QHBoxLayout()
+        cli_row.addWidget(self.cli_path, 1)
+        cli_row.addWidget(self.check_button)
+        self.work_dir = file_widget(QgsFileWidget.GetDirectory, path=settings.value("work_dir"))
+        self.work_dir.lineEdit().setPlaceholderText(settings.work_dir())
+        self.edits = {key: QLineEdit(settings.value(key)) for key in ("aws/profile", "aws/region", "aws/bucket",
+                                                                      "aws/queue", "imagery/spec")}
+        self.edits["imagery/spec"].setPlaceholderText("https://…/{z}/{x}/{y}.jpg?access_token=${TOWER_DETECTOR_TOKEN}")
+        self.auth = QgsAuthConfigSelect(self)
+        self.auth.setConfigId(settings.value("imagery/authcfg"))
+        self.numbers = {}
+        for key, decimals, maximum in (("estimate/local_tiles_per_s", 2, 1e6), ("estimate/remote_tiles_per_s", 2, 1e6),
+                                       ("estimate/remote_usd_per_hour", 3, 1e4), ("estimate/remote_workers", 0, 1e4),
+                                       ("area/warn_tiles", 0, 1e10), ("area/max_tiles", 0, 1e10),
+                                       ("results/heatmap_floor", 2, 0.99), ("results/threshold", 3, 1.0)):
+            box = QDoubleSpinBox()
+            box.setDecimals(decimals)
+            box.setRange(0, maximum)
+            box.setValue(settings.value(key))
+            if decimals == 0:
+                box.setGroupSeparatorShown(True)
+            self.numbers[key] = box
+        form = QFormLayout()
+        rows = [("Run jobs on", self.run_on), ("tower-detector (or its Python)", cli_row), ("", self.check_label),
+                ("Work folder", self.work_dir), ("AWS profile", self.edits["aws/profile"]),
+                ("AWS region", self.edits["aws/region"]), ("AWS bucket", self.edits["aws/bucket"]),
+                ("AWS job queue", self.edits["aws/queue"]), ("Default imagery", self.edits["imagery/spec"]),
+                ("Imagery token (QGIS authentication)", self.auth)]
+        rows += [(label, self.numbers[key]) for key, label in (
+            ("estimate/local_tiles_per_s", "Local CPU tiles/s (estimates)"),
+            ("estimate/remote_tiles_per_s", "Remote GPU tiles/s (estimates)"),
+            ("estimate/remote_usd_per_hour", "Remote GPU $/hour (estimates)"),
+            ("estimate/remote_workers", "Remote GPU workers (estimates)"),
+            ("area/warn_tiles", "Warn above (tiles)"), ("area/max_tiles", "Refuse above (tiles)"),
+            ("results/heatmap_floor", "Heatmap floor (transparent below)"),
+            ("results/threshold", "Default candidate threshold"))]
+        for label, widget in rows:
+            form.addRow(label, widget)
+        buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.save)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(buttons)
+
+    def check(self) -> bool:
+        """Locate the backend as these (unsaved) settings say and run `tower-detector --version`."""
+        QApplication.setOverrideCursor(Qt.WaitCursor)
+        try:
+            cli = runner.locate(self.cli_path.filePath().strip())
+            remote = "yes" if runner.has_command(cli, "remote") else "no (this tower-detector has no `remote`)"
+            text, ok = f"{runner.version(cli)} ({cli.source}: {' '.join(cli.command)}); AWS jobs: {remote}", True
+        except (runner.CliNotFound, RuntimeError) as exc:
+            text, ok = str(exc), False
+        finally:
+            QApplication.restoreOverrideCursor()
+        self.check_label.setStyleSheet("" if ok else ERROR_STYLE)
+        self.check_label.setText(text)
+        return ok
+
+    def save(self) -> bool:
+        secrets = imagery_sources.literal_secrets(self.edits["imagery/spec"].text())
+        if secrets:
+            self.check_label.setStyleSheet(ERROR_STYLE)
+            self.check_label.setText(f"the default imagery holds a secret ({', '.join(secrets)}): keep it in a QGIS "
+                                     f"authentication config and write {imagery_sources.TOKEN_REF} in its place")
+            return False
+        settings.set_value("jobs/run_on", self.run_on.currentData())
+        settings.set_value("cli/path", self.cli_path.filePath().strip())
+        settings.set_value("work_dir", self.work_dir.filePath().strip())
+        for key, edit in self.edits.items():
+            settings.set_value(key, edit.text().strip())
+        settings.set_value("imagery/authcfg", self.auth.configId())
+        for key, box in self.numbers.items():
+            settings.set_value(key, int(box.value()) if box.decimals() == 0 else box.value())
+        self.accept()
+        return True

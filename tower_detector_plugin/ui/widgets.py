@@ -1,0 +1,159 @@
+"""Widgets the dialogs share: an area file, an imagery source, file pickers and the inputs of step parameters."""
+
+import glob
+import os
+import time
+
+from qgis.gui import QgsAuthConfigSelect, QgsFileWidget
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core import imagery_sources, settings
+from .area_picker import AreaPickerDialog
+
+ERROR_STYLE = "color: #c62828;"
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def file_widget(mode, filt="", path=""):
+    widget = QgsFileWidget()
+    widget.setStorageMode(mode)
+    if filt:
+        widget.setFilter(filt)
+    widget.setFilePath(path)
+    return widget
+
+
+def parameter_input(param, value=None):
+    """The input for a step parameter of core/parameters.py, starting at value (else the definition's default): a
+    line edit for text, else a spin box over the definition's range. A parameter the CLI decides shows "default"
+    at its minimum, which spin_value reads as None."""
+    value = param.default if value is None else value
+    if isinstance(value, str):
+        widget = QLineEdit(value)
+    else:
+        widget = QDoubleSpinBox() if param.decimals else QSpinBox()
+        if param.decimals:
+            widget.setDecimals(param.decimals)
+            widget.setRange(param.minimum, param.maximum if param.maximum is not None else 1e12)
+        else:
+            widget.setRange(int(param.minimum), int(param.maximum) if param.maximum is not None else 2**31 - 1)
+        widget.setValue(param.minimum if value is None else value)
+        if value is None:
+            widget.setSpecialValueText("default")
+    widget.setToolTip(param.help)
+    return widget
+
+
+def spin_value(box):
+    """A spin box's value; None at "default"."""
+    return None if box.specialValueText() and box.value() == box.minimum() else box.value()
+
+
+class AreaWidget(QWidget):
+    """An area file: one from the work dir's areas/, any GeoJSON, or a new one from the picker."""
+
+    def __init__(self, iface, parent=None):
+        super().__init__(parent)
+        self.iface = iface
+        self.combo = QComboBox()
+        self.combo.setEditable(True)
+        self.combo.setMinimumContentsLength(30)
+        for path in sorted(glob.glob(os.path.join(settings.work_dir(), "areas", "*.geojson")), key=os.path.getmtime,
+                           reverse=True):
+            self.combo.addItem(path)
+        browse = QPushButton("…")
+        browse.setToolTip("a GeoJSON polygon file (WGS84)")
+        browse.clicked.connect(self._browse)
+        pick = QPushButton("Pick…")
+        pick.setToolTip("draw or choose the area on the map")
+        pick.clicked.connect(self.pick)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.combo, 1)
+        row.addWidget(browse)
+        row.addWidget(pick)
+        self.picker = None
+
+    def _browse(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Area", settings.work_dir(), "GeoJSON (*.geojson *.json)")
+        if path:
+            self.set_path(path)
+
+    def pick(self):
+        self.picker = AreaPickerDialog(self.iface, self.window())
+        self.picker.areaChosen.connect(self.set_path)
+        self.picker.show()
+
+    def set_path(self, path):
+        self.combo.setCurrentText(path)
+
+    def path(self) -> str:
+        path = self.combo.currentText().strip()
+        if not path:
+            raise ValueError("choose an area (Pick… draws one on the map)")
+        if not os.path.isfile(path):
+            raise ValueError(f"area file not found: {path}")
+        return path
+
+
+class ImageryWidget(QWidget):
+    """An imagery source: the default from Settings, an XYZ connection, a raster layer, or typed in; plus the
+    QGIS authentication config that holds its token."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.sources = []
+        default = settings.value("imagery/spec")
+        if default:
+            self.sources.append(imagery_sources.Source("Default (Settings)", default,
+                                                       settings.value("imagery/authcfg")))
+        self.sources += imagery_sources.xyz_connections() + imagery_sources.raster_layer_sources()
+        self.combo = QComboBox()
+        self.combo.addItem("URL template or file (type below)")
+        for source in self.sources:
+            self.combo.addItem(source.label)
+        self.spec = QLineEdit()
+        self.spec.setPlaceholderText("https://…/{z}/{x}/{y}.jpg?access_token=${TOWER_DETECTOR_TOKEN}, or a GeoTIFF")
+        self.auth = QgsAuthConfigSelect(self)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.combo)
+        layout.addWidget(self.spec)
+        layout.addWidget(self.auth)
+        self.combo.currentIndexChanged.connect(self._chosen)
+        if default:  # nothing else is chosen for the user: the imagery decides what the model can see
+            self.combo.setCurrentIndex(1)
+
+    def _chosen(self, index):
+        if index >= 1:
+            source = self.sources[index - 1]
+            self.spec.setText(source.spec)
+            self.auth.setConfigId(source.authcfg)
+
+    def set_spec(self, spec, authcfg=""):
+        self.combo.setCurrentIndex(0)
+        self.spec.setText(spec)
+        self.auth.setConfigId(authcfg)
+
+    def resolved(self) -> imagery_sources.ImagerySpec:
+        return imagery_sources.resolve(self.spec.text(), self.auth.configId())
+
+    def name(self) -> str:
+        """The chosen connection's or layer's name while its spec is as chosen ("" for one typed in): what the OSM
+        changeset will name as its source."""
+        index = self.combo.currentIndex()
+        chosen = self.sources[index - 1] if index >= 1 else None
+        return chosen.name if chosen and chosen.spec == self.spec.text() else ""
