@@ -65,8 +65,6 @@ class _HostLimiter:
             self._next = max(self._next, time.monotonic() + seconds)
 
 
-
-
 class XyzSource(ImagerySource):
     kind = "xyz"
 
