@@ -203,7 +203,7 @@ def main():
         # the fastest run's own time in store writes is the same cost free of the drift between runs
         (many_s, many_stats), one_s = min(many, key=lambda r: r[0]), min(one)
     store = open_store(os.path.join(work, "c2-0"))
-    sizes = [len(store._b.read(store.chunk_name(s, c))) for s, c in store.plan.all_chunks()]
+    sizes = [len(store.storage.read(store.chunk_name(s, c))) for s, c in store.plan.all_chunks()]
     k10, k90 = max(int(len(sizes) * 0.1) - 1, 0), int(len(sizes) * 0.9) - 1
     s10, s90 = seed_saves[max(int(len(seed_saves) * 0.1) - 1, 0)], seed_saves[int(len(seed_saves) * 0.9) - 1]
     print(f"(c) one checkpoint {one_s:.2f} s, a checkpoint every {args.checkpoint} tiles ({len(sizes)} chunks) "

@@ -157,12 +157,12 @@ def _tiles_on_lines(rows, towers_path):
 
 
 def test_span_negatives_come_from_lines_between_mapped_towers(sample_scene, tmp_path):
-    from tower_detector.datasets.dataset import _span_tiles
+    from tower_detector.datasets.dataset import span_tiles
     from tower_detector.sources.osm import load_lines
 
     towers = load_towers(str(sample_scene["towers"]), tag_filter="power=tower")
     lines = load_lines(str(sample_scene["towers"]), tag_filter="power=line")
-    every = {f"{x}-{y}-18" for x, y in _span_tiles(lines, towers, 18).tolist()}
+    every = {f"{x}-{y}-18" for x, y in span_tiles(lines, towers, 18).tolist()}
     assert every and not every & {f"{x}-{y}-18" for x, y in positive_tiles(towers.lon, towers.lat, 18).tolist()}
 
     one_split = parse_splits("1")  # no tiles dropped at split borders, so every tile chosen is in the index
@@ -176,7 +176,7 @@ def test_span_negatives_come_from_lines_between_mapped_towers(sample_scene, tmp_
     assert spans["tiles"] == plain["tiles"] + len(chosen)  # beside the background, not instead of it
 
     # a line vertex that is not a mapped tower ends the spans on either side: they may hide that tower
-    without = [{f"{x}-{y}-18" for x, y in _span_tiles(lines, towers.subset(np.arange(len(towers)) != k), 18).tolist()}
+    without = [{f"{x}-{y}-18" for x, y in span_tiles(lines, towers.subset(np.arange(len(towers)) != k), 18).tolist()}
                for k in range(len(towers))]
     assert all(w <= every for w in without) and any(w < every for w in without)
     with pytest.raises(UserError, match="--span-negatives must be 0 to 100"):

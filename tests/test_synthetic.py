@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from rasterio.enums import ColorInterp
 
-from tower_detector import synthetic as sample
+from tower_detector import synthetic
 from tower_detector.common.errors import UserError
 from tower_detector.geo.areas import load_area
 from tower_detector.geo.cover import tile_cover
@@ -20,7 +20,7 @@ ARGS = dict(tiles_x=6, tiles_y=4, seed=7)
 
 
 def write(out, **kwargs):
-    info = sample.write_scene(str(out), **{**ARGS, **kwargs})
+    info = synthetic.write_scene(str(out), **{**ARGS, **kwargs})
     with rasterio.open(out / "scene.tif") as ds:
         pixels = ds.read()
     return info, pixels, json.loads((out / "towers.geojson").read_text())
@@ -84,9 +84,9 @@ def test_same_seed_same_bytes_other_seed_other_scene(scene, tmp_path):
 
 
 def test_every_tower_point_lies_on_drawn_tower_steel(scene):
-    plan = sample.plan_scene(**ARGS)
-    full, steel = sample.render_scene(plan)
-    bare, no_steel = sample.render_scene(plan, towers=False)
+    plan = synthetic.plan_scene(**ARGS)
+    full, steel = synthetic.render_scene(plan)
+    bare, no_steel = synthetic.render_scene(plan, towers=False)
     assert np.array_equal(full, scene["pixels"]) and not no_steel.any()
     changed = np.any(full != bare, axis=0)
     assert 0 < changed.mean() < 0.1  # towers, their shadows and conductors: nothing else
@@ -131,7 +131,7 @@ def test_poles_are_hard_negatives_not_towers(scene):
 def test_default_scene_has_enough_towers_and_big_scenes_more_lines(sample_scene):
     info = sample_scene["info"]
     assert 4 <= info["towers"] <= 30 and info["lines"] >= 2 and info["poles"] > 0
-    big = sample.plan_scene(tiles_x=24, tiles_y=24, seed=1)
+    big = synthetic.plan_scene(tiles_x=24, tiles_y=24, seed=1)
     inside = sum(int(big.grid.outside_by(p) == 0) for line in big.hv_lines for p in line.towers)
     assert len(big.hv_lines) >= 4 and inside >= 30
 
@@ -147,7 +147,7 @@ def test_default_scene_has_enough_towers_and_big_scenes_more_lines(sample_scene)
 ])
 def test_bad_arguments_are_one_line_user_errors(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message) as err:
-        sample.write_scene(str(tmp_path / "out"), **{"tiles_x": 2, "tiles_y": 2, **kwargs})
+        synthetic.write_scene(str(tmp_path / "out"), **{"tiles_x": 2, "tiles_y": 2, **kwargs})
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
 
@@ -156,8 +156,8 @@ def test_unwritable_output_is_a_user_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     for out in (blocker, blocker / "scene"):
-        with pytest.raises(UserError, match="cannot write the sample scene"):
-            sample.write_scene(str(out), tiles_x=1, tiles_y=1)
+        with pytest.raises(UserError, match="cannot write the synthetic scene"):
+            synthetic.write_scene(str(out), tiles_x=1, tiles_y=1)
 
 
 def run_cli(*args):
@@ -176,4 +176,4 @@ def test_cli_writes_a_scene_and_reports_json_events(tmp_path):
     bad = run_cli("--out", str(tmp_path / "t"), "--tiles-x", "0")
     assert bad.returncode == 2
     error = json.loads(bad.stdout.splitlines()[-1])
-    assert error["event"] == "error" and error["kind"] == "bad_input" and "tiles_x" in error["message"]
+    assert error["event"] == "error" and error["kind"] == "bad_input" and "--tiles-x" in error["message"]

@@ -1,4 +1,5 @@
-"""Outputs that appear whole or not at all: one file (atomic_file) or a folder of files (building, swap_in).
+"""Outputs that appear whole or not at all: one file (atomic_file) or a folder of files (building, swap_in), and
+the small parts others build their own atomic writes from (temp_path, remove_if_present, fsync_folder).
 
     with atomic_file("summary.csv", newline="") as f:    # a temp file beside it; fsync, os.replace on success
         csv.writer(f).writerows(rows)
@@ -28,8 +29,7 @@ def atomic_file(path, mode="w", **kwargs):
     and renamed onto path, on failure removed."""
     if "w" not in mode:
         raise ValueError(f"atomic_file writes a whole file: mode {mode!r} needs 'w'")
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, mode.replace("w", "x"), **kwargs) as f:
             yield f
@@ -39,6 +39,20 @@ def atomic_file(path, mode="w", **kwargs):
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
+
+
+def temp_path(path):
+    """A fresh temp file name beside path, hidden and marked as temporary: .<name>.<random>.tmp."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+
+
+def remove_if_present(path):
+    """os.remove, where a file already gone is fine (a temp file's clean-up)."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 @contextmanager
@@ -74,7 +88,7 @@ def swap_in(new, target):
         if old:
             os.rename(old, target)
         raise
-    _fsync_folder(os.path.dirname(target))
+    fsync_folder(os.path.dirname(target))
     if old:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -94,7 +108,8 @@ def _plain(path):
     return os.path.normpath(os.path.abspath(os.fspath(path)))
 
 
-def _fsync_folder(folder):
+def fsync_folder(folder):
+    """Make a folder's new entries (a rename, a link) durable, where the platform allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # Windows cannot open a folder; its renames are durable without

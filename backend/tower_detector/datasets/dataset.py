@@ -67,7 +67,7 @@ def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, 
                   span_negatives=0.0, cache_dir=None, concurrency=16, progress=None, log=print):
     """Build the dataset into `out` and return the summary written to dataset.json.
 
-    span_negatives: negative tiles taken along mapped lines, per tower tile (see _span_tiles), beside the
+    span_negatives: negative tiles taken along mapped lines, per tower tile (see span_tiles), beside the
     random background: a line's conductors and corridor are the easy cue a model learns first, and these
     tiles teach it that they are not a tower."""
     from ..sources.imagery import open_imagery
@@ -98,7 +98,7 @@ def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, 
     spans = np.zeros((0, 2), dtype=np.int64)
     if span_negatives and len(pos):
         lines = load_lines(towers, area=region, tag_filter=SPAN_LINES, cache_dir=cache_dir)
-        found = _span_tiles(lines, points, zoom)
+        found = span_tiles(lines, points, zoom)
         found = _without(found[cover.contains(found[:, 0], found[:, 1])], np.concatenate([pos, hard_negatives]),
                          zoom)
         take = min(len(found), int(round(span_negatives * len(pos))))
@@ -169,7 +169,7 @@ def _add_review_labels(path, region, zoom, pos, load_towers, log):
     return pos, _without(negatives, pos, zoom)
 
 
-def _span_tiles(lines, points, zoom):
+def span_tiles(lines, points, zoom):
     """Tiles crossed by a span, a stretch of line between two consecutive vertices that are both mapped towers,
     keeping SPAN_CLEARANCE from every tower. Between two mapped towers stands no tower, so these are safe
     negatives; a stretch with an unmapped vertex may hide an unmapped tower and is skipped."""

@@ -205,6 +205,15 @@ def lonlat_to_tile_space(lon, lat, zoom):
     return x, y
 
 
+def tile_lonlat(x, y, zoom):
+    """Vectorised lon, lat of fractional tile coordinates (x + 0.5 is a tile's centre column)."""
+    n = float(1 << zoom)
+    lon = np.asarray(x, dtype=np.float64) / n * 360.0 - 180.0
+    lat = np.degrees(np.arctan(np.sinh(np.pi * (1.0 - 2.0 * np.asarray(y, dtype=np.float64) / n))))
+    return lon, lat
+
+
+
 def tile_cover(area, zoom):
     """The exact cover of an Area at a zoom, as a TileCover."""
     if not 0 <= int(zoom) <= 24:

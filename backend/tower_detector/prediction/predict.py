@@ -1,7 +1,7 @@
 """`tower-detector predict`: score every tile of an area into a results store, pipelined and exactly once.
 
 Order of work: the cover is split into shards (X-index ranges of about equal tile counts, as the original
-project split countries) and each shard into chunks of --checkpoint-every tiles in a fixed order (store.py).
+project split countries) and each shard into chunks of --checkpoint-every tiles in a fixed order (store/plan.py).
 A chunk is scored and then written once, atomically; a chunk already in the store is skipped. So a worker
 killed at any moment loses at most the chunk it was scoring, a rerun scores exactly the missing chunks, and
 two workers on different shards never touch the same files.

@@ -44,7 +44,7 @@ class Aws:
             self.partition = self.session._session.get_partition_for_region(self.region)
         except Exception:  # botocore's UnknownRegionError: matches no partition's region pattern
             raise UserError(f"unknown AWS region {self.region!r} (for example us-east-1, eu-west-1)") from None
-        # store.py and imagery.py make their own boto3 sessions (results, S3 imagery): give them the same profile
+        # the results store and the imagery sources make their own boto3 sessions: give them the same profile
         # and region, in this process only
         if profile:
             os.environ["AWS_PROFILE"] = profile

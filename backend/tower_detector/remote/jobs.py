@@ -3,7 +3,7 @@
 Layout in the stack's bucket:
     inputs/{kind}-{sha256}.tar|.json|...   uploaded inputs, content-addressed (the same input is uploaded once)
     jobs/{name}/cover.json                 a prediction's tile cover (computed here, exact; shards read it)
-    jobs/{name}/results/                   a prediction's results store (store.py's layout)
+    jobs/{name}/results/                   a prediction's results store (prediction/store's layout)
     jobs/{name}/out/                       a training's model folder, or a search's folder, mirrored by the worker
 Local list of jobs: $TOWER_DETECTOR_HOME/jobs.json (default ~/.tower-detector), so that status, logs and fetch
 take the short name given at submit time (or the Batch job id).

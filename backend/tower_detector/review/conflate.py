@@ -45,8 +45,9 @@ import shapely
 
 from ..common.errors import UserError
 from ..geo.areas import Area
+from ..geo.cover import tile_lonlat
 from ..geo.tilemath import ORIGIN_SHIFT
-from ..results import gpkg_connect, tile_lonlat
+from ..results import gpkg_connect
 from ..sources.osm import Towers, load_lines, load_towers
 from .exports import haversine_m, mercator, pairs_within, read_candidates
 

@@ -75,19 +75,11 @@ import numpy as np
 import shapely
 
 from .. import __version__
-from ..common.atomic import building
+from ..common.atomic import building, remove_if_present, temp_path
 from ..common.errors import UserError
+from ..geo.cover import tile_lonlat
 from ..geo.tilemath import EARTH_RADIUS
-from ..results import (
-    _GPKG_CORE,
-    _fraction,
-    _gpkg_points,
-    _insert_srs,
-    _remove,
-    _temp_name,
-    tile_lonlat,
-    write_overlay_geojson,
-)
+from ..results import GPKG_CORE, check_fraction, gpkg_points, insert_srs, write_overlay_geojson
 
 STATUSES = ("unreviewed", "confirmed", "false_positive", "already_mapped", "misplaced", "unsure", "bad_imagery")
 KINDS = ("osm", "osm-reference", "overlay", "maproulette", "maproulette-cooperative", "tasking-manager", "labels")
@@ -125,12 +117,12 @@ def export(kind, candidates, out, *, statuses=None, min_score=None, bbox=None, c
     if kind not in KINDS:
         raise UserError(f"unknown export kind {kind!r}: one of {', '.join(KINDS)}")
     out = os.fspath(out)
-    yes_threshold = _fraction(yes_threshold, "--yes-threshold")
+    yes_threshold = check_fraction(yes_threshold, "--yes-threshold")
     rows, job = read_candidates(candidates)
     wanted = _statuses(kind, statuses)
     keep = np.ones(len(rows["fid"]), bool) if wanted is None else np.isin(rows["status"], wanted)
     if min_score is not None:
-        keep &= rows["score"].astype(np.float32) >= np.float32(_fraction(min_score, "--min-score"))
+        keep &= rows["score"].astype(np.float32) >= np.float32(check_fraction(min_score, "--min-score"))
     if bbox is not None:
         w, s, e, n = _bbox(bbox)
         lon, lat = rows["point_lon"], rows["point_lat"]
@@ -314,7 +306,7 @@ def _write(path, content, *suffixes):
     """Write bytes, text or content(temp_path) to path atomically: a temp file next to it, then a rename."""
     if suffixes and not path.lower().endswith(suffixes):
         raise UserError(f"the output {path} must end with {' or '.join(suffixes)}")
-    tmp = _temp_name(path)
+    tmp = temp_path(path)
     try:
         if callable(content):
             content(tmp)
@@ -325,7 +317,7 @@ def _write(path, content, *suffixes):
     except (OSError, sqlite3.OperationalError) as exc:
         raise UserError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
     finally:
-        _remove(tmp)
+        remove_if_present(tmp)
 
 
 def _xml(root):
@@ -479,15 +471,15 @@ def _labels(rows, out):
 
 def _write_labels_gpkg(path, lon, lat, fields):
     with closing(sqlite3.connect(path)) as db:
-        db.executescript(_GPKG_CORE + "CREATE TABLE labels (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
+        db.executescript(GPKG_CORE + "CREATE TABLE labels (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
                                       "geom POINT, status TEXT NOT NULL, tile_id TEXT, score REAL);")
-        _insert_srs(db)
+        insert_srs(db)
         db.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, min_x, min_y, max_x, "
                    "max_y, srs_id) VALUES ('labels', 'features', 'labels', 'review decisions as training labels', "
                    "?, ?, ?, ?, 4326)", (float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())))
         db.execute("INSERT INTO gpkg_geometry_columns VALUES ('labels', 'geom', 'POINT', 4326, 0, 0)")
         db.executemany("INSERT INTO labels (geom, status, tile_id, score) VALUES (?, ?, ?, ?)",
-                       [(g, f["status"], f["tile_id"], f["score"]) for g, f in zip(_gpkg_points(lon, lat), fields)])
+                       [(g, f["status"], f["tile_id"], f["score"]) for g, f in zip(gpkg_points(lon, lat), fields)])
         db.commit()
 
 
