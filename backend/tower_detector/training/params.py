@@ -83,7 +83,8 @@ def default_params(weights):
 
 def renamed(params):
     """A params dict with values written under their old names (class_weight "seed") given their new ones."""
-    if isinstance(params, dict) and params.get("class_weight") in CLASS_WEIGHT_ALIASES:
+    if isinstance(params, dict) and isinstance(params.get("class_weight"), str) and \
+            params["class_weight"] in CLASS_WEIGHT_ALIASES:
         return {**params, "class_weight": CLASS_WEIGHT_ALIASES[params["class_weight"]]}
     return params
 
@@ -145,21 +146,25 @@ def load_params_file(path):
 
 def add_training_flags(parser, command):
     """The flags `command` (train or search) takes for training parameters; returns their argparse actions. A flag
-    stores under the parameter's name, None when not given (the params file or the default then decides)."""
+    not given is None: the params file or the default then decides (training_flags)."""
     actions = []
     for p in TRAINING:
         if p.flags and command in p.flags[1]:
             default = f"default {_text(p.default)}" + (f"; {_text(p.scratch)} with --weights none"
                                                         if p.scratch is not _UNSET else "")
-            actions.append(parser.add_argument(p.flags[0], dest=p.name, type=_flag_type(p), metavar="N",
+            actions.append(parser.add_argument(p.flags[0], type=_flag_type(p), metavar="N",
                                                help=f"{p.help} ({default})"))
     return actions
 
 
 def training_flags(args):
     """{parameter: value} of the training flags given on a command line (argparse Namespace)."""
-    return {p.name: getattr(args, p.name) for p in TRAINING
-            if p.flags and getattr(args, p.name, None) is not None}
+    given = {p.name: getattr(args, _dest(p.flags[0]), None) for p in TRAINING if p.flags}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _dest(flag):
+    return flag.lstrip("-").replace("-", "_")
 
 
 def _flag_type(p):
