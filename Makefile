@@ -7,12 +7,13 @@ DEMO := demo
 # the demo model's recommended threshold (max Youden J), read when a rule needs it
 THRESHOLD = $$($(PY) -c "import json; print(json.load(open('$(DEMO)/model/metrics.json'))['thresholds']['youden'] or 0.5)")
 
-.PHONY: setup test lint demo resources clean package qgis
+.PHONY: setup test test-fast lint demo resources clean package qgis
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo   - the whole pipeline on a generated sample scene under $(DEMO)/, offline, ending in a QGIS project"
 	@echo "make test   - lint and run all tests"
+	@echo "make test-fast - the same without the tests that train or score with TensorFlow"
 	@echo "make package - the installable QGIS plugin zip in dist/, checked against plugins.qgis.org's rules"
 	@echo "make qgis   - start QGIS with the plugin from this checkout (a profile of its own in build/qgis)"
 
@@ -25,11 +26,16 @@ resources: setup
 lint: setup
 	@.venv/bin/ruff check --output-format concise backend tower_detector_plugin tests benchmarks scripts
 
-# Two pytest processes: the backend's tests load TensorFlow, the plugin's load QGIS's GUI libraries, and the two
-# in one process crash in TensorFlow's native code (they never share a process in production).
+# Two pytest processes, as in production: the backend's tests (TensorFlow, no QGIS: pytest-qgis is not loaded)
+# and the plugin's (real QGIS, no TensorFlow).
 test: setup resources lint
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest --ignore-glob='tests/test_plugin*'
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/test_plugin*.py
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -p no:pytest_qgis tests/backend
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/plugin
+
+# the same without the tests that train or score with TensorFlow (marker `slow`): a quick check while working
+test-fast: setup resources lint
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -p no:pytest_qgis -m "not slow" tests/backend
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow" tests/plugin
 
 demo: setup resources $(DEMO)/tiles.json $(DEMO)/dataset/dataset.json $(DEMO)/model/metrics.json \
 		$(DEMO)/results/heatmap.tif $(DEMO)/demo.qgz

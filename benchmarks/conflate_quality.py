@@ -1,9 +1,9 @@
 """Conflation's quality on planted layouts: does it hide new towers, does it find the mapped ones, are its
 possibly_misplaced flags right?
 
-    PYTHONPATH=backend .venv/bin/python benchmarks/conflate_quality.py [--seeds 5] [--osm PATH]
+    .venv/bin/python -m benchmarks.conflate_quality [--seeds 5] [--osm PATH]
 
-1. Parallel-line corridors (tests/planted_towers.py: lines 40-80 m apart, spans 250-450 m, 12 % of the mapped
+1. Parallel-line corridors (tests/fakes/planted_towers.py: lines 40-80 m apart, spans 250-450 m, 12 % of the mapped
    lines' towers taken out of OSM, 6 % moved 35-90 m, one line in three corridors missing from OSM, candidates
    one per tile with the model's point error of up to 15 m, 10 % false positives), for each seed.
 2. Real OSM towers, when --osm (default ../shared/data/osm/nigeria_power_2018-04-04.geojson, beside the checkout)
@@ -16,21 +16,18 @@ already_mapped), removed towers flagged on_mapped_line, possibly_misplaced preci
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from tests.fakes.candidates_helpers import rows
+from tests.fakes.planted_towers import corridors, figures, on_real_towers
+from tower_detector.review.conflate import conflate
+from tower_detector.review.exports import pairs_within
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-from candidates_helpers import rows  # noqa: E402
-from planted_towers import corridors, figures, on_real_towers  # noqa: E402
-
-from tower_detector.review.conflate import conflate  # noqa: E402
-from tower_detector.review.exports import pairs_within  # noqa: E402
 
 NIGERIA = REPO.parent / "shared" / "data" / "osm" / "nigeria_power_2018-04-04.geojson"
 COLUMNS = ("already_mapped_recall", "new_towers_hidden", "removed_flagged_on_mapped_line",
@@ -98,7 +95,7 @@ def main():
     args = p.parse_args()
     seeds = range(args.seeds)
 
-    header("1. parallel-line corridors (tests/planted_towers.py)")
+    header("1. parallel-line corridors (tests/fakes/planted_towers.py)")
     results = []
     with tempfile.TemporaryDirectory() as work:
         for seed in seeds:

@@ -1,8 +1,8 @@
 """Imagery throughput from a tile server that takes 20 ms per request: our XYZ source vs one request at a time.
 
-    .venv/bin/python benchmarks/imagery_throughput.py [--tiles-x 16 --tiles-y 16 --latency 0.02 --concurrency 16]
+    .venv/bin/python -m benchmarks.imagery_throughput [--tiles-x 16 --tiles-y 16 --latency 0.02 --concurrency 16]
 
-Both read the same tiles of a generated sample scene, as PNG then as JPEG, from tests/tileserver.py on
+Both read the same tiles of a generated sample scene, as PNG then as JPEG, from tests/fakes/tileserver.py on
 127.0.0.1 (in this process, so the server's work shares the CPUs; tiles are encoded before timing). The serial
 loop is requests.get + Pillow decode per tile, the way a simple script downloads tiles; ours is
 open_imagery(...).fetch() with a bounded pool of concurrent requests (median of three runs, no cache). Both
@@ -12,7 +12,6 @@ must return the same pixels.
 import argparse
 import io
 import os
-import sys
 import tempfile
 import time
 
@@ -20,13 +19,11 @@ import numpy as np
 import requests
 from PIL import Image
 
+from tests.fakes.tileserver import TileServer
+from tower_detector.sources.imagery import open_imagery
+from tower_detector.synthetic import write_scene
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from tileserver import TileServer  # noqa: E402
-
-from tower_detector.sources.imagery import open_imagery  # noqa: E402
-from tower_detector.synthetic import write_scene  # noqa: E402
 
 
 def serial(server, tiles, ext):

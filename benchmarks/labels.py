@@ -1,6 +1,6 @@
 """Zoom-18 tower labels for Nigeria's OSM towers: our positive_tiles against label-maker's own tippecanoe path.
 
-    .venv/bin/python benchmarks/labels.py [--region training_roi_nigeria.geojson]
+    .venv/bin/python -m benchmarks.labels [--region training_roi_nigeria.geojson]
 
 Both sides read the same file, ../shared/data/osm/nigeria_power_2018-04-04.geojson (29,110 towers among
 other power features), with the filter power=tower, and label the same tiles: those of the region's bounding

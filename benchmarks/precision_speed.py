@@ -1,6 +1,6 @@
 """Training and scoring images/s of the classifier network in float32 and in mixed precision, measured in one run.
 
-    .venv/bin/python benchmarks/precision_speed.py [--image-size 96] [--batch-size 16] [--steps 4]
+    .venv/bin/python -m benchmarks.precision_speed [--image-size 96] [--batch-size 16] [--steps 4]
 
 The network `train` builds (Xception from scratch -> pooling -> dense -> sigmoid), on random tiles: speed does
 not depend on the pixels. Mixed is what `--precision mixed` gives: float16 (with XLA, as train and predict

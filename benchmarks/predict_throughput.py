@@ -1,10 +1,10 @@
 """Prediction throughput, the original project's loop against ours, and checkpoint costs, measured in one run.
 
-    .venv/bin/python benchmarks/predict_throughput.py [--tiles 16] [--image-size 128] [--latency 0.02]
+    .venv/bin/python -m benchmarks.predict_throughput [--tiles 16] [--image-size 128] [--latency 0.02]
         [--format jpg] [--precision mixed]
 
 One model (Xception at --image-size, untrained weights: speed does not depend on them) and one sample scene of
-N x N tiles, served by tests/tileserver.py on 127.0.0.1 with --latency seconds per request, from a separate
+N x N tiles, served by tests/fakes/tileserver.py on 127.0.0.1 with --latency seconds per request, from a separate
 process (as a real tile server is; it still shares the CPUs). Times exclude loading the model and tracing its
 graph (as predict's own clock does), and each timed run is repeated --repeats times, alternating, keeping the
 fastest. Prints:
@@ -29,6 +29,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,21 +38,20 @@ import numpy as np
 import requests
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from tower_detector.prediction.predict import predict  # noqa: E402
-from tower_detector.prediction.store import open_store  # noqa: E402
-from tower_detector.sources.imagery import open_imagery  # noqa: E402
-from tower_detector.synthetic import write_scene  # noqa: E402
-from tower_detector.training.model import (  # noqa: E402
+from tower_detector.prediction.predict import predict
+from tower_detector.prediction.store import open_store
+from tower_detector.sources.imagery import open_imagery
+from tower_detector.synthetic import write_scene
+from tower_detector.training.model import (
     PRECISIONS,
     Classifier,
     build_model,
-    use_model_streams,  # noqa: E402
+    use_model_streams,
     write_params,
 )
-from tower_detector.training.params import check_params  # noqa: E402
+from tower_detector.training.params import check_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_model(folder, image_size, precision):
@@ -93,17 +93,17 @@ def timed_predict(model_dir, imagery, area, out, checkpoint, batch_size, precisi
 
 
 class ServerProcess:
-    """tests/tileserver.py in a child process, its tiles encoded before it answers: .template(ext), .tiles."""
+    """tests/fakes/tileserver.py in a child process, its tiles encoded before it answers: .template(ext), .tiles."""
 
     def __init__(self, geotiff, latency, ext):
         import subprocess
 
-        code = ("import sys, json; sys.path.insert(0, sys.argv[1]); from tileserver import TileServer; "
-                "s = TileServer(sys.argv[2], latency=float(sys.argv[3])); s.start(); "
-                "[s.encoded(x, y, sys.argv[4]) for x, y in s.tiles]; "
+        code = ("import sys, json; from tests.fakes.tileserver import TileServer; "
+                "s = TileServer(sys.argv[1], latency=float(sys.argv[2])); s.start(); "
+                "[s.encoded(x, y, sys.argv[3]) for x, y in s.tiles]; "
                 "print(json.dumps({'url': s.url, 'tiles': s.tiles}), flush=True); sys.stdin.read()")
-        self.proc = subprocess.Popen([sys.executable, "-c", code, os.path.join(ROOT, "tests"), geotiff,
-                                      str(latency), ext], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", code, geotiff, str(latency), ext], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         info = json.loads(self.proc.stdout.readline())
         self.url, self.tiles = info["url"], [tuple(t) for t in info["tiles"]]
 
@@ -140,6 +140,13 @@ def main():
     args = p.parse_args()
     streams = use_model_streams()  # as the predict command does, for every model call here
     work = tempfile.mkdtemp(prefix="predict-bench-")
+    try:
+        run(args, streams, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # a scene, a model and stores: over 100 MB
+
+
+def run(args, streams, work):
     info = write_scene(os.path.join(work, "scene"), tiles_x=args.tiles, tiles_y=args.tiles, seed=5)
     area = os.path.join(work, "scene", "area.geojson")
     classifier = make_model(os.path.join(work, "model"), args.image_size, args.precision)

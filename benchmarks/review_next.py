@@ -1,6 +1,6 @@
 """Moving to the next candidate in the review dock, with 100 and with 10,000 candidates (goal: <= 100 ms).
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/review_next.py [--candidates 10000] [--steps 200]
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m benchmarks.review_next [--candidates 10000] [--steps 200]
 
 A candidates GeoPackage as the backend writes it, loaded as a layer on a real QgsMapCanvas (offscreen, 800x600)
 in a real ReviewDock; each step is what pressing "." does: the next candidate in the filter, the canvas
@@ -12,7 +12,6 @@ sizes, and the ratio of the large one to the small one (1.0: the size does not m
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +20,9 @@ import numpy as np
 from qgis.core import QgsApplication, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtCore import QEventLoop
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tower_detector.results import write_candidates_gpkg
 
-from tower_detector.results import write_candidates_gpkg  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def make_candidates(path, n, seed=0):

@@ -1,6 +1,6 @@
 """Tile-cover speed and memory at country scale, and against a per-tile shapely walk.
 
-    .venv/bin/python benchmarks/tile_cover.py [--boundary zambia.geojson] [--region training_roi_zambia.geojson]
+    .venv/bin/python -m benchmarks.tile_cover [--boundary zambia.geojson] [--region training_roi_zambia.geojson]
 
 Prints (1) Zambia's zoom-18 cover: tiles, runs, seconds, peak memory; (2) on a training region, our cover
 against the original project's approach (every tile of the bbox built as a shapely box and tested for

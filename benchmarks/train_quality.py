@@ -1,6 +1,6 @@
 """Quality on the synthetic benchmark: train on one sample scene, score every tile of a scene with another seed.
 
-    .venv/bin/python benchmarks/train_quality.py [--work DIR] [--tiles 64] [--image-size 96] [--epochs-fine 30] \\
+    .venv/bin/python -m benchmarks.train_quality [--work DIR] [--tiles 64] [--image-size 96] [--epochs-fine 30] \\
         [--views 8] [--params p.json]
 
 Steps, all timed in this run: a training scene (seed 11, N x N tiles) and its dataset (tower-detector

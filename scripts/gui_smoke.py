@@ -1,5 +1,5 @@
 """GUI smoke run, executed inside the real QGIS desktop: `qgis --code scripts/gui_smoke.py` (see
-tests/test_plugin_gui.py, which starts it under Xvfb with a throw-away profile from scripts/qgis_profile.py).
+tests/plugin/test_gui.py, which starts it under Xvfb with a throw-away profile from scripts/qgis_profile.py).
 
 Opens the Tower Detector menu, every dialog and dock, grabs each with QWidget.grab() into $TD_SMOKE_OUT, writes
 $TD_SMOKE_OUT/report.json and quits QGIS. With $TD_SMOKE_SCENE (a GeoTIFF), $TD_SMOKE_HEATMAP and

@@ -1,13 +1,15 @@
 """Shared fixtures: one small synthetic scene per test session, moto's S3 on loopback, and the reference data's
 location."""
 
-import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+
+# Debian's GDAL (osgeo), which some tests use to check GeoPackages as QGIS reads them, loaded before anything
+# else: loaded after a Keras model was saved in this process, its SQLite lacked R*Tree ("no such module: rtree").
+from osgeo import gdal  # noqa: F401  (first, on purpose)
+
+from tests.fakes.training import TINY_TRAINING
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -57,15 +59,6 @@ def s3():
     moto.stop()
 
 
-def folder_bytes(folder):
-    """{relative path: bytes (a file) or None (a folder)} of everything under folder: equal means byte-identical."""
-    folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
-
-
-TINY_TRAINING = {"image_size": 72, "batch_size": 16, "epochs_phase1": 1, "epochs_phase2": 1, "dense_size": 32}
-
-
 @pytest.fixture(scope="session")
 def training_set(tmp_path_factory):
     """A dataset from a 16x16-tile scene (seed 7), 0.6/0.2/0.2 in 4x4-tile blocks: every split has both classes."""
@@ -90,47 +83,11 @@ def tiny_model(training_set, tmp_path_factory):
     return out, train(str(training_set), str(out), TINY_TRAINING, weights="none", log=lambda *a: None)
 
 
-def _this_process_qgis_temp_dirs():
-    """The empty QTemporaryDirs (QGIS3-XXXXXX: QgsSourceCache's, the project archive's) that this process's
-    QgsApplication made; pytest-qgis starts it before this file is imported. Their destructors would remove them,
-    but QGIS is never torn down in tests (qgis_disable_exit, and os._exit below), so they are removed at the end.
-    Ours: made by this user since this process started."""
-    try:
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        with open("/proc/self/stat") as f:
-            started = boot + int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError):
-        return []
-    found = []
-    for path in Path(tempfile.gettempdir()).glob("QGIS3-??????"):
-        try:
-            st = path.stat()
-            if st.st_uid == os.getuid() and st.st_mtime >= started - 1 and not any(path.iterdir()):
-                found.append(path)
-        except OSError:
-            continue
-    return found
+# Tests that train or score with TensorFlow (through these fixtures) are slow: `make test-fast` leaves them out.
+SLOW_FIXTURES = {"training_set", "tiny_model", "remote"}
 
 
-_qgis_temp_dirs = _this_process_qgis_temp_dirs()
-
-# QGIS (pytest-qgis) and TensorFlow share this process only in tests; the plugin never loads TensorFlow. Once
-# both are loaded, tearing down QGIS or the interpreter segfaults in their native code, after every test has
-# run and reported. So when TensorFlow was loaded, leave with the session's status and skip that teardown.
-_exit_status = {}
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session, exitstatus):
-    _exit_status["status"] = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    for path in _qgis_temp_dirs:
-        shutil.rmtree(path, ignore_errors=True)
-    if "tensorflow" in sys.modules:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_exit_status.get("status", 0))
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

@@ -1,0 +1,604 @@
+"""`tower-detector remote`: AWS jobs against moto's server on loopback (S3, SSM, Batch, CloudFormation, IAM, EC2,
+ECR, CloudWatch Logs and STS on one endpoint).
+
+moto runs no containers: in its "use_docker": false mode a Batch job is recorded and marked done at once. So the
+Batch side of a prediction is simulated as Batch would run it: the submitted job's own command, in separate
+processes, with the environment a container gets (AWS_BATCH_JOB_ARRAY_INDEX, the secret injected as a variable).
+Where moto cannot produce an AWS answer (a spot quota, a LimitExceededException), the test stubs that one
+operation at botocore's level, marked STUB.
+"""
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from tests.fakes.tileserver import TileServer
+from tests.fakes.training import TINY_TRAINING
+from tower_detector.cli import main
+from tower_detector.prediction.store import open_store
+from tower_detector.remote.stack import TEMPLATE
+
+ACCOUNT = "123456789012"  # moto's
+SECRET = "s3cr3t-Imagery-T0ken-7f9e21"  # must appear in no S3 object, log line or event
+
+
+def cli(*args):
+    """Run the CLI in this process: (exit code, events, everything printed)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    events = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    return rc, events, out.getvalue() + err.getvalue()
+
+
+def fails(*args, message):
+    """A bad input: exit 2 and one line (the last event, an error) containing `message`."""
+    rc, events, text = cli(*args, "--events")
+    assert rc == 2, text[-2000:]
+    assert events[-1]["event"] == "error" and "\n" not in events[-1]["message"], events[-1]
+    assert message in events[-1]["message"], events[-1]["message"]
+    return events[-1]["message"], events
+
+
+def moto_template():
+    """The packaged template, plus what moto alone needs. MOTO ONLY: moto's Batch compute environment requires an
+    explicit service role; on AWS the stack leaves it out and Batch uses its service-linked role."""
+    from cfnlint.decode import decode_str
+
+    with open(TEMPLATE) as f:
+        template, _ = decode_str(f.read())
+    template["Resources"]["MotoBatchServiceRole"] = {
+        "Type": "AWS::IAM::Role",
+        "Properties": {"AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"}, "Action": "sts:AssumeRole"}]}}}
+    template["Resources"]["ComputeEnvironment"]["Properties"]["ServiceRole"] = {
+        "Fn::GetAtt": ["MotoBatchServiceRole", "Arn"]}
+    return template
+
+
+@pytest.fixture(scope="module")
+def remote(s3, tmp_path_factory):
+    """The stack `td` deployed by `remote setup` on moto, a job list of our own, and worker scratch space."""
+    import boto3
+    import requests
+
+    config = f"{s3.meta.endpoint_url}/moto-api/config"
+    requests.post(config, json={"batch": {"use_docker": False}}, timeout=10).raise_for_status()
+    work = tmp_path_factory.mktemp("remote")
+    template = work / "moto-stack.json"
+    template.write_text(json.dumps(moto_template()))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOWER_DETECTOR_HOME", str(work / "home"))
+        mp.setenv("TOWER_DETECTOR_WORK", str(work / "worker"))
+        rc, events, text = cli("remote", "setup", "--stack", "td", "--template", template, "--events")
+        assert rc == 0, text[-3000:]
+        outputs = events[-1]["outputs"]
+        yield {"outputs": outputs, "bucket": outputs["Bucket"], "template": template, "work": work,
+               "batch": boto3.client("batch"), "logs": boto3.client("logs"), "s3": s3}
+    requests.post(config, json={"batch": {"use_docker": True}}, timeout=10)
+
+
+def moto_job(job_id):
+    """moto's own record of a Batch job (this process runs the server), to put it in states moto never reaches."""
+    from moto.batch.models import batch_backends
+
+    return batch_backends[ACCOUNT]["us-east-1"]._jobs[job_id]
+
+
+def put_logs(remote, job_id, lines):
+    """Log lines for a job's stream, where the awslogs driver would have written them."""
+    stream = remote["batch"].describe_jobs(jobs=[job_id])["jobs"][0]["container"]["logStreamName"]
+    logs = remote["logs"]
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_stream(logGroupName=remote["outputs"]["LogGroup"], logStreamName=stream)
+    logs.put_log_events(logGroupName=remote["outputs"]["LogGroup"], logStreamName=stream,
+                        logEvents=[{"timestamp": int(time.time() * 1000) + i, "message": line} for i, line in
+                                   enumerate(lines)])
+
+
+# ---------------------------------------------------------------------------------------------
+# the stack
+# ---------------------------------------------------------------------------------------------
+def test_template_is_valid_and_least_privilege():
+    import cfnlint.api
+    from cfnlint.decode import decode_str
+
+    with open(TEMPLATE) as f:
+        text = f.read()
+    # cfn-lint checks every resource against AWS's own schemas (property names, types, enums)
+    assert cfnlint.api.lint(text, config=cfnlint.api.ManualArgs(regions=["us-east-1", "eu-west-1"])) == []
+    res = decode_str(text)[0]["Resources"]
+    ce = res["ComputeEnvironment"]["Properties"]
+    assert "ServiceRole" not in ce  # Batch's service-linked role (needed for in-place updates)
+    assert ce["ComputeResources"]["Type"] == "SPOT"
+    assert ce["ComputeResources"]["AllocationStrategy"] == "SPOT_PRICE_CAPACITY_OPTIMIZED"
+    assert ce["ComputeResources"]["MinvCpus"] == 0
+    job = res["JobDefinition"]["Properties"]
+    assert {"Type": "GPU", "Value": "1"} in job["ContainerProperties"]["ResourceRequirements"]
+    assert job["RetryStrategy"]["EvaluateOnExit"] == [{"OnStatusReason": "Host EC2*", "Action": "RETRY"},
+                                                      {"OnExitCode": "143", "Action": "RETRY"},
+                                                      {"OnExitCode": "75", "Action": "RETRY"},
+                                                      {"OnReason": "*", "Action": "EXIT"}]
+    # least privilege: no wildcard actions; the job role touches only the bucket; secrets only under the path
+    for name in ("InstanceRole", "ExecutionRole", "JobRole"):
+        for policy in res[name]["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                assert not any(a == "*" or a.endswith(":*") for a in actions), (name, actions)
+                if statement["Resource"] == "*":
+                    assert actions == ["ecr:GetAuthorizationToken"], (name, actions)  # it has no resource
+    job_role = res["JobRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    assert {a for s in job_role for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])} == {
+        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"}
+    assert all("Bucket" in json.dumps(s["Resource"]) for s in job_role)
+    ssm = [s for s in res["ExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+           if s["Action"] == "ssm:GetParameters"]
+    assert ssm and ssm[0]["Resource"]["Fn::Sub"].endswith(":parameter/${SecretsPath}/*")
+
+
+def test_setup_deploys_updates_and_checks_the_stack(remote):
+    batch, outputs = remote["batch"], remote["outputs"]
+    assert set(outputs) >= {"Bucket", "JobQueue", "JobDefinition", "LogGroup", "RepositoryUri", "ComputeEnvironment"}
+    remote["s3"].head_bucket(Bucket=outputs["Bucket"])
+    ce = batch.describe_compute_environments(computeEnvironments=[outputs["ComputeEnvironment"]])[
+        "computeEnvironments"][0]
+    assert ce["computeResources"]["type"] == "SPOT" and ce["status"] == "VALID"
+    assert ce["computeResources"]["allocationStrategy"] == "SPOT_PRICE_CAPACITY_OPTIMIZED"
+    assert all(t.startswith(("g4dn.", "g5.")) for t in ce["computeResources"]["instanceTypes"])
+    queue = batch.describe_job_queues(jobQueues=[outputs["JobQueue"]])["jobQueues"][0]
+    assert queue["state"] == "ENABLED" and queue["status"] == "VALID"
+    jd = batch.describe_job_definitions(jobDefinitions=[outputs["JobDefinition"]])["jobDefinitions"][0]
+    assert {"type": "GPU", "value": "1"} in jd["containerProperties"]["resourceRequirements"]
+    assert jd["containerProperties"]["image"] == outputs["RepositoryUri"] + ":latest"
+    assert jd["retryStrategy"]["attempts"] == 5
+    assert [(c.get("onStatusReason") or c.get("onExitCode") or c.get("onReason"), c["action"].upper())
+            for c in jd["retryStrategy"]["evaluateOnExit"]] == [("Host EC2*", "RETRY"), ("143", "RETRY"),
+                                                                ("75", "RETRY"), ("*", "EXIT")]
+
+    rc, events, text = cli("remote", "setup", "--stack", "td", "--template", remote["template"], "--events")
+    assert rc == 0 and events[-1]["action"] in ("updated", "up to date"), text[-2000:]
+    assert events[-1]["outputs"]["Bucket"] == outputs["Bucket"]
+
+    # --check: the worker image is not pushed yet, which would stop every job
+    message, _ = fails("remote", "setup", "--check", "--stack", "td", message="no worker image")
+    assert outputs["RepositoryUri"] in message
+    import boto3
+
+    boto3.client("ecr").put_image(repositoryName=outputs["RepositoryUri"].split("/", 1)[1], imageTag="latest",
+                                  imageManifest=json.dumps({"schemaVersion": 2, "layers": [], "mediaType":
+                                  "application/vnd.docker.distribution.manifest.v2+json"}))
+    rc, events, text = cli("remote", "setup", "--check", "--stack", "td", "--events")
+    assert rc == 0 and events[-1]["problems"] == [], text[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole remote prediction
+# ---------------------------------------------------------------------------------------------
+def chunks_of(spec):
+    """{(shard, index): arrays} of every chunk in a store."""
+    with open_store(spec) as store:
+        return {key: store.read_chunk(*key) for key in sorted(store.done_chunks())}
+
+
+def test_remote_predict_in_three_shards_one_killed_equals_a_local_run(remote, tiny_model, sample_scene, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(SECRET + "\n"))  # a pipe: `secret put` reads it from there
+    rc, events, text = cli("remote", "secret", "put", "TOKEN", "--stack", "td", "--events")
+    assert rc == 0 and events[-1]["parameter"] == "/tower-detector/TOKEN", text
+    printed = [text]
+
+    with TileServer(sample_scene["imagery"], token=SECRET, latency=0.02) as server:
+        imagery = server.template("png") + "?access_token=${TOKEN}"
+        common = ["--model", tiny_model[0], "--imagery", imagery, "--area", sample_scene["area"],
+                  "--checkpoint-every", 8, "--batch-size", 4, "--workers", 4]
+        rc, events, text = cli("remote", "submit", "predict", *common, "--shards", 3, "--name", "scene3",
+                               "--stack", "td", "--yes", "--events")
+        assert rc == 0, text[-3000:]
+        printed.append(text)
+        submitted = events[-1]
+        estimate = next(e for e in events if e.get("estimate"))["estimate"]
+        assert estimate["tiles"] == 64 and estimate["shards"] == 3 and estimate["chunks"] == 8  # 24+24+16 tiles
+        assert submitted["array_size"] == 3
+
+        # what Batch holds: an array job of 3 children, our command, the secret mapped from SSM
+        job = remote["batch"].describe_jobs(jobs=[submitted["job_id"]])["jobs"][0]
+        assert job["arrayProperties"]["size"] == 3
+        command = job["container"]["command"]
+        assert command[:3] == ["remote", "worker", "predict"] and "${TOKEN}" in " ".join(command)
+        assert command[command.index("--shards") + 1] == "3" and "--shard" not in command
+        assert command[command.index("--out") + 1] == f"s3://{remote['bucket']}/jobs/scene3/results"
+        jd = remote["batch"].describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
+        assert jd["containerProperties"]["secrets"] == [
+            {"name": "TOKEN", "valueFrom": f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/tower-detector/TOKEN"}]
+        assert [c["action"].upper() for c in jd["retryStrategy"]["evaluateOnExit"]] == ["RETRY", "RETRY", "RETRY",
+                                                                                         "EXIT"]
+
+        # the Batch side: one process per child, with the environment a container of that child gets
+        def child_env(i):
+            return dict(os.environ, AWS_BATCH_JOB_ARRAY_INDEX=str(i), AWS_BATCH_JOB_ID=f"{job['jobId']}:{i}",
+                        AWS_BATCH_JOB_ATTEMPT="1", TOKEN=SECRET, TOWER_DETECTOR_WORK=str(tmp_path / f"w{i}"))
+
+        argv = [sys.executable, "-m", "tower_detector", *command]
+        logs = {i: open(tmp_path / f"child{i}.log", "w+") for i in (0, 2)}
+        others = [subprocess.Popen(argv, env=child_env(i), stdout=logs[i], stderr=subprocess.STDOUT, text=True)
+                  for i in (0, 2)]
+        victim = subprocess.Popen(argv, env=child_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed_output = []
+        for line in victim.stdout:  # killed (as a spot reclaim would) once its first chunk is in the store
+            killed_output.append(line)
+            event = json.loads(line)
+            if event["event"] == "progress" and event.get("chunk", 0) >= 1:
+                victim.kill()
+                break
+        assert victim.wait(timeout=120) == -signal.SIGKILL
+        killed_output.append(victim.stdout.read() + victim.stderr.read())
+        assert [p.wait(timeout=300) for p in others] == [0, 0], [logs[i].seek(0) or logs[i].read() for i in logs]
+        retry = subprocess.run(argv, env=child_env(1), capture_output=True, text=True, timeout=300)
+        assert retry.returncode == 0, retry.stderr[-3000:]
+        resumed = [json.loads(line) for line in retry.stdout.splitlines()][-1]
+        assert resumed["chunks_existing"] >= 1 and resumed["chunks_written"] >= 1
+        assert resumed["chunks_existing"] + resumed["chunks_written"] == 3
+        printed += killed_output + [retry.stdout, retry.stderr] + [logs[i].seek(0) or logs[i].read() for i in logs]
+
+        # the same job run here, in one process
+        monkeypatch.setenv("TOKEN", SECRET)
+        rc, events, text = cli("predict", *common, "--shards", 3, "--out", tmp_path / "local", "--events")
+        assert rc == 0, text[-2000:]
+
+    remote_chunks = chunks_of(f"s3://{remote['bucket']}/jobs/scene3/results")
+    local_chunks = chunks_of(tmp_path / "local")
+    assert remote_chunks.keys() == local_chunks.keys() and len(remote_chunks) == 8
+    tiles = []
+    for key, arrays in local_chunks.items():
+        for name in ("x", "y", "error_index"):
+            np.testing.assert_array_equal(remote_chunks[key][name], arrays[name], err_msg=f"{key} {name}")
+        # the same model on the same tiles, in batches that may split differently among the model's streams:
+        # equal but for float rounding (a CAM point once differed by 8e-6 px)
+        for name, tolerance in (("score", 1e-6), ("cam_x", 1e-3), ("cam_y", 1e-3)):
+            np.testing.assert_allclose(remote_chunks[key][name], arrays[name], atol=tolerance, err_msg=f"{key} {name}")
+        tiles += list(zip(arrays["x"].tolist(), arrays["y"].tolist()))
+    assert len(tiles) == len(set(tiles)) == 64 and np.isfinite(np.concatenate(
+        [c["score"] for c in remote_chunks.values()])).all()
+
+    # status, logs, fetch
+    put_logs(remote, f"{job['jobId']}:1", [line.strip() for line in retry.stdout.splitlines()])
+    rc, events, text = cli("remote", "status", "scene3", "--events")
+    assert rc == 0, text
+    assert events[-1]["progress"] == {"chunks_done": 8, "chunks_total": 8, "tiles_done": 64, "tiles_total": 64,
+                                      "tiles_failed_permanent": 0, "tiles_failed_transient": 0, "failures": {},
+                                      "complete": True}
+    assert "failed: 0 for good (no imagery there, unreadable), 0 to retry (imagery unreachable)" in text
+    assert events[-1]["children"] == {"SUCCEEDED": 3}
+    printed.append(text)
+    rc, events, text = cli("remote", "logs", "scene3", "--child", 1, "--tail", 2, "--events")
+    assert rc == 0 and events[-1]["logs"] == {"child 1": retry.stdout.strip().splitlines()[-2:]}, text
+    rc, events, text = cli("remote", "fetch", "scene3", "--out", tmp_path / "fetched", "--events")
+    assert rc == 0 and events[-1]["complete"] and events[-1]["scored"] == 64, text[-2000:]
+    printed.append(text)
+    seed = json.loads((tmp_path / "fetched" / "scores.json").read_text())
+    expected = {f"{x}-{y}-18": float(s) for c in local_chunks.values()
+                for x, y, s in zip(c["x"].tolist(), c["y"].tolist(), c["score"].tolist())}
+    assert seed.keys() == expected.keys() and all(abs(seed[k] - expected[k]) < 1e-6 for k in seed)
+    for name in ("heatmap.tif", "candidates.gpkg", "overlay.geojson"):
+        assert (tmp_path / "fetched" / name).stat().st_size > 0
+
+    # the secret: in no S3 object (chunks and tars opened), no log line, no event, not in Batch, not in the job list
+    assert_secret_nowhere(remote, printed, tmp_path)
+
+
+def assert_secret_nowhere(remote, printed, tmp_path):
+    s3, needle = remote["s3"], SECRET.encode()
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=remote["bucket"])
+            for o in page.get("Contents", [])]
+    assert any(k.endswith(".npz") for k in keys) and any(k.endswith(".tar") for k in keys)
+    for key in keys:
+        data = s3.get_object(Bucket=remote["bucket"], Key=key)["Body"].read()
+        parts = [data]
+        if key.endswith(".npz"):
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                parts += [z.read(n) for n in z.namelist()]
+        if key.endswith(".tar"):
+            with tarfile.open(fileobj=io.BytesIO(data)) as t:
+                parts += [t.extractfile(m).read() for m in t.getmembers() if m.isfile()]
+        assert not any(needle in p for p in parts), key
+    assert not any(SECRET in text for text in printed)
+    batch = remote["batch"]
+    jobs_file = os.path.join(os.environ["TOWER_DETECTOR_HOME"], "jobs.json")
+    with open(jobs_file) as f:
+        jobs = json.load(f)
+    assert SECRET not in json.dumps(jobs)
+    assert SECRET not in json.dumps(batch.describe_jobs(jobs=[j["job_id"] for j in jobs.values()]), default=str)
+    assert SECRET not in json.dumps(batch.describe_job_definitions(), default=str)
+    logs = remote["logs"]
+    for stream in logs.describe_log_streams(logGroupName=remote["outputs"]["LogGroup"])["logStreams"]:
+        events = logs.get_log_events(logGroupName=remote["outputs"]["LogGroup"],
+                                     logStreamName=stream["logStreamName"])["events"]
+        assert events and not any(SECRET in e["message"] for e in events)
+
+
+# ---------------------------------------------------------------------------------------------
+# training and search: the output folder mirrored to S3
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("params") / "tiny.json"
+    path.write_text(json.dumps(TINY_TRAINING))
+    return path
+
+
+def submit_train(training_set, params_file, name, *extra):
+    rc, events, text = cli("remote", "submit", "train", "--data", training_set, "--params", params_file, "--weights",
+                           "none", "--name", name, "--stack", "td", "--yes", "--events", *extra)
+    assert rc == 0, text[-3000:]
+    return events[-1]
+
+
+def test_remote_train_resumes_from_s3_and_fetch_gets_the_model(remote, training_set, params_file, tiny_model,
+                                                               tmp_path, monkeypatch):
+    submitted = submit_train(training_set, params_file, "train1")
+    job = remote["batch"].describe_jobs(jobs=[submitted["job_id"]])["jobs"][0]
+    assert "arrayProperties" not in job or not job["arrayProperties"].get("size")
+    command = job["container"]["command"]
+    assert command[:3] == ["remote", "worker", "train"]
+    assert command[command.index("--data") + 1].startswith(f"s3://{remote['bucket']}/inputs/data-")
+    assert command[command.index("--out") + 1] == f"s3://{remote['bucket']}/jobs/train1/out"
+    # an earlier attempt trained and pushed the model, then lost its instance: the retry, on a fresh machine,
+    # pulls the folder and finds the training done (train's own resume does the rest)
+    model = tiny_model[0]
+    for name in os.listdir(model):
+        if os.path.isfile(os.path.join(model, name)):
+            remote["s3"].upload_file(os.path.join(model, name), remote["bucket"], f"jobs/train1/out/{name}")
+    monkeypatch.setenv("TOWER_DETECTOR_WORK", str(tmp_path / "fresh-machine"))
+    rc, events, text = cli(*command)
+    assert rc == 0, text[-3000:]
+    messages = [e.get("message", "") for e in events if e["event"] == "log"]
+    assert any(m.startswith("resuming from ") for m in messages)
+    assert any("already holds this finished training" in m for m in messages)
+    assert events[-1]["roc_auc"] == tiny_model[1]["roc_auc"]
+
+    rc, events, text = cli("remote", "fetch", "train1", "--out", tmp_path / "model", "--events")
+    assert rc == 0 and events[-1]["finished"], text[-2000:]
+    with open(os.path.join(model, "model.keras"), "rb") as a, open(tmp_path / "model" / "model.keras", "rb") as b:
+        assert a.read() == b.read()
+    assert json.loads((tmp_path / "model" / "params.json").read_text()) == json.loads(
+        open(os.path.join(model, "params.json")).read())
+
+    # a search: the same dataset is not uploaded again (content-addressed), its folder goes to jobs/NAME/out
+    rc, events, text = cli("remote", "submit", "search", "--data", training_set, "--trials", 3, "--params",
+                           params_file, "--weights", "none", "--name", "search1", "--stack", "td", "--yes", "--events")
+    assert rc == 0, text[-2000:]
+    search = remote["batch"].describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]["container"]["command"]
+    assert search[:3] == ["remote", "worker", "search"] and search[search.index("--trials") + 1] == "3"
+    assert search[search.index("--data") + 1] == command[command.index("--data") + 1]
+    assert search[search.index("--out") + 1] == f"s3://{remote['bucket']}/jobs/search1/out"
+
+
+def test_dirsync_pushes_whole_files_only_and_a_retry_pulls_them(remote, tmp_path):
+    from tower_detector.remote.transfer import DirSync
+
+    local = tmp_path / "out"
+    sync = DirSync(remote["s3"], str(local), remote["bucket"], "sync-test/run", interval=3600)
+    assert sync.pull() == 0
+    (local / "a.txt").write_text("1")
+    assert sync.push(settled_only=True) == 0  # first seen: it may be being written
+    assert sync.push(settled_only=True) == 1  # unchanged since: whole
+    (local / "a.txt").write_text("22")
+    (local / "sub").mkdir()
+    (local / "sub" / "b.txt").write_text("x")
+    assert sync.push(settled_only=True) == 0
+    sync.start()
+    assert sync.close() == 2  # the command has returned: everything goes
+    retry = DirSync(remote["s3"], str(tmp_path / "elsewhere"), remote["bucket"], "sync-test/run")
+    assert retry.pull() == 2
+    assert (tmp_path / "elsewhere" / "a.txt").read_text() == "22"
+    assert (tmp_path / "elsewhere" / "sub" / "b.txt").read_text() == "x"
+    assert retry.push() == 0  # what was pulled is not pushed back
+
+
+# ---------------------------------------------------------------------------------------------
+# status, cancel, failures
+# ---------------------------------------------------------------------------------------------
+def test_status_counts_children_and_cancel_terminates(remote, tiny_model, sample_scene):
+    rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                           "https://tiles.example.com/{z}/{x}/{y}.png", "--area", sample_scene["area"], "--shards", 2,
+                           "--name", "halfway", "--stack", "td", "--yes", "--events")
+    assert rc == 0, text[-2000:]
+    job_id = events[-1]["job_id"]
+    # Batch's view mid-run, which moto never reaches: child 0 running, child 1 out of attempts
+    moto_job(job_id).status = moto_job(f"{job_id}:0").status = "RUNNING"
+    failed = moto_job(f"{job_id}:1")
+    stream = remote["batch"].describe_jobs(jobs=[f"{job_id}:1"])["jobs"][0]["container"]["logStreamName"]
+    failed.status = "FAILED"
+    failed.attempts = [{"container": {"exitCode": 2, "logStreamName": stream}, "statusReason": "Essential container "
+                        "in task exited"}]
+    put_logs(remote, f"{job_id}:1", ['{"event": "error", "message": "the imagery spec refers to ${TOKEN}, which is '
+                                     'not set in the environment", "kind": "bad_input"}'])
+    rc, events, text = cli("remote", "status", "halfway", "--events")
+    assert rc == 0, text  # the job goes on
+    assert events[-1]["status"] == "RUNNING" and events[-1]["children"] == {"RUNNING": 1, "FAILED": 1}
+    assert events[-1]["progress"] is None  # no worker has written the store yet
+    assert events[-1]["failed"][0]["index"] == 1 and "exit code 2" in events[-1]["failed"][0]["reason"]
+    assert "which is not set in the environment" in events[-1]["failed"][0]["log_tail"][0]
+    rc, events, text = cli("remote", "cancel", "halfway", "--events")
+    assert rc == 0 and events[-1]["terminated"], text
+    assert moto_job(job_id).job_stopped_reason == "cancelled with tower-detector remote cancel"
+
+
+def test_a_child_whose_tiles_failed_transiently_exits_75_for_batch_to_retry(remote, tiny_model, sample_scene,
+                                                                             tmp_path):
+    with TileServer(sample_scene["imagery"]) as server:
+        rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                               server.template("png"), "--area", sample_scene["area"], "--checkpoint-every", 16,
+                               "--name", "outage", "--stack", "td", "--yes", "--events")
+        assert rc == 0, text[-2000:]
+        command = remote["batch"].describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]["container"]["command"]
+        argv = [sys.executable, "-m", "tower_detector", *command]
+        env = dict(os.environ, AWS_BATCH_JOB_ARRAY_INDEX="0", TOWER_DETECTOR_WORK=str(tmp_path / "w"))
+        server.status = {server.tiles[5]: 404, server.tiles[9]: 502, server.tiles[10]: 502}
+        child = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert child.returncode == 75, child.stderr[-2000:]  # the job definition retries exit 75
+        assert "2 tiles failed transiently (HTTP 502 after 4 retries x2)" in child.stdout
+        rc, events, text = cli("remote", "status", "outage", "--events")
+        progress = events[-1]["progress"]
+        assert progress["tiles_failed_transient"] == 2 and progress["tiles_failed_permanent"] == 1
+        assert not progress["complete"] and progress["tiles_done"] == 62
+        assert "failed: 1 for good (no imagery there, unreadable), 2 to retry (imagery unreachable)" in text
+
+        server.status = {server.tiles[5]: 404}  # the outage is over; Batch's retry of the child
+        child = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert child.returncode == 0, child.stderr[-2000:]
+    rc, events, text = cli("remote", "status", "outage", "--events")
+    assert events[-1]["progress"]["complete"] and events[-1]["progress"]["tiles_done"] == 64
+
+
+def test_a_job_that_failed_three_times_shows_why_and_its_last_log_lines(remote, training_set, params_file):
+    job_id = submit_train(training_set, params_file, "train-fails")["job_id"]
+    job = moto_job(job_id)
+    stream = remote["batch"].describe_jobs(jobs=[job_id])["jobs"][0]["container"]["logStreamName"]
+    job.status, job.job_stopped_reason, job.exit_code = "FAILED", "Essential container in task exited", 1
+    job.attempts = [{"container": {"exitCode": 1, "logStreamName": stream}, "startedAt": 1, "stoppedAt": 2,
+                     "statusReason": "Essential container in task exited"} for _ in range(3)]
+    lines = ["fetching --data s3://bucket/inputs/data.tar", "loading the dataset",
+             "error: dataset tile /tmp/x/tiles/1.png is missing"]
+    put_logs(remote, job_id, lines)
+    message, events = fails("remote", "status", "train-fails", message="FAILED")
+    assert "after 3 attempts" in message and "Essential container in task exited (exit code 1)" in message
+    report = events[-2]
+    assert report["event"] == "result" and report["failed"][0]["log_tail"] == lines
+    assert lines[-1] in report["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one line, exit 2
+# ---------------------------------------------------------------------------------------------
+def stub(monkeypatch, operation, *, error=None, response=None):
+    """STUB, for what moto cannot produce: botocore answers `operation` with AWS's error or response, in this
+    process only; every other call goes to moto as before."""
+    from botocore.client import BaseClient
+    from botocore.exceptions import ClientError
+
+    original = BaseClient._make_api_call
+
+    def call(self, name, params):
+        if name != operation:
+            return original(self, name, params)
+        if error:
+            raise ClientError({"Error": {"Code": error[0], "Message": error[1]},
+                               "ResponseMetadata": {"HTTPStatusCode": 400}}, name)
+        return response
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", call)
+
+
+def test_bad_submissions(remote, tiny_model, sample_scene, training_set, params_file):
+    jobs_before = cli("remote", "jobs", "--events")[1][-1]["jobs"]
+    predict = ["remote", "submit", "predict", "--model", tiny_model[0], "--area", sample_scene["area"],
+               "--stack", "td"]
+    message, _ = fails(*predict, "--yes", "--imagery", "https://t.example.com/{z}/{x}/{y}.png?access_token=abc123",
+                       message="holds a secret in clear")
+    assert "abc123" not in message
+    fails(*predict, "--yes", "--imagery", "https://t.example.com/{z}/{x}/{y}.png?key=${NOPE}",
+          message="no secret /tower-detector/NOPE is stored")
+    fails(*predict, "--yes", "--imagery", sample_scene["imagery"], message="reachable from AWS")
+    fails("remote", "submit", "predict", "--model", training_set, "--area", sample_scene["area"], "--stack", "td",
+          "--yes", "--imagery", "https://t.example.com/{z}/{x}/{y}.png", message="no params.json")
+    fails("remote", "submit", "train", "--data", sample_scene["dir"], "--stack", "td", "--yes",
+          message="neither index.csv nor data.npz")
+    fails(*predict, "--imagery", "https://t.example.com/{z}/{x}/{y}.png", message="needs --yes")
+    fails(*predict, "--yes", "--imagery", "https://t.example.com/{z}/{x}/{y}.png", "--out", "s3://elsewhere/x",
+          message="only the stack's bucket")
+    fails("remote", "submit", "train", "--data", training_set, "--stack", "nosuch", "--yes",
+          message="no stack 'nosuch' in us-east-1")
+    fails("remote", "status", "no-such-job", message="no remote job 'no-such-job'")
+    assert cli("remote", "jobs", "--events")[1][-1]["jobs"] == jobs_before  # nothing was submitted
+
+
+def test_a_secret_in_clear_under_any_name_is_refused_and_never_stored(remote, tiny_model, sample_scene):
+    """Every query value but a harmless parameter's (and any user:password@) must come as a ${NAME} secret."""
+    jobs_before = cli("remote", "jobs", "--events")[1][-1]["jobs"]
+    mark = "Qz7MARKER"
+    predict = ["remote", "submit", "predict", "--model", tiny_model[0], "--area", sample_scene["area"],
+               "--stack", "td", "--yes"]
+    for name in ("connectId", "auth", "code", "session", "zzq"):
+        imagery = f"https://t.example.com/{{z}}/{{x}}/{{y}}.png?format=png&{name}={mark}"
+        message, events = fails(*predict, "--imagery", imagery, message=f"holds a secret in clear ({name})")
+        assert mark not in json.dumps(events)
+    message, events = fails(*predict, "--imagery", f"https://me:{mark}@t.example.com/{{z}}/{{x}}/{{y}}.png",
+                            message="holds a secret in clear (user:password@)")
+    assert mark not in json.dumps(events)
+    assert cli("remote", "jobs", "--events")[1][-1]["jobs"] == jobs_before  # nothing was submitted
+    home = remote["work"] / "home"
+    assert not [p for p in home.rglob("*") if p.is_file() and mark in p.read_text(errors="replace")]
+
+
+def test_credentials_region_and_profile(remote, monkeypatch):
+    fails("remote", "setup", "--check", "--stack", "td", "--region", "xx-nowhere-1",
+          message="unknown AWS region 'xx-nowhere-1'")
+    fails("remote", "setup", "--check", "--stack", "td", "--profile", "nobody", message="AWS profile 'nobody'")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    fails("remote", "setup", "--check", "--stack", "td", message="no AWS credentials")
+    fails("remote", "status", "train1", message="no AWS credentials")
+
+
+def test_a_bucket_of_another_account_is_refused(remote, training_set, params_file, monkeypatch):
+    from tests.fakes.s3proxy import FaultProxy
+
+    # S3 answers 403 for a bucket that exists in another account: the name is taken
+    with FaultProxy(remote["s3"].meta.endpoint_url, every=0,
+                    deny=lambda method, path: path.startswith("/someone-elses-bucket")) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+        fails("remote", "setup", "--stack", "td-other", "--bucket", "someone-elses-bucket", "--template",
+              remote["template"], message="bucket 'someone-elses-bucket' belongs to another account (403)")
+        assert proxy.injected["deny"] >= 1
+    # and credentials that may not use the stack's bucket (403 on every S3 request)
+    with FaultProxy(remote["s3"].meta.endpoint_url, every=0, deny=True) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+        fails("remote", "submit", "train", "--data", training_set, "--params", params_file, "--stack", "td",
+              "--name", "denied", "--yes", message="access denied")
+
+
+def test_a_missing_queue_and_quotas(remote, training_set, params_file, monkeypatch):
+    rc, events, text = cli("remote", "setup", "--stack", "td-noqueue", "--template", remote["template"], "--events")
+    assert rc == 0, text[-2000:]
+    queue = events[-1]["outputs"]["JobQueue"]
+    remote["batch"].update_job_queue(jobQueue=queue, state="DISABLED")
+    remote["batch"].delete_job_queue(jobQueue=queue)
+    train = ["remote", "submit", "train", "--data", training_set, "--params", params_file, "--yes"]
+    fails(*train, "--stack", "td-noqueue", "--name", "noqueue", message="does not exist")
+
+    with monkeypatch.context() as m:
+        # STUB: moto has no EC2 quotas; a new account's spot quota for G instances is 0 vCPUs
+        stub(m, "GetServiceQuota", response={"Quota": {"QuotaCode": "L-3819A6DF", "Value": 0.0}})
+        fails(*train, "--stack", "td", "--name", "noquota", message="All G and VT Spot Instance Requests")
+        message, _ = fails("remote", "setup", "--check", "--stack", "td", message="L-3819A6DF")
+    with monkeypatch.context() as m:
+        # STUB: moto never refuses a stack for the account's limit; CloudFormation answers LimitExceededException
+        stub(m, "CreateStack", error=("LimitExceededException", "Limit on the number of stacks exceeded"))
+        fails("remote", "setup", "--stack", "td-toomany", "--template", remote["template"],
+              message="AWS quota reached for stack td-toomany (LimitExceededException")
+
+
+def test_estimate_for_a_country():
+    from tower_detector.remote.jobs import estimate_predict, estimate_text
+
+    e = estimate_predict(50_000_000, 25, 10_000, tiles_per_second=150, spot_price=0.20, parallel=16)
+    assert e["gpu_hours"] == pytest.approx(50e6 / 150 / 3600, abs=1e-3)  # 92.6
+    assert e["instance_hours"] == pytest.approx(92.593 + 25 * 5 / 60, abs=1e-2)
+    assert e["compute_dollars"] == pytest.approx(e["instance_hours"] * 0.20, abs=0.01)
+    assert e["s3_puts"] == 10_000 + 4 * 25 + 2 and e["s3_dollars"] < 0.1
+    assert e["wall_hours"] == pytest.approx(2 * (92.593 / 25 + 5 / 60), abs=0.01)
+    eight = estimate_predict(50_000_000, 25, 10_000, tiles_per_second=150, spot_price=0.20, parallel=16, views=8)
+    assert eight["gpu_hours"] == pytest.approx(8 * e["gpu_hours"], abs=1e-2)  # every tile scored 8 times
+    assert "GPU-hours at 150 tiles/s per GPU (an assumption: --tiles-per-second) x 8 views a tile" in \
+        estimate_text(eight)

@@ -1,0 +1,171 @@
+"""The area picker: drawing and choosing areas in a UTM project, WGS84 GeoJSON, tile counts, limits."""
+
+import json
+import subprocess
+
+import pytest
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsMapMouseEvent
+from qgis.PyQt.QtCore import QEvent, QPoint, Qt
+
+from tests.plugin import support as support
+from tests.plugin.support import CRASH_SCRIPT, real_cli, wait_until
+from tower_detector_plugin.core import area_geometry, estimates
+from tower_detector_plugin.ui import area_picker
+
+fake_backend = support.fake_backend  # a fixture
+plugin_settings = support.plugin_settings  # a fixture
+
+UTM35S = QgsCoordinateReferenceSystem("EPSG:32735")  # Zambia's UTM zone: metres, not degrees
+BOX = QgsRectangle(500_000, 8_290_000, 502_000, 8_292_000)  # 2 km x 2 km near 27 E, 15.4 S
+
+
+@pytest.fixture
+def utm_project(qgis_iface, qgis_new_project):
+    canvas = qgis_iface.mapCanvas()
+    QgsProject.instance().setCrs(UTM35S)
+    canvas.resize(800, 600)
+    canvas.setDestinationCrs(UTM35S)
+    canvas.setExtent(QgsRectangle(499_000, 8_289_000, 503_000, 8_293_000))
+    return canvas
+
+
+@pytest.fixture
+def picker(qgis_iface, plugin_settings, utm_project):
+    dialog = area_picker.AreaPickerDialog(qgis_iface)
+    yield dialog
+    dialog.close()
+    dialog.deleteLater()
+
+
+def _mouse(canvas, kind, point: QgsPointXY, button=Qt.LeftButton):
+    pixel = canvas.getCoordinateTransform().transform(point)
+    return QgsMapMouseEvent(canvas, kind, QPoint(round(pixel.x()), round(pixel.y())), button, button, Qt.NoModifier)
+
+
+def _exact_count(path) -> int:
+    out = subprocess.run([real_cli(), "tiles", "--area", str(path), "--zoom", "18", "--events"], capture_output=True,
+                         text=True, check=True, timeout=60)
+    return json.loads(out.stdout.splitlines()[-1])["count"]
+
+
+def test_utm_rectangle_becomes_a_densified_wgs84_polygon(qgis_new_project):
+    geom = area_geometry.to_wgs84(QgsGeometry.fromRect(BOX), UTM35S)
+    box = geom.boundingBox()
+    assert 26.99 < box.xMinimum() < box.xMaximum() < 27.03
+    assert -15.47 < box.yMinimum() < box.yMaximum() < -15.44
+    assert geom.constGet().nCoordinates() > 5 * 4  # densified: the edges follow the projected rectangle
+    # 4 km² in UTM; UTM's scale factor 0.9996 makes the true area 0.08 % larger at the central meridian
+    assert area_geometry.area_km2(geom) == pytest.approx(4.0 / 0.9996**2, rel=1e-3)
+
+
+def test_web_mercator_limit_is_refused():
+    with pytest.raises(ValueError, match="beyond latitude"):
+        area_geometry.to_wgs84(QgsGeometry.fromRect(QgsRectangle(0, 80, 1, 86)), area_geometry.WGS84)
+
+
+def test_drawn_rectangle_is_written_and_counted_exactly(picker, utm_project, plugin_settings):
+    picker.name.setText("my area")
+    picker._activate_tool(area_picker.RectangleTool)
+    tool = utm_project.mapTool()
+    assert isinstance(tool, area_picker.RectangleTool)
+    tool.canvasPressEvent(_mouse(utm_project, QEvent.MouseButtonPress, QgsPointXY(500_000, 8_292_000)))
+    tool.canvasMoveEvent(_mouse(utm_project, QEvent.MouseMove, QgsPointXY(501_000, 8_291_000)))
+    tool.canvasReleaseEvent(_mouse(utm_project, QEvent.MouseButtonRelease, QgsPointXY(502_000, 8_290_000)))
+    assert utm_project.mapTool() is not tool  # drawing one area ends the tool
+
+    assert picker.path.endswith("areas/my_area.geojson")
+    assert picker.path.startswith(plugin_settings.value("work_dir"))
+    data = json.load(open(picker.path))
+    lon, lat = data["features"][0]["geometry"]["coordinates"][0][0]
+    assert 26.9 < lon < 27.1 and -15.5 < lat < -15.4  # degrees, not metres
+    assert picker.km2_label.text().startswith("4.0")
+    wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+    assert picker.exact and picker.tiles == _exact_count(picker.path)
+    assert "exact" in picker.tiles_label.text()
+    assert "local CPU" in picker.time_label.text() and "$" in picker.time_label.text()
+    assert picker.use_button.isEnabled()
+    chosen = []
+    picker.areaChosen.connect(chosen.append)
+    picker.use_button.click()
+    assert chosen == [picker.path]
+
+
+def test_polygon_tool_and_selected_features(picker, utm_project):
+    picker._activate_tool(area_picker.PolygonTool)
+    tool = utm_project.mapTool()
+    for x, y in ((500_000, 8_290_000), (502_000, 8_290_000), (501_000, 8_292_000)):
+        tool.canvasReleaseEvent(_mouse(utm_project, QEvent.MouseButtonRelease, QgsPointXY(x, y)))
+    tool.canvasReleaseEvent(_mouse(utm_project, QEvent.MouseButtonRelease, QgsPointXY(0, 0), Qt.RightButton))
+    assert picker.geometry4326 is not None
+    assert area_geometry.area_km2(picker.geometry4326) == pytest.approx(2.0, rel=0.01)
+
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32735", "fields", "memory")
+    features = []
+    for rect in (BOX, QgsRectangle(510_000, 8_290_000, 511_000, 8_291_000)):
+        f = QgsFeature()
+        f.setGeometry(QgsGeometry.fromRect(rect))
+        features.append(f)
+    layer.dataProvider().addFeatures(features)
+    QgsProject.instance().addMapLayer(layer)
+    picker.use_selected_features(layer)
+    assert "select one or more" in picker.limit_label.text()
+    layer.selectByIds([f.id() for f in layer.getFeatures()][1:])
+    picker.use_selected_features(layer)
+    assert area_geometry.area_km2(picker.geometry4326) == pytest.approx(1.0, rel=0.01)
+    picker.use_layer_extent(layer)
+    assert area_geometry.area_km2(picker.geometry4326) == pytest.approx(11.0 * 2.0, rel=0.01)
+
+
+def test_without_a_backend_the_count_is_an_estimate_and_says_so(picker, utm_project, plugin_settings, tmp_path):
+    exact_path = tmp_path / "box.geojson"
+    area_geometry.write_area(area_geometry.to_wgs84(QgsGeometry.fromRect(BOX), UTM35S), str(exact_path))
+    exact = _exact_count(exact_path)
+    plugin_settings.set_value("cli/path", str(tmp_path / "missing" / "tower-detector"))
+    picker.set_area(QgsGeometry.fromRect(BOX), UTM35S)
+    assert picker.tiles is not None and not picker.exact
+    assert picker.tiles_label.text().startswith("≈")
+    assert "estimate" in picker.tiles_label.text() and "not an executable" in picker.tiles_label.text()
+    assert picker.tiles == pytest.approx(exact, rel=0.1)
+
+
+def test_crashing_backend_falls_back_to_the_estimate(picker, utm_project, fake_backend):
+    fake_backend(CRASH_SCRIPT)
+    picker.set_area(QgsGeometry.fromRect(BOX), UTM35S)
+    wait_until(lambda: picker.tiles is not None, 30, "the fallback")
+    assert not picker.exact
+    assert "RuntimeError: the model exploded" in picker.tiles_label.text()
+
+
+def test_large_areas_warn_then_are_refused(picker, utm_project, plugin_settings):
+    plugin_settings.set_value("area/warn_tiles", 10)
+    picker.use_canvas_extent()
+    wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+    assert picker.tiles > 10
+    assert "large job" in picker.limit_label.text() and picker.use_button.isEnabled()
+
+    plugin_settings.set_value("area/max_tiles", 100)
+    picker.use_canvas_extent()
+    wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+    assert "over the limit of 100" in picker.limit_label.text()
+    assert not picker.use_button.isEnabled()
+    assert estimates.limit_check(50) == ("warn", estimates.limit_check(50)[1])
+    assert estimates.limit_check(5)[0] == "ok"
+
+
+def test_cost_estimate_uses_the_settings(plugin_settings):
+    plugin_settings.set_value("estimate/local_tiles_per_s", 100.0)
+    plugin_settings.set_value("estimate/remote_tiles_per_s", 1000.0)
+    plugin_settings.set_value("estimate/remote_usd_per_hour", 0.5)
+    plugin_settings.set_value("estimate/remote_workers", 4)
+    est = estimates.estimate_cost(3_600_000)
+    assert (est.local_hours, est.gpu_hours, est.remote_hours, est.usd) == (10.0, 1.0, 0.25, 0.5)
+    assert estimates.format_hours(est.local_hours) == "10.0 h" and estimates.format_hours(0.25) == "15 min"

@@ -1,0 +1,345 @@
+"""Dialogs, imagery sources and secrets: what each dialog turns into, and the settings dialog."""
+
+import json
+from pathlib import Path
+
+import pytest
+from qgis.core import (
+    QgsApplication,
+    QgsAuthMethodConfig,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSettings,
+    QgsVectorLayer,
+)
+
+from tests.plugin import support as support
+from tests.plugin.support import CRASH_SCRIPT, REPO, make_heatmap, make_model_dir, real_cli
+from tower_detector_plugin.core import commands, imagery_sources
+from tower_detector_plugin.core.jobs import JobManager
+from tower_detector_plugin.core.point_export import export_layer_points
+from tower_detector_plugin.ui.job_dialogs import BuildDatasetDialog, PredictDialog, TrainDialog
+from tower_detector_plugin.ui.load_results_dialog import LoadResultsDialog
+from tower_detector_plugin.ui.settings_dialog import SettingsDialog
+
+fake_backend = support.fake_backend  # a fixture
+plugin_settings = support.plugin_settings  # a fixture
+
+URL = "https://tiles.example.com/{z}/{x}/{y}.jpg"
+TOKEN = "tok-3f9a-SECRET"
+
+
+@pytest.fixture
+def token_authcfg():
+    """A Basic auth config in QGIS's authentication database whose password is the imagery token."""
+    manager = QgsApplication.authManager()
+    if not manager.masterPasswordIsSet() and not manager.setMasterPassword("tower-detector-tests", True):
+        pytest.skip("this QGIS profile's authentication database has another master password")
+    config = QgsAuthMethodConfig("Basic")
+    config.setName("imagery token")
+    config.setConfig("username", "token")
+    config.setConfig("password", TOKEN)
+    ok, config = manager.storeAuthenticationConfig(config)
+    assert ok
+    yield config.id()
+    manager.removeAuthenticationConfig(config.id())
+
+
+@pytest.fixture
+def area_file(plugin_settings, tmp_path):
+    path = tmp_path / "work" / "areas" / "a.geojson"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"type": "Polygon", "coordinates": [[[28, -15], [28.01, -15], [28.01, -14.99],
+                                                                     [28, -14.99], [28, -15]]]}))
+    return str(path)
+
+
+@pytest.fixture
+def manager(qgis_iface, plugin_settings):
+    return JobManager(qgis_iface)
+
+
+def test_tokens_come_from_the_auth_manager_into_the_environment_only(token_authcfg):
+    spec = imagery_sources.resolve(f"{URL}?access_token={imagery_sources.TOKEN_REF}", token_authcfg)
+    assert spec.spec == f"{URL}?access_token=${{TOWER_DETECTOR_TOKEN}}"
+    assert spec.env == {"TOWER_DETECTOR_TOKEN": TOKEN}
+    with pytest.raises(ValueError, match="has no"):
+        imagery_sources.resolve(URL, token_authcfg)
+    with pytest.raises(ValueError, match="not found"):
+        imagery_sources.resolve(f"{URL}?t={imagery_sources.TOKEN_REF}", "nosuchid")
+
+
+def test_literal_secrets_in_urls_are_lifted_into_the_environment(monkeypatch):
+    monkeypatch.delenv("TOWER_DETECTOR_TOKEN", raising=False)
+    spec = imagery_sources.resolve(f"{URL}?api_key=abc%2F123&style=x&access_token=pk.999")
+    assert spec.spec == (f"{URL}?api_key=${{TOWER_DETECTOR_SECRET_API_KEY}}&style=x"
+                         "&access_token=${TOWER_DETECTOR_SECRET_ACCESS_TOKEN}")
+    # as written, percent-escapes included: the backend puts the value back into the URL verbatim
+    assert spec.env == {"TOWER_DETECTOR_SECRET_API_KEY": "abc%2F123", "TOWER_DETECTOR_SECRET_ACCESS_TOKEN": "pk.999"}
+    assert imagery_sources.literal_secrets(f"{URL}?key=abc&style=x") == ["key"]
+    assert imagery_sources.literal_secrets(f"{URL}?key={imagery_sources.TOKEN_REF}") == []
+    with pytest.raises(ValueError, match="user:password@"):
+        imagery_sources.resolve("https://me:pw@tiles.example.com/{z}/{x}/{y}.png")
+    with pytest.raises(ValueError, match="choose the authentication config"):
+        imagery_sources.resolve(f"{URL}?t={imagery_sources.TOKEN_REF}")
+    assert imagery_sources.resolve("/data/scene.tif") == imagery_sources.ImagerySpec("/data/scene.tif", {})
+
+
+def test_the_plugin_redacts_with_the_backends_own_module(monkeypatch):
+    """The plugin's redaction.py is the backend's file (copied by scripts/build_plugin.py), and imagery uses it:
+    every query value but a harmless parameter's is lifted, whatever the parameter is called."""
+    from tower_detector_plugin.core import redaction
+
+    backend = (REPO / "backend" / "tower_detector" / "common" / "redaction.py").read_text()
+    assert Path(redaction.__file__).read_text().split("\n", 1)[1] == backend
+    assert imagery_sources.redact is redaction.redact and imagery_sources.secrets is redaction.secrets
+    monkeypatch.delenv("TOWER_DETECTOR_TOKEN", raising=False)
+    spec = imagery_sources.resolve(f"{URL}?connectId=c1&layer=Topo&auth=a1&zzq=z1&tilematrix={{z}}&session=")
+    assert spec.spec == (f"{URL}?connectId=${{TOWER_DETECTOR_SECRET_CONNECTID}}&layer=Topo"
+                         "&auth=${TOWER_DETECTOR_SECRET_AUTH}&zzq=${TOWER_DETECTOR_SECRET_ZZQ}&tilematrix={z}&session=")
+    assert spec.env == {"TOWER_DETECTOR_SECRET_CONNECTID": "c1", "TOWER_DETECTOR_SECRET_AUTH": "a1",
+                        "TOWER_DETECTOR_SECRET_ZZQ": "z1"}
+    assert imagery_sources.literal_secrets(f"{URL}?code=x&format=png&session=${{S}}") == ["code"]
+
+
+def test_imagery_sources_are_the_users_xyz_connections_and_raster_layers(qgis_new_project, tmp_path):
+    settings = QgsSettings()
+    settings.setValue("qgis/connections-xyz/Aerial test/url", f"{URL}?access_token={imagery_sources.TOKEN_REF}")
+    settings.setValue("qgis/connections-xyz/Aerial test/authcfg", "abc1234")
+    settings.setValue("qgis/connections-xyz/Hidden one/url", URL)
+    settings.setValue("qgis/connections-xyz/Hidden one/hidden", "true")
+    try:
+        sources = {s.label: s for s in imagery_sources.xyz_connections()}
+        assert sources["XYZ connection: Aerial test"].authcfg == "abc1234"
+        assert sources["XYZ connection: Aerial test"].name == "Aerial test"
+        assert "XYZ connection: Hidden one" not in sources
+    finally:
+        settings.remove("qgis/connections-xyz/Aerial test")
+        settings.remove("qgis/connections-xyz/Hidden one")
+    tif = make_heatmap(tmp_path / "scene.tif", [[0.5]])
+    QgsProject.instance().addMapLayer(QgsRasterLayer(str(tif), "scene", "gdal"))
+    xyz = QgsRasterLayer(f"type=xyz&url={URL.replace('{', '%7B').replace('}', '%7D')}", "basemap", "wms")
+    QgsProject.instance().addMapLayer(xyz, True)
+    layers = {s.label: s.spec for s in imagery_sources.raster_layer_sources()}
+    assert layers["Layer: scene"] == str(tif)
+    assert {s.label: s.name for s in imagery_sources.raster_layer_sources()}["Layer: scene"] == "scene"
+    if xyz.isValid():  # the wms provider may refuse a layer it cannot reach; the decoding is what is tested
+        assert layers["Layer: basemap"] == URL
+
+
+def test_dataset_dialog_exports_a_utm_point_layer_and_builds_the_command(qgis_iface, qgis_new_project, manager,
+                                                                         area_file, token_authcfg, tmp_path):
+    points = QgsVectorLayer("Point?crs=EPSG:32735&field=power:string", "my towers", "memory")
+    feature = QgsFeature(points.fields())
+    feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(500_000, 8_290_000)))
+    feature["power"] = "tower"
+    points.dataProvider().addFeatures([feature])
+    QgsProject.instance().addMapLayer(points)
+    dialog = BuildDatasetDialog(qgis_iface, manager)
+    dialog.area.set_path(area_file)
+    dialog.imagery.set_spec(f"{URL}?access_token={imagery_sources.TOKEN_REF}", token_authcfg)
+    dialog.out.setFilePath(str(tmp_path / "ds1"))
+    dialog.from_layer.setChecked(True)
+    dialog.points.setLayer(points)
+    job = dialog.build()
+    towers = str(tmp_path / "ds1-towers.geojson")
+    assert job["steps"] == [commands.dataset_args(
+        area_file, towers, f"{URL}?access_token=${{TOWER_DETECTOR_TOKEN}}", str(tmp_path / "ds1"), zoom=18,
+        background_ratio=3.0, split="0.7,0.15,0.15", block_size=8, seed=0, tower_filter="all",
+        cache=str(tmp_path / "work" / "cache"), max_tiles=100_000_000)]
+    assert job["env"] == {"TOWER_DETECTOR_TOKEN": TOKEN}
+    assert TOKEN not in json.dumps(job["steps"])
+    lon, lat = json.load(open(towers))["features"][0]["geometry"]["coordinates"]
+    assert lon == pytest.approx(27.0, abs=1e-6) and -15.5 < lat < -15.4  # exported in EPSG:4326
+
+    dialog.overpass.setChecked(True)
+    dialog.span_negatives.setValue(1.5)  # OSM's lines give negatives along their spans
+    step = dialog.build()["steps"][0]
+    assert step[step.index("--towers") + 1] == "overpass" and "--tower-filter" not in step
+    assert step[step.index("--span-negatives") + 1] == "1.5"
+    dialog.deleteLater()
+
+
+def test_dialog_errors_are_one_line_and_start_nothing(qgis_iface, manager, plugin_settings):
+    dialog = PredictDialog(qgis_iface, manager)
+    dialog.imagery.set_spec("")
+    assert dialog.run() is None
+    assert dialog.error.text() == "choose the model folder"
+    assert manager.store.jobs == []
+    dialog.deleteLater()
+
+
+def test_train_dialog_builds_train_or_search(qgis_iface, manager, tmp_path):
+    dialog = TrainDialog(qgis_iface, manager)
+    dialog.data.setFilePath(str(tmp_path / "ds"))
+    dialog.out.setFilePath(str(tmp_path / "m"))
+    dialog.weights.setCurrentText("none")
+    dialog.image_size.setValue(72)
+    job = dialog.build()
+    assert job["steps"] == [commands.train_args(str(tmp_path / "ds"), str(tmp_path / "m"), weights="none",
+                                                image_size=72)]
+    assert job["outputs"] == {"model": str(tmp_path / "m")}
+    dialog.mode.setCurrentIndex(1)
+    dialog.trials.setValue(12)
+    job = dialog.build()
+    assert job["kind"] == "search" and job["outputs"]["model"] == str(tmp_path / "m" / "best")
+    assert job["steps"][0][:7] == ["search", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "m"),
+                                   "--trials", "12"]
+    dialog.weights.setCurrentText("file…")
+    with pytest.raises(ValueError, match="weights file"):
+        dialog.build()
+    dialog.deleteLater()
+
+
+def test_predict_dialog_runs_predict_then_results_with_the_models_threshold(qgis_iface, manager, area_file,
+                                                                            tmp_path):
+    model = make_model_dir(tmp_path / "model")
+    dialog = PredictDialog(qgis_iface, manager)
+    dialog.model.setFilePath(str(model))
+    assert dialog.threshold.value() == pytest.approx(0.62)  # the model's Youden threshold
+    dialog.imagery.set_spec(str(tmp_path / "scene.tif"))
+    dialog.area.set_path(area_file)
+    dialog.name.setText("p1")
+    dialog.out.setFilePath(str(tmp_path / "results"))
+    dialog.workers.setValue(4)
+    assert dialog.views.currentData() == 1  # the default: one view, the fastest
+    dialog.views.setCurrentIndex(3)
+    assert dialog.threshold.value() == pytest.approx(0.54)  # the Youden threshold of the 8-view scores
+    dialog.views.setCurrentIndex(0)
+    assert dialog.threshold.value() == pytest.approx(0.62)
+    dialog.views.setCurrentIndex(3)
+    job = dialog.build()
+    folder = tmp_path / "results" / "p1"
+    predict, merge = job["steps"]
+    assert predict == commands.predict_args(str(model), str(tmp_path / "scene.tif"), str(folder / "store"),
+                                            area=area_file, workers=4, max_tiles=100_000_000, views=8)
+    assert predict[predict.index("--views") + 1] == "8"
+    assert merge == commands.results_args(str(folder / "store"), heatmap=str(folder / "heatmap.tif"),
+                                          candidates=str(folder / "candidates.gpkg"), threshold=0.54,
+                                          json_path=str(folder / "scores.json"))
+    assert job["outputs"]["candidates"] == str(folder / "candidates.gpkg") and job["outputs"]["threshold"] == 0.54
+    dialog.deleteLater()
+
+
+def test_remote_predict_needs_a_backend_with_remote_and_a_bucket(qgis_iface, manager, area_file, plugin_settings,
+                                                                 fake_backend, tmp_path):
+    model = make_model_dir(tmp_path / "model")
+    dialog = PredictDialog(qgis_iface, manager)
+    dialog.model.setFilePath(str(model))
+    dialog.imagery.set_spec(str(tmp_path / "scene.tif"))
+    dialog.area.set_path(area_file)
+    dialog.name.setText("p2")
+    dialog.where.setCurrentIndex(1)
+    with pytest.raises(ValueError, match="AWS bucket"):
+        dialog.build()
+    plugin_settings.set_value("aws/bucket", "my-bucket")
+    plugin_settings.set_value("aws/profile", "work")
+    fake_backend("sys.exit(2)")  # knows no command at all
+    with pytest.raises(ValueError, match="no `tower-detector remote`"):
+        dialog.build()
+
+    plugin_settings.set_value("cli/path", real_cli())
+    job = dialog.build()
+    [step] = job["steps"]
+    assert job["kind"] == "remote-submit" and job["remote"]["kind"] == "predict"
+    assert step[:3] == ["remote", "submit", "predict"] and "s3://my-bucket/jobs/p2/store" in step
+    assert step[step.index("--profile") + 1] == "work" and step[step.index("--name") + 1] == "p2"
+    dialog.deleteLater()
+
+
+def test_settings_dialog_checks_the_backend_and_keeps_secrets_out(plugin_settings, fake_backend, token_authcfg):
+    dialog = SettingsDialog()
+    dialog.cli_path.setFilePath(real_cli())
+    assert dialog.check()
+    assert dialog.check_label.text().startswith("tower-detector ")
+    crash = fake_backend(CRASH_SCRIPT)
+    dialog.cli_path.setFilePath(str(crash))
+    assert not dialog.check()
+    assert "RuntimeError: the model exploded" in dialog.check_label.text()
+
+    dialog.edits["imagery/spec"].setText(f"{URL}?access_token={TOKEN}")
+    assert not dialog.save()
+    assert "access_token" in dialog.check_label.text()
+    assert plugin_settings.value("imagery/spec") == ""
+    dialog.edits["imagery/spec"].setText(f"{URL}?access_token={imagery_sources.TOKEN_REF}")
+    dialog.auth.setConfigId(token_authcfg)
+    dialog.numbers["area/max_tiles"].setValue(5000)
+    assert dialog.save()
+    assert plugin_settings.value("imagery/authcfg") == token_authcfg
+    assert plugin_settings.value("area/max_tiles") == 5000
+    QgsSettings().sync()
+    assert TOKEN not in open(QgsSettings().fileName(), encoding="utf-8").read()
+    dialog.deleteLater()
+
+
+def test_settings_under_their_old_names_move_to_the_new_ones(plugin_settings):
+    store = QgsSettings()
+    store.remove("tower_detector/cli/path")
+    store.setValue("tower_detector/backend/path", "/opt/td/bin/tower-detector")
+    store.setValue("tower_detector/backend/mode", "aws")
+    assert plugin_settings.value("cli/path") == "/opt/td/bin/tower-detector"
+    assert plugin_settings.value("jobs/run_on") == "aws"
+    assert not store.contains("tower_detector/backend/path") and not store.contains("tower_detector/backend/mode")
+    assert plugin_settings.value("backend/path") == "/opt/td/bin/tower-detector"  # the old name still answers
+    store.setValue("tower_detector/backend/mode", "local")  # a stale old value never replaces a new one
+    assert plugin_settings.value("jobs/run_on") == "aws"
+
+
+def test_export_layer_points_writes_wgs84_geojson(qgis_new_project, tmp_path):
+    layer = QgsVectorLayer("Point?crs=EPSG:3857", "p", "memory")
+    f = QgsFeature()
+    f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(1_113_194.9079, 0)))
+    layer.dataProvider().addFeatures([f])
+    path = export_layer_points(layer, str(tmp_path / "sub" / "p.geojson"))
+    lon, lat = json.load(open(path))["features"][0]["geometry"]["coordinates"]
+    assert (lon, lat) == (pytest.approx(10.0, abs=1e-6), pytest.approx(0.0, abs=1e-9))
+
+
+def test_load_results_dialog_emits_what_to_load(tmp_path):
+    dialog = LoadResultsDialog(heatmap=str(tmp_path / "h.tif"))
+    got = []
+    dialog.load.connect(lambda *a: got.append(a))
+    dialog.threshold.setValue(0.8)
+    dialog.accept_load()
+    assert got == [(str(tmp_path / "h.tif"), "", pytest.approx(0.8), pytest.approx(0.5))]
+    empty = LoadResultsDialog()
+    empty.accept_load()
+    assert "choose a heatmap" in empty.error.text()
+    dialog.deleteLater()
+    empty.deleteLater()
+
+
+def test_predict_names_the_imagery_after_the_chosen_connection(qgis_iface, manager, area_file, tmp_path):
+    """The name goes with the job (`predict --imagery-name`): the OSM changeset's source, never a host."""
+    settings = QgsSettings()
+    settings.setValue("qgis/connections-xyz/Esri World Imagery/url", URL)
+    try:
+        dialog = PredictDialog(qgis_iface, manager)
+        dialog.model.setFilePath(str(make_model_dir(tmp_path / "model")))
+        dialog.area.set_path(area_file)
+        dialog.out.setFilePath(str(tmp_path / "results"))
+        labels = [dialog.imagery.combo.itemText(i) for i in range(dialog.imagery.combo.count())]
+        dialog.imagery.combo.setCurrentIndex(labels.index("XYZ connection: Esri World Imagery"))
+        predict = dialog.build()["steps"][0]
+        assert predict[predict.index("--imagery-name") + 1] == "Esri World Imagery"
+        assert predict[predict.index("--imagery") + 1] == URL
+        dialog.imagery.spec.setText(URL + "?style=other")  # edited: no longer that connection
+        assert "--imagery-name" not in dialog.build()["steps"][0]
+        dialog.deleteLater()
+    finally:
+        settings.remove("qgis/connections-xyz/Esri World Imagery")
+
+
+def test_osm_tile_servers_are_never_offered_as_imagery(qgis_new_project):
+    settings = QgsSettings()
+    settings.setValue("qgis/connections-xyz/OSM test/url", "https://tile.openstreetmap.org/{z}/{x}/{y}.png")
+    settings.setValue("qgis/connections-xyz/Aerial test/url", URL)
+    try:
+        labels = [s.label for s in imagery_sources.xyz_connections()]
+        assert "XYZ connection: Aerial test" in labels and "XYZ connection: OSM test" not in labels
+    finally:
+        settings.remove("qgis/connections-xyz/OSM test")
+        settings.remove("qgis/connections-xyz/Aerial test")

@@ -1,0 +1,203 @@
+"""Results in QGIS: heatmap and candidates layers, styles saved with the files, the live threshold, metrics."""
+
+import json
+import sqlite3
+
+import pytest
+from qgis.core import (
+    Qgis,
+    QgsGraduatedSymbolRenderer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+)
+
+from tests.plugin import support as support
+from tests.plugin.support import make_candidates, make_heatmap, make_model_dir, tile_bounds_3857
+from tower_detector_plugin.core import result_layers
+from tower_detector_plugin.plugin import TowerDetectorPlugin
+from tower_detector_plugin.ui.metrics_dialog import MetricsDialog
+from tower_detector_plugin.ui.results_dock import ThresholdWidget
+
+plugin_settings = support.plugin_settings  # a fixture
+
+SCORES = [[-1, 0.1, 0.3, 0.45], [0.5, 0.55, 0.7, 0.8], [0.9, 0.93, 0.97, 0.99]]  # -1: not scored
+TILES = [(151_000 + i, 142_000, s) for i, s in enumerate((0.55, 0.62, 0.8, 0.91, 0.95, 0.97, 0.99))]
+
+
+@pytest.fixture
+def heatmap(tmp_path):
+    return str(make_heatmap(tmp_path / "heatmap.tif", SCORES))
+
+
+@pytest.fixture
+def candidates(tmp_path):
+    return str(make_candidates(tmp_path / "candidates.gpkg", TILES))
+
+
+def _pixel_alpha(layer, col, row):
+    """Alpha of the rendered colour of heatmap pixel (col, row)."""
+    x0, _s, _e, y1 = tile_bounds_3857(151_000 + col, 142_000 + row)
+    ext = layer.extent()
+    ext.setXMinimum(x0)
+    ext.setXMaximum(x0 + layer.rasterUnitsPerPixelX())
+    ext.setYMaximum(y1)
+    ext.setYMinimum(y1 - layer.rasterUnitsPerPixelY())
+    return (layer.renderer().block(1, ext, 1, 1).color(0, 0) >> 24) & 0xFF
+
+
+def test_heatmap_is_pseudocolor_transparent_below_the_floor_and_keeps_its_style(heatmap):
+    layer = result_layers.load_heatmap(heatmap, floor=0.5)
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer)
+    assert renderer.classificationMin() == 0.5 and renderer.classificationMax() == 1.0
+    legend = [label for label, _colour in renderer.legendSymbologyItems()]
+    assert legend[0] == "0.50" and legend[-1] == "1.00"
+    assert _pixel_alpha(layer, 0, 0) == 0  # nodata
+    assert _pixel_alpha(layer, 2, 0) == 0  # 0.3, under the floor
+    assert _pixel_alpha(layer, 1, 1) == _pixel_alpha(layer, 3, 2) == round(255 * layer.opacity()) > 0
+    # The style went into heatmap.qml: QGIS applies it to the file wherever it is opened.
+    again = QgsRasterLayer(heatmap, "again", "gdal")
+    assert isinstance(again.renderer(), QgsSingleBandPseudoColorRenderer)
+    assert again.renderer().classificationMin() == 0.5
+    result_layers.style_heatmap(layer, 0.9)
+    assert _pixel_alpha(layer, 1, 1) == 0 and result_layers.heatmap_floor(layer) == 0.9
+
+
+def test_candidates_are_graduated_filtered_and_their_style_lives_in_the_geopackage(candidates):
+    layer = result_layers.load_candidates(candidates, threshold=0.9)
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsGraduatedSymbolRenderer) and renderer.classAttribute() == "score"
+    ranges = renderer.ranges()  # keep the copies alive while their symbols are looked at
+    assert ranges[-1].label().startswith("0.97 and above")
+    marker = ranges[0].symbol().symbolLayer(1)  # the tower point, from the same row
+    assert marker.geometryExpression() == 'make_point("point_lon", "point_lat")'
+    assert layer.subsetString() == '"score" >= 0.9' and result_layers.count(layer) == 4
+    with sqlite3.connect(candidates) as db:
+        styles = db.execute("SELECT f_table_name, styleName, useAsDefault FROM layer_styles").fetchall()
+    assert styles == [("candidates", "tower_detector", 1)]
+    fresh = QgsVectorLayer(f"{candidates}|layername=candidates", "fresh", "ogr")
+    assert isinstance(fresh.renderer(), QgsGraduatedSymbolRenderer)  # QGIS itself applies the saved default
+
+    result_layers.set_threshold((layer,), 0.6)
+    assert result_layers.count(layer) == 6
+    del layer, fresh
+    again = result_layers.load_candidates(candidates, threshold=0.5)  # a later load keeps the saved style
+    assert result_layers.count(again) == 7
+    with sqlite3.connect(candidates) as db:
+        assert db.execute("SELECT COUNT(*) FROM layer_styles").fetchone()[0] == 1
+
+
+def _render_green(layer, x, y, size_px):
+    """Green channel at a quarter of tile (x, y)'s width from its west edge, mid-height (clear of the outline and
+    the tower cross), rendered on white in EPSG:3857 to a size_px square; and the map scale it was drawn at."""
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsExpressionContext,
+        QgsExpressionContextUtils,
+        QgsMapRendererSequentialJob,
+        QgsMapSettings,
+        QgsRectangle,
+    )
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor
+
+    x0, y0, x1, y1 = tile_bounds_3857(x, y)
+    settings = QgsMapSettings()
+    settings.setLayers([layer])
+    settings.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
+    settings.setBackgroundColor(QColor("white"))
+    settings.setOutputSize(QSize(size_px, size_px))
+    settings.setExtent(QgsRectangle(x0, y0, x1, y1))
+    context = QgsExpressionContext()  # @map_scale, as a map canvas gives its layers
+    context.appendScope(QgsExpressionContextUtils.mapSettingsScope(settings))
+    settings.setExpressionContext(context)
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    image = job.renderedImage()
+    return QColor(image.pixel(int(size_px * 0.25), size_px // 2)).green(), settings.scale()
+
+
+def test_candidate_tint_fades_when_zoomed_in_for_review(candidates):
+    layer = result_layers.load_candidates(candidates, threshold=0.97)
+    x, y, _ = TILES[-1]  # 0.99: the strongest band, red
+    close, close_scale = _render_green(layer, x, y, 800)
+    far, far_scale = _render_green(layer, x, y, 24)
+    assert close_scale <= result_layers.CLOSE_SCALE < far_scale
+    assert close > 235, "at review scale the imagery under the square must show through"
+    assert far < 205, "zoomed out the band's tint shows"
+
+
+def test_threshold_widget_filters_live(candidates, heatmap, qgis_new_project):
+    layer = result_layers.load_candidates(candidates, threshold=0.5)
+    hm = result_layers.load_heatmap(heatmap, 0.5)
+    widget = ThresholdWidget()
+    widget.bind([layer], hm, threshold=0.5, floor=0.5)
+    assert widget.count.text() == "7 candidates shown"
+    widget.slider.setValue(960)
+    assert widget.spin.value() == pytest.approx(0.96)
+    assert layer.subsetString() == '"score" >= 0.96' and result_layers.count(layer) == 2
+    assert widget.count.text() == "2 candidates shown"
+    widget.floor.setValue(0.8)
+    assert result_layers.heatmap_floor(hm) == pytest.approx(0.8)
+    widget.deleteLater()
+
+
+def test_plugin_loads_a_result_set_into_one_group(qgis_iface, qgis_new_project, plugin_settings, heatmap,
+                                                  candidates):
+    plugin = TowerDetectorPlugin(qgis_iface)
+    layers = plugin.load_results(heatmap, candidates, threshold=0.9, floor=0.5, title="run 1")
+    group = QgsProject.instance().layerTreeRoot().findGroup("run 1")
+    assert [node.layer() for node in group.findLayers()] == [layers["candidates"], layers["heatmap"]]
+    assert plugin.results_dock.threshold.spin.value() == pytest.approx(0.9)
+    assert plugin.results_dock.threshold.count.text() == "4 candidates shown"
+    plugin.results_dock.deleteLater()
+
+
+def test_empty_results_load_and_say_there_are_no_candidates(qgis_iface, qgis_new_project, plugin_settings, tmp_path):
+    empty = str(make_candidates(tmp_path / "empty.gpkg", []))
+    qgis_iface.messageBar().clear_messages()
+    plugin = TowerDetectorPlugin(qgis_iface)
+    layers = plugin.load_results("", empty, threshold=0.5)
+    assert layers["candidates"].isValid() and result_layers.count(layers["candidates"]) == 0
+    assert "heatmap" not in layers
+    assert qgis_iface.messageBar().get_messages(Qgis.Warning) == ["Tower Detector:no candidates at or above 0.5"]
+    plugin.results_dock.deleteLater()
+
+
+def test_bad_results_files_are_reported_in_one_line(qgis_iface, plugin_settings, tmp_path):
+    not_gpkg = tmp_path / "other.gpkg"
+    from osgeo import ogr
+
+    ogr.GetDriverByName("GPKG").CreateDataSource(str(not_gpkg)).CreateLayer("roads", None, ogr.wkbLineString)
+    with pytest.raises(result_layers.ResultsError, match="no layer 'candidates'"):
+        result_layers.load_candidates(str(not_gpkg))
+    with pytest.raises(result_layers.ResultsError, match="heatmap not found"):
+        result_layers.load_heatmap(str(tmp_path / "none.tif"))
+    qgis_iface.messageBar().clear_messages()
+    assert TowerDetectorPlugin(qgis_iface).load_results("", str(not_gpkg)) is None
+    [shown] = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert "no layer 'candidates'" in shown
+
+
+def test_metrics_dialog_shows_the_table_and_plots(tmp_path):
+    model = make_model_dir(tmp_path / "model", with_plots=("roc.png",))
+    dialog = MetricsDialog(str(model))
+    rows = {dialog.table.item(r, 0).text(): dialog.table.item(r, 1).text() for r in range(dialog.table.rowCount())}
+    assert rows["roc_auc"] == "0.9550" and rows["threshold: youden"] == "0.6200"
+    assert rows["threshold: seed"] == "0.9700"
+    assert not dialog.plots["roc.png"].pixmap().isNull()
+    assert dialog.plots["scores.png"].text() == "scores.png not found in the model directory"
+    assert rows["roc_auc, 8 views"] == "0.9630" and rows["threshold: youden, 8 views"] == "0.5400"
+    assert result_layers.recommended_threshold(str(model)) == 0.62
+    assert result_layers.recommended_threshold(str(model), views=8) == pytest.approx(0.54)
+    old = json.loads((model / "metrics.json").read_text())
+    del old["views"]  # a model trained before the views were evaluated: its one-view threshold
+    (model / "metrics.json").write_text(json.dumps(old))
+    assert result_layers.recommended_threshold(str(model), views=8) == 0.62
+    assert result_layers.recommended_threshold(str(tmp_path), 0.5) == 0.5
+    with pytest.raises(result_layers.ResultsError, match="no metrics.json"):
+        MetricsDialog(str(tmp_path))
+    dialog.deleteLater()

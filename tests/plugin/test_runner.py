@@ -1,0 +1,277 @@
+"""Running the backend from the plugin: finding it, events, failures, cancelling the whole process tree, jobs."""
+
+import json
+
+import pytest
+from qgis.core import Qgis, QgsApplication
+
+from tests.plugin import support as support
+from tests.plugin.support import CLI, CRASH_SCRIPT, process_gone, real_cli, run_task, wait_until
+from tower_detector_plugin.core import commands, runner
+from tower_detector_plugin.core.jobs import JobManager, JobStore
+from tower_detector_plugin.core.tasks import CliTask
+from tower_detector_plugin.ui.jobs_dock import JobsDock
+
+fake_backend = support.fake_backend  # a fixture
+plugin_settings = support.plugin_settings  # a fixture
+
+
+# Prints progress, starts a child that would outlive it, records both pids, then waits to be cancelled.
+SPAWNS_AND_WAITS = """
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+with open(os.environ["PIDS_FILE"], "w") as f:
+    json.dump({"cli": os.getpid(), "child": child.pid}, f)
+print(json.dumps({"event": "progress", "done": 1, "total": 4}), flush=True)
+time.sleep(300)
+"""
+
+
+class LogRecorder:
+    def __init__(self):
+        self.messages = []
+        QgsApplication.messageLog().messageReceived.connect(self._got)
+
+    def _got(self, message, tag, level):
+        if tag == "Tower Detector":
+            self.messages.append((level, message))
+
+    def close(self):
+        QgsApplication.messageLog().messageReceived.disconnect(self._got)
+
+
+@pytest.fixture
+def log():
+    recorder = LogRecorder()
+    yield recorder
+    recorder.close()
+
+
+def test_locate_prefers_configured_then_dev_checkout_then_path(tmp_path, monkeypatch):
+    python = tmp_path / "python3.11"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    assert runner.DEV_CHECKOUT_CLI == support.REPO / ".venv" / "bin"  # the checkout's, wherever runner.py lies
+    assert runner.locate(str(python)).command == (str(python), "-m", "tower_detector")
+    with pytest.raises(runner.CliNotFound, match="not an executable"):
+        runner.locate(str(tmp_path / "nowhere"))
+
+    monkeypatch.setattr(runner, "DEV_CHECKOUT_CLI", tmp_path / "no-venv")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(runner.CliNotFound, match="not found"):
+        runner.locate("")
+    (tmp_path / "bin").mkdir()
+    exe = tmp_path / "bin" / "tower-detector"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert runner.locate("") == runner.Cli((str(exe),), "PATH")
+    monkeypatch.setattr(runner, "DEV_CHECKOUT_CLI", CLI.parent)
+    if CLI.is_file():  # in the dev checkout, its .venv wins over PATH
+        assert runner.locate("").source == "dev checkout"
+
+
+def test_version_check_runs_the_real_cli():
+    cli = runner.locate(real_cli())
+    assert runner.version(cli).startswith("tower-detector ")
+
+
+def test_events_from_the_real_tiles_command():
+    cli = runner.locate(real_cli())
+    seen = []
+    result = runner.run(cli, commands.tiles_args("28.0,-15.0,28.01,-14.99"), on_event=seen.append)
+    assert result.ok, result.stderr
+    assert result.result["count"] == seen[-1]["count"] > 0
+    assert result.returncode == 0 and result.error is None
+
+
+def test_bad_input_gives_the_one_line_reason():
+    cli = runner.locate(real_cli())
+    result = runner.run(cli, commands.tiles_args("10,10,5"))
+    assert result.returncode == 2
+    assert result.error["kind"] == "bad_input"
+    assert result.reason() == result.error["message"] and "\n" not in result.reason()
+
+
+def test_non_json_output_becomes_log_events():
+    assert runner.parse_event("plain words") == {"event": "log", "message": "plain words"}
+    assert runner.parse_event('{"event": "progress", "done": 1, "total": 2}')["done"] == 1
+    assert runner.parse_event("[1, 2]")["event"] == "log"
+
+
+def test_secrets_travel_in_the_environment_and_python_paths_do_not(tmp_path, fake_backend, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/usr/share/qgis/python")
+    script = fake_backend('print(json.dumps({"event": "result", "token": os.environ.get("TOWER_DETECTOR_TOKEN"), '
+                          '"pythonpath": os.environ.get("PYTHONPATH"), "argv": sys.argv[1:]}))')
+    result = runner.run(runner.locate(str(script)), ["tiles", "--events"], env={"TOWER_DETECTOR_TOKEN": "s3cr3t"})
+    assert result.result["token"] == "s3cr3t"
+    assert result.result["pythonpath"] is None
+    assert "s3cr3t" not in json.dumps(result.result["argv"])
+
+
+def test_crashing_backend_fails_the_task_with_the_last_stderr_line(fake_backend, log):
+    script = fake_backend(CRASH_SCRIPT)
+    end = run_task(CliTask("crash", [["train", "--events"]], runner.locate(str(script))))
+    assert not end.ok and not end.canceled
+    assert end.outcome.returncode == 1
+    assert end.reason == "exit status 1: RuntimeError: the model exploded"
+    critical = [m for level, m in log.messages if level == Qgis.Critical]
+    assert any("Traceback (most recent call last)" in m for m in critical)
+
+
+def test_task_progress_spans_its_steps(fake_backend):
+    script = fake_backend('print(json.dumps({"event": "progress", "done": 1, "total": 2}), flush=True)\n'
+                          'print(json.dumps({"event": "result", "message": "ok"}))')
+    task = CliTask("two steps", [["a", "--events"], ["b", "--events"]], runner.locate(str(script)))
+    seen = []
+    task.progressChanged.connect(seen.append)
+    end = run_task(task)
+    assert end.ok
+    assert [r.result["message"] for r in end.results] == ["ok", "ok"]
+    assert 25.0 in seen and 50.0 in seen and 75.0 in seen and seen[-1] == 100.0
+
+
+def test_cancel_ends_the_backend_and_its_children(tmp_path, fake_backend, monkeypatch):
+    monkeypatch.setenv("PIDS_FILE", str(tmp_path / "pids.json"))
+    script = fake_backend(SPAWNS_AND_WAITS)
+    task = CliTask("long", [["predict", "--events"]], runner.locate(str(script)))
+    events = []
+    task.eventReceived.connect(events.append)
+    ended = []
+    task.done.connect(ended.append)
+    QgsApplication.taskManager().addTask(task)
+    wait_until(lambda: events and (tmp_path / "pids.json").exists(), 30)
+    pids = json.loads((tmp_path / "pids.json").read_text())
+    assert not process_gone(pids["child"])
+    task.cancel()
+    wait_until(lambda: bool(ended), 30)
+    assert ended[0].canceled and not ended[0].ok and ended[0].reason == "cancelled"
+    wait_until(lambda: process_gone(pids["cli"]) and process_gone(pids["child"]), 15)
+
+
+def test_missing_backend_fails_the_job_with_where_to_set_it(qgis_iface, plugin_settings, monkeypatch, tmp_path):
+    plugin_settings.set_value("cli/path", str(tmp_path / "gone" / "tower-detector"))
+    qgis_iface.messageBar().clear_messages()
+    manager = JobManager(qgis_iface)
+    job_id = manager.start("train", "train m1", [commands.train_args("ds", "m1")])
+    job = manager.store.get(job_id)
+    assert job["status"] == "failed"
+    assert "Settings" in job["message"]
+    [message] = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert "train m1" in message and "not an executable" in message
+
+
+def test_jobs_are_recorded_and_survive_a_restart(qgis_iface, plugin_settings, fake_backend, tmp_path):
+    fake_backend('print(json.dumps({"event": "progress", "done": 3, "total": 3}), flush=True)\n'
+                 'print(json.dumps({"event": "result", "message": "scored 9 tiles", "tiles_scored": 9}))')
+    manager = JobManager(qgis_iface)
+    outputs = {"heatmap": str(tmp_path / "h.tif"), "candidates": str(tmp_path / "c.gpkg")}
+    job_id = manager.start("predict", "predict p1", [["predict", "--imagery", "x?key=${TOWER_DETECTOR_SECRET_KEY}",
+                                                     "--events"]], out=str(tmp_path), outputs=outputs,
+                           env={"TOWER_DETECTOR_SECRET_KEY": "hunter2"})
+    wait_until(lambda: manager.store.get(job_id)["status"] == "finished", 30)
+    job = manager.store.get(job_id)
+    assert job["message"] == "scored 9 tiles" and job["progress"] == 100.0
+    assert job["result"]["tiles_scored"] == 9
+    text = open(manager.store.path).read()
+    assert "hunter2" not in text and "${TOWER_DETECTOR_SECRET_KEY}" in text
+
+    # A job that was running when QGIS stopped comes back as stopped; the finished one as it was.
+    manager.store.add({"id": "running1", "kind": "train", "title": "t", "status": "running", "commands": []})
+    again = JobStore(manager.store.path)
+    assert again.get(job_id)["status"] == "finished"
+    assert again.get("running1")["status"] == "stopped"
+
+    dock = JobsDock(JobManager(qgis_iface))
+    titles = [dock.table.item(r, 0).text() for r in range(dock.table.rowCount())]
+    assert titles == ["t", "predict p1"]  # newest first
+    dock.table.selectRow(1)
+    assert dock.buttons["Load results"].isEnabled() and not dock.buttons["Cancel"].isEnabled()
+    loaded = []
+    dock.loadResults.connect(loaded.append)
+    dock.buttons["Load results"].click()
+    assert loaded[0]["outputs"] == outputs
+
+
+MARK = "Qz7MARKER"  # in every secret below; in no record or log line
+
+
+def test_a_secret_under_any_name_reaches_no_job_record_or_log(qgis_iface, plugin_settings, fake_backend, tmp_path):
+    """imagery_sources.resolve lifts every value the backend would hide into the environment, and the job record and the
+    log are redacted by the same allowlist even when a backend quotes a URL with a secret in it."""
+    from tower_detector_plugin.core import imagery_sources
+
+    names = ("access_token", "connectId", "auth", "code", "session", "zzq")
+    url = "https://t.example.com/{z}/{x}/{y}.png?format=png&" + "&".join(f"{n}={MARK}-{n}" for n in names)
+    spec = imagery_sources.resolve(url)
+    assert MARK not in spec.spec and "format=png" in spec.spec and len(spec.env) == len(names)
+    assert all(MARK in value for value in spec.env.values())
+    # a backend that quotes the URL with its secrets, in a result, an error and on stderr
+    quoted = url.replace("://", f"://me:{MARK}-pw@")
+    fake_backend(f"print(json.dumps({{'event': 'log', 'message': 'fetching {quoted}'}}), flush=True)\n"
+                 f"print(json.dumps({{'event': 'error', 'message': 'HTTP 403 for {quoted}', 'kind': 'failure'}}))\n"
+                 f"sys.stderr.write('Traceback: GET {quoted}\\n')\n"
+                 "sys.exit(1)")
+    log = LogRecorder()
+    try:
+        manager = JobManager(qgis_iface)
+        job_id = manager.start("predict", "predict p1", [commands.predict_args("m", spec.spec, str(tmp_path / "s"),
+                                                                       area="a.geojson")],
+                               out=str(tmp_path), env=spec.env)
+        wait_until(lambda: manager.store.get(job_id)["status"] == "failed", 30)
+    finally:
+        log.close()
+    record = open(manager.store.path).read()
+    assert "HTTP 403" in record and "${TOWER_DETECTOR_SECRET_CONNECTID}" in record
+    assert MARK not in record
+    assert log.messages and not [m for _, m in log.messages if MARK in m]
+
+
+def test_cancelled_job_is_recorded_as_cancelled(qgis_iface, fake_backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIDS_FILE", str(tmp_path / "pids.json"))
+    fake_backend(SPAWNS_AND_WAITS)
+    manager = JobManager(qgis_iface)
+    job_id = manager.start("predict", "predict long", [["predict", "--events"]])
+    wait_until(lambda: manager.store.get(job_id)["status"] == "running" and (tmp_path / "pids.json").exists(), 30)
+    dock = JobsDock(manager)
+    dock.table.selectRow(0)
+    assert dock.buttons["Cancel"].isEnabled()
+    dock.buttons["Cancel"].click()
+    wait_until(lambda: manager.store.get(job_id)["status"] == "cancelled", 30)
+    pids = json.loads((tmp_path / "pids.json").read_text())
+    wait_until(lambda: process_gone(pids["child"]), 15)
+
+
+def test_failed_job_shows_one_line_and_logs_stderr(qgis_iface, fake_backend, log):
+    fake_backend('print(json.dumps({"event": "error", "message": "imagery: HTTP 401 for all of the first 20 tiles", '
+                 '"kind": "bad_input"}))\nsys.stderr.write("details\\n")\nsys.exit(2)')
+    qgis_iface.messageBar().clear_messages()
+    manager = JobManager(qgis_iface)
+    job_id = manager.start("dataset", "dataset d1", [["dataset", "--events"]])
+    wait_until(lambda: manager.store.get(job_id)["status"] == "failed", 30)
+    assert manager.store.get(job_id)["message"] == "imagery: HTTP 401 for all of the first 20 tiles"
+    [shown] = qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert "HTTP 401" in shown and "\n" not in shown
+    assert any("details" in m for level, m in log.messages if level == Qgis.Critical)
+
+
+def test_remote_status_is_polled_until_the_job_ends(qgis_iface, fake_backend, tmp_path):
+    # A stand-in for `tower-detector remote status NAME --events`: RUNNING twice, then SUCCEEDED.
+    counter = tmp_path / "polls"
+    fake_backend(f"""
+n = int(open({str(counter)!r}).read()) + 1 if os.path.exists({str(counter)!r}) else 1
+open({str(counter)!r}, "w").write(str(n))
+assert sys.argv[1:4] == ["remote", "status", "p-remote"], sys.argv
+state = "SUCCEEDED" if n >= 3 else "RUNNING"
+print(json.dumps({{"event": "result", "message": state, "status": state,
+                   "progress": {{"tiles_done": 10 * n, "tiles_total": 30}}}}))
+""")
+    manager = JobManager(qgis_iface)
+    job = manager.store.add({"id": "r1", "kind": "remote-submit", "title": "AWS predict p", "status": "submitted",
+                             "commands": [], "progress": 0.0, "remote": {"name": "p-remote", "kind": "predict"}})
+    poller = manager.poll_remote(job["id"], interval_s=0.05)
+    wait_until(lambda: manager.store.get("r1")["status"] == "finished", 30)
+    assert not poller.timer.isActive()
+    record = manager.store.get("r1")
+    assert record["remote"]["state"] == "SUCCEEDED" and record["progress"] == 100.0
+    assert int(counter.read_text()) == 3
+
