@@ -4,7 +4,7 @@ core/commands.py uses their defaults and choices.
 
 default is the CLI's own default, so that an untouched input sends what the CLI would use anyway. None means the
 plugin leaves the value to the CLI: the input shows "default" at its minimum (Processing takes 0), and the option
-is not sent. tests/test_plugin_parameters.py checks every default against the CLI's.
+is not sent. tests/plugin/test_parameters.py checks every default against the CLI's.
 """
 
 from dataclasses import dataclass
