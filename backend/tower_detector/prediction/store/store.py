@@ -78,7 +78,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ...common.errors import UserError
+from ...common.errors import UserError, one_line
 from ...common.redaction import redact
 from ...geo.cover import FORMAT as COVER_FORMAT
 from ...geo.cover import TileCover
@@ -442,10 +442,12 @@ class Store:
                 arrays["error_transient"] = np.array([transient_reason(r) for r in arrays["error_reason"].tolist()],
                                                      dtype=bool)
             ok = ok and len(arrays["error_transient"]) == len(arrays["error_index"])
-        except Exception:  # zipfile, numpy and key errors alike: the bytes are not a chunk we wrote
-            ok = False
+        except Exception as exc:  # zipfile, numpy and key errors alike: the bytes are not a chunk we wrote
+            ok, why = False, one_line(exc)
+        else:
+            why = "its arrays do not match its plan"
         if not ok:
-            raise UserError(f"corrupt chunk {name} in {self.spec}: delete it and resume to recompute it")
+            raise UserError(f"corrupt chunk {name} in {self.spec} ({why}): delete it and resume to recompute it")
         return arrays
 
     def pending_retries(self, shard=None, scan=None):
