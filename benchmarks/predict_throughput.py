@@ -38,6 +38,7 @@ import numpy as np
 import requests
 from PIL import Image
 
+from tower_detector.pipeline import options
 from tower_detector.prediction.predict import predict
 from tower_detector.prediction.store import open_store
 from tower_detector.sources.imagery import open_imagery
@@ -87,8 +88,9 @@ def original_loop(server, tiles, classifier, json_path, save_every, ext):
 
 def timed_predict(model_dir, imagery, area, out, checkpoint, batch_size, precision):
     """Seconds of predict's scoring loop (fetch, decode, model, checkpoints; not loading the model), stats."""
-    stats = predict(model_dir, imagery, out, area=area, checkpoint_every=checkpoint, batch_size=batch_size,
-                    precision=precision, log=lambda *a, **k: None)
+    stats = predict(options("predict", model=model_dir, imagery=imagery, out=out, area=area,
+                            checkpoint_every=checkpoint, batch_size=batch_size, precision=precision),
+                    log=lambda *a, **k: None)
     return stats["seconds"], stats
 
 

@@ -27,10 +27,11 @@ import time
 import numpy as np
 import shapely
 
-from tower_detector.datasets.dataset import build_dataset, parse_splits
+from tower_detector.datasets.dataset import build_dataset
 from tower_detector.datasets.labels import positive_tiles
 from tower_detector.geo.cover import lonlat_to_tile_space
 from tower_detector.geo.tilemath import TILE_SIZE, resolution, tile_bounds_4326
+from tower_detector.pipeline import options
 from tower_detector.sources.imagery import open_imagery
 from tower_detector.sources.osm import load_lines, load_towers
 from tower_detector.synthetic import write_scene
@@ -145,10 +146,11 @@ def main():
         (f"-span{args.span_negatives:g}" if args.span_negatives else "")
     data = os.path.join(work, "dataset" + variant)
     if not os.path.exists(os.path.join(data, "dataset.json")):
-        build_dataset(os.path.join(train_scene, "area.geojson"), os.path.join(train_scene, "towers.geojson"),
-                      os.path.join(train_scene, "scene.tif"), data, splits=parse_splits("0.8,0.1,0.1"), seed=1,
-                      block_size=8, background_ratio=args.background_ratio, span_negatives=args.span_negatives,
-                      log=lambda *a: None)
+        build_dataset(options("dataset", area=os.path.join(train_scene, "area.geojson"),
+                              towers=os.path.join(train_scene, "towers.geojson"),
+                              imagery=os.path.join(train_scene, "scene.tif"), out=data, split="0.8,0.1,0.1", seed=1,
+                              block_size=8, background_ratio=args.background_ratio,
+                              span_negatives=args.span_negatives), log=lambda *a: None)
     with open(os.path.join(data, "dataset.json")) as f:
         ds = json.load(f)
     say(f"dataset: {ds['tiles']} tiles " + ", ".join(f"{k} {v['tiles']} ({v['tower']} tower)"

@@ -85,20 +85,15 @@ _NEGATIVE_LIST = re.compile(r"-[\d.][^,]*(,[^,]*)+")  # -75,40,-74,41 (and malfo
 
 
 def cmd_dataset(args, rep):
-    from .datasets.dataset import build_dataset, dataset_from_label_maker_config, parse_splits
+    from .datasets.dataset import build_dataset, dataset_from_label_maker_config
 
-    common = dict(block_size=args.block_size, force=args.force, max_tiles=args.max_tiles, cache_dir=args.cache,
-                  concurrency=args.concurrency, progress=rep.progress, log=rep.log)
     if args.config:
-        summary = dataset_from_label_maker_config(args.config, args.out, extra_labels=args.extra_labels, **common)
+        summary = dataset_from_label_maker_config(args, progress=rep.progress, log=rep.log)
     else:
         missing = [f"--{n}" for n in ("area", "towers", "imagery") if not getattr(args, n)]
         if missing:
             raise UserError(f"dataset needs {', '.join(missing)} (or --config label-maker-config.json)")
-        summary = build_dataset(args.area, args.towers, args.imagery, args.out, zoom=args.zoom,
-                                background_ratio=args.background_ratio, splits=parse_splits(args.split),
-                                seed=args.seed, extra_labels=args.extra_labels, tower_filter=args.tower_filter,
-                                span_negatives=args.span_negatives, **common)
+        summary = build_dataset(args, progress=rep.progress, log=rep.log)
     lines = [f"dataset written to {args.out}: {summary['tiles']} tiles"]
     lines += [f"  {name}: {s['tiles']} tiles ({s['tower']} tower, {s['background']} background)"
               for name, s in summary["splits"].items()]
@@ -140,10 +135,7 @@ def cmd_search(args, rep):
 def cmd_predict(args, rep):
     from .prediction.predict import predict
 
-    stats = predict(args.model, args.imagery, args.out, area=args.area, tiles=args.tiles, zoom=args.zoom,
-                    shard=args.shard, shards=args.shards, workers=args.workers, checkpoint_every=args.checkpoint_every,
-                    batch_size=args.batch_size, max_tiles=args.max_tiles, precision=args.precision,
-                    views=args.views, imagery_name=args.imagery_name, progress=rep.progress, log=rep.log)
+    stats = predict(args, progress=rep.progress, log=rep.log)
     text = (f"scored {stats['tiles_scored']:,} tiles into {args.out} ({stats['tiles_failed']:,} without imagery or "
             f"unreadable, {stats['chunks_written']} chunks written, {stats['chunks_existing']} already there; "
             f"{stats['tiles_per_second']} tiles/s, {_share(stats['checkpoint_seconds'], stats['seconds'])} of the time "

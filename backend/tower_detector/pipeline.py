@@ -268,3 +268,15 @@ SPLITTABLE = [s.name for s in STAGES if s.splits]
 GPU = [s.name for s in STAGES if s.gpu]
 REMOTE = [s.name for s in STAGES if s.remote]
 ALIASES = {"sample": "synthetic"}  # old command names, still accepted with a note
+
+
+def options(stage, **values):
+    """A stage's arguments as its command parses them: every argument's default, then `values` by name (the
+    argument's dest, e.g. checkpoint_every). What a library caller (a test, a benchmark) passes to a stage's
+    function, as the CLI passes its parsed arguments. TypeError for a name the stage does not take."""
+    actions = STAGE[stage].arguments(argparse.ArgumentParser(add_help=False))
+    defaults = {a.dest: a.default for a in actions}
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise TypeError(f"the {stage} stage takes no {', '.join(unknown)}")
+    return argparse.Namespace(**{**defaults, **values})

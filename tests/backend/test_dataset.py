@@ -13,18 +13,19 @@ from rasterio.windows import Window
 
 from tests.fakes.training import folder_bytes
 from tower_detector.common.errors import UserError
-from tower_detector.datasets.dataset import build_dataset, parse_splits
+from tower_detector.datasets.dataset import build_dataset
 from tower_detector.datasets.labelmaker import validate_config
 from tower_detector.datasets.labels import positive_tiles
+from tower_detector.pipeline import options
 from tower_detector.sources.osm import load_towers
-
-SPLITS = parse_splits("0.6,0.2,0.2")
 
 
 def build(scene, out, **kwargs):
-    options = dict(zoom=18, background_ratio=2.0, splits=SPLITS, seed=1, block_size=2, log=lambda *a: None)
-    options.update(kwargs)
-    return build_dataset(str(scene["area"]), str(scene["towers"]), str(scene["imagery"]), str(out), **options)
+    """build_dataset on a scene, as `dataset` would run it with these arguments."""
+    values = dict(zoom=18, background_ratio=2.0, split="0.6,0.2,0.2", seed=1, block_size=2)
+    values.update(kwargs)
+    return build_dataset(options("dataset", area=str(scene["area"]), towers=str(scene["towers"]),
+                                 imagery=str(scene["imagery"]), out=str(out), **values), log=lambda *a: None)
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +166,9 @@ def test_span_negatives_come_from_lines_between_mapped_towers(sample_scene, tmp_
     every = {f"{x}-{y}-18" for x, y in span_tiles(lines, towers, 18).tolist()}
     assert every and not every & {f"{x}-{y}-18" for x, y in positive_tiles(towers.lon, towers.lat, 18).tolist()}
 
-    one_split = parse_splits("1")  # no tiles dropped at split borders, so every tile chosen is in the index
-    plain = build(sample_scene, tmp_path / "plain", splits=one_split, background_ratio=1.0)
-    spans = build(sample_scene, tmp_path / "spans", splits=one_split, background_ratio=1.0, span_negatives=1.0)
+    one_split = "1"  # no tiles dropped at split borders, so every tile chosen is in the index
+    plain = build(sample_scene, tmp_path / "plain", split=one_split, background_ratio=1.0)
+    spans = build(sample_scene, tmp_path / "spans", split=one_split, background_ratio=1.0, span_negatives=1.0)
     assert plain["span_negative_tiles"] == 0 and spans["span_negative_tiles"] == min(len(every), plain["tiles"] // 2)
     rows = {r["tile_id"]: r for r in read_index(tmp_path / "spans")}
     chosen = every & set(rows)
@@ -333,7 +334,7 @@ def test_a_rebuild_replaces_the_dataset_whole_and_never_a_folder_of_other_files(
         build(sample_scene, other)
     assert folder_bytes(other) == {"notes.txt": b"the user's"}
     with pytest.raises(UserError, match="--cache .* inside --out"):
-        build(sample_scene, out, cache_dir=str(out / "cache"))
+        build(sample_scene, out, cache=str(out / "cache"))
 
 
 def test_full_disk_is_one_line_and_leaves_no_partial_arrays(sample_scene, tmp_path):

@@ -17,8 +17,9 @@ from pyproj import Geod
 from tests.fakes.candidates_helpers import centre, make_candidates, review, run_cli, scene_features, tile_of
 from tests.fakes.training import folder_bytes
 from tower_detector.common.errors import UserError
-from tower_detector.datasets.dataset import build_dataset, parse_splits
+from tower_detector.datasets.dataset import build_dataset
 from tower_detector.geo.tilemath import tile_bounds_4326
+from tower_detector.pipeline import options
 from tower_detector.review.exports import export
 from tower_detector.sources.osm import load_towers
 
@@ -425,9 +426,10 @@ def test_labels_round_trip_into_a_dataset(sample_scene, tmp_path):
         assert [tile_of(rejected_points.lon[0], rejected_points.lat[0])] == [rejected] and len(rejected_points) == 1
 
     out = tmp_path / "ds"
-    result = build_dataset(str(sample_scene["area"]), str(sample_scene["towers"]), str(sample_scene["imagery"]),
-                           str(out), splits=parse_splits("1"), block_size=2, background_ratio=1, seed=1,
-                           extra_labels=str(tmp_path / "labels.gpkg"), log=lambda *a: None)
+    result = build_dataset(options("dataset", area=str(sample_scene["area"]), towers=str(sample_scene["towers"]),
+                                   imagery=str(sample_scene["imagery"]), out=str(out), split="1", block_size=2,
+                                   background_ratio=1, seed=1, extra_labels=str(tmp_path / "labels.gpkg")),
+                           log=lambda *a: None)
     assert result["hard_negatives"] == 1
     with open(out / "index.csv", encoding="utf-8") as f:
         header, *lines = [line.strip().split(",") for line in f]

@@ -342,6 +342,7 @@ def test_a_batch_too_big_for_the_gpu_fails_before_any_chunk(tiny_model, sample_s
     import tensorflow as tf
 
     from tower_detector.common.errors import UserError
+    from tower_detector.pipeline import options
     from tower_detector.prediction.predict import predict
     from tower_detector.training.model import Classifier
 
@@ -351,8 +352,8 @@ def test_a_batch_too_big_for_the_gpu_fails_before_any_chunk(tiny_model, sample_s
 
     monkeypatch.setattr(Classifier, "warm_up", out_of_memory)
     with pytest.raises(UserError, match=r"out of memory scoring a batch of 64 tiles: try --batch-size 32$"):
-        predict(str(tiny_model[0]), str(sample_scene["imagery"]), str(tmp_path / "store"),
-                area=str(sample_scene["area"]), log=lambda *a, **k: None)
+        predict(options("predict", model=str(tiny_model[0]), imagery=str(sample_scene["imagery"]),
+                        out=str(tmp_path / "store"), area=str(sample_scene["area"])), log=lambda *a, **k: None)
     assert not list((tmp_path / "store").glob("chunks/*/*.npz"))  # nothing scored, nothing written
 
 

@@ -40,7 +40,6 @@ from ..geo.cover import lonlat_to_tile_space, tile_cover
 from ..geo.tilemath import TILE_SIZE, tile_id
 from .labels import positive_tiles
 
-DEFAULT_SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 TOWER_CLASS = {"name": "tower", "filter": ["==", "power", "tower"]}
 SPAN_LINES = "power=line"  # the lines whose spans give negatives (HV: minor lines hang on poles, not towers)
 SNAP_DEGREES = 1e-7  # a line vertex this close to a tower point is that tower (in OSM: the same node)
@@ -62,18 +61,24 @@ def parse_splits(text, names=None):
     return tuple(zip(names, values))
 
 
-def build_dataset(area, towers, imagery, out, *, zoom=18, background_ratio=3.0, splits=DEFAULT_SPLITS, seed=0,
-                  extra_labels=None, tower_filter="power=tower", block_size=8, force=False, max_tiles=50_000_000,
-                  span_negatives=0.0, cache_dir=None, concurrency=16, progress=None, log=print):
-    """Build the dataset into `out` and return the summary written to dataset.json.
+def build_dataset(opts, *, splits=None, progress=None, log=print):
+    """Build the dataset into opts.out and return the summary written to dataset.json.
 
-    span_negatives: negative tiles taken along mapped lines, per tower tile (see span_tiles), beside the
-    random background: a line's conductors and corridor are the easy cue a model learns first, and these
-    tiles teach it that they are not a tower."""
+    opts: the dataset stage's arguments (the CLI's parsed arguments, or pipeline.options("dataset", ...)): area,
+    towers, imagery, out, zoom, background_ratio, span_negatives, split, seed, extra_labels, tower_filter,
+    block_size, force, max_tiles, cache, concurrency. span_negatives: negative tiles taken along mapped lines, per
+    tower tile (see span_tiles), beside the random background: a line's conductors and corridor are the easy cue a
+    model learns first, and these tiles teach it that they are not a tower. splits: parse_splits' splits, in
+    place of opts.split's (label-maker's named splits)."""
     from ..sources.imagery import open_imagery
     from ..sources.osm import load_lines, load_towers
 
     progress = progress or (lambda *a, **k: None)
+    area, towers, imagery, out, zoom, seed = opts.area, opts.towers, opts.imagery, opts.out, opts.zoom, opts.seed
+    background_ratio, span_negatives, tower_filter = opts.background_ratio, opts.span_negatives, opts.tower_filter
+    extra_labels, block_size, force, max_tiles = opts.extra_labels, opts.block_size, opts.force, opts.max_tiles
+    cache_dir, concurrency = opts.cache, opts.concurrency
+    splits = parse_splits(opts.split) if splits is None else splits
     if not (isinstance(span_negatives, (int, float)) and 0 <= span_negatives <= 100):
         raise UserError(f"--span-negatives must be 0 to 100 tiles per tower tile, not {span_negatives}")
     _check_out(out, cache_dir)
@@ -410,10 +415,14 @@ def _write_label_maker_config(out, region, towers_spec, imagery_description, zoo
     return config
 
 
-def dataset_from_label_maker_config(path, out, **kwargs):
-    """Run `dataset` from a label-maker config.json (validated with label-maker's own schema)."""
+def dataset_from_label_maker_config(opts, **kwargs):
+    """Run `dataset` from the label-maker config.json opts.config (validated with label-maker's own schema): its
+    area, labels, imagery, zoom, background ratio, seed, splits and class in place of opts'."""
+    import argparse
+
     from .labelmaker import validate_config
 
+    path = opts.config
     try:
         with open(path) as f:
             config = json.load(f)
@@ -429,9 +438,11 @@ def dataset_from_label_maker_config(path, out, **kwargs):
         raise UserError("the config needs 'geojson' (tower points) and 'bounding_box'")
     names = config.get("split_names", ["train", "test"])
     splits = parse_splits(",".join(str(v) for v in config.get("split_vals", [0.8, 0.2])), names=names)
-    return build_dataset(",".join(str(v) for v in config["bounding_box"]), config["geojson"], config["imagery"], out,
-                         zoom=config["zoom"], background_ratio=config.get("background_ratio", 3.0), splits=splits,
-                         seed=config.get("seed", 0), tower_filter=_tag_filter(config["classes"]), **kwargs)
+    from_config = {"area": ",".join(str(v) for v in config["bounding_box"]), "towers": config["geojson"],
+                   "imagery": config["imagery"], "zoom": config["zoom"], "seed": config.get("seed", 0),
+                   "background_ratio": config.get("background_ratio", 3.0),
+                   "tower_filter": _tag_filter(config["classes"])}
+    return build_dataset(argparse.Namespace(**{**vars(opts), **from_config}), splits=splits, **kwargs)
 
 
 def _tag_filter(classes):

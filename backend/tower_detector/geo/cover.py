@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from ..common.atomic import atomic_file
 from ..common.errors import UserError, one_line
 from .tilemath import tile_id
 
@@ -121,20 +122,15 @@ class TileCover:
     def save(self, path, shards=None):
         """Write the cover: JSON runs (compact, any size), or one x-y-z id per line for .txt/.csv."""
         check_cover_path(path)
-        tmp = f"{path}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
+            with atomic_file(path, encoding="utf-8") as f:
                 if str(path).lower().endswith(TEXT_EXTENSIONS):
                     for xs, ys in self.iter_batches():
                         f.write("".join(f"{x}-{y}-{self.zoom}\n" for x, y in zip(xs.tolist(), ys.tolist())))
                 else:
                     json.dump(self.to_dict(shards), f, separators=(",", ":"))
-            os.replace(tmp, path)
         except OSError as exc:  # a full disk, a read-only folder: nothing is left behind
             raise UserError(f"cannot write the tile cover {path}: {one_line(exc)}") from None
-        finally:
-            if os.path.isfile(tmp):
-                os.remove(tmp)
 
     @classmethod
     def load(cls, path):

@@ -52,17 +52,16 @@ def model_fingerprint(model_dir):
     return digest.hexdigest()
 
 
-def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=None, shards=None, workers=16,
-            checkpoint_every=5000, batch_size=64, prefetch=4, max_tiles=100_000_000, precision="auto", views=1,
-            imagery_name=None, progress=None, log=print):
-    """Score the cover's tiles (this shard's, or all) into the store `out`; returns the run's summary.
+def predict(opts, *, prefetch=4, progress=None, log=print):
+    """Score the cover's tiles (this shard's, or all) into the store opts.out; returns the run's summary.
 
+    opts: the predict stage's arguments (the CLI's parsed arguments, or pipeline.options("predict", ...)): model,
+    imagery, out, area or tiles, zoom, shard, shards, workers, checkpoint_every, batch_size, max_tiles, precision
+    (auto, float32 or mixed, as model.dtype_policy reads them), views (1, 2, 4 or 8 turned and mirrored copies of
+    each tile scored and averaged) and imagery_name (the imagery's name for people, kept with the job for exports).
     Everything that can be checked is checked before TensorFlow loads. Tiles that failed transiently in an
     earlier run are scored first; one more pass at the end retries this run's transient failures. Raises
-    ImageryUnreachable (exit 1) on an outage: what was scored is kept, the job is not complete.
-    precision: auto, float32 or mixed, as model.dtype_policy reads them (auto: bfloat16 on a CPU with it native).
-    views: 1, 2, 4 or 8 turned and mirrored copies of each tile scored and averaged (Classifier).
-    imagery_name: the imagery's name for people (e.g. "Esri World Imagery"), kept with the job for exports."""
+    ImageryUnreachable (exit 1) on an outage: what was scored is kept, the job is not complete."""
     from ..geo.areas import load_area
     from ..geo.cover import TileCover, tile_cover
     from ..sources.imagery import open_imagery
@@ -70,6 +69,9 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
     from .store import open_store
 
     progress = progress or (lambda *a, **k: None)
+    model_dir, imagery, out, area, tiles, zoom = opts.model, opts.imagery, opts.out, opts.area, opts.tiles, opts.zoom
+    workers, checkpoint_every, batch_size = opts.workers, opts.checkpoint_every, opts.batch_size
+    precision, views, shard, shards = opts.precision, opts.views, opts.shard, opts.shards
     if (area is None) == (tiles is None):
         raise UserError("predict needs --area or --tiles (one of them)")
     if checkpoint_every < 1 or batch_size < 1 or workers < 1:
@@ -87,8 +89,8 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
         cover = tile_cover(load_area(area), zoom)
     if cover.count == 0:
         raise UserError("the area or tile list holds no tiles")
-    if cover.count > max_tiles:
-        raise UserError(f"{cover.count:,} tiles is over --max-tiles {max_tiles:,}")
+    if cover.count > opts.max_tiles:
+        raise UserError(f"{cover.count:,} tiles is over --max-tiles {opts.max_tiles:,}")
     n_shards = picked[1] if picked else (shards or 1)
     if n_shards > len(cover.x):
         raise UserError(f"{n_shards} shards for {len(cover.x)} tile columns: shards are column ranges; use fewer")
@@ -103,8 +105,8 @@ def predict(model_dir, imagery, out, *, area=None, tiles=None, zoom=18, shard=No
             identity["views"] = views
         job = {"identity": identity, "model": os.path.abspath(model_dir),
                "model_params": {k: params.get(k) for k in ("image_size", "data_fingerprint")}}
-        if imagery_name:
-            job["imagery_name"] = imagery_name
+        if opts.imagery_name:
+            job["imagery_name"] = opts.imagery_name
         store.prepare_job(job, cover, ranges, checkpoint_every)  # written once the imagery has answered
         selected = [picked[0]] if picked else list(range(len(ranges)))
         scan = store.scan()

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 
+from ..common.atomic import atomic_file
 from ..common.errors import UserError
 from ..common.redaction import redact
 from ..common.redaction import secrets as literal_secrets
@@ -58,10 +59,8 @@ def save_job(record):
     jobs = load_jobs()
     jobs[record["name"]] = record
     os.makedirs(_home(), exist_ok=True)
-    path = os.path.join(_home(), "jobs.json")
-    with open(path + ".tmp", "w") as f:
+    with atomic_file(os.path.join(_home(), "jobs.json")) as f:
         f.write(redact(json.dumps(jobs, indent=1)))  # specs carry ${NAME} references only; this is a last check
-    os.replace(path + ".tmp", path)
 
 
 def find_job(ref):

@@ -354,7 +354,7 @@ class ImagerySource:
             Image.fromarray(image).save(buf, format="PNG")
             data, ext = buf.getvalue(), "png"
         path = self._cache_path(x, y, z, ext)
-        try:
+        try:  # atomic, as atomic_file, but without its fsync: a cache file lost in a crash is only a miss
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{y}.", suffix=".tmp")
             try:
