@@ -381,8 +381,10 @@ class Store:
             count[key] = next(k for k in range(1, len(present) + 2) if k not in present) - 1
         scan = Scan(done, {k: v for k, v in count.items() if v}, marked)
         if not self._marked:
-            self._marked = self.storage.exists(MARKED)
-            if not self._marked:  # a store from before the markers: mark its chunks with failures, once
+            # a store from before the markers: mark its chunks with failures, once (a new one is marked when its
+            # job is written)
+            self._marked = not self.has_job() or self.storage.exists(MARKED)
+            if not self._marked:
                 scan = self._mark_failures(scan)
         return scan
 
