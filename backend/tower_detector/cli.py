@@ -108,7 +108,8 @@ def cmd_train(args, rep):
 
     params = {**(load_params_file(args.params) if args.params else {}), **training_flags(args)}
     result = train(args.data, args.out, params, weights=args.weights, progress=rep.progress, log=rep.log,
-                   precision=args.precision, in_place=getattr(args, "in_place", False))  # set by remote worker
+                   precision=args.precision, in_place=getattr(args, "in_place", False),  # set by remote worker
+                   init=args.init)
     text = (f"model written to {args.out}: test ROC AUC {_fmt(result['roc_auc'])}, accuracy {result['accuracy']:.3f}, "
             f"precision {result['precision']:.3f}, recall {result['recall']:.3f} at 0.5; thresholds "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in result["thresholds"].items()))

@@ -140,7 +140,9 @@ def train_arguments(sp, remote=False):
         _out(sp, remote, "model directory to write (or to resume)"),
         sp.add_argument("--params", help="JSON file of hyperparameters (docs/training.md); flags below override it"),
         sp.add_argument("--weights", default="imagenet", help="imagenet (downloaded once by Keras), none, or an "
-                        "Xception notop .h5 weights file"),
+                        "Xception notop .h5 weights file (ignored with --init)"),
+        sp.add_argument("--init", metavar="MODEL_DIR", help="fine-tune this trained model on --data instead of "
+                        "starting afresh (a warm start: its recipe, backbone and input size are kept)"),
         *add_training_flags(sp, "train"),
         sp.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP),
     ]
@@ -252,7 +254,7 @@ STAGES = [
     Stage("synthetic", "Write a synthetic aerial scene with HV towers, for tests and demos.", synthetic_arguments),
     Stage("dataset", "Build a label-maker-compatible training set of tower/background tiles.", dataset_arguments),
     Stage("train", "Train the Xception tower classifier on a dataset (resumes when run again).", train_arguments,
-          inputs=("data", "params", "weights"), gpu=True, remote=True),
+          inputs=("data", "params", "weights", "init"), gpu=True, remote=True),
     Stage("search", "Hyperopt TPE search over the training recipe (resumes when run again).", search_arguments,
           inputs=("data", "params", "space", "weights"), gpu=True, remote=True),
     Stage("predict", "Score every tile of an area into a results store (resumes when run again).",

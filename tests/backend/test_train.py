@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,11 @@ def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dat
     assert params["epochs_phase1"] == TINY["epochs_phase1"] == 1
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["split"] == "test" and set(saved["thresholds"]) == {"youden", "recall_0.9", "original"}
+    # the card names its data and judges the model by the rule in metrics.json
+    card = (out / "MODEL_CARD.md").read_text()
+    assert saved["verdict"]["level"] in ("ok", "chance", "too_few") and saved["verdict"]["text"] in card
+    assert str(dataset / "scene" / "towers.geojson") in card or "towers.geojson" in card
+    assert f"{saved['n_tower']} tower and {saved['n_background']} background tiles" in card
 
     # test_scores.csv holds the scores behind metrics.json, and the saved model (safe mode) scoring the test
     # tiles again gives them (scores, not the AUC: a tiny model's near-equal scores may swap ranks on other CPUs)
@@ -254,6 +260,48 @@ def test_finished_training_is_not_redone_and_a_different_one_is_refused(trained,
     assert os.path.getmtime(out / "model.keras") == mtime
     with pytest.raises(UserError, match="holds a different training"):
         train(str(dataset), str(out), dict(TINY, dense_size=64), weights="none")
+
+
+# -- warm start (--init) -----------------------------------------------------------------------------------------
+def test_a_warm_start_begins_from_the_model_and_keeps_its_recipe(trained, dataset, tmp_path):
+    import keras
+
+    init, _ = trained
+    out = tmp_path / "v2"
+    # no epochs at all: what comes out is the model started from, weight for weight
+    done = cli("train", "--data", dataset, "--out", out, "--init", init, "--epochs-fine", 0, "--batch-size", 16)
+    assert done.returncode == 0, done.stderr[-2000:]
+    params = json.loads((out / "params.json").read_text())
+    first = json.loads((init / "params.json").read_text())
+    assert params["init"] == str(init) and params["epochs_phase1"] == 0 and params["epochs_phase2"] == 0
+    # the recipe is the first model's (72 px, dense 32, from scratch), not train's ImageNet defaults
+    assert (params["image_size"], params["dense_size"], params["weights"]) == (72, 32, "none")
+    assert params["focal_gamma"] == first["focal_gamma"] and params["lr_phase2"] == first["lr_phase2"]
+    theirs = keras.saving.load_model(init / "model.keras", compile=False).get_weights()
+    ours = keras.saving.load_model(out / "model.keras", compile=False).get_weights()
+    assert len(theirs) == len(ours) and all(np.array_equal(a, b) for a, b in zip(theirs, ours, strict=True))
+    # run again: the finished warm start is kept; from another model it is another training, refused
+    again = cli("train", "--data", dataset, "--out", out, "--init", init, "--epochs-fine", 0, "--batch-size", 16)
+    assert again.returncode == 0 and "already holds this finished training" in again.stderr + again.stdout
+    other = tmp_path / "other"
+    shutil.copytree(init, other)
+    params_other = json.loads((other / "params.json").read_text())
+    (other / "params.json").write_text(json.dumps(dict(params_other, data_fingerprint="another")))
+    refused = cli("train", "--data", dataset, "--out", out, "--init", other, "--epochs-fine", 0, "--batch-size", 16)
+    assert refused.returncode == 2 and "holds a different training" in refused.stderr
+
+
+def test_a_warm_start_from_another_network_is_refused_in_one_line_before_tensorflow(trained, dataset, tmp_path):
+    init, _ = trained
+    for extra, says in [(["--image-size", 96], "its image_size is 72, this training's is 96"),
+                        (["--params", tmp_path / "p.json"], "its dense_size is 32, this training's is 64")]:
+        (tmp_path / "p.json").write_text(json.dumps({"dense_size": 64}))
+        done = cli("train", "--data", dataset, "--out", tmp_path / "m", "--init", init, *extra, timeout=60)
+        assert done.returncode == 2 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
+    (tmp_path / "not-a-model").mkdir()
+    done = cli("train", "--data", dataset, "--out", tmp_path / "m", "--init", tmp_path / "not-a-model", timeout=60)
+    assert done.returncode == 2 and "is not a model directory" in done.stderr
 
 
 def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):

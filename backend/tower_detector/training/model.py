@@ -36,23 +36,24 @@ VERSION = 1
 CLASS_ORDER = ["background", "tower"]
 PREPROCESSING = "resize to image_size (bilinear, antialiased), then x / 127.5 - 1 (Xception)"
 
-def build_model(params, weights="none", policy="float32"):
+def build_model(params, weights="none", policy="float32", pretrained=None):
     """The classifier and its Xception base. weights: "imagenet", "none", or an Xception notop weights file;
-    policy: the Keras dtype policy its layers compute in (the global policy is float32 again afterwards)."""
+    policy: the Keras dtype policy its layers compute in (the global policy is float32 again afterwards);
+    pretrained: build the graph of a pretrained base (batch norm frozen) whatever weights are loaded, as a warm
+    start from a pretrained model does (default: weights != "none")."""
     import keras
 
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _build_model(params, weights)
+        return _build_model(params, weights, weights != "none" if pretrained is None else pretrained)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _build_model(params, weights):
+def _build_model(params, weights, pretrained):
     import keras
 
     size = params["image_size"]
-    pretrained = weights != "none"
     base = _xception(size, weights)
     inputs = keras.Input(shape=(None, None, 3), name="tile")
     x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="resize")(inputs)

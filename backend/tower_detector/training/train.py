@@ -31,6 +31,7 @@ import numpy as np
 
 from ..common.atomic import atomic_file, swap_in
 from ..common.errors import UserError, one_line
+from .card import verdict, write_card
 from .model import (
     VIEWS,
     after_resize,
@@ -38,6 +39,7 @@ from .model import (
     check_weights,
     dtype_policy,
     has_gpu,
+    read_params,
     set_trainable,
     view,
     warn_if_slow_precision,
@@ -271,21 +273,29 @@ def _recolour(images):
 
 
 # --- training -----------------------------------------------------------------------------------------------
-def train(data_dir, out, params=None, weights="none", progress=None, log=print, precision="auto", in_place=False):
+def train(data_dir, out, params=None, weights="none", progress=None, log=print, precision="auto", in_place=False,
+          init=None):
     """Train (or resume training) into the model directory `out`; returns the test metrics.
 
     precision: auto (mixed precision where the hardware runs it faster: float16 on a GPU, bfloat16 on a CPU
     with AMX-BF16 or AVX512-BF16), float32, or mixed. The saved model is float32 whatever it trained in, so it
     runs anywhere. in_place: train in `out` itself, not beside it (the remote worker, whose output is the S3
-    copy of `out`, pushed while it trains)."""
+    copy of `out`, pushed while it trains). init: a trained model directory to start from (a warm start) instead
+    of `weights`: its recipe is the base that params override, and its backbone and input size must stay."""
     progress = progress or (lambda *a, **k: None)
     dtype_policy(precision)  # a bad value fails before any work
-    check_weights(weights)
-    params = check_params(params or {}, base=default_params(weights))
+    if init:
+        init_params = _warm_start(init)
+        weights = init_params.get("weights", "none")  # the graph a pretrained base has (batch norm frozen)
+        params = check_params(params or {}, base=_warm_base(init_params))
+        _check_same_network(init, init_params, params)
+    else:
+        check_weights(weights)
+        params = check_params(params or {}, base=default_params(weights))
     data = TrainingData(data_dir)
     train_split, val_split, test_split = data.roles(log)
     out = os.path.normpath(out)
-    state, work = _start_state(out, params, weights, data, in_place)
+    state, work = _start_state(out, params, weights, data, in_place, init=init)
     if state.get("finished"):
         if work != out:  # finished, but stopped before it was swapped in
             _publish(work, out)
@@ -305,11 +315,15 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
         f"{val_split} ({sum(counts[val_split])}), testing on {test_split} ({sum(counts[test_split])}); "
         f"class weights {weights_by_class}; {'GPU, XLA' if gpu else 'CPU'}, {policy}")
     warn_if_slow_precision(policy, log)
-    if weights == "none" and params["epochs_phase1"]:
+    if weights == "none" and params["epochs_phase1"] and not init:
         log(f"from scratch, phase 1's {params['epochs_phase1']} epoch(s) train a top over a random frozen base, which "
             "learns nothing (docs/experiments/training.md): --epochs-top 0 gives them to phase 2")
     size, batch = params["image_size"], params["batch_size"]
-    model, base = build_model(params, weights, policy)  # the model only: input and augmentation stay float32
+    # the model only: input and augmentation stay float32
+    model, base = build_model(params, "none" if init else weights, policy, pretrained=weights != "none")
+    if init:
+        _load_init_weights(model, init)
+        log(f"warm start from {init}")
     fit_model, grids = after_resize(model), ()  # the pipeline resizes the tiles (and XLA cannot)
     if params["point_loss_weight"] and data.points is None:
         log("the dataset has no tower positions (towers.csv; rebuild it with tower-detector dataset): training "
@@ -374,13 +388,16 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     result.update(split=test_split, train_seconds=round(seconds, 1),
                   train_images_per_second=round(len(epochs_run) * sum(counts[train_split]) / max(seconds, 1e-9), 2),
                   best_epoch=best.record, dtype_policy=policy)
+    result["verdict"] = verdict(result)
     with open(os.path.join(work, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     _write_test_scores(os.path.join(work, "test_scores.csv"), data, test_split, scores)
     plot(result, work)
     write_params(work, params, weights=weights if weights in ("imagenet", "none") else os.path.basename(weights),
                  data_fingerprint=data.fingerprint, data_dir=os.path.abspath(data_dir), trained_on=train_split,
-                 validated_on=val_split, tested_on=test_split, class_weights=weights_by_class)
+                 validated_on=val_split, tested_on=test_split, class_weights=weights_by_class,
+                 **({"init": os.path.abspath(init)} if init else {}))
+    write_card(work, data_dir)
     _save_state(work, dict(state, finished=True))
     shutil.rmtree(os.path.join(work, "backup"), ignore_errors=True)
     if work != out:
@@ -557,10 +574,52 @@ class _BestWeights:
             json.dump(self.record, f)
 
 
-def _start_state(out, params, weights, data, in_place=False):
+# what makes two networks the same shape, so that one's weights load into the other
+NETWORK = ("backbone", "image_size", "dense_size", "dense_activation")
+
+
+def _warm_start(init):
+    """The params.json of the model to start from, checked before TensorFlow loads."""
+    params = read_params(init)
+    if not os.path.isfile(os.path.join(init, "model.keras")):
+        raise UserError(f"--init {init}: the model directory has no model.keras")
+    return params
+
+
+def _warm_base(init_params):
+    """The defaults a warm start's params override: the recipe its model was trained with; phase 1 (a new top over
+    a frozen base) is skipped, since the top is trained already."""
+    return {**default_params(init_params.get("weights", "none")),
+            **{k: v for k, v in renamed(init_params).items() if k in DEFAULT_PARAMS}, "epochs_phase1": 0}
+
+
+def _check_same_network(init, init_params, params):
+    for key in NETWORK:
+        theirs, ours = init_params.get(key, "xception" if key == "backbone" else None), \
+            params.get(key, "xception" if key == "backbone" else None)
+        if theirs != ours:
+            raise UserError(f"--init {init}: its {key} is {theirs}, this training's is {ours}: a warm start needs the "
+                            f"same network (give --{key.replace('_', '-')} {theirs}, or train afresh without --init)")
+
+
+def _load_init_weights(model, init):
+    import keras
+
+    path = os.path.join(init, "model.keras")
+    try:
+        model.set_weights(keras.saving.load_model(path, safe_mode=True, compile=False).get_weights())
+    except Exception as exc:
+        raise UserError(f"--init {init}: cannot load its weights into this network: {one_line(exc)[:300]}") from None
+
+
+def _start_state(out, params, weights, data, in_place=False, init=None):
     """(state, folder): the finished training in `out`, or the one to run or resume in `<out>.partial` (in `out`
     itself with in_place); a different training in either is refused, so a finished model is never replaced."""
     identity = {"params": params, "weights": weights, "data_fingerprint": data.fingerprint}
+    if init:  # the model started from, by what it holds rather than where it lies (a remote worker fetches it)
+        with open(os.path.join(init, "params.json"), "rb") as f:
+            described = hashlib.sha256(f.read()).hexdigest()
+        identity["init"] = {"params_sha256": described, "size": os.path.getsize(os.path.join(init, "model.keras"))}
     partial = out if in_place else f"{out}.partial"
     for folder in dict.fromkeys([out, partial]):
         state = _read_state(folder)
