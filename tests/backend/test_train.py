@@ -262,6 +262,43 @@ def test_finished_training_is_not_redone_and_a_different_one_is_refused(trained,
         train(str(dataset), str(out), dict(TINY, dense_size=64), weights="none")
 
 
+# -- backbones ---------------------------------------------------------------------------------------------------
+def test_the_point_maps_are_found_by_their_scale_and_are_xceptions_historic_ones():
+    import keras
+
+    from tower_detector.training.model import point_layers
+
+    for size in (72, 96, 256):
+        base = keras.applications.Xception(include_top=False, weights=None, input_shape=(size, size, 3))
+        assert point_layers(base, size) == ("block4_sepconv2_bn", "block13_sepconv2_bn")
+
+
+def test_a_small_backbone_trains_saves_predicts_and_is_no_warm_start_for_xception(trained, dataset, sample_scene,
+                                                                                  tmp_path):
+    out = tmp_path / "small"
+    done = cli("train", "--data", dataset, "--out", out, "--weights", "none", "--backbone", "mobilenet_v3_small",
+               "--image-size", 72, "--batch-size", 16, "--epochs-fine", 1)
+    assert done.returncode == 0, done.stderr[-2000:]
+    params = json.loads((out / "params.json").read_text())
+    assert params["backbone"] == "mobilenet_v3_small" and "backbone: mobilenet_v3_small" in \
+        (out / "MODEL_CARD.md").read_text()
+    with open(dataset / "index.csv") as f:
+        images = np.stack([np.asarray(Image.open(dataset / r["path"])) for r in list(csv.DictReader(f))[:6]])
+    scores, points = Classifier(str(out)).predict_with_points(images, batch_size=4)
+    assert scores.shape == (6,) and np.isfinite(scores).all() and points.shape == (6, 2)
+    scored = cli("predict", "--model", out, "--imagery", sample_scene["imagery"], "--area", sample_scene["area"],
+                 "--out", tmp_path / "store", "--batch-size", 8)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert "scored 64 tiles" in scored.stderr + scored.stdout
+    # a warm start keeps its backbone
+    refused = cli("train", "--data", dataset, "--out", tmp_path / "m", "--init", trained[0], "--backbone",
+                  "mobilenet_v3_small", timeout=60)
+    assert refused.returncode == 2 and "its backbone is xception, this training's is mobilenet_v3_small" in \
+        refused.stderr
+    with pytest.raises(UserError, match="freeze_cutoff must be at most 156 with backbone mobilenet_v3_small"):
+        check_params({"backbone": "mobilenet_v3_small", "freeze_cutoff": 200})
+
+
 # -- warm start (--init) -----------------------------------------------------------------------------------------
 def test_a_warm_start_begins_from_the_model_and_keeps_its_recipe(trained, dataset, tmp_path):
     import keras

@@ -1,5 +1,5 @@
-"""The tile classifier: the original project's Xception transfer-learning model, its hyperparameters and its model
-directory.
+"""The tile classifier: the original project's Xception transfer-learning model (or a smaller backbone), its
+hyperparameters and its model directory.
 
 Model directory (the contract with predict, the plugin and remote jobs):
   model.keras    the Keras 3 model; input: (None, None, 3) RGB float 0..255 (any size: resized inside to
@@ -8,9 +8,11 @@ Model directory (the contract with predict, the plugin and remote jobs):
   params.json    {"format", "version", every hyperparameter, image_size, preprocessing, class_order,
                  data_fingerprint, tower_detector_version, ...}
   metrics.json   evaluation on the test split (evaluate.py);  roc.png, scores.png;  tensorboard/
+  MODEL_CARD.md  the card, for people (card.py)
 
-Architecture: Resizing(image_size) -> Rescaling to [-1, 1] (Xception's preprocessing) -> Xception base
-(include_top=False) -> GlobalAveragePooling ("pool") -> Dense(dense_size, dense_activation, weight_init)
+Architecture: Resizing(image_size) -> Rescaling to [-1, 1] (the preprocessing of every backbone here) -> the
+backbone (params' backbone, include_top=False: Xception, MobileNetV3-Small or EfficientNetV2-B0) ->
+GlobalAveragePooling ("pool") -> Dense(dense_size, dense_activation, weight_init)
 -> Dropout -> Dense(1, sigmoid, float32). With pretrained weights the base is called with training=False, so
 its BatchNormalization layers stay in inference mode while fine-tuning (their statistics were learnt on far
 more data than ours; updating them from small batches wrecks the features). Trained from scratch
@@ -20,6 +22,7 @@ more data than ours; updating them from small batches wrecks the features). Trai
 import concurrent.futures
 import functools
 import json
+import math
 import os
 import threading
 import time
@@ -34,11 +37,11 @@ from .params import DEFAULT_PARAMS, check_params
 FORMAT = "tower-detector/model"
 VERSION = 1
 CLASS_ORDER = ["background", "tower"]
-PREPROCESSING = "resize to image_size (bilinear, antialiased), then x / 127.5 - 1 (Xception)"
+PREPROCESSING = "resize to image_size (bilinear, antialiased), then x / 127.5 - 1"
 
 def build_model(params, weights="none", policy="float32", pretrained=None):
-    """The classifier and its Xception base. weights: "imagenet", "none", or an Xception notop weights file;
-    policy: the Keras dtype policy its layers compute in (the global policy is float32 again afterwards);
+    """The classifier and its base (params' backbone). weights: "imagenet", "none", or the backbone's notop
+    weights file; policy: the Keras dtype policy its layers compute in (the global policy is float32 again afterwards);
     pretrained: build the graph of a pretrained base (batch norm frozen) whatever weights are loaded, as a warm
     start from a pretrained model does (default: weights != "none")."""
     import keras
@@ -54,10 +57,10 @@ def _build_model(params, weights, pretrained):
     import keras
 
     size = params["image_size"]
-    base = _xception(size, weights)
+    base = _backbone(params["backbone"], size, weights)
     inputs = keras.Input(shape=(None, None, 3), name="tile")
     x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name="resize")(inputs)
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="xception_scale")(x)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(x)
     if pretrained:
         x = base(x, training=False)
     else:
@@ -89,25 +92,51 @@ def after_resize(model, outputs=None):
 def check_weights(weights):
     """--weights: imagenet, none or an existing file; checked before TensorFlow loads."""
     if weights not in ("imagenet", "none") and not os.path.isfile(weights):
-        raise UserError(f"--weights {weights}: no such file (give imagenet, none, or an Xception notop .h5 file)")
+        raise UserError(f"--weights {weights}: no such file (give imagenet, none, or the backbone's notop .h5 file)")
 
 
-def _xception(size, weights):
+# keras.applications' constructor of each backbone, and where its ImageNet notop weights are published
+BACKBONES = {
+    "xception": ("Xception", "https://storage.googleapis.com/tensorflow/keras-applications/xception/"
+                 "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "mobilenet_v3_small": ("MobileNetV3Small", "https://storage.googleapis.com/tensorflow/keras-applications/"
+                           "mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+    "efficientnetv2_b0": ("EfficientNetV2B0", "https://storage.googleapis.com/tensorflow/keras-applications/"
+                          "efficientnet_v2/efficientnetv2-b0_notop.h5"),
+}
+
+
+def _backbone(name, size, weights):
     import keras
 
     check_weights(weights)
+    constructor, url = BACKBONES[name]
+    options = {} if name == "xception" else {"include_preprocessing": False}  # the model's own Rescaling does it
     try:
-        return keras.applications.Xception(include_top=False, weights=None if weights == "none" else weights,
-                                           input_shape=(size, size, 3))
+        return getattr(keras.applications, constructor)(include_top=False, input_shape=(size, size, 3),
+                                                        weights=None if weights == "none" else weights, **options)
     except Exception as exc:
         if weights == "imagenet":
             raise UserError(
-                "cannot download Xception's ImageNet weights (offline?): download "
-                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5 from "
-                "https://storage.googleapis.com/tensorflow/keras-applications/xception/ on a machine with "
+                f"cannot download {constructor}'s ImageNet weights (offline?): download {url} on a machine with "
                 "internet and pass it with --weights FILE, or train from scratch with --weights none "
                 f"({type(exc).__name__})") from None
-        raise UserError(f"cannot load Xception weights from {weights}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load {constructor} weights from {weights}: {str(exc).splitlines()[0]}") from None
+
+
+def point_layers(base, size):
+    """Names of the base's last layers at 1/8 and 1/16 of the input (the point loss's feature maps): for Xception
+    block4_sepconv2_bn and block13_sepconv2_bn. Found by their output's size, since MobileNetV3's layers have
+    numbered names; padding layers, a border around the map before a strided convolution, are passed over."""
+    import keras
+
+    last = {}
+    for layer in base.layers:
+        shape = layer.output.shape
+        if isinstance(layer, keras.layers.ZeroPadding2D) or len(shape) != 4 or not shape[1]:
+            continue
+        last[round(math.log2(size / shape[1]))] = layer.name
+    return last[3], last[4]
 
 
 def set_trainable(model, base, phase, freeze_cutoff):

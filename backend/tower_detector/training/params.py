@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 from ..common.errors import UserError
 
-XCEPTION_LAYERS = 132  # layers of keras.applications.Xception(include_top=False): freeze_cutoff's upper bound
+# the convolutional bases, with their layer count (include_top=False): freeze_cutoff's upper bound
+BACKBONE_LAYERS = {"xception": 132, "mobilenet_v3_small": 156, "efficientnetv2_b0": 268}
 _UNSET = object()
 
 
@@ -34,14 +35,18 @@ class Param(NamedTuple):
 _INITS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal")
 
 TRAINING = (
+    Param("backbone", "xception", "the convolutional base: xception (the original project's, for GPUs), "
+          "mobilenet_v3_small (small: trains and scores on a CPU in minutes) or efficientnetv2_b0",
+          choices=tuple(BACKBONE_LAYERS), flags=("--backbone", ("train", "search"))),
     Param("optimizer", "adam", "adam, rmsprop or sgd (with momentum)", choices=("adam", "rmsprop", "sgd")),
     Param("lr_phase1", 5e-4, "learning rate of phase 1 (the new top only)", low=1e-7, high=1.0),
     Param("lr_phase2", 1e-4, "learning rate of phase 2 (fine-tuning), the peak of a cosine schedule", low=1e-8,
           high=1.0, scratch=5e-4),
     Param("momentum", 0.9, "sgd's momentum", low=0.0, high=0.999),
     Param("weight_init", "glorot_uniform", "initialiser of the top's dense layer", choices=_INITS),
-    Param("freeze_cutoff", 0, "phase 2 trains the base's layers from this index on (0: all of them)", low=0,
-          high=XCEPTION_LAYERS),
+    Param("freeze_cutoff", 0, "phase 2 trains the base's layers from this index on (0: all of them; at most the "
+          "backbone's layer count: xception 132, mobilenet_v3_small 156, efficientnetv2_b0 268)", low=0,
+          high=max(BACKBONE_LAYERS.values())),
     Param("dense_size", 256, "units of the top's dense layer", low=1, high=8192),
     Param("dense_activation", "relu", "activation of the top's dense layer", choices=("relu", "elu", "selu", "tanh")),
     Param("dropout", 0.5, "dropout after the dense layer", low=0.0, high=0.95),
@@ -112,6 +117,9 @@ def check_params(params, base=None):
                 raise UserError(f"parameter {p.name} must be between {p.low:g} and {p.high:g}, not {value!r}")
             merged[p.name] = p.kind(value)
     class_weight(merged["class_weight"], 1, 1)  # checks its form
+    if merged["freeze_cutoff"] > BACKBONE_LAYERS[merged["backbone"]]:
+        raise UserError(f"parameter freeze_cutoff must be at most {BACKBONE_LAYERS[merged['backbone']]} with backbone "
+                        f"{merged['backbone']}, not {merged['freeze_cutoff']}")
     return merged
 
 

@@ -1,6 +1,6 @@
 """`tower-detector train`: the original project's two-phase transfer-learning recipe, streaming from disk, resumable.
 
-Phase 1 trains the new top with the Xception base frozen (epochs_phase1, lr_phase1); phase 2 makes the base's
+Phase 1 trains the new top with the base frozen (epochs_phase1, lr_phase1); phase 2 makes the base's
 layers from freeze_cutoff on trainable and fine-tunes (epochs_phase2, lr_phase2, reached by a linear warm-up over
 warmup_epochs). Binary cross-entropy, or the focal loss (focal_gamma), with class weights; augmentation (flips,
 90-degree turns, small rotations, zoom, brightness, contrast) on the training split only, at the tile's full size
@@ -39,6 +39,7 @@ from .model import (
     check_weights,
     dtype_policy,
     has_gpu,
+    point_layers,
     read_params,
     set_trainable,
     view,
@@ -50,10 +51,6 @@ from .params import DEFAULT_PARAMS, check_params, class_weight, default_params, 
 TILE = 256
 MONITOR = "val_auc"
 FAR = -1e4  # a padding tower position, far off every tile
-# the point loss's feature maps: the entry flow's last at 1/8 of the input (12 x 12 at 96 px), whose short path to
-# the first layers teaches them what a tower looks like early, and the exit flow's last at 1/16 (6 x 6), which the
-# pooled classifier reads
-POINT_LAYERS = ("block4_sepconv2_bn", "block13_sepconv2_bn")
 POINT_RADIUS = 12  # pixels of the 256-px tile around a tower point that count as the tower (it is ~20 px across)
 POINT_POSITIVE_WEIGHT = 10.0  # a tower covers ~1 of 36 cells: its cells weigh this much more in the point loss
 
@@ -329,7 +326,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
         log("the dataset has no tower positions (towers.csv; rebuild it with tower-detector dataset): training "
             "without the point loss")
     elif params["point_loss_weight"]:
-        grids = [tuple(base.get_layer(name).output.shape[1:3]) for name in POINT_LAYERS]
+        grids = [tuple(base.get_layer(name).output.shape[1:3]) for name in point_layers(base, size)]
         fit_model = _with_point_loss(model, base, params["point_loss_weight"], pretrained=weights != "none",
                                      size=size)
     train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"],
@@ -437,7 +434,8 @@ def _write_test_scores(path, data, split, scores):
 
 
 def _with_point_loss(model, base, weight, pretrained, size):
-    """The classifier for fitting, with the point loss: on each of the base's POINT_LAYERS maps a 1x1 convolution
+    """The classifier for fitting, with the point loss: on each of the base's point_layers maps (at 1/8 of the input,
+    whose short path to the first layers teaches them early what a tower looks like, and at 1/16) a 1x1 convolution
     predicts which cells hold a tower, against the cells the dataset's tower positions give (weighted binary
     cross-entropy, each map's added to the tile loss while training). It shares every layer with `model`, which
     is what is saved; the heads are dropped then. Inputs: tile (size x size, as after_resize), tower cells on
@@ -454,12 +452,12 @@ def _with_point_loss(model, base, weight, pretrained, size):
                     self.add_loss(weight * keras.ops.sum(cost * known) / keras.ops.maximum(keras.ops.sum(known), 1.0))
             return tower
 
-    point_maps = [base.get_layer(name).output for name in POINT_LAYERS]
+    point_maps = [base.get_layer(name).output for name in point_layers(base, size)]
     trunk = keras.Model(base.inputs, [base.output, *point_maps], name="trunk")
     tile = keras.Input((size, size, 3), name="tile")
     cells = [keras.Input(tuple(m.shape[1:3]) + (1,), name=f"tower_cells_{i}") for i, m in enumerate(point_maps)]
     known = keras.Input((), name="known")
-    x = model.get_layer("xception_scale")(tile)
+    x = model.get_layer("scale")(tile)
     features, *point_features = trunk(x, training=False) if pretrained else trunk(x)
     for name in ("pool", "dense", "dropout", "tower"):
         features = model.get_layer(name)(features)
@@ -594,9 +592,9 @@ def _warm_base(init_params):
 
 
 def _check_same_network(init, init_params, params):
+    init_params = {"backbone": "xception", **init_params}  # models from before backbones were Xception
     for key in NETWORK:
-        theirs, ours = init_params.get(key, "xception" if key == "backbone" else None), \
-            params.get(key, "xception" if key == "backbone" else None)
+        theirs, ours = init_params.get(key), params[key]
         if theirs != ours:
             raise UserError(f"--init {init}: its {key} is {theirs}, this training's is {ours}: a warm start needs the "
                             f"same network (give --{key.replace('_', '-')} {theirs}, or train afresh without --init)")
