@@ -169,3 +169,31 @@ def test_cost_estimate_uses_the_settings(plugin_settings):
     est = estimates.estimate_cost(3_600_000)
     assert (est.local_hours, est.gpu_hours, est.remote_hours, est.usd) == (10.0, 1.0, 0.25, 0.5)
     assert estimates.format_hours(est.local_hours) == "10.0 h" and estimates.format_hours(0.25) == "15 min"
+
+
+@pytest.mark.parametrize("origin", [(151_000, 142_000), (150_997, 142_003)])
+def test_an_area_from_a_tile_aligned_layer_counts_exactly(picker, utm_project, plugin_settings, tmp_path, origin):
+    """A heatmap of 16 x 16 zoom-18 tiles (EPSG:3857, tile-aligned): its extent is exactly those 256 tiles, in the
+    picker and in the backend's `tiles` of the file it wrote (7 decimals rounded edges outward: 272)."""
+    from qgis.core import QgsRasterLayer
+
+    x0, y0 = origin
+    path = support.make_heatmap(tmp_path / "heatmap.tif", [[0.5] * 16 for _ in range(16)], x0, y0)
+    layer = QgsRasterLayer(str(path), "heatmap")
+    assert layer.isValid()
+    picker.use_layer_extent(layer)
+    wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+    assert picker.exact and picker.tiles == 256
+    assert _exact_count(picker.path) == 256
+
+    # the same tiles as a WGS84 layer's extent (bounds with float noise a few mm off the tile edges)
+    (w, _s, _e, n), (_w, s, e, _n) = support.tile_lonlat(x0, y0), support.tile_lonlat(x0 + 15, y0 + 15)
+    box = QgsRectangle(w - 2e-8, s + 3e-8, e + 1e-8, n - 2e-8)
+    vector = QgsVectorLayer("Polygon?crs=EPSG:4326", "box", "memory")
+    f = QgsFeature()
+    f.setGeometry(QgsGeometry.fromRect(box))
+    vector.dataProvider().addFeatures([f])
+    vector.updateExtents()
+    picker.use_layer_extent(vector)
+    wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+    assert picker.tiles == 256 and _exact_count(picker.path) == 256
