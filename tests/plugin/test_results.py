@@ -145,6 +145,25 @@ def test_threshold_widget_filters_live(candidates, heatmap, qgis_new_project):
     widget.deleteLater()
 
 
+def test_threshold_count_is_what_the_filter_shows_with_a_backend_written_geopackage(tmp_path, qgis_new_project):
+    """QGIS's OGR count of the backend's GeoPackage ignores the filter (256 "shown" while none passed it)."""
+    from tests.fakes.candidates_helpers import make_candidates as backend_candidates
+
+    tiles = [(151_000 + i % 16, 142_000 + i // 16) for i in range(256)]
+    path = backend_candidates(tmp_path / "c.gpkg", tiles, scores=[0.50243 + i * 1e-7 for i in range(256)])
+    layer = result_layers.load_candidates(str(path), threshold=0.5)
+    widget = ThresholdWidget()
+    widget.bind([layer], None, threshold=0.5)
+    assert widget.count.text() == "256 candidates shown"
+    for value in (900, 890):
+        widget.slider.setValue(value)
+        assert sum(1 for _ in layer.getFeatures()) == 0
+        assert widget.count.text() == "0 candidates shown"
+    widget.spin.setValue(0.502)
+    assert widget.count.text() == "256 candidates shown"
+    widget.deleteLater()
+
+
 def test_plugin_loads_a_result_set_into_one_group(qgis_iface, qgis_new_project, plugin_settings, heatmap,
                                                   candidates):
     plugin = TowerDetectorPlugin(qgis_iface)

@@ -167,12 +167,9 @@ def reload_file_layers(path: str, project: QgsProject = None) -> list:
 
 
 def count(layer: QgsVectorLayer) -> int:
-    """Features passing the layer's filter. QGIS 3.22's OGR provider can answer -1 for the filtered count of a
-    second layer of the same GeoPackage (its COUNT query fails with "unable to open database file" while
-    reading works): then count by reading, without geometry or attributes."""
-    n = layer.featureCount()
-    if n >= 0:
-        return n
+    """Features passing the layer's filter, counted by reading them without geometry or attributes. QGIS 3.22's OGR
+    provider cannot be trusted with the filtered count of a GeoPackage: for the backend's files it answers the
+    whole table's count whatever the filter, and for a second layer of one file it can answer -1."""
     request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry).setNoAttributes()
     return sum(1 for _ in layer.getFeatures(request))
 
