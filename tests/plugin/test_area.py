@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 from qgis.core import (
+    Qgis,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsGeometry,
@@ -197,3 +198,60 @@ def test_an_area_from_a_tile_aligned_layer_counts_exactly(picker, utm_project, p
     picker.use_layer_extent(vector)
     wait_until(lambda: picker.tiles is not None, 60, "the tile count")
     assert picker.tiles == 256 and _exact_count(picker.path) == 256
+
+
+def test_use_this_area_from_the_toolbar_loads_a_styled_layer_and_says_so(qgis_iface, plugin_settings, utm_project):
+    from qgis.core import QgsWkbTypes
+
+    from tower_detector_plugin.plugin import TowerDetectorPlugin
+
+    plugin = TowerDetectorPlugin(qgis_iface)
+    qgis_iface.messageBar().clear_messages()
+    for _ in range(2):  # the same area used twice: one layer, read again
+        picker = plugin.pick_area()
+        picker.name.setText("farm")
+        picker.set_area(QgsGeometry.fromRect(BOX), UTM35S)
+        wait_until(lambda p=picker: p.tiles is not None, 60, "the tile count")
+        picker.use_button.click()
+        assert not picker.isVisible()
+    layers = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.source().startswith(picker.path)]
+    assert len(layers) == 1
+    layer = layers[0]
+    assert layer.isValid() and layer.name() == "farm" and layer.geometryType() == QgsWkbTypes.PolygonGeometry
+    symbol = layer.renderer().symbol()
+    assert symbol.symbolLayer(0).fillColor().alpha() < 100  # an outline the imagery shows through
+    assert symbol.symbolLayer(0).strokeColor().name() == "#f57c00"  # the picker's orange
+    messages = qgis_iface.messageBar().get_messages(Qgis.Success)
+    assert any("farm" in m and "added" in m and "225 tiles" in m for m in messages), messages
+    plugin.unload()
+
+
+def test_the_picker_sits_beside_the_middle_of_the_map_and_shows_all_its_text(qgis_iface, plugin_settings,
+                                                                           utm_project):
+    from qgis.PyQt.QtWidgets import QApplication, QLabel
+
+    window = qgis_iface.mainWindow()
+    window.resize(1366, 768)
+    window.show()
+    utm_project.resize(1200, 700)
+    picker = area_picker.AreaPickerDialog(qgis_iface)
+    picker.show()
+    try:
+        picker.set_area(QgsGeometry.fromRect(BOX), UTM35S)
+        wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+        picker._fail("a long warning that has to wrap onto a second line of the picker, or be cut off at its edge "
+                     "where nobody can read the end of it")
+        QApplication.processEvents()
+        centre = utm_project.mapToGlobal(utm_project.rect().center())
+        assert not picker.frameGeometry().contains(centre)
+        assert picker.width() <= 600
+        for label in picker.findChildren(QLabel):
+            if label.isVisible() and label.text():
+                if label.wordWrap():
+                    assert label.height() >= label.heightForWidth(label.width()), label.text()
+                else:
+                    assert label.width() >= label.sizeHint().width(), label.text()
+        assert picker.file_label.toolTip() == picker.path  # the name shows, the whole path in its tooltip
+    finally:
+        picker.close()
+        picker.deleteLater()

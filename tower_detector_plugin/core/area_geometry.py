@@ -1,5 +1,5 @@
 """The area of a job: any polygon made WGS84 (EPSG:4326), measured, its zoom-18 tiles estimated, written as
-the GeoJSON file the CLI reads."""
+the GeoJSON file the CLI reads, and shown as a styled layer."""
 
 import json
 import math
@@ -9,8 +9,11 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsDistanceArea,
+    QgsFillSymbol,
     QgsGeometry,
     QgsProject,
+    QgsSingleSymbolRenderer,
+    QgsVectorLayer,
     QgsWkbTypes,
 )
 
@@ -19,6 +22,7 @@ from . import parameters
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 MAX_LAT = 85.05112878  # Web Mercator's limit: tiles do not go further
 EARTH_CIRCUMFERENCE_M = 40075016.686
+AREA_COLOUR = "245,124,0"  # the picker's orange
 ZOOM = parameters.ZOOM.default  # the zoom the picker counts and estimates
 # A vertex this close to a zoom-18 tile edge is put on it: an extent made from tile bounds (a heatmap, a tile-aligned
 # layer) carries float or rounding noise of millimetres, and an edge a hair outside takes in a whole row of tiles.
@@ -93,6 +97,27 @@ def write_area(geom4326: QgsGeometry, path: str, name: str = "") -> str:
         json.dump(feature_collection(geom4326, name or os.path.splitext(os.path.basename(path))[0]), f)
     os.replace(tmp, path)
     return path
+
+
+def add_area_layer(path: str, name: str = "", project: QgsProject = None) -> QgsVectorLayer:
+    """The area file as an orange outline (the imagery shows through) in the project; a layer already reading
+    that file is read again instead of added twice."""
+    project = project or QgsProject.instance()
+    real = os.path.realpath(path)
+    for layer in project.mapLayers().values():
+        if os.path.realpath(layer.source().split("|")[0]) == real:
+            layer.reload()
+            layer.updateExtents()
+            layer.triggerRepaint()
+            return layer
+    layer = QgsVectorLayer(path, name or os.path.splitext(os.path.basename(path))[0], "ogr")
+    if not layer.isValid():
+        raise ValueError(f"cannot read the area file {path}")
+    symbol = QgsFillSymbol.createSimple({"color": f"{AREA_COLOUR},40", "outline_color": AREA_COLOUR,
+                                         "outline_width": "0.8"})
+    layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+    project.addMapLayer(layer)
+    return layer
 
 
 def _measure(geom4326: QgsGeometry, transform_context=None):
