@@ -275,6 +275,32 @@ def test_settings_dialog_checks_the_backend_and_keeps_secrets_out(plugin_setting
     dialog.deleteLater()
 
 
+def test_settings_are_grouped_and_fit_a_laptop_screen(plugin_settings):
+    from qgis.PyQt.QtWidgets import QGroupBox
+
+    dialog = SettingsDialog()
+    groups = {box.title(): box for box in dialog.findChildren(QGroupBox)}
+    assert list(groups) == ["Local", "Imagery", "AWS", "Estimates and limits", "Results and review"]
+
+    def group_of(widget):
+        while widget is not None and not isinstance(widget, QGroupBox):
+            widget = widget.parentWidget()
+        return widget.title() if widget is not None else None
+
+    assert {group_of(w) for w in (dialog.run_on, dialog.cli_path, dialog.check_label, dialog.work_dir)} == {"Local"}
+    assert {group_of(dialog.edits[k]) for k in ("aws/profile", "aws/region", "aws/bucket", "aws/queue")} == {"AWS"}
+    assert {group_of(dialog.edits["imagery/spec"]), group_of(dialog.auth)} == {"Imagery"}
+    assert {group_of(dialog.numbers[k]) for k in ("estimate/local_tiles_per_s", "estimate/remote_usd_per_hour",
+                                                  "area/warn_tiles", "area/max_tiles")} == {"Estimates and limits"}
+    assert {group_of(dialog.numbers[k]) for k in ("results/heatmap_floor", "results/threshold")} | {
+        group_of(dialog.edits[k]) for k in ("review/josm_url", "review/overpass_url")} == {"Results and review"}
+    hint = dialog.sizeHint()
+    assert hint.width() <= 1366 and hint.height() <= 700  # a 1366 x 768 laptop, less QGIS's title and task bars
+    dialog.edits["review/josm_url"].setText("http://127.0.0.1:8112")
+    assert dialog.save() and plugin_settings.value("review/josm_url") == "http://127.0.0.1:8112"
+    dialog.deleteLater()
+
+
 def test_settings_under_their_old_names_move_to_the_new_ones(plugin_settings):
     store = QgsSettings()
     store.remove("tower_detector/cli/path")

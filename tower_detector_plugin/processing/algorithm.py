@@ -31,10 +31,10 @@ class CliAlgorithm(QgsProcessingAlgorithm):
     """A Processing algorithm that runs tower-detector commands; subclasses add the parameters and the steps."""
 
     def group(self):
-        return "Tower Detector"
+        return ""  # straight under the provider, which is already called Tower Detector
 
     def groupId(self):
-        return "towerdetector"
+        return ""
 
     def icon(self):
         return QIcon(ICON)
