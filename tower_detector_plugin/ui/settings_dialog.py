@@ -87,12 +87,18 @@ class SettingsDialog(QDialog):
             box = QGroupBox(title)
             form = QFormLayout(box)
             for label, widget in rows:
-                form.addRow(label, widget)
+                if widget is self.check_label:
+                    form.addRow(widget)  # the whole width for the check's answer
+                else:
+                    form.addRow(label, widget)
             (left if title in ("Local", "Imagery", "AWS") else right).addWidget(box)
         for column in (left, right):
             column.addStretch(1)
             columns.addLayout(column, 1)
         buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)
+        self.save_button = buttons.button(QDialogButtonBox.Save)
+        self.insisted = None  # a backend path that failed its check, which the user chose to keep
+        self.cli_path.fileChanged.connect(lambda _path: self.save_button.setText("Save"))
         buttons.accepted.connect(self.save)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -110,16 +116,37 @@ class SettingsDialog(QDialog):
             text, ok = str(exc), False
         finally:
             QApplication.restoreOverrideCursor()
+        self._show_check(text, ok)
+        return ok
+
+    def _show_check(self, text: str, ok: bool):
+        """The whole answer, wrapped: the dialog grows to show every line of it."""
         self.check_label.setStyleSheet("" if ok else ERROR_STYLE)
         self.check_label.setText(text)
-        return ok
+        self.check_label.setToolTip(text)
+        # group boxes pass no height-for-width up: ask for the height the wrapped text needs at the label's width
+        self.check_label.setMinimumHeight(0)
+        self.layout().activate()
+        self.check_label.setMinimumHeight(self.check_label.heightForWidth(self.check_label.width()))
+
+    def _backend_accepted(self) -> bool:
+        """Check the backend before saving it: one that fails is kept only on a second Save ("Save anyway")."""
+        path = self.cli_path.filePath().strip()
+        if path == self.insisted or self.check():
+            return True
+        self.insisted = path
+        self.save_button.setText("Save anyway")
+        self._show_check(f"{self.check_label.text()}. Fix the path (or leave it empty to look for the backend), "
+                         "or press Save anyway to keep it.", False)
+        return False
 
     def save(self) -> bool:
         secrets = imagery_sources.literal_secrets(self.edits["imagery/spec"].text())
         if secrets:
-            self.check_label.setStyleSheet(ERROR_STYLE)
-            self.check_label.setText(f"the default imagery holds a secret ({', '.join(secrets)}): keep it in a QGIS "
-                                     f"authentication config and write {imagery_sources.TOKEN_REF} in its place")
+            self._show_check(f"the default imagery holds a secret ({', '.join(secrets)}): keep it in a QGIS "
+                             f"authentication config and write {imagery_sources.TOKEN_REF} in its place", False)
+            return False
+        if not self._backend_accepted():
             return False
         settings.set_value("jobs/run_on", self.run_on.currentData())
         settings.set_value("cli/path", self.cli_path.filePath().strip())
