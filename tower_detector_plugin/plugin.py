@@ -210,7 +210,7 @@ class TowerDetectorPlugin:
 
     def load_results(self, heatmap="", candidates="", threshold=None, floor=None, title="Tower Detector results"):
         from .core import settings
-        from .core.result_layers import ResultsError, add_results, count
+        from .core.result_layers import ResultsError, add_results, count, prediction_verdict
         from .ui.results_dock import ResultsDock
 
         threshold = settings.value("results/threshold") if threshold is None else threshold
@@ -228,6 +228,9 @@ class TowerDetectorPlugin:
         if "candidates" in layers and count(layers["candidates"]) == 0:
             self.iface.messageBar().pushMessage("Tower Detector", f"no candidates at or above {threshold:g}",
                                                 level=Qgis.Warning, duration=8)
+        verdict = prediction_verdict(heatmap or "", candidates or "")  # a carpet of candidates, not towers
+        if verdict.level != "ok":
+            self.iface.messageBar().pushMessage("Tower Detector", verdict.text, level=Qgis.Warning, duration=0)
         return layers
 
     def load_job_results(self, job):

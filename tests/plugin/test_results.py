@@ -220,3 +220,49 @@ def test_metrics_dialog_shows_the_table_and_plots(tmp_path):
     with pytest.raises(result_layers.ResultsError, match="no metrics.json"):
         MetricsDialog(str(tmp_path))
     dialog.deleteLater()
+
+
+@pytest.mark.parametrize("auc, n_tower, level", [(0.33, 40, "bad"), (0.55, 400, "bad"), (0.62, 6, "warn"),
+                                                 (0.62, 400, "ok"), (0.955, 40, "ok"), (None, 0, "bad")])
+def test_metrics_dialog_says_when_a_model_is_no_better_than_chance(tmp_path, auc, n_tower, level):
+    model = make_model_dir(tmp_path / "model")
+    metrics = json.loads((model / "metrics.json").read_text())
+    metrics.update(roc_auc=auc, n_tower=n_tower, n_background=3 * n_tower)
+    (model / "metrics.json").write_text(json.dumps(metrics))
+    verdict = result_layers.model_verdict(metrics)
+    assert verdict.level == level
+    dialog = MetricsDialog(str(model))
+    text, style = dialog.verdict.text(), dialog.verdict.styleSheet()
+    if level == "ok":
+        assert "better than chance" not in text and "#2e7d32" in style  # green only here
+    else:
+        assert "train longer or on more towers" in text
+        assert ("#c62828" if level == "bad" else "#e65100") in style
+    dialog.deleteLater()
+
+
+def test_the_auc_interval_narrows_with_more_tower_tiles():
+    wide = result_layers.auc_interval(0.62, 6, 18)
+    narrow = result_layers.auc_interval(0.62, 400, 1200)
+    assert wide[0] < 0.5 < 0.62 < wide[1] and 0.5 < narrow[0] < 0.62 < narrow[1] < wide[1]
+
+
+def test_loading_a_carpet_of_alike_scores_warns(qgis_iface, qgis_new_project, plugin_settings, tmp_path):
+    carpet = make_heatmap(tmp_path / "carpet.tif", [[0.50243 + (i * 16 + j) * 1e-7 for j in range(16)]
+                                                    for i in range(16)])
+    candidates = make_candidates(tmp_path / "carpet.gpkg", [(151_000 + i, 142_000, 0.50243 + i * 1e-7)
+                                                            for i in range(16)])
+    bar = qgis_iface.messageBar()
+    bar.clear_messages()
+    plugin = TowerDetectorPlugin(qgis_iface)
+    plugin.load_results(str(carpet), str(candidates), threshold=0.5)
+    [text] = bar.get_messages(Qgis.Warning)
+    assert "does not separate tiles" in text and "256 scores" in text and "carpet" in text
+    bar.clear_messages()
+    plugin.load_results("", str(candidates), threshold=0.5)  # no heatmap: the candidates' scores tell
+    [text] = bar.get_messages(Qgis.Warning)
+    assert "16 scores" in text
+    bar.clear_messages()
+    plugin.load_results("", str(make_candidates(tmp_path / "fine.gpkg", TILES)), threshold=0.5)
+    assert bar.get_messages(Qgis.Warning) == []
+    plugin.results_dock.deleteLater()
