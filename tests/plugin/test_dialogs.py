@@ -313,7 +313,7 @@ def test_settings_check_a_backend_on_save_and_show_the_whole_result(plugin_setti
 
 
 def test_settings_are_grouped_and_fit_a_laptop_screen(plugin_settings):
-    from qgis.PyQt.QtWidgets import QGroupBox
+    from qgis.PyQt.QtWidgets import QFormLayout, QGroupBox
 
     dialog = SettingsDialog()
     groups = {box.title(): box for box in dialog.findChildren(QGroupBox)}
@@ -331,6 +331,14 @@ def test_settings_are_grouped_and_fit_a_laptop_screen(plugin_settings):
                                                   "area/warn_tiles", "area/max_tiles")} == {"Estimates and limits"}
     assert {group_of(dialog.numbers[k]) for k in ("results/heatmap_floor", "results/threshold")} | {
         group_of(dialog.edits[k]) for k in ("review/josm_url", "review/overpass_url")} == {"Results and review"}
+    for box in groups.values():  # every input says what it is for
+        form = box.layout()
+        for row in range(form.rowCount()):
+            field = form.itemAt(row, QFormLayout.FieldRole) or form.itemAt(row, QFormLayout.SpanningRole)
+            widgets = [field.widget()] if field.widget() is not None else [
+                field.layout().itemAt(i).widget() for i in range(field.layout().count())]
+            if widgets[0] is not dialog.check_label:
+                assert len(widgets[0].toolTip()) > 15, (box.title(), row)
     hint = dialog.sizeHint()
     assert hint.width() <= 1366 and hint.height() <= 700  # a 1366 x 768 laptop, less QGIS's title and task bars
     dialog.edits["review/josm_url"].setText("http://127.0.0.1:8112")
