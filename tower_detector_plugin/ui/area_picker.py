@@ -232,6 +232,7 @@ class AreaPickerDialog(QDialog):
         self.time_label.setWordWrap(True)
         self.limit_label = QLabel("")
         self.limit_label.setWordWrap(True)
+        self.limit_label.hide()  # until there is a warning
         self.tiles_label.setWordWrap(True)
         self.file_label = QLabel("-")  # the file's name; its whole path in the tooltip
         self.file_label.setWordWrap(True)
@@ -325,12 +326,14 @@ class AreaPickerDialog(QDialog):
         colour = {"ok": "", "warn": "color: #e65100;", "refuse": "color: #c62828; font-weight: bold;"}[level]
         self.limit_label.setStyleSheet(colour)
         self.limit_label.setText(text)
+        self.limit_label.setVisible(bool(text))  # no blank line under the estimate
         self.use_button.setEnabled(level != "refuse")
         self._fit()
 
     def _fail(self, message):
         self.limit_label.setStyleSheet("color: #c62828;")
         self.limit_label.setText(message)
+        self.limit_label.show()
         self._fit()
 
     def _use(self):

@@ -38,6 +38,7 @@ class SettingsDialog(QDialog):
         self.check_label = QLabel("")
         self.check_label.setWordWrap(True)
         self.check_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.check_label.hide()  # until there is an answer to show
         cli_row = QHBoxLayout()
         cli_row.addWidget(self.cli_path, 1)
         cli_row.addWidget(self.check_button)
@@ -128,6 +129,7 @@ class SettingsDialog(QDialog):
         self.check_label.setStyleSheet("" if ok else ERROR_STYLE)
         self.check_label.setText(text)
         self.check_label.setToolTip(text)
+        self.check_label.setVisible(bool(text))
         # group boxes pass no height-for-width up: ask for the height the wrapped text needs at the label's width
         self.check_label.setMinimumHeight(0)
         self.layout().activate()
