@@ -247,8 +247,10 @@ def test_qgis_process_runs_the_installed_plugin(tmp_path):
     area.write_text(json.dumps({"type": "Polygon", "coordinates": [[[28, -15], [28.01, -15], [28.01, -14.99],
                                                                      [28, -14.99], [28, -15]]]}))
     run = subprocess.run([QGIS_PROCESS, "--json", "run", "towerdetector:tilecount", "--", f"AREA={area}", "ZOOM=18"],
-                         env=env, capture_output=True, text=True, timeout=120)
+                         env={**env, "PYTHONWARNINGS": "always::ResourceWarning"}, capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 0, run.stderr + run.stdout
+    assert "ResourceWarning" not in run.stderr  # the backend's pipes are closed
     answer = json.loads(run.stdout[run.stdout.index("{"):])["results"]
     assert answer["EXACT"] == 1 and answer["COUNT"] == _cli_count(str(area))
 
