@@ -222,12 +222,23 @@ def test_metrics_dialog_shows_the_table_and_plots(tmp_path):
     dialog.deleteLater()
 
 
-@pytest.mark.parametrize("auc, n_tower, level", [(0.33, 40, "bad"), (0.55, 400, "bad"), (0.62, 6, "warn"),
-                                                 (0.62, 400, "ok"), (0.955, 40, "ok"), (None, 0, "bad")])
-def test_metrics_dialog_says_when_a_model_is_no_better_than_chance(tmp_path, auc, n_tower, level):
+CHANCE = {"level": "chance", "text": "This model is no better than chance: test ROC AUC 0.60 (95 % interval "
+          "0.45-0.75, from 12 tower tiles). Train longer or on more towers before using its candidates."}
+
+
+@pytest.mark.parametrize("auc, n_tower, backend, level", [
+    (0.33, 40, None, "bad"), (0.55, 400, None, "bad"), (0.62, 6, None, "warn"), (0.62, 400, None, "ok"),
+    (0.955, 40, None, "ok"), (None, 0, None, "warn"),
+    # metrics.json's own verdict (the backend's rule) wins, except that 0.55 or less is red however many tiles
+    (0.60, 12, CHANCE, "warn"), (0.33, 400, {"level": "ok", "text": "Better than chance"}, "bad"),
+    (0.9, 5, {"level": "too_few", "text": "Too few tiles to judge this model: train longer or on more towers"},
+     "warn")])
+def test_metrics_dialog_says_when_a_model_is_no_better_than_chance(tmp_path, auc, n_tower, backend, level):
     model = make_model_dir(tmp_path / "model")
     metrics = json.loads((model / "metrics.json").read_text())
     metrics.update(roc_auc=auc, n_tower=n_tower, n_background=3 * n_tower)
+    if backend:
+        metrics["verdict"] = backend
     (model / "metrics.json").write_text(json.dumps(metrics))
     verdict = result_layers.model_verdict(metrics)
     assert verdict.level == level
@@ -236,7 +247,9 @@ def test_metrics_dialog_says_when_a_model_is_no_better_than_chance(tmp_path, auc
     if level == "ok":
         assert "better than chance" not in text and "#2e7d32" in style  # green only here
     else:
-        assert "train longer or on more towers" in text
+        assert "train longer or on more towers" in text.lower()
+        if backend and level == "warn":
+            assert text == backend["text"]
         assert ("#c62828" if level == "bad" else "#e65100") in style
     dialog.deleteLater()
 

@@ -299,6 +299,7 @@ CHANCE_AUC = 0.55  # a test ROC AUC at or below this is no better than guessing
 SCORE_SPREAD_MIN = 0.01  # scores closer together than this do not tell tiles apart
 STATS_SAMPLE = 1_000_000  # heatmap pixels read for its score range (a country has tens of millions)
 ADVICE = "train longer or on more towers"
+BACKEND_LEVELS = {"ok": "ok", "chance": "warn", "too_few": "warn"}  # metrics.json's "verdict" level -> ours
 
 
 @dataclass(frozen=True)
@@ -320,15 +321,20 @@ def auc_interval(auc: float, n_tower: int, n_background: int, z: float = 1.96) -
 
 
 def model_verdict(metrics: dict) -> Verdict:
-    """Whether a model's test ROC AUC shows it finds towers at all: bad at or below CHANCE_AUC, a warning when so
-    few tower tiles were tested that it could still be 0.5."""
+    """Whether a model's test ROC AUC shows it finds towers at all. At or below CHANCE_AUC it is useless however
+    many tiles were tested (red). Otherwise the backend's own verdict in metrics.json (training/card.py: its AUC's
+    95 % interval from the tower tile count), amber when it says chance or too few tiles; for a model trained
+    before metrics.json had one, the same interval here."""
     auc, n_tower, n_background = metrics.get("roc_auc"), metrics.get("n_tower"), metrics.get("n_background")
     towers = f"{n_tower:,} tower tiles" if isinstance(n_tower, int) else "the test tiles"
-    if not isinstance(auc, (int, float)):
-        return Verdict("bad", "this model could not be tested (its test split has no tower tile or no background "
-                              f"tile), so nothing shows it finds towers: {ADVICE}")
-    if auc <= CHANCE_AUC:
+    if isinstance(auc, (int, float)) and auc <= CHANCE_AUC:
         return Verdict("bad", f"this model is no better than chance: {ADVICE} (test ROC AUC {auc:.2f} on {towers})")
+    judged = metrics.get("verdict")
+    if isinstance(judged, dict) and judged.get("level") in BACKEND_LEVELS and judged.get("text"):
+        return Verdict(BACKEND_LEVELS[judged["level"]], str(judged["text"]))
+    if not isinstance(auc, (int, float)):
+        return Verdict("warn", "this model could not be tested (its test split has no tower tile or no background "
+                               f"tile), so nothing shows it finds towers: {ADVICE}")
     if isinstance(n_tower, int) and isinstance(n_background, int):
         low, high = auc_interval(auc, n_tower, n_background)
         if low <= 0.5:
