@@ -160,7 +160,27 @@ class TowerDetectorPlugin:
     def pick_area(self):
         from .ui.area_picker import AreaPickerDialog
 
-        return self._show_dialog("area", lambda: AreaPickerDialog(self.iface))
+        def make():
+            dialog = AreaPickerDialog(self.iface)
+            dialog.areaChosen.connect(lambda path: self._area_chosen(dialog, path))
+            return dialog
+
+        return self._show_dialog("area", make)
+
+    def _area_chosen(self, picker, path):
+        """The toolbar's "Use this area": the area as a layer of the project, and a line that says so."""
+        from .core.area_geometry import add_area_layer
+
+        name = picker.name.text().strip() or "area"
+        try:
+            add_area_layer(path, name)
+        except ValueError as exc:
+            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+            return
+        tiles = f" ({picker.tiles:,} tiles)" if picker.tiles is not None else ""
+        self.iface.messageBar().pushMessage(
+            "Tower Detector", f"area {name}{tiles} added to the project as a layer; Build training data and Predict "
+            f"can use its file, {path}", level=Qgis.Success, duration=10)
 
     def build_dataset(self):
         from .ui.job_dialogs import BuildDatasetDialog
@@ -190,7 +210,7 @@ class TowerDetectorPlugin:
 
     def load_results(self, heatmap="", candidates="", threshold=None, floor=None, title="Tower Detector results"):
         from .core import settings
-        from .core.result_layers import ResultsError, add_results, count
+        from .core.result_layers import ResultsError, add_results, count, prediction_verdict
         from .ui.results_dock import ResultsDock
 
         threshold = settings.value("results/threshold") if threshold is None else threshold
@@ -208,6 +228,9 @@ class TowerDetectorPlugin:
         if "candidates" in layers and count(layers["candidates"]) == 0:
             self.iface.messageBar().pushMessage("Tower Detector", f"no candidates at or above {threshold:g}",
                                                 level=Qgis.Warning, duration=8)
+        verdict = prediction_verdict(heatmap or "", candidates or "")  # a carpet of candidates, not towers
+        if verdict.level != "ok":
+            self.iface.messageBar().pushMessage("Tower Detector", verdict.text, level=Qgis.Warning, duration=0)
         return layers
 
     def load_job_results(self, job):

@@ -195,6 +195,26 @@ def test_no_towers_needs_force(sample_scene, tmp_path):
     assert summary["tiles"] > 0 and all(s["tower"] == 0 for s in summary["splits"].values())
 
 
+def test_a_split_without_a_tower_tile_is_said_in_plain_words(sample_scene, tmp_path, dataset):
+    """Issue 33: a dataset whose test split had no tower tile reported success, and training then failed."""
+    data = json.loads(open(sample_scene["towers"]).read())
+    towers = [f for f in data["features"] if f["properties"].get("power") == "tower"]
+    one = tmp_path / "one.geojson"
+    one.write_text(json.dumps({"type": "FeatureCollection", "features": towers[:1]}))
+    lines = []
+    summary = build_dataset(options("dataset", area=str(sample_scene["area"]), towers=str(one),
+                                    imagery=str(sample_scene["imagery"]), out=str(tmp_path / "ds"), zoom=18,
+                                    background_ratio=2.0, split="0.6,0.2,0.2", seed=1, block_size=2),
+                            log=lines.append)
+    empty = [name for name, s in summary["splits"].items() if name != "train" and s["tower"] == 0]
+    assert empty  # one tower tile: at most one split has it
+    assert len(summary["warnings"]) == len(empty)
+    for name, text in zip(empty, summary["warnings"]):
+        assert f"the {name} split has no tower tile" in text and "more towers" in text and "--" not in text
+        assert text in lines
+    assert dataset[1]["warnings"] == []  # the sample scene's towers reach every split
+
+
 def test_too_few_blocks_for_the_splits(sample_scene, tmp_path):
     with pytest.raises(UserError, match="too few tiles for the splits"):
         build(sample_scene, tmp_path / "ds", block_size=64)

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 from qgis.core import (
+    Qgis,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsGeometry,
@@ -169,3 +170,88 @@ def test_cost_estimate_uses_the_settings(plugin_settings):
     est = estimates.estimate_cost(3_600_000)
     assert (est.local_hours, est.gpu_hours, est.remote_hours, est.usd) == (10.0, 1.0, 0.25, 0.5)
     assert estimates.format_hours(est.local_hours) == "10.0 h" and estimates.format_hours(0.25) == "15 min"
+
+
+@pytest.mark.parametrize("origin", [(151_000, 142_000), (150_997, 142_003)])
+def test_an_area_from_a_tile_aligned_layer_counts_exactly(picker, utm_project, plugin_settings, tmp_path, origin):
+    """A heatmap of 16 x 16 zoom-18 tiles (EPSG:3857, tile-aligned): its extent is exactly those 256 tiles, in the
+    picker and in the backend's `tiles` of the file it wrote (7 decimals rounded edges outward: 272)."""
+    from qgis.core import QgsRasterLayer
+
+    x0, y0 = origin
+    path = support.make_heatmap(tmp_path / "heatmap.tif", [[0.5] * 16 for _ in range(16)], x0, y0)
+    layer = QgsRasterLayer(str(path), "heatmap")
+    assert layer.isValid()
+    picker.use_layer_extent(layer)
+    wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+    assert picker.exact and picker.tiles == 256
+    assert _exact_count(picker.path) == 256
+
+    # the same tiles as a WGS84 layer's extent (bounds with float noise a few mm off the tile edges)
+    (w, _s, _e, n), (_w, s, e, _n) = support.tile_lonlat(x0, y0), support.tile_lonlat(x0 + 15, y0 + 15)
+    box = QgsRectangle(w - 2e-8, s + 3e-8, e + 1e-8, n - 2e-8)
+    vector = QgsVectorLayer("Polygon?crs=EPSG:4326", "box", "memory")
+    f = QgsFeature()
+    f.setGeometry(QgsGeometry.fromRect(box))
+    vector.dataProvider().addFeatures([f])
+    vector.updateExtents()
+    picker.use_layer_extent(vector)
+    wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+    assert picker.tiles == 256 and _exact_count(picker.path) == 256
+
+
+def test_use_this_area_from_the_toolbar_loads_a_styled_layer_and_says_so(qgis_iface, plugin_settings, utm_project):
+    from qgis.core import QgsWkbTypes
+
+    from tower_detector_plugin.plugin import TowerDetectorPlugin
+
+    plugin = TowerDetectorPlugin(qgis_iface)
+    qgis_iface.messageBar().clear_messages()
+    for _ in range(2):  # the same area used twice: one layer, read again
+        picker = plugin.pick_area()
+        picker.name.setText("farm")
+        picker.set_area(QgsGeometry.fromRect(BOX), UTM35S)
+        wait_until(lambda p=picker: p.tiles is not None, 60, "the tile count")
+        picker.use_button.click()
+        assert not picker.isVisible()
+    layers = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.source().startswith(picker.path)]
+    assert len(layers) == 1
+    layer = layers[0]
+    assert layer.isValid() and layer.name() == "farm" and layer.geometryType() == QgsWkbTypes.PolygonGeometry
+    symbol = layer.renderer().symbol()
+    assert symbol.symbolLayer(0).fillColor().alpha() < 100  # an outline the imagery shows through
+    assert symbol.symbolLayer(0).strokeColor().name() == "#f57c00"  # the picker's orange
+    messages = qgis_iface.messageBar().get_messages(Qgis.Success)
+    assert any("farm" in m and "added" in m and "225 tiles" in m for m in messages), messages
+    plugin.unload()
+
+
+def test_the_picker_sits_beside_the_middle_of_the_map_and_shows_all_its_text(qgis_iface, plugin_settings,
+                                                                           utm_project):
+    from qgis.PyQt.QtWidgets import QApplication, QLabel
+
+    window = qgis_iface.mainWindow()
+    window.resize(1366, 768)
+    window.show()
+    utm_project.resize(1200, 700)
+    picker = area_picker.AreaPickerDialog(qgis_iface)
+    picker.show()
+    try:
+        picker.set_area(QgsGeometry.fromRect(BOX), UTM35S)
+        wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+        picker._fail("a long warning that has to wrap onto a second line of the picker, or be cut off at its edge "
+                     "where nobody can read the end of it")
+        QApplication.processEvents()
+        centre = utm_project.mapToGlobal(utm_project.rect().center())
+        assert not picker.frameGeometry().contains(centre)
+        assert picker.width() <= 600
+        for label in picker.findChildren(QLabel):
+            if label.isVisible() and label.text():
+                if label.wordWrap():
+                    assert label.height() >= label.heightForWidth(label.width()), label.text()
+                else:
+                    assert label.width() >= label.sizeHint().width(), label.text()
+        assert picker.file_label.toolTip() == picker.path  # the name shows, the whole path in its tooltip
+    finally:
+        picker.close()
+        picker.deleteLater()

@@ -265,6 +265,7 @@ def test_settings_dialog_checks_the_backend_and_keeps_secrets_out(plugin_setting
     assert "access_token" in dialog.check_label.text()
     assert plugin_settings.value("imagery/spec") == ""
     dialog.edits["imagery/spec"].setText(f"{URL}?access_token={imagery_sources.TOKEN_REF}")
+    dialog.cli_path.setFilePath(real_cli())  # a backend that works saves at once
     dialog.auth.setConfigId(token_authcfg)
     dialog.numbers["area/max_tiles"].setValue(5000)
     assert dialog.save()
@@ -272,6 +273,76 @@ def test_settings_dialog_checks_the_backend_and_keeps_secrets_out(plugin_setting
     assert plugin_settings.value("area/max_tiles") == 5000
     QgsSettings().sync()
     assert TOKEN not in open(QgsSettings().fileName(), encoding="utf-8").read()
+    dialog.deleteLater()
+
+
+def test_settings_check_a_backend_on_save_and_show_the_whole_result(plugin_settings, fake_backend, tmp_path):
+    """Save kept a backend path that did not work, and Check's answer was cut off."""
+    from qgis.PyQt.QtWidgets import QApplication
+
+    plugin_settings.set_value("cli/path", real_cli())
+    crash = fake_backend(CRASH_SCRIPT)  # configures itself: put the working one back
+    plugin_settings.set_value("cli/path", real_cli())
+    dialog = SettingsDialog()
+    dialog.show()
+    try:
+        for broken, reason in ((tmp_path / "missing" / "tower-detector", "not an executable"),
+                               (crash, "RuntimeError: the model exploded")):
+            dialog.cli_path.setFilePath(str(broken))
+            assert not dialog.save()  # not saved: said why, and offered to keep it anyway
+            assert plugin_settings.value("cli/path") == real_cli() and not dialog.result()
+            text = dialog.check_label.text()
+            assert reason in text and "Save anyway" in text
+            assert dialog.save_button.text() == "Save anyway"
+            QApplication.processEvents()
+            label = dialog.check_label
+            assert label.wordWrap() and label.height() >= label.heightForWidth(label.width())
+        assert dialog.save()  # the second Save keeps the path the user insists on
+        assert plugin_settings.value("cli/path") == str(crash)
+
+        fixed = SettingsDialog()
+        fixed.cli_path.setFilePath(str(crash))
+        assert not fixed.save()
+        fixed.cli_path.setFilePath(real_cli())  # fixed: saves at once, and the button says Save again
+        assert fixed.save_button.text() == "Save"
+        assert fixed.save() and plugin_settings.value("cli/path") == real_cli()
+        fixed.deleteLater()
+    finally:
+        dialog.close()
+        dialog.deleteLater()
+
+
+def test_settings_are_grouped_and_fit_a_laptop_screen(plugin_settings):
+    from qgis.PyQt.QtWidgets import QFormLayout, QGroupBox
+
+    dialog = SettingsDialog()
+    groups = {box.title(): box for box in dialog.findChildren(QGroupBox)}
+    assert list(groups) == ["Local", "Imagery", "AWS", "Estimates and limits", "Results and review"]
+
+    def group_of(widget):
+        while widget is not None and not isinstance(widget, QGroupBox):
+            widget = widget.parentWidget()
+        return widget.title() if widget is not None else None
+
+    assert {group_of(w) for w in (dialog.run_on, dialog.cli_path, dialog.check_label, dialog.work_dir)} == {"Local"}
+    assert {group_of(dialog.edits[k]) for k in ("aws/profile", "aws/region", "aws/bucket", "aws/queue")} == {"AWS"}
+    assert {group_of(dialog.edits["imagery/spec"]), group_of(dialog.auth)} == {"Imagery"}
+    assert {group_of(dialog.numbers[k]) for k in ("estimate/local_tiles_per_s", "estimate/remote_usd_per_hour",
+                                                  "area/warn_tiles", "area/max_tiles")} == {"Estimates and limits"}
+    assert {group_of(dialog.numbers[k]) for k in ("results/heatmap_floor", "results/threshold")} | {
+        group_of(dialog.edits[k]) for k in ("review/josm_url", "review/overpass_url")} == {"Results and review"}
+    for box in groups.values():  # every input says what it is for
+        form = box.layout()
+        for row in range(form.rowCount()):
+            field = form.itemAt(row, QFormLayout.FieldRole) or form.itemAt(row, QFormLayout.SpanningRole)
+            widgets = [field.widget()] if field.widget() is not None else [
+                field.layout().itemAt(i).widget() for i in range(field.layout().count())]
+            if widgets[0] is not dialog.check_label:
+                assert len(widgets[0].toolTip()) > 15, (box.title(), row)
+    hint = dialog.sizeHint()
+    assert hint.width() <= 1366 and hint.height() <= 700  # a 1366 x 768 laptop, less QGIS's title and task bars
+    dialog.edits["review/josm_url"].setText("http://127.0.0.1:8112")
+    assert dialog.save() and plugin_settings.value("review/josm_url") == "http://127.0.0.1:8112"
     dialog.deleteLater()
 
 

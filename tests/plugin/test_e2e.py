@@ -61,7 +61,11 @@ def test_dataset_train_predict_and_load_results(qgis_iface, qgis_new_project, pl
                        (train.batch_size, 16)):
         box.setValue(value)
     job = _finish(manager, train.run())
-    assert os.path.isfile(tmp_path / "model" / "metrics.json") and job["message"].startswith("model written")
+    assert os.path.isfile(tmp_path / "model" / "metrics.json") and "model written" in job["message"]
+    # one epoch on 72 px tiles learns next to nothing: the job says so rather than report a plain success
+    verdict = result_layers.model_verdict(result_layers.read_metrics(str(tmp_path / "model")))
+    assert job.get("verdict", "ok") == verdict.level
+    assert verdict.level == "ok" or verdict.text in job["message"]
 
     predict = PredictDialog(qgis_iface, manager)
     predict.model.setFilePath(str(tmp_path / "model"))
@@ -71,7 +75,7 @@ def test_dataset_train_predict_and_load_results(qgis_iface, qgis_new_project, pl
     predict.out.setFilePath(str(tmp_path / "results"))
     predict.threshold.setValue(0.0)  # a one-epoch model's scores are anywhere: keep every tile a candidate
     job = _finish(manager, predict.run())
-    assert job["progress"] == 100.0 and job["message"].startswith("256 tiles scored")
+    assert job["progress"] == 100.0 and "256 tiles scored" in job["message"]
 
     dock = plugin.show_jobs()
     assert isinstance(dock, JobsDock)

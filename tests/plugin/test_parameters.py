@@ -112,3 +112,35 @@ def test_the_dialogs_and_the_algorithms_start_from_the_definitions(qgis_iface, p
     assert dialogs[train].trials.value() == parameters.TRIALS.default
     for dialog in dialogs.values():
         dialog.deleteLater()
+
+
+def test_every_job_dialog_field_has_help_in_plain_words_shared_with_processing(qgis_iface, plugin_settings):
+    """Issue 33 (12): 3 tooltips across about 40 fields. Every field says what it is, and a field that Processing
+    has too says the same there (one definition, in core/parameters.py)."""
+    from qgis.PyQt.QtWidgets import QFormLayout
+
+    manager = JobManager(qgis_iface)
+    dataset, train, predict = (cls() for cls in (BuildDatasetAlgorithm, TrainAlgorithm, PredictAlgorithm))
+    for algorithm in (dataset, train, predict):
+        algorithm.initAlgorithm()
+    dialogs = {dataset: BuildDatasetDialog(qgis_iface, manager), train: TrainDialog(qgis_iface, manager),
+               predict: PredictDialog(qgis_iface, manager)}
+    for dialog in dialogs.values():
+        form = dialog.form
+        for row in range(form.rowCount()):
+            label = form.itemAt(row, QFormLayout.LabelRole)
+            field = form.itemAt(row, QFormLayout.FieldRole) or form.itemAt(row, QFormLayout.SpanningRole)
+            name = label.widget().text() if label is not None and label.widget() is not None else f"row {row}"
+            assert field.widget() is not None and len(field.widget().toolTip()) > 15, f"{dialog.title}: {name}"
+    shared = {dataset: {"AREA": dialogs[dataset].area, "IMAGERY": dialogs[dataset].imagery,
+                        "TOWER_FILTER": dialogs[dataset].tower_filter, "OUTPUT": dialogs[dataset].out},
+              train: {"DATA": dialogs[train].data, "PARAMS": dialogs[train].params, "OUTPUT": dialogs[train].out,
+                      "WEIGHTS_FILE": dialogs[train].weights_file},
+              predict: {"MODEL": dialogs[predict].model, "AREA": dialogs[predict].area,
+                        "IMAGERY": dialogs[predict].imagery}}
+    for algorithm, widgets in shared.items():
+        for name, widget in widgets.items():
+            help_text = algorithm.parameterDefinition(name).help()
+            assert help_text and widget.toolTip() == help_text, f"{algorithm.id()} {name}"
+    for dialog in dialogs.values():
+        dialog.deleteLater()

@@ -145,6 +145,25 @@ def test_threshold_widget_filters_live(candidates, heatmap, qgis_new_project):
     widget.deleteLater()
 
 
+def test_threshold_count_is_what_the_filter_shows_with_a_backend_written_geopackage(tmp_path, qgis_new_project):
+    """QGIS's OGR count of the backend's GeoPackage ignores the filter (256 "shown" while none passed it)."""
+    from tests.fakes.candidates_helpers import make_candidates as backend_candidates
+
+    tiles = [(151_000 + i % 16, 142_000 + i // 16) for i in range(256)]
+    path = backend_candidates(tmp_path / "c.gpkg", tiles, scores=[0.50243 + i * 1e-7 for i in range(256)])
+    layer = result_layers.load_candidates(str(path), threshold=0.5)
+    widget = ThresholdWidget()
+    widget.bind([layer], None, threshold=0.5)
+    assert widget.count.text() == "256 candidates shown"
+    for value in (900, 890):
+        widget.slider.setValue(value)
+        assert sum(1 for _ in layer.getFeatures()) == 0
+        assert widget.count.text() == "0 candidates shown"
+    widget.spin.setValue(0.502)
+    assert widget.count.text() == "256 candidates shown"
+    widget.deleteLater()
+
+
 def test_plugin_loads_a_result_set_into_one_group(qgis_iface, qgis_new_project, plugin_settings, heatmap,
                                                   candidates):
     plugin = TowerDetectorPlugin(qgis_iface)
@@ -201,3 +220,62 @@ def test_metrics_dialog_shows_the_table_and_plots(tmp_path):
     with pytest.raises(result_layers.ResultsError, match="no metrics.json"):
         MetricsDialog(str(tmp_path))
     dialog.deleteLater()
+
+
+CHANCE = {"level": "chance", "text": "This model is no better than chance: test ROC AUC 0.60 (95 % interval "
+          "0.45-0.75, from 12 tower tiles). Train longer or on more towers before using its candidates."}
+
+
+@pytest.mark.parametrize("auc, n_tower, backend, level", [
+    (0.33, 40, None, "bad"), (0.55, 400, None, "bad"), (0.62, 6, None, "warn"), (0.62, 400, None, "ok"),
+    (0.955, 40, None, "ok"), (None, 0, None, "warn"),
+    # metrics.json's own verdict (the backend's rule) wins, except that 0.55 or less is red however many tiles
+    (0.60, 12, CHANCE, "warn"), (0.33, 400, {"level": "ok", "text": "Better than chance"}, "bad"),
+    (0.9, 5, {"level": "too_few", "text": "Too few tiles to judge this model: train longer or on more towers"},
+     "warn")])
+def test_metrics_dialog_says_when_a_model_is_no_better_than_chance(tmp_path, auc, n_tower, backend, level):
+    model = make_model_dir(tmp_path / "model")
+    metrics = json.loads((model / "metrics.json").read_text())
+    metrics.update(roc_auc=auc, n_tower=n_tower, n_background=3 * n_tower)
+    if backend:
+        metrics["verdict"] = backend
+    (model / "metrics.json").write_text(json.dumps(metrics))
+    verdict = result_layers.model_verdict(metrics)
+    assert verdict.level == level
+    dialog = MetricsDialog(str(model))
+    text, style = dialog.verdict.text(), dialog.verdict.styleSheet()
+    if level == "ok":
+        assert "better than chance" not in text and "#2e7d32" in style  # green only here
+    else:
+        assert "train longer or on more towers" in text.lower()
+        if backend and level == "warn":
+            assert text == backend["text"]
+        assert ("#c62828" if level == "bad" else "#e65100") in style
+    dialog.deleteLater()
+
+
+def test_the_auc_interval_narrows_with_more_tower_tiles():
+    wide = result_layers.auc_interval(0.62, 6, 18)
+    narrow = result_layers.auc_interval(0.62, 400, 1200)
+    assert wide[0] < 0.5 < 0.62 < wide[1] and 0.5 < narrow[0] < 0.62 < narrow[1] < wide[1]
+
+
+def test_loading_a_carpet_of_alike_scores_warns(qgis_iface, qgis_new_project, plugin_settings, tmp_path):
+    carpet = make_heatmap(tmp_path / "carpet.tif", [[0.50243 + (i * 16 + j) * 1e-7 for j in range(16)]
+                                                    for i in range(16)])
+    candidates = make_candidates(tmp_path / "carpet.gpkg", [(151_000 + i, 142_000, 0.50243 + i * 1e-7)
+                                                            for i in range(16)])
+    bar = qgis_iface.messageBar()
+    bar.clear_messages()
+    plugin = TowerDetectorPlugin(qgis_iface)
+    plugin.load_results(str(carpet), str(candidates), threshold=0.5)
+    [text] = bar.get_messages(Qgis.Warning)
+    assert "does not separate tiles" in text and "256 scores" in text and "carpet" in text
+    bar.clear_messages()
+    plugin.load_results("", str(candidates), threshold=0.5)  # no heatmap: the candidates' scores tell
+    [text] = bar.get_messages(Qgis.Warning)
+    assert "16 scores" in text
+    bar.clear_messages()
+    plugin.load_results("", str(make_candidates(tmp_path / "fine.gpkg", TILES)), threshold=0.5)
+    assert bar.get_messages(Qgis.Warning) == []
+    plugin.results_dock.deleteLater()

@@ -174,6 +174,32 @@ print("all done", flush=True)
 """
 
 
+def test_review_follows_the_results_threshold_without_reopening(layer, qgis_iface, plugin_settings):
+    from tower_detector_plugin.ui.results_dock import ThresholdWidget
+
+    widget = ThresholdWidget()
+    widget.bind([layer], None, threshold=0.5)
+    dock = ReviewDock(qgis_iface)
+    try:
+        session = dock.start(layer)
+        assert len(session.visible) == 5 and session.current()["score"] == pytest.approx(0.99)
+        widget.slider.setValue(900)  # the results dock's slider moves while the review is open
+        assert dock.session is session and len(session.fids) == 2
+        assert "2 candidates" in dock.layer_label.text()
+        assert session.current()["score"] == pytest.approx(0.99)  # the current one is kept while it still shows
+        dock.next()
+        assert session.current()["score"] == pytest.approx(0.95)
+        dock.next()  # the end of the filter: 0.8 is below the threshold now
+        assert session.current()["score"] == pytest.approx(0.95) and "end of the filter" in dock.progress_label.text()
+        widget.slider.setValue(650)
+        assert len(session.fids) == 4
+        assert "Reviewed 0 of 4" in dock.progress_label.text()
+    finally:
+        dock.stop()
+        dock.deleteLater()
+        widget.deleteLater()
+
+
 def test_a_review_killed_mid_way_loses_no_decision_already_made(tmp_path):
     path = backend_candidates(tmp_path / "big.gpkg", list(np.linspace(0.5, 0.99, 400)))
     script = tmp_path / "review.py"

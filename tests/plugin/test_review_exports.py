@@ -107,6 +107,19 @@ def test_josm_gets_the_imagerys_name_and_no_tower_osm_has(review, plugin_setting
         assert len(ET.fromstring(confirmed["data"]).findall("node")) == 1
 
 
+def test_josm_load_here_says_what_it_did(review, plugin_settings, qgis_iface):
+    bar = qgis_iface.messageBar()
+    bar.clear_messages()
+    with JosmServer() as josm:
+        plugin_settings.set_value("review/josm_url", josm.url)
+        review["exports"].handle("josm-zoom")
+        assert josm.last("load_and_zoom") is not None
+    [text] = bar.get_messages(Qgis.Success)
+    tile_id = review["dock"].session.current()["tile_id"]
+    assert text.startswith("Tower Detector:JOSM") and tile_id in text and "changeset" in text and "\n" not in text
+    assert bar.get_messages(Qgis.Critical) == []
+
+
 def test_josm_not_listening_is_one_clear_line_in_the_message_bar(review, plugin_settings, qgis_iface):
     josm = JosmServer()
     josm.start()

@@ -275,3 +275,68 @@ print(json.dumps({{"event": "result", "message": state, "status": state,
     assert record["remote"]["state"] == "SUCCEEDED" and record["progress"] == 100.0
     assert int(counter.read_text()) == 3
 
+
+
+# --- results that are obviously bad are not reported as success (issue 33, defect 5) ------------------------------
+def _finished(manager, job_id):
+    wait_until(lambda: manager.store.get(job_id)["status"] not in ("queued", "running"), 30, "the job")
+    return manager.store.get(job_id)
+
+
+def test_a_model_no_better_than_chance_is_a_red_line_not_a_green_one(qgis_iface, plugin_settings, fake_backend,
+                                                                      tmp_path):
+    fake_backend('out = sys.argv[sys.argv.index("--out") + 1]\n'
+                 'os.makedirs(out, exist_ok=True)\n'
+                 'auc = float(os.environ["FAKE_AUC"])\n'
+                 'json.dump({"roc_auc": auc, "n_tower": 40, "n_background": 120}, open(os.path.join(out, '
+                 '"metrics.json"), "w"))\n'
+                 'print(json.dumps({"event": "result", "message": f"model written to {out}: test ROC AUC {auc}", '
+                 '"roc_auc": auc, "out": out}))')
+    manager = JobManager(qgis_iface)
+    bar = qgis_iface.messageBar()
+    for auc, level, words in ((0.33, Qgis.Critical, "no better than chance: train longer or on more towers"),
+                              (0.58, Qgis.Warning, "may be no better than chance"), (0.97, Qgis.Success, None)):
+        bar.clear_messages()
+        out = tmp_path / f"model-{auc}"
+        job_id = manager.start("train", f"train {auc}", [["train", "--out", str(out), "--events"]], out=str(out),
+                               outputs={"model": str(out)}, env={"FAKE_AUC": str(auc)})
+        job = _finished(manager, job_id)
+        assert job["status"] == "finished"
+        [text] = bar.get_messages(level)
+        if words:
+            assert words in text and words in job["message"] and job["verdict"] == ("bad" if auc < 0.5 else "warn")
+        else:
+            assert "verdict" not in job and bar.get_messages(Qgis.Warning) == bar.get_messages(Qgis.Critical) == []
+    dock = JobsDock(manager)
+    colours = {dock.table.item(r, 0).text(): dock.table.item(r, 1).background().color().name()
+               for r in range(dock.table.rowCount())}
+    assert colours["train 0.33"] == "#ffcdd2" and colours["train 0.58"] == "#ffe0b2"
+    assert colours["train 0.97"] != colours["train 0.33"]
+    dock.deleteLater()
+
+
+def test_scores_all_alike_warn_of_a_carpet_and_a_dataset_without_test_towers_says_so(qgis_iface, plugin_settings,
+                                                                                   fake_backend, tmp_path):
+    carpet = support.make_heatmap(tmp_path / "carpet.tif",
+                                  [[0.50243 + (i * 16 + j) * 1e-7 for j in range(16)] for i in range(16)])
+    fine = support.make_heatmap(tmp_path / "fine.tif", [[0.02, 0.1, 0.97, 0.3]] * 4)
+    fake_backend('print(json.dumps({"event": "result", "message": sys.argv[1] + " done", '
+                 '"warnings": json.loads(os.environ.get("FAKE_WARNINGS", "[]"))}))')
+    manager = JobManager(qgis_iface)
+    bar = qgis_iface.messageBar()
+    bar.clear_messages()
+    job = _finished(manager, manager.start("predict", "predict carpet", [["predict", "--events"]],
+                                           outputs={"heatmap": str(carpet), "candidates": ""}))
+    [text] = bar.get_messages(Qgis.Warning)
+    assert "does not separate" in text and "carpet" in text and "0.5024" in text and job["verdict"] == "warn"
+    bar.clear_messages()
+    job = _finished(manager, manager.start("predict", "predict fine", [["predict", "--events"]],
+                                           outputs={"heatmap": str(fine), "candidates": ""}))
+    assert "verdict" not in job and len(bar.get_messages(Qgis.Success)) == 1
+
+    bar.clear_messages()
+    warning = "the test split has no tower tile, so training cannot tell how well a model finds towers"
+    job = _finished(manager, manager.start("dataset", "dataset d1", [["dataset", "--events"]],
+                                           env={"FAKE_WARNINGS": json.dumps([warning])}))
+    [text] = bar.get_messages(Qgis.Warning)
+    assert warning in text and warning in job["message"] and job["verdict"] == "warn"

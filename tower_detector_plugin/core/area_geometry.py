@@ -1,5 +1,5 @@
 """The area of a job: any polygon made WGS84 (EPSG:4326), measured, its zoom-18 tiles estimated, written as
-the GeoJSON file the CLI reads."""
+the GeoJSON file the CLI reads, and shown as a styled layer."""
 
 import json
 import math
@@ -9,8 +9,11 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsDistanceArea,
+    QgsFillSymbol,
     QgsGeometry,
     QgsProject,
+    QgsSingleSymbolRenderer,
+    QgsVectorLayer,
     QgsWkbTypes,
 )
 
@@ -19,7 +22,11 @@ from . import parameters
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 MAX_LAT = 85.05112878  # Web Mercator's limit: tiles do not go further
 EARTH_CIRCUMFERENCE_M = 40075016.686
+AREA_COLOUR = "245,124,0"  # the picker's orange
 ZOOM = parameters.ZOOM.default  # the zoom the picker counts and estimates
+# A vertex this close to a zoom-18 tile edge is put on it: an extent made from tile bounds (a heatmap, a tile-aligned
+# layer) carries float or rounding noise of millimetres, and an edge a hair outside takes in a whole row of tiles.
+SNAP_M = 0.05
 
 
 def _context(transform_context):
@@ -46,18 +53,71 @@ def to_wgs84(geom: QgsGeometry, crs: QgsCoordinateReferenceSystem, transform_con
     return geom
 
 
+def _tile_y(lat: float, n: int) -> float:
+    return (1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n
+
+
+def _tile_lat(y: float, n: int) -> float:
+    return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / n))))
+
+
+def snap_to_tiles(geom4326: QgsGeometry, zoom: int = ZOOM, tolerance_m: float = SNAP_M) -> QgsGeometry:
+    """geom4326 with each vertex within tolerance_m of a zoom-z tile edge moved onto that edge, so that its tile
+    cover is the tiles the user meant (an edge on a tile line takes in neither neighbour)."""
+    n = 2**zoom
+    geom = QgsGeometry(geom4326)
+    moves = []
+    for i, v in enumerate(geom4326.vertices()):
+        lon, lat = v.x(), v.y()
+        side_m = EARTH_CIRCUMFERENCE_M * math.cos(math.radians(lat)) / n  # a tile's ground size here
+        tol = tolerance_m / side_m  # in tile units
+        fx, fy = (lon + 180.0) / 360.0 * n, _tile_y(lat, n)
+        new_lon = round(fx) / n * 360.0 - 180.0 if abs(fx - round(fx)) < tol else lon
+        new_lat = _tile_lat(round(fy), n) if abs(fy - round(fy)) < tol else lat
+        if (new_lon, new_lat) != (lon, lat):
+            moves.append((i, new_lon, new_lat))
+    for i, lon, lat in moves:
+        geom.moveVertex(lon, lat, i)
+    return geom
+
+
 def feature_collection(geom4326: QgsGeometry, name: str) -> dict:
-    return {"type": "FeatureCollection",
-            "features": [{"type": "Feature", "properties": {"name": name}, "geometry": json.loads(geom4326.asJson(7))}]}
+    # full precision: 7 decimals (about 1 cm) move a tile-aligned edge off its tile line, outward as often as not
+    geometry = json.loads(geom4326.asJson(17))
+    return {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"name": name},
+                                                       "geometry": geometry}]}
 
 
 def write_area(geom4326: QgsGeometry, path: str, name: str = "") -> str:
+    """The area as the GeoJSON file the CLI reads, its vertices snapped to the tile grid within SNAP_M."""
+    geom4326 = snap_to_tiles(geom4326)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(feature_collection(geom4326, name or os.path.splitext(os.path.basename(path))[0]), f)
     os.replace(tmp, path)
     return path
+
+
+def add_area_layer(path: str, name: str = "", project: QgsProject = None) -> QgsVectorLayer:
+    """The area file as an orange outline (the imagery shows through) in the project; a layer already reading
+    that file is read again instead of added twice."""
+    project = project or QgsProject.instance()
+    real = os.path.realpath(path)
+    for layer in project.mapLayers().values():
+        if os.path.realpath(layer.source().split("|")[0]) == real:
+            layer.reload()
+            layer.updateExtents()
+            layer.triggerRepaint()
+            return layer
+    layer = QgsVectorLayer(path, name or os.path.splitext(os.path.basename(path))[0], "ogr")
+    if not layer.isValid():
+        raise ValueError(f"cannot read the area file {path}")
+    symbol = QgsFillSymbol.createSimple({"color": f"{AREA_COLOUR},40", "outline_color": AREA_COLOUR,
+                                         "outline_width": "0.8"})
+    layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+    project.addMapLayer(layer)
+    return layer
 
 
 def _measure(geom4326: QgsGeometry, transform_context=None):

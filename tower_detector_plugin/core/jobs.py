@@ -19,7 +19,7 @@ import uuid
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 
-from . import commands, runner, settings
+from . import commands, result_layers, runner, settings
 from .redaction import redact
 from .tasks import LOG_TAG, CliTask
 
@@ -169,15 +169,42 @@ class JobManager(QObject):
             fields["progress"] = 100.0
         if result:
             fields["result"] = {k: v for k, v in result.items() if k not in ("event",)}
+        verdict = self._verdict(self.store.get(job_id), result) if status == "finished" else None
+        if verdict is not None and verdict.level != "ok":  # finished, but obviously no good: never a green line
+            fields["message"] = message = f"{verdict.text} ({message})"
+            fields["verdict"] = verdict.level
         self._set(job_id, **fields)
         job = self.store.get(job_id)
         level = {"finished": Qgis.Success, "cancelled": Qgis.Info}.get(status, Qgis.Critical)
+        if "verdict" in fields:
+            level = Qgis.Critical if fields["verdict"] == "bad" else Qgis.Warning
+            self._notify(f"{job['title']}: {message}", level)
+            self.finished.emit(job_id)
+            return
         text = f"{job['title']}: {message}"
         if level == Qgis.Critical:
             text += " (details in the log panel, Tower Detector tab)"
             QgsMessageLog.logMessage(f"{job['title']} {status}: {message}", LOG_TAG, Qgis.Critical)
         self._notify(text, level)
         self.finished.emit(job_id)
+
+    @staticmethod
+    def _verdict(job, result):
+        """Plain words when what a finished job made is obviously no good: a model no better than chance, a
+        prediction whose scores are all alike, a dataset split without a tower tile."""
+        if job is None:
+            return None
+        kind, outputs = job.get("kind"), job.get("outputs") or {}
+        try:
+            if kind in ("train", "search") and outputs.get("model"):
+                return result_layers.model_verdict(result_layers.read_metrics(outputs["model"]))
+            if outputs.get("heatmap") or outputs.get("candidates"):
+                return result_layers.prediction_verdict(outputs.get("heatmap", ""), outputs.get("candidates", ""))
+            if kind == "dataset":
+                return result_layers.dataset_verdict(result)
+        except result_layers.ResultsError:
+            return None
+        return None
 
     def _notify(self, text, level):
         if self.iface is not None:

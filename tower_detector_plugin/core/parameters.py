@@ -85,6 +85,43 @@ DUPLICATE_DISTANCE = Parameter("--duplicate-distance", "Duplicate distance from 
                                100.0, "A mapped tower, pole or portal this close to a candidate's tower point means "
                                "OSM has that tower already.", decimals=1)
 
+# -- the files and sources the steps read and write: a label and help only (no default to keep in step with the CLI)
+AREA = Parameter("--area", "Area", help="The area to work on: a polygon drawn on the map or taken from a layer, in "
+                 "any CRS (the backend gets it as WGS84 GeoJSON).")
+IMAGERY = Parameter("--imagery", "Imagery", help="Where the pictures come from: an XYZ connection or URL template "
+                    "(a token written as ${TOWER_DETECTOR_TOKEN}), a GeoTIFF/COG, an .mbtiles file or a tile folder.")
+TOWERS = Parameter("--towers", "Tower labels", help="Where the known towers come from: OpenStreetMap (asked through "
+                   "Overpass) or the points of a layer of the project.")
+TOWER_FILTER = Parameter("--tower-filter", "OSM tag filter", help="Which points count as towers, as key=value (e.g. "
+                         "power=tower). Empty: power=tower for OpenStreetMap, every point of a layer.")
+DATASET_OUT = Parameter("--out", "Output folder", help="The folder the training data goes to (tiles, labels and a "
+                        "summary); a dataset already there is replaced whole.")
+DATA = Parameter("--data", "Training data folder", help="A folder made by Build training data.")
+MODEL_OUT = Parameter("--out", "Output folder", help="The folder the trained model goes to, with its metrics and "
+                      "plots.")
+WEIGHTS_FILE = Parameter("--weights", "Weights file", help="A Keras weights file to start from, when Start weights "
+                         "is a file.")
+PARAMS = Parameter("--params", "Hyperparameters (JSON)", help="A JSON file of training settings, such as a search's "
+                   "best trial; the fields below override it.")
+SPACE = Parameter("--space", "Search space (JSON)", help="A JSON file of the ranges the hyperparameter search tries; "
+                  "empty: the built-in ranges.")
+MODEL = Parameter("--model", "Model folder", help="A folder made by Train: the model and its metrics.json (which "
+                  "recommends a threshold).")
+
+
+@dataclass(frozen=True)
+class Field:
+    """A dialog's input that is no CLI option: its label and help."""
+
+    label: str
+    help: str
+
+
+MODE = Field("What", "Train one model with the settings below, or search for the best settings (many trainings).")
+RUN_ON = Field("Run on", "This computer, or AWS Batch through tower-detector remote (Settings holds the AWS account).")
+RUN_NAME = Field("Name", "The prediction's name: its folder under Results under, and its job's title.")
+RESULTS_UNDER = Field("Results under", "The folder each prediction's own folder (store, heatmap, candidates) goes in.")
+
 # The parameters each CLI command takes from the plugin (what the defaults test compares with the CLI).
 STEPS = {
     "tiles": (ZOOM,),

@@ -1,4 +1,5 @@
-"""Results as QGIS layers: the heatmap and candidates styled, the candidates' score threshold, a model's metrics.
+"""Results as QGIS layers: the heatmap and candidates styled, the candidates' score threshold, a model's metrics,
+and plain words when a model or a prediction is obviously no good.
 
 Styles persist where the data is: the candidates' style goes into the GeoPackage's layer_styles table as its
 default (saveStyleToDatabase), the heatmap's into a heatmap.qml sidecar, which QGIS loads with the GeoTIFF. So
@@ -7,7 +8,9 @@ in ui/results_dock.py and ui/metrics_dialog.py.
 """
 
 import json
+import math
 import os
+from dataclasses import dataclass
 
 from qgis.core import (
     QgsColorRampShader,
@@ -19,6 +22,7 @@ from qgis.core import (
     QgsMarkerSymbol,
     QgsProject,
     QgsProperty,
+    QgsRasterBandStats,
     QgsRasterLayer,
     QgsRasterShader,
     QgsRendererRange,
@@ -167,12 +171,9 @@ def reload_file_layers(path: str, project: QgsProject = None) -> list:
 
 
 def count(layer: QgsVectorLayer) -> int:
-    """Features passing the layer's filter. QGIS 3.22's OGR provider can answer -1 for the filtered count of a
-    second layer of the same GeoPackage (its COUNT query fails with "unable to open database file" while
-    reading works): then count by reading, without geometry or attributes."""
-    n = layer.featureCount()
-    if n >= 0:
-        return n
+    """Features passing the layer's filter, counted by reading them without geometry or attributes. QGIS 3.22's OGR
+    provider cannot be trusted with the filtered count of a GeoPackage: for the backend's files it answers the
+    whole table's count whatever the filter, and for a second layer of one file it can answer -1."""
     request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry).setNoAttributes()
     return sum(1 for _ in layer.getFeatures(request))
 
@@ -291,3 +292,93 @@ def _fmt(value) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+# --- obviously bad results, in words an analyst reads ------------------------------------------------------------
+CHANCE_AUC = 0.55  # a test ROC AUC at or below this is no better than guessing
+SCORE_SPREAD_MIN = 0.01  # scores closer together than this do not tell tiles apart
+STATS_SAMPLE = 1_000_000  # heatmap pixels read for its score range (a country has tens of millions)
+ADVICE = "train longer or on more towers"
+BACKEND_LEVELS = {"ok": "ok", "chance": "warn", "too_few": "warn"}  # metrics.json's "verdict" level -> ours
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: str  # "ok", "warn" (amber) or "bad" (red)
+    text: str = ""
+
+
+def auc_interval(auc: float, n_tower: int, n_background: int, z: float = 1.96) -> tuple:
+    """About 95 % of the ROC AUCs the model would get on other test sets this size (Hanley and McNeil's standard
+    error): few tower tiles give a wide interval."""
+    if not n_tower or not n_background:
+        return 0.0, 1.0
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_tower - 1) * (q1 - auc * auc) + (n_background - 1) * (q2 - auc * auc)) / (
+        n_tower * n_background)
+    se = math.sqrt(max(var, 0.0))
+    return max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def model_verdict(metrics: dict) -> Verdict:
+    """Whether a model's test ROC AUC shows it finds towers at all. At or below CHANCE_AUC it is useless however
+    many tiles were tested (red). Otherwise the backend's own verdict in metrics.json (training/card.py: its AUC's
+    95 % interval from the tower tile count), amber when it says chance or too few tiles; for a model trained
+    before metrics.json had one, the same interval here."""
+    auc, n_tower, n_background = metrics.get("roc_auc"), metrics.get("n_tower"), metrics.get("n_background")
+    towers = f"{n_tower:,} tower tiles" if isinstance(n_tower, int) else "the test tiles"
+    if isinstance(auc, (int, float)) and auc <= CHANCE_AUC:
+        return Verdict("bad", f"this model is no better than chance: {ADVICE} (test ROC AUC {auc:.2f} on {towers})")
+    judged = metrics.get("verdict")
+    if isinstance(judged, dict) and judged.get("level") in BACKEND_LEVELS and judged.get("text"):
+        return Verdict(BACKEND_LEVELS[judged["level"]], str(judged["text"]))
+    if not isinstance(auc, (int, float)):
+        return Verdict("warn", "this model could not be tested (its test split has no tower tile or no background "
+                               f"tile), so nothing shows it finds towers: {ADVICE}")
+    if isinstance(n_tower, int) and isinstance(n_background, int):
+        low, high = auc_interval(auc, n_tower, n_background)
+        if low <= 0.5:
+            return Verdict("warn", f"this model may be no better than chance: {ADVICE} (test ROC AUC {auc:.2f}, but "
+                                   f"with only {towers} it could be anywhere from {low:.2f} to {high:.2f})")
+    return Verdict("ok", f"test ROC AUC {auc:.2f} on {towers}")
+
+
+def score_range(heatmap: str = "", candidates: str = ""):
+    """(lowest, highest, tiles) of a prediction's scores: the heatmap's (a sample of a large one), else the
+    candidates'; None when neither can be read."""
+    if heatmap and os.path.isfile(heatmap):
+        layer = QgsRasterLayer(heatmap, "scores", "gdal")
+        if layer.isValid():
+            stats = layer.dataProvider().bandStatistics(1, QgsRasterBandStats.All,  # All: the count too
+                                                        layer.extent(), STATS_SAMPLE)
+            if stats.elementCount:
+                return stats.minimumValue, stats.maximumValue, stats.elementCount
+    if candidates and os.path.isfile(candidates):
+        try:
+            layer = _open_gpkg_layer(candidates, "candidates", "scores")
+        except ResultsError:
+            return None
+        n = count(layer)
+        if n:
+            index = layer.fields().indexOf("score")
+            return layer.minimumValue(index), layer.maximumValue(index), n
+    return None
+
+
+def prediction_verdict(heatmap: str = "", candidates: str = "") -> Verdict:
+    """A warning when all scores lie within SCORE_SPREAD_MIN: the model does not tell tiles apart, and every tile
+    past the threshold (or none) is a candidate."""
+    found = score_range(heatmap, candidates)
+    if found is None:
+        return Verdict("ok")
+    low, high, n = found
+    if n > 1 and high - low < SCORE_SPREAD_MIN:
+        return Verdict("warn", f"the model does not separate tiles: all {n:,} scores lie between {low:.5f} and "
+                               f"{high:.5f}, so the candidates are a carpet over the area, not towers: {ADVICE}")
+    return Verdict("ok")
+
+
+def dataset_verdict(result: dict) -> Verdict:
+    """The dataset build's own warnings (a split without a tower tile), as one line."""
+    warnings = [str(w) for w in (result or {}).get("warnings") or []]
+    return Verdict("warn", "; ".join(warnings)) if warnings else Verdict("ok")

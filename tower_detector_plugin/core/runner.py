@@ -158,41 +158,42 @@ def run(cli: Cli, args, *, env=None, on_event=None, is_canceled=None, cwd=None) 
     is_canceled() is polled by a watcher thread while the command runs; when it turns true the process tree is
     ended and the result says canceled. Never raises for the command's own failures: see RunResult.
     """
-    proc = subprocess.Popen(cli.argv(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
-                            env=environment(env), cwd=cwd, **_popen_options())
     out = RunResult(returncode=-1)
     stderr_parts = []
+    # the context closes the pipes once the command has ended (unclosed, each run left a ResourceWarning)
+    with subprocess.Popen(cli.argv(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
+                          env=environment(env), cwd=cwd, **_popen_options()) as proc:
 
-    def drain_stderr():  # read it all the time, or a chatty backend blocks on a full pipe
-        for chunk in iter(lambda: proc.stderr.read(4096), ""):
-            stderr_parts.append(chunk)
+        def drain_stderr():  # read it all the time, or a chatty backend blocks on a full pipe
+            for chunk in iter(lambda: proc.stderr.read(4096), ""):
+                stderr_parts.append(chunk)
 
-    def watch():
-        while proc.poll() is None:
-            if is_canceled and is_canceled():
-                out.canceled = True
-                kill_tree(proc)
-                return
-            time.sleep(0.1)
+        def watch():
+            while proc.poll() is None:
+                if is_canceled and is_canceled():
+                    out.canceled = True
+                    kill_tree(proc)
+                    return
+                time.sleep(0.1)
 
-    threads = [threading.Thread(target=drain_stderr, daemon=True), threading.Thread(target=watch, daemon=True)]
-    for thread in threads:
-        thread.start()
-    for line in proc.stdout:
-        if not line.strip():
-            continue
-        event = parse_event(line)
-        out.events.append(event)
-        if event["event"] == "result":
-            out.result = event
-        elif event["event"] == "error":
-            out.error = event
-        if on_event:
-            on_event(event)
-    out.returncode = proc.wait()
-    for thread in threads:
-        thread.join(timeout=30)
+        threads = [threading.Thread(target=drain_stderr, daemon=True), threading.Thread(target=watch, daemon=True)]
+        for thread in threads:
+            thread.start()
+        for line in proc.stdout:
+            if not line.strip():
+                continue
+            event = parse_event(line)
+            out.events.append(event)
+            if event["event"] == "result":
+                out.result = event
+            elif event["event"] == "error":
+                out.error = event
+            if on_event:
+                on_event(event)
+        out.returncode = proc.wait()
+        for thread in threads:
+            thread.join(timeout=30)
     out.stderr = redact("".join(stderr_parts)[-STDERR_KEEP:])
     return out
 

@@ -47,6 +47,33 @@ DEFAULTS = {
     "review/duplicate_m": parameters.DUPLICATE_DISTANCE.default,  # OSM has a tower this close to the point
 }
 
+# What each setting the Settings dialog shows is for, in plain words (its tooltip).
+HELP = {
+    "jobs/run_on": "Where Train and Predict run unless their dialog says otherwise: this computer, or AWS Batch.",
+    "cli/path": "The tower-detector program (or a Python that has it). Empty: the dev checkout's, then the one on "
+                "PATH. Check runs it.",
+    "work_dir": "Where areas, job records and default outputs go. Empty: a folder in the QGIS profile.",
+    "aws/profile": "The AWS profile (from ~/.aws) that runs remote jobs; empty: the default one.",
+    "aws/region": "The AWS region of the bucket and the job queue; empty: the profile's.",
+    "aws/bucket": "The S3 bucket that holds remote jobs' inputs and results.",
+    "aws/queue": "The AWS Batch job queue remote jobs go to; empty: the backend's default.",
+    "imagery/spec": "The imagery the job dialogs start from: a URL template, a file or a folder. A token is written "
+                    "as ${TOWER_DETECTOR_TOKEN}, never in the URL itself.",
+    "imagery/authcfg": "The QGIS authentication config that holds the imagery's token; it reaches the backend only "
+                       "in its environment.",
+    "estimate/local_tiles_per_s": "How many tiles a second this computer scores, for the time estimates (an "
+                                  "assumption: measure yours and put it here).",
+    "estimate/remote_tiles_per_s": "How many tiles a second one AWS GPU scores, for the estimates.",
+    "estimate/remote_usd_per_hour": "What one AWS GPU costs an hour, for the cost estimates.",
+    "estimate/remote_workers": "How many AWS GPUs a remote prediction uses at once, for the estimates.",
+    "area/warn_tiles": "Areas with more tiles than this get a warning: a large job.",
+    "area/max_tiles": "Areas with more tiles than this are refused.",
+    "results/heatmap_floor": "Heatmap pixels scoring below this are transparent, so the imagery shows through.",
+    "results/threshold": "The candidate score filter results start with, when the model recommends none.",
+    "review/josm_url": "JOSM's remote control address (JOSM: Preferences > Remote Control).",
+    "review/overpass_url": "The Overpass API that conflation and the JOSM layers ask for OSM's towers.",
+}
+
 
 # Keys that were renamed: old -> new. A value stored under an old key moves to the new one when first read.
 RENAMED = {"backend/path": "cli/path", "backend/mode": "jobs/run_on"}

@@ -23,6 +23,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..core import area_geometry, imagery_sources, result_layers, runner, settings
+from ..core.parameters import AREA, IMAGERY
 
 ICON = ":/plugins/tower_detector/icon.svg"
 
@@ -31,10 +32,10 @@ class CliAlgorithm(QgsProcessingAlgorithm):
     """A Processing algorithm that runs tower-detector commands; subclasses add the parameters and the steps."""
 
     def group(self):
-        return "Tower Detector"
+        return ""  # straight under the provider, which is already called Tower Detector
 
     def groupId(self):
-        return "towerdetector"
+        return ""
 
     def icon(self):
         return QIcon(ICON)
@@ -138,14 +139,21 @@ def float_parameter(name, description, default, minimum=0.0, maximum=None):
     return param
 
 
+def with_help(parameter, definition):
+    """parameter with the help of its definition in core/parameters.py (the dialogs' tooltip too)."""
+    parameter.setHelp(definition.help)
+    return parameter
+
+
 def area_parameter():
-    return QgsProcessingParameterFeatureSource("AREA", "Area (polygons, any CRS)",
-                                               [QgsProcessing.TypeVectorPolygon])
+    return with_help(QgsProcessingParameterFeatureSource("AREA", "Area (polygons, any CRS)",
+                                                         [QgsProcessing.TypeVectorPolygon]), AREA)
 
 
 def imagery_parameters():
-    return [QgsProcessingParameterString("IMAGERY", "Imagery (XYZ URL template with ${TOWER_DETECTOR_TOKEN}, "
-                                         "GeoTIFF/COG, .mbtiles or tile folder)", settings.value("imagery/spec")),
+    return [with_help(QgsProcessingParameterString("IMAGERY", "Imagery (XYZ URL template with "
+                                                   "${TOWER_DETECTOR_TOKEN}, GeoTIFF/COG, .mbtiles or tile folder)",
+                                                   settings.value("imagery/spec")), IMAGERY),
             QgsProcessingParameterAuthConfig("AUTHCFG", "Imagery token (QGIS authentication config)",
                                              settings.value("imagery/authcfg"), True)]
 

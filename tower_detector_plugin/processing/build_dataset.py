@@ -11,9 +11,18 @@ from qgis.core import (
 )
 
 from ..core import commands, settings
-from ..core.parameters import BACKGROUND_RATIO, BLOCK_SIZE, SEED, SPAN_NEGATIVES, ZOOM
+from ..core.parameters import (
+    BACKGROUND_RATIO,
+    BLOCK_SIZE,
+    DATASET_OUT,
+    SEED,
+    SPAN_NEGATIVES,
+    TOWER_FILTER,
+    TOWERS,
+    ZOOM,
+)
 from ..core.point_export import export_source_points
-from .algorithm import CliAlgorithm, area_parameter, imagery_parameters, number_parameter
+from .algorithm import CliAlgorithm, area_parameter, imagery_parameters, number_parameter, with_help
 
 
 class BuildDatasetAlgorithm(CliAlgorithm):
@@ -31,14 +40,16 @@ class BuildDatasetAlgorithm(CliAlgorithm):
         self.addParameter(area_parameter())
         for param in imagery_parameters():
             self.addParameter(param)
-        self.addParameter(QgsProcessingParameterFeatureSource("TOWERS", "Tower points (empty: OpenStreetMap)",
-                                                              [QgsProcessing.TypeVectorPoint], None, True))
-        self.addParameter(QgsProcessingParameterString("TOWER_FILTER", "OSM tag filter (empty: power=tower for OSM, "
-                                                       "all for a point layer)", None, False, True))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            "TOWERS", "Tower points (empty: OpenStreetMap)", [QgsProcessing.TypeVectorPoint], None, True), TOWERS))
+        self.addParameter(with_help(QgsProcessingParameterString(
+            "TOWER_FILTER", "OSM tag filter (empty: power=tower for OSM, all for a point layer)", None, False, True),
+            TOWER_FILTER))
         for param in (ZOOM, BACKGROUND_RATIO, SPAN_NEGATIVES, BLOCK_SIZE):
             self.addParameter(number_parameter(param))
         self.addParameter(number_parameter(SEED, optional=True))
-        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Training data folder"))
+        self.addParameter(with_help(QgsProcessingParameterFolderDestination("OUTPUT", "Training data folder"),
+                                    DATASET_OUT))
 
     def processAlgorithm(self, parameters, context, feedback):
         path, _geom = self.area_file(parameters, "AREA", context, feedback)

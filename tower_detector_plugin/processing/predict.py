@@ -10,7 +10,7 @@ from qgis.core import (
 )
 
 from ..core import commands, result_layers, settings
-from ..core.parameters import BATCH_SIZE, CHECKPOINT_EVERY, VIEWS, WORKERS
+from ..core.parameters import BATCH_SIZE, CHECKPOINT_EVERY, MODEL, VIEWS, WORKERS
 from .algorithm import (
     CliAlgorithm,
     area_parameter,
@@ -19,6 +19,7 @@ from .algorithm import (
     imagery_parameters,
     load_on_completion,
     number_parameter,
+    with_help,
 )
 
 NUMBERS = (WORKERS, CHECKPOINT_EVERY, BATCH_SIZE)
@@ -37,7 +38,8 @@ class PredictAlgorithm(CliAlgorithm):
                 "model's recommended (Youden) threshold.")
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterFile("MODEL", "Model folder", QgsProcessingParameterFile.Folder))
+        self.addParameter(with_help(QgsProcessingParameterFile("MODEL", "Model folder",
+                                                               QgsProcessingParameterFile.Folder), MODEL))
         for param in imagery_parameters():
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterString("IMAGERY_NAME", "Imagery name, the OSM changeset's source "

@@ -8,8 +8,18 @@ from qgis.core import (
 )
 
 from ..core import commands
-from ..core.parameters import BATCH_SIZE, EPOCHS_FINE, EPOCHS_TOP, IMAGE_SIZE, WEIGHTS
-from .algorithm import CliAlgorithm, choice_parameter, number_parameter
+from ..core.parameters import (
+    BATCH_SIZE,
+    DATA,
+    EPOCHS_FINE,
+    EPOCHS_TOP,
+    IMAGE_SIZE,
+    MODEL_OUT,
+    PARAMS,
+    WEIGHTS,
+    WEIGHTS_FILE,
+)
+from .algorithm import CliAlgorithm, choice_parameter, number_parameter, with_help
 
 NUMBERS = (IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE)
 
@@ -28,16 +38,18 @@ class TrainAlgorithm(CliAlgorithm):
                 "with the same output folder). 0 in a number means the backend's default.")
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterFile("DATA", "Training data folder",
-                                                     QgsProcessingParameterFile.Folder))
+        self.addParameter(with_help(QgsProcessingParameterFile("DATA", "Training data folder",
+                                                               QgsProcessingParameterFile.Folder), DATA))
         self.addParameter(choice_parameter(WEIGHTS, self.WEIGHT_OPTIONS))
-        self.addParameter(QgsProcessingParameterFile("WEIGHTS_FILE", "Weights file (Start weights: file)",
-                                                     QgsProcessingParameterFile.File, "h5", None, True))
-        self.addParameter(QgsProcessingParameterFile("PARAMS", "Hyperparameters (JSON)",
-                                                     QgsProcessingParameterFile.File, "json", None, True))
+        self.addParameter(with_help(QgsProcessingParameterFile("WEIGHTS_FILE", "Weights file (Start weights: file)",
+                                                               QgsProcessingParameterFile.File, "h5", None, True),
+                                    WEIGHTS_FILE))
+        self.addParameter(with_help(QgsProcessingParameterFile("PARAMS", "Hyperparameters (JSON)",
+                                                               QgsProcessingParameterFile.File, "json", None, True),
+                                    PARAMS))
         for param in NUMBERS:
             self.addParameter(number_parameter(param))
-        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Model folder"))
+        self.addParameter(with_help(QgsProcessingParameterFolderDestination("OUTPUT", "Model folder"), MODEL_OUT))
         self.addOutput(QgsProcessingOutputNumber("ROC_AUC", "Test ROC AUC"))
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD", "Recommended threshold (Youden)"))
 

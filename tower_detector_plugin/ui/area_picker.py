@@ -38,6 +38,8 @@ from ..core.area_geometry import WGS84, ZOOM, area_km2, estimate_tiles, to_wgs84
 from ..core.estimates import estimate_cost, format_hours, limit_check
 from ..core.tasks import CliTask
 
+PICKER_WIDTH = 440  # px: wide enough for its buttons, narrow enough to leave the middle of the map clear
+
 
 # --- map tools ----------------------------------------------------------------------------------------------------
 def _band(canvas) -> QgsRubberBand:
@@ -162,6 +164,37 @@ class AreaPickerDialog(QDialog):
         layout.addWidget(source_box)
         layout.addLayout(info)
         layout.addWidget(self.buttons)
+        self.setMinimumWidth(PICKER_WIDTH)
+        self.setMaximumWidth(int(PICKER_WIDTH * 1.4))
+        self._placed = False
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        if not self._placed:  # the first time only: where the user moves it, it stays
+            self._placed = True
+            self._place_beside_the_middle()
+
+    def _place_beside_the_middle(self):
+        """At the map's top right corner, inside QGIS's window: the middle of the map, where the user draws,
+        stays clear (centred over the map, it covered what was being picked)."""
+        canvas = self.canvas
+        if not canvas.isVisible():
+            return
+        top_left = canvas.mapToGlobal(canvas.rect().topLeft())
+        frame = self.frameGeometry()
+        margin = 8
+        x = top_left.x() + canvas.width() - frame.width() - margin
+        y = top_left.y() + margin
+        window = self.iface.mainWindow().frameGeometry()
+        x = max(window.left(), min(x, window.right() - frame.width()))
+        y = max(window.top(), min(y, window.bottom() - frame.height()))
+        self.move(x, y)
+
+    def _fit(self):
+        """Grow to show every line of the labels whose text just changed (wrapped labels need more height)."""
+        self.layout().activate()
+        width = self.width()
+        self.resize(width, max(self.height(), self.layout().totalHeightForWidth(width)))
 
     def _source_box(self) -> QGroupBox:
         """The ways to give the area: draw it, or take the map's extent, a layer's, or selected polygons."""
@@ -199,7 +232,10 @@ class AreaPickerDialog(QDialog):
         self.time_label.setWordWrap(True)
         self.limit_label = QLabel("")
         self.limit_label.setWordWrap(True)
-        self.file_label = QLabel("-")
+        self.limit_label.hide()  # until there is a warning
+        self.tiles_label.setWordWrap(True)
+        self.file_label = QLabel("-")  # the file's name; its whole path in the tooltip
+        self.file_label.setWordWrap(True)
         self.file_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         info = QFormLayout()
         info.addRow("Name", self.name)
@@ -251,7 +287,8 @@ class AreaPickerDialog(QDialog):
         self.shown_band.setToGeometry(shown, None)
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name.text().strip()) or "area"
         self.path = write_area(self.geometry4326, os.path.join(settings.work_dir(), "areas", f"{name}.geojson"), name)
-        self.file_label.setText(self.path)
+        self.file_label.setText(os.path.basename(self.path))
+        self.file_label.setToolTip(self.path)
         self.km2_label.setText(f"{area_km2(self.geometry4326, self.project.transformContext()):,.2f} km²")
         self.tiles, self.exact = None, False
         self.use_button.setEnabled(False)
@@ -280,7 +317,6 @@ class AreaPickerDialog(QDialog):
         self.tiles, self.exact = tiles, exact
         how = "exact, from tower-detector tiles" if exact else f"estimate from the area; {note}"
         self.tiles_label.setText(f"{'' if exact else '≈ '}{tiles:,} ({how})")
-        self.tiles_label.setWordWrap(True)
         est = estimate_cost(tiles)
         self.time_label.setText(
             f"local CPU ≈ {format_hours(est.local_hours)} at {settings.value('estimate/local_tiles_per_s'):g} tiles/s; "
@@ -290,11 +326,15 @@ class AreaPickerDialog(QDialog):
         colour = {"ok": "", "warn": "color: #e65100;", "refuse": "color: #c62828; font-weight: bold;"}[level]
         self.limit_label.setStyleSheet(colour)
         self.limit_label.setText(text)
+        self.limit_label.setVisible(bool(text))  # no blank line under the estimate
         self.use_button.setEnabled(level != "refuse")
+        self._fit()
 
     def _fail(self, message):
         self.limit_label.setStyleSheet("color: #c62828;")
         self.limit_label.setText(message)
+        self.limit_label.show()
+        self._fit()
 
     def _use(self):
         if self.path and self.use_button.isEnabled():

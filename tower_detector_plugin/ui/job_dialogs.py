@@ -22,22 +22,37 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core import commands, runner, settings
 from ..core.parameters import (
+    AREA,
     BACKGROUND_RATIO,
     BATCH_SIZE,
     BLOCK_SIZE,
     CHECKPOINT_EVERY,
+    DATA,
+    DATASET_OUT,
     EPOCHS_FINE,
     EPOCHS_TOP,
     IMAGE_SIZE,
+    IMAGERY,
     METRIC,
+    MODE,
+    MODEL,
+    MODEL_OUT,
+    PARAMS,
+    RESULTS_UNDER,
+    RUN_NAME,
+    RUN_ON,
     SEED,
     SHARDS,
+    SPACE,
     SPAN_NEGATIVES,
     SPLIT,
     THRESHOLD,
+    TOWER_FILTER,
+    TOWERS,
     TRIALS,
     VIEWS,
     WEIGHTS,
+    WEIGHTS_FILE,
     WORKERS,
     ZOOM,
 )
@@ -92,6 +107,12 @@ class JobDialog(QDialog):
         self.form.addRow(param.label, widget)
         return widget
 
+    def _add_rows(self, *rows):
+        """Rows of (definition in core/parameters.py, input): its label, and its help as the input's tooltip."""
+        for param, widget in rows:
+            widget.setToolTip(param.help)
+            self.form.addRow(param.label, widget)
+
     def _out_dir(self, widget, what):
         path = widget.filePath().strip()
         if not path:
@@ -113,16 +134,18 @@ class BuildDatasetDialog(JobDialog):
         self.points.setFilters(QgsMapLayerProxyModel.PointLayer)
         self.tower_filter = QLineEdit("")
         self.tower_filter.setPlaceholderText("power=tower for Overpass; all for a plain point layer")
-        labels = QGroupBox("Tower labels")
+        labels = QGroupBox(TOWERS.label)
+        labels.setToolTip(TOWERS.help)
         box = QFormLayout(labels)
         box.addRow(self.overpass)
         box.addRow(self.from_layer, self.points)
-        box.addRow("OSM tag filter", self.tower_filter)
+        box.addRow(TOWER_FILTER.label, self.tower_filter)
+        self.tower_filter.setToolTip(TOWER_FILTER.help)
         self.out = file_widget(QgsFileWidget.GetDirectory,
                                path=os.path.join(settings.work_dir(), "datasets", f"dataset-{timestamp()}"))
-        for label, widget in (("Area", self.area), ("Imagery", self.imagery), ("", labels),
-                              ("Output folder", self.out)):
-            self.form.addRow(label, widget)
+        self._add_rows((AREA, self.area), (IMAGERY, self.imagery))
+        self.form.addRow("", labels)
+        self._add_rows((DATASET_OUT, self.out))
         self.zoom, self.background_ratio, self.span_negatives, self.split, self.block_size, self.seed = (
             self._add_input(param) for param in (ZOOM, BACKGROUND_RATIO, SPAN_NEGATIVES, SPLIT, BLOCK_SIZE, SEED))
 
@@ -165,17 +188,14 @@ class TrainDialog(JobDialog):
         self.weights = _choices(WEIGHTS, extra=("file…",))
         self.weights_file = file_widget(QgsFileWidget.GetFile, "Keras weights (*.h5 *.keras)")
         self.params = file_widget(QgsFileWidget.GetFile, "JSON (*.json)")
-        for label, widget in (("Training data folder", self.data), ("Output folder", self.out), ("What", self.mode),
-                              (WEIGHTS.label, self.weights), ("Weights file", self.weights_file),
-                              ("Hyperparameters (JSON)", self.params)):
-            self.form.addRow(label, widget)
+        self._add_rows((DATA, self.data), (MODEL_OUT, self.out), (MODE, self.mode), (WEIGHTS, self.weights),
+                       (WEIGHTS_FILE, self.weights_file), (PARAMS, self.params))
         self.image_size, self.epochs_top, self.epochs_fine, self.batch_size, self.trials = (
             self._add_input(param) for param in (IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE, TRIALS))
         self.metric = _choices(METRIC)
         self.space = file_widget(QgsFileWidget.GetFile, "JSON (*.json)")
         self.where = _where_combo()
-        for label, widget in ((METRIC.label, self.metric), ("Search space (JSON)", self.space), ("Run on", self.where)):
-            self.form.addRow(label, widget)
+        self._add_rows((METRIC, self.metric), (SPACE, self.space), (RUN_ON, self.where))
 
     def build(self) -> dict:
         data = self._out_dir(self.data, "training data folder")
@@ -211,17 +231,15 @@ class PredictDialog(JobDialog):
         self.area = AreaWidget(iface)
         self.name = QLineEdit(f"predict-{timestamp()}")
         self.out = file_widget(QgsFileWidget.GetDirectory, path=os.path.join(settings.work_dir(), "results"))
-        for label, widget in (("Model folder", self.model), ("Imagery", self.imagery), ("Area", self.area),
-                              ("Name", self.name), ("Results under", self.out)):
-            self.form.addRow(label, widget)
+        self._add_rows((MODEL, self.model), (IMAGERY, self.imagery), (AREA, self.area), (RUN_NAME, self.name),
+                       (RESULTS_UNDER, self.out))
         self.threshold = self._add_input(THRESHOLD, settings.value("results/threshold"))
         self.workers, self.checkpoint_every, self.batch_size, self.shards = (
             self._add_input(param) for param in (WORKERS, CHECKPOINT_EVERY, BATCH_SIZE, SHARDS))
         self.views = _choices(VIEWS, texts=("1 (fastest)", "2", "4: turned", "8: turned and mirrored"))
         self.views.currentIndexChanged.connect(self._model_chosen)
         self.where = _where_combo()
-        self.form.addRow(VIEWS.label, self.views)
-        self.form.addRow("Run on", self.where)
+        self._add_rows((VIEWS, self.views), (RUN_ON, self.where))
 
     def _model_chosen(self, *_):
         """The model's recommended threshold for the views chosen (its scores shift a little with them)."""

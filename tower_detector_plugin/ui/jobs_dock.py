@@ -3,7 +3,7 @@
 import os
 
 from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
-from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtGui import QColor, QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QDockWidget,
@@ -19,6 +19,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core.jobs import ACTIVE, JobManager
 
 COLUMNS = ("Job", "Status", "Started", "Progress", "Output", "Message")
+VERDICT_COLOURS = {"bad": QColor("#ffcdd2"), "warn": QColor("#ffe0b2")}  # finished, but obviously no good
 
 
 class JobsDock(QDockWidget):
@@ -69,6 +70,10 @@ class JobsDock(QDockWidget):
                 item.setData(Qt.UserRole, job["id"])
                 if c == 0:
                     item.setToolTip("\n".join(job.get("commands", [])))
+                elif c == len(values) - 1:
+                    item.setToolTip(str(text))  # the whole message, however narrow the column
+                if job.get("verdict") in VERDICT_COLOURS:
+                    item.setBackground(VERDICT_COLOURS[job["verdict"]])
                 self.table.setItem(r, c, item)
             if job["id"] == selected:
                 self.table.selectRow(r)

@@ -15,7 +15,10 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core.result_layers import metric_rows, read_metrics
+from ..core.result_layers import metric_rows, model_verdict, read_metrics
+
+VERDICT_STYLES = {"ok": "color: #2e7d32;", "warn": "color: #e65100; font-weight: bold;",
+                  "bad": "color: #c62828; font-weight: bold;"}
 
 
 class MetricsDialog(QDialog):
@@ -53,7 +56,12 @@ class MetricsDialog(QDialog):
             tabs.addTab(scroll, title)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
+        verdict = model_verdict(metrics)  # red or amber when the model is no better than chance
+        self.verdict = QLabel(verdict.text)
+        self.verdict.setWordWrap(True)
+        self.verdict.setStyleSheet(VERDICT_STYLES[verdict.level])
         layout = QVBoxLayout(self)
+        layout.addWidget(self.verdict)
         layout.addWidget(tabs)
         layout.addWidget(buttons)
         self.resize(700, 560)

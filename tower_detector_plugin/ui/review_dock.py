@@ -272,16 +272,44 @@ class ReviewDock(QDockWidget):
     # -- the session
     def start(self, layer: QgsVectorLayer):
         """Review `layer` (a candidates layer); raises ReviewError when it is not one."""
-        self.session = ReviewSession(layer, self.reviewer.text().strip())
+        session = ReviewSession(layer, self.reviewer.text().strip())
+        self._follow_layer(False)
+        self.session = session
+        self._follow_layer(True)
         self._show_heatmaps()
         self._filters_changed()
-        self.layer_label.setText(f"Reviewing {layer.name()} ({len(self.session.fids):,} candidates in the layer's "
-                                 f"filter), best score first.")
+        self._show_layer_label()
         if self.session.next() is not None:
             self._show_current()
         else:
             self._show_current(flash=False)
         return self.session
+
+    def _follow_layer(self, on: bool):
+        """Follow the reviewed layer's filter (the results dock's threshold) while it is reviewed."""
+        if self.session is None:
+            return
+        try:
+            if on:
+                self.session.layer.subsetStringChanged.connect(self._layer_filter_changed)
+            else:
+                self.session.layer.subsetStringChanged.disconnect(self._layer_filter_changed)
+        except (RuntimeError, TypeError):  # a removed layer, or nothing connected
+            pass
+
+    def _show_layer_label(self):
+        self.layer_label.setText(f"Reviewing {self.session.layer.name()} ({len(self.session.fids):,} candidates in "
+                                 f"the layer's filter), best score first.")
+
+    def _layer_filter_changed(self):
+        """The threshold moved: read the candidates in the new filter, keeping the current one if it still shows."""
+        if self.session is None:
+            return
+        self.session.reload()
+        self._filters_changed()
+        self._show_layer_label()
+        if not self.session.current():
+            self._show_current(flash=False)  # the current one went below the threshold: its marks go too
 
     def reload(self):
         """Read the layer again after something else (the backend) changed its file."""
@@ -401,6 +429,7 @@ class ReviewDock(QDockWidget):
         self.progress_label.setText(text)
 
     def stop(self):
+        self._follow_layer(False)
         self._move_mode(False)
         self.marks.remove()
         for shortcut in self.shortcuts:

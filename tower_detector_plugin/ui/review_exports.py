@@ -121,10 +121,16 @@ class ReviewExports(QObject):
 
     def josm_zoom(self):
         """JOSM downloads the OSM data around the current candidate, with the changeset tags pre-filled."""
-        left, bottom, right, top = editors.candidate_bbox(*self.current_point(), 150)
+        half_m = 150
+        left, bottom, right, top = editors.candidate_bbox(*self.current_point(), half_m)
         tags = changeset_tags(self.candidates_path())
         self.josm().load_and_zoom(left, bottom, right, top, changeset_comment=tags["comment"],
                                   changeset_source=tags["source"], changeset_hashtags=tags["hashtags"])
+        # JOSM answers at once and loads in the background: say what was asked of it, or nothing seems to happen
+        self.iface.messageBar().pushMessage(
+            "Tower Detector", f"JOSM is loading OSM's data {2 * half_m} m around candidate "
+            f"{self.current()['tile_id']} and zooming there, with the changeset comment, source and hashtags "
+            "filled in", level=Qgis.Success, duration=6)
 
     def josm_layers(self):
         """Around the current candidate (JOSM_AREA_M): the candidate squares as a locked reference layer that can

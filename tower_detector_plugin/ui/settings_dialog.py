@@ -1,5 +1,5 @@
-"""The Settings dialog: the CLI to run, the work folder, AWS, the default imagery and its token, the estimates'
-rates and the area limits."""
+"""The Settings dialog, in groups: local (where jobs run, the CLI to run, the work folder), imagery (the default
+and its token), AWS, the estimates' rates and the area limits, and results and review."""
 
 from qgis.gui import QgsAuthConfigSelect, QgsFileWidget
 from qgis.PyQt.QtCore import Qt
@@ -10,6 +10,7 @@ from qgis.PyQt.QtWidgets import (
     QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -37,13 +38,15 @@ class SettingsDialog(QDialog):
         self.check_label = QLabel("")
         self.check_label.setWordWrap(True)
         self.check_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.check_label.hide()  # until there is an answer to show
         cli_row = QHBoxLayout()
         cli_row.addWidget(self.cli_path, 1)
         cli_row.addWidget(self.check_button)
         self.work_dir = file_widget(QgsFileWidget.GetDirectory, path=settings.value("work_dir"))
         self.work_dir.lineEdit().setPlaceholderText(settings.work_dir())
-        self.edits = {key: QLineEdit(settings.value(key)) for key in ("aws/profile", "aws/region", "aws/bucket",
-                                                                      "aws/queue", "imagery/spec")}
+        self.edits = {key: QLineEdit(settings.value(key)) for key in (
+            "aws/profile", "aws/region", "aws/bucket", "aws/queue", "imagery/spec", "review/josm_url",
+            "review/overpass_url")}
         self.edits["imagery/spec"].setPlaceholderText("https://…/{z}/{x}/{y}.jpg?access_token=${TOWER_DETECTOR_TOKEN}")
         self.auth = QgsAuthConfigSelect(self)
         self.auth.setConfigId(settings.value("imagery/authcfg"))
@@ -59,27 +62,52 @@ class SettingsDialog(QDialog):
             if decimals == 0:
                 box.setGroupSeparatorShown(True)
             self.numbers[key] = box
-        form = QFormLayout()
-        rows = [("Run jobs on", self.run_on), ("tower-detector (or its Python)", cli_row), ("", self.check_label),
-                ("Work folder", self.work_dir), ("AWS profile", self.edits["aws/profile"]),
-                ("AWS region", self.edits["aws/region"]), ("AWS bucket", self.edits["aws/bucket"]),
-                ("AWS job queue", self.edits["aws/queue"]), ("Default imagery", self.edits["imagery/spec"]),
-                ("Imagery token (QGIS authentication)", self.auth)]
-        rows += [(label, self.numbers[key]) for key, label in (
-            ("estimate/local_tiles_per_s", "Local CPU tiles/s (estimates)"),
-            ("estimate/remote_tiles_per_s", "Remote GPU tiles/s (estimates)"),
-            ("estimate/remote_usd_per_hour", "Remote GPU $/hour (estimates)"),
-            ("estimate/remote_workers", "Remote GPU workers (estimates)"),
+        number_rows = {key: (label, self.numbers[key]) for key, label in (
+            ("estimate/local_tiles_per_s", "Local CPU tiles/s"), ("estimate/remote_tiles_per_s", "AWS GPU tiles/s"),
+            ("estimate/remote_usd_per_hour", "AWS GPU $/hour"), ("estimate/remote_workers", "AWS GPU workers"),
             ("area/warn_tiles", "Warn above (tiles)"), ("area/max_tiles", "Refuse above (tiles)"),
             ("results/heatmap_floor", "Heatmap floor (transparent below)"),
-            ("results/threshold", "Default candidate threshold"))]
-        for label, widget in rows:
-            form.addRow(label, widget)
+            ("results/threshold", "Default candidate threshold"))}
+        groups = {
+            "Local": [("Run jobs on", self.run_on), ("tower-detector (or its Python)", cli_row),
+                      ("", self.check_label), ("Work folder", self.work_dir)],
+            "Imagery": [("Default imagery", self.edits["imagery/spec"]),
+                        ("Imagery token (QGIS authentication)", self.auth)],
+            "AWS": [("AWS profile", self.edits["aws/profile"]), ("AWS region", self.edits["aws/region"]),
+                    ("AWS bucket", self.edits["aws/bucket"]), ("AWS job queue", self.edits["aws/queue"])],
+            "Estimates and limits": [number_rows[key] for key in (
+                "estimate/local_tiles_per_s", "estimate/remote_tiles_per_s", "estimate/remote_usd_per_hour",
+                "estimate/remote_workers", "area/warn_tiles", "area/max_tiles")],
+            "Results and review": [number_rows["results/heatmap_floor"], number_rows["results/threshold"],
+                                   ("JOSM remote control", self.edits["review/josm_url"]),
+                                   ("Overpass API", self.edits["review/overpass_url"])],
+        }
+        inputs = {"jobs/run_on": self.run_on, "cli/path": self.cli_path, "work_dir": self.work_dir,
+                  "imagery/authcfg": self.auth, **self.edits, **self.numbers}
+        for key, widget in inputs.items():
+            widget.setToolTip(settings.HELP[key])
+        columns = QHBoxLayout()  # two columns: the whole dialog fits a laptop's 768 px
+        left, right = QVBoxLayout(), QVBoxLayout()
+        for title, rows in groups.items():
+            box = QGroupBox(title)
+            form = QFormLayout(box)
+            for label, widget in rows:
+                if widget is self.check_label:
+                    form.addRow(widget)  # the whole width for the check's answer
+                else:
+                    form.addRow(label, widget)
+            (left if title in ("Local", "Imagery", "AWS") else right).addWidget(box)
+        for column in (left, right):
+            column.addStretch(1)
+            columns.addLayout(column, 1)
         buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)
+        self.save_button = buttons.button(QDialogButtonBox.Save)
+        self.insisted = None  # a backend path that failed its check, which the user chose to keep
+        self.cli_path.fileChanged.connect(lambda _path: self.save_button.setText("Save"))
         buttons.accepted.connect(self.save)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
-        layout.addLayout(form)
+        layout.addLayout(columns)
         layout.addWidget(buttons)
 
     def check(self) -> bool:
@@ -93,16 +121,38 @@ class SettingsDialog(QDialog):
             text, ok = str(exc), False
         finally:
             QApplication.restoreOverrideCursor()
+        self._show_check(text, ok)
+        return ok
+
+    def _show_check(self, text: str, ok: bool):
+        """The whole answer, wrapped: the dialog grows to show every line of it."""
         self.check_label.setStyleSheet("" if ok else ERROR_STYLE)
         self.check_label.setText(text)
-        return ok
+        self.check_label.setToolTip(text)
+        self.check_label.setVisible(bool(text))
+        # group boxes pass no height-for-width up: ask for the height the wrapped text needs at the label's width
+        self.check_label.setMinimumHeight(0)
+        self.layout().activate()
+        self.check_label.setMinimumHeight(self.check_label.heightForWidth(self.check_label.width()))
+
+    def _backend_accepted(self) -> bool:
+        """Check the backend before saving it: one that fails is kept only on a second Save ("Save anyway")."""
+        path = self.cli_path.filePath().strip()
+        if path == self.insisted or self.check():
+            return True
+        self.insisted = path
+        self.save_button.setText("Save anyway")
+        self._show_check(f"{self.check_label.text()}. Fix the path (or leave it empty to look for the backend), "
+                         "or press Save anyway to keep it.", False)
+        return False
 
     def save(self) -> bool:
         secrets = imagery_sources.literal_secrets(self.edits["imagery/spec"].text())
         if secrets:
-            self.check_label.setStyleSheet(ERROR_STYLE)
-            self.check_label.setText(f"the default imagery holds a secret ({', '.join(secrets)}): keep it in a QGIS "
-                                     f"authentication config and write {imagery_sources.TOKEN_REF} in its place")
+            self._show_check(f"the default imagery holds a secret ({', '.join(secrets)}): keep it in a QGIS "
+                             f"authentication config and write {imagery_sources.TOKEN_REF} in its place", False)
+            return False
+        if not self._backend_accepted():
             return False
         settings.set_value("jobs/run_on", self.run_on.currentData())
         settings.set_value("cli/path", self.cli_path.filePath().strip())

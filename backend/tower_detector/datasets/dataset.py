@@ -134,7 +134,16 @@ def build_dataset(opts, *, splits=None, progress=None, log=print):
                                           splits, tower_filter)
         except OSError as exc:
             raise _cannot_write(out, exc) from None
+    for warning in summary["warnings"]:
+        log(warning)
     return summary
+
+
+def _split_warnings(per_split):
+    """Plain words for each evaluation split without a tower tile: training could not measure a model on it."""
+    return [f"the {name} split has no tower tile, so training cannot tell how well a model finds towers: build "
+            "from an area with more towers, or use fewer splits" for name, s in per_split.items()
+            if name != "train" and s["tiles"] and not s["tower"]]
 
 
 def _check_out(out, cache_dir):
@@ -380,6 +389,7 @@ def _summarise(out, written, skipped, splits, zoom, seed, block_size, background
         "sources": {"area": str(area_spec), "towers": points.source, "imagery": imagery_description,
                     "extra_labels": str(extra_labels) if extra_labels else None},
         "image_size": 256, "classes": ["background", "tower"], "fingerprint": fingerprint,
+        "warnings": _split_warnings(per_split),
     }
     with open(os.path.join(out, "dataset.json"), "w") as f:
         json.dump(summary, f, indent=2)
