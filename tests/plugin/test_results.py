@@ -222,6 +222,21 @@ def test_metrics_dialog_shows_the_table_and_plots(tmp_path):
     dialog.deleteLater()
 
 
+def test_metrics_dialog_opens_on_the_model_card(tmp_path):
+    model = make_model_dir(tmp_path / "model")
+    dialog = MetricsDialog(str(model))
+    assert "MODEL_CARD.md not found" in dialog.card.toPlainText()
+    dialog.deleteLater()
+    (model / "MODEL_CARD.md").write_text("# Model card: model\n\n**Better than chance: test ROC AUC 0.96.**\n\n"
+                                         "| figure | value |\n| --- | --- |\n| ROC AUC, 1 view | 0.955 |\n")
+    dialog = MetricsDialog(str(model))
+    text = dialog.card.toPlainText()
+    assert text.startswith("Model card: model") and "Better than chance" in text and "0.955" in text
+    assert "**" not in text and "| ---" not in text  # rendered, not shown as markdown source
+    assert dialog.card.parent().parent().currentWidget() is dialog.card
+    dialog.deleteLater()
+
+
 CHANCE = {"level": "chance", "text": "This model is no better than chance: test ROC AUC 0.60 (95 % interval "
           "0.45-0.75, from 12 tower tiles). Train longer or on more towers before using its candidates."}
 

@@ -1,4 +1,4 @@
-"""A model's metrics.json as a table, with its ROC and score plots."""
+"""A model's metrics.json as a table, its ROC and score plots, and its card (MODEL_CARD.md)."""
 
 import os
 
@@ -12,11 +12,13 @@ from qgis.PyQt.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
+    QTextBrowser,
     QVBoxLayout,
 )
 
 from ..core.result_layers import metric_rows, model_verdict, read_metrics
 
+CARD = "MODEL_CARD.md"  # written by train beside metrics.json: data, recipe, figures with their uncertainty, limits
 VERDICT_STYLES = {"ok": "color: #2e7d32;", "warn": "color: #e65100; font-weight: bold;",
                   "bad": "color: #c62828; font-weight: bold;"}
 
@@ -54,6 +56,15 @@ class MetricsDialog(QDialog):
             scroll.setWidget(label)
             scroll.setWidgetResizable(True)
             tabs.addTab(scroll, title)
+        self.card = QTextBrowser()
+        card = os.path.join(model_dir, CARD)
+        if os.path.isfile(card):
+            with open(card, encoding="utf-8") as f:
+                self.card.setMarkdown(f.read())
+        else:
+            self.card.setPlainText(f"{CARD} not found: the model was trained before models had cards")
+        tabs.insertTab(0, self.card, "Model card")
+        tabs.setCurrentIndex(0)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
         verdict = model_verdict(metrics)  # red or amber when the model is no better than chance
