@@ -36,7 +36,8 @@ _INITS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_u
 
 TRAINING = (
     Param("backbone", "xception", "the convolutional base: xception (the original project's, for GPUs), "
-          "mobilenet_v3_small (small: trains and scores on a CPU in minutes) or efficientnetv2_b0",
+          "mobilenet_v3_small or efficientnetv2_b0 (smaller, several times faster on a CPU: "
+          "docs/benchmarks/backbones.md)",
           choices=tuple(BACKBONE_LAYERS), flags=("--backbone", ("train", "search"))),
     Param("optimizer", "adam", "adam, rmsprop or sgd (with momentum)", choices=("adam", "rmsprop", "sgd")),
     Param("lr_phase1", 5e-4, "learning rate of phase 1 (the new top only)", low=1e-7, high=1.0),
