@@ -194,6 +194,36 @@ def test_train_dialog_builds_train_or_search(qgis_iface, manager, tmp_path):
     dialog.deleteLater()
 
 
+def test_train_dialog_starts_from_a_model_or_on_another_backbone(qgis_iface, manager, tmp_path):
+    model = make_model_dir(tmp_path / "v1")
+    dialog = TrainDialog(qgis_iface, manager)
+    dialog.data.setFilePath(str(tmp_path / "ds"))
+    dialog.out.setFilePath(str(tmp_path / "v2"))
+    dialog.backbone.setCurrentText("mobilenet_v3_small")
+    job = dialog.build()
+    assert job["steps"][0][job["steps"][0].index("--backbone") + 1] == "mobilenet_v3_small"
+    dialog.backbone.setCurrentText("xception")  # the default is left to the CLI (a params file may set another)
+    assert "--backbone" not in dialog.build()["steps"][0]
+    # a warm start: the model brings its weights and backbone, so their inputs go grey and are not sent
+    dialog.init.setFilePath(str(model))
+    assert not dialog.weights.isEnabled() and not dialog.backbone.isEnabled() and dialog.epochs_fine.isEnabled()
+    dialog.epochs_fine.setValue(5)
+    job = dialog.build()
+    assert job["steps"] == [commands.train_args(str(tmp_path / "ds"), str(tmp_path / "v2"), init=str(model),
+                                                epochs_fine=5)]
+    assert "--init" in job["steps"][0] and "--weights" not in job["steps"][0]
+    dialog.mode.setCurrentIndex(1)
+    with pytest.raises(ValueError, match="a search trains many models afresh"):
+        dialog.build()
+    dialog.mode.setCurrentIndex(0)
+    dialog.init.setFilePath(str(tmp_path))
+    with pytest.raises(ValueError, match="not a model folder made by Train"):
+        dialog.build()
+    dialog.init.setFilePath("")
+    assert dialog.weights.isEnabled() and dialog.backbone.isEnabled()
+    dialog.deleteLater()
+
+
 def test_predict_dialog_runs_predict_then_results_with_the_models_threshold(qgis_iface, manager, area_file,
                                                                             tmp_path):
     model = make_model_dir(tmp_path / "model")

@@ -67,7 +67,7 @@ def test_every_default_is_the_clis(cli_defaults):
             if cli is None:  # the CLI decides in code, and says so in its help
                 said = re.search(r"\(default:? ([^)\s;,]+)", option_help(command, param.flag))
                 assert said, f"{command} {param.flag}: no default in the CLI's help"
-                cli = type(param.default)(said.group(1))
+                cli = type(param.default)(said.group(1).strip('"'))
             assert cli == param.default, f"{command} {param.flag}: the CLI's default is {cli!r}"
             checked += 1
     assert checked >= 10

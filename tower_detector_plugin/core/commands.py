@@ -50,11 +50,17 @@ def dataset_args(area: str, towers: str, imagery: str, out: str, *, zoom: int = 
 
 
 def train_args(data: str, out: str, *, weights: str = None, params: str = None, image_size: int = None,
-               epochs_top: int = None, epochs_fine: int = None, batch_size: int = None, seed: int = None) -> list:
+               epochs_top: int = None, epochs_fine: int = None, batch_size: int = None, seed: int = None,
+               backbone: str = None, init: str = None) -> list:
+    """init: a model folder to fine-tune (a warm start); weights and backbone are then the model's."""
     _need(data=data, out=out)
     args = ["train", "--data", str(data), "--out", str(out)]
     _opt(args, "--params", params)
-    _opt(args, "--weights", weights)
+    if init:
+        _opt(args, "--init", init)
+    else:
+        _opt(args, "--weights", weights)
+        _opt(args, "--backbone", backbone)
     _opt(args, "--image-size", image_size)
     _opt(args, "--epochs-top", epochs_top)
     _opt(args, "--epochs-fine", epochs_fine)
@@ -64,7 +70,8 @@ def train_args(data: str, out: str, *, weights: str = None, params: str = None, 
 
 
 def search_args(data: str, out: str, trials: int, *, space: str = None, metric: str = None, params: str = None,
-                weights: str = None, image_size: int = None, epochs_fine: int = None, batch_size: int = None) -> list:
+                weights: str = None, image_size: int = None, epochs_fine: int = None, batch_size: int = None,
+                backbone: str = None) -> list:
     _need(data=data, out=out, trials=trials)
     if int(trials) < 1:
         raise ValueError("trials must be at least 1")
@@ -75,6 +82,7 @@ def search_args(data: str, out: str, trials: int, *, space: str = None, metric: 
     _opt(args, "--metric", metric)
     _opt(args, "--params", params)
     _opt(args, "--weights", weights)
+    _opt(args, "--backbone", backbone)
     _opt(args, "--image-size", image_size)
     _opt(args, "--epochs-fine", epochs_fine)
     _opt(args, "--batch-size", batch_size)

@@ -51,6 +51,10 @@ SEED = Parameter("--seed", "Seed", 0, 0, 1_000_000, "The random seed: the same s
 WEIGHTS = Parameter("--weights", "Start weights", "imagenet", choices=("imagenet", "none"),
                     help="imagenet: start from the ImageNet weights (downloaded once); none: from random weights; "
                          "or a Keras weights file.")
+BACKBONE = Parameter("--backbone", "Backbone", "xception",
+                     choices=("xception", "mobilenet_v3_small", "efficientnetv2_b0"),
+                     help="The network under the classifier: xception (the original project's; best with a GPU), or "
+                          "a smaller, faster one for a computer without a GPU.")
 IMAGE_SIZE = Parameter("--image-size", "Image size (px)", None, 0, 1024,
                        "The model's input size; tiles are resized to it.")
 EPOCHS_TOP = Parameter("--epochs-top", "Epochs, new top", None, 0, 100,
@@ -101,6 +105,9 @@ MODEL_OUT = Parameter("--out", "Output folder", help="The folder the trained mod
                       "plots.")
 WEIGHTS_FILE = Parameter("--weights", "Weights file", help="A Keras weights file to start from, when Start weights "
                          "is a file.")
+INIT = Parameter("--init", "Start from model", help="A model folder made by Train, to fine-tune on this training data "
+                 "instead of starting afresh: for example after review decisions went into a new training set. Its "
+                 "backbone and image size are kept; one training, not a search.")
 PARAMS = Parameter("--params", "Hyperparameters (JSON)", help="A JSON file of training settings, such as a search's "
                    "best trial; the fields below override it.")
 SPACE = Parameter("--space", "Search space (JSON)", help="A JSON file of the ranges the hyperparameter search tries; "
@@ -126,8 +133,8 @@ RESULTS_UNDER = Field("Results under", "The folder each prediction's own folder 
 STEPS = {
     "tiles": (ZOOM,),
     "dataset": (ZOOM, BACKGROUND_RATIO, SPAN_NEGATIVES, SPLIT, BLOCK_SIZE, SEED),
-    "train": (WEIGHTS, IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE),
-    "search": (WEIGHTS, IMAGE_SIZE, EPOCHS_FINE, BATCH_SIZE, TRIALS, METRIC),
+    "train": (WEIGHTS, BACKBONE, IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE),
+    "search": (WEIGHTS, BACKBONE, IMAGE_SIZE, EPOCHS_FINE, BATCH_SIZE, TRIALS, METRIC),
     "predict": (WORKERS, CHECKPOINT_EVERY, BATCH_SIZE, SHARDS, VIEWS, MAX_TILES),
     "results": (THRESHOLD, YES_THRESHOLD),
     "conflate": (DUPLICATE_DISTANCE,),

@@ -1,4 +1,4 @@
-"""towerdetector:train: trains the Xception tile classifier on a training data folder."""
+"""towerdetector:train: trains the tile classifier on a training data folder, afresh or from a model."""
 
 from qgis.core import (
     QgsProcessingException,
@@ -9,11 +9,13 @@ from qgis.core import (
 
 from ..core import commands
 from ..core.parameters import (
+    BACKBONE,
     BATCH_SIZE,
     DATA,
     EPOCHS_FINE,
     EPOCHS_TOP,
     IMAGE_SIZE,
+    INIT,
     MODEL_OUT,
     PARAMS,
     WEIGHTS,
@@ -34,13 +36,17 @@ class TrainAlgorithm(CliAlgorithm):
         return "Train the tower classifier"
 
     def shortHelpString(self):
-        return ("Trains the Xception tile classifier on a training data folder (two phases; resumes when run again "
-                "with the same output folder). 0 in a number means the backend's default.")
+        return ("Trains the tile classifier (Xception, or a smaller backbone) on a training data folder, afresh or "
+                "from a model (Start from model); it resumes when run again with the same output folder. 0 in a "
+                "number means the backend's default.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(with_help(QgsProcessingParameterFile("DATA", "Training data folder",
                                                                QgsProcessingParameterFile.Folder), DATA))
+        self.addParameter(with_help(QgsProcessingParameterFile("INIT", INIT.label, QgsProcessingParameterFile.Folder,
+                                                               optional=True), INIT))
         self.addParameter(choice_parameter(WEIGHTS, self.WEIGHT_OPTIONS))
+        self.addParameter(choice_parameter(BACKBONE))
         self.addParameter(with_help(QgsProcessingParameterFile("WEIGHTS_FILE", "Weights file (Start weights: file)",
                                                                QgsProcessingParameterFile.File, "h5", None, True),
                                     WEIGHTS_FILE))
@@ -61,8 +67,11 @@ class TrainAlgorithm(CliAlgorithm):
                 raise QgsProcessingException("Start weights is 'file' but no weights file is given")
         out = self.parameterAsString(parameters, "OUTPUT", context)
         numbers = {p.key: self.optional_int(self.parameterAsInt(parameters, p.name, context)) for p in NUMBERS}
+        backbone = BACKBONE.choices[self.parameterAsEnum(parameters, BACKBONE.name, context)]
         args = commands.train_args(self.parameterAsFile(parameters, "DATA", context), out, weights=weights,
-                                   params=self.parameterAsFile(parameters, "PARAMS", context) or None, **numbers)
+                                   params=self.parameterAsFile(parameters, "PARAMS", context) or None,
+                                   backbone=None if backbone == BACKBONE.default else backbone,
+                                   init=self.parameterAsFile(parameters, "INIT", context) or None, **numbers)
         [result] = self.run_steps([args], feedback)
         return {"OUTPUT": out, "ROC_AUC": result.get("roc_auc"),
                 "THRESHOLD": (result.get("thresholds") or {}).get("youden")}

@@ -23,6 +23,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core import commands, runner, settings
 from ..core.parameters import (
     AREA,
+    BACKBONE,
     BACKGROUND_RATIO,
     BATCH_SIZE,
     BLOCK_SIZE,
@@ -33,6 +34,7 @@ from ..core.parameters import (
     EPOCHS_TOP,
     IMAGE_SIZE,
     IMAGERY,
+    INIT,
     METRIC,
     MODE,
     MODEL,
@@ -187,9 +189,13 @@ class TrainDialog(JobDialog):
         self.mode.addItems(["Train one model", "Hyperparameter search (Hyperopt)"])
         self.weights = _choices(WEIGHTS, extra=("file…",))
         self.weights_file = file_widget(QgsFileWidget.GetFile, "Keras weights (*.h5 *.keras)")
+        self.backbone = _choices(BACKBONE)
+        self.init = file_widget(QgsFileWidget.GetDirectory)
+        self.init.fileChanged.connect(self._init_chosen)
         self.params = file_widget(QgsFileWidget.GetFile, "JSON (*.json)")
-        self._add_rows((DATA, self.data), (MODEL_OUT, self.out), (MODE, self.mode), (WEIGHTS, self.weights),
-                       (WEIGHTS_FILE, self.weights_file), (PARAMS, self.params))
+        self._add_rows((DATA, self.data), (MODEL_OUT, self.out), (MODE, self.mode), (INIT, self.init),
+                       (WEIGHTS, self.weights), (WEIGHTS_FILE, self.weights_file), (BACKBONE, self.backbone),
+                       (PARAMS, self.params))
         self.image_size, self.epochs_top, self.epochs_fine, self.batch_size, self.trials = (
             self._add_input(param) for param in (IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE, TRIALS))
         self.metric = _choices(METRIC)
@@ -197,15 +203,28 @@ class TrainDialog(JobDialog):
         self.where = _where_combo()
         self._add_rows((METRIC, self.metric), (SPACE, self.space), (RUN_ON, self.where))
 
+    def _init_chosen(self, path: str = None):
+        """A model to start from brings its own weights and backbone: their inputs do not apply."""
+        warm = bool(self.init.filePath().strip())
+        for widget in (self.weights, self.weights_file, self.backbone):
+            widget.setEnabled(not warm)
+
     def build(self) -> dict:
         data = self._out_dir(self.data, "training data folder")
         out = self._out_dir(self.out, "output folder")
+        init = self.init.filePath().strip() or None
+        if init and self.mode.currentIndex() == 1:
+            raise ValueError("a search trains many models afresh: clear Start from model, or train one model")
+        if init and not os.path.isfile(os.path.join(init, "params.json")):
+            raise ValueError(f"{init} is not a model folder made by Train (it has no params.json)")
+        backbone = self.backbone.currentData()
         weights = self.weights.currentData()
-        if weights is None:  # file…
+        if weights is None and not init:  # file…
             weights = self.weights_file.filePath().strip()
             if not weights:
                 raise ValueError("choose the weights file, or imagenet / none")
         common = dict(weights=weights, params=self.params.filePath().strip() or None,
+                      backbone=None if backbone == BACKBONE.default else backbone,  # a params file may set it
                       image_size=spin_value(self.image_size), epochs_fine=spin_value(self.epochs_fine),
                       batch_size=spin_value(self.batch_size))
         if self.mode.currentIndex() == 1:
@@ -213,7 +232,7 @@ class TrainDialog(JobDialog):
                                         metric=self.metric.currentData(), **common)
             kind, model = "search", os.path.join(out, "best")
         else:
-            args = commands.train_args(data, out, epochs_top=spin_value(self.epochs_top), **common)
+            args = commands.train_args(data, out, epochs_top=spin_value(self.epochs_top), init=init, **common)
             kind, model = "train", out
         job = {"kind": kind, "title": f"{kind} {os.path.basename(out)}", "steps": [args], "out": out,
                "outputs": {"model": model}}

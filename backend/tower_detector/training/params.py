@@ -161,8 +161,8 @@ def add_training_flags(parser, command):
         if p.flags and command in p.flags[1]:
             default = f"default {_text(p.default)}" + (f"; {_text(p.scratch)} with --weights none"
                                                         if p.scratch is not _UNSET else "")
-            actions.append(parser.add_argument(p.flags[0], type=_flag_type(p), metavar="N",
-                                               help=f"{p.help} ({default})"))
+            kind = {"choices": p.choices} if p.choices else {"type": _flag_type(p), "metavar": "N"}
+            actions.append(parser.add_argument(p.flags[0], **kind, help=f"{p.help} ({default})"))
     return actions
 
 
