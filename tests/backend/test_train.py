@@ -341,6 +341,45 @@ def test_a_warm_start_from_another_network_is_refused_in_one_line_before_tensorf
     assert done.returncode == 2 and "is not a model directory" in done.stderr
 
 
+def test_the_review_loop_end_to_end_on_a_tiny_scene(trained, dataset, tmp_path):
+    """predict -> results -> a reviewer decides the top candidates from the truth -> export labels -> dataset
+    --extra-labels -> train --init: the plumbing of the loop that lets reviews teach the model."""
+    import sqlite3
+
+    from tower_detector.datasets.labels import positive_tiles
+    from tower_detector.sources.osm import load_towers
+
+    scene, model = dataset.parent / "scene", trained[0]
+    steps = [("predict", "--model", model, "--imagery", scene / "scene.tif", "--area", scene / "area.geojson",
+              "--out", tmp_path / "store", "--batch-size", 16),
+             ("results", tmp_path / "store", "--candidates", tmp_path / "c.gpkg", "--threshold", 0)]
+    for step in steps:
+        done = cli(*step)
+        assert done.returncode == 0, done.stderr[-2000:]
+    towers = load_towers(str(scene / "towers.geojson"))
+    truth = {tuple(t) for t in positive_tiles(towers.lon, towers.lat, 18).tolist()}
+    with sqlite3.connect(tmp_path / "c.gpkg") as db:  # the reviewer: the 12 best candidates, decided by the truth
+        top = db.execute("SELECT tile_id, x, y FROM candidates ORDER BY rank LIMIT 12").fetchall()
+        decided = {tile: "confirmed" if (x, y) in truth else "false_positive" for tile, x, y in top}
+        db.executemany("UPDATE candidates SET status = ? WHERE tile_id = ?", [(v, k) for k, v in decided.items()])
+    done = cli("export", "labels", "--candidates", tmp_path / "c.gpkg", "--out", tmp_path / "labels.gpkg")
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = cli("dataset", "--area", scene / "area.geojson", "--towers", scene / "towers.geojson", "--imagery",
+               scene / "scene.tif", "--out", tmp_path / "ds2", "--split", "0.6,0.2,0.2", "--block-size", 4,
+               "--background-ratio", 2, "--seed", 1, "--extra-labels", tmp_path / "labels.gpkg")
+    assert done.returncode == 0, done.stderr[-2000:]
+    built = json.loads((tmp_path / "ds2" / "dataset.json").read_text())
+    assert built["sources"]["extra_labels"] == str(tmp_path / "labels.gpkg")
+    # a false positive on a tile OSM leaves empty becomes a hard negative
+    assert built["hard_negatives"] == sum(v == "false_positive" for v in decided.values())
+    done = cli("train", "--data", tmp_path / "ds2", "--out", tmp_path / "v2", "--init", model, "--epochs-fine", 1,
+               "--batch-size", 16)
+    assert done.returncode == 0, done.stderr[-2000:]
+    params = json.loads((tmp_path / "v2" / "params.json").read_text())
+    assert params["init"] == str(model) and params["data_dir"] == str(tmp_path / "ds2")
+    assert f"review labels added: {tmp_path / 'labels.gpkg'}" in (tmp_path / "v2" / "MODEL_CARD.md").read_text()
+
+
 def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
     out = tmp_path / "m"
     (tmp_path / "p.json").write_text(json.dumps({"warmup_epochs": 2, "lr_schedule": "plateau"}))
