@@ -20,6 +20,7 @@ import traceback
 from . import __version__
 from .common.errors import Failure, Interrupted, UserError, one_line
 from .common.events import Reporter
+from .common.quiet import quiet_tensorflow_import
 from .common.redaction import redact
 from .pipeline import ALIASES, STAGES
 from .remote import add_remote_commands
@@ -261,6 +262,8 @@ def build_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines would drown our log
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "2":  # and those it logs before that setting applies
+        quiet_tensorflow_import()
     parser = build_parser()
     rep = Reporter(events="--events" in argv)
     try:

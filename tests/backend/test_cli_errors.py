@@ -302,3 +302,29 @@ def test_one_line_of_an_exception():
     assert one_line(OSError(28, "No space left on device", "/data/x.tmp")) == "No space left on device"
     assert one_line(ValueError("first\n  second")) == "first second"
     assert one_line(KeyError()) == "KeyError"
+
+
+def test_tensorflows_start_up_lines_stay_off_stderr_and_its_errors_do_not(tmp_path):
+    """TensorFlow 2.21 logs its start-up info through absl before TF_CPP_MIN_LOG_LEVEL applies: a stand-in package
+    writes such lines to descriptor 2 as it is imported, and only the error line and Python's own text pass."""
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os, sys\n"
+        "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "os.write(2, b'I0000 00:00:1796611544.261805    9746 port.cc:153] oneDNN custom operations are on.\\n')\n"
+        "os.write(2, b'W0000 00:00:1796611544.261805    9746 cuda_dnn.cc:8310] Unable to register cuDNN\\n')\n"
+        "os.write(2, b'E0000 00:00:1796611544.261805    9746 cuda_driver.cc:152] failed call to cuInit\\n')\n"
+        "print('a Python warning', file=sys.stderr)\n"
+        "LOADED = True\n")
+    code = ("from tower_detector.common.quiet import quiet_tensorflow_import\n"
+            "quiet_tensorflow_import()\n"
+            "import tensorflow\n"
+            "assert tensorflow.LOADED\n"
+            "import os; os.write(2, b'I0000 00:00:1.0 1 after.cc:1] later lines are not touched\\n')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO / "backend")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "E0000 00:00:1796611544.261805    9746 cuda_driver.cc:152] failed call to cuInit", "a Python warning",
+        "I0000 00:00:1.0 1 after.cc:1] later lines are not touched"]
