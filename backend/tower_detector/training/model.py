@@ -372,7 +372,8 @@ def _resizer(size):
 
     @tf.function(reduce_retracing=True, autograph=False)
     def resize(images):
-        return tf.image.resize(tf.cast(images, tf.float32), (size, size), antialias=True)
+        # uint8 straight in (the result is float32 and the same): no float copy of the full-size batch
+        return tf.image.resize(images, (size, size), antialias=True)
 
     return resize
 
