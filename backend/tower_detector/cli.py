@@ -22,7 +22,7 @@ from .common.errors import Failure, Interrupted, UserError, one_line
 from .common.events import Reporter
 from .common.quiet import quiet_tensorflow_import
 from .common.redaction import redact
-from .pipeline import ALIASES, STAGES
+from .pipeline import ALIASES, STAGE, STAGES
 from .remote import add_remote_commands
 
 
@@ -137,7 +137,11 @@ def cmd_search(args, rep):
 def cmd_predict(args, rep):
     from .prediction.predict import predict
 
-    stats = predict(args, progress=rep.progress, log=rep.log)
+    n = args.gpus or args.processes
+    if n > 1 or args.gpus:
+        stats = _predict_in_processes(args, n, rep)
+    else:
+        stats = predict(args, progress=rep.progress, log=rep.log)
     text = (f"scored {stats['tiles_scored']:,} tiles into {args.out} ({stats['tiles_failed']:,} without imagery or "
             f"unreadable, {stats['chunks_written']} chunks written, {stats['chunks_existing']} already there; "
             f"{stats['tiles_per_second']} tiles/s, {_share(stats['checkpoint_seconds'], stats['seconds'])} of the time "
@@ -149,6 +153,25 @@ def cmd_predict(args, rep):
         raise Failure(f"{pending:,} tiles failed transiently ({reasons}) and are not done; run the same command "
                       "again to fetch them", retry=True)
     rep.result(text, **stats)
+
+
+def _predict_in_processes(args, n, rep):
+    """predict --processes N / --gpus N: N children of this command, each with its --part (prediction/parallel.py)."""
+    from .prediction.parallel import run_parts
+    from .prediction.predict import check_inputs
+
+    if args.part is not None:
+        raise UserError("--part is set by --processes/--gpus for their children; give one or the other")
+    check_inputs(args)  # bad input: one line and exit 2 before any child (or TensorFlow) starts
+    actions = STAGE["predict"].arguments(argparse.ArgumentParser(add_help=False))
+    argv = ["predict"]
+    for action in actions:
+        value = getattr(args, action.dest)
+        if action.dest in ("processes", "gpus", "part") or value is None or value == action.default:
+            continue
+        argv += [action.option_strings[-1], str(value)]
+    return run_parts(lambda i, k: [*argv, "--part", f"{i}/{k}", "--events"], n, args.out, gpus=bool(args.gpus),
+                     progress=rep.progress, log=rep.log)
 
 
 def _share(part, whole):

@@ -173,8 +173,15 @@ def predict_arguments(sp, remote=False):
         sp.add_argument("--zoom", type=ZOOM, default=18),
     ]
     if not remote:  # a remote job's children each take their own shard
-        actions.append(sp.add_argument("--shard", help="i/n: score only shard i of n (X-index ranges; for "
-                                       "parallel workers)"))
+        actions += [
+            sp.add_argument("--shard", help="i/n: score only shard i of n (X-index ranges; for parallel workers)"),
+            sp.add_argument("--processes", type=COUNT, default=1,
+                            help="score in N CPU-only processes on this machine, each its share of the chunks, "
+                                 "into the one store (default 1: this process)"),
+            sp.add_argument("--gpus", type=COUNT, help="score in N processes, one per GPU (CUDA_VISIBLE_DEVICES "
+                            "set for each), each its share of the chunks, into the one store"),
+            sp.add_argument("--part", help=argparse.SUPPRESS),  # i/n: a --processes/--gpus child's share
+        ]
     return actions + [
         sp.add_argument("--shards", type=COUNT, help="split the job into N shards (all scored here unless --shard)"),
         sp.add_argument("--workers", type=COUNT, default=16, help="concurrent imagery requests and decoders"),

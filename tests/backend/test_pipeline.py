@@ -25,8 +25,9 @@ def test_every_stage_is_a_command_in_pipeline_order_and_remote_takes_the_same_ar
     for kind in REMOTE:
         local = {a.dest for a in commands[kind]._actions}
         remote = {a.dest for a in kinds[kind]._actions}
-        # the same arguments, less the shard (each child takes its own), plus the AWS ones
-        assert local - remote == ({"shard"} if kind == "predict" else set())
+        # the same arguments, less the shard (each child takes its own) and the local runner's processes, plus
+        # the AWS ones
+        assert local - remote == ({"shard", "processes", "gpus", "part"} if kind == "predict" else set())
         assert remote - local == {"profile", "region", "stack", "name", "yes", "spot_price", "timeout_hours"} | (
             {"tiles_per_second"} if kind == "predict" else set())
 

@@ -568,3 +568,92 @@ def test_bad_stores_of_retries_are_refused(tmp_path):
     (tmp_path / "s" / "chunks" / "s0000" / "c0000000.r01.npz").write_bytes(b"junk")
     with pytest.raises(UserError, match="corrupt chunk chunks/s0000/c0000000.r01.npz"):
         store.read_chunk(0, 0)
+
+
+# -- predict --processes N / --gpus N: N children into one store -------------------------------------------
+def test_two_processes_score_what_one_does(reference, tiny_model, sample_scene, tmp_path):
+    out = tmp_path / "store"
+    proc, events = run("predict", "--model", tiny_model[0], "--imagery", sample_scene["imagery"], "--area",
+                       sample_scene["area"], "--out", out, "--shards", 2, "--checkpoint-every", 10, "--batch-size",
+                       4, "--precision", "float32", "--processes", 2, "--events")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = events[-1]
+    assert result["event"] == "result" and result["workers"] == 2 and result["job_complete"] is True
+    assert result["tiles_scored"] == 64 and result["chunks_written"] == 8
+    # two shards of 32 tiles, chunks of 10, 10, 10, 2 each: the plan's chunks alternate between the workers
+    assert [w["tiles_scored"] for w in result["per_worker"]] == [10 + 10 + 10 + 10, 10 + 2 + 10 + 2]
+    starts = [e for e in events if e["event"] == "log" and "pid" in e]
+    assert len(starts) == 2 and len({e["pid"] for e in starts}) == 2 and all("CPU only" in e["message"]
+                                                                             for e in starts)
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress[-1]["done"] == progress[-1]["total"] == 64 and progress[-1]["workers"] == 2
+    assert any(e["event"] == "log" and e["message"].startswith("worker 1/2: scoring with") for e in events)
+    got, failed = scores_of(out)
+    want, _ = scores_of(reference[0])
+    assert not failed and got.keys() == want.keys()
+    for tile, values in want.items():
+        np.testing.assert_allclose(got[tile], values, atol=1e-5)  # one CPU a child: sums may add up in another order
+
+
+def test_a_killed_child_fails_the_run_and_the_same_command_resumes(reference, tiny_model, sample_scene, tmp_path):
+    out = tmp_path / "store"
+    args = ["predict", "--model", tiny_model[0], "--imagery", sample_scene["imagery"], "--area",
+            sample_scene["area"], "--out", out, "--shards", 2, "--checkpoint-every", 10, "--batch-size", 4,
+            "--precision", "float32", "--gpus", 2, "--events"]  # no GPU here: the children score on the CPU
+    parent = subprocess.Popen([sys.executable, "-m", "tower_detector", *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    events = []
+    for line in parent.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "log" and events[-1].get("worker") == 1 and "pid" in events[-1]:
+            os.kill(events[-1]["pid"], signal.SIGKILL)  # before it loads its model: its part stays unscored
+    assert parent.wait(timeout=300) == 1
+    assert [e.get("message", "").split(":")[0] for e in events if e["event"] == "log" and "pid" in e] == [
+        "worker 0/2", "worker 1/2"]
+    assert events[-1]["event"] == "error" and events[-1]["retry"] is True
+    assert "worker 1/2 was killed (SIGKILL)" in events[-1]["message"] and "run the same command" in \
+        events[-1]["message"]
+    store = open_store(out)
+    assert 0 < len(store.done_chunks()) < 8 and not store.read_manifest()["complete"]
+    proc, events = run(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # worker 0's four chunks were there; worker 1 scores its own (10 + 2 + 10 + 2 tiles)
+    assert events[-1]["chunks_existing"] == 4 and events[-1]["tiles_scored"] == 24
+    assert events[-1]["job_complete"] is True
+    got, _ = scores_of(out)
+    assert got.keys() == scores_of(reference[0])[0].keys()
+
+
+def test_sigterm_reaches_every_child_and_the_run_resumes(tiny_model, sample_scene, tmp_path):
+    out = tmp_path / "store"
+    with TileServer(sample_scene["imagery"], latency=0.05) as server:
+        args = ["predict", "--model", tiny_model[0], "--imagery", server.template("png"), "--area",
+                sample_scene["area"], "--out", out, "--workers", 1, "--checkpoint-every", 8, "--batch-size", 4,
+                "--processes", 2, "--events"]
+        parent = subprocess.Popen([sys.executable, "-m", "tower_detector", *map(str, args)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        events = []
+        for line in parent.stdout:
+            events.append(json.loads(line))
+            if events[-1]["event"] == "progress" and events[-1]["done"] >= 8 and events[-1]["workers"] == 2:
+                parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=120) == 143
+        assert events[-1]["event"] == "error" and events[-1]["kind"] == "interrupted"
+        store = open_store(out)
+        assert 0 < len(store.done_chunks()) < 8  # each child finished the chunk under way, and stopped
+        proc, events = run(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert events[-1]["job_complete"] is True and len(scores_of(out)[0]) == 64
+
+
+def test_bad_input_for_processes_is_refused_before_any_child_starts(tiny_model, sample_scene, tmp_path):
+    base = ["predict", "--model", tiny_model[0], "--imagery", sample_scene["imagery"], "--out", tmp_path / "s"]
+    for extra, message in ((["--area", sample_scene["area"], "--processes", 2, "--gpus", 2], "not both"),
+                           (["--processes", 2], "needs --area or --tiles"),
+                           (["--area", sample_scene["area"], "--processes", 0], "--processes")):
+        proc, events = run(*base, *extra, "--events")
+        assert proc.returncode == 2 and events[-1]["event"] == "error" and message in events[-1]["message"]
+        assert not any(e["event"] == "log" and "pid" in e for e in events)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="3")
+    proc, events = run(*base, "--area", sample_scene["area"], "--gpus", 2, "--events", env=env)
+    assert proc.returncode == 2 and "names 1 GPUs" in events[-1]["message"]

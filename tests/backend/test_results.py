@@ -87,6 +87,13 @@ def test_summary_counts_everything(merged):
     json.dumps(s)  # plain JSON for the CLI's result event
 
 
+def test_the_summary_of_a_heatmap_alone_counts_the_same_candidates(merged, tmp_path):
+    # without a candidates file or overlay, candidates are counted, not kept (memory: results_memory.md)
+    s = merge_results(merged["store"], heatmap=tmp_path / "h.tif", threshold=0.5)
+    assert {k: s[k] for k in ("candidates", "candidates_yes", "scored", "histogram")} == {
+        k: merged["summary"][k] for k in ("candidates", "candidates_yes", "scored", "histogram")}
+
+
 def test_a_complete_job(tmp_path):
     store, exp = make_store(tmp_path / "store", "28.0,-15.0,28.01,-14.99", 2, 20)
     s = merge_results(store.spec, json_path=tmp_path / "s.json")
@@ -155,6 +162,20 @@ def test_heatmap_overviews_average_without_nodata(tmp_path):
     mixed = (full.reshape(8, 2, 8, 2) == -1).any(axis=(1, 3)) & (want != -1)
     assert mixed.sum() >= 5 and (want == -1).any()  # blocks with some nodata, and blocks with nothing
     assert np.allclose(half, want, atol=1e-6)
+
+
+def test_gdal_block_cache_is_bounded_while_the_heatmap_is_written(tmp_path):
+    # GDAL's default cache is 5 % of the RAM, and building overviews fills it (about 1 GB for a country)
+    from rasterio.env import get_gdal_config
+
+    from tower_detector.results.heatmap import CACHE_BYTES
+
+    default, seen = get_gdal_config("GDAL_CACHEMAX"), []
+    store, _ = make_store(tmp_path / "store", "28.0,-15.0,28.01,-14.99", 2, 20)
+    merge_results(store.spec, heatmap=tmp_path / "h.tif",
+                  progress=lambda d, t, stage, **f: seen.append((stage, get_gdal_config("GDAL_CACHEMAX"))))
+    assert ("overviews", CACHE_BYTES) in seen and CACHE_BYTES < default
+    assert get_gdal_config("GDAL_CACHEMAX") == default  # given back: the rest of the process is as it was
 
 
 def test_a_wide_heatmap_is_written_strip_by_strip(tmp_path):

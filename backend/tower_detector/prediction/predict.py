@@ -30,16 +30,16 @@ import numpy as np
 from ..common.errors import Interrupted, UserError
 
 
-def parse_shard(text, n_max=100_000):
+def parse_shard(text, n_max=100_000, name="--shard"):
     """'i/n' -> (i, n) with 0 <= i < n; None -> None (every shard, one after another)."""
     if text is None:
         return None
     try:
         i, n = (int(v) for v in str(text).split("/"))
     except ValueError:
-        raise UserError(f"--shard must be i/n (for example 0/8), not {text!r}") from None
+        raise UserError(f"{name} must be i/n (for example 0/8), not {text!r}") from None
     if not (n >= 1 and 0 <= i < n and n <= n_max):
-        raise UserError(f"--shard {text}: need 0 <= i < n (shards are numbered from 0)")
+        raise UserError(f"{name} {text}: need 0 <= i < n (numbered from 0)")
     return i, n
 
 
@@ -62,39 +62,14 @@ def predict(opts, *, prefetch=4, progress=None, log=print):
     Everything that can be checked is checked before TensorFlow loads. Tiles that failed transiently in an
     earlier run are scored first; one more pass at the end retries this run's transient failures. Raises
     ImageryUnreachable (exit 1) on an outage: what was scored is kept, the job is not complete."""
-    from ..geo.areas import load_area
-    from ..geo.cover import TileCover, tile_cover
     from ..sources.imagery import open_imagery
-    from ..training.model import PRECISIONS, VIEWS, read_params
     from .store import open_store
 
     progress = progress or (lambda *a, **k: None)
-    model_dir, imagery, out, area, tiles, zoom = opts.model, opts.imagery, opts.out, opts.area, opts.tiles, opts.zoom
+    model_dir, imagery, out = opts.model, opts.imagery, opts.out
     workers, checkpoint_every, batch_size = opts.workers, opts.checkpoint_every, opts.batch_size
-    precision, views, shard, shards = opts.precision, opts.views, opts.shard, opts.shards
-    if (area is None) == (tiles is None):
-        raise UserError("predict needs --area or --tiles (one of them)")
-    if checkpoint_every < 1 or batch_size < 1 or workers < 1:
-        raise UserError("--checkpoint-every, --batch-size and --workers must be at least 1")
-    if views not in VIEWS or precision not in PRECISIONS:
-        raise UserError(f"--views must be one of {VIEWS} and --precision one of {PRECISIONS}")
-    picked = parse_shard(shard)
-    params = read_params(model_dir)
-    if not os.path.isfile(os.path.join(model_dir, "model.keras")):
-        raise UserError(f"{model_dir} has params.json but no model.keras")
-    if tiles is not None:
-        cover = TileCover.load(tiles)
-        zoom = cover.zoom
-    else:
-        cover = tile_cover(load_area(area), zoom)
-    if cover.count == 0:
-        raise UserError("the area or tile list holds no tiles")
-    if cover.count > opts.max_tiles:
-        raise UserError(f"{cover.count:,} tiles is over --max-tiles {opts.max_tiles:,}")
-    n_shards = picked[1] if picked else (shards or 1)
-    if n_shards > len(cover.x):
-        raise UserError(f"{n_shards} shards for {len(cover.x)} tile columns: shards are column ranges; use fewer")
-    ranges = cover.shard_ranges(n_shards)
+    precision, views, shard = opts.precision, opts.views, opts.shard
+    cover, zoom, picked, part, ranges, params = check_inputs(opts)
     store = open_store(out, create=True)
     with store, open_imagery(imagery, concurrency=workers) as source:
         # what makes two runs the same job: the exact weights, the imagery and the zoom (the plan adds the
@@ -109,10 +84,16 @@ def predict(opts, *, prefetch=4, progress=None, log=print):
             job["imagery_name"] = opts.imagery_name
         store.prepare_job(job, cover, ranges, checkpoint_every)  # written once the imagery has answered
         selected = [picked[0]] if picked else list(range(len(ranges)))
+
+        def mine(retries):  # the retry layers of this run's chunks
+            keys = set(in_part(store.plan, [(r.shard, r.index) for r in retries if r.shard in selected], part))
+            return [r for r in retries if (r.shard, r.index) in keys]
+
         scan = store.scan()
-        retries = [r for r in store.pending_retries(scan=scan) if r.shard in selected]
-        todo = [c for s in selected for c in store.missing_chunks(s, done=scan.done)]
-        skipped = sum(store.plan.chunk_count(s) for s in selected) - len(todo)
+        retries = mine(store.pending_retries(scan=scan))
+        todo = in_part(store.plan, [c for s in selected for c in store.missing_chunks(s, done=scan.done)], part)
+        skipped = len(in_part(store.plan, [(s, c) for s in selected for c in range(store.plan.chunk_count(s))],
+                              part)) - len(todo)
         units = [_Unit(s, c, 0, None, *store.plan.chunk_tiles(s, c)) for s, c in todo]
         if retries:
             log(f"retrying {sum(len(r.pos) for r in retries):,} tiles that failed transiently before")
@@ -136,7 +117,7 @@ def predict(opts, *, prefetch=4, progress=None, log=print):
                 log(f"retrying {sum(len(u.xs) for u in units):,} tiles that failed transiently in this run")
             _run(classifier, source, store, units, zoom, batch_size, prefetch, progress, log, stats)
             scan = store.scan()
-            retries = [r for r in store.pending_retries(scan=scan) if r.shard in selected]
+            retries = mine(store.pending_retries(scan=scan))
             units = []
         pending = sum(len(r.pos) for r in retries)
         stats.update(chunks_existing=skipped, shards=len(ranges), shard=shard, tiles_in_job=cover.count, out=out,
@@ -153,6 +134,53 @@ def predict(opts, *, prefetch=4, progress=None, log=print):
         else:
             stats["job_complete"] = False
         return stats
+
+
+def check_inputs(opts):
+    """Every check of predict's arguments that needs no TensorFlow (UserError, one line); returns (cover, zoom,
+    picked shard or None, part or None, shard ranges, model params). Runs before any work, and in the parent of
+    a --processes/--gpus run before any child starts."""
+    from ..geo.areas import load_area
+    from ..geo.cover import TileCover, tile_cover
+    from ..training.model import PRECISIONS, VIEWS, read_params
+
+    model_dir, area, tiles, zoom = opts.model, opts.area, opts.tiles, opts.zoom
+    if (area is None) == (tiles is None):
+        raise UserError("predict needs --area or --tiles (one of them)")
+    if opts.checkpoint_every < 1 or opts.batch_size < 1 or opts.workers < 1:
+        raise UserError("--checkpoint-every, --batch-size and --workers must be at least 1")
+    if opts.views not in VIEWS or opts.precision not in PRECISIONS:
+        raise UserError(f"--views must be one of {VIEWS} and --precision one of {PRECISIONS}")
+    if getattr(opts, "processes", 1) > 1 and getattr(opts, "gpus", None):
+        raise UserError("give --processes (CPU only) or --gpus (one process per GPU), not both")
+    picked = parse_shard(opts.shard)
+    part = parse_shard(getattr(opts, "part", None), name="--part")
+    params = read_params(model_dir)
+    if not os.path.isfile(os.path.join(model_dir, "model.keras")):
+        raise UserError(f"{model_dir} has params.json but no model.keras")
+    if tiles is not None:
+        cover = TileCover.load(tiles)
+        zoom = cover.zoom
+    else:
+        cover = tile_cover(load_area(area), zoom)
+    if cover.count == 0:
+        raise UserError("the area or tile list holds no tiles")
+    if cover.count > opts.max_tiles:
+        raise UserError(f"{cover.count:,} tiles is over --max-tiles {opts.max_tiles:,}")
+    n_shards = picked[1] if picked else (opts.shards or 1)
+    if n_shards > len(cover.x):
+        raise UserError(f"{n_shards} shards for {len(cover.x)} tile columns: shards are column ranges; use fewer")
+    return cover, zoom, picked, part, cover.shard_ranges(n_shards), params
+
+
+def in_part(plan, chunks, part):
+    """The chunks [(shard, index)] that are part i of n (None: all): chunk k of the plan, counted over every
+    shard in order, is part k % n, so the parts of a run are about equal, whatever its shards."""
+    if part is None:
+        return list(chunks)
+    first = np.cumsum([0] + [plan.chunk_count(s) for s in range(len(plan.shards))])
+    i, n = part
+    return [(s, c) for s, c in chunks if (first[s] + c) % n == i]
 
 
 class _Unit(NamedTuple):

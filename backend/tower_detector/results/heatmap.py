@@ -7,7 +7,8 @@ Heatmap (GeoTIFF)
     512, DEFLATE with the floating-point predictor, BigTIFF when needed, internal overviews (x2, x4, ... down
     to ~128 px) averaged with nodata ignored, so a country opens at once in QGIS. Tags: zoom, tile_x0, tile_y0.
     Written in strips of 512 columns (chunks are merged in column order), so each block is written once and
-    memory is one strip (512 x height float32 values), never the whole raster.
+    memory is one strip (512 x height float32 values) and GDAL's block cache, bounded to CACHE_BYTES while the
+    file is written and its overviews built, never the whole raster.
     Antimeridian: a cover that crosses it (columns at both ends of the grid) is not a world-wide strip: x0 is
     the column after the widest empty gap, and the raster continues east past 180 degrees (EPSG:3857 x beyond
     20,037,508 m) with tiles x < x0 at columns (x - x0) mod 2^zoom. GDAL and QGIS draw it there, contiguous.
@@ -21,6 +22,10 @@ from ..geo.tilemath import ORIGIN_SHIFT
 
 NODATA = -1.0
 BLOCK = 512  # GeoTIFF block size, and the width of the strips the heatmap is written in
+# GDAL's block cache while the heatmap is written, its overviews built and read back (GDAL's default is 5 % of
+# the RAM, and these fill it with the whole raster): 64 MiB holds a full row of 512 x 512 float32 blocks (1 MiB
+# each) of a raster up to 64 blocks (32,768 px) wide, which is how overviews are built (results_memory.md)
+CACHE_BYTES = 64 << 20
 
 
 def heatmap_grid(cover):
@@ -67,7 +72,8 @@ class HeatmapWriter:
         self.path, self.grid = path, grid
         self.width, self.height = grid["width"], grid["height"]
         self.ds = None
-        self._env = rasterio.Env(GDAL_TIFF_OVR_BLOCKSIZE=BLOCK, COMPRESS_OVERVIEW="DEFLATE", PREDICTOR_OVERVIEW=3,
+        self._env = rasterio.Env(GDAL_CACHEMAX=CACHE_BYTES, GDAL_TIFF_OVR_BLOCKSIZE=BLOCK,
+                                 COMPRESS_OVERVIEW="DEFLATE", PREDICTOR_OVERVIEW=3,
                                  GDAL_NUM_THREADS="ALL_CPUS")
         self._env.__enter__()
         try:
@@ -133,10 +139,11 @@ class HeatmapWriter:
         import rasterio
 
         try:
-            with rasterio.open(self.path) as ds:
+            with rasterio.Env(GDAL_CACHEMAX=CACHE_BYTES), rasterio.open(self.path) as ds:
                 levels = [None, *range(len(ds.overviews(1)))]
-            for level in levels:
-                with rasterio.open(self.path, **({} if level is None else {"overview_level": level})) as ds:
+            for level in levels:  # every block read once: GDAL's cache would keep them all, up to its bound
+                with rasterio.Env(GDAL_CACHEMAX=CACHE_BYTES), \
+                        rasterio.open(self.path, **({} if level is None else {"overview_level": level})) as ds:
                     for _, window in ds.block_windows(1):
                         ds.read(1, window=window)
         except write_errors():

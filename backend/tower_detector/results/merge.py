@@ -95,11 +95,14 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
 
 def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report, existing=None):
     """The one pass over the chunks: streams the heatmap and the original JSON, gathers statistics and candidates
-    (five arrays per candidate tile: memory grows with the candidates, not with the job), and the new scores of
-    the tiles already in an existing candidates file (existing["keys"])."""
+    (five arrays per candidate tile: memory grows with the candidates, not with the job; only counted when no
+    candidates GeoPackage or GeoJSON is asked for), and the new scores of the tiles already in an existing
+    candidates file (existing["keys"])."""
     zoom = plan.zoom
     stats = _Stats()
     picked = []
+    keep = "candidates" in temps or "geojson" in temps
+    counted = [0, 0]  # candidates, candidates_yes: when they are not kept
     heat = HeatmapWriter(temps["heatmap"], grid, store.spec) if "heatmap" in temps else None
     original = OriginalJson(temps["json"], zoom) if "json" in temps else None
     try:
@@ -110,7 +113,11 @@ def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, repor
             hit = s >= np.float32(threshold)  # scores are float32, so is the cut: 0.95 keeps a score of 0.95
             if existing and len(existing["keys"]):
                 hit |= np.isin(tile_keys(x, y, zoom), existing["keys"])
-            picked.append((x[hit], y[hit], s[hit], c["cam_x"][ok][hit], c["cam_y"][ok][hit]))
+            if keep:
+                picked.append((x[hit], y[hit], s[hit], c["cam_x"][ok][hit], c["cam_y"][ok][hit]))
+            else:
+                counted[0] += int(hit.sum())
+                counted[1] += int((s[hit] >= np.float32(yes_threshold)).sum())
             if heat:
                 heat.add((x - grid["x0"]) % (1 << zoom), y - grid["y0"], s)
             if original:
@@ -130,14 +137,16 @@ def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, repor
         if original:
             original.abort()
 
+    summary = {"store": store.spec, "zoom": zoom, "tiles": plan.cover.count, **stats.summary(),
+               "threshold": threshold, "yes_threshold": yes_threshold, "candidates": counted[0],
+               "candidates_yes": counted[1], "heatmap_grid": {k: grid[k] for k in ("x0", "y0", "width", "height")}}
+    if not keep:
+        return summary, None
     cx, cy, cs, cam_x, cam_y = (np.concatenate(a) for a in zip(*picked))
     rank = np.lexsort((cy, cx, -cs))  # score descending, then x, then y: deterministic
     cx, cy, cs, cam_x, cam_y = cx[rank], cy[rank], cs[rank], cam_x[rank], cam_y[rank]
     above = cs >= np.float32(threshold)  # the rest: tiles of the existing candidates file, below the cut
-    summary = {"store": store.spec, "zoom": zoom, "tiles": plan.cover.count, **stats.summary(),
-               "threshold": threshold, "yes_threshold": yes_threshold, "candidates": int(above.sum()),
-               "candidates_yes": int((cs[above] >= np.float32(yes_threshold)).sum()),
-               "heatmap_grid": {k: grid[k] for k in ("x0", "y0", "width", "height")}}
+    summary.update(candidates=int(above.sum()), candidates_yes=int((cs[above] >= np.float32(yes_threshold)).sum()))
     if "geojson" in temps:
         write_overlay_geojson(temps["geojson"], zoom, cx[above], cy[above], cs[above], yes_threshold)
     if "candidates" in temps:

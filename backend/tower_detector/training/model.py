@@ -195,7 +195,8 @@ def use_model_streams(streams=2):
     import tensorflow as tf
 
     global _MODEL_STREAMS
-    cpus = os.cpu_count() or 1
+    # the CPUs this process may run on: a `predict --processes/--gpus` child is pinned to its share
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if streams < 2 or cpus < 2 or has_gpu():
         return _MODEL_STREAMS
     try:
@@ -401,7 +402,8 @@ def _resizer(size):
 
     @tf.function(reduce_retracing=True, autograph=False)
     def resize(images):
-        return tf.image.resize(tf.cast(images, tf.float32), (size, size), antialias=True)
+        # uint8 straight in (the result is float32 and the same): no float copy of the full-size batch
+        return tf.image.resize(images, (size, size), antialias=True)
 
     return resize
 
