@@ -602,3 +602,61 @@ def test_estimate_for_a_country():
     assert eight["gpu_hours"] == pytest.approx(8 * e["gpu_hours"], abs=1e-2)  # every tile scored 8 times
     assert "GPU-hours at 150 tiles/s per GPU (an assumption: --tiles-per-second) x 8 views a tile" in \
         estimate_text(eight)
+
+
+# ---------------------------------------------------------------------------------------------
+# capacity: the workers that can really run
+# ---------------------------------------------------------------------------------------------
+def test_the_quota_counts_whole_instances_and_sets_the_workers():
+    from tower_detector.remote.capacity import capacity_text, workers_at_once
+    from tower_detector.remote.jobs import estimate_predict, estimate_text
+
+    mix = {"g4dn.xlarge": (4, 1), "g4dn.2xlarge": (8, 1), "g5.xlarge": (4, 1), "g5.2xlarge": (8, 1)}
+    # a quota of 8 vCPUs and 8-vCPU single-GPU sizes in the mix: one worker, not 8 / 4 = 2, nor 64 / 4 = 16
+    c = workers_at_once(mix, 4, 64, {"g": 8})
+    assert (c["workers"], c["workers_quota"], c["workers_ce"]) == (1, 1, 8)
+    assert c["limited_by"] == "quota" and c["worst_type"] == "g5.2xlarge" and c["vcpus_per_worker"] == 8
+    assert "the quota, not the budget, sets the time" in capacity_text(c)
+    assert "ask for a spot quota of 64 vCPUs" in capacity_text(c)
+    # 4-vCPU sizes only: the quota's 8 vCPUs hold two workers
+    assert workers_at_once({"g4dn.xlarge": (4, 1)}, 4, 64, {"g": 8})["workers"] == 2
+    # no quota known (Service Quotas unreachable): the compute environment's maximum alone
+    c = workers_at_once(mix, 4, 64)
+    assert c["workers"] == 8 and c["limited_by"] == "compute environment"
+    assert "the quota" not in capacity_text(c)
+    # a quota above the maximum: the maximum sets it
+    assert workers_at_once(mix, 4, 64, {"g": 512})["limited_by"] == "compute environment"
+    # a 4-GPU instance holds four workers; a quota below its 48 vCPUs starts none of it
+    assert workers_at_once({"g5.12xlarge": (48, 4)}, 4, 96, {"g": 96})["workers"] == 8
+    assert workers_at_once({"g5.12xlarge": (48, 4)}, 4, 96, {"g": 40})["workers"] == 0
+
+    # the estimate of a country uses the one worker: 50 M tiles at 150 tiles/s, 25 shards one after another
+    one = dict(workers_at_once(mix, 4, 64, {"g": 8}), spot_price=0.28, price_source="assumed prices",
+               price_type="g4dn.2xlarge")
+    e = estimate_predict(50_000_000, 25, 10_000, tiles_per_second=150, capacity=one)
+    assert e["parallel"] == 1 and e["spot_price"] == 0.28
+    assert e["wall_hours"] == pytest.approx(25 * (92.593 / 25 + 5 / 60), abs=0.01)  # about 95 h, not 7.5
+    assert "the quota, not the budget, sets the time" in estimate_text(e)
+    eight = estimate_predict(50_000_000, 25, 10_000, tiles_per_second=150,
+                             capacity=dict(one, **workers_at_once(mix, 4, 64)))
+    assert eight["parallel"] == 8 and eight["wall_hours"] == pytest.approx(4 * (92.593 / 25 + 5 / 60), abs=0.01)
+
+
+def test_submit_plans_with_the_accounts_quota_and_spot_prices(remote, tiny_model, sample_scene, monkeypatch):
+    predict = ["remote", "submit", "predict", "--model", tiny_model[0], "--area", sample_scene["area"], "--stack",
+               "td", "--imagery", "https://tiles.example.com/{z}/{x}/{y}.png", "--shards", 4, "--yes", "--events"]
+    # moto answers describe_instance_types (vCPUs, GPUs) and describe_spot_price_history (its prices are 0.00001)
+    rc, events, text = cli(*predict, "--name", "planned")
+    assert rc == 0, text[-2000:]
+    e = next(ev for ev in events if ev.get("estimate"))["estimate"]
+    assert e["capacity"]["price_source"] == "the spot price history" and e["spot_price"] == pytest.approx(1e-5)
+    assert e["capacity"]["workers"] == 8 and e["capacity"]["vcpus_per_worker"] == 8  # 64 vCPUs of 8-vCPU sizes
+    assert e["parallel"] == 4  # 4 shards
+    with monkeypatch.context() as m:
+        # STUB: moto has no EC2 quotas; an account whose spot quota for G instances is 8 vCPUs
+        stub(m, "GetServiceQuota", response={"Quota": {"QuotaCode": "L-3819A6DF", "Value": 8.0}})
+        rc, events, text = cli(*predict, "--name", "quota8", "--spot-price", 0.3)
+    assert rc == 0, text[-2000:]
+    e = next(ev for ev in events if ev.get("estimate"))["estimate"]
+    assert e["parallel"] == 1 and e["capacity"]["limited_by"] == "quota" and e["spot_price"] == 0.3
+    assert "the quota, not the budget, sets the time" in text

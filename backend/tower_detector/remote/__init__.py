@@ -7,8 +7,9 @@
     remote jobs                                 the jobs submitted from this machine
     remote worker predict|train|search ARGS     what the Batch container runs (written by submit)
 
-Modules: aws.py (sessions, one-line errors), stack.py (setup), jobs.py (submit, status, ...), transfer.py (S3
-inputs and output sync), worker.py (the container side). boto3 is imported only when a remote command runs.
+Modules: aws.py (sessions, one-line errors), stack.py (setup), capacity.py (workers at once, quotas, prices),
+jobs.py (submit, status, ...), transfer.py (S3 inputs and output sync), worker.py (the container side). boto3 is
+imported only when a remote command runs.
 """
 
 import argparse
@@ -66,8 +67,9 @@ def add_remote_commands(sub, command):
         aws_options(ksp)
         ksp.add_argument("--name", help="a short job name for status/logs/fetch (default KIND-DATE-TIME)")
         ksp.add_argument("--yes", action="store_true", help="submit without asking (needed with --events)")
-        ksp.add_argument("--spot-price", type=NON_NEGATIVE, default=0.20,
-                         help="$ per instance-hour for the estimate (default 0.20: g4dn.xlarge spot, us-east-1)")
+        ksp.add_argument("--spot-price", type=NON_NEGATIVE,
+                         help="$ per worker-hour for the estimate (default: the spot price history of the stack's "
+                              "instance types, else the assumed prices in docs/aws.md)")
         ksp.add_argument("--timeout-hours", type=POSITIVE,
                          help="stop an attempt after this long (default: the stack's)")
         if kind == "predict":
@@ -117,6 +119,7 @@ def _cmd_setup(args, rep):
                     template=args.template, check=args.check, log=rep.log)
     lines = [f"stack {summary['stack']} in {summary['region']}: {summary['action']}"]
     lines += [f"  {k}: {v}" for k, v in sorted(summary["outputs"].items())]
+    lines += [f"  {line}" for note in summary.get("notes", []) for line in note.splitlines()]
     lines += [f"  problem: {p}" for p in summary["problems"]]
     rep.result("\n".join(lines), **summary)
     if summary["problems"]:

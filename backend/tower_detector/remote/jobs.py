@@ -22,12 +22,12 @@ from ..common.atomic import atomic_file
 from ..common.errors import UserError
 from ..common.redaction import redact
 from ..common.redaction import secrets as literal_secrets
-from .stack import spot_quota_problems, stack_outputs
+from .stack import stack_outputs
 
-# Throughput and prices behind the estimate: assumptions, not measurements (docs/aws.md says why); replace the
-# throughput with `predict`'s own tiles_per_second from a run on the instance type.
+# Throughput behind the estimate: an assumption, not a measurement (docs/aws.md says why); replace it with
+# `predict`'s own tiles_per_second from a run on the instance type. Prices: capacity.py.
 DEFAULT_TILES_PER_SECOND = 150.0
-DEFAULT_SPOT_PRICE = 0.20  # $ per g4dn.xlarge-hour on spot (us-east-1, typical; on demand is $0.526)
+DEFAULT_SPOT_PRICE = 0.20  # $ per worker-hour when nothing better is known (capacity.py has prices per type)
 STARTUP_MINUTES = 5.0  # per shard: instance boot, worker image pull, model load
 S3_PUT_PER_1000 = 0.005  # $ per 1,000 PUT/LIST requests, S3 Standard, us-east-1
 S3_GET_PER_1000 = 0.0004  # $ per 1,000 GET requests
@@ -160,9 +160,13 @@ def _job_definition(aws, base_arn, secrets):
 # the estimate
 # ---------------------------------------------------------------------------------------------
 def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PER_SECOND,
-                     spot_price=DEFAULT_SPOT_PRICE, parallel=None, views=1):
+                     spot_price=DEFAULT_SPOT_PRICE, parallel=None, views=1, capacity=None):
     """GPU-hours, dollars and S3 requests of a prediction (see the constants above for the assumptions).
-    tiles_per_second is one view's; predict --views scores each tile that many times."""
+    tiles_per_second is one view's; predict --views scores each tile that many times. capacity: capacity.plan's
+    answer; its workers at once, not the shards, bound `parallel`, and its price is the spot_price."""
+    if capacity is not None:
+        parallel = min(parallel or shards, max(1, capacity["workers"]))
+        spot_price = capacity["spot_price"]
     gpu_hours = tiles * views / tiles_per_second / 3600
     instance_hours = gpu_hours + shards * STARTUP_MINUTES / 60
     # PUT-priced: one per chunk, job.json + cover.json + manifest per shard, the uploads, a listing per shard
@@ -177,20 +181,28 @@ def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PE
             "spot_price": spot_price, "compute_dollars": round(instance_hours * spot_price, 2),
             "s3_puts": puts, "s3_gets": gets, "s3_dollars": round(s3_dollars, 4),
             "dollars": round(instance_hours * spot_price + s3_dollars, 2), "parallel": parallel,
-            "wall_hours": round(wall_hours, 2)}
+            "wall_hours": round(wall_hours, 2),
+            "capacity": {k: v for k, v in capacity.items() if k != "problems"} if capacity else None}
 
 
 def estimate_text(e):
+    from .capacity import capacity_text
+
+    c = e.get("capacity")
+    source = ("--spot-price" if not c else f"{c['price_source']}" + (f", the dearest worker of the mix: "
+              f"{c['price_type']}" if c.get("price_type") else ""))
     return "\n".join([
         f"estimate: {e['tiles']:,} tiles (the exact cover) in {e['shards']} shards, {e['chunks']:,} chunks",
+        *([f"  {capacity_text(c)}"] if c else []),
         f"  GPU time: {e['gpu_hours']:,.2f} GPU-hours at {e['tiles_per_second']:g} tiles/s per GPU (an assumption: "
         f"--tiles-per-second)" + (f" x {e['views']} views a tile" if e["views"] > 1 else "") +
         f" + {STARTUP_MINUTES:g} min start-up per shard = {e['instance_hours']:,.2f} "
         "instance-hours",
-        f"  compute:  {e['instance_hours']:,.2f} h x ${e['spot_price']:.2f}/h spot (--spot-price) = "
+        f"  compute:  {e['instance_hours']:,.2f} h x ${e['spot_price']:.2f}/h spot ({source}) = "
         f"${e['compute_dollars']:,.2f}",
         f"  S3:       {e['s3_puts']:,} PUTs (one per chunk) + {e['s3_gets']:,} GETs = ${e['s3_dollars']:,.4f}",
-        f"  total:    ${e['dollars']:,.2f}; about {e['wall_hours']:,.1f} h with {e['parallel']} workers at once"])
+        f"  total:    ${e['dollars']:,.2f}; about {e['wall_hours']:,.1f} h with {e['parallel']} worker"
+        f"{'s' * (e['parallel'] != 1)} at once"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,11 +229,11 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
                   jobDefinitions=[base_def])["jobDefinitions"]
     vcpus = next((int(float(r["value"])) for r in (jd[0]["containerProperties"].get("resourceRequirements") or [])
                   if r["type"] == "VCPU"), 4) if jd else 4
-    resources = ce[0].get("computeResources", {}) if ce else {}
-    problems = spot_quota_problems(aws, resources.get("instanceTypes", []), vcpus)
-    if problems:
-        raise UserError(problems[0])
-    parallel = max(1, int(resources.get("maxvCpus", vcpus)) // vcpus)
+    from .capacity import plan as capacity_plan
+
+    capacity = capacity_plan(aws, ce[0].get("computeResources", {}) if ce else {}, vcpus, spot_price=args.spot_price)
+    if capacity["problems"]:
+        raise UserError(capacity["problems"][0])
 
     values = {a.dest: getattr(args, a.dest, None) for a in actions}
     _check_local_inputs(kind, values)
@@ -231,11 +243,11 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
         cover, plan = _plan(values)
         shards = len(plan.shards)
         estimate = estimate_predict(cover.count, shards, plan.total_chunks, tiles_per_second=args.tiles_per_second,
-                                    spot_price=args.spot_price, parallel=parallel, views=values.get("views") or 1)
+                                    views=values.get("views") or 1, capacity=capacity)
         values["out"] = _out(values.get("out"), bucket, prefix + "results")
         record.update(store=values["out"], tiles=cover.count, array_size=shards if shards > 1 else None)
     else:
-        estimate = {"instance_hours": None, "spot_price": args.spot_price,
+        estimate = {"instance_hours": None, "spot_price": capacity["spot_price"],
                     "note": "one GPU instance for as long as it runs; billed per second"}
         values["out"] = _out(values.get("out"), bucket, prefix + "out")
         shards = 1
@@ -248,7 +260,8 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
             "KeyCount"):
         raise UserError(f"s3://{bucket}/{prefix} holds another job of that name: give another --name")
     text = (estimate_text(estimate) if kind == "predict" else
-            f"estimate: one GPU instance (spot, about ${args.spot_price:g}/h) for as long as the {kind} runs")
+            f"estimate: one GPU instance (spot, about ${capacity['spot_price']:g}/h, {capacity['price_source']}) for "
+            f"as long as the {kind} runs")
     log(text, estimate=estimate)
     _confirm(yes, events, confirm)
 
