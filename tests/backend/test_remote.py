@@ -109,6 +109,77 @@ def put_logs(remote, job_id, lines):
 # ---------------------------------------------------------------------------------------------
 # the stack
 # ---------------------------------------------------------------------------------------------
+RETRY_RULES = [{"OnStatusReason": "Host EC2*", "Action": "RETRY"},
+               {"OnExitCode": "75", "Action": "RETRY"},
+               {"OnStatusReason": "Task failed to start*", "Action": "RETRY"},
+               {"OnReason": "CannotPullContainerError*", "Action": "RETRY"},
+               {"OnReason": "*", "Action": "EXIT"}]
+
+
+def batch_decides(rules, *, status_reason=None, reason=None, exit_code=None):
+    """What Batch does with a failed attempt, as its documentation states it: the first rule whose every condition
+    matches decides (a condition is a literal, or a prefix ending in *); when none matches, it retries."""
+    def matches(pattern, value):
+        if value is None:
+            return pattern == "*"
+        return str(value).startswith(pattern[:-1]) if pattern.endswith("*") else str(value) == pattern
+
+    for rule in rules:
+        conditions = {"OnStatusReason": status_reason, "OnReason": reason, "OnExitCode": exit_code}
+        if all(matches(rule[key], value) for key, value in conditions.items() if key in rule):
+            return rule["Action"]
+    return "RETRY"
+
+
+def test_retry_rules_retry_start_up_failures_and_spot_and_nothing_else():
+    from cfnlint.decode import decode_str
+
+    from tower_detector.remote.worker import NO_GPU_EXIT_CODE, RETRY_EXIT_CODE
+
+    with open(TEMPLATE) as f:
+        rules = decode_str(f.read())[0]["Resources"]["JobDefinition"]["Properties"]["RetryStrategy"]["EvaluateOnExit"]
+    assert len(rules) <= 5  # Batch's limit on evaluateOnExit
+    for rule in rules:  # Batch's pattern syntax: a literal with at most one *, at the end; exit codes are digits
+        for key, pattern in rule.items():
+            if key != "Action":
+                assert "*" not in pattern[:-1] and len(pattern) <= 512, rule
+                assert key != "OnExitCode" or pattern.rstrip("*").isdigit() or pattern == "*", rule
+    assert rules[-1] == {"OnReason": "*", "Action": "EXIT"}
+    cases = {  # (statusReason, container reason, exit code) of real failures -> what Batch must do
+        "spot reclaim": ("Host EC2 (instance i-0abc) terminated.", None, None, "RETRY"),
+        "image pull": ("Task failed to start", "CannotPullContainerError: pull image manifest has been retried 1 "
+                       "time(s): failed to resolve ref: i/o timeout", None, "RETRY"),
+        "image pull (reason only)": ("Essential container in task exited", "CannotPullContainerError: "
+                                     "ref pull has been retried", None, "RETRY"),
+        "secrets fetch": ("Task failed to start", "ResourceInitializationError: unable to pull secrets or registry "
+                          "auth: execution resource retrieval failed", None, "RETRY"),
+        "imagery outage": ("Essential container in task exited", None, RETRY_EXIT_CODE, "RETRY"),
+        "bad input": ("Essential container in task exited", None, 2, "EXIT"),
+        "a bug": ("Essential container in task exited", None, 1, "EXIT"),
+        "out of memory": ("Essential container in task exited", "OutOfMemoryError: Container killed due to memory "
+                          "usage", 137, "EXIT"),
+        "no GPU": ("Essential container in task exited", None, NO_GPU_EXIT_CODE, "EXIT"),
+    }
+    for name, (status_reason, reason, code, expected) in cases.items():
+        assert batch_decides(rules, status_reason=status_reason, reason=reason, exit_code=code) == expected, name
+    assert NO_GPU_EXIT_CODE != RETRY_EXIT_CODE
+
+
+def test_a_worker_that_asked_for_a_gpu_and_sees_none_exits_78_before_fetching(tmp_path):
+    """On this machine TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES is emptied so that holds on any machine)."""
+    argv = [sys.executable, "-m", "tower_detector", "remote", "worker", "predict", "--model",
+            "s3://nowhere-bucket/inputs/model.tar", "--imagery", "https://tiles.example.com/{z}/{x}/{y}.png",
+            "--tiles", "s3://nowhere-bucket/jobs/j/cover.json", "--out", "s3://nowhere-bucket/jobs/j/results",
+            "--events"]
+    env = dict(os.environ, TOWER_DETECTOR_REQUIRE_GPU="1", CUDA_VISIBLE_DEVICES="",
+               TOWER_DETECTOR_WORK=str(tmp_path), AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
+               AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL="http://127.0.0.1:9")  # any S3 call would fail
+    child = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 78, child.stdout[-2000:] + child.stderr[-2000:]
+    last = json.loads(child.stdout.splitlines()[-1])
+    assert last["event"] == "error" and "asked for a GPU (TOWER_DETECTOR_REQUIRE_GPU=1), but TensorFlow sees none" \
+        in last["message"] and "not retried" in last["message"]
+    assert "fetching" not in child.stdout  # nothing was brought down first
 def test_template_is_valid_and_least_privilege():
     import cfnlint.api
     from cfnlint.decode import decode_str
@@ -125,10 +196,8 @@ def test_template_is_valid_and_least_privilege():
     assert ce["ComputeResources"]["MinvCpus"] == 0
     job = res["JobDefinition"]["Properties"]
     assert {"Type": "GPU", "Value": "1"} in job["ContainerProperties"]["ResourceRequirements"]
-    assert job["RetryStrategy"]["EvaluateOnExit"] == [{"OnStatusReason": "Host EC2*", "Action": "RETRY"},
-                                                      {"OnExitCode": "143", "Action": "RETRY"},
-                                                      {"OnExitCode": "75", "Action": "RETRY"},
-                                                      {"OnReason": "*", "Action": "EXIT"}]
+    assert job["RetryStrategy"]["EvaluateOnExit"] == RETRY_RULES
+    assert {"Name": "TOWER_DETECTOR_REQUIRE_GPU", "Value": "1"} in job["ContainerProperties"]["Environment"]
     # least privilege: no wildcard actions; the job role touches only the bucket; secrets only under the path
     for name in ("InstanceRole", "ExecutionRole", "JobRole"):
         for policy in res[name]["Properties"].get("Policies", []):
@@ -161,9 +230,8 @@ def test_setup_deploys_updates_and_checks_the_stack(remote):
     assert {"type": "GPU", "value": "1"} in jd["containerProperties"]["resourceRequirements"]
     assert jd["containerProperties"]["image"] == outputs["RepositoryUri"] + ":latest"
     assert jd["retryStrategy"]["attempts"] == 5
-    assert [(c.get("onStatusReason") or c.get("onExitCode") or c.get("onReason"), c["action"].upper())
-            for c in jd["retryStrategy"]["evaluateOnExit"]] == [("Host EC2*", "RETRY"), ("143", "RETRY"),
-                                                                ("75", "RETRY"), ("*", "EXIT")]
+    assert [{k[0].upper() + k[1:]: v.upper() if k == "action" else v for k, v in c.items()}
+            for c in jd["retryStrategy"]["evaluateOnExit"]] == RETRY_RULES
 
     rc, events, text = cli("remote", "setup", "--stack", "td", "--template", remote["template"], "--events")
     assert rc == 0 and events[-1]["action"] in ("updated", "up to date"), text[-2000:]
@@ -220,8 +288,8 @@ def test_remote_predict_in_three_shards_one_killed_equals_a_local_run(remote, ti
         jd = remote["batch"].describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
         assert jd["containerProperties"]["secrets"] == [
             {"name": "TOKEN", "valueFrom": f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/tower-detector/TOKEN"}]
-        assert [c["action"].upper() for c in jd["retryStrategy"]["evaluateOnExit"]] == ["RETRY", "RETRY", "RETRY",
-                                                                                         "EXIT"]
+        assert [c["action"].upper() for c in jd["retryStrategy"]["evaluateOnExit"]] == [r["Action"] for r in
+                                                                                         RETRY_RULES]
 
         # the Batch side: one process per child, with the environment a container of that child gets
         def child_env(i):
@@ -459,6 +527,26 @@ def test_a_child_whose_tiles_failed_transiently_exits_75_for_batch_to_retry(remo
         assert child.returncode == 0, child.stderr[-2000:]
     rc, events, text = cli("remote", "status", "outage", "--events")
     assert events[-1]["progress"]["complete"] and events[-1]["progress"]["tiles_done"] == 64
+
+
+def test_a_child_stopped_by_sigterm_exits_75_for_batch_to_retry(remote, tiny_model, sample_scene, tmp_path):
+    with TileServer(sample_scene["imagery"], latency=0.05) as server:
+        rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                               server.template("png"), "--area", sample_scene["area"], "--checkpoint-every", 8,
+                               "--batch-size", 4, "--name", "sigterm", "--stack", "td", "--yes", "--events")
+        assert rc == 0, text[-2000:]
+        command = remote["batch"].describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]["container"]["command"]
+        env = dict(os.environ, AWS_BATCH_JOB_ARRAY_INDEX="0", TOWER_DETECTOR_WORK=str(tmp_path / "w"))
+        child = subprocess.Popen([sys.executable, "-m", "tower_detector", *command], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        for line in child.stdout:  # a spot notice, or ECS draining the instance: SIGTERM once a chunk is written
+            event = json.loads(line)
+            if event["event"] == "progress" and event.get("chunk", 0) >= 1:
+                child.send_signal(signal.SIGTERM)
+                break
+        rest = child.stdout.read()
+        assert child.wait(timeout=120) == 75, rest + child.stderr.read()[-2000:]  # retried by the exit-75 rule
+        assert json.loads(rest.splitlines()[-1])["kind"] == "failure"
 
 
 def test_a_job_that_failed_three_times_shows_why_and_its_last_log_lines(remote, training_set, params_file):
