@@ -83,9 +83,27 @@ def remote(s3, tmp_path_factory):
         rc, events, text = cli("remote", "setup", "--stack", "td", "--template", template, "--events")
         assert rc == 0, text[-3000:]
         outputs = events[-1]["outputs"]
+        push_image(outputs["RepositoryUri"], "first")
         yield {"outputs": outputs, "bucket": outputs["Bucket"], "template": template, "work": work,
                "batch": boto3.client("batch"), "logs": boto3.client("logs"), "s3": s3}
     requests.post(config, json={"batch": {"use_docker": True}}, timeout=10)
+
+
+def push_image(repository_uri, marker, tag="latest"):
+    """A worker image pushed to ECR under `tag` (what `docker push` does); its digest follows `marker` (moto's
+    digest is that of the manifest's layers). Returns the digest."""
+    import boto3
+
+    ecr, repo = boto3.client("ecr"), repository_uri.split("/", 1)[1]
+    layer = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1,
+             "digest": "sha256:" + marker.encode().hex().ljust(64, "0")[:64]}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "layers": [layer]}
+    try:
+        ecr.put_image(repositoryName=repo, imageTag=tag, imageManifest=json.dumps(manifest))
+    except ecr.exceptions.ImageAlreadyExistsException:
+        pass  # the same image under the same tag
+    return ecr.describe_images(repositoryName=repo, imageIds=[{"imageTag": tag}])["imageDetails"][0]["imageDigest"]
 
 
 def moto_job(job_id):
@@ -198,6 +216,11 @@ def test_template_is_valid_and_least_privilege():
     assert {"Type": "GPU", "Value": "1"} in job["ContainerProperties"]["ResourceRequirements"]
     assert job["RetryStrategy"]["EvaluateOnExit"] == RETRY_RULES
     assert {"Name": "TOWER_DETECTOR_REQUIRE_GPU", "Value": "1"} in job["ContainerProperties"]["Environment"]
+    # the root volume, in a launch template the compute environment uses
+    volume = res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["BlockDeviceMappings"][0]
+    assert volume["DeviceName"] == "/dev/xvda" and volume["Ebs"]["VolumeSize"] == {"Ref": "RootVolumeGiB"}
+    assert ce["ComputeResources"]["LaunchTemplate"] == {"LaunchTemplateId": {"Ref": "LaunchTemplate"}, "Version": {
+        "Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]}}
     # least privilege: no wildcard actions; the job role touches only the bucket; secrets only under the path
     for name in ("InstanceRole", "ExecutionRole", "JobRole"):
         for policy in res[name]["Properties"].get("Policies", []):
@@ -237,16 +260,17 @@ def test_setup_deploys_updates_and_checks_the_stack(remote):
     assert rc == 0 and events[-1]["action"] in ("updated", "up to date"), text[-2000:]
     assert events[-1]["outputs"]["Bucket"] == outputs["Bucket"]
 
-    # --check: the worker image is not pushed yet, which would stop every job
-    message, _ = fails("remote", "setup", "--check", "--stack", "td", message="no worker image")
-    assert outputs["RepositoryUri"] in message
+    # --check: no worker image yet, which would stop every job
     import boto3
 
-    boto3.client("ecr").put_image(repositoryName=outputs["RepositoryUri"].split("/", 1)[1], imageTag="latest",
-                                  imageManifest=json.dumps({"schemaVersion": 2, "layers": [], "mediaType":
-                                  "application/vnd.docker.distribution.manifest.v2+json"}))
+    boto3.client("ecr").batch_delete_image(repositoryName=outputs["RepositoryUri"].split("/", 1)[1],
+                                           imageIds=[{"imageTag": "latest"}])
+    message, _ = fails("remote", "setup", "--check", "--stack", "td", message="no worker image")
+    assert outputs["RepositoryUri"] in message
+    push_image(outputs["RepositoryUri"], "first")
     rc, events, text = cli("remote", "setup", "--check", "--stack", "td", "--events")
     assert rc == 0 and events[-1]["problems"] == [], text[-2000:]
+    assert "workers:  8 at once" in events[-1]["notes"][0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +376,9 @@ def test_remote_predict_in_three_shards_one_killed_equals_a_local_run(remote, ti
     assert rc == 0 and events[-1]["logs"] == {"child 1": retry.stdout.strip().splitlines()[-2:]}, text
     rc, events, text = cli("remote", "fetch", "scene3", "--out", tmp_path / "fetched", "--events")
     assert rc == 0 and events[-1]["complete"] and events[-1]["scored"] == 64, text[-2000:]
+    assert not (tmp_path / "fetched" / "scores.json").exists()  # only when asked: a country's is over a GB
+    rc, events, text = cli("remote", "fetch", "scene3", "--out", tmp_path / "fetched", "--scores-json", "--events")
+    assert rc == 0 and events[-1]["outputs"]["json"].endswith("scores.json"), text[-2000:]
     printed.append(text)
     seed = json.loads((tmp_path / "fetched" / "scores.json").read_text())
     expected = {f"{x}-{y}-18": float(s) for c in local_chunks.values()
@@ -660,6 +687,7 @@ def test_a_missing_queue_and_quotas(remote, training_set, params_file, monkeypat
     rc, events, text = cli("remote", "setup", "--stack", "td-noqueue", "--template", remote["template"], "--events")
     assert rc == 0, text[-2000:]
     queue = events[-1]["outputs"]["JobQueue"]
+    push_image(events[-1]["outputs"]["RepositoryUri"], "noqueue")
     remote["batch"].update_job_queue(jobQueue=queue, state="DISABLED")
     remote["batch"].delete_job_queue(jobQueue=queue)
     train = ["remote", "submit", "train", "--data", training_set, "--params", params_file, "--yes"]
@@ -728,6 +756,24 @@ def test_the_quota_counts_whole_instances_and_sets_the_workers():
     eight = estimate_predict(50_000_000, 25, 10_000, tiles_per_second=150,
                              capacity=dict(one, **workers_at_once(mix, 4, 64)))
     assert eight["parallel"] == 8 and eight["wall_hours"] == pytest.approx(4 * (92.593 / 25 + 5 / 60), abs=0.01)
+
+
+def test_a_job_pins_the_worker_image_by_digest(remote, training_set, params_file):
+    repo = remote["outputs"]["RepositoryUri"]
+    first = submit_train(training_set, params_file, "pinned1")
+    digest = push_image(repo, "first")  # the image pushed by the fixture (put again: the same digest)
+    batch = remote["batch"]
+
+    def image_of(job_id):
+        jd = batch.describe_jobs(jobs=[job_id])["jobs"][0]["jobDefinition"]
+        return batch.describe_job_definitions(jobDefinitions=[jd])["jobDefinitions"][0]["containerProperties"]["image"]
+
+    assert image_of(first["job_id"]) == f"{repo}@{digest}"
+    newer = push_image(repo, "second")  # a push of :latest while the first job runs
+    assert newer != digest
+    second = submit_train(training_set, params_file, "pinned2")
+    assert image_of(second["job_id"]) == f"{repo}@{newer}" and image_of(first["job_id"]) == f"{repo}@{digest}"
+    push_image(repo, "first")  # as the fixture left it
 
 
 def test_submit_plans_with_the_accounts_quota_and_spot_prices(remote, tiny_model, sample_scene, monkeypatch):

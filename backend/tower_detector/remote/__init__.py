@@ -47,6 +47,7 @@ def add_remote_commands(sub, command):
     sp.add_argument("--subnets", help="comma-separated subnet ids with internet access (default: the VPC's)")
     sp.add_argument("--instance-types", help="comma-separated GPU instance types (default g4dn/g5 xlarge, 2xlarge)")
     sp.add_argument("--max-vcpus", type=COUNT, help="most vCPUs running at once (default 64: 16 workers)")
+    sp.add_argument("--root-volume-gib", type=COUNT, help="root volume of each instance in GiB (default 100)")
     sp.add_argument("--image-tag", help="worker image tag in the stack's ECR repository (default latest)")
     sp.add_argument("--template", help="a CloudFormation template instead of the packaged stack.yaml")
 
@@ -94,6 +95,8 @@ def add_remote_commands(sub, command):
             sp.add_argument("--yes-threshold", type=float, default=0.97, help="'Yes' band of the overlay (predict)")
             sp.add_argument("--overwrite", action="store_true", help="write candidates.gpkg afresh, discarding its "
                             "review decisions (by default a fetch merges into it by tile)")
+            sp.add_argument("--scores-json", action="store_true", help="also write scores.json, every tile's score "
+                            "in the original project's format (predict; large: about 30 bytes a tile)")
 
     action(rsub, "jobs", _cmd_jobs, "The remote jobs submitted from this machine.")
     sp = action(rsub, "worker", _cmd_worker, "What a Batch container runs (written by `remote submit`).")
@@ -116,6 +119,7 @@ def _cmd_setup(args, rep):
 
     summary = setup(_aws(args), args.stack, bucket=args.bucket, vpc=args.vpc, subnets=args.subnets,
                     instance_types=args.instance_types, max_vcpus=args.max_vcpus, image_tag=args.image_tag,
+                    root_volume_gib=args.root_volume_gib,
                     template=args.template, check=args.check, log=rep.log)
     lines = [f"stack {summary['stack']} in {summary['region']}: {summary['action']}"]
     lines += [f"  {k}: {v}" for k, v in sorted(summary["outputs"].items())]
@@ -186,7 +190,7 @@ def _cmd_fetch(args, rep):
 
     record = find_job(args.job)
     summary = fetch(_aws(args, record), record, args.out, threshold=args.threshold, yes_threshold=args.yes_threshold,
-                    progress=rep.progress, log=rep.log, overwrite=args.overwrite)
+                    progress=rep.progress, log=rep.log, overwrite=args.overwrite, scores_json=args.scores_json)
     if record.get("kind") == "predict":
         from ..cli import merge_text
 

@@ -131,21 +131,48 @@ def _imagery_secrets(aws, outputs, imagery):
     return secrets
 
 
-def _job_definition(aws, base_arn, secrets):
-    """The stack's job definition, or a copy of it that also maps the secrets to environment variables (Batch
-    takes `secrets` only in a job definition, not at submit time); one copy per set of secrets, reused."""
-    if not secrets:
-        return base_arn
+def pinned_image(aws, image):
+    """The worker image `repo:tag` as `repo@sha256:...`, its digest in ECR now, so that a push while the job runs
+    does not mix code between its children and retries. An image already pinned is kept."""
+    if "@sha256:" in image:
+        return image
+    uri, _, tag = image.rpartition(":")
+    if not uri or "/" in tag:
+        uri, tag = image, "latest"
+    repo = uri.split("/", 1)[1] if "/" in uri else uri
+    from botocore.exceptions import ClientError
+
+    try:
+        found = aws.client("ecr").describe_images(repositoryName=repo, imageIds=[{"imageTag": tag}])["imageDetails"]
+    except ClientError as exc:
+        from .aws import error_code, raise_user_error
+
+        if error_code(exc)[0] in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            found = []
+        else:
+            raise_user_error(exc, f"ECR repository {repo}", aws.region)
+            raise
+    if not found:
+        raise UserError(f"no worker image {uri}:{tag} in ECR: build and push it (docs/aws.md, the worker image)")
+    return f"{uri}@{found[0]['imageDigest']}"
+
+
+def _job_definition(aws, base_arn, secrets, image):
+    """A copy of the stack's job definition with the worker image pinned by digest, and the secrets mapped to
+    environment variables (Batch takes neither the image nor `secrets` at submit time, only in a job
+    definition); one copy per image and set of secrets, reused."""
     base = aws.call("batch", "describe_job_definitions", what="the job definition",
                     jobDefinitions=[base_arn])["jobDefinitions"]
     if not base:
         raise UserError(f"job definition {base_arn} is missing: run `tower-detector remote setup`")
     base = base[0]
-    props = dict(base["containerProperties"], secrets=secrets)
+    props = dict(base["containerProperties"], image=image)
+    if secrets:
+        props["secrets"] = secrets
     # the API's values are strings; some emulators answer numbers, which register_job_definition refuses
     props["resourceRequirements"] = [dict(r, value=str(r["value"])) for r in props.get("resourceRequirements") or []]
-    digest = hashlib.sha256(json.dumps([base_arn, secrets], sort_keys=True).encode()).hexdigest()[:10]
-    name = f"{base['jobDefinitionName']}-s{digest}"
+    digest = hashlib.sha256(json.dumps([base_arn, image, secrets], sort_keys=True).encode()).hexdigest()[:10]
+    name = f"{base['jobDefinitionName']}-p{digest}"
     found = aws.call("batch", "describe_job_definitions", what="the job definition", jobDefinitionName=name,
                      status="ACTIVE")["jobDefinitions"]
     if found:
@@ -227,8 +254,11 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
                   computeEnvironments=[outputs["ComputeEnvironment"]])["computeEnvironments"]
     jd = aws.call("batch", "describe_job_definitions", what="the job definition",
                   jobDefinitions=[base_def])["jobDefinitions"]
+    if not jd:
+        raise UserError(f"job definition {base_def} is missing: run `tower-detector remote setup`")
     vcpus = next((int(float(r["value"])) for r in (jd[0]["containerProperties"].get("resourceRequirements") or [])
-                  if r["type"] == "VCPU"), 4) if jd else 4
+                  if r["type"] == "VCPU"), 4)
+    image = pinned_image(aws, jd[0]["containerProperties"]["image"])  # before anything is uploaded
     from .capacity import plan as capacity_plan
 
     capacity = capacity_plan(aws, ce[0].get("computeResources", {}) if ce else {}, vcpus, spot_price=args.spot_price)
@@ -286,7 +316,7 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
             values["weights"] = _input(aws, values["weights"], bucket, "weights")
     uploads = {k: v for k, v in values.items() if isinstance(v, str) and v.startswith("s3://") and k != "imagery"}
     command = ["remote", "worker", kind, *_argv(actions, values), "--events"]
-    job_def = _job_definition(aws, base_def, secrets)
+    job_def = _job_definition(aws, base_def, secrets, image)
     request = dict(jobName=name, jobQueue=outputs["JobQueue"], jobDefinition=job_def,
                    containerOverrides={"command": command,
                                        "environment": [{"name": "TOWER_DETECTOR_JOB", "value": name}]},
@@ -298,7 +328,7 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
     answer = aws.call("batch", "submit_job", what=f"job queue {outputs['JobQueue'].rsplit('/', 1)[-1]}", **request)
     record.update(name=name, kind=kind, job_id=answer["jobId"], job_arn=answer.get("jobArn"), region=aws.region,
                   profile=aws.profile, stack=stack, bucket=bucket, out=values["out"], log_group=outputs.get("LogGroup"),
-                  job_definition=job_def, inputs=uploads, estimate=estimate, command=command,
+                  job_definition=job_def, image=image, inputs=uploads, estimate=estimate, command=command,
                   submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     save_job(record)
     return record
@@ -551,9 +581,11 @@ def cancel(aws, record):
     return job["status"], True
 
 
-def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None, log=None, overwrite=False):
-    """predict: merge the S3 store into out/ (heatmap, candidates, the original project's JSON/GeoJSON; a
-    candidates.gpkg already there is merged into, its review decisions kept, unless overwrite); train/search:
+def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None, log=None, overwrite=False,
+          scores_json=False):
+    """predict: merge the S3 store into out/ (heatmap, candidates, the overlay GeoJSON, and with scores_json the
+    original project's scores.json, every tile's score: large for a country; a candidates.gpkg already there is
+    merged into, its review decisions kept, unless overwrite); train/search:
     download the model or search folder (without the training's resume checkpoints)."""
     from .transfer import list_keys, parse_s3
 
@@ -563,7 +595,7 @@ def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None,
 
         return merge_results(record["store"], heatmap=os.path.join(out, "heatmap.tif"),
                              candidates=os.path.join(out, "candidates.gpkg"), threshold=threshold,
-                             json_path=os.path.join(out, "scores.json"),
+                             json_path=os.path.join(out, "scores.json") if scores_json else None,
                              geojson_path=os.path.join(out, "overlay.geojson"), yes_threshold=yes_threshold,
                              progress=progress, log=log, overwrite=overwrite)
     if record.get("kind") not in ("train", "search"):

@@ -44,7 +44,7 @@ def describe_stack(aws, stack):
 
 
 def setup(aws, stack=DEFAULT_STACK, *, bucket=None, vpc=None, subnets=None, instance_types=None, max_vcpus=None,
-          image_tag=None, template=None, check=False, log=print):
+          image_tag=None, template=None, check=False, log=print, root_volume_gib=None):
     """Deploy or update the stack (check=True: only look); returns a summary dict with the outputs and problems."""
     body = _read_template(template)
     validated = aws.call("cloudformation", "validate_template", what="the stack template", TemplateBody=body)
@@ -66,6 +66,8 @@ def setup(aws, stack=DEFAULT_STACK, *, bucket=None, vpc=None, subnets=None, inst
         params["MaxvCpus"] = str(max_vcpus)
     if image_tag:
         params["WorkerImageTag"] = image_tag
+    if root_volume_gib is not None:
+        params["RootVolumeGiB"] = str(root_volume_gib)
     if bucket:
         if existing is not None:
             raise UserError("--bucket only applies when the stack is created; the stack keeps its bucket")
