@@ -794,3 +794,60 @@ def test_submit_plans_with_the_accounts_quota_and_spot_prices(remote, tiny_model
     e = next(ev for ev in events if ev.get("estimate"))["estimate"]
     assert e["parallel"] == 1 and e["capacity"]["limited_by"] == "quota" and e["spot_price"] == 0.3
     assert "the quota, not the budget, sets the time" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the same worker under Kubernetes
+# ---------------------------------------------------------------------------------------------
+def test_the_worker_takes_its_shard_from_batch_or_a_kubernetes_indexed_job():
+    from tower_detector.common.errors import UserError
+    from tower_detector.remote.worker import shard_of
+
+    assert shard_of(3, {"AWS_BATCH_JOB_ARRAY_INDEX": "2"}) == "2/3"
+    assert shard_of(3, {"JOB_COMPLETION_INDEX": "1"}) == "1/3"
+    assert shard_of(3, {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "JOB_COMPLETION_INDEX": "1"}) == "0/3"  # Batch's first
+    assert shard_of(1, {}) == "0/1"
+    for env in ({}, {"JOB_COMPLETION_INDEX": "3"}, {"JOB_COMPLETION_INDEX": "x"}):
+        with pytest.raises(UserError):
+            shard_of(3, env)
+
+
+def test_an_indexed_job_manifest_is_valid_against_the_kubernetes_schema(tmp_path):
+    import kubernetes_validate
+
+    path = tmp_path / "job.json"
+    args = ["remote", "k8s-manifest", "predict", "--model", "s3://b/inputs/model.tar", "--area", "s3://b/area.geojson",
+            "--imagery", "https://tiles.example.com/{z}/{x}/{y}.jpg?access_token=${TOKEN}", "--shards", 12,
+            "--parallelism", 4, "--out", "s3://b/jobs/pak/results", "--image",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/td-worker@sha256:" + "ab" * 32, "--name", "pak1",
+            "--manifest", path]
+    rc, events, text = cli(*args, "--events")
+    assert rc == 0, text[-2000:]
+    job = json.loads(path.read_text())
+    assert job == events[-1]["manifest"]
+    # every field known to Kubernetes (strict: an unknown or misspelt field fails), every type right
+    kubernetes_validate.validate(job, "1.33.0", strict=True)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 12, 4)
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["args"][:3] == ["remote", "worker", "predict"]
+    assert container["args"][container["args"].index("--shards") + 1] == "12" and "--shard" not in container["args"]
+    assert "${TOKEN}" in " ".join(container["args"])  # the reference; the value comes from the Secret
+    assert container["envFrom"] == [{"secretRef": {"name": "tower-detector"}}]
+    assert {"name": "TOWER_DETECTOR_REQUIRE_GPU", "value": "1"} in container["env"]
+    # retried: evictions and the worker's exit 75; anything else fails that shard
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[-1]["onExitCodes"] == {"containerName": "worker", "operator": "NotIn", "values": [75]}
+    # a misspelt field is what the schema check catches
+    broken = json.loads(path.read_text())
+    broken["spec"]["completionsMode"] = broken["spec"].pop("completionMode")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.33.0", strict=True)
+
+    # bad input: one line, exit 2
+    base = args[:-2]
+    fails(*base, "--imagery", "https://t.example.com/{z}/{x}/{y}.png?key=abc123", message="holds a secret in clear")
+    fails(*[a if a != "s3://b/inputs/model.tar" else "models/m1" for a in base], message="give an s3:// URI")
+    fails(*[a for a in base if a not in ("--shards", 12)], message="needs --shards N")
+    fails(*base[:-2], "--name", "Pak_1", message="a Kubernetes job name")

@@ -17,12 +17,13 @@ import argparse
 from ..common.errors import UserError
 
 _STAGE_ACTIONS = {}  # kind -> the argparse actions of its stage's arguments in `remote submit KIND`
+_K8S_ACTIONS = {}  # the same for `remote k8s-manifest KIND`
 
 
 def add_remote_commands(sub, command):
     """Register `remote` on the CLI's subparsers; `command(name, func, help)` is cli.build_parser's helper.
     `remote submit KIND` takes the arguments of the stage KIND (pipeline.STAGES)."""
-    from ..pipeline import COUNT, NON_NEGATIVE, POSITIVE, STAGES
+    from ..pipeline import COUNT, NON_NEGATIVE, POSITIVE, STAGE, STAGES
 
     rp = command("remote", _cmd_remote, "Run train, search and predict on AWS Batch GPU spot instances.")
     rsub = rp.add_subparsers(dest="remote_action", metavar="ACTION")
@@ -97,6 +98,20 @@ def add_remote_commands(sub, command):
                             "review decisions (by default a fetch merges into it by tile)")
             sp.add_argument("--scores-json", action="store_true", help="also write scores.json, every tile's score "
                             "in the original project's format (predict; large: about 30 bytes a tile)")
+
+    sp = action(rsub, "k8s-manifest", _cmd_remote, "Write a Kubernetes Indexed Job that runs the worker on a "
+                "cluster you have (no AWS Batch).")
+    ksub = sp.add_subparsers(dest="kind", metavar="KIND")
+    ksp = action(ksub, "predict", _cmd_k8s_manifest, "An Indexed Job of one pod per shard scoring into an S3 store: "
+                 "predict's arguments, with s3:// URIs; --shards N is the Job's completions.")
+    _K8S_ACTIONS["predict"] = STAGE["predict"].arguments(ksp, remote=True)
+    ksp.add_argument("--image", required=True, help="the worker image the cluster pulls (best pinned: repo@sha256:...)")
+    ksp.add_argument("--name", required=True, help="the Job's name (lower-case letters, digits, -)")
+    ksp.add_argument("--parallelism", type=COUNT, help="pods at once (default: one per shard)")
+    ksp.add_argument("--secret", default="tower-detector", help="the Kubernetes Secret mapped to the pods' "
+                     "environment: imagery tokens (${NAME} in --imagery), AWS keys (default %(default)s)")
+    ksp.add_argument("--namespace", help="the Job's namespace (default: kubectl's)")
+    ksp.add_argument("--manifest", help="write the manifest here (default: print it)")
 
     action(rsub, "jobs", _cmd_jobs, "The remote jobs submitted from this machine.")
     sp = action(rsub, "worker", _cmd_worker, "What a Batch container runs (written by `remote submit`).")
@@ -202,6 +217,22 @@ def _cmd_fetch(args, rep):
     else:
         text = f"{summary['files']} files into {args.out}" + ("" if summary["finished"] else " (not finished yet)")
     rep.result(text, **summary)
+
+
+def _cmd_k8s_manifest(args, rep):
+    from ..common.atomic import atomic_file
+    from .kubernetes import manifest
+
+    job, text = manifest(args.kind, args, _K8S_ACTIONS[args.kind], image=args.image, name=args.name,
+                         parallelism=args.parallelism, secret=args.secret, namespace=args.namespace)
+    if args.manifest:
+        with atomic_file(args.manifest) as f:
+            f.write(text)
+        summary = (f"wrote {args.manifest}: Indexed Job {args.name}, {job['spec']['completions']} shards, "
+                   f"{job['spec']['parallelism']} at once; run it with: kubectl apply -f {args.manifest}")
+    else:
+        summary = text.rstrip("\n")
+    rep.result(summary, manifest=job, path=args.manifest)
 
 
 def _cmd_jobs(args, rep):

@@ -3,7 +3,8 @@
 
 KIND ARGS are a local command's own arguments (predict, train, search) with S3 URIs where the local command takes
 paths. The worker brings those inputs down, runs the local command in this process, and:
-  predict  scores shard AWS_BATCH_JOB_ARRAY_INDEX of --shards N straight into the S3 store (--out s3://...), so
+  predict  scores shard AWS_BATCH_JOB_ARRAY_INDEX (or, under Kubernetes, JOB_COMPLETION_INDEX: an Indexed Job,
+           see kubernetes.py) of --shards N straight into the S3 store (--out s3://...), so
            an array job of N children scores every shard once. SIGTERM: predict finishes its chunk and exits 75,
            which the job definition's retry strategy retries; the retry scores only the missing chunks. Tiles
            that failed transiently (an imagery outage) exit 75 too; the retry fetches only those.
@@ -91,13 +92,25 @@ def _fetch_inputs(s3, args, folder, rep):
             setattr(args, name, fetch_input(s3, value, os.path.join(folder, name + suffix)))
 
 
+SHARD_INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")  # Batch's array job; Kubernetes'
+
+def shard_of(n, environ):
+    """This worker's shard "i/n": its index from AWS Batch (an array job's child) or else from Kubernetes (an
+    Indexed Job's pod); a job of one shard needs neither."""
+    name = next((v for v in SHARD_INDEX_VARIABLES if environ.get(v) not in (None, "")), None)
+    if name is None:
+        if n > 1:
+            raise UserError(f"neither {' nor '.join(SHARD_INDEX_VARIABLES)} is set, and the job has {n} shards")
+        return "0/1"
+    value = environ[name]
+    if not value.isdigit() or int(value) >= n:
+        raise UserError(f"{name}={value!r} is not a shard of 0..{n - 1}")
+    return f"{int(value)}/{n}"
+
+
 def _predict(args, rep):
     if args.shard is None:
-        n = args.shards or 1
-        index = os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX")
-        if index is None and n > 1:
-            raise UserError(f"AWS_BATCH_JOB_ARRAY_INDEX is not set, and the job has {n} shards")
-        args.shard = f"{int(index or 0)}/{n}"
+        args.shard = shard_of(args.shards or 1, os.environ)
     rep.log(f"worker: predict shard {args.shard} into {args.out}")
     try:
         args.func(args, rep)  # the store is on S3 already
