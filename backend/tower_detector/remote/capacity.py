@@ -144,7 +144,11 @@ def plan(aws, resources, job_vcpus, spot_price=None):
     types = list(resources.get("instanceTypes") or [])
     specs = instance_specs(aws, types)
     quotas = spot_quotas(aws, types)
-    c = workers_at_once(specs, job_vcpus, int(resources.get("maxvCpus") or job_vcpus), quotas)
+    max_vcpus = int(resources.get("maxvCpus") or job_vcpus)
+    if specs:
+        c = workers_at_once(specs, job_vcpus, max_vcpus, quotas)
+    else:  # sizes unknown (instance families, or EC2 refused): a worker counted at the job's own vCPUs
+        c = workers_at_once({"unknown sizes": (job_vcpus, 1)}, job_vcpus, max_vcpus)
     problems = []
     if not c["workers"] and c["limited_by"] == "instance types":
         problems.append(f"no instance type of the compute environment ({', '.join(types) or 'none'}) has a GPU and "
