@@ -529,6 +529,44 @@ def test_status_counts_children_and_cancel_terminates(remote, tiny_model, sample
     assert moto_job(job_id).job_stopped_reason == "cancelled with tower-detector remote cancel"
 
 
+def test_retry_resubmits_only_the_failed_children_into_the_same_store(remote, tiny_model, sample_scene):
+    from tower_detector.remote.worker import shard_of
+
+    rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                           "https://tiles.example.com/{z}/{x}/{y}.png", "--area", sample_scene["area"], "--shards", 4,
+                           "--name", "partly", "--stack", "td", "--yes", "--events")
+    assert rc == 0, text[-2000:]
+    job_id = events[-1]["job_id"]
+    batch = remote["batch"]
+    original = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+    moto_job(job_id).status = moto_job(f"{job_id}:0").status = "RUNNING"
+    fails("remote", "retry", "partly", message="is RUNNING: retry it once it has ended")
+    # Batch's view at the end, which moto never reaches: children 1 and 3 out of attempts
+    moto_job(job_id).status = "FAILED"
+    for i in range(4):
+        moto_job(f"{job_id}:{i}").status = "FAILED" if i in (1, 3) else "SUCCEEDED"
+    rc, events, text = cli("remote", "retry", "partly", "--events")
+    assert rc == 0, text[-2000:]
+    result = events[-1]
+    assert result["shards"] == [1, 3] and result["name"] == "partly-retry1" and "2 failed shards of 4" in text
+    assert result["store"] == f"s3://{remote['bucket']}/jobs/partly/results"  # the same store
+    new = batch.describe_jobs(jobs=[result["job_id"]])["jobs"][0]
+    assert new["arrayProperties"]["size"] == 2
+    assert new["container"]["command"] == original["container"]["command"]
+    assert new["jobDefinition"] == original["jobDefinition"]  # the same pinned image and secrets
+    env = {e["name"]: e["value"] for e in new["container"]["environment"]}
+    assert env["TOWER_DETECTOR_SHARDS"] == "1,3"
+    # child i of the retry scores the i-th failed shard
+    assert [shard_of(4, {"AWS_BATCH_JOB_ARRAY_INDEX": str(i), "TOWER_DETECTOR_SHARDS": env["TOWER_DETECTOR_SHARDS"]})
+            for i in range(2)] == ["1/4", "3/4"]
+    assert shard_of(4, {"TOWER_DETECTOR_SHARDS": "2"}) == "2/4"  # one shard: not an array job
+    rc, events, text = cli("remote", "status", "partly-retry1", "--events")
+    assert rc == 0 and events[-1]["name"] == "partly-retry1", text[-2000:]
+    # a job none of whose children failed has nothing to retry
+    moto_job(f"{job_id}:1").status = moto_job(f"{job_id}:3").status = "SUCCEEDED"
+    fails("remote", "retry", "partly", message="no child failed")
+
+
 def test_a_child_whose_tiles_failed_transiently_exits_75_for_batch_to_retry(remote, tiny_model, sample_scene,
                                                                              tmp_path):
     with TileServer(sample_scene["imagery"]) as server:

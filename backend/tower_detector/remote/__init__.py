@@ -4,6 +4,8 @@
     remote secret put NAME                      an imagery token into SSM Parameter Store (SecureString)
     remote submit predict|train|search ARGS     the local command's own arguments; prints an estimate, asks
     remote status|logs|cancel|fetch JOB         by the short name given at submit time (or the Batch job id)
+    remote retry JOB                            only the failed children of an ended prediction, same store
+    remote k8s-manifest predict ARGS            the worker as a Kubernetes Indexed Job (kubernetes.py)
     remote jobs                                 the jobs submitted from this machine
     remote worker predict|train|search ARGS     what the Batch container runs (written by submit)
 
@@ -80,6 +82,8 @@ def add_remote_commands(sub, command):
 
     for name, func, text in (("status", _cmd_status, "Status of a remote job: children, progress, failures."),
                              ("cancel", _cmd_cancel, "Stop a remote job (what it wrote is kept)."),
+                             ("retry", _cmd_retry, "Resubmit only the failed children of an ended prediction, into "
+                                                   "the same store."),
                              ("logs", _cmd_logs, "The last log lines of a remote job (each child of an array job)."),
                              ("fetch", _cmd_fetch, "Get a job's results: merged outputs of a prediction, or the "
                                                    "model/search folder.")):
@@ -90,6 +94,8 @@ def add_remote_commands(sub, command):
             sp.add_argument("--tail", type=int, default=10 if name == "status" else 50, help="log lines to show")
         if name == "logs":
             sp.add_argument("--child", type=int, help="only this child of an array job")
+        if name == "retry":
+            sp.add_argument("--name", help="the retry's job name (default JOB-retryN)")
         if name == "fetch":
             sp.add_argument("--out", required=True, help="local folder to write into")
             sp.add_argument("--threshold", type=float, default=0.5, help="candidate score cut (predict)")
@@ -126,7 +132,8 @@ def _aws(args, record=None):
 
 
 def _cmd_remote(args, rep):
-    raise UserError("remote: give an action (setup, secret put, submit, status, logs, cancel, fetch, jobs; see --help)")
+    raise UserError("remote: give an action (setup, secret put, submit, status, logs, cancel, retry, fetch, "
+                    "k8s-manifest, jobs; see --help)")
 
 
 def _cmd_setup(args, rep):
@@ -185,6 +192,17 @@ def _cmd_cancel(args, rep):
     text = (f"{record['name']}: terminated (was {was}); what it wrote is kept" if done
             else f"{record['name']} had already ended ({was}): nothing to cancel")
     rep.result(text, name=record["name"], was=was, terminated=done)
+
+
+def _cmd_retry(args, rep):
+    from .jobs import find_job, retry
+
+    record = find_job(args.job)
+    new, failed, shards = retry(_aws(args, record), record, name=args.name)
+    rep.result(f"resubmitted {len(failed)} failed shard{'s' * (len(failed) != 1)} of {shards} "
+               f"({new['shards_retried']}) of {record['name']} as {new['name']}: Batch job {new['job_id']}, into "
+               f"{new['store']}\nfollow it with: tower-detector remote status {new['name']}",
+               name=new["name"], job_id=new["job_id"], retry_of=record["name"], shards=failed, store=new["store"])
 
 
 def _cmd_logs(args, rep):

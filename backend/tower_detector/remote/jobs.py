@@ -570,6 +570,49 @@ def logs(aws, record, tail=50, child=None):
             if f"{job['jobId']}:{i}" in children]
 
 
+def retry(aws, record, *, name=None):
+    """Resubmit only the failed children of a finished prediction, into the same store: one array job whose child
+    i scores the i-th failed shard (TOWER_DETECTOR_SHARDS). Each retried shard scores only its missing chunks
+    and the tiles that failed transiently (the store keeps what is done)."""
+    from .worker import SHARD_LIST, format_shards
+
+    if record.get("kind") != "predict" or not record.get("command"):
+        raise UserError(f"{record['name']}: remote retry resubmits the failed children of a prediction submitted "
+                        "from here")
+    job = _describe_one(aws, record)
+    if job["status"] not in ("SUCCEEDED", "FAILED"):
+        raise UserError(f"{record['name']} is {job['status']}: retry it once it has ended (or `remote cancel` it)")
+    size = (job.get("arrayProperties") or {}).get("size")
+    if size:
+        failed = sorted(int(c["jobId"].rsplit(":", 1)[1]) for c in aws.pages(
+            "batch", "list_jobs", "jobSummaryList", what="the job's children", arrayJobId=job["jobId"],
+            jobStatus="FAILED"))
+    else:
+        failed = [0] if job["status"] == "FAILED" else []
+    if not failed:
+        raise UserError(f"{record['name']}: no child failed; nothing to retry")
+    command = list(record["command"])
+    shards = int(command[command.index("--shards") + 1]) if "--shards" in command else 1
+    jobs = load_jobs()
+    name = name or next(f"{record['name']}-retry{n}" for n in range(1, 10_000)
+                        if f"{record['name']}-retry{n}" not in jobs)
+    if not _NAME.match(name) or name in jobs:
+        raise UserError(f"--name {name!r}: a new job name (letters, digits, - and _) is needed")
+    listed = format_shards(failed)
+    env = [{"name": "TOWER_DETECTOR_JOB", "value": name}, {"name": SHARD_LIST, "value": listed}]
+    request = dict(jobName=name, jobQueue=job["jobQueue"], jobDefinition=job["jobDefinition"],  # the same image
+                   containerOverrides={"command": command, "environment": env},
+                   tags={"project": "tower-detector", "job": name}, propagateTags=True)
+    if len(failed) > 1:
+        request["arrayProperties"] = {"size": len(failed)}
+    answer = aws.call("batch", "submit_job", what="the retry", **request)
+    new = dict(record, name=name, job_id=answer["jobId"], job_arn=answer.get("jobArn"), retry_of=record["name"],
+               shards_retried=listed, array_size=len(failed) if len(failed) > 1 else None, estimate=None,
+               submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    save_job(new)
+    return new, failed, shards
+
+
 def cancel(aws, record):
     """Terminate the job (queued children are cancelled, running ones stopped: SIGTERM, then SIGKILL). Batch does
     not retry a terminated job. What was written stays: chunks in the store, the synced model folder."""

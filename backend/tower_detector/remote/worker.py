@@ -93,19 +93,50 @@ def _fetch_inputs(s3, args, folder, rep):
 
 
 SHARD_INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")  # Batch's array job; Kubernetes'
+SHARD_LIST = "TOWER_DETECTOR_SHARDS"  # `remote retry`: the shards its children score, child i the i-th
+
+
+def format_shards(indexes):
+    """Sorted shard indexes as runs: [1, 2, 3, 7] -> "1-3,7"."""
+    runs = []
+    for i in sorted(set(indexes)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
+def parse_shards(text):
+    indexes = []
+    for part in text.split(","):
+        a, _, b = part.strip().partition("-")
+        if not a.isdigit() or (b and not b.isdigit()):
+            raise UserError(f"{SHARD_LIST}={text!r}: not a list of shard indexes (like 1-3,7)")
+        indexes += range(int(a), int(b or a) + 1)
+    return indexes
+
 
 def shard_of(n, environ):
     """This worker's shard "i/n": its index from AWS Batch (an array job's child) or else from Kubernetes (an
-    Indexed Job's pod); a job of one shard needs neither."""
+    Indexed Job's pod); a job of one shard needs neither. With TOWER_DETECTOR_SHARDS (a retry of some shards),
+    the index picks one of those."""
+    listed = parse_shards(environ[SHARD_LIST]) if environ.get(SHARD_LIST) else None
     name = next((v for v in SHARD_INDEX_VARIABLES if environ.get(v) not in (None, "")), None)
     if name is None:
+        if listed and len(listed) == 1:
+            return f"{listed[0]}/{n}"
         if n > 1:
             raise UserError(f"neither {' nor '.join(SHARD_INDEX_VARIABLES)} is set, and the job has {n} shards")
         return "0/1"
     value = environ[name]
-    if not value.isdigit() or int(value) >= n:
-        raise UserError(f"{name}={value!r} is not a shard of 0..{n - 1}")
-    return f"{int(value)}/{n}"
+    if not value.isdigit() or int(value) >= len(listed or range(n)):
+        raise UserError(f"{name}={value!r} is not a shard of 0..{n - 1}"
+                        + (f" (nor a child of the {len(listed)} listed in {SHARD_LIST})" if listed else ""))
+    index = listed[int(value)] if listed else int(value)
+    if index >= n:
+        raise UserError(f"{SHARD_LIST} lists shard {index}, but the job has {n} shards")
+    return f"{index}/{n}"
 
 
 def _predict(args, rep):
