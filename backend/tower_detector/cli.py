@@ -8,7 +8,8 @@ Exit codes, the same for every command (the one place they are defined):
          one-line reason and the traceback
     143  stopped by SIGTERM at a safe point: run the same command again to resume
     130  interrupted (Ctrl-C)
-A remote worker exits 75 where a run may succeed if retried (remote/worker.py).
+A remote worker exits 75 where a run may succeed if retried (SIGTERM included), and 78 when it asked for a GPU and
+sees none (remote/worker.py).
 """
 
 import argparse

@@ -83,9 +83,27 @@ def remote(s3, tmp_path_factory):
         rc, events, text = cli("remote", "setup", "--stack", "td", "--template", template, "--events")
         assert rc == 0, text[-3000:]
         outputs = events[-1]["outputs"]
+        push_image(outputs["RepositoryUri"], "first")
         yield {"outputs": outputs, "bucket": outputs["Bucket"], "template": template, "work": work,
                "batch": boto3.client("batch"), "logs": boto3.client("logs"), "s3": s3}
     requests.post(config, json={"batch": {"use_docker": True}}, timeout=10)
+
+
+def push_image(repository_uri, marker, tag="latest"):
+    """A worker image pushed to ECR under `tag` (what `docker push` does); its digest follows `marker` (moto's
+    digest is that of the manifest's layers). Returns the digest."""
+    import boto3
+
+    ecr, repo = boto3.client("ecr"), repository_uri.split("/", 1)[1]
+    layer = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1,
+             "digest": "sha256:" + marker.encode().hex().ljust(64, "0")[:64]}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "layers": [layer]}
+    try:
+        ecr.put_image(repositoryName=repo, imageTag=tag, imageManifest=json.dumps(manifest))
+    except ecr.exceptions.ImageAlreadyExistsException:
+        pass  # the same image under the same tag
+    return ecr.describe_images(repositoryName=repo, imageIds=[{"imageTag": tag}])["imageDetails"][0]["imageDigest"]
 
 
 def moto_job(job_id):
@@ -109,6 +127,77 @@ def put_logs(remote, job_id, lines):
 # ---------------------------------------------------------------------------------------------
 # the stack
 # ---------------------------------------------------------------------------------------------
+RETRY_RULES = [{"OnStatusReason": "Host EC2*", "Action": "RETRY"},
+               {"OnExitCode": "75", "Action": "RETRY"},
+               {"OnStatusReason": "Task failed to start*", "Action": "RETRY"},
+               {"OnReason": "CannotPullContainerError*", "Action": "RETRY"},
+               {"OnReason": "*", "Action": "EXIT"}]
+
+
+def batch_decides(rules, *, status_reason=None, reason=None, exit_code=None):
+    """What Batch does with a failed attempt, as its documentation states it: the first rule whose every condition
+    matches decides (a condition is a literal, or a prefix ending in *); when none matches, it retries."""
+    def matches(pattern, value):
+        if value is None:
+            return pattern == "*"
+        return str(value).startswith(pattern[:-1]) if pattern.endswith("*") else str(value) == pattern
+
+    for rule in rules:
+        conditions = {"OnStatusReason": status_reason, "OnReason": reason, "OnExitCode": exit_code}
+        if all(matches(rule[key], value) for key, value in conditions.items() if key in rule):
+            return rule["Action"]
+    return "RETRY"
+
+
+def test_retry_rules_retry_start_up_failures_and_spot_and_nothing_else():
+    from cfnlint.decode import decode_str
+
+    from tower_detector.remote.worker import NO_GPU_EXIT_CODE, RETRY_EXIT_CODE
+
+    with open(TEMPLATE) as f:
+        rules = decode_str(f.read())[0]["Resources"]["JobDefinition"]["Properties"]["RetryStrategy"]["EvaluateOnExit"]
+    assert len(rules) <= 5  # Batch's limit on evaluateOnExit
+    for rule in rules:  # Batch's pattern syntax: a literal with at most one *, at the end; exit codes are digits
+        for key, pattern in rule.items():
+            if key != "Action":
+                assert "*" not in pattern[:-1] and len(pattern) <= 512, rule
+                assert key != "OnExitCode" or pattern.rstrip("*").isdigit() or pattern == "*", rule
+    assert rules[-1] == {"OnReason": "*", "Action": "EXIT"}
+    cases = {  # (statusReason, container reason, exit code) of real failures -> what Batch must do
+        "spot reclaim": ("Host EC2 (instance i-0abc) terminated.", None, None, "RETRY"),
+        "image pull": ("Task failed to start", "CannotPullContainerError: pull image manifest has been retried 1 "
+                       "time(s): failed to resolve ref: i/o timeout", None, "RETRY"),
+        "image pull (reason only)": ("Essential container in task exited", "CannotPullContainerError: "
+                                     "ref pull has been retried", None, "RETRY"),
+        "secrets fetch": ("Task failed to start", "ResourceInitializationError: unable to pull secrets or registry "
+                          "auth: execution resource retrieval failed", None, "RETRY"),
+        "imagery outage": ("Essential container in task exited", None, RETRY_EXIT_CODE, "RETRY"),
+        "bad input": ("Essential container in task exited", None, 2, "EXIT"),
+        "a bug": ("Essential container in task exited", None, 1, "EXIT"),
+        "out of memory": ("Essential container in task exited", "OutOfMemoryError: Container killed due to memory "
+                          "usage", 137, "EXIT"),
+        "no GPU": ("Essential container in task exited", None, NO_GPU_EXIT_CODE, "EXIT"),
+    }
+    for name, (status_reason, reason, code, expected) in cases.items():
+        assert batch_decides(rules, status_reason=status_reason, reason=reason, exit_code=code) == expected, name
+    assert NO_GPU_EXIT_CODE != RETRY_EXIT_CODE
+
+
+def test_a_worker_that_asked_for_a_gpu_and_sees_none_exits_78_before_fetching(tmp_path):
+    """On this machine TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES is emptied so that holds on any machine)."""
+    argv = [sys.executable, "-m", "tower_detector", "remote", "worker", "predict", "--model",
+            "s3://nowhere-bucket/inputs/model.tar", "--imagery", "https://tiles.example.com/{z}/{x}/{y}.png",
+            "--tiles", "s3://nowhere-bucket/jobs/j/cover.json", "--out", "s3://nowhere-bucket/jobs/j/results",
+            "--events"]
+    env = dict(os.environ, TOWER_DETECTOR_REQUIRE_GPU="1", CUDA_VISIBLE_DEVICES="",
+               TOWER_DETECTOR_WORK=str(tmp_path), AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
+               AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL="http://127.0.0.1:9")  # any S3 call would fail
+    child = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 78, child.stdout[-2000:] + child.stderr[-2000:]
+    last = json.loads(child.stdout.splitlines()[-1])
+    assert last["event"] == "error" and "asked for a GPU (TOWER_DETECTOR_REQUIRE_GPU=1), but TensorFlow sees none" \
+        in last["message"] and "not retried" in last["message"]
+    assert "fetching" not in child.stdout  # nothing was brought down first
 def test_template_is_valid_and_least_privilege():
     import cfnlint.api
     from cfnlint.decode import decode_str
@@ -125,10 +214,13 @@ def test_template_is_valid_and_least_privilege():
     assert ce["ComputeResources"]["MinvCpus"] == 0
     job = res["JobDefinition"]["Properties"]
     assert {"Type": "GPU", "Value": "1"} in job["ContainerProperties"]["ResourceRequirements"]
-    assert job["RetryStrategy"]["EvaluateOnExit"] == [{"OnStatusReason": "Host EC2*", "Action": "RETRY"},
-                                                      {"OnExitCode": "143", "Action": "RETRY"},
-                                                      {"OnExitCode": "75", "Action": "RETRY"},
-                                                      {"OnReason": "*", "Action": "EXIT"}]
+    assert job["RetryStrategy"]["EvaluateOnExit"] == RETRY_RULES
+    assert {"Name": "TOWER_DETECTOR_REQUIRE_GPU", "Value": "1"} in job["ContainerProperties"]["Environment"]
+    # the root volume, in a launch template the compute environment uses
+    volume = res["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["BlockDeviceMappings"][0]
+    assert volume["DeviceName"] == "/dev/xvda" and volume["Ebs"]["VolumeSize"] == {"Ref": "RootVolumeGiB"}
+    assert ce["ComputeResources"]["LaunchTemplate"] == {"LaunchTemplateId": {"Ref": "LaunchTemplate"}, "Version": {
+        "Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]}}
     # least privilege: no wildcard actions; the job role touches only the bucket; secrets only under the path
     for name in ("InstanceRole", "ExecutionRole", "JobRole"):
         for policy in res[name]["Properties"].get("Policies", []):
@@ -161,24 +253,24 @@ def test_setup_deploys_updates_and_checks_the_stack(remote):
     assert {"type": "GPU", "value": "1"} in jd["containerProperties"]["resourceRequirements"]
     assert jd["containerProperties"]["image"] == outputs["RepositoryUri"] + ":latest"
     assert jd["retryStrategy"]["attempts"] == 5
-    assert [(c.get("onStatusReason") or c.get("onExitCode") or c.get("onReason"), c["action"].upper())
-            for c in jd["retryStrategy"]["evaluateOnExit"]] == [("Host EC2*", "RETRY"), ("143", "RETRY"),
-                                                                ("75", "RETRY"), ("*", "EXIT")]
+    assert [{k[0].upper() + k[1:]: v.upper() if k == "action" else v for k, v in c.items()}
+            for c in jd["retryStrategy"]["evaluateOnExit"]] == RETRY_RULES
 
     rc, events, text = cli("remote", "setup", "--stack", "td", "--template", remote["template"], "--events")
     assert rc == 0 and events[-1]["action"] in ("updated", "up to date"), text[-2000:]
     assert events[-1]["outputs"]["Bucket"] == outputs["Bucket"]
 
-    # --check: the worker image is not pushed yet, which would stop every job
-    message, _ = fails("remote", "setup", "--check", "--stack", "td", message="no worker image")
-    assert outputs["RepositoryUri"] in message
+    # --check: no worker image yet, which would stop every job
     import boto3
 
-    boto3.client("ecr").put_image(repositoryName=outputs["RepositoryUri"].split("/", 1)[1], imageTag="latest",
-                                  imageManifest=json.dumps({"schemaVersion": 2, "layers": [], "mediaType":
-                                  "application/vnd.docker.distribution.manifest.v2+json"}))
+    boto3.client("ecr").batch_delete_image(repositoryName=outputs["RepositoryUri"].split("/", 1)[1],
+                                           imageIds=[{"imageTag": "latest"}])
+    message, _ = fails("remote", "setup", "--check", "--stack", "td", message="no worker image")
+    assert outputs["RepositoryUri"] in message
+    push_image(outputs["RepositoryUri"], "first")
     rc, events, text = cli("remote", "setup", "--check", "--stack", "td", "--events")
     assert rc == 0 and events[-1]["problems"] == [], text[-2000:]
+    assert "workers:  8 at once" in events[-1]["notes"][0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +312,8 @@ def test_remote_predict_in_three_shards_one_killed_equals_a_local_run(remote, ti
         jd = remote["batch"].describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
         assert jd["containerProperties"]["secrets"] == [
             {"name": "TOKEN", "valueFrom": f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/tower-detector/TOKEN"}]
-        assert [c["action"].upper() for c in jd["retryStrategy"]["evaluateOnExit"]] == ["RETRY", "RETRY", "RETRY",
-                                                                                         "EXIT"]
+        assert [c["action"].upper() for c in jd["retryStrategy"]["evaluateOnExit"]] == [r["Action"] for r in
+                                                                                         RETRY_RULES]
 
         # the Batch side: one process per child, with the environment a container of that child gets
         def child_env(i):
@@ -284,6 +376,9 @@ def test_remote_predict_in_three_shards_one_killed_equals_a_local_run(remote, ti
     assert rc == 0 and events[-1]["logs"] == {"child 1": retry.stdout.strip().splitlines()[-2:]}, text
     rc, events, text = cli("remote", "fetch", "scene3", "--out", tmp_path / "fetched", "--events")
     assert rc == 0 and events[-1]["complete"] and events[-1]["scored"] == 64, text[-2000:]
+    assert not (tmp_path / "fetched" / "scores.json").exists()  # only when asked: a country's is over a GB
+    rc, events, text = cli("remote", "fetch", "scene3", "--out", tmp_path / "fetched", "--scores-json", "--events")
+    assert rc == 0 and events[-1]["outputs"]["json"].endswith("scores.json"), text[-2000:]
     printed.append(text)
     seed = json.loads((tmp_path / "fetched" / "scores.json").read_text())
     expected = {f"{x}-{y}-18": float(s) for c in local_chunks.values()
@@ -434,6 +529,44 @@ def test_status_counts_children_and_cancel_terminates(remote, tiny_model, sample
     assert moto_job(job_id).job_stopped_reason == "cancelled with tower-detector remote cancel"
 
 
+def test_retry_resubmits_only_the_failed_children_into_the_same_store(remote, tiny_model, sample_scene):
+    from tower_detector.remote.worker import shard_of
+
+    rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                           "https://tiles.example.com/{z}/{x}/{y}.png", "--area", sample_scene["area"], "--shards", 4,
+                           "--name", "partly", "--stack", "td", "--yes", "--events")
+    assert rc == 0, text[-2000:]
+    job_id = events[-1]["job_id"]
+    batch = remote["batch"]
+    original = batch.describe_jobs(jobs=[job_id])["jobs"][0]
+    moto_job(job_id).status = moto_job(f"{job_id}:0").status = "RUNNING"
+    fails("remote", "retry", "partly", message="is RUNNING: retry it once it has ended")
+    # Batch's view at the end, which moto never reaches: children 1 and 3 out of attempts
+    moto_job(job_id).status = "FAILED"
+    for i in range(4):
+        moto_job(f"{job_id}:{i}").status = "FAILED" if i in (1, 3) else "SUCCEEDED"
+    rc, events, text = cli("remote", "retry", "partly", "--events")
+    assert rc == 0, text[-2000:]
+    result = events[-1]
+    assert result["shards"] == [1, 3] and result["name"] == "partly-retry1" and "2 failed shards of 4" in text
+    assert result["store"] == f"s3://{remote['bucket']}/jobs/partly/results"  # the same store
+    new = batch.describe_jobs(jobs=[result["job_id"]])["jobs"][0]
+    assert new["arrayProperties"]["size"] == 2
+    assert new["container"]["command"] == original["container"]["command"]
+    assert new["jobDefinition"] == original["jobDefinition"]  # the same pinned image and secrets
+    env = {e["name"]: e["value"] for e in new["container"]["environment"]}
+    assert env["TOWER_DETECTOR_SHARDS"] == "1,3"
+    # child i of the retry scores the i-th failed shard
+    assert [shard_of(4, {"AWS_BATCH_JOB_ARRAY_INDEX": str(i), "TOWER_DETECTOR_SHARDS": env["TOWER_DETECTOR_SHARDS"]})
+            for i in range(2)] == ["1/4", "3/4"]
+    assert shard_of(4, {"TOWER_DETECTOR_SHARDS": "2"}) == "2/4"  # one shard: not an array job
+    rc, events, text = cli("remote", "status", "partly-retry1", "--events")
+    assert rc == 0 and events[-1]["name"] == "partly-retry1", text[-2000:]
+    # a job none of whose children failed has nothing to retry
+    moto_job(f"{job_id}:1").status = moto_job(f"{job_id}:3").status = "SUCCEEDED"
+    fails("remote", "retry", "partly", message="no child failed")
+
+
 def test_a_child_whose_tiles_failed_transiently_exits_75_for_batch_to_retry(remote, tiny_model, sample_scene,
                                                                              tmp_path):
     with TileServer(sample_scene["imagery"]) as server:
@@ -459,6 +592,26 @@ def test_a_child_whose_tiles_failed_transiently_exits_75_for_batch_to_retry(remo
         assert child.returncode == 0, child.stderr[-2000:]
     rc, events, text = cli("remote", "status", "outage", "--events")
     assert events[-1]["progress"]["complete"] and events[-1]["progress"]["tiles_done"] == 64
+
+
+def test_a_child_stopped_by_sigterm_exits_75_for_batch_to_retry(remote, tiny_model, sample_scene, tmp_path):
+    with TileServer(sample_scene["imagery"], latency=0.05) as server:
+        rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                               server.template("png"), "--area", sample_scene["area"], "--checkpoint-every", 8,
+                               "--batch-size", 4, "--name", "sigterm", "--stack", "td", "--yes", "--events")
+        assert rc == 0, text[-2000:]
+        command = remote["batch"].describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]["container"]["command"]
+        env = dict(os.environ, AWS_BATCH_JOB_ARRAY_INDEX="0", TOWER_DETECTOR_WORK=str(tmp_path / "w"))
+        child = subprocess.Popen([sys.executable, "-m", "tower_detector", *command], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        for line in child.stdout:  # a spot notice, or ECS draining the instance: SIGTERM once a chunk is written
+            event = json.loads(line)
+            if event["event"] == "progress" and event.get("chunk", 0) >= 1:
+                child.send_signal(signal.SIGTERM)
+                break
+        rest = child.stdout.read()
+        assert child.wait(timeout=120) == 75, rest + child.stderr.read()[-2000:]  # retried by the exit-75 rule
+        assert json.loads(rest.splitlines()[-1])["kind"] == "failure"
 
 
 def test_a_job_that_failed_three_times_shows_why_and_its_last_log_lines(remote, training_set, params_file):
@@ -572,6 +725,7 @@ def test_a_missing_queue_and_quotas(remote, training_set, params_file, monkeypat
     rc, events, text = cli("remote", "setup", "--stack", "td-noqueue", "--template", remote["template"], "--events")
     assert rc == 0, text[-2000:]
     queue = events[-1]["outputs"]["JobQueue"]
+    push_image(events[-1]["outputs"]["RepositoryUri"], "noqueue")
     remote["batch"].update_job_queue(jobQueue=queue, state="DISABLED")
     remote["batch"].delete_job_queue(jobQueue=queue)
     train = ["remote", "submit", "train", "--data", training_set, "--params", params_file, "--yes"]
@@ -602,3 +756,136 @@ def test_estimate_for_a_country():
     assert eight["gpu_hours"] == pytest.approx(8 * e["gpu_hours"], abs=1e-2)  # every tile scored 8 times
     assert "GPU-hours at 150 tiles/s per GPU (an assumption: --tiles-per-second) x 8 views a tile" in \
         estimate_text(eight)
+
+
+# ---------------------------------------------------------------------------------------------
+# capacity: the workers that can really run
+# ---------------------------------------------------------------------------------------------
+def test_the_quota_counts_whole_instances_and_sets_the_workers():
+    from tower_detector.remote.capacity import capacity_text, workers_at_once
+    from tower_detector.remote.jobs import estimate_predict, estimate_text
+
+    mix = {"g4dn.xlarge": (4, 1), "g4dn.2xlarge": (8, 1), "g5.xlarge": (4, 1), "g5.2xlarge": (8, 1)}
+    # a quota of 8 vCPUs and 8-vCPU single-GPU sizes in the mix: one worker, not 8 / 4 = 2, nor 64 / 4 = 16
+    c = workers_at_once(mix, 4, 64, {"g": 8})
+    assert (c["workers"], c["workers_quota"], c["workers_ce"]) == (1, 1, 8)
+    assert c["limited_by"] == "quota" and c["worst_type"] == "g5.2xlarge" and c["vcpus_per_worker"] == 8
+    assert "the quota, not the budget, sets the time" in capacity_text(c)
+    assert "ask for a spot quota of 64 vCPUs" in capacity_text(c)
+    # 4-vCPU sizes only: the quota's 8 vCPUs hold two workers
+    assert workers_at_once({"g4dn.xlarge": (4, 1)}, 4, 64, {"g": 8})["workers"] == 2
+    # no quota known (Service Quotas unreachable): the compute environment's maximum alone
+    c = workers_at_once(mix, 4, 64)
+    assert c["workers"] == 8 and c["limited_by"] == "compute environment"
+    assert "the quota" not in capacity_text(c)
+    # a quota above the maximum: the maximum sets it
+    assert workers_at_once(mix, 4, 64, {"g": 512})["limited_by"] == "compute environment"
+    # a 4-GPU instance holds four workers; a quota below its 48 vCPUs starts none of it
+    assert workers_at_once({"g5.12xlarge": (48, 4)}, 4, 96, {"g": 96})["workers"] == 8
+    assert workers_at_once({"g5.12xlarge": (48, 4)}, 4, 96, {"g": 40})["workers"] == 0
+
+    # the estimate of a country uses the one worker: 50 M tiles at 150 tiles/s, 25 shards one after another
+    one = dict(workers_at_once(mix, 4, 64, {"g": 8}), spot_price=0.28, price_source="assumed prices",
+               price_type="g4dn.2xlarge")
+    e = estimate_predict(50_000_000, 25, 10_000, tiles_per_second=150, capacity=one)
+    assert e["parallel"] == 1 and e["spot_price"] == 0.28
+    assert e["wall_hours"] == pytest.approx(25 * (92.593 / 25 + 5 / 60), abs=0.01)  # about 95 h, not 7.5
+    assert "the quota, not the budget, sets the time" in estimate_text(e)
+    eight = estimate_predict(50_000_000, 25, 10_000, tiles_per_second=150,
+                             capacity=dict(one, **workers_at_once(mix, 4, 64)))
+    assert eight["parallel"] == 8 and eight["wall_hours"] == pytest.approx(4 * (92.593 / 25 + 5 / 60), abs=0.01)
+
+
+def test_a_job_pins_the_worker_image_by_digest(remote, training_set, params_file):
+    repo = remote["outputs"]["RepositoryUri"]
+    first = submit_train(training_set, params_file, "pinned1")
+    digest = push_image(repo, "first")  # the image pushed by the fixture (put again: the same digest)
+    batch = remote["batch"]
+
+    def image_of(job_id):
+        jd = batch.describe_jobs(jobs=[job_id])["jobs"][0]["jobDefinition"]
+        return batch.describe_job_definitions(jobDefinitions=[jd])["jobDefinitions"][0]["containerProperties"]["image"]
+
+    assert image_of(first["job_id"]) == f"{repo}@{digest}"
+    newer = push_image(repo, "second")  # a push of :latest while the first job runs
+    assert newer != digest
+    second = submit_train(training_set, params_file, "pinned2")
+    assert image_of(second["job_id"]) == f"{repo}@{newer}" and image_of(first["job_id"]) == f"{repo}@{digest}"
+    push_image(repo, "first")  # as the fixture left it
+
+
+def test_submit_plans_with_the_accounts_quota_and_spot_prices(remote, tiny_model, sample_scene, monkeypatch):
+    predict = ["remote", "submit", "predict", "--model", tiny_model[0], "--area", sample_scene["area"], "--stack",
+               "td", "--imagery", "https://tiles.example.com/{z}/{x}/{y}.png", "--shards", 4, "--yes", "--events"]
+    # moto answers describe_instance_types (vCPUs, GPUs) and describe_spot_price_history (its prices are 0.00001)
+    rc, events, text = cli(*predict, "--name", "planned")
+    assert rc == 0, text[-2000:]
+    e = next(ev for ev in events if ev.get("estimate"))["estimate"]
+    assert e["capacity"]["price_source"] == "the spot price history" and e["spot_price"] == pytest.approx(1e-5)
+    assert e["capacity"]["workers"] == 8 and e["capacity"]["vcpus_per_worker"] == 8  # 64 vCPUs of 8-vCPU sizes
+    assert e["parallel"] == 4  # 4 shards
+    with monkeypatch.context() as m:
+        # STUB: moto has no EC2 quotas; an account whose spot quota for G instances is 8 vCPUs
+        stub(m, "GetServiceQuota", response={"Quota": {"QuotaCode": "L-3819A6DF", "Value": 8.0}})
+        rc, events, text = cli(*predict, "--name", "quota8", "--spot-price", 0.3)
+    assert rc == 0, text[-2000:]
+    e = next(ev for ev in events if ev.get("estimate"))["estimate"]
+    assert e["parallel"] == 1 and e["capacity"]["limited_by"] == "quota" and e["spot_price"] == 0.3
+    assert "the quota, not the budget, sets the time" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the same worker under Kubernetes
+# ---------------------------------------------------------------------------------------------
+def test_the_worker_takes_its_shard_from_batch_or_a_kubernetes_indexed_job():
+    from tower_detector.common.errors import UserError
+    from tower_detector.remote.worker import shard_of
+
+    assert shard_of(3, {"AWS_BATCH_JOB_ARRAY_INDEX": "2"}) == "2/3"
+    assert shard_of(3, {"JOB_COMPLETION_INDEX": "1"}) == "1/3"
+    assert shard_of(3, {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "JOB_COMPLETION_INDEX": "1"}) == "0/3"  # Batch's first
+    assert shard_of(1, {}) == "0/1"
+    for env in ({}, {"JOB_COMPLETION_INDEX": "3"}, {"JOB_COMPLETION_INDEX": "x"}):
+        with pytest.raises(UserError):
+            shard_of(3, env)
+
+
+def test_an_indexed_job_manifest_is_valid_against_the_kubernetes_schema(tmp_path):
+    import kubernetes_validate
+
+    path = tmp_path / "job.json"
+    args = ["remote", "k8s-manifest", "predict", "--model", "s3://b/inputs/model.tar", "--area", "s3://b/area.geojson",
+            "--imagery", "https://tiles.example.com/{z}/{x}/{y}.jpg?access_token=${TOKEN}", "--shards", 12,
+            "--parallelism", 4, "--out", "s3://b/jobs/pak/results", "--image",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/td-worker@sha256:" + "ab" * 32, "--name", "pak1",
+            "--manifest", path]
+    rc, events, text = cli(*args, "--events")
+    assert rc == 0, text[-2000:]
+    job = json.loads(path.read_text())
+    assert job == events[-1]["manifest"]
+    # every field known to Kubernetes (strict: an unknown or misspelt field fails), every type right
+    kubernetes_validate.validate(job, "1.33.0", strict=True)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 12, 4)
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["args"][:3] == ["remote", "worker", "predict"]
+    assert container["args"][container["args"].index("--shards") + 1] == "12" and "--shard" not in container["args"]
+    assert "${TOKEN}" in " ".join(container["args"])  # the reference; the value comes from the Secret
+    assert container["envFrom"] == [{"secretRef": {"name": "tower-detector"}}]
+    assert {"name": "TOWER_DETECTOR_REQUIRE_GPU", "value": "1"} in container["env"]
+    # retried: evictions and the worker's exit 75; anything else fails that shard
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[-1]["onExitCodes"] == {"containerName": "worker", "operator": "NotIn", "values": [75]}
+    # a misspelt field is what the schema check catches
+    broken = json.loads(path.read_text())
+    broken["spec"]["completionsMode"] = broken["spec"].pop("completionMode")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.33.0", strict=True)
+
+    # bad input: one line, exit 2
+    base = args[:-2]
+    fails(*base, "--imagery", "https://t.example.com/{z}/{x}/{y}.png?key=abc123", message="holds a secret in clear")
+    fails(*[a if a != "s3://b/inputs/model.tar" else "models/m1" for a in base], message="give an s3:// URI")
+    fails(*[a for a in base if a not in ("--shards", 12)], message="needs --shards N")
+    fails(*base[:-2], "--name", "Pak_1", message="a Kubernetes job name")

@@ -4,11 +4,14 @@
     remote secret put NAME                      an imagery token into SSM Parameter Store (SecureString)
     remote submit predict|train|search ARGS     the local command's own arguments; prints an estimate, asks
     remote status|logs|cancel|fetch JOB         by the short name given at submit time (or the Batch job id)
+    remote retry JOB                            only the failed children of an ended prediction, same store
+    remote k8s-manifest predict ARGS            the worker as a Kubernetes Indexed Job (kubernetes.py)
     remote jobs                                 the jobs submitted from this machine
     remote worker predict|train|search ARGS     what the Batch container runs (written by submit)
 
-Modules: aws.py (sessions, one-line errors), stack.py (setup), jobs.py (submit, status, ...), transfer.py (S3
-inputs and output sync), worker.py (the container side). boto3 is imported only when a remote command runs.
+Modules: aws.py (sessions, one-line errors), stack.py (setup), capacity.py (workers at once, quotas, prices),
+jobs.py (submit, status, ...), transfer.py (S3 inputs and output sync), worker.py (the container side). boto3 is
+imported only when a remote command runs.
 """
 
 import argparse
@@ -16,12 +19,13 @@ import argparse
 from ..common.errors import UserError
 
 _STAGE_ACTIONS = {}  # kind -> the argparse actions of its stage's arguments in `remote submit KIND`
+_K8S_ACTIONS = {}  # the same for `remote k8s-manifest KIND`
 
 
 def add_remote_commands(sub, command):
     """Register `remote` on the CLI's subparsers; `command(name, func, help)` is cli.build_parser's helper.
     `remote submit KIND` takes the arguments of the stage KIND (pipeline.STAGES)."""
-    from ..pipeline import COUNT, NON_NEGATIVE, POSITIVE, STAGES
+    from ..pipeline import COUNT, NON_NEGATIVE, POSITIVE, STAGE, STAGES
 
     rp = command("remote", _cmd_remote, "Run train, search and predict on AWS Batch GPU spot instances.")
     rsub = rp.add_subparsers(dest="remote_action", metavar="ACTION")
@@ -46,6 +50,7 @@ def add_remote_commands(sub, command):
     sp.add_argument("--subnets", help="comma-separated subnet ids with internet access (default: the VPC's)")
     sp.add_argument("--instance-types", help="comma-separated GPU instance types (default g4dn/g5 xlarge, 2xlarge)")
     sp.add_argument("--max-vcpus", type=COUNT, help="most vCPUs running at once (default 64: 16 workers)")
+    sp.add_argument("--root-volume-gib", type=COUNT, help="root volume of each instance in GiB (default 100)")
     sp.add_argument("--image-tag", help="worker image tag in the stack's ECR repository (default latest)")
     sp.add_argument("--template", help="a CloudFormation template instead of the packaged stack.yaml")
 
@@ -66,8 +71,9 @@ def add_remote_commands(sub, command):
         aws_options(ksp)
         ksp.add_argument("--name", help="a short job name for status/logs/fetch (default KIND-DATE-TIME)")
         ksp.add_argument("--yes", action="store_true", help="submit without asking (needed with --events)")
-        ksp.add_argument("--spot-price", type=NON_NEGATIVE, default=0.20,
-                         help="$ per instance-hour for the estimate (default 0.20: g4dn.xlarge spot, us-east-1)")
+        ksp.add_argument("--spot-price", type=NON_NEGATIVE,
+                         help="$ per worker-hour for the estimate (default: the spot price history of the stack's "
+                              "instance types, else the assumed prices in docs/aws.md)")
         ksp.add_argument("--timeout-hours", type=POSITIVE,
                          help="stop an attempt after this long (default: the stack's)")
         if kind == "predict":
@@ -76,6 +82,8 @@ def add_remote_commands(sub, command):
 
     for name, func, text in (("status", _cmd_status, "Status of a remote job: children, progress, failures."),
                              ("cancel", _cmd_cancel, "Stop a remote job (what it wrote is kept)."),
+                             ("retry", _cmd_retry, "Resubmit only the failed children of an ended prediction, into "
+                                                   "the same store."),
                              ("logs", _cmd_logs, "The last log lines of a remote job (each child of an array job)."),
                              ("fetch", _cmd_fetch, "Get a job's results: merged outputs of a prediction, or the "
                                                    "model/search folder.")):
@@ -86,12 +94,30 @@ def add_remote_commands(sub, command):
             sp.add_argument("--tail", type=int, default=10 if name == "status" else 50, help="log lines to show")
         if name == "logs":
             sp.add_argument("--child", type=int, help="only this child of an array job")
+        if name == "retry":
+            sp.add_argument("--name", help="the retry's job name (default JOB-retryN)")
         if name == "fetch":
             sp.add_argument("--out", required=True, help="local folder to write into")
             sp.add_argument("--threshold", type=float, default=0.5, help="candidate score cut (predict)")
             sp.add_argument("--yes-threshold", type=float, default=0.97, help="'Yes' band of the overlay (predict)")
             sp.add_argument("--overwrite", action="store_true", help="write candidates.gpkg afresh, discarding its "
                             "review decisions (by default a fetch merges into it by tile)")
+            sp.add_argument("--scores-json", action="store_true", help="also write scores.json, every tile's score "
+                            "in the original project's format (predict; large: about 30 bytes a tile)")
+
+    sp = action(rsub, "k8s-manifest", _cmd_remote, "Write a Kubernetes Indexed Job that runs the worker on a "
+                "cluster you have (no AWS Batch).")
+    ksub = sp.add_subparsers(dest="kind", metavar="KIND")
+    ksp = action(ksub, "predict", _cmd_k8s_manifest, "An Indexed Job of one pod per shard scoring into an S3 store: "
+                 "predict's arguments, with s3:// URIs; --shards N is the Job's completions.")
+    _K8S_ACTIONS["predict"] = STAGE["predict"].arguments(ksp, remote=True)
+    ksp.add_argument("--image", required=True, help="the worker image the cluster pulls (best pinned: repo@sha256:...)")
+    ksp.add_argument("--name", required=True, help="the Job's name (lower-case letters, digits, -)")
+    ksp.add_argument("--parallelism", type=COUNT, help="pods at once (default: one per shard)")
+    ksp.add_argument("--secret", default="tower-detector", help="the Kubernetes Secret mapped to the pods' "
+                     "environment: imagery tokens (${NAME} in --imagery), AWS keys (default %(default)s)")
+    ksp.add_argument("--namespace", help="the Job's namespace (default: kubectl's)")
+    ksp.add_argument("--manifest", help="write the manifest here (default: print it)")
 
     action(rsub, "jobs", _cmd_jobs, "The remote jobs submitted from this machine.")
     sp = action(rsub, "worker", _cmd_worker, "What a Batch container runs (written by `remote submit`).")
@@ -106,7 +132,8 @@ def _aws(args, record=None):
 
 
 def _cmd_remote(args, rep):
-    raise UserError("remote: give an action (setup, secret put, submit, status, logs, cancel, fetch, jobs; see --help)")
+    raise UserError("remote: give an action (setup, secret put, submit, status, logs, cancel, retry, fetch, "
+                    "k8s-manifest, jobs; see --help)")
 
 
 def _cmd_setup(args, rep):
@@ -114,9 +141,11 @@ def _cmd_setup(args, rep):
 
     summary = setup(_aws(args), args.stack, bucket=args.bucket, vpc=args.vpc, subnets=args.subnets,
                     instance_types=args.instance_types, max_vcpus=args.max_vcpus, image_tag=args.image_tag,
+                    root_volume_gib=args.root_volume_gib,
                     template=args.template, check=args.check, log=rep.log)
     lines = [f"stack {summary['stack']} in {summary['region']}: {summary['action']}"]
     lines += [f"  {k}: {v}" for k, v in sorted(summary["outputs"].items())]
+    lines += [f"  {line}" for note in summary.get("notes", []) for line in note.splitlines()]
     lines += [f"  problem: {p}" for p in summary["problems"]]
     rep.result("\n".join(lines), **summary)
     if summary["problems"]:
@@ -165,6 +194,17 @@ def _cmd_cancel(args, rep):
     rep.result(text, name=record["name"], was=was, terminated=done)
 
 
+def _cmd_retry(args, rep):
+    from .jobs import find_job, retry
+
+    record = find_job(args.job)
+    new, failed, shards = retry(_aws(args, record), record, name=args.name)
+    rep.result(f"resubmitted {len(failed)} failed shard{'s' * (len(failed) != 1)} of {shards} "
+               f"({new['shards_retried']}) of {record['name']} as {new['name']}: Batch job {new['job_id']}, into "
+               f"{new['store']}\nfollow it with: tower-detector remote status {new['name']}",
+               name=new["name"], job_id=new["job_id"], retry_of=record["name"], shards=failed, store=new["store"])
+
+
 def _cmd_logs(args, rep):
     from .jobs import find_job, logs
 
@@ -183,7 +223,7 @@ def _cmd_fetch(args, rep):
 
     record = find_job(args.job)
     summary = fetch(_aws(args, record), record, args.out, threshold=args.threshold, yes_threshold=args.yes_threshold,
-                    progress=rep.progress, log=rep.log, overwrite=args.overwrite)
+                    progress=rep.progress, log=rep.log, overwrite=args.overwrite, scores_json=args.scores_json)
     if record.get("kind") == "predict":
         from ..cli import merge_text
 
@@ -195,6 +235,22 @@ def _cmd_fetch(args, rep):
     else:
         text = f"{summary['files']} files into {args.out}" + ("" if summary["finished"] else " (not finished yet)")
     rep.result(text, **summary)
+
+
+def _cmd_k8s_manifest(args, rep):
+    from ..common.atomic import atomic_file
+    from .kubernetes import manifest
+
+    job, text = manifest(args.kind, args, _K8S_ACTIONS[args.kind], image=args.image, name=args.name,
+                         parallelism=args.parallelism, secret=args.secret, namespace=args.namespace)
+    if args.manifest:
+        with atomic_file(args.manifest) as f:
+            f.write(text)
+        summary = (f"wrote {args.manifest}: Indexed Job {args.name}, {job['spec']['completions']} shards, "
+                   f"{job['spec']['parallelism']} at once; run it with: kubectl apply -f {args.manifest}")
+    else:
+        summary = text.rstrip("\n")
+    rep.result(summary, manifest=job, path=args.manifest)
 
 
 def _cmd_jobs(args, rep):

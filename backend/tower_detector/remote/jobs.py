@@ -22,12 +22,12 @@ from ..common.atomic import atomic_file
 from ..common.errors import UserError
 from ..common.redaction import redact
 from ..common.redaction import secrets as literal_secrets
-from .stack import spot_quota_problems, stack_outputs
+from .stack import stack_outputs
 
-# Throughput and prices behind the estimate: assumptions, not measurements (docs/aws.md says why); replace the
-# throughput with `predict`'s own tiles_per_second from a run on the instance type.
+# Throughput behind the estimate: an assumption, not a measurement (docs/aws.md says why); replace it with
+# `predict`'s own tiles_per_second from a run on the instance type. Prices: capacity.py.
 DEFAULT_TILES_PER_SECOND = 150.0
-DEFAULT_SPOT_PRICE = 0.20  # $ per g4dn.xlarge-hour on spot (us-east-1, typical; on demand is $0.526)
+DEFAULT_SPOT_PRICE = 0.20  # $ per worker-hour when nothing better is known (capacity.py has prices per type)
 STARTUP_MINUTES = 5.0  # per shard: instance boot, worker image pull, model load
 S3_PUT_PER_1000 = 0.005  # $ per 1,000 PUT/LIST requests, S3 Standard, us-east-1
 S3_GET_PER_1000 = 0.0004  # $ per 1,000 GET requests
@@ -131,21 +131,48 @@ def _imagery_secrets(aws, outputs, imagery):
     return secrets
 
 
-def _job_definition(aws, base_arn, secrets):
-    """The stack's job definition, or a copy of it that also maps the secrets to environment variables (Batch
-    takes `secrets` only in a job definition, not at submit time); one copy per set of secrets, reused."""
-    if not secrets:
-        return base_arn
+def pinned_image(aws, image):
+    """The worker image `repo:tag` as `repo@sha256:...`, its digest in ECR now, so that a push while the job runs
+    does not mix code between its children and retries. An image already pinned is kept."""
+    if "@sha256:" in image:
+        return image
+    uri, _, tag = image.rpartition(":")
+    if not uri or "/" in tag:
+        uri, tag = image, "latest"
+    repo = uri.split("/", 1)[1] if "/" in uri else uri
+    from botocore.exceptions import ClientError
+
+    try:
+        found = aws.client("ecr").describe_images(repositoryName=repo, imageIds=[{"imageTag": tag}])["imageDetails"]
+    except ClientError as exc:
+        from .aws import error_code, raise_user_error
+
+        if error_code(exc)[0] in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            found = []
+        else:
+            raise_user_error(exc, f"ECR repository {repo}", aws.region)
+            raise
+    if not found:
+        raise UserError(f"no worker image {uri}:{tag} in ECR: build and push it (docs/aws.md, the worker image)")
+    return f"{uri}@{found[0]['imageDigest']}"
+
+
+def _job_definition(aws, base_arn, secrets, image):
+    """A copy of the stack's job definition with the worker image pinned by digest, and the secrets mapped to
+    environment variables (Batch takes neither the image nor `secrets` at submit time, only in a job
+    definition); one copy per image and set of secrets, reused."""
     base = aws.call("batch", "describe_job_definitions", what="the job definition",
                     jobDefinitions=[base_arn])["jobDefinitions"]
     if not base:
         raise UserError(f"job definition {base_arn} is missing: run `tower-detector remote setup`")
     base = base[0]
-    props = dict(base["containerProperties"], secrets=secrets)
+    props = dict(base["containerProperties"], image=image)
+    if secrets:
+        props["secrets"] = secrets
     # the API's values are strings; some emulators answer numbers, which register_job_definition refuses
     props["resourceRequirements"] = [dict(r, value=str(r["value"])) for r in props.get("resourceRequirements") or []]
-    digest = hashlib.sha256(json.dumps([base_arn, secrets], sort_keys=True).encode()).hexdigest()[:10]
-    name = f"{base['jobDefinitionName']}-s{digest}"
+    digest = hashlib.sha256(json.dumps([base_arn, image, secrets], sort_keys=True).encode()).hexdigest()[:10]
+    name = f"{base['jobDefinitionName']}-p{digest}"
     found = aws.call("batch", "describe_job_definitions", what="the job definition", jobDefinitionName=name,
                      status="ACTIVE")["jobDefinitions"]
     if found:
@@ -160,9 +187,13 @@ def _job_definition(aws, base_arn, secrets):
 # the estimate
 # ---------------------------------------------------------------------------------------------
 def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PER_SECOND,
-                     spot_price=DEFAULT_SPOT_PRICE, parallel=None, views=1):
+                     spot_price=DEFAULT_SPOT_PRICE, parallel=None, views=1, capacity=None):
     """GPU-hours, dollars and S3 requests of a prediction (see the constants above for the assumptions).
-    tiles_per_second is one view's; predict --views scores each tile that many times."""
+    tiles_per_second is one view's; predict --views scores each tile that many times. capacity: capacity.plan's
+    answer; its workers at once, not the shards, bound `parallel`, and its price is the spot_price."""
+    if capacity is not None:
+        parallel = min(parallel or shards, max(1, capacity["workers"]))
+        spot_price = capacity["spot_price"]
     gpu_hours = tiles * views / tiles_per_second / 3600
     instance_hours = gpu_hours + shards * STARTUP_MINUTES / 60
     # PUT-priced: one per chunk, job.json + cover.json + manifest per shard, the uploads, a listing per shard
@@ -177,20 +208,28 @@ def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PE
             "spot_price": spot_price, "compute_dollars": round(instance_hours * spot_price, 2),
             "s3_puts": puts, "s3_gets": gets, "s3_dollars": round(s3_dollars, 4),
             "dollars": round(instance_hours * spot_price + s3_dollars, 2), "parallel": parallel,
-            "wall_hours": round(wall_hours, 2)}
+            "wall_hours": round(wall_hours, 2),
+            "capacity": {k: v for k, v in capacity.items() if k != "problems"} if capacity else None}
 
 
 def estimate_text(e):
+    from .capacity import capacity_text
+
+    c = e.get("capacity")
+    source = ("--spot-price" if not c else f"{c['price_source']}" + (f", the dearest worker of the mix: "
+              f"{c['price_type']}" if c.get("price_type") else ""))
     return "\n".join([
         f"estimate: {e['tiles']:,} tiles (the exact cover) in {e['shards']} shards, {e['chunks']:,} chunks",
+        *([f"  {capacity_text(c)}"] if c else []),
         f"  GPU time: {e['gpu_hours']:,.2f} GPU-hours at {e['tiles_per_second']:g} tiles/s per GPU (an assumption: "
         f"--tiles-per-second)" + (f" x {e['views']} views a tile" if e["views"] > 1 else "") +
         f" + {STARTUP_MINUTES:g} min start-up per shard = {e['instance_hours']:,.2f} "
         "instance-hours",
-        f"  compute:  {e['instance_hours']:,.2f} h x ${e['spot_price']:.2f}/h spot (--spot-price) = "
+        f"  compute:  {e['instance_hours']:,.2f} h x ${e['spot_price']:.2f}/h spot ({source}) = "
         f"${e['compute_dollars']:,.2f}",
         f"  S3:       {e['s3_puts']:,} PUTs (one per chunk) + {e['s3_gets']:,} GETs = ${e['s3_dollars']:,.4f}",
-        f"  total:    ${e['dollars']:,.2f}; about {e['wall_hours']:,.1f} h with {e['parallel']} workers at once"])
+        f"  total:    ${e['dollars']:,.2f}; about {e['wall_hours']:,.1f} h with {e['parallel']} worker"
+        f"{'s' * (e['parallel'] != 1)} at once"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,13 +254,16 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
                   computeEnvironments=[outputs["ComputeEnvironment"]])["computeEnvironments"]
     jd = aws.call("batch", "describe_job_definitions", what="the job definition",
                   jobDefinitions=[base_def])["jobDefinitions"]
+    if not jd:
+        raise UserError(f"job definition {base_def} is missing: run `tower-detector remote setup`")
     vcpus = next((int(float(r["value"])) for r in (jd[0]["containerProperties"].get("resourceRequirements") or [])
-                  if r["type"] == "VCPU"), 4) if jd else 4
-    resources = ce[0].get("computeResources", {}) if ce else {}
-    problems = spot_quota_problems(aws, resources.get("instanceTypes", []), vcpus)
-    if problems:
-        raise UserError(problems[0])
-    parallel = max(1, int(resources.get("maxvCpus", vcpus)) // vcpus)
+                  if r["type"] == "VCPU"), 4)
+    image = pinned_image(aws, jd[0]["containerProperties"]["image"])  # before anything is uploaded
+    from .capacity import plan as capacity_plan
+
+    capacity = capacity_plan(aws, ce[0].get("computeResources", {}) if ce else {}, vcpus, spot_price=args.spot_price)
+    if capacity["problems"]:
+        raise UserError(capacity["problems"][0])
 
     values = {a.dest: getattr(args, a.dest, None) for a in actions}
     _check_local_inputs(kind, values)
@@ -231,11 +273,11 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
         cover, plan = _plan(values)
         shards = len(plan.shards)
         estimate = estimate_predict(cover.count, shards, plan.total_chunks, tiles_per_second=args.tiles_per_second,
-                                    spot_price=args.spot_price, parallel=parallel, views=values.get("views") or 1)
+                                    views=values.get("views") or 1, capacity=capacity)
         values["out"] = _out(values.get("out"), bucket, prefix + "results")
         record.update(store=values["out"], tiles=cover.count, array_size=shards if shards > 1 else None)
     else:
-        estimate = {"instance_hours": None, "spot_price": args.spot_price,
+        estimate = {"instance_hours": None, "spot_price": capacity["spot_price"],
                     "note": "one GPU instance for as long as it runs; billed per second"}
         values["out"] = _out(values.get("out"), bucket, prefix + "out")
         shards = 1
@@ -248,7 +290,8 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
             "KeyCount"):
         raise UserError(f"s3://{bucket}/{prefix} holds another job of that name: give another --name")
     text = (estimate_text(estimate) if kind == "predict" else
-            f"estimate: one GPU instance (spot, about ${args.spot_price:g}/h) for as long as the {kind} runs")
+            f"estimate: one GPU instance (spot, about ${capacity['spot_price']:g}/h, {capacity['price_source']}) for "
+            f"as long as the {kind} runs")
     log(text, estimate=estimate)
     _confirm(yes, events, confirm)
 
@@ -273,7 +316,7 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
             values["weights"] = _input(aws, values["weights"], bucket, "weights")
     uploads = {k: v for k, v in values.items() if isinstance(v, str) and v.startswith("s3://") and k != "imagery"}
     command = ["remote", "worker", kind, *_argv(actions, values), "--events"]
-    job_def = _job_definition(aws, base_def, secrets)
+    job_def = _job_definition(aws, base_def, secrets, image)
     request = dict(jobName=name, jobQueue=outputs["JobQueue"], jobDefinition=job_def,
                    containerOverrides={"command": command,
                                        "environment": [{"name": "TOWER_DETECTOR_JOB", "value": name}]},
@@ -285,7 +328,7 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
     answer = aws.call("batch", "submit_job", what=f"job queue {outputs['JobQueue'].rsplit('/', 1)[-1]}", **request)
     record.update(name=name, kind=kind, job_id=answer["jobId"], job_arn=answer.get("jobArn"), region=aws.region,
                   profile=aws.profile, stack=stack, bucket=bucket, out=values["out"], log_group=outputs.get("LogGroup"),
-                  job_definition=job_def, inputs=uploads, estimate=estimate, command=command,
+                  job_definition=job_def, image=image, inputs=uploads, estimate=estimate, command=command,
                   submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     save_job(record)
     return record
@@ -527,6 +570,49 @@ def logs(aws, record, tail=50, child=None):
             if f"{job['jobId']}:{i}" in children]
 
 
+def retry(aws, record, *, name=None):
+    """Resubmit only the failed children of a finished prediction, into the same store: one array job whose child
+    i scores the i-th failed shard (TOWER_DETECTOR_SHARDS). Each retried shard scores only its missing chunks
+    and the tiles that failed transiently (the store keeps what is done)."""
+    from .worker import SHARD_LIST, format_shards
+
+    if record.get("kind") != "predict" or not record.get("command"):
+        raise UserError(f"{record['name']}: remote retry resubmits the failed children of a prediction submitted "
+                        "from here")
+    job = _describe_one(aws, record)
+    if job["status"] not in ("SUCCEEDED", "FAILED"):
+        raise UserError(f"{record['name']} is {job['status']}: retry it once it has ended (or `remote cancel` it)")
+    size = (job.get("arrayProperties") or {}).get("size")
+    if size:
+        failed = sorted(int(c["jobId"].rsplit(":", 1)[1]) for c in aws.pages(
+            "batch", "list_jobs", "jobSummaryList", what="the job's children", arrayJobId=job["jobId"],
+            jobStatus="FAILED"))
+    else:
+        failed = [0] if job["status"] == "FAILED" else []
+    if not failed:
+        raise UserError(f"{record['name']}: no child failed; nothing to retry")
+    command = list(record["command"])
+    shards = int(command[command.index("--shards") + 1]) if "--shards" in command else 1
+    jobs = load_jobs()
+    name = name or next(f"{record['name']}-retry{n}" for n in range(1, 10_000)
+                        if f"{record['name']}-retry{n}" not in jobs)
+    if not _NAME.match(name) or name in jobs:
+        raise UserError(f"--name {name!r}: a new job name (letters, digits, - and _) is needed")
+    listed = format_shards(failed)
+    env = [{"name": "TOWER_DETECTOR_JOB", "value": name}, {"name": SHARD_LIST, "value": listed}]
+    request = dict(jobName=name, jobQueue=job["jobQueue"], jobDefinition=job["jobDefinition"],  # the same image
+                   containerOverrides={"command": command, "environment": env},
+                   tags={"project": "tower-detector", "job": name}, propagateTags=True)
+    if len(failed) > 1:
+        request["arrayProperties"] = {"size": len(failed)}
+    answer = aws.call("batch", "submit_job", what="the retry", **request)
+    new = dict(record, name=name, job_id=answer["jobId"], job_arn=answer.get("jobArn"), retry_of=record["name"],
+               shards_retried=listed, array_size=len(failed) if len(failed) > 1 else None, estimate=None,
+               submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    save_job(new)
+    return new, failed, shards
+
+
 def cancel(aws, record):
     """Terminate the job (queued children are cancelled, running ones stopped: SIGTERM, then SIGKILL). Batch does
     not retry a terminated job. What was written stays: chunks in the store, the synced model folder."""
@@ -538,9 +624,11 @@ def cancel(aws, record):
     return job["status"], True
 
 
-def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None, log=None, overwrite=False):
-    """predict: merge the S3 store into out/ (heatmap, candidates, the original project's JSON/GeoJSON; a
-    candidates.gpkg already there is merged into, its review decisions kept, unless overwrite); train/search:
+def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None, log=None, overwrite=False,
+          scores_json=False):
+    """predict: merge the S3 store into out/ (heatmap, candidates, the overlay GeoJSON, and with scores_json the
+    original project's scores.json, every tile's score: large for a country; a candidates.gpkg already there is
+    merged into, its review decisions kept, unless overwrite); train/search:
     download the model or search folder (without the training's resume checkpoints)."""
     from .transfer import list_keys, parse_s3
 
@@ -550,7 +638,7 @@ def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None,
 
         return merge_results(record["store"], heatmap=os.path.join(out, "heatmap.tif"),
                              candidates=os.path.join(out, "candidates.gpkg"), threshold=threshold,
-                             json_path=os.path.join(out, "scores.json"),
+                             json_path=os.path.join(out, "scores.json") if scores_json else None,
                              geojson_path=os.path.join(out, "overlay.geojson"), yes_threshold=yes_threshold,
                              progress=progress, log=log, overwrite=overwrite)
     if record.get("kind") not in ("train", "search"):

@@ -14,9 +14,6 @@ from .aws import error_code
 TEMPLATE = os.path.join(os.path.dirname(__file__), "stack.yaml")
 DEFAULT_STACK = "tower-detector"
 DEFAULT_INSTANCE_TYPES = "g4dn.xlarge,g4dn.2xlarge,g5.xlarge,g5.2xlarge"
-# Service Quotas codes of the spot vCPU quotas per instance family letter (EC2 counts spot vCPUs per family group)
-SPOT_QUOTAS = {"g": ("L-3819A6DF", "All G and VT Spot Instance Requests"),
-               "p": ("L-7212CCBC", "All P Spot Instance Requests")}
 
 
 def stack_outputs(aws, stack):
@@ -47,7 +44,7 @@ def describe_stack(aws, stack):
 
 
 def setup(aws, stack=DEFAULT_STACK, *, bucket=None, vpc=None, subnets=None, instance_types=None, max_vcpus=None,
-          image_tag=None, template=None, check=False, log=print):
+          image_tag=None, template=None, check=False, log=print, root_volume_gib=None):
     """Deploy or update the stack (check=True: only look); returns a summary dict with the outputs and problems."""
     body = _read_template(template)
     validated = aws.call("cloudformation", "validate_template", what="the stack template", TemplateBody=body)
@@ -69,6 +66,8 @@ def setup(aws, stack=DEFAULT_STACK, *, bucket=None, vpc=None, subnets=None, inst
         params["MaxvCpus"] = str(max_vcpus)
     if image_tag:
         params["WorkerImageTag"] = image_tag
+    if root_volume_gib is not None:
+        params["RootVolumeGiB"] = str(root_volume_gib)
     if bucket:
         if existing is not None:
             raise UserError("--bucket only applies when the stack is created; the stack keeps its bucket")
@@ -205,27 +204,10 @@ def _check(aws, stack, existing):
                       filter={"tagStatus": "TAGGED"})["imageIds"]
     if not any(i.get("imageTag") == tag for i in images):
         problems.append(f"no worker image {repo_uri}:{tag} yet: build and push it (docs/aws.md)")
-    types = ce[0].get("computeResources", {}).get("instanceTypes", []) if ce else []
+    from .capacity import capacity_text, plan
+
     vcpus = next((p["ParameterValue"] for p in existing.get("Parameters", []) if p["ParameterKey"] == "JobVcpus"), "4")
-    problems += spot_quota_problems(aws, types, int(vcpus))
+    capacity = plan(aws, ce[0].get("computeResources", {}) if ce else {}, int(vcpus))
+    problems += capacity.pop("problems")
     return {"stack": stack, "region": aws.region, "action": "checked", "status": status, "outputs": outputs,
-            "problems": problems}
-
-
-def spot_quota_problems(aws, instance_types, needed_vcpus):
-    """Lines for each GPU family whose spot vCPU quota is below one job's need (0 on new accounts). Service
-    Quotas may be unreachable or unknown in some partitions: then nothing is said."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    problems = []
-    for letter in sorted({t[:1].lower() for t in instance_types} & set(SPOT_QUOTAS)):
-        code, name = SPOT_QUOTAS[letter]
-        try:
-            value = aws.client("service-quotas").get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
-        except (BotoCoreError, ClientError, KeyError):
-            continue
-        if value < needed_vcpus:
-            problems.append(f"your spot quota '{name}' ({code}) is {value:g} vCPUs, below the {needed_vcpus} one job "
-                            f"needs: jobs would wait in RUNNABLE; ask for an increase (Service Quotas console, "
-                            f"EC2, {code})")
-    return problems
+            "problems": problems, "capacity": capacity, "notes": [capacity_text(capacity)]}
