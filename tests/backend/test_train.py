@@ -447,6 +447,55 @@ def test_weights_file_is_loaded_into_the_base(dataset, tmp_path):
         {k: DEFAULT_PARAMS[k] for k in ("lr_phase2", "lr_schedule", "warmup_epochs")}
 
 
+def write_keras2_h5(path, model, skip=None):
+    """model's weights in the layout of Keras 2's `save_weights` to .h5, the layout of Keras's ImageNet notop
+    files: the root's layer_names (every layer, in order), and per layer a group with weight_names ("name/kernel:0")
+    holding one dataset per weight under that name."""
+    import h5py
+
+    layers = [layer for layer in model.layers if layer.name != skip]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([layer.name.encode() for layer in layers], dtype="S")  # as Keras 2 wrote
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.1.2"
+        for layer in layers:
+            group = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0" for w in layer.weights]
+            group.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
+            for name, w in zip(names, layer.weights):
+                group.create_dataset(name, data=np.asarray(w.numpy()))
+
+
+def test_keras2_h5_notop_weights_load_into_the_base(tmp_path):
+    """Keras distributes Xception's ImageNet weights as a Keras-2 .h5 notop file (not a Keras 3 .weights.h5):
+    random weights written in that layout load into the model's base, every layer kind (convolution, separable
+    convolution, batch norm statistics); a file with a layer missing is one line naming the file."""
+    import keras
+
+    from tower_detector.training.model import build_model
+
+    base = keras.applications.Xception(include_top=False, weights=None, input_shape=(72, 72, 3))
+    rng = np.random.default_rng(5)
+    base.set_weights([rng.normal(0.5, 0.2, w.shape).astype(np.float32) for w in base.get_weights()])
+    path = tmp_path / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    write_keras2_h5(path, base)
+    model, loaded = build_model(check_params(TINY), weights=str(path))
+    assert loaded.name in {layer.name for layer in model.layers}
+    for name in ("block1_conv1", "block2_sepconv1", "block2_sepconv1_bn", "block14_sepconv2_bn"):
+        want, got = base.get_layer(name).get_weights(), loaded.get_layer(name).get_weights()
+        assert len(want) == len(got) > 0
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(g, w)
+    # the moving variance of a batch norm too: a statistic, not a trained weight
+    assert loaded.get_layer("block14_sepconv2_bn").get_weights()[3].mean() == pytest.approx(0.5, abs=0.05)
+
+    broken = tmp_path / "broken_notop.h5"
+    write_keras2_h5(broken, base, skip="block14_sepconv2_bn")
+    with pytest.raises(UserError, match="cannot load Xception weights from .*broken_notop.h5") as caught:
+        build_model(check_params(TINY), weights=str(broken))
+    assert "\n" not in str(caught.value)
+
+
 def test_imagenet_offline_says_how_to_pass_a_weights_file(dataset, tmp_path):
     env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras"), HTTPS_PROXY="http://127.0.0.1:9",
                HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
