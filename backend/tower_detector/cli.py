@@ -209,7 +209,10 @@ def cmd_export(args, rep):
         text += (f"; none within {summary['duplicate_m']:g} m of a tower or pole OSM has (checked against "
                  f"{summary['checked_against']})")
     if summary.get("merged"):
-        text += f"; {summary['merged']} points within a few metres of a better-ranked one were merged into it"
+        text += f"; {summary['merged']} points within reach of a better-ranked one were merged into it"
+    if summary.get("unplaced"):
+        text += (f"; {summary['unplaced']} nodes keep the detector's point (no reviewer placed them): tagged fixme, "
+                 "check them in JOSM")
     if summary.get("source"):
         text += f"; changeset source \"{summary['source']}\""
     rep.result(text, **summary)
