@@ -135,6 +135,31 @@ def test_each_line_keeps_its_towers_in_one_split(training_set, tmp_path):
     assert again["split_by_line"]["groups"] > 3
 
 
+def test_lines_sharing_a_block_but_no_tile_stay_apart(sample_scene, tmp_path):
+    """Two lines 4 tiles apart in one 8x8 block: joining the blocks a line touches would chain them into one
+    group (and leave one of two splits without towers); they share no tile, so they stay two groups."""
+    from tower_detector.geo.cover import tile_lonlat
+
+    info = sample_scene["info"]["tile_range"]
+    x0, y0 = info["x"][0], info["y"][0]
+    features = []
+    for ref, row in (("A", 1), ("B", 5)):
+        lon, lat = tile_lonlat(np.arange(x0, x0 + 8) + 0.5, np.full(8, y0 + row + 0.5), 18)
+        coords = [[float(a), float(b)] for a, b in zip(lon, lat)]
+        features.append({"type": "Feature", "properties": {"power": "line"},
+                         "geometry": {"type": "LineString", "coordinates": coords}})
+        features += [{"type": "Feature", "properties": {"power": "tower", "line": ref},
+                      "geometry": {"type": "Point", "coordinates": c}} for c in coords]
+    towers = tmp_path / "towers.geojson"
+    towers.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    summary = build(dict(sample_scene, towers=towers), tmp_path / "ds", split="0.5,0.5", block_size=8,
+                    background_ratio=0.5)
+    assert summary["split_by_line"]["lines"] == 2
+    per_line = _splits_per_line(tmp_path / "ds", towers)
+    assert all(len(v) == 1 for v in per_line.values()) and per_line["A"] != per_line["B"]
+    assert all(s["tower"] > 0 for s in summary["splits"].values())
+
+
 def test_towers_without_lines_keep_their_blocks(sample_scene, tmp_path):
     """A points-only source (no lines): each tower's block is its own group, as before lines were known."""
     data = json.loads(sample_scene["towers"].read_text())

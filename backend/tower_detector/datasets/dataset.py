@@ -9,13 +9,14 @@ Output directory:
   towers.csv     tile_id, px, py: where each tower tile's towers stand, in tile pixels (for the point loss)
   dataset.json   the summary: counts per split, skipped tiles and why, sources, block size, fingerprint
 
-Splits are spatially blocked and line-aware: tiles are grouped in blocks of block_size x block_size tiles, and
-the blocks holding towers of one power line (a tower is on a line when it is one of the line's vertices, as in
-OSM) are joined into one group, so that a line's towers - alike in design, steel and ground - never straddle
-train and test. Whole groups go to one split (groups holding towers first, each to the split furthest behind
-its share of towers), and where two splits touch (8-connected) the tile of the bigger split is dropped, so no
-two touching tiles - which share towers near their edges and conductors - straddle train and test, and the
-evaluation splits keep theirs. Towers on no known line (a points-only source) keep their block as their group.
+Splits are spatially blocked and line-aware: tiles are grouped in blocks of block_size x block_size tiles, and the
+tiles holding towers of one power line (a tower is on a line when it is one of the line's vertices, as in OSM), with
+the blocks where that line holds the most tower tiles, form one group, so that a line's towers - alike in design,
+steel and ground - never straddle train and test. Whole groups go to one split (groups holding towers first, each to
+the split furthest behind its share of towers), and where two splits touch (8-connected) the tile of the bigger
+split is dropped, so no two touching tiles - which share towers near their edges and conductors - straddle train and
+test, and the evaluation splits keep theirs. Towers on no known line (a points-only source) keep their block as
+their group.
 Arrays are streamed to disk split by split, so a dataset larger than memory is never held in it.
 
 The directory is built in a new folder beside it and swapped in whole once complete (atomic.building): a build
@@ -129,7 +130,7 @@ def build_dataset(opts, *, splits=None, progress=None, log=print):
                        towers_on_lines=len(np.unique(np.concatenate([np.zeros(0, np.int64), *on_lines]))))
     split_of, by_line["groups"] = _blocked_splits(tiles, labels, splits, block_size, rng, linked)
     log(f"splits by line: {by_line['lines']} lines with towers joined {len(tiles)} tiles into "
-        f"{by_line['groups']} groups of blocks" + "".join(f"; {n}" for n in by_line["notes"]))
+        f"{by_line['groups']} groups" + "".join(f"; {n}" for n in by_line["notes"]))
     keep = split_of >= 0
     log(f"{len(tiles)} tiles selected ({len(pos)} tower, {len(hard_negatives)} reviewed false positives, "
         + (f"{len(spans)} on line spans, " if span_negatives else "")
@@ -282,27 +283,38 @@ def _sample_background(cover, pos, hard_negatives, n, rng):
 
 
 def _blocked_splits(tiles, labels, splits, block_size, rng, linked=()):
-    """(split index per tile (-1: dropped at a border), the number of groups): whole groups of blocks per split,
-    towers spread in proportion. linked: arrays of tile indices that must share a split (one power line's tower
-    tiles); the blocks holding each are joined into one group, transitively."""
+    """(split index per tile (-1: dropped at a border), the number of groups): whole groups per split, towers
+    spread in proportion. linked: arrays of tile indices that must share a split (one power line's tower tiles).
+    A group is one line's tower tiles (lines sharing a tile are one group) with the blocks where that line holds
+    the most tower tiles, or a block without tower tiles of a line. Only tiles chain lines, not blocks: joining
+    every block a line touches chains the lines of a meshed network (lines that cross or meet share blocks) into
+    one group that no split can share."""
     fractions = np.array([f for _, f in splits])
     cells, cell_of = np.unique(tiles // block_size, axis=0, return_inverse=True)
     cell_of = cell_of.ravel()
-    parent = np.arange(len(cells))
+    parent = {}
 
-    def root(b):
-        while parent[b] != b:
-            parent[b] = parent[parent[b]]
-            b = parent[b]
-        return b
+    def root(t):
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
 
     for members in linked:
-        first = root(cell_of[members[0]])
-        for b in np.unique(cell_of[members]):
-            parent[root(b)] = first
-    roots = np.array([root(b) for b in range(len(cells))], dtype=np.int64)
-    blocks, group_of_cell = np.unique(roots, return_inverse=True)  # "blocks" from here on are groups of blocks
-    block_of = group_of_cell.ravel()[cell_of]
+        for t in members.tolist():
+            parent.setdefault(t, t)
+            parent[root(t)] = root(parent.setdefault(int(members[0]), int(members[0])))
+    line_tiles = np.array(sorted(parent), dtype=np.int64)
+    _, line_of = np.unique([root(t) for t in line_tiles.tolist()], return_inverse=True)
+    n_lines = int(line_of.max()) + 1 if len(line_tiles) else 0
+    # each block follows the line holding most of its tower tiles (ties: the first line); the others' tiles in it
+    # stay with their own line
+    counts = np.zeros((len(cells), max(n_lines, 1)), dtype=np.int64)
+    np.add.at(counts, (cell_of[line_tiles], line_of.ravel()), 1)
+    key = np.where(counts.any(axis=1), counts.argmax(axis=1), n_lines + np.arange(len(cells)))[cell_of]
+    key[line_tiles] = line_of.ravel()
+    blocks, block_of = np.unique(key, return_inverse=True)  # "blocks" from here on are the groups
+    block_of = block_of.ravel()
     n_tiles = np.bincount(block_of, minlength=len(blocks))
     n_pos = np.bincount(block_of, weights=labels, minlength=len(blocks))
     wanted_tiles, wanted_pos = fractions * len(tiles), fractions * max(labels.sum(), 1)
@@ -325,8 +337,8 @@ def _blocked_splits(tiles, labels, splits, block_size, rng, linked=()):
     empty = [name for i, (name, f) in enumerate(splits) if f > 0 and not (split_of == i).any()]
     if empty:
         raise UserError(f"too few tiles for the splits: {len(cells)} blocks of {block_size}x{block_size} tiles "
-                        f"in {len(blocks)} groups (a power line's blocks are one group) leave {', '.join(empty)} "
-                        "empty; use a bigger area or a smaller --block-size")
+                        f"in {len(blocks)} groups (a power line's tower tiles are one group) leave "
+                        f"{', '.join(empty)} empty; use a bigger area or a smaller --block-size")
     # where splits touch, the bigger split gives way: the evaluation splits keep their tiles
     keep_rank = np.argsort(np.lexsort((np.arange(len(splits)), -fractions)))
     return _drop_border_tiles(tiles, split_of, keep_rank), len(blocks)
