@@ -1,17 +1,19 @@
 """Quality on the synthetic benchmark: train on one sample scene, score every tile of a scene with another seed.
 
     .venv/bin/python -m benchmarks.train_quality [--work DIR] [--tiles 64] [--image-size 96] [--epochs-fine 30] \\
-        [--views 8] [--params p.json]
+        [--views 8] [--params p.json] [--weights FILE]
 
-Steps, all timed in this run: a training scene (seed 11, N x N tiles) and its dataset (tower-detector
-dataset, 0.8/0.1/0.1 blocked splits); `train` with the default recipe (weights none, since no ImageNet download
-is possible here: the from-scratch defaults, SCRATCH_PARAMS) at a small image size and the epochs that train on
-this 2-core CPU within about 20 minutes; then every tile of a 32 x 32 evaluation scene made with seed 12
-(different terrain, lines and hard negatives) is scored with the saved model and compared with the true tower
-tiles (label-maker's rule). Prints ROC AUC, accuracy at 0.5 and at the model's Youden threshold, the ROC AUC of
-tower tiles against each kind of negative (tiles an HV line crosses, tiles with distribution poles, the rest),
-training images/s, and the CAM point's median distance to the true tower against the tile centre's, and how
-many tower-steel pixels the tower tiles hold (with the ROC AUC that count alone reaches: what the labels allow).
+Steps, all timed in this run: a training scene (seed 11, N x N tiles) and its dataset (tower-detector dataset,
+0.8/0.1/0.1 blocked splits); `train` with the default recipe (weights none, since no ImageNet download is possible
+here: the from-scratch defaults, SCRATCH_PARAMS) at a small image size and the epochs that train on this 2-core CPU
+within about 20 minutes; then every tile of a 32 x 32 evaluation scene made with seed 12 (different terrain, lines
+and hard negatives) is scored with the saved model and compared with the true tower tiles (label-maker's rule).
+--weights FILE starts from pretrained Xception notop weights instead (Keras's ImageNet file,
+xception_weights_tf_dim_ordering_tf_kernels_notop.h5: docs/cli.md says where to get it; we ship none), with the
+pretrained recipe's defaults (DEFAULT_PARAMS). Prints ROC AUC, accuracy at 0.5 and at the model's Youden threshold,
+the ROC AUC of tower tiles against each kind of negative (tiles an HV line crosses, tiles with distribution poles,
+the rest), training images/s, and the CAM point's median distance to the true tower against the tile centre's, and
+how many tower-steel pixels the tower tiles hold (with the ROC AUC that count alone reaches: what the labels allow).
 The scene is scored with one view a tile and again with --views N (predict --views: turned and mirrored copies
 averaged; default 8), both printed. Goal: ROC AUC >= 0.95 on the evaluation scene, checked on the N-view scores
 (--views 1: on one view).
@@ -27,6 +29,7 @@ import time
 import numpy as np
 import shapely
 
+from tower_detector.common.errors import UserError
 from tower_detector.datasets.dataset import build_dataset
 from tower_detector.datasets.labels import positive_tiles
 from tower_detector.geo.cover import lonlat_to_tile_space
@@ -36,7 +39,7 @@ from tower_detector.sources.imagery import open_imagery
 from tower_detector.sources.osm import load_lines, load_towers
 from tower_detector.synthetic import write_scene
 from tower_detector.training.evaluate import metrics, roc_auc
-from tower_detector.training.model import PRECISIONS, VIEWS, Classifier
+from tower_detector.training.model import PRECISIONS, VIEWS, Classifier, check_weights
 from tower_detector.training.train import train
 
 TRAIN_SEED, EVAL_SEED = 11, 12  # the two scenes' seeds: different terrain, lines and hard negatives
@@ -130,7 +133,15 @@ def main():
                         "the goal is checked on that (1: on one view)")
     p.add_argument("--params", help="JSON of hyperparameters over the defaults (to try recipes for training from "
                    "scratch); docs/benchmarks/train_quality.md says which were used")
+    p.add_argument("--weights", default="none", help="none (from scratch, the default) or an Xception notop .h5 "
+                   "weights file, e.g. Keras's ImageNet one (train --weights FILE)")
     args = p.parse_args()
+    if args.weights == "imagenet":
+        p.error("--weights imagenet would download: give the downloaded notop .h5 file (docs/cli.md)")
+    try:
+        check_weights(args.weights)  # before any scene is made
+    except UserError as exc:
+        p.error(str(exc))
     work = args.work or tempfile.mkdtemp(prefix="train-quality-")
     os.makedirs(work, exist_ok=True)
     say = lambda *a: print(*a, flush=True)  # noqa: E731
@@ -159,13 +170,15 @@ def main():
 
     model_dir = os.path.join(work, ("model" if not args.params else "model-" + os.path.basename(args.params)[:-5])
                              + ("" if args.precision == "auto" else "-" + args.precision)
+                             + ("" if args.weights == "none" else "-" + os.path.basename(args.weights).split(".")[0])
                              + variant)
     params = json.loads(open(args.params).read()) if args.params else {}
     params.update({"image_size": args.image_size, "epochs_phase2": args.epochs_fine, "batch_size": args.batch_size})
     if args.epochs_top is not None:
         params["epochs_phase1"] = args.epochs_top
     t = time.monotonic()
-    result = train(data, model_dir, params, weights="none", log=lambda m: say("  " + m), precision=args.precision)
+    result = train(data, model_dir, params, weights=args.weights, log=lambda m: say("  " + m),
+                   precision=args.precision)
     train_seconds = time.monotonic() - t
     say(f"training ({result['dtype_policy']}): {train_seconds / 60:.1f} min, "
         f"{result['train_images_per_second']:.1f} images/s; "

@@ -61,7 +61,8 @@ def s3():
 
 @pytest.fixture(scope="session")
 def training_set(tmp_path_factory):
-    """A dataset from a 16x16-tile scene (seed 7), 0.6/0.2/0.2 in 4x4-tile blocks: every split has both classes."""
+    """A dataset from a 16x16-tile scene (seed 7), 0.6/0.2/0.2 in 2x2-tile blocks joined along power lines:
+    every split has both classes."""
     from tower_detector.datasets.dataset import build_dataset
     from tower_detector.pipeline import options
     from tower_detector.synthetic import write_scene
@@ -70,7 +71,7 @@ def training_set(tmp_path_factory):
     write_scene(str(work / "scene"), tiles_x=16, tiles_y=16, seed=7)
     summary = build_dataset(options("dataset", area=str(work / "scene/area.geojson"),
                                     towers=str(work / "scene/towers.geojson"), imagery=str(work / "scene/scene.tif"),
-                                    out=str(work / "ds"), split="0.6,0.2,0.2", block_size=4, background_ratio=2,
+                                    out=str(work / "ds"), split="0.6,0.2,0.2", block_size=2, background_ratio=2,
                                     seed=1), log=lambda *a: None)
     assert all(s["tower"] and s["background"] for s in summary["splits"].values())
     return work / "ds"

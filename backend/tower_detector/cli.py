@@ -130,8 +130,9 @@ def cmd_search(args, rep):
     params = {**(load_params_file(args.params) if args.params else {}), **training_flags(args)}
     result = search(args.data, args.out, args.trials, space=args.space, metric=args.metric, params=params,
                     weights=args.weights, seed=args.seed, progress=rep.progress, log=rep.log)
-    text = (f"best: trial {result['best_trial']} ({result['metric']} {result['best_value']:.4f}) in "
-            f"{result['best_dir']}\n{result['table']}")
+    test = ", ".join(f"{k} {v:.4f}" for k, v in result["best_test"].items() if v is not None)
+    text = (f"best: trial {result['best_trial']} (validation {result['metric']} {result['best_value']:.4f}; test "
+            f"split {test}) in {result['best_dir']}\n{result['table']}")
     rep.result(text, out=args.out, **{k: v for k, v in result.items() if k != "table"})
 
 
@@ -186,12 +187,14 @@ def cmd_results(args, rep):
         raise UserError("results: ask for at least one of --heatmap, --candidates, --json, --geojson")
     summary = merge_results(args.store, heatmap=args.heatmap, candidates=args.candidates, threshold=args.threshold,
                             json_path=args.json, geojson_path=args.geojson, yes_threshold=args.yes_threshold,
-                            progress=rep.progress, log=rep.log, overwrite=args.overwrite)
+                            progress=rep.progress, log=rep.log, overwrite=args.overwrite, budget=args.budget)
     lines = [f"{summary['scored']:,} tiles scored, {summary['failed_permanent']:,} failed for good (no imagery, "
              f"unreadable), {summary['failed_transient']:,} failed transiently (not done: run predict again)"
              + (f", {summary['tiles_missing']:,} not scored yet (job unfinished)" if summary["tiles_missing"] else ""),
-             f"{summary['candidates']:,} candidates at or above {summary['threshold']} "
-             f"({summary['candidates_yes']:,} at or above {summary['yes_threshold']})"]
+             f"{summary['candidates']:,} candidates at or above {summary['threshold']}"
+             + (f" (--budget {summary['budget']:,})" if summary["budget"] else "")
+             + (f" (calibrated P(tower) {summary['threshold_probability']:.3f})" if summary["calibration"] else "")
+             + f" ({summary['candidates_yes']:,} at or above {summary['yes_threshold']})"]
     if "merge" in summary:
         lines.append(merge_text(summary["merge"]))
     lines += [f"  {kind}: {path}" for kind, path in summary["outputs"].items()]
@@ -232,7 +235,10 @@ def cmd_export(args, rep):
         text += (f"; none within {summary['duplicate_m']:g} m of a tower or pole OSM has (checked against "
                  f"{summary['checked_against']})")
     if summary.get("merged"):
-        text += f"; {summary['merged']} points within a few metres of a better-ranked one were merged into it"
+        text += f"; {summary['merged']} points within reach of a better-ranked one were merged into it"
+    if summary.get("unplaced"):
+        text += (f"; {summary['unplaced']} nodes keep the detector's point (no reviewer placed them): tagged fixme, "
+                 "check them in JOSM")
     if summary.get("source"):
         text += f"; changeset source \"{summary['source']}\""
     rep.result(text, **summary)

@@ -154,8 +154,9 @@ def search_arguments(sp, remote=False):
         _out(sp, remote, "search directory to write (or to resume)"),
         sp.add_argument("--trials", type=COUNT, required=True, help="number of trials in all (the first 3 random)"),
         sp.add_argument("--space", help="JSON search space (default: the original project's; docs/training.md)"),
-        sp.add_argument("--metric", default="accuracy", choices=["accuracy", "roc_auc"],
-                        help="chooses the best trial on the test split (default accuracy, as the original)"),
+        sp.add_argument("--metric", default="pr_auc", choices=["pr_auc", "roc_auc", "accuracy"],
+                        help="chooses the best trial on the validation split (default pr_auc); the test split's "
+                        "figures only report"),
         sp.add_argument("--params", help="JSON file of fixed hyperparameters for every trial"),
         sp.add_argument("--weights", default="imagenet", help="imagenet, none, or an Xception notop .h5 file"),
         *add_training_flags(sp, "search"),
@@ -204,14 +205,24 @@ def results_arguments(sp, remote=False):
         sp.add_argument("--heatmap", help="heatmap GeoTIFF to write (EPSG:3857, one pixel per tile)"),
         sp.add_argument("--candidates", help="candidates GeoPackage to write (tiles at or above --threshold); an "
                         "existing one is merged into by tile, its review decisions kept"),
-        sp.add_argument("--threshold", type=float, default=0.5,
-                        help="candidate score cut (see the model's metrics.json)"),
+        *_cut_arguments(sp.add_mutually_exclusive_group()),
         sp.add_argument("--yes-threshold", type=float, default=0.97,
                         help="'Yes' band of the overlay (the original project's 0.97)"),
         sp.add_argument("--json", help="the original project's {\"x-y-z\": score} JSON"),
         sp.add_argument("--geojson", help="the original project's GeoJSON overlay (Maybe/Yes bands)"),
         sp.add_argument("--overwrite", action="store_true",
                         help="write the candidates GeoPackage afresh, discarding the review decisions in it"),
+    ]
+
+
+def _cut_arguments(group):
+    """results' candidate cut: a score threshold, or a review budget (one or the other)."""
+    return [
+        group.add_argument("--threshold", type=float, default=0.5,
+                           help="candidate score cut (see the model's metrics.json)"),
+        group.add_argument("--budget", type=COUNT, metavar="N",
+                           help="N candidates in all: the threshold giving at most N (the top N scores; a tie at "
+                           "the cut is left out whole), in place of --threshold"),
     ]
 
 

@@ -52,17 +52,23 @@ def test_the_card_says_what_the_model_was_trained_and_judged_on(tmp_path):
     (model / "metrics.json").write_text(json.dumps({
         "split": "test", "n_tower": 12, "n_background": 138, "roc_auc": 0.62, "pr_auc": 0.2,
         "thresholds": {"youden": 0.4, "recall_0.9": None},
-        "at_thresholds": {"youden": {"precision": 0.25, "recall": 0.5, "fpr": 0.13}, "recall_0.9": None}}))
+        "at_thresholds": {"youden": {"precision": 0.25, "recall": 0.5, "fpr": 0.13}, "recall_0.9": None},
+        "validation": {"split": "val", "n": 150, "n_tower": 15, "calibration": {"a": 1.2, "b": -0.3, "split": "val"},
+                       "budgets": [{"per_tower_tile": 3, "threshold": 0.41, "candidates": 45, "recall": 0.8,
+                                    "precision": 0.267}]}}))
     card = open(write_card(str(model))).read()
     lines = card.splitlines()
     assert lines[0] == "# Model card: model"
     assert "**This model is no better than chance: test ROC AUC 0.62" in card and "from 12 tower tiles" in card
     for fact in ("zambia.geojson", "Esri World Imagery", "imagery date: not recorded", "321 in the area",
                  "test: 150 tiles, 12 with a tower", "backbone: xception", "focal loss, gamma 2", "input 128 px",
-                 "12 tower and 138 background tiles", "| recall_0.9 | none |", "0.06 %", "not calibrated"):
+                 "12 tower and 138 background tiles", "| recall_0.9 | none |", "0.06 %",
+                 "## Review budget (validation split)", "| 3 | 0.410 | 45 | 0.800 | 0.267 |",
+                 "A calibration fitted on the val split (Platt)"):
         assert fact in card, fact
     # youden: 6 of 12 towers found among 24 candidates -> Wilson intervals of 6/24 and 6/12
     low, high = proportion_interval(6, 24)
     assert f"| youden | 0.400 | 0.250 ({low:.2f}-{high:.2f})" in card
     # a model whose dataset is gone still gets a card
-    assert "could not be read" in card_text("m", {}, {"data_dir": "/nowhere"}, None)
+    bare = card_text("m", {}, {"data_dir": "/nowhere"}, None)
+    assert "could not be read" in bare and "not calibrated" in bare and "Review budget" not in bare

@@ -104,6 +104,77 @@ def test_splits_are_spatially_separated(dataset):
                 assert other in (None, split), f"tile {x}-{y} ({split}) touches a {other} tile"
 
 
+def _splits_per_line(out, towers_path):
+    """{line ref: the splits of the index's tiles that hold that line's towers} (the scene's own line refs)."""
+    features = json.loads(open(towers_path).read())["features"]
+    where = {r["tile_id"]: r["split"] for r in read_index(out)}
+    found = {}
+    for f in features:
+        if f["properties"].get("power") == "tower":
+            lon, lat = f["geometry"]["coordinates"]
+            for x, y in positive_tiles(np.array([lon]), np.array([lat]), 18).tolist():
+                if f"{x}-{y}-18" in where:
+                    found.setdefault(f["properties"]["line"], set()).add(where[f"{x}-{y}-18"])
+    return found
+
+
+def test_each_line_keeps_its_towers_in_one_split(training_set, tmp_path):
+    """A line's towers look alike (design, steel, ground): all its tower tiles go to one split, while the
+    dataset's lines still spread over the splits."""
+    scene = training_set.parent / "scene"
+    per_line = _splits_per_line(training_set, scene / "towers.geojson")
+    assert len(per_line) == 3 and all(len(splits) == 1 for splits in per_line.values()), per_line
+    assert len(set().union(*per_line.values())) > 1
+    summary = json.loads((training_set / "dataset.json").read_text())["split_by_line"]
+    assert summary["line_aware"] and summary["lines"] == 3 and summary["towers_on_lines"] == 21
+    # the same with the smallest blocks, where blocks alone would cut every line
+    again = build({"area": scene / "area.geojson", "towers": scene / "towers.geojson",
+                   "imagery": scene / "scene.tif"}, tmp_path / "ds", block_size=1)
+    per_line = _splits_per_line(tmp_path / "ds", scene / "towers.geojson")
+    assert all(len(splits) == 1 for splits in per_line.values()), per_line
+    assert again["split_by_line"]["groups"] > 3
+
+
+def test_lines_sharing_a_block_but_no_tile_stay_apart(sample_scene, tmp_path):
+    """Two lines 4 tiles apart in one 8x8 block: joining the blocks a line touches would chain them into one
+    group (and leave one of two splits without towers); they share no tile, so they stay two groups."""
+    from tower_detector.geo.cover import tile_lonlat
+
+    info = sample_scene["info"]["tile_range"]
+    x0, y0 = info["x"][0], info["y"][0]
+    features = []
+    for ref, row in (("A", 1), ("B", 5)):
+        lon, lat = tile_lonlat(np.arange(x0, x0 + 8) + 0.5, np.full(8, y0 + row + 0.5), 18)
+        coords = [[float(a), float(b)] for a, b in zip(lon, lat)]
+        features.append({"type": "Feature", "properties": {"power": "line"},
+                         "geometry": {"type": "LineString", "coordinates": coords}})
+        features += [{"type": "Feature", "properties": {"power": "tower", "line": ref},
+                      "geometry": {"type": "Point", "coordinates": c}} for c in coords]
+    towers = tmp_path / "towers.geojson"
+    towers.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    summary = build(dict(sample_scene, towers=towers), tmp_path / "ds", split="0.5,0.5", block_size=8,
+                    background_ratio=0.5)
+    assert summary["split_by_line"]["lines"] == 2
+    per_line = _splits_per_line(tmp_path / "ds", towers)
+    assert all(len(v) == 1 for v in per_line.values()) and per_line["A"] != per_line["B"]
+    assert all(s["tower"] > 0 for s in summary["splits"].values())
+
+
+def test_towers_without_lines_keep_their_blocks(sample_scene, tmp_path):
+    """A points-only source (no lines): each tower's block is its own group, as before lines were known."""
+    data = json.loads(sample_scene["towers"].read_text())
+    points = tmp_path / "points.geojson"
+    points.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        f for f in data["features"] if f["geometry"]["type"] == "Point"]}))
+    with_lines = build(sample_scene, tmp_path / "lines", block_size=1)
+    without = build(dict(sample_scene, towers=points), tmp_path / "points", block_size=1)
+    assert without["split_by_line"]["lines"] == 0 and with_lines["split_by_line"]["lines"] == 2
+    rows = read_index(tmp_path / "lines")
+    # block_size 1: one group per tile without lines; the lines join their tower tiles
+    assert without["split_by_line"]["groups"] > with_lines["split_by_line"]["groups"]
+    assert without["tiles"] > 0 and sum(s["tower"] for s in without["splits"].values()) > 0 and rows
+
+
 def test_config_is_valid_label_maker_and_build_is_deterministic(dataset, sample_scene, tmp_path):
     out, summary = dataset
     config = json.loads((out / "config.json").read_text())
@@ -270,7 +341,7 @@ def test_xyz_and_overpass_with_failing_tiles_are_skipped_counted_and_redacted(sa
     towers = load_towers(str(sample_scene["towers"]))
     positive = {tuple(t) for t in positive_tiles(towers.lon, towers.lat, 18).tolist()}
     with TileServer(sample_scene["imagery"], token=SECRET) as tiles, \
-            OverpassServer(elements_from_geojson(sample_scene["towers"])) as overpass:
+            OverpassServer(elements_from_geojson(sample_scene["towers"], ways=True)) as overpass:
         background = [t for t in tiles.tiles if t not in positive]
         tiles.status = {background[0]: 404, positive and sorted(positive)[0]: 404}
         tiles.corrupt = set(background[1:3])
@@ -287,6 +358,7 @@ def test_xyz_and_overpass_with_failing_tiles_are_skipped_counted_and_redacted(sa
     assert bad and set(failed) == bad and result["skipped"] == summary["skipped"] == len(bad)
     assert {r.split(":")[0] for r in failed.values()} <= {"HTTP 404", "truncated/corrupt image"}
     assert summary["towers_in_area"] == len(towers)
+    assert summary["split_by_line"]["lines"] == 2  # the lines came from Overpass too
     assert "skipped" in result["message"]
     for text in (proc.stdout, proc.stderr, *(p.read_text() for p in out.glob("*.json"))):
         assert SECRET not in text

@@ -20,7 +20,7 @@ from tower_detector.common.errors import UserError
 from tower_detector.datasets.dataset import build_dataset
 from tower_detector.geo.tilemath import tile_bounds_4326
 from tower_detector.pipeline import options
-from tower_detector.review.exports import export
+from tower_detector.review.exports import UNPLACED_FIXME, export
 from tower_detector.sources.osm import load_towers
 
 GEOD = Geod(ellps="WGS84")
@@ -78,7 +78,11 @@ def test_osm_file_for_josm(reviewed, tmp_path):
     nodes = root.findall("node")
     assert [n.get("id") for n in nodes] == ["-1", "-2", "-3"]
     assert all(n.get("action") is None and n.get("version") is None for n in nodes)
-    assert all([(t.get("k"), t.get("v")) for t in n.findall("tag")] == [("power", "tower")] for n in nodes)
+    # tower0 and tower2 keep the detector's point, which no reviewer placed: marked for the mapper to check
+    tags = [dict((t.get("k"), t.get("v")) for t in n.findall("tag")) for n in nodes]
+    assert tags == [{"power": "tower", "fixme": UNPLACED_FIXME}, {"power": "tower"},
+                    {"power": "tower", "fixme": UNPLACED_FIXME}]
+    assert result["unplaced"] == 2
     want = [reviewed["points"][k] for k in ("tower0", "tower1", "tower2")]  # rank order; the twin merged into tower2
     got = [(float(n.get("lon")), float(n.get("lat"))) for n in nodes]
     np.testing.assert_allclose(got, want, atol=1e-7)
@@ -90,8 +94,32 @@ def test_osm_file_for_josm(reviewed, tmp_path):
         else:
             read.append((obj.id, dict(obj.tags), obj.location.lon, obj.location.lat))
     assert changesets == [{"comment": "Towers", "source": "Esri World Imagery", "hashtags": "#towers;#zambia"}]
-    assert [r[0] for r in read] == [-1, -2, -3] and all(r[1] == {"power": "tower"} for r in read)
+    assert [r[0] for r in read] == [-1, -2, -3] and [r[1] for r in read] == tags
     np.testing.assert_allclose([r[2:] for r in read], want, atol=1e-7)
+
+
+def test_osm_merge_distance_follows_how_the_points_were_placed(sample_scene, tmp_path):
+    """Two reviewers' points of one tower agree within a few metres: merged within MERGE_M. The detector's own
+    points are off by more (the CAM point's error): two tiles' estimates of one tower merge within
+    DETECTOR_MERGE_M, which a reviewer-placed point next to a detector point uses too."""
+    from tower_detector.review.exports import DETECTOR_MERGE_M, MERGE_M
+
+    towers = scene_features(sample_scene["towers"], "tower")
+    base = tile_of(*towers[0])
+    tiles = [(base[0] + 2 * k, base[1]) for k in range(6)]
+    gap = (MERGE_M + DETECTOR_MERGE_M) / 2  # more than reviewers' points, less than the detector's
+    lon0, lat0 = towers[0]
+    east = [GEOD.fwd(lon0, lat0, 90, d)[:2] for d in (0, gap, 500, 500 + gap, 1000, 1000 + gap)]
+    path = make_candidates(tmp_path / "c.gpkg", tiles, points=east)
+    for k, tile in enumerate(tiles):
+        # pair 1: both detector points; pair 2: both placed by a reviewer; pair 3: one of each
+        review(path, tile, "confirmed", point=east[k] if k in (2, 3, 4) else None)
+    summary = export("osm", path, tmp_path / "t.osm", include_near_duplicates=True)
+    nodes = ET.parse(tmp_path / "t.osm").getroot().findall("node")
+    got = [(float(n.get("lon")), float(n.get("lat"))) for n in nodes]
+    np.testing.assert_allclose(got, [east[0], east[2], east[3], east[4]], atol=1e-7)
+    assert summary["merged"] == 2 and summary["unplaced"] == 1  # east[5], merged into east[4], is not written
+    assert DETECTOR_MERGE_M > MERGE_M
 
 
 def _set_job(path, key, value):
@@ -305,12 +333,13 @@ def test_maproulette_cooperative_carries_an_osmchange(reviewed, tmp_path):
         (create,) = list(change)
         (node,) = list(create)
         assert create.tag == "create" and node.tag == "node" and node.get("id") == "-1"
-        assert {t.get("k"): t.get("v") for t in node.findall("tag")} == {"power": "tower"}
+        want = {"power": "tower", **({} if k == 1 else {"fixme": UNPLACED_FIXME})}  # tower1 a reviewer placed
+        assert {t.get("k"): t.get("v") for t in node.findall("tag")} == want
         assert [float(node.get("lon")), float(node.get("lat"))] == feature["geometry"]["coordinates"]
         path = tmp_path / f"task{k}.osc"
         path.write_bytes(osc)
         read = [(o.type_str(), o.id, dict(o.tags), o.deleted) for o in osmium.FileProcessor(str(path))]
-        assert read == [("n", -1, {"power": "tower"}, False)]
+        assert read == [("n", -1, want, False)]
 
 
 # --- Tasking Manager ---------------------------------------------------------------------------------------------

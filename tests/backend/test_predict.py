@@ -171,6 +171,8 @@ def test_predict_views_score_the_store_and_are_part_of_the_job(tiny_model, sampl
     proc, events = run("predict", *common, "--views", 1)
     assert proc.returncode != 0
     assert "already holds a different job (identity views: 4 there, null now)" in events[-1]["message"]
+    with open_store(str(tmp_path / "store")) as store:  # calibrated on one view's scores: not for 4 views
+        assert "calibration" not in store.read_job()
     assert sorted(os.listdir(tmp_path / "store")) == before
     proc, events = run("predict", *common, "--views", 3)
     assert proc.returncode == 2 and "--views: invalid choice: 3 (choose from 1, 2, 4, 8)" in events[-1]["message"]
@@ -199,6 +201,12 @@ def test_mixed_precision_scores_agree_with_float32(reference, scene_images, tiny
     assert len(warned) == (0 if cpu_has_native_bfloat16() else 1)  # emulated bfloat16 is slower: the log says so
 
 
+def tiny_model_dir(store):
+    """The model directory a store's job was scored with."""
+    with open_store(str(store)) as s:
+        return Path(s.read_job()["model"])
+
+
 def test_results_outputs(reference, tmp_path):
     out, _ = reference
     scores, _ = scores_of(out)
@@ -215,6 +223,18 @@ def test_results_outputs(reference, tmp_path):
     assert all(abs(seed[f"{x}-{y}-18"] - scores[(x, y)][0]) < 1e-5 for x, y in scores)
     overlay = json.loads((tmp_path / "o.geojson").read_text())
     assert len(overlay["features"]) == above
+    # the job keeps the model's calibration (one view): the summary gives the cut as a calibrated probability
+    from tower_detector.training.evaluate import calibrate
+
+    calibration = json.loads((tiny_model_dir(out) / "metrics.json").read_text())["validation"]["calibration"]
+    with open_store(str(out)) as store:
+        assert store.read_job()["calibration"] == calibration
+    assert summary["threshold_probability"] == pytest.approx(float(calibrate([threshold], calibration)[0]))
+    # --budget: the 10 highest scores
+    proc, events = run("results", out, "--candidates", tmp_path / "b.gpkg", "--budget", 10, "--events")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    top = sorted((s[0] for s in scores.values()), reverse=True)
+    assert events[-1]["candidates"] == sum(v > top[10] for v in top) and events[-1]["budget"] == 10
 
 
 def test_killed_at_random_points_ends_identical_to_an_uninterrupted_run(reference, tiny_model, sample_scene,

@@ -388,6 +388,65 @@ def test_bad_inputs_are_one_line_and_write_nothing(merged, tmp_path):
         assert sorted(os.listdir(tmp_path)) == before  # no output, no temp file
 
 
+def test_budget_takes_the_top_n_scores_and_leaves_a_tie_at_the_cut_out_whole(job, tmp_path):
+    """The store's scores come in steps of 0.01, so many tie: --budget N takes every score above the cut whole
+    and no score tied at it, which is at most N and exactly N where no tie straddles it."""
+    valid = job["exp"]["score"][~np.isnan(job["exp"]["score"])]
+    levels, counts = np.unique(valid, return_counts=True)
+    above = np.cumsum(counts[::-1])  # candidates at or above each level, from the top level down
+    assert above[0] > 1  # the top score ties: a budget of 1 takes none
+    for n in (1, int(above[3]), int(above[3]) + 1, int(above[10]) - 1, len(valid), len(valid) + 50):
+        want = int(above[above <= n].max()) if (above <= n).any() else 0
+        out = tmp_path / f"c{n}.gpkg"
+        s = merge_results(job["store"], candidates=out, budget=n)
+        with sqlite3.connect(out) as db:
+            scores = [r[0] for r in db.execute("SELECT score FROM candidates")]
+        assert s["budget"] == n and s["candidates"] == len(scores) == want <= n
+        assert sorted(scores, reverse=True) == pytest.approx(sorted(valid)[::-1][:want], abs=1e-6)  # the top ones
+        assert not scores or min(scores) == pytest.approx(s["threshold"])
+    assert merge_results(job["store"], candidates=tmp_path / "x.gpkg", budget=int(above[3]))["candidates"] == \
+        int(above[3])  # no tie straddles a level boundary: exactly N
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(UserError, match="--budget must be a whole number"):
+            merge_results(job["store"], candidates=tmp_path / "bad.gpkg", budget=bad)
+
+
+def test_budget_and_threshold_exclude_each_other_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    absent = tmp_path / "no-store"
+    for args, match in ((["--budget", "5", "--threshold", "0.3"], "not allowed with argument"),
+                        (["--budget", "0"], "--budget: must be at least 1"),
+                        (["--budget", "many"], "--budget: must be a whole number")):
+        proc = subprocess.run([sys.executable, "-m", "tower_detector", "results", str(absent), "--candidates",
+                               str(tmp_path / "c.gpkg"), *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and match in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not (tmp_path / "c.gpkg").exists()
+
+
+def test_a_calibrated_job_gives_the_probability_of_the_cut(tmp_path):
+    """predict keeps the model's Platt calibration in the job; results reports what the cut means as a
+    probability (scores stay the model's own) and the candidates file keeps the calibration."""
+    cover = tile_cover(load_area("28.0,-15.0,28.01,-14.99"), 18)
+    store = open_store(tmp_path / "store", create=True)
+    calibration = {"method": "platt", "split": "val", "a": 2.0, "b": -1.0}
+    store.create_job(dict(JOB, calibration=calibration), cover, cover.shard_ranges(1), 20)
+    fill(store)
+    s = merge_results(store.spec, candidates=tmp_path / "c.gpkg", threshold=0.75)
+    # logit(0.75) = ln 3, so P = 1 / (1 + exp(-(2 ln 3 - 1))) = 9 / (9 + e)
+    assert s["calibration"] == calibration and s["threshold_probability"] == pytest.approx(9 / (9 + math.e))
+    with sqlite3.connect(tmp_path / "c.gpkg") as db:
+        assert json.loads(dict(db.execute("SELECT key, value FROM job"))["calibration"]) == calibration
+    plain = merge_results(job_store(tmp_path), json_path=tmp_path / "s.json")
+    assert plain["calibration"] is None and plain["threshold_probability"] is None
+
+
+def job_store(tmp_path):
+    store, _ = make_store(tmp_path / "plain-store", "28.0,-15.0,28.01,-14.99", 1, 20)
+    return store.spec
+
+
 def test_a_store_with_nothing_scored_is_refused(tmp_path):
     cover = tile_cover(load_area("28.0,-15.0,28.01,-14.99"), 18)
     store = open_store(tmp_path / "store", create=True)

@@ -67,6 +67,54 @@ def test_metrics_ties_and_one_class():
     assert metrics([0, 0], [0.1, 0.2])["roc_auc"] is None
 
 
+def test_platt_calibration_matches_a_hand_computation():
+    """Two score levels, logit -1 and +1, with 1 of 4 and 3 of 4 towers. Platt's targets are 5/6 for a tower
+    and 1/6 for background (4 of each), so the levels' mean targets are (5/6 + 3/6) / 4 = 1/3 and 2/3; with one
+    feature taking two values the fit meets them exactly: sigmoid(-a + b) = 1/3, sigmoid(a + b) = 2/3, so
+    a = (logit(2/3) - logit(1/3)) / 2 = ln 2 and b = 0."""
+    from tower_detector.training.evaluate import calibrate, platt_fit
+
+    x = np.array([-1.0] * 4 + [1.0] * 4)
+    scores = 1 / (1 + np.exp(-x))
+    labels = [1, 0, 0, 0, 1, 1, 1, 0]
+    fit = platt_fit(labels, scores, split="val")
+    assert fit["a"] == pytest.approx(np.log(2), abs=1e-9) and fit["b"] == pytest.approx(0, abs=1e-9)
+    assert fit["split"] == "val" and fit["method"] == "platt"
+    assert calibrate(scores, fit) == pytest.approx([1 / 3] * 4 + [2 / 3] * 4)
+    # 1 of 4 and 2 of 4 towers: 3 towers and 5 background give targets 4/5 and 1/7, so the levels' mean
+    # targets are (4/5 + 3/7) / 4 and (2 x 4/5 + 2 x 1/7) / 4, and b is no longer 0
+    labels = [1, 0, 0, 0, 1, 1, 0, 0]
+    fit = platt_fit(labels, scores)
+    low, high = (4 / 5 + 3 / 7) / 4, (2 * 4 / 5 + 2 / 7) / 4
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    assert fit["a"] == pytest.approx((logit(high) - logit(low)) / 2, abs=1e-9)
+    assert fit["b"] == pytest.approx((logit(high) + logit(low)) / 2, abs=1e-9)
+    # scores that separate the classes keep finite coefficients; one class gives none; none calibrates nothing
+    separated = platt_fit([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+    assert np.isfinite([separated["a"], separated["b"]]).all() and separated["a"] > 0
+    assert platt_fit([1, 1], [0.3, 0.9]) is None
+    assert calibrate([0.25, 1.0], None).tolist() == [0.25, 1.0]
+
+
+def test_budget_threshold_takes_exactly_the_top_scores_and_ties_whole():
+    from tower_detector.training.evaluate import budget_table, budget_threshold
+
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.5], np.float32)
+    taken = {n: int((scores >= np.float32(budget_threshold(scores, n))).sum()) for n in range(7)}
+    # a tie at the cut is left out whole: 2 -> 1 candidate; everything past the end is all 5
+    assert taken == {0: 0, 1: 1, 2: 1, 3: 3, 4: 4, 5: 5, 6: 5}
+    assert budget_threshold(scores, 1) == 0.9 and budget_threshold(scores, 4) == 0.7
+    rng = np.random.default_rng(0)
+    many = rng.random(2000).astype(np.float32)
+    assert all((many >= np.float32(budget_threshold(many, n))).sum() == n for n in (0, 1, 7, 500, 1999, 2000))
+    labels = [1, 0, 1, 0, 0, 0]
+    table = budget_table(labels, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], budgets=(1, 2, 5))
+    # 2 tower tiles: 2, 4 and all 6 candidates
+    assert [(r["candidates"], r["recall"], r["precision"]) for r in table] == [(2, 0.5, 0.5), (4, 1.0, 0.5),
+                                                                               (6, 1.0, pytest.approx(1 / 3))]
+    assert [r["threshold"] for r in table] == [0.8, 0.6, 0.4]
+
+
 # -- parameters ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("params, message", [
     ({"learning_rate": 0.1}, "unknown parameter.*learning_rate"),
@@ -223,6 +271,18 @@ def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dat
     assert saved["verdict"]["level"] in ("ok", "chance", "too_few") and saved["verdict"]["text"] in card
     assert str(dataset / "scene" / "towers.geojson") in card or "towers.geojson" in card
     assert f"{saved['n_tower']} tower and {saved['n_background']} background tiles" in card
+    # the validation split's own figures, which search selects on
+    with open(dataset / "index.csv") as f:
+        val_rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
+    validation = saved["validation"]
+    assert validation["split"] == "val" and validation["separate"] and validation["n"] == len(val_rows)
+    assert validation["n_tower"] == sum(int(r["label"]) for r in val_rows)
+    assert all(0 <= validation[k] <= 1 for k in ("accuracy", "roc_auc", "pr_auc"))
+    # calibration and the recall-at-budget table come from the same split's scores
+    assert validation["calibration"]["split"] == "val" and np.isfinite(validation["calibration"]["a"])
+    assert [r["per_tower_tile"] for r in validation["budgets"]] == [1, 2, 3, 5, 10]
+    assert validation["budgets"][0]["candidates"] <= validation["n_tower"]
+    assert validation["budgets"][-1]["candidates"] == validation["n"] and validation["budgets"][-1]["recall"] == 1
 
     # test_scores.csv holds the scores behind metrics.json, and the saved model (safe mode) scoring the test
     # tiles again gives them (scores, not the AUC: a tiny model's near-equal scores may swap ranks on other CPUs)
@@ -511,6 +571,55 @@ def test_weights_file_is_loaded_into_the_base(dataset, tmp_path):
         {k: DEFAULT_PARAMS[k] for k in ("lr_phase2", "lr_schedule", "warmup_epochs")}
 
 
+def write_keras2_h5(path, model, skip=None):
+    """model's weights in the layout of Keras 2's `save_weights` to .h5, the layout of Keras's ImageNet notop
+    files: the root's layer_names (every layer, in order), and per layer a group with weight_names ("name/kernel:0")
+    holding one dataset per weight under that name."""
+    import h5py
+
+    layers = [layer for layer in model.layers if layer.name != skip]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([layer.name.encode() for layer in layers], dtype="S")  # as Keras 2 wrote
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.1.2"
+        for layer in layers:
+            group = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0" for w in layer.weights]
+            group.attrs["weight_names"] = np.array([n.encode() for n in names], dtype="S")
+            for name, w in zip(names, layer.weights):
+                group.create_dataset(name, data=np.asarray(w.numpy()))
+
+
+def test_keras2_h5_notop_weights_load_into_the_base(tmp_path):
+    """Keras distributes Xception's ImageNet weights as a Keras-2 .h5 notop file (not a Keras 3 .weights.h5):
+    random weights written in that layout load into the model's base, every layer kind (convolution, separable
+    convolution, batch norm statistics); a file with a layer missing is one line naming the file."""
+    import keras
+
+    from tower_detector.training.model import build_model
+
+    base = keras.applications.Xception(include_top=False, weights=None, input_shape=(72, 72, 3))
+    rng = np.random.default_rng(5)
+    base.set_weights([rng.normal(0.5, 0.2, w.shape).astype(np.float32) for w in base.get_weights()])
+    path = tmp_path / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    write_keras2_h5(path, base)
+    model, loaded = build_model(check_params(TINY), weights=str(path))
+    assert loaded.name in {layer.name for layer in model.layers}
+    for name in ("block1_conv1", "block2_sepconv1", "block2_sepconv1_bn", "block14_sepconv2_bn"):
+        want, got = base.get_layer(name).get_weights(), loaded.get_layer(name).get_weights()
+        assert len(want) == len(got) > 0
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(g, w)
+    # the moving variance of a batch norm too: a statistic, not a trained weight
+    assert loaded.get_layer("block14_sepconv2_bn").get_weights()[3].mean() == pytest.approx(0.5, abs=0.05)
+
+    broken = tmp_path / "broken_notop.h5"
+    write_keras2_h5(broken, base, skip="block14_sepconv2_bn")
+    with pytest.raises(UserError, match="cannot load Xception weights from .*broken_notop.h5") as caught:
+        build_model(check_params(TINY), weights=str(broken))
+    assert "\n" not in str(caught.value)
+
+
 def test_imagenet_offline_says_how_to_pass_a_weights_file(dataset, tmp_path):
     env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras"), HTTPS_PROXY="http://127.0.0.1:9",
                HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
@@ -580,6 +689,35 @@ def test_cli_bad_params_file_is_one_line(dataset, tmp_path):
 
 
 # -- search ----------------------------------------------------------------------------------------------------
+def test_search_ranks_trials_by_the_validation_split_only():
+    """Trials whose validation and test figures disagree: the best is the best on validation."""
+    from tower_detector.training.search import ranked_trials
+
+    def trial(tid, val, test, status="ok"):
+        return {"tid": tid, "status": status, "value": val, "validation": {"pr_auc": val},
+                "metrics": {"pr_auc": test}}
+
+    entries = [trial(0, 0.70, 0.99), trial(1, 0.90, 0.60), trial(2, 0.80, 0.95), trial(3, 0.95, 0.99, "failed"),
+               trial(4, None, 1.0), trial(5, 0.90, 0.97)]
+    assert [e["tid"] for e in ranked_trials(entries)] == [1, 5, 2, 0]  # ties: the earlier trial first
+    assert ranked_trials([trial(0, None, 0.9)]) == []
+
+
+def test_search_without_a_validation_split_is_refused_in_one_line(sample_scene, tmp_path):
+    from tower_detector.datasets.dataset import build_dataset
+    from tower_detector.pipeline import options
+
+    build_dataset(options("dataset", area=str(sample_scene["area"]), towers=str(sample_scene["towers"]),
+                          imagery=str(sample_scene["imagery"]), out=str(tmp_path / "ds"), split="0.5,0.5",
+                          block_size=1, seed=1), log=lambda *a: None)
+    proc = cli("search", "--data", tmp_path / "ds", "--out", tmp_path / "s", "--trials", 1, "--weights", "none")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "validation split" in proc.stderr and "--split 0.7,0.15,0.15" in proc.stderr
+    assert not (tmp_path / "s").exists()
+    bad = cli("search", "--data", tmp_path / "ds", "--out", tmp_path / "s", "--trials", 1, "--metric", "f1")
+    assert bad.returncode == 2 and "pr_auc" in bad.stderr
+
+
 def test_killed_search_resumes_and_keeps_every_trial(dataset, tmp_path):
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"dense_size": {"choice": [8, 16, 32]}, "dropout": {"uniform": [0.1, 0.5]},
@@ -610,9 +748,14 @@ def test_killed_search_resumes_and_keeps_every_trial(dataset, tmp_path):
     assert os.path.getmtime(out / "trials/000/model.keras") == first_model  # not trained again
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    values = [float(r["roc_auc"]) for r in rows]
+    values = [float(r["val_roc_auc"]) for r in rows]
     assert len(rows) == 3 and values == sorted(values, reverse=True)
+    assert set(rows[0]) >= {"test_pr_auc", "test_roc_auc", "test_accuracy"}
     best = history[int(rows[0]["trial"])]
+    # chosen on the validation split: each trial's value is its model's validation figure, not the test one
+    for t in history:
+        saved = json.loads((out / "trials" / f"{t['tid']:03d}" / "metrics.json").read_text())
+        assert t["value"] == saved["validation"]["roc_auc"] and saved["validation"]["split"] == "val"
     assert json.loads((out / "best/params.json").read_text())["dense_size"] == best["params"]["dense_size"]
     assert events_of(again.stdout)[-1]["best_trial"] == best["tid"]
     assert sorted(os.listdir(out / "trials")) == ["000", "001", "002"]  # each trial's model whole, nothing aside

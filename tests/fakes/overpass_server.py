@@ -1,7 +1,8 @@
 """A loopback stand-in for the Overpass API's `interpreter` endpoint, for tests (a real HTTP server).
 
-It answers Overpass QL queries of the form tower_detector.sources.osm generates, `node[...](s,w,n,e);` statements
-alone or in a union, with the recorded nodes that match the tag filters and lie in the bbox:
+It answers Overpass QL queries of the form tower_detector.sources.osm generates, `node[...](s,w,n,e);` or
+`way[...](s,w,n,e);` statements alone or in a union, with the recorded nodes (ways, with their `out geom`
+geometry) that match the tag filters and lie in (have a point in) the bbox:
 
     from tests.fakes.overpass_server import OverpassServer, elements_from_geojson
 
@@ -29,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 from tests.fakes.loopback import LoopbackServer
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
-_STATEMENT = re.compile(r'node((?:\[[^\]]*\])*)\(' + ",".join([_NUMBER] * 4) + r'\)')
+_STATEMENT = re.compile(r'(node|way)((?:\[[^\]]*\])*)\(' + ",".join([_NUMBER] * 4) + r'\)')
 _FILTER = re.compile(r'\[\s*"([^"]+)"\s*(?:(=|~)\s*"([^"]*)"\s*)?\]')
 _ERROR_PAGE = """<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" "http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">
@@ -42,8 +43,9 @@ _ERROR_PAGE = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def elements_from_geojson(path):
-    """Overpass node elements for every Point of a GeoJSON file, tags from its properties.
+def elements_from_geojson(path, ways=False):
+    """Overpass node elements for every Point of a GeoJSON file, tags from its properties; with ways, also way
+    elements (with `out geom` geometry) for every LineString.
 
     Ids come from an "@id" like "node/12" or an integer feature id; otherwise they are 1 + the feature's
     index in the file, so they stay the same from run to run.
@@ -53,9 +55,13 @@ def elements_from_geojson(path):
     elements = []
     for index, feature in enumerate(features):
         geometry = feature.get("geometry") or {}
+        props = feature.get("properties") or {}
+        if ways and geometry.get("type") == "LineString":
+            elements.append({"type": "way", "id": 100_000 + index, "tags": {k: str(v) for k, v in props.items()},
+                             "geometry": [{"lon": lon, "lat": lat} for lon, lat, *_ in geometry["coordinates"]]})
+            continue
         if geometry.get("type") != "Point":
             continue
-        props = feature.get("properties") or {}
         ref = str(props.get("@id", ""))
         if ref.startswith("node/"):
             node_id = int(ref[5:])
@@ -68,9 +74,13 @@ def elements_from_geojson(path):
 
 
 def parse_query(query):
-    """[(filters, (south, west, north, east))] of each node statement; filters are (key, op, value)."""
-    return [([(k, op or None, v) for k, op, v in _FILTER.findall(flts)], tuple(float(b) for b in box))
-            for flts, *box in _STATEMENT.findall(query)]
+    """[(filters, (south, west, north, east))] of each node or way statement; filters are (key, op, value)."""
+    return [(filters, box) for _, filters, box in _statements(query)]
+
+
+def _statements(query):
+    return [(kind, [(k, op or None, v) for k, op, v in _FILTER.findall(flts)], tuple(float(b) for b in box))
+            for kind, flts, *box in _STATEMENT.findall(query)]
 
 
 def _matches(tags, filters):
@@ -120,7 +130,7 @@ class OverpassServer(LoopbackServer):
             self.log.clear()
 
     def _handle(self, request, query):
-        statements = parse_query(query)
+        statements = _statements(query)
         with self._lock:
             wait = self.latency
             if self.slow_first is not None:
@@ -146,7 +156,7 @@ class OverpassServer(LoopbackServer):
                 answer = self._answer(statements)
                 found = len(answer["elements"])
                 body = json.dumps(answer).encode()
-            self.log.append({"method": request.command, "query": query, "bboxes": [box for _, box in statements],
+            self.log.append({"method": request.command, "query": query, "bboxes": [box for _, _, box in statements],
                              "status": status, "elements": found,
                              "time": time.monotonic()})
         time.sleep(wait)
@@ -164,10 +174,12 @@ class OverpassServer(LoopbackServer):
     def _answer(self, statements):
         found = {}
         if not self.empty:
-            for filters, (south, west, north, east) in statements:
+            for kind, filters, (south, west, north, east) in statements:
                 for e in self.elements:
-                    if south <= e["lat"] <= north and west <= e["lon"] <= east and _matches(e["tags"], filters):
-                        found[e["id"]] = e  # a union yields each node once
+                    points = e.get("geometry", [e])  # a way: its points
+                    if e["type"] == kind and _matches(e["tags"], filters) and any(
+                            south <= p["lat"] <= north and west <= p["lon"] <= east for p in points):
+                        found[(kind, e["id"])] = e  # a union yields each element once
         return {"version": 0.6, "generator": "Overpass API (loopback test server)",
                 "osm3s": {"copyright": "The data included in this document is from www.openstreetmap.org."},
-                "elements": [found[i] for i in sorted(found)]}
+                "elements": [found[k] for k in sorted(found)]}

@@ -64,8 +64,8 @@ EPOCHS_FINE = Parameter("--epochs-fine", "Epochs, fine-tuning", None, 0, 1000,
 BATCH_SIZE = Parameter("--batch-size", "Batch size", None, 0, 4096, "Tiles per step through the model.")
 TRIALS = Parameter("--trials", "Search trials", 100, 1, 10_000,
                    "How many training recipes the hyperparameter search tries in all (the first 3 at random).")
-METRIC = Parameter("--metric", "Search picks by", "accuracy", choices=("accuracy", "roc_auc"),
-                   help="The test-split measure that chooses the best trial.")
+METRIC = Parameter("--metric", "Search picks by", "pr_auc", choices=("pr_auc", "roc_auc", "accuracy"),
+                   help="The validation-split measure that chooses the best trial (the test split only reports).")
 
 # -- predict and results
 WORKERS = Parameter("--workers", "Imagery workers", None, 0, 256, "Concurrent imagery requests and decoders.")

@@ -9,10 +9,14 @@ Output directory:
   towers.csv     tile_id, px, py: where each tower tile's towers stand, in tile pixels (for the point loss)
   dataset.json   the summary: counts per split, skipped tiles and why, sources, block size, fingerprint
 
-Splits are spatially blocked: tiles are grouped in blocks of block_size x block_size tiles, whole blocks go
-to one split (blocks holding towers first, each to the split furthest behind its share of towers), and where
-two splits touch (8-connected) the tile of the bigger split is dropped, so no two touching tiles - which
-share towers near their edges and conductors - straddle train and test, and the evaluation splits keep theirs.
+Splits are spatially blocked and line-aware: tiles are grouped in blocks of block_size x block_size tiles, and the
+tiles holding towers of one power line (a tower is on a line when it is one of the line's vertices, as in OSM), with
+the blocks where that line holds the most tower tiles, form one group, so that a line's towers - alike in design,
+steel and ground - never straddle train and test. Whole groups go to one split (groups holding towers first, each to
+the split furthest behind its share of towers), and where two splits touch (8-connected) the tile of the bigger
+split is dropped, so no two touching tiles - which share towers near their edges and conductors - straddle train and
+test, and the evaluation splits keep theirs. Towers on no known line (a points-only source) keep their block as
+their group.
 Arrays are streamed to disk split by split, so a dataset larger than memory is never held in it.
 
 The directory is built in a new folder beside it and swapped in whole once complete (atomic.building): a build
@@ -41,6 +45,7 @@ from ..geo.tilemath import TILE_SIZE, tile_id
 from .labels import positive_tiles
 
 TOWER_CLASS = {"name": "tower", "filter": ["==", "power", "tower"]}
+TOWER_LINES = "power=line,minor_line"  # the lines whose towers (or poles) must share a split
 SPAN_LINES = "power=line"  # the lines whose spans give negatives (HV: minor lines hang on poles, not towers)
 SNAP_DEGREES = 1e-7  # a line vertex this close to a tower point is that tower (in OSM: the same node)
 TOWER_MARGIN = 6  # towers.csv keeps towers this far (pixels) outside a tile: label-maker's 5-px buffer, rounded up
@@ -115,12 +120,26 @@ def build_dataset(opts, *, splits=None, progress=None, log=print):
     background = _sample_background(cover, pos, taken, n_background, rng)
     tiles = np.concatenate([pos, taken, background])
     labels = np.concatenate([np.ones(len(pos), np.int8), np.zeros(len(taken) + len(background), np.int8)])
-    split_of = _blocked_splits(tiles, labels, splits, block_size, rng)
+    by_line = {"lines": 0, "towers_on_lines": 0, "groups": 0, "notes": []}
+    linked = []
+    if len(pos):
+        lines = load_lines(towers, area=region, tag_filter=TOWER_LINES, cache_dir=cache_dir)
+        on_lines = tower_lines(lines, points)
+        linked = line_tile_sets(on_lines, points, tiles, zoom)
+        by_line.update(lines=len(linked), notes=list(lines.notes),
+                       towers_on_lines=len(np.unique(np.concatenate([np.zeros(0, np.int64), *on_lines]))))
+    split_of, by_line["groups"] = _blocked_splits(tiles, labels, splits, block_size, rng, linked)
+    log(f"splits by line: {by_line['lines']} lines with towers joined {len(tiles)} tiles into "
+        f"{by_line['groups']} groups" + "".join(f"; {n}" for n in by_line["notes"]))
     keep = split_of >= 0
     log(f"{len(tiles)} tiles selected ({len(pos)} tower, {len(hard_negatives)} reviewed false positives, "
         + (f"{len(spans)} on line spans, " if span_negatives else "")
         + f"{len(background)} background); {int((~keep).sum())} dropped at split borders")
     tiles, labels, split_of = tiles[keep], labels[keep], split_of[keep]
+    towerless = [name for i, (name, f) in enumerate(splits) if f > 0 and len(pos) and not labels[split_of == i].any()]
+    if towerless:
+        log(f"warning: {', '.join(towerless)} holds no tower tile: the area has too few separate lines for the "
+            "splits; use a bigger area or a smaller --block-size")
 
     with open_imagery(imagery, cache_dir=cache_dir, concurrency=concurrency) as source:
         try:
@@ -129,7 +148,7 @@ def build_dataset(opts, *, splits=None, progress=None, log=print):
                 write_tower_pixels(os.path.join(folder, "towers.csv"), points, written, zoom)
                 summary = _summarise(folder, written, skipped, splits, zoom, seed, block_size, background_ratio,
                                      tower_filter, points, source.description, towers, area, extra_labels,
-                                     len(hard_negatives), span_negatives, len(spans))
+                                     len(hard_negatives), span_negatives, len(spans), by_line)
                 _write_label_maker_config(folder, region, towers, source.description, zoom, background_ratio, seed,
                                           splits, tower_filter)
         except OSError as exc:
@@ -213,6 +232,37 @@ def span_tiles(lines, points, zoom):
     return _without(np.unique(np.concatenate(found), axis=0), near_towers, zoom)
 
 
+def tower_lines(lines, points):
+    """For each line, the indices of the points that are its vertices (within SNAP_DEGREES: in OSM, the same
+    node). A line with no tower among its vertices has an empty array."""
+    import shapely
+
+    if not len(lines) or not len(points):
+        return [np.zeros(0, dtype=np.int64) for _ in range(len(lines))]
+    tree = shapely.STRtree(shapely.points(points.lon, points.lat))
+    found = []
+    for geometry in lines.geometries:
+        xy = shapely.get_coordinates(geometry)
+        hits = tree.query(shapely.points(xy), predicate="dwithin", distance=SNAP_DEGREES)[1] if len(xy) else []
+        found.append(np.unique(np.asarray(hits, dtype=np.int64)))
+    return found
+
+
+def line_tile_sets(on_lines, points, tiles, zoom):
+    """on_lines: tower_lines' answer. Per line holding towers, the indices into `tiles` of the tiles its towers
+    make positive: the tiles that must share a split. Lines whose towers hold none of `tiles` are left out."""
+    index = {int(k): i for i, k in enumerate(_keys(tiles, zoom))}
+    sets = []
+    for members in on_lines:
+        if not len(members):
+            continue
+        held = positive_tiles(points.lon[members], points.lat[members], zoom)
+        at = [index[int(k)] for k in _keys(held, zoom) if int(k) in index]
+        if at:
+            sets.append(np.array(sorted(set(at)), dtype=np.int64))
+    return sets
+
+
 def _keys(tiles, zoom):
     return tiles[:, 0] * (1 << zoom) + tiles[:, 1]
 
@@ -241,10 +291,38 @@ def _sample_background(cover, pos, hard_negatives, n, rng):
     return chosen
 
 
-def _blocked_splits(tiles, labels, splits, block_size, rng):
-    """Split index per tile (-1: dropped at a border): whole blocks per split, towers spread in proportion."""
+def _blocked_splits(tiles, labels, splits, block_size, rng, linked=()):
+    """(split index per tile (-1: dropped at a border), the number of groups): whole groups per split, towers
+    spread in proportion. linked: arrays of tile indices that must share a split (one power line's tower tiles).
+    A group is one line's tower tiles (lines sharing a tile are one group) with the blocks where that line holds
+    the most tower tiles, or a block without tower tiles of a line. Only tiles chain lines, not blocks: joining
+    every block a line touches chains the lines of a meshed network (lines that cross or meet share blocks) into
+    one group that no split can share."""
     fractions = np.array([f for _, f in splits])
-    blocks, block_of = np.unique(tiles // block_size, axis=0, return_inverse=True)
+    cells, cell_of = np.unique(tiles // block_size, axis=0, return_inverse=True)
+    cell_of = cell_of.ravel()
+    parent = {}
+
+    def root(t):
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for members in linked:
+        for t in members.tolist():
+            parent.setdefault(t, t)
+            parent[root(t)] = root(parent.setdefault(int(members[0]), int(members[0])))
+    line_tiles = np.array(sorted(parent), dtype=np.int64)
+    _, line_of = np.unique([root(t) for t in line_tiles.tolist()], return_inverse=True)
+    n_lines = int(line_of.max()) + 1 if len(line_tiles) else 0
+    # each block follows the line holding most of its tower tiles (ties: the first line); the others' tiles in it
+    # stay with their own line
+    counts = np.zeros((len(cells), max(n_lines, 1)), dtype=np.int64)
+    np.add.at(counts, (cell_of[line_tiles], line_of.ravel()), 1)
+    key = np.where(counts.any(axis=1), counts.argmax(axis=1), n_lines + np.arange(len(cells)))[cell_of]
+    key[line_tiles] = line_of.ravel()
+    blocks, block_of = np.unique(key, return_inverse=True)  # "blocks" from here on are the groups
     block_of = block_of.ravel()
     n_tiles = np.bincount(block_of, minlength=len(blocks))
     n_pos = np.bincount(block_of, weights=labels, minlength=len(blocks))
@@ -267,11 +345,12 @@ def _blocked_splits(tiles, labels, splits, block_size, rng):
     split_of = block_split[block_of]
     empty = [name for i, (name, f) in enumerate(splits) if f > 0 and not (split_of == i).any()]
     if empty:
-        raise UserError(f"too few tiles for the splits: {len(blocks)} blocks of {block_size}x{block_size} tiles "
-                        f"leave {', '.join(empty)} empty; use a bigger area or a smaller --block-size")
+        raise UserError(f"too few tiles for the splits: {len(cells)} blocks of {block_size}x{block_size} tiles "
+                        f"in {len(blocks)} groups (a power line's tower tiles are one group) leave "
+                        f"{', '.join(empty)} empty; use a bigger area or a smaller --block-size")
     # where splits touch, the bigger split gives way: the evaluation splits keep their tiles
     keep_rank = np.argsort(np.lexsort((np.arange(len(splits)), -fractions)))
-    return _drop_border_tiles(tiles, split_of, keep_rank)
+    return _drop_border_tiles(tiles, split_of, keep_rank), len(blocks)
 
 
 def _drop_border_tiles(tiles, split_of, keep_rank):
@@ -373,7 +452,7 @@ def _write_npz(path, raws, splits, counts, written):
 
 def _summarise(out, written, skipped, splits, zoom, seed, block_size, background_ratio, tower_filter, points,
                imagery_description, towers_spec, area_spec, extra_labels, n_hard_negatives, span_negatives,
-               n_span_negatives):
+               n_span_negatives, by_line):
     per_split = {}
     for name, fraction in splits:
         rows = [r for r in written if r[4] == name]
@@ -385,7 +464,11 @@ def _summarise(out, written, skipped, splits, zoom, seed, block_size, background
         "zoom": zoom, "tiles": len(written), "splits": per_split, "skipped": len(skipped),
         "skipped_tiles": skipped[:100], "towers_in_area": len(points), "hard_negatives": n_hard_negatives,
         "span_negatives": span_negatives, "span_negative_tiles": n_span_negatives,
-        "seed": seed, "block_size": block_size, "background_ratio": background_ratio, "tower_filter": tower_filter,
+        "seed": seed, "block_size": block_size,
+        # splits keep each power line's towers in one split; lines: the lines whose towers hold dataset tiles
+        "split_by_line": {"line_aware": True, "lines": by_line["lines"], "towers_on_lines": by_line["towers_on_lines"],
+                          "groups": by_line["groups"], "notes": by_line["notes"]},
+        "background_ratio": background_ratio, "tower_filter": tower_filter,
         "sources": {"area": str(area_spec), "towers": points.source, "imagery": imagery_description,
                     "extra_labels": str(extra_labels) if extra_labels else None},
         "image_size": 256, "classes": ["background", "tower"], "fingerprint": fingerprint,

@@ -18,6 +18,7 @@ finished and written, then the CLI exits with status 143, so that a retry resume
 
 import collections
 import hashlib
+import json
 import os
 import queue
 import signal
@@ -41,6 +42,16 @@ def parse_shard(text, n_max=100_000, name="--shard"):
     if not (n >= 1 and 0 <= i < n and n <= n_max):
         raise UserError(f"{name} {text}: need 0 <= i < n (numbered from 0)")
     return i, n
+
+
+def model_calibration(model_dir):
+    """The Platt calibration in the model's metrics.json (fitted on the validation split), or None for a model
+    trained before calibration, or without metrics.json."""
+    try:
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            return (json.load(f).get("validation") or {}).get("calibration")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def model_fingerprint(model_dir):
@@ -82,6 +93,11 @@ def predict(opts, *, prefetch=4, progress=None, log=print):
                "model_params": {k: params.get(k) for k in ("image_size", "data_fingerprint")}}
         if opts.imagery_name:
             job["imagery_name"] = opts.imagery_name
+        calibration = model_calibration(model_dir)
+        if calibration and views == 1:  # fitted on one view's scores; `results` turns scores into probabilities
+            job["calibration"] = calibration
+        elif calibration:
+            log(f"the model's calibration was fitted on one view's scores: not kept for --views {views}")
         store.prepare_job(job, cover, ranges, checkpoint_every)  # written once the imagery has answered
         selected = [picked[0]] if picked else list(range(len(ranges)))
 

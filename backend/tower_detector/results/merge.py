@@ -22,14 +22,20 @@ import numpy as np
 from ..common.atomic import remove_if_present, temp_path
 from ..common.errors import UserError, one_line
 from ..prediction.store import open_store
+from ..training.evaluate import budget_threshold, calibrate
 from .gpkg import existing_candidates, tile_keys, write_candidates
 from .heatmap import HeatmapWriter, heatmap_grid, merge_order, write_errors
 from .original import OriginalJson, write_overlay_geojson
 
 
 def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json_path=None, geojson_path=None,
-                  progress=None, log=None, *, yes_threshold=0.97, concurrency=8, overwrite=False):
+                  progress=None, log=None, *, yes_threshold=0.97, concurrency=8, overwrite=False, budget=None):
     """Merge a store's chunks into the outputs asked for (None: not written); return the summary.
+
+    budget: N candidates in all, in place of threshold: a first pass over the store finds the threshold that
+    gives at most N (the top N scores; a tie at the cut is left out whole, so a few fewer; evaluate.budget_threshold).
+    A store whose job carries the model's calibration (predict kept it from metrics.json) gets the calibrated
+    probability of the threshold in the summary; the scores written stay the model's own.
 
     An existing candidates GeoPackage is merged into (see gpkg.py: its review decisions are kept) unless
     overwrite is True, which writes it afresh.
@@ -37,7 +43,8 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
     good), tiles_missing (in missing chunks), scored, failed, failed_permanent (no imagery, unreadable: done),
     failed_transient (imagery unreachable: to fetch again), failures {reason: count}, unscored (in present chunks,
     neither scored nor failed),
-    threshold, yes_threshold, candidates, candidates_yes, score_min/mean/max, histogram {edges, counts} (10 bins
+    threshold, yes_threshold, budget (None without), calibration (None without) and threshold_probability,
+    candidates, candidates_yes, score_min/mean/max, histogram {edges, counts} (10 bins
     over 0..1), heatmap_grid {x0, y0, width, height}, outputs {kind: path}, and with candidates, merge (what
     was done to the GeoPackage: see write_candidates).
     Bad input (UserError, one line): threshold outside 0..1, unwritable or misnamed outputs, a store with no job,
@@ -46,6 +53,8 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
     report = progress or (lambda done, total, **fields: None)
     say = log or (lambda message, **fields: None)
     threshold = check_fraction(threshold, "--threshold")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise UserError(f"--budget must be a whole number of candidates, at least 1, not {budget!r}")
     yes_threshold = check_fraction(yes_threshold, "the Yes threshold")
     outputs = {k: os.fspath(v) for k, v in (("heatmap", heatmap), ("candidates", candidates), ("json", json_path),
                                               ("geojson", geojson_path)) if v is not None}
@@ -70,6 +79,10 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
                     "replaced by unreviewed ones")
         grid = heatmap_grid(cover)
         order = merge_order(plan, done, grid)
+        if budget is not None:
+            threshold = _budget_threshold(store, order, budget, report)
+            say(f"--budget {budget:,}: threshold {threshold:g} (the top {budget:,} scores; a tie at the cut is left "
+                "out whole)")
         temps = {kind: temp_path(path) for kind, path in outputs.items()}
         try:
             summary, picked = _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report,
@@ -86,11 +99,27 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
                 remove_if_present(tmp)
     finally:
         store.close()
+    calibration = job.get("calibration")
+    summary.update({"budget": budget, "calibration": calibration,
+                    "threshold_probability": float(calibrate([threshold], calibration)[0]) if calibration else None})
     summary.update({"chunks_total": plan.total_chunks, "chunks_done": len(done), "chunks_missing": len(missing),
                     "complete": not missing and not summary["failed_transient"],
                     "tiles_missing": int(sum(plan.chunk_len(*c) for c in missing)),
                     "outputs": outputs})
     return summary
+
+
+def _budget_threshold(store, order, budget, report):
+    """A first pass over the chunks keeping the budget + 1 highest scores (enough to see a tie at the cut)."""
+    keep = budget + 1
+    top = np.zeros(0, np.float32)
+    for i, (_, _, c) in enumerate(store.iter_chunks(order)):
+        s = c["score"]
+        top = np.concatenate([top, s[~np.isnan(s)].astype(np.float32)])
+        if len(top) > keep:
+            top = np.partition(top, len(top) - keep)[-keep:]
+        report(i + 1, len(order), stage="budget")
+    return budget_threshold(top, budget)
 
 
 def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report, existing=None):

@@ -12,8 +12,12 @@ Kinds, and the documents they follow:
   osm             JOSM's .osm file (OSM XML 0.6 with JOSM's extensions; wiki.openstreetmap.org/wiki/JOSM_file_format):
                   the confirmed candidates' points (point_lon/point_lat, where the reviewer put them) as new nodes,
                   ids -1, -2, ... and no action attribute, tagged power=tower and nothing else (no score or tile
-                  tags: they are not map data). Points closer than MERGE_M to a better-ranked one are one tower
-                  (two tiles sharing a tower on their edge are both candidates) and become one node. The osm element
+                  tags: they are not map data). A point no reviewer placed (the detector's CAM point, or the tile
+                  centre) gets fixme=UNPLACED_FIXME as well, which JOSM's validator lists before an upload: the
+                  mapper moves the node onto the tower or drops it. Points closer to a better-ranked one than
+                  their error allows are one tower (two tiles sharing a tower on their edge are both candidates)
+                  and become one node: within MERGE_M where both points were placed by reviewers, within
+                  DETECTOR_MERGE_M where either is the detector's. The osm element
                   has upload="false", so JOSM asks before uploading, and a <changeset> element whose tags (comment,
                   source, hashtags) JOSM keeps as the layer's changeset tags for its upload dialog. The source is
                   the imagery's name (--source, else the job's imagery_name, else GENERIC_SOURCE), never a host or
@@ -93,7 +97,11 @@ NODE_KINDS = ("osm", "maproulette-cooperative")  # the kinds whose output adds n
 DEFAULT_COMMENT = "Add power towers checked on imagery (candidates found by tower-detector)"
 GENERIC_SOURCE = "aerial imagery"  # the changeset source when the job names no imagery
 MEAN_EARTH_RADIUS = 6371008.8
-MERGE_M = 10.0  # confirmed points closer than this are one tower (towers stand 250-450 m apart on a line)
+MERGE_M = 10.0  # reviewer-placed points closer than this are one tower (towers stand 250-450 m apart on a line)
+# a point the detector placed is one tower with another this near: about its median error on the synthetic
+# benchmark (docs/benchmarks/train_quality.md), still well under the spacing of towers on a line
+DETECTOR_MERGE_M = 25.0
+UNPLACED_FIXME = "position estimated by Tower Detector, not placed by a reviewer: move the node onto the tower"
 COLUMNS = ("fid", "tile_id", "x", "y", "z", "score", "rank", "point_lon", "point_lat", "point_source", "status",
            "reviewer")
 GENERATOR = f"tower-detector {__version__}"
@@ -329,22 +337,38 @@ def _deg(value):
     return f"{value:.7f}"  # OSM's precision (~1 cm)
 
 
-def _tower_node(parent, node_id, lon, lat):
+def _tower_node(parent, node_id, lon, lat, placed=True):
     node = ET.SubElement(parent, "node", id=str(node_id), lat=_deg(lat), lon=_deg(lon))
     ET.SubElement(node, "tag", k="power", v="tower")
+    if not placed:
+        ET.SubElement(node, "tag", k="fixme", v=UNPLACED_FIXME)
+
+
+def _placed(rows):
+    """Which rows' points a reviewer placed (point_source reviewer), not the detector."""
+    return rows["point_source"] == "reviewer"
+
+
+def _one_per_tower(rows):
+    """_distinct_points with each point's merge distance: MERGE_M when a reviewer placed it, else DETECTOR_MERGE_M."""
+    return _distinct_points(rows["point_lon"], rows["point_lat"],
+                            np.where(_placed(rows), MERGE_M, DETECTOR_MERGE_M))
 
 
 def _osm(rows, out, comment, source, hashtags):
-    keep = _distinct_points(rows["point_lon"], rows["point_lat"], MERGE_M)
+    keep = _one_per_tower(rows)
+    placed = _placed(rows)
     root = ET.Element("osm", version="0.6", generator=GENERATOR, upload="false")
     changeset = ET.SubElement(root, "changeset")
     for key, value in (("comment", comment), ("source", source), ("hashtags", hashtags)):
         if value:
             ET.SubElement(changeset, "tag", k=key, v=value)
-    for i, (lon, lat) in enumerate(zip(rows["point_lon"][keep].tolist(), rows["point_lat"][keep].tolist()), 1):
-        _tower_node(root, -i, lon, lat)
+    for i, (lon, lat, by_reviewer) in enumerate(zip(rows["point_lon"][keep].tolist(), rows["point_lat"][keep].tolist(),
+                                                    placed[keep].tolist()), 1):
+        _tower_node(root, -i, lon, lat, by_reviewer)
     _write(out, _xml(root), ".osm")
-    return {"nodes": int(keep.sum()), "merged": int((~keep).sum()), "source": source}
+    return {"nodes": int(keep.sum()), "merged": int((~keep).sum()), "unplaced": int((keep & ~placed).sum()),
+            "source": source}
 
 
 def _osm_reference(rows):
@@ -368,8 +392,9 @@ def _osm_reference(rows):
 
 
 def _maproulette(rows, out, cooperative):
-    keep = _distinct_points(rows["point_lon"], rows["point_lat"], MERGE_M) if cooperative else slice(None)
+    keep = _one_per_tower(rows) if cooperative else np.ones(len(rows["fid"]), bool)
     rows = {k: v[keep] for k, v in rows.items()}
+    placed = _placed(rows)
     x, y, z = rows["x"], rows["y"], int(rows["z"][0])
     w, n = tile_lonlat(x, y, z)
     e, s = tile_lonlat(x + 1, y + 1, z)
@@ -383,13 +408,14 @@ def _maproulette(rows, out, cooperative):
             {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]}, "properties": props}]}
         if cooperative:
             change = ET.Element("osmChange", version="0.6", generator=GENERATOR)
-            _tower_node(ET.SubElement(change, "create"), -1, lon, lat)
+            _tower_node(ET.SubElement(change, "create"), -1, lon, lat, bool(placed[i]))
             task["cooperativeWork"] = {"meta": {"version": 2, "type": 2}, "file": {
                 "type": "xml", "format": "osc", "encoding": "base64",
                 "content": base64.b64encode(_xml(change)).decode("ascii")}}
         lines.append("\x1e" + json.dumps(task, separators=(",", ":")) + "\n")
     _write(out, "".join(lines))
-    return {"tasks": len(lines), **({"merged": int((~keep).sum())} if cooperative else {})}
+    return {"tasks": len(lines), **({"merged": int((~keep).sum()), "unplaced": int((~placed).sum())}
+                                    if cooperative else {})}
 
 
 def _tasking_manager(rows, out, yes_threshold, task_zoom):
@@ -514,8 +540,12 @@ def pairs_within(lon, lat, tree_lon, tree_lat, radius_m):
 
 
 def _distinct_points(lon, lat, radius_m):
-    """Mask of the points kept when each one closer than radius_m to a kept earlier point is dropped."""
-    i, j, _ = pairs_within(lon, lat, lon, lat, radius_m)
+    """Mask of the points kept when each one within reach of a kept earlier point is dropped; radius_m: one
+    distance, or one per point (two points are in reach within the larger of theirs)."""
+    radius = np.broadcast_to(np.asarray(radius_m, dtype=np.float64), np.shape(lon))
+    i, j, d = pairs_within(lon, lat, lon, lat, float(radius.max()) if len(radius) else 0.0)
+    near = d <= np.maximum(radius[i], radius[j])
+    i, j = i[near], j[near]
     later = i > j
     keep = np.ones(len(lon), bool)
     for a, b in sorted(zip(i[later].tolist(), j[later].tolist())):  # in rank order: the better point stays

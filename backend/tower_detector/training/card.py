@@ -77,6 +77,7 @@ def card_text(name, metrics, params, dataset):
     lines += _data_section(dataset, params)
     lines += _recipe_section(params, metrics)
     lines += _quality_section(metrics)
+    lines += _budget_section(metrics.get("validation"))
     lines += _limits_section(metrics, dataset)
     return "\n".join(lines) + "\n"
 
@@ -143,6 +144,20 @@ def _quality_section(metrics):
     return lines + [""]
 
 
+def _budget_section(validation):
+    """Recall when reviewing k candidates per tower tile, on the validation split (what results --budget uses)."""
+    if not validation or not validation.get("budgets"):
+        return []
+    lines = ["## Review budget (validation split)", "",
+             f"Candidates reviewed per tower tile, on the {validation.get('split', 'val')} split "
+             f"({validation.get('n_tower', '?')} tower tiles of {validation.get('n', '?')}).", "",
+             "| per tower tile | threshold | candidates | recall | precision |", "| --- | --- | --- | --- | --- |"]
+    for row in validation["budgets"]:
+        lines.append(f"| {row['per_tower_tile']} | {row['threshold']:.3f} | {row['candidates']} | "
+                     f"{_fmt(row['recall'])} | {_fmt(row['precision'])} |")
+    return lines + [""]
+
+
 def _limits_section(metrics, dataset):
     share = _share(metrics.get("n_tower", 0), metrics.get("n_background", 0))
     area = ((dataset or {}).get("sources") or {}).get("area", "the dataset's area")
@@ -152,7 +167,16 @@ def _limits_section(metrics, dataset):
             "- Not evaluated on: other areas, other imagery or dates, other zooms, or real tower density: the test "
             f"split's tower share is {share}, while a country's is about 0.06 %, so at a country's density most "
             "candidates at these thresholds are false. Check a sample of its candidates before trusting it elsewhere.",
-            "- The scores rank tiles; they are not calibrated probabilities."]
+            _calibration_line(metrics.get("validation"))]
+
+
+def _calibration_line(validation):
+    calibration = (validation or {}).get("calibration")
+    if not calibration:
+        return "- The scores rank tiles; they are not calibrated probabilities."
+    return (f"- The scores rank tiles. A calibration fitted on the {calibration.get('split', 'val')} split (Platt) "
+            "turns a score into a probability at that split's tower density; `results` reports the probability of "
+            "its cut. At a lower density the same score means a lower probability.")
 
 
 def _fmt(value):

@@ -10,11 +10,17 @@ metrics(labels, scores) -> {
   thresholds     {"youden": t maximising TPR - FPR, "recall_0.9": the highest t with recall >= 0.9,
                   "original": 0.97}, each with its precision, recall and FPR in "at_thresholds"
 }
+
+validation_summary(split, labels, scores, separate) -> metrics.json's "validation": the validation split's
+  n, n_tower, accuracy, roc_auc, pr_auc (what search selects on), whether it is a split of its own, the
+  recall-at-budget table (budget_table) and the Platt calibration fitted on it (platt_fit).
 """
 
 import numpy as np
 
 ORIGINAL_THRESHOLD = 0.97  # the original project's overlay cut, from its ROC analysis
+BUDGETS = (1, 2, 3, 5, 10)  # candidates reviewed per tower tile, in the recall-at-budget table
+LOGIT_CLIP = 1e-7  # scores are clipped to [c, 1 - c] before their logit: a float32 sigmoid reaches 0 and 1
 
 
 def metrics(labels, scores, threshold=0.5, target_recall=0.9):
@@ -40,6 +46,98 @@ def metrics(labels, scores, threshold=0.5, target_recall=0.9):
     result["at_thresholds"] = {k: None if v is None else {m: _at(y, s, v)[m] for m in ("precision", "recall", "fpr")}
                                for k, v in result["thresholds"].items()}
     return result
+
+
+def validation_summary(split, labels, scores, separate=True):
+    """The validation split's figures for metrics.json; separate: False when the dataset has no val split and
+    validation fell back to the test split."""
+    m = metrics(labels, scores)
+    return {"split": split, "separate": bool(separate),
+            **{k: m[k] for k in ("n", "n_tower", "accuracy", "roc_auc", "pr_auc")},
+            "budgets": budget_table(labels, scores), "calibration": platt_fit(labels, scores, split=split)}
+
+
+def budget_threshold(scores, n):
+    """The threshold that makes at most n candidates of `scores` (score >= threshold): the n-th highest score,
+    unless it ties with the next one, then the lowest score above the tie, so that a tie is taken whole or not
+    at all (fewer than n candidates, never more). n >= len(scores): the lowest score (all). Nothing fits (the
+    top n + 1 scores tie): just above the top score (none). Works in the scores' own dtype (float32 scores give
+    a float32-exact threshold)."""
+    s = np.sort(np.asarray(scores).ravel())[::-1]
+    if not len(s):
+        return 1.0
+    if n >= len(s):
+        return _shortest(s[-1])
+    above = s[:n][s[:n] > s[n]] if n > 0 else s[:0]  # the scores above the first one left out
+    return _shortest(above[-1]) if len(above) else _shortest(np.nextafter(s[0], np.asarray(np.inf, s.dtype)))
+
+
+def _shortest(value):
+    """A numpy float as the shortest decimal that reads back as it (0.9, not 0.8999999761581421 for float32)."""
+    return float(str(value))
+
+
+def budget_table(labels, scores, budgets=BUDGETS):
+    """Recall at a review budget: for k candidates per tower tile (k x n_tower candidates, the top scores,
+    budget_threshold's ties), the threshold, the candidates taken, recall and precision. Precision and recall
+    hold at this split's density of tower tiles; a real area's is far lower, so there take k x the towers
+    expected, not a share of the tiles."""
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float32).ravel()
+    rows = []
+    for k in budgets:
+        t = budget_threshold(s, int(k * y.sum()))
+        pred = s >= np.float32(t)
+        tp = int((pred & y).sum())
+        rows.append({"per_tower_tile": k, "candidates": int(pred.sum()), "threshold": t,
+                     "recall": tp / y.sum() if y.sum() else None,
+                     "precision": tp / pred.sum() if pred.sum() else None})
+    return rows
+
+
+def platt_fit(labels, scores, split=None, iterations=100):
+    """Platt scaling: P(tower) = 1 / (1 + exp(-(a * logit(score) + b))), a and b fitted by maximum likelihood
+    (Newton's method) on these labels, with Platt's targets (N+ + 1) / (N+ + 2) for towers and 1 / (N- + 2) for
+    background, which keep a and b finite when the scores separate the classes. None with one class."""
+    y = np.asarray(labels).astype(bool).ravel()
+    x = logit(scores)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return None
+    t = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    X = np.stack([x, np.ones_like(x)], axis=1)
+    w = np.zeros(2)
+
+    def loss(w):
+        z = X @ w
+        return float(np.sum(np.logaddexp(0, z) - t * z))  # cross-entropy against the targets
+
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(X @ w)))
+        grad = X.T @ (p - t)
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        scale, before = 1.0, loss(w)
+        while loss(w - scale * step) > before + 1e-12 and scale > 1e-6:  # halve a step that overshoots
+            scale /= 2
+        w = w - scale * step
+        if np.max(np.abs(scale * step)) < 1e-10:
+            break
+    return {"method": "platt", "split": split, "a": float(w[0]), "b": float(w[1]), "n": int(len(y)),
+            "formula": "1 / (1 + exp(-(a * logit(score) + b)))"}
+
+
+def logit(scores):
+    s = np.clip(np.asarray(scores, dtype=np.float64).ravel(), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(s / (1 - s))
+
+
+def calibrate(scores, calibration):
+    """Scores as calibrated probabilities (platt_fit's dict); the scores as they are when it is None."""
+    if not calibration:
+        return np.asarray(scores, dtype=np.float64)
+    z = calibration["a"] * logit(scores).reshape(np.shape(scores)) + calibration["b"]
+    return 1 / (1 + np.exp(-z))
 
 
 def _at(y, s, threshold):

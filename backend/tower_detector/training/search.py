@@ -4,9 +4,13 @@ SEARCH_DIR layout:
   history.json     every trial: tid, hyperopt's vals (choice indices), the params trained, status
                    ("running" | "ok" | "failed"), metrics, model dir. Rewritten (atomically) after each trial.
   trials/NNN/      each trial's model directory (train's layout; trials/NNN.partial while it trains)
-  best/            a copy of the best trial's model directory, by --metric on the held-out test split (replaced
+  best/            a copy of the best trial's model directory, by --metric on the validation split (replaced
                    whole, atomic.building)
-  summary.csv      one row per finished trial, best first (also printed)
+  summary.csv      one row per finished trial, best first (also printed): the validation figure it was chosen by,
+                   then the test split's figures, which only report (choosing by them would flatter them)
+
+The dataset must have a validation split of its own (a `val` split): a search without one would choose on the
+test split, so it is refused rather than run.
 
 Resuming reads history.json only (no pickles from shared storage): finished trials are fed back to TPE as
 history, and a trial that was running when the search was killed is trained again with its own params,
@@ -42,7 +46,8 @@ ORIGINAL_SPACE = {
     "dropout": {"uniform": [0.0, 0.6]},
     "epochs_phase1": {"int": [2, 4]},
 }
-METRICS = ("accuracy", "roc_auc")
+METRICS = ("pr_auc", "roc_auc", "accuracy")  # the first is the default: towers are rare, PR AUC sees the rare class
+REPORTED = ("pr_auc", "roc_auc", "accuracy")  # the test split's figures in the summary
 RANDOM_TRIALS = 3  # TPE's first trials are random, as the original project's
 
 
@@ -77,11 +82,8 @@ def hyperopt_space(spec):
     return space
 
 
-def search(data_dir, out, trials, space=None, metric="accuracy", params=None, weights="none", seed=0,
+def search(data_dir, out, trials, space=None, metric=METRICS[0], params=None, weights="none", seed=0,
            progress=None, log=print):
-    from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, tpe
-    from hyperopt.exceptions import AllTrialsFailed
-
     from .train import TrainingData, train
 
     progress = progress or (lambda *a, **k: None)
@@ -89,14 +91,22 @@ def search(data_dir, out, trials, space=None, metric="accuracy", params=None, we
         raise UserError(f"--metric must be one of {', '.join(METRICS)}")
     if trials < 1:
         raise UserError("--trials must be at least 1")
+    data = TrainingData(data_dir)
+    if "val" not in data.splits:
+        raise UserError(f"search chooses its best trial on the validation split, and {data_dir} has none (it has "
+                        f"{', '.join(sorted(data.splits))}): rebuild the dataset with --split 0.7,0.15,0.15")
+    data.roles(lambda *a, **k: None)  # bad data fails here, not in every trial
     spec = load_params_file(space) if isinstance(space, str) else (space or ORIGINAL_SPACE)
-    hp_space = hyperopt_space(spec)
     fixed = check_params(params or {}, base=default_params(weights))
     check_weights(weights)
-    TrainingData(data_dir).roles(lambda *a, **k: None)  # bad data fails here, not in every trial
+
+    from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, tpe
+    from hyperopt.exceptions import AllTrialsFailed
+
+    hp_space = hyperopt_space(spec)
     os.makedirs(os.path.join(out, "trials"), exist_ok=True)
     history = _History(out, dict(data=os.path.abspath(data_dir), space=spec, metric=metric, fixed=fixed,
-                                 weights=weights, seed=seed))
+                                 weights=weights, seed=seed, selected_on="validation"))
 
     def run_trial(tid, trial_params):
         model_dir = os.path.join(out, "trials", f"{tid:03d}")
@@ -107,10 +117,10 @@ def search(data_dir, out, trials, space=None, metric="accuracy", params=None, we
             if "different training" in str(exc) or "not a training of ours" in str(exc):
                 raise
             return {"status": "failed", "error": str(exc)}
-        value = result.get(metric)
+        validation = result.get("validation") or {}
         return {"status": "ok", "metrics": {k: result.get(k) for k in ("accuracy", "roc_auc", "pr_auc", "precision",
                                                                           "recall", "f1", "thresholds")},
-                "value": value, "model_dir": model_dir}
+                "validation": validation, "value": validation.get(metric), "model_dir": model_dir}
 
     # a trial killed mid-way first: same params, so its training resumes
     for entry in history.entries:
@@ -201,25 +211,36 @@ class _History:
         hp_trials.refresh()
 
 
+def ranked_trials(entries):
+    """The finished trials, best first: by their "value", the validation split's --metric (never the test
+    split's, which only reports); equal values keep the earlier trial first."""
+    finished = [e for e in entries if e["status"] == "ok" and e.get("value") is not None]
+    return sorted(finished, key=lambda e: (-e["value"], e["tid"]))
+
+
 def _finish(out, history, metric, log):
-    finished = [e for e in history.entries if e["status"] == "ok" and e.get("value") is not None]
+    finished = ranked_trials(history.entries)
     if not finished:
         raise UserError("no trial finished: see the log for each trial's reason")
-    finished.sort(key=lambda e: -e["value"])
     best = finished[0]
     target = os.path.join(out, "best")
     with building(target) as folder:
         shutil.copytree(best["model_dir"], folder, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("backup", "checkpoints", "tensorboard"))
     names = sorted({k for e in finished for k in e["params"]} & set(history.identity["space"]))
-    rows = [[e["tid"], round(e["value"], 4), *(round(e["metrics"].get(m) or 0, 4) for m in METRICS if m != metric),
+    rows = [[e["tid"], round(e["value"], 4), *(_rounded(e["metrics"].get(m)) for m in REPORTED),
              *(_short(e["params"][k]) for k in names)] for e in finished]
-    header = ["trial", metric, *(m for m in METRICS if m != metric), *names]
+    header = ["trial", f"val_{metric}", *(f"test_{m}" for m in REPORTED), *names]
     with atomic_file(os.path.join(out, "summary.csv"), newline="") as f:
         csv.writer(f).writerows([header, *rows])
     failed = [e for e in history.entries if e["status"] == "failed"]
     table = "\n".join("  ".join(str(c) for c in row) for row in [header, *rows])
-    log(f"{len(finished)} trials finished, {len(failed)} failed; best: trial {best['tid']} ({metric} "
+    log(f"{len(finished)} trials finished, {len(failed)} failed; best: trial {best['tid']} (validation {metric} "
         f"{best['value']:.4f}), copied to {target}")
-    return {"best_trial": best["tid"], "best_value": best["value"], "metric": metric, "trials": len(finished),
+    return {"best_trial": best["tid"], "best_value": best["value"], "metric": metric, "selected_on": "validation",
+            "best_test": {m: best["metrics"].get(m) for m in REPORTED}, "trials": len(finished),
             "failed": len(failed), "best_dir": target, "best_params": best["params"], "table": table}
+
+
+def _rounded(value):
+    return "" if value is None else round(value, 4)

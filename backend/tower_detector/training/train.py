@@ -32,6 +32,7 @@ import numpy as np
 from ..common.atomic import atomic_file, swap_in
 from ..common.errors import UserError, one_line
 from .card import verdict, write_card
+from .evaluate import validation_summary
 from .model import (
     VIEWS,
     after_resize,
@@ -382,6 +383,11 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
     # predict --views N averages the first N views: its scores rank, and its thresholds fall, a little differently
     result["views"] = {str(n): {k: m[k] for k in ("roc_auc", "pr_auc", "thresholds", "at_thresholds")}
                        for n in VIEWS[1:] for m in [metrics(labels, by_view[:n].mean(axis=0))]}
+    # the validation split's own figures: what search selects on (the test split only reports)
+    val_labels = data.splits[val_split][1]
+    val_scores = scores if val_split == test_split else _scores_by_view(
+        after_resize(model), tf_dataset(data, val_split, size, batch, training=False), views=1)[0]
+    result["validation"] = validation_summary(val_split, val_labels, val_scores, separate=val_split != test_split)
     result.update(split=test_split, train_seconds=round(seconds, 1),
                   train_images_per_second=round(len(epochs_run) * sum(counts[train_split]) / max(seconds, 1e-9), 2),
                   best_epoch=best.record, dtype_policy=policy)
@@ -411,13 +417,13 @@ def _publish(work, out):
                         "same command again once it can") from None
 
 
-def _scores_by_view(network, ds):
-    """(8, n) scores of the tiles `ds` gives, each turned and mirrored as predict's views are (model.view)."""
+def _scores_by_view(network, ds, views=VIEWS[-1]):
+    """(views, n) scores of the tiles `ds` gives, each turned and mirrored as predict's views are (model.view)."""
     scores = []
     for images, _ in ds.as_numpy_iterator():
         n = len(images)
-        out = network.predict_on_batch(np.concatenate([view(images, i) for i in range(VIEWS[-1])]))
-        scores.append(np.asarray(out, np.float32).reshape(VIEWS[-1], n))
+        out = network.predict_on_batch(np.concatenate([view(images, i) for i in range(views)]))
+        scores.append(np.asarray(out, np.float32).reshape(views, n))
     return np.concatenate(scores, axis=1)
 
 
