@@ -15,11 +15,10 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
-from benchmarks.precision_speed import device_name
+from benchmarks.precision_speed import device_name, step_speeds
 from tower_detector.training.model import after_resize, build_model, dtype_policy, has_gpu
 from tower_detector.training.params import BACKBONE_LAYERS, check_params, default_params
 from tower_detector.training.train import tile_loss
@@ -33,16 +32,7 @@ def measure(backbone, size, batch, steps, policy, folder):
     model = build_model(params, "none", policy)[0]
     network = after_resize(model)
     network.compile(optimizer="adam", loss=tile_loss(params), jit_compile=has_gpu())
-    network.train_on_batch(x, y)  # the first step builds and compiles
-    network.predict_on_batch(x)
-    t = time.perf_counter()
-    for _ in range(steps):
-        network.train_on_batch(x, y)
-    training = batch * steps / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for _ in range(steps):
-        network.predict_on_batch(x)
-    scoring = batch * steps / (time.perf_counter() - t)
+    training, scoring = step_speeds(network, x, y, steps)
     path = os.path.join(folder, f"{backbone}.keras")
     model.save(path)
     return training, scoring, os.path.getsize(path) / 1e6, model.count_params()

@@ -48,17 +48,22 @@ def speeds(policy, size, batch, steps):
     y = (np.arange(batch) % 2).astype(np.float32).reshape(-1, 1)
     model = after_resize(build_model(params, "none", policy)[0])  # tiles at image_size, as train fits it
     model.compile(optimizer="adam", loss="binary_crossentropy", jit_compile=has_gpu())
-    model.train_on_batch(x, y)  # the first step builds and compiles
-    model.predict_on_batch(x)
+    return step_speeds(model, x, y, steps)
+
+
+def step_speeds(network, x, y, steps):
+    """(training, scoring) images/s of a compiled network on the batch x, y: the mean over `steps` timed steps
+    after one untimed step, which builds and compiles."""
+    network.train_on_batch(x, y)
+    network.predict_on_batch(x)
     t = time.perf_counter()
     for _ in range(steps):
-        model.train_on_batch(x, y)
-    training = batch * steps / (time.perf_counter() - t)
+        network.train_on_batch(x, y)
+    training = len(x) * steps / (time.perf_counter() - t)
     t = time.perf_counter()
     for _ in range(steps):
-        model.predict_on_batch(x)
-    scoring = batch * steps / (time.perf_counter() - t)
-    return training, scoring
+        network.predict_on_batch(x)
+    return training, len(x) * steps / (time.perf_counter() - t)
 
 
 def main():

@@ -89,13 +89,19 @@ def _default(algorithm, param):
     return algorithm.parameterDefinition(param.name).defaultValue()
 
 
-def test_the_dialogs_and_the_algorithms_start_from_the_definitions(qgis_iface, plugin_settings):
+def _dialogs_by_algorithm(qgis_iface):
+    """The dataset, train and predict algorithms (initialised), each with its dialog."""
     manager = JobManager(qgis_iface)
-    dataset, train, predict = (cls() for cls in (BuildDatasetAlgorithm, TrainAlgorithm, PredictAlgorithm))
-    for algorithm in (dataset, train, predict):
+    algorithms = [cls() for cls in (BuildDatasetAlgorithm, TrainAlgorithm, PredictAlgorithm)]
+    for algorithm in algorithms:
         algorithm.initAlgorithm()
-    dialogs = {dataset: BuildDatasetDialog(qgis_iface, manager), train: TrainDialog(qgis_iface, manager),
-               predict: PredictDialog(qgis_iface, manager)}
+    return dict(zip(algorithms, (BuildDatasetDialog(qgis_iface, manager), TrainDialog(qgis_iface, manager),
+                                 PredictDialog(qgis_iface, manager)), strict=True))
+
+
+def test_the_dialogs_and_the_algorithms_start_from_the_definitions(qgis_iface, plugin_settings):
+    dialogs = _dialogs_by_algorithm(qgis_iface)
+    dataset, train, predict = dialogs
     numbers = {dataset: ("ZOOM", "BACKGROUND_RATIO", "SPAN_NEGATIVES", "BLOCK_SIZE", "SEED"),
                train: ("IMAGE_SIZE", "EPOCHS_TOP", "EPOCHS_FINE", "BATCH_SIZE"),
                predict: ("WORKERS", "CHECKPOINT_EVERY", "BATCH_SIZE")}
@@ -105,7 +111,7 @@ def test_the_dialogs_and_the_algorithms_start_from_the_definitions(qgis_iface, p
             assert _default(algorithm, param) == (0 if param.default is None else param.default), name
             assert spin_value(getattr(dialogs[algorithm], param.key)) == param.default, name
     assert dialogs[dataset].split.text() == parameters.SPLIT.default
-    for algorithm, param in ((train, parameters.WEIGHTS), (predict, parameters.VIEWS)):
+    for algorithm, param in ((train, parameters.WEIGHTS), (train, parameters.BACKBONE), (predict, parameters.VIEWS)):
         assert _default(algorithm, param) == param.choices.index(param.default)
         assert getattr(dialogs[algorithm], param.key).currentData() == param.default
     assert dialogs[train].metric.currentData() == parameters.METRIC.default
@@ -119,12 +125,8 @@ def test_every_job_dialog_field_has_help_in_plain_words_shared_with_processing(q
     has too says the same there (one definition, in core/parameters.py)."""
     from qgis.PyQt.QtWidgets import QFormLayout
 
-    manager = JobManager(qgis_iface)
-    dataset, train, predict = (cls() for cls in (BuildDatasetAlgorithm, TrainAlgorithm, PredictAlgorithm))
-    for algorithm in (dataset, train, predict):
-        algorithm.initAlgorithm()
-    dialogs = {dataset: BuildDatasetDialog(qgis_iface, manager), train: TrainDialog(qgis_iface, manager),
-               predict: PredictDialog(qgis_iface, manager)}
+    dialogs = _dialogs_by_algorithm(qgis_iface)
+    dataset, train, predict = dialogs
     for dialog in dialogs.values():
         form = dialog.form
         for row in range(form.rowCount()):
@@ -135,7 +137,7 @@ def test_every_job_dialog_field_has_help_in_plain_words_shared_with_processing(q
     shared = {dataset: {"AREA": dialogs[dataset].area, "IMAGERY": dialogs[dataset].imagery,
                         "TOWER_FILTER": dialogs[dataset].tower_filter, "OUTPUT": dialogs[dataset].out},
               train: {"DATA": dialogs[train].data, "PARAMS": dialogs[train].params, "OUTPUT": dialogs[train].out,
-                      "WEIGHTS_FILE": dialogs[train].weights_file},
+                      "WEIGHTS_FILE": dialogs[train].weights_file, "INIT": dialogs[train].init},
               predict: {"MODEL": dialogs[predict].model, "AREA": dialogs[predict].area,
                         "IMAGERY": dialogs[predict].imagery}}
     for algorithm, widgets in shared.items():
