@@ -266,7 +266,7 @@ def test_no_towers_needs_force(sample_scene, tmp_path):
     assert summary["tiles"] > 0 and all(s["tower"] == 0 for s in summary["splits"].values())
 
 
-def test_a_split_without_a_tower_tile_is_said_in_plain_words(sample_scene, tmp_path, dataset):
+def test_a_split_without_a_tower_tile_is_said_in_plain_words(sample_scene, tmp_path):
     """Issue 33: a dataset whose test split had no tower tile reported success, and training then failed."""
     data = json.loads(open(sample_scene["towers"]).read())
     towers = [f for f in data["features"] if f["properties"].get("power") == "tower"]
@@ -283,7 +283,11 @@ def test_a_split_without_a_tower_tile_is_said_in_plain_words(sample_scene, tmp_p
     for name, text in zip(empty, summary["warnings"]):
         assert f"the {name} split has no tower tile" in text and "more towers" in text and "--" not in text
         assert text in lines
-    assert dataset[1]["warnings"] == []  # the sample scene's towers reach every split
+
+
+def test_a_dataset_with_towers_in_every_split_has_no_warning(training_set):
+    built = json.loads((training_set / "dataset.json").read_text())
+    assert all(s["tower"] for s in built["splits"].values()) and built["warnings"] == []
 
 
 def test_too_few_blocks_for_the_splits(sample_scene, tmp_path):

@@ -92,6 +92,10 @@ TILE_PIXELS = 256
 _CHUNK_NAME = re.compile(r"^chunks/s(\d{4})/c(\d{7})(?:\.r(\d{2,})\.npz|\.npz|(\.failed))$")
 MARKED = "failures-marked.json"  # written once at job creation: every chunk with failures has its .failed marker
 STALE_TMP_SECONDS = 3600  # temp files older than this are left-overs of dead writers
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11 keeps ast's recursion counter in state the
+# threads share: chunks decoded at once in the reading threads now and then failed ("AST constructor recursion depth
+# mismatch") and were called corrupt. Decoding takes this lock; the reads themselves stay parallel.
+_NPY_HEADERS = threading.Lock()
 
 
 class ChunkWrite(NamedTuple):
@@ -435,7 +439,7 @@ class Store:
     def _decode(self, name, data, n):
         """A chunk's or a layer's arrays (n: the chunk's tile count; None for a layer)."""
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            with _NPY_HEADERS, np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             n = len(arrays["pos"]) if n is None else n
             ok = all(len(arrays[k]) == n for k in ("x", "y", "score", "cam_x", "cam_y"))
