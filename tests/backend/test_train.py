@@ -268,6 +268,7 @@ def test_model_directory_is_complete_and_metrics_are_the_test_split(trained, dat
     assert saved["split"] == "test" and set(saved["thresholds"]) == {"youden", "recall_0.9", "original"}
     # the card names its data and judges the model by the rule in metrics.json
     card = (out / "MODEL_CARD.md").read_text()
+    assert card.splitlines()[0] == "# Model card: model"  # the model's name, not the folder it was trained in
     assert saved["verdict"]["level"] in ("ok", "chance", "too_few") and saved["verdict"]["text"] in card
     assert str(dataset / "scene" / "towers.geojson") in card or "towers.geojson" in card
     assert f"{saved['n_tower']} tower and {saved['n_background']} background tiles" in card

@@ -56,13 +56,14 @@ def verdict(metrics):
     return {"level": "ok", "text": f"Better than chance: {figure}."}
 
 
-def write_card(model_dir, data_dir=None):
-    """Write MODEL_CARD.md into model_dir from its metrics.json, params.json and its dataset's dataset.json."""
+def write_card(model_dir, data_dir=None, name=None):
+    """Write MODEL_CARD.md into model_dir from its metrics.json, params.json and its dataset's dataset.json; name:
+    the model's (default: model_dir's own, which training's <out>.partial is not)."""
     metrics = _read(os.path.join(model_dir, "metrics.json")) or {}
     params = _read(os.path.join(model_dir, "params.json")) or {}
     data_dir = data_dir or params.get("data_dir")
     dataset = _read(os.path.join(data_dir, "dataset.json")) if data_dir else None
-    text = card_text(os.path.basename(os.path.normpath(model_dir)), metrics, params, dataset)
+    text = card_text(name or os.path.basename(os.path.normpath(model_dir)), metrics, params, dataset)
     path = os.path.join(model_dir, CARD)
     with open(path, "w") as f:
         f.write(text)

@@ -400,7 +400,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
                  data_fingerprint=data.fingerprint, data_dir=os.path.abspath(data_dir), trained_on=train_split,
                  validated_on=val_split, tested_on=test_split, class_weights=weights_by_class,
                  **({"init": os.path.abspath(init)} if init else {}))
-    write_card(work, data_dir)
+    write_card(work, data_dir, name=os.path.basename(out))
     _save_state(work, dict(state, finished=True))
     shutil.rmtree(os.path.join(work, "backup"), ignore_errors=True)
     if work != out:
