@@ -441,6 +441,24 @@ def test_the_review_loop_end_to_end_on_a_tiny_scene(trained, dataset, tmp_path):
     assert f"review labels added: {tmp_path / 'labels.gpkg'}" in (tmp_path / "v2" / "MODEL_CARD.md").read_text()
 
 
+def test_a_training_killed_as_it_began_is_still_ours(tmp_path):
+    """Killed between making <out>.partial and renaming its state.json into place (seen in the search test): the
+    folder holds only atomic_file's temp file, and the same command must start, not call it another's folder."""
+    from types import SimpleNamespace
+
+    from tower_detector.training.train import _start_state
+
+    partial = tmp_path / "m.partial"
+    partial.mkdir()
+    (partial / ".state.json.1a2b3c4d.tmp").write_text('{"params": ')
+    state, folder = _start_state(str(tmp_path / "m"), {"a": 1}, "none", SimpleNamespace(fingerprint="f"))
+    assert folder == str(partial) and os.listdir(partial) == ["state.json"] and state["params"] == {"a": 1}
+    (tmp_path / "n.partial").mkdir()
+    (tmp_path / "n.partial" / "notes.txt").write_text("someone's")
+    with pytest.raises(UserError, match="is not a training of ours"):
+        _start_state(str(tmp_path / "n"), {"a": 1}, "none", SimpleNamespace(fingerprint="f"))
+
+
 def test_killed_training_resumes_at_its_next_epoch(dataset, tmp_path):
     out = tmp_path / "m"
     (tmp_path / "p.json").write_text(json.dumps({"warmup_epochs": 2, "lr_schedule": "plateau"}))

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 
@@ -628,6 +629,7 @@ def _start_state(out, params, weights, data, in_place=False, init=None):
     for folder in dict.fromkeys([out, partial]):
         state = _read_state(folder)
         if state is None:
+            _drop_unwritten_state(folder)
             if os.path.lexists(folder) and not (os.path.isdir(folder) and not os.listdir(folder)):
                 raise UserError(f"{folder} exists and is not a training of ours: give a new or empty --out")
             continue
@@ -641,6 +643,15 @@ def _start_state(out, params, weights, data, in_place=False, init=None):
         raise UserError(f"cannot write the model to {partial}: {exc.strerror or exc}") from None
     _save_state(partial, identity)
     return identity, partial
+
+
+def _drop_unwritten_state(folder):
+    """A training killed as it began leaves its folder with no state.json but its temp file (atomic_file's
+    .state.json.<random>.tmp): such a folder is still ours, and empty."""
+    if os.path.isdir(folder) and not os.path.islink(folder):
+        for name in os.listdir(folder):
+            if re.fullmatch(r"\.state\.json\.[0-9a-f]+\.tmp", name):
+                os.remove(os.path.join(folder, name))
 
 
 def _read_state(folder):
