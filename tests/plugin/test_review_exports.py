@@ -88,7 +88,10 @@ def test_josm_gets_the_imagerys_name_and_no_tower_osm_has(review, plugin_setting
         assert confirmed["upload_policy"] == "false" and confirmed["layer_locked"] == "false"
         osm = ET.fromstring(confirmed["data"])
         [node] = osm.findall("node")
-        assert int(node.get("id")) < 0 and {t.get("k"): t.get("v") for t in node.findall("tag")} == {"power": "tower"}
+        tags = {t.get("k"): t.get("v") for t in node.findall("tag")}
+        assert int(node.get("id")) < 0 and tags.pop("power") == "tower"
+        assert tags == {"fixme": "position estimated by Tower Detector, not placed by a reviewer: move the node "
+                                 "onto the tower"}  # the confirmed point is the detector's, as no reviewer moved it
         assert (float(node.get("lon")), float(node.get("lat"))) == pytest.approx(centre(*review["empty"][0]),
                                                                                  abs=1e-6)
         changeset = {t.get("k"): t.get("v") for t in osm.find("changeset").findall("tag")}
