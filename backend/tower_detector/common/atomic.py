@@ -1,5 +1,6 @@
 """Outputs that appear whole or not at all: one file (atomic_file) or a folder of files (building, swap_in), and
-the small parts others build their own atomic writes from (temp_path, remove_if_present, fsync_folder).
+the small parts others build their own atomic writes from (temp_path, leftover_temps, remove_if_present,
+fsync_folder).
 
     with atomic_file("summary.csv", newline="") as f:    # a temp file beside it; fsync, os.replace on success
         csv.writer(f).writerows(rows)
@@ -45,6 +46,12 @@ def temp_path(path):
     """A fresh temp file name beside path, hidden and marked as temporary: .<name>.<random>.tmp."""
     folder, name = os.path.split(os.path.abspath(path))
     return os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+
+
+def leftover_temps(path):
+    """The temp files atomic_file left beside path when a kill stopped it before the rename."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))
 
 
 def remove_if_present(path):

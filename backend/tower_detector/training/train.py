@@ -24,13 +24,12 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import time
 
 import numpy as np
 
-from ..common.atomic import atomic_file, swap_in
+from ..common.atomic import atomic_file, leftover_temps, remove_if_present, swap_in
 from ..common.errors import UserError, one_line
 from .card import verdict, write_card
 from .evaluate import validation_summary
@@ -646,12 +645,11 @@ def _start_state(out, params, weights, data, in_place=False, init=None):
 
 
 def _drop_unwritten_state(folder):
-    """A training killed as it began leaves its folder with no state.json but its temp file (atomic_file's
-    .state.json.<random>.tmp): such a folder is still ours, and empty."""
+    """A training killed as it began leaves its folder with no state.json but atomic_file's temp file of it: such
+    a folder is still ours, and empty."""
     if os.path.isdir(folder) and not os.path.islink(folder):
-        for name in os.listdir(folder):
-            if re.fullmatch(r"\.state\.json\.[0-9a-f]+\.tmp", name):
-                os.remove(os.path.join(folder, name))
+        for tmp in leftover_temps(os.path.join(folder, "state.json")):
+            remove_if_present(tmp)
 
 
 def _read_state(folder):
