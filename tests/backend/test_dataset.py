@@ -216,6 +216,43 @@ def test_review_labels_add_positives_and_hard_negatives(sample_scene, tmp_path):
     assert key_confirmed in rows or key_rejected in rows  # at most one can be lost at a split border
 
 
+def test_review_labels_outside_the_area_join_the_dataset_as_their_own_tiles(sample_scene, tmp_path):
+    """Reviews come from a prediction elsewhere (scene B, another district): their decided tiles are labels wherever
+    they lie, while OSM's towers and the background stay those of --area."""
+    from tower_detector.geo.tilemath import tile_bounds_4326
+
+    x0, x1 = sample_scene["info"]["tile_range"]["x"]
+    y0, y1 = sample_scene["info"]["tile_range"]["y"]
+    half = (x0 + x1) // 2  # the area: the scene's western tiles x0..half; the reviews: east of it
+    w, _, _, n = tile_bounds_4326(x0, y0, 18)
+    _, s, e, _ = tile_bounds_4326(half, y1, 18)
+    area = tmp_path / "west.geojson"
+    area.write_text(json.dumps({"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}))
+    towers = load_towers(str(sample_scene["towers"]))
+    tower_tiles = {tuple(t) for t in positive_tiles(towers.lon, towers.lat, 18).tolist()}
+    east = [(x, y) for x in range(half + 2, x1 + 1) for y in range(y0, y1 + 1) if (x, y) not in tower_tiles]
+    confirmed, rejected = east[0], east[-1]
+
+    def centre(x, y):
+        w, s, e, n = tile_bounds_4326(x, y, 18)
+        return [(w + e) / 2, (s + n) / 2]
+
+    review = tmp_path / "review.geojson"
+    review.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"status": status},
+         "geometry": {"type": "Point", "coordinates": centre(*tile)}}
+        for status, tile in (("confirmed", confirmed), ("false_positive", rejected))]}))
+    summary = build({**sample_scene, "area": area}, tmp_path / "ds", extra_labels=str(review), split="1",
+                    block_size=1, background_ratio=0.5)
+    rows = {r["tile_id"]: r for r in read_index(tmp_path / "ds")}
+    assert summary["hard_negatives"] == 1 and summary["review_tiles_outside_area"] == 2
+    assert rows[f"{confirmed[0]}-{confirmed[1]}-18"]["label"] == "1"
+    assert rows[f"{rejected[0]}-{rejected[1]}-18"]["label"] == "0"
+    # everything else is the area's: OSM's towers and background east of it stay out
+    others = [r for key, r in rows.items() if key not in {f"{x}-{y}-18" for x, y in (confirmed, rejected)}]
+    assert others and all(int(r["x"]) <= half for r in others)
+
+
 def _tiles_on_lines(rows, towers_path):
     """The rows' tiles that a power=line crosses."""
     import shapely

@@ -95,11 +95,11 @@ def build_dataset(opts, *, splits=None, progress=None, log=print):
     points = load_towers(towers, area=region, tag_filter=tower_filter, cache_dir=cache_dir).within(region)
     log(f"{len(points)} towers ({tower_filter}) in the area from {points.source}")
     pos = positive_tiles(points.lon, points.lat, zoom)
-    hard_negatives = np.zeros((0, 2), dtype=np.int64)
-    if extra_labels:
-        pos, hard_negatives = _add_review_labels(extra_labels, region, zoom, pos, load_towers, log)
     pos = pos[cover.contains(pos[:, 0], pos[:, 1])]
-    hard_negatives = hard_negatives[cover.contains(hard_negatives[:, 0], hard_negatives[:, 1])]
+    hard_negatives = np.zeros((0, 2), dtype=np.int64)
+    n_outside = 0
+    if extra_labels:  # decided tiles count wherever they lie (a review of another area); OSM's stay the area's
+        pos, hard_negatives, n_outside = _add_review_labels(extra_labels, cover, zoom, pos, load_towers, log)
     if len(pos) == 0 and not force:
         raise UserError(f"no towers ({tower_filter}) in the area, so no positive tiles; "
                         "pass --force for a background-only dataset")
@@ -148,7 +148,7 @@ def build_dataset(opts, *, splits=None, progress=None, log=print):
                 write_tower_pixels(os.path.join(folder, "towers.csv"), points, written, zoom)
                 summary = _summarise(folder, written, skipped, splits, zoom, seed, block_size, background_ratio,
                                      tower_filter, points, source.description, towers, area, extra_labels,
-                                     len(hard_negatives), span_negatives, len(spans), by_line)
+                                     len(hard_negatives), n_outside, span_negatives, len(spans), by_line)
                 _write_label_maker_config(folder, region, towers, source.description, zoom, background_ratio, seed,
                                           splits, tower_filter)
         except OSError as exc:
@@ -191,15 +191,20 @@ def _cannot_write(out, exc):
     return UserError(f"cannot write the dataset to {out}: {exc.strerror or exc}")
 
 
-def _add_review_labels(path, region, zoom, pos, load_towers, log):
-    """Review decisions as labels: confirmed towers are positives, rejected candidates hard negatives."""
-    confirmed = load_towers(path, tag_filter="status=confirmed").within(region)
-    rejected = load_towers(path, tag_filter="status=false_positive").within(region)
-    log(f"review labels from {path}: {len(confirmed)} confirmed towers, {len(rejected)} false positives")
-    pos = np.unique(np.concatenate([pos, positive_tiles(confirmed.lon, confirmed.lat, zoom)]), axis=0)
+def _add_review_labels(path, cover, zoom, pos, load_towers, log):
+    """Review decisions as labels: confirmed towers are positives, rejected candidates hard negatives, inside the
+    area's cover or not: (positives, hard negatives, how many of the decided tiles lie outside the cover)."""
+    confirmed = load_towers(path, tag_filter="status=confirmed")
+    rejected = load_towers(path, tag_filter="status=false_positive")
+    reviewed = positive_tiles(confirmed.lon, confirmed.lat, zoom)
+    pos = np.unique(np.concatenate([pos, reviewed]), axis=0)
     # a false positive marks the tile that holds the candidate point, unless a tower is really there
-    negatives = positive_tiles(rejected.lon, rejected.lat, zoom, buffer=0)
-    return pos, _without(negatives, pos, zoom)
+    negatives = _without(positive_tiles(rejected.lon, rejected.lat, zoom, buffer=0), pos, zoom)
+    decided = np.concatenate([reviewed, negatives])
+    outside = int((~cover.contains(decided[:, 0], decided[:, 1])).sum()) if len(decided) else 0
+    log(f"review labels from {path}: {len(confirmed)} confirmed towers, {len(rejected)} false positives"
+        + (f"; {outside} of their tiles lie outside the area and join the dataset as their own" if outside else ""))
+    return pos, negatives, outside
 
 
 def span_tiles(lines, points, zoom):
@@ -451,7 +456,7 @@ def _write_npz(path, raws, splits, counts, written):
 
 
 def _summarise(out, written, skipped, splits, zoom, seed, block_size, background_ratio, tower_filter, points,
-               imagery_description, towers_spec, area_spec, extra_labels, n_hard_negatives, span_negatives,
+               imagery_description, towers_spec, area_spec, extra_labels, n_hard_negatives, n_outside, span_negatives,
                n_span_negatives, by_line):
     per_split = {}
     for name, fraction in splits:
@@ -463,6 +468,7 @@ def _summarise(out, written, skipped, splits, zoom, seed, block_size, background
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "zoom": zoom, "tiles": len(written), "splits": per_split, "skipped": len(skipped),
         "skipped_tiles": skipped[:100], "towers_in_area": len(points), "hard_negatives": n_hard_negatives,
+        "review_tiles_outside_area": n_outside,
         "span_negatives": span_negatives, "span_negative_tiles": n_span_negatives,
         "seed": seed, "block_size": block_size,
         # splits keep each power line's towers in one split; lines: the lines whose towers hold dataset tiles
