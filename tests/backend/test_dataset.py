@@ -216,9 +216,10 @@ def test_review_labels_add_positives_and_hard_negatives(sample_scene, tmp_path):
     assert key_confirmed in rows or key_rejected in rows  # at most one can be lost at a split border
 
 
-def test_review_labels_outside_the_area_join_the_dataset_as_their_own_tiles(sample_scene, tmp_path):
+def test_review_labels_outside_the_area_join_the_dataset_as_their_own_tiles(sample_scene, tmp_path, monkeypatch):
     """Reviews come from a prediction elsewhere (scene B, another district): their decided tiles are labels wherever
-    they lie, while OSM's towers and the background stay those of --area."""
+    they lie, while OSM's towers and the background stay those of --area. dataset.json records the files as
+    absolute paths, so that a retraining (the plugin's) can rebuild it from anywhere."""
     from tower_detector.geo.tilemath import tile_bounds_4326
 
     x0, x1 = sample_scene["info"]["tile_range"]["x"]
@@ -242,8 +243,12 @@ def test_review_labels_outside_the_area_join_the_dataset_as_their_own_tiles(samp
         {"type": "Feature", "properties": {"status": status},
          "geometry": {"type": "Point", "coordinates": centre(*tile)}}
         for status, tile in (("confirmed", confirmed), ("false_positive", rejected))]}))
-    summary = build({**sample_scene, "area": area}, tmp_path / "ds", extra_labels=str(review), split="1",
-                    block_size=1, background_ratio=0.5)
+    monkeypatch.chdir(tmp_path)
+    summary = build({**sample_scene, "area": "west.geojson"}, tmp_path / "ds", extra_labels="review.geojson",
+                    split="1", block_size=1, background_ratio=0.5)
+    assert summary["sources"]["area"] == str(area) and summary["sources"]["extra_labels"] == str(review)
+    assert summary["sources"]["towers_spec"] == str(sample_scene["towers"])
+    assert summary["sources"]["imagery_spec"] == str(sample_scene["imagery"])
     rows = {r["tile_id"]: r for r in read_index(tmp_path / "ds")}
     assert summary["hard_negatives"] == 1 and summary["review_tiles_outside_area"] == 2
     assert rows[f"{confirmed[0]}-{confirmed[1]}-18"]["label"] == "1"

@@ -475,14 +475,22 @@ def _summarise(out, written, skipped, splits, zoom, seed, block_size, background
         "split_by_line": {"line_aware": True, "lines": by_line["lines"], "towers_on_lines": by_line["towers_on_lines"],
                           "groups": by_line["groups"], "notes": by_line["notes"]},
         "background_ratio": background_ratio, "tower_filter": tower_filter,
-        "sources": {"area": str(area_spec), "towers": points.source, "imagery": imagery_description,
-                    "extra_labels": str(extra_labels) if extra_labels else None},
+        # area, towers_spec, imagery_spec and extra_labels as arguments a rebuild can take (files made absolute;
+        # the imagery redacted); towers and imagery: what they are, in words
+        "sources": {"area": _absolute(area_spec), "towers": points.source, "towers_spec": _absolute(towers_spec),
+                    "imagery": imagery_description, "imagery_spec": _absolute(imagery_description),
+                    "extra_labels": _absolute(extra_labels) if extra_labels else None},
         "image_size": 256, "classes": ["background", "tower"], "fingerprint": fingerprint,
         "warnings": _split_warnings(per_split),
     }
     with open(os.path.join(out, "dataset.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def _absolute(spec):
+    """A file's absolute path; anything else (a bbox, a URL, overpass) as it is."""
+    return os.path.abspath(str(spec)) if os.path.isfile(str(spec)) else str(spec)
 
 
 def _write_label_maker_config(out, region, towers_spec, imagery_description, zoom, background_ratio, seed, splits,
