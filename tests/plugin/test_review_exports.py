@@ -214,3 +214,61 @@ def test_the_buttons_ask_where_and_run(review, monkeypatch, tmp_path):
     count = len(started)
     dock.findChild(type(dock.next_button), "export_conflate").click()
     assert len(started) == count
+
+
+def test_retrain_with_review_decisions_prefills_from_the_candidates_and_runs(review, tmp_path):
+    """Issue 32: "Retrain with review decisions" on reviewed candidates. The candidates name their model, the model
+    its training data, whose dataset.json says how it was built: the dialog starts from that model, rebuilds that
+    data with the decisions, and says how many decisions of each kind go in. Its export and dataset steps run on
+    the real backend; the training step (train --init) is the backend's review-loop test."""
+    import subprocess
+
+    from tests.plugin.support import make_model_dir
+    from tower_detector_plugin.core import commands
+
+    dock, manager, path, scene = review["dock"], review["manager"], review["path"], review["scene"]
+    data = tmp_path / "ds1"
+    subprocess.run([support.real_cli(), "dataset", "--area", "area.geojson", "--towers", "towers.geojson",
+                    "--imagery", "scene.tif", "--out", str(data), "--split", "0.6,0.2,0.2", "--block-size", "2",
+                    "--background-ratio", "1", "--seed", "4"], cwd=scene, check=True, capture_output=True, timeout=300)
+    model = make_model_dir(tmp_path / "v1")
+    (model / "params.json").write_text(json.dumps({"data_dir": str(data), "backbone": "xception"}))
+    with sqlite3.connect(path) as db:  # as `results` copies the job's model into the job table
+        db.execute("INSERT INTO job (key, value) VALUES ('model', ?)", (str(model),))
+
+    dock.findChild(type(dock.next_button), "export_retrain").click()  # nothing decided yet: nothing to learn from
+    with pytest.raises(ValueError, match="no review decisions to learn from"):
+        review["exports"].retrain_dialog.build()
+    for status in ("confirmed", "unsure", "already_mapped", "false_positive"):  # 3 tower tiles, then an empty one
+        dock.decide(status)
+    dock.findChild(type(dock.next_button), "export_retrain").click()
+    dialog = review["exports"].retrain_dialog
+    assert dialog.isVisible()
+    assert dialog.init.filePath() == str(model) and dialog.area.path() == str(scene / "area.geojson")
+    assert dialog.towers.text() == str(scene / "towers.geojson")
+    assert dialog.imagery.resolved().spec == str(scene / "scene.tif")
+    said = dialog.decisions.text()
+    assert "confirmed tower: 1 → tower tiles" in said and "false positive: 1 → hard negatives" in said
+    assert "already mapped: 1" in said and "unsure / skip: 1" in said and "unreviewed: 1" in said
+    dialog.dataset_out.setFilePath(str(tmp_path / "ds2"))
+    dialog.model_out.setFilePath(str(tmp_path / "v2"))
+    job = dialog.build()
+    labels = str(tmp_path / "ds2-labels.gpkg")
+    export, dataset, train = job["steps"]
+    assert export == commands.export_args("labels", path, labels)
+    assert dataset[dataset.index("--extra-labels") + 1] == labels
+    assert dataset[dataset.index("--split") + 1] == "0.6,0.2,0.2" and dataset[dataset.index("--seed") + 1] == "4"
+    assert train == commands.train_args(str(tmp_path / "ds2"), str(tmp_path / "v2"), init=str(model))
+    assert job["outputs"]["model"] == str(tmp_path / "v2")
+
+    job_id = manager.start("dataset", job["title"], [export, dataset], out=str(tmp_path / "ds2"))
+    assert finish(manager, job_id)["status"] == "finished"
+    built = json.loads((tmp_path / "ds2" / "dataset.json").read_text())
+    assert built["sources"]["extra_labels"] == labels and built["hard_negatives"] == 1
+
+    (model / "params.json").unlink()  # the model is gone: the dialog says so and asks for one
+    dock.findChild(type(dock.next_button), "export_retrain").click()
+    dialog = review["exports"].retrain_dialog
+    assert "is not there any more" in dialog.notes.text() and dialog.init.filePath() == ""
+    with pytest.raises(ValueError, match="choose the model to start from"):
+        dialog.build()

@@ -1,4 +1,4 @@
-"""The job dialogs: Build training data, Train (or search) and Predict.
+"""The job dialogs: Build training data, Train (or search), Predict, and Retrain with review decisions.
 
 Each dialog's build() turns its widgets into a job (argument lists from core/commands.py, output paths, the secret
 environment) or raises ValueError with one line; run() starts it. Dialogs are non-modal, as QGIS's own.
@@ -20,7 +20,7 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core import commands, runner, settings
+from ..core import commands, retrain, runner, settings
 from ..core.parameters import (
     AREA,
     BACKBONE,
@@ -292,6 +292,79 @@ class PredictDialog(JobDialog):
                                        json_path=os.path.join(folder, "scores.json"))]
         return {"kind": "predict", "title": f"predict {name}", "steps": steps, "out": folder, "env": spec.env,
                 "outputs": {"store": store, "heatmap": heatmap, "candidates": candidates, "threshold": threshold}}
+
+
+class RetrainDialog(JobDialog):
+    """A reviewed candidates layer teaches the model that found it: export its decisions as labels, rebuild that
+    model's training data with them (the decided tiles join wherever they lie), and fine-tune the model on it.
+    Prefilled from the candidates' provenance (core/retrain.py); the counts say what goes in."""
+
+    title = "Tower Detector: retrain with review decisions"
+
+    def __init__(self, iface, manager, candidates, parent=None):
+        super().__init__(iface, manager, parent)
+        self.candidates = candidates
+        self.run_button.setText("Retrain")
+        found = retrain.provenance(candidates)
+        self.counts, dataset, sources = found["counts"], found["dataset"], found["dataset"].get("sources") or {}
+        self.dataset = dataset
+        layer = QLabel(os.path.basename(candidates))
+        layer.setToolTip(candidates)
+        self.decisions = QLabel(retrain.decisions_text(self.counts))
+        self.decisions.setWordWrap(True)
+        self.decisions.setToolTip("Confirmed towers become tower tiles and false positives hard negatives of the new "
+                                  "training set; the other decisions and unreviewed candidates are not used.")
+        self.notes = QLabel("\n".join(found["notes"]))
+        self.notes.setWordWrap(True)
+        self.form.addRow("Candidates", layer)
+        self.form.addRow("Decisions", self.decisions)
+        if found["notes"]:
+            self.form.addRow("", self.notes)
+        self.init = file_widget(QgsFileWidget.GetDirectory, path=found["model"])
+        self.area = AreaWidget(iface)
+        if sources.get("area") and os.path.isfile(sources["area"]):
+            self.area.set_path(sources["area"])
+        self.towers = QLineEdit(sources.get("towers_spec") or "overpass")
+        self.imagery = ImageryWidget()
+        if sources.get("imagery_spec"):
+            self.imagery.set_spec(sources["imagery_spec"])
+        stem = os.path.basename(found["model"].rstrip("/\\")) or "model"
+        self.dataset_out = file_widget(QgsFileWidget.GetDirectory, path=os.path.join(
+            settings.work_dir(), "datasets", f"{stem}-reviewed-{timestamp()}"))
+        self.model_out = file_widget(QgsFileWidget.GetDirectory, path=os.path.join(
+            settings.work_dir(), "models", f"{stem}-reviewed-{timestamp()}"))
+        self._add_rows((INIT, self.init), (AREA, self.area), (TOWERS, self.towers), (IMAGERY, self.imagery),
+                       (DATASET_OUT, self.dataset_out), (MODEL_OUT, self.model_out))
+        self.form.labelForField(self.dataset_out).setText("Training data folder")
+        self.form.labelForField(self.model_out).setText("New model folder")
+        self.epochs_fine = self._add_input(EPOCHS_FINE)
+
+    def build(self) -> dict:
+        if not any(self.counts.get(status) for status in retrain.LEARNED):
+            raise ValueError("no review decisions to learn from yet: confirm towers or mark false positives first")
+        model = self.init.filePath().strip()
+        if not model or not os.path.isfile(os.path.join(model, "params.json")):
+            raise ValueError("choose the model to start from (a folder made by Train)")
+        area = self.area.path()
+        towers = self.towers.text().strip()
+        if not towers:
+            raise ValueError("give the tower labels of the area: overpass, or a GeoJSON/GeoPackage file")
+        spec = self.imagery.resolved()
+        data = self._out_dir(self.dataset_out, "training data folder")
+        out = self._out_dir(self.model_out, "new model folder")
+        folder = data.rstrip("/\\")
+        labels = os.path.join(os.path.dirname(folder) or settings.work_dir(), os.path.basename(folder) + "-labels.gpkg")
+        d = self.dataset
+        steps = [commands.export_args("labels", self.candidates, labels),
+                 commands.dataset_args(area, towers, spec.spec, data, zoom=d.get("zoom", ZOOM.default),
+                                       background_ratio=d.get("background_ratio"), split=retrain.split_text(d) or None,
+                                       seed=d.get("seed"), block_size=d.get("block_size"),
+                                       tower_filter=d.get("tower_filter"), extra_labels=labels,
+                                       cache=os.path.join(settings.work_dir(), "cache"),
+                                       max_tiles=settings.value("area/max_tiles")),
+                 commands.train_args(data, out, init=model, epochs_fine=spin_value(self.epochs_fine))]
+        return {"kind": "train", "title": f"retrain {os.path.basename(out)}", "steps": steps, "out": out,
+                "outputs": {"dataset": data, "model": out, "labels": labels}, "env": spec.env}
 
 
 def _choices(param, texts=None, extra=()) -> QComboBox:

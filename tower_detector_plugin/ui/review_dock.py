@@ -123,7 +123,8 @@ class ReviewDock(QDockWidget):
                ("rapid", "Open in Rapid"), ("osm", ".osm of confirmed"), ("overlay", "GeoJSON overlay"),
                ("maproulette", "MapRoulette"), ("maproulette-cooperative", "MapRoulette (cooperative)"),
                ("tasking-manager", "Tasking Manager"), ("labels", "Training labels"),
-               ("conflate", "Conflate with OSM"))  # (what exportRequested says, the button's text)
+               ("conflate", "Conflate with OSM"), ("retrain", "Retrain with review decisions…"))
+    # (what exportRequested says, the button's text)
 
     def __init__(self, iface, parent=None):
         super().__init__("Tower Detector review", parent)

@@ -39,6 +39,7 @@ class ReviewExports(QObject):
         super().__init__(parent)
         self.iface, self.manager, self.dock = iface, manager, dock
         self.conflate_jobs = set()
+        self.retrain_dialog = None
         manager.finished.connect(self._job_finished)
 
     def candidates_path(self) -> str:
@@ -67,6 +68,8 @@ class ReviewExports(QObject):
                 self.josm_layers()
             elif kind in ("id", "rapid"):
                 self.open_editor(kind)
+            elif kind == "retrain":
+                self.retrain()
             elif kind == "conflate":
                 source = self._ask_osm_source()
                 if source is not False:
@@ -104,6 +107,16 @@ class ReviewExports(QObject):
         args = commands.export_args(kind, path, out, comment=tags["comment"], source=tags["source"],
                                     hashtags=tags["hashtags"])
         return self.manager.start("export", f"export {kind}", [args], out=out, outputs={"export": out})
+
+    def retrain(self):
+        """The Retrain dialog on the candidates under review (ui/job_dialogs.py RetrainDialog)."""
+        from .job_dialogs import RetrainDialog
+
+        if self.retrain_dialog is not None:
+            self.retrain_dialog.deleteLater()
+        self.retrain_dialog = RetrainDialog(self.iface, self.manager, self.candidates_path(), self.dock)
+        self.retrain_dialog.show()
+        return self.retrain_dialog
 
     # -- editors
     def josm(self) -> editors.JosmRemote:
