@@ -232,3 +232,38 @@ def test_status_vocabulary_matches_the_dataset_builder():
     assert {s for s, *_ in STATUSES} >= {"confirmed", "false_positive"}
     assert len({key for *_, key in STATUSES}) == len(STATUSES)
     assert UNREVIEWED == "unreviewed"
+
+
+def test_the_review_dock_fits_a_laptop_beside_the_results_dock(qgis_iface, plugin_settings):
+    """Issue 33: the review dock needed 855 px with no scroll area, so QGIS grew past a 1000 px screen and the
+    export buttons went off it. On a 1366 x 768 laptop, QGIS's title, menus, two toolbar rows, status bar and a
+    task bar leave the right dock area about 560 px: the review dock and the results dock fit in it together, all
+    of the review dock shown. On a smaller screen it scrolls instead of growing the window."""
+    from qgis.PyQt.QtWidgets import QMainWindow, QScrollArea, QWidget
+
+    from tower_detector_plugin.ui.results_dock import ResultsDock
+
+    window = QMainWindow()
+    window.setCentralWidget(QWidget())
+    review, results = ReviewDock(qgis_iface, window), ResultsDock(window)
+    for dock in (results, review):
+        window.addDockWidget(Qt.RightDockWidgetArea, dock)
+    window.resize(1366, 560)
+    window.show()
+    for _ in range(3):  # the collapsible boxes collapse once shown, then the scroll area lays out again
+        QApplication.processEvents()
+    try:
+        scroll = review.findChild(QScrollArea)
+        title = review.height() - scroll.height()  # the dock's title bar
+        assert scroll.widget().sizeHint().height() + title + results.height() <= 560
+        assert scroll.verticalScrollBar().maximum() == 0  # nothing hidden below the fold
+        assert review.width() <= 500 and window.width() == 1366
+        for kind in ReviewDock.EXPORTS:  # every action is reachable: a button, or an entry of a menu button
+            assert review.export_actions[kind[0]] is not None
+        window.resize(1366, 400)  # a smaller screen: the window keeps its size, the dock scrolls
+        QApplication.processEvents()
+        assert window.height() == 400 and scroll.verticalScrollBar().maximum() > 0
+    finally:
+        review.marks.remove()
+        window.hide()
+        window.deleteLater()

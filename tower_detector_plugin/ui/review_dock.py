@@ -13,8 +13,8 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.gui import QgsMapToolEmitPoint, QgsRubberBand, QgsVertexMarker
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.gui import QgsCollapsibleGroupBox, QgsMapToolEmitPoint, QgsRubberBand, QgsVertexMarker
+from qgis.PyQt.QtCore import QSize, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QKeySequence
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -23,13 +23,15 @@ from qgis.PyQt.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMenu,
     QPushButton,
+    QScrollArea,
     QShortcut,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -119,12 +121,16 @@ class ReviewDock(QDockWidget):
     exportRequested = pyqtSignal(str)  # "josm-zoom", "josm-layers", "id", "rapid", "osm", "overlay", ...
     decided = pyqtSignal(int, str)  # fid, status
 
-    EXPORTS = (("josm-zoom", "JOSM: load here"), ("josm-layers", "JOSM: send layers"), ("id", "Open in iD"),
-               ("rapid", "Open in Rapid"), ("osm", ".osm of confirmed"), ("overlay", "GeoJSON overlay"),
-               ("maproulette", "MapRoulette"), ("maproulette-cooperative", "MapRoulette (cooperative)"),
-               ("tasking-manager", "Tasking Manager"), ("labels", "Training labels"),
-               ("conflate", "Conflate with OSM"), ("retrain", "Retrain with review decisions…"))
-    # (what exportRequested says, the button's text)
+    # (what exportRequested says, its text): menus of the editors and of the file exports, then buttons
+    EDITORS = (("josm-zoom", "JOSM: load here"), ("josm-layers", "JOSM: send layers"), ("id", "Open in iD"),
+               ("rapid", "Open in Rapid"))
+    FILES = (("osm", ".osm of confirmed towers"), ("overlay", "GeoJSON overlay"), ("maproulette", "MapRoulette"),
+             ("maproulette-cooperative", "MapRoulette (cooperative)"), ("tasking-manager", "Tasking Manager"),
+             ("labels", "Training labels"))
+    BUTTONS = (("conflate", "Conflate…", "Conflate with OSM: mark the candidates OSM already has"),
+               ("retrain", "Retrain…", "Retrain with review decisions: the confirmed towers and false positives "
+                                       "teach the model that found them"))
+    EXPORTS = EDITORS + FILES + tuple(b[:2] for b in BUTTONS)
 
     def __init__(self, iface, parent=None):
         super().__init__("Tower Detector review", parent)
@@ -139,7 +145,9 @@ class ReviewDock(QDockWidget):
 
         body = QWidget()
         layout = QVBoxLayout(body)
-        self.layer_label = QLabel("No candidates loaded: use Load results, then Review candidates.")
+        layout.setSpacing(4)
+        layout.setContentsMargins(4, 4, 4, 4)
+        self.layer_label = QLabel("No candidates: Load results, then Review candidates.")
         self.layer_label.setWordWrap(True)
         layout.addWidget(self.layer_label)
         layout.addWidget(self._filter_box())
@@ -148,31 +156,44 @@ class ReviewDock(QDockWidget):
         layout.addWidget(self._changeset_box())
         layout.addWidget(self._export_box())
         layout.addStretch(1)
-        self.setWidget(body)
+        # it fits a 1366 x 768 laptop beside the results dock (tests/plugin/test_review.py); on a smaller screen it
+        # scrolls rather than push QGIS's window past the screen
+        scroll = _ScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
         self._connect_inputs()
         self.shortcuts = self._make_shortcuts()
         self._show_current()
 
     # -- building the panel, top to bottom
-    def _filter_box(self) -> QGroupBox:
+    def _filter_box(self) -> QgsCollapsibleGroupBox:
         """Score range, status, "only inside the current view", and whether to hide the heatmap."""
-        filters = QGroupBox("Filter")
-        form = QFormLayout(filters)
+        filters = QgsCollapsibleGroupBox("Filter")
+        filters.setObjectName("review_filter")
+        grid = QGridLayout(filters)
+        grid.setContentsMargins(6, 2, 6, 2)
+        grid.setVerticalSpacing(2)
         self.min_score, self.max_score = _score_spin(0.0), _score_spin(1.0)
         scores = QHBoxLayout()
+        scores.addWidget(QLabel("Score"))
         scores.addWidget(self.min_score)
         scores.addWidget(QLabel("to"))
         scores.addWidget(self.max_score)
-        form.addRow("Score", scores)
         self.status_filter = QComboBox()
         for text, _statuses in STATUS_FILTERS:
             self.status_filter.addItem(text)
-        form.addRow("Status", self.status_filter)
-        self.in_view = QCheckBox("Only inside the current view")
-        form.addRow("", self.in_view)
-        self.hide_heatmap = QCheckBox("Hide the heatmap while reviewing (it covers the imagery)")
+        self.status_filter.setToolTip("Which candidates Next and Previous go through, by their review status")
+        scores.addWidget(self.status_filter, 1)
+        grid.addLayout(scores, 0, 0, 1, 2)
+        self.in_view = QCheckBox("Only in view")
+        self.in_view.setToolTip("Only the candidates inside the current map view")
+        self.hide_heatmap = QCheckBox("Hide heatmap")
+        self.hide_heatmap.setToolTip("Hide the heatmap while reviewing: it covers the imagery")
         self.hide_heatmap.setChecked(True)
-        form.addRow("", self.hide_heatmap)
+        grid.addWidget(self.in_view, 1, 0)
+        grid.addWidget(self.hide_heatmap, 1, 1)
         return filters
 
     def _add_navigation(self, layout) -> None:
@@ -196,33 +217,41 @@ class ReviewDock(QDockWidget):
         layout.addLayout(nav)
 
     def _add_decision_inputs(self, layout) -> None:
-        """A button per status (with its key), the note, moving the tower point, the reviewer, the progress."""
+        """A button per status (with its key), the note, moving the tower point, the progress."""
         grid = QGridLayout()
+        grid.setSpacing(3)
         self.status_buttons = {}
         for n, (status, text, key) in enumerate(STATUSES):
             button = QPushButton(f"{text} [{key}]")
             button.setObjectName(f"status_{status}")
+            button.setToolTip(f"Decide the current candidate: {text.lower()} (key {key}), then go to the next")
             button.clicked.connect(lambda _checked=False, s=status: self.decide(s))
             grid.addWidget(button, n // 2, n % 2)
             self.status_buttons[status] = button
         layout.addLayout(grid)
+        row = QHBoxLayout()
         self.note = QLineEdit()
         self.note.setPlaceholderText("Note (saved with the decision)")
-        layout.addWidget(self.note)
-        self.move_button = QPushButton("Move tower point (click the tower on the map)")
+        row.addWidget(self.note, 2)
+        self.move_button = QPushButton("Move tower point")
+        self.move_button.setToolTip("Then click the tower on the map: the point exported to OSM goes there")
         self.move_button.setCheckable(True)
-        layout.addWidget(self.move_button)
-        who = QFormLayout()
-        self.reviewer = QLineEdit(settings.value("review/reviewer") or login_name())
-        who.addRow("Reviewer", self.reviewer)
-        layout.addLayout(who)
+        row.addWidget(self.move_button)
+        layout.addLayout(row)
         self.progress_label = QLabel("")
         layout.addWidget(self.progress_label)
 
-    def _changeset_box(self) -> QGroupBox:
-        """The changeset tags, saved in the settings as they are edited."""
-        changeset = QGroupBox("Changeset tags (pre-filled in JOSM, iD, Rapid and the .osm file)")
+    def _changeset_box(self) -> QgsCollapsibleGroupBox:
+        """The reviewer, and the changeset tags, saved in the settings as they are edited."""
+        changeset = QgsCollapsibleGroupBox("Reviewer and changeset tags")
+        changeset.setObjectName("review_changeset")
+        changeset.setToolTip("The reviewer saved with each decision; the tags pre-filled in JOSM, iD, Rapid and the "
+                             ".osm file")
+        changeset.setCollapsed(True)  # set once: out of the way while reviewing
         tags = QFormLayout(changeset)
+        self.reviewer = QLineEdit(settings.value("review/reviewer") or login_name())
+        self.reviewer.setToolTip("Your name, saved with each decision")
+        tags.addRow("Reviewer", self.reviewer)
         self.changeset = {}
         for key, label in (("comment", "Comment"), ("source", "Source"), ("hashtags", "Hashtags")):
             edit = QLineEdit(settings.value(f"review/{key}"))
@@ -232,14 +261,34 @@ class ReviewDock(QDockWidget):
         self.changeset["source"].setPlaceholderText("the imagery, e.g. Esri World Imagery")
         return changeset
 
-    def _export_box(self) -> QGroupBox:
-        exports = QGroupBox("OSM editing and exports (nothing is uploaded by itself)")
-        grid = QGridLayout(exports)
-        for n, (kind, text) in enumerate(self.EXPORTS):
+    def _export_box(self) -> QWidget:
+        exports = QWidget()
+        exports.setToolTip("Nothing is uploaded by itself: every path ends in an editor or a file a person checks")
+        grid = QHBoxLayout(exports)
+        grid.setContentsMargins(0, 0, 0, 0)
+        self.export_actions = {}  # kind -> the QAction (a menu entry) or QPushButton that asks for it
+        for title, entries in (("OSM editors", self.EDITORS), ("Export", self.FILES)):
+            button = QToolButton()
+            button.setText(title)
+            button.setObjectName(f"menu_{title.split()[-1].lower()}")
+            button.setPopupMode(QToolButton.InstantPopup)
+            button.setToolButtonStyle(Qt.ToolButtonTextOnly)
+            button.setSizePolicy(button.sizePolicy().Expanding, button.sizePolicy().Fixed)
+            menu = QMenu(button)
+            for kind, text in entries:
+                action = menu.addAction(text)
+                action.setObjectName(f"export_{kind}")
+                action.triggered.connect(lambda _checked=False, k=kind: self.exportRequested.emit(k))
+                self.export_actions[kind] = action
+            button.setMenu(menu)
+            grid.addWidget(button)
+        for kind, text, tip in self.BUTTONS:
             button = QPushButton(text)
+            button.setToolTip(tip)
             button.setObjectName(f"export_{kind}")
             button.clicked.connect(lambda _checked=False, k=kind: self.exportRequested.emit(k))
-            grid.addWidget(button, n // 2, n % 2)
+            self.export_actions[kind] = button
+            grid.addWidget(button)
         return exports
 
     def _connect_inputs(self) -> None:
@@ -299,8 +348,9 @@ class ReviewDock(QDockWidget):
             pass
 
     def _show_layer_label(self):
-        self.layer_label.setText(f"Reviewing {self.session.layer.name()} ({len(self.session.fids):,} candidates in "
-                                 f"the layer's filter), best score first.")
+        self.layer_label.setText(f"{self.session.layer.name()}: {len(self.session.fids):,} candidates, best first")
+        self.layer_label.setToolTip(f"Reviewing {self.session.layer.name()}: {len(self.session.fids):,} candidates in "
+                                    "the layer's filter (the results dock's threshold), best score first")
 
     def _layer_filter_changed(self):
         """The threshold moved: read the candidates in the new filter, keeping the current one if it still shows."""
@@ -437,6 +487,16 @@ class ReviewDock(QDockWidget):
             shortcut.setEnabled(False)
             shortcut.deleteLater()
         self.shortcuts = []
+
+
+class _ScrollArea(QScrollArea):
+    """A scroll area that asks for all of its content's height (Qt's own asks for a fixed, smaller box), so that
+    the dock is given its whole height when the screen has it, and scrolls only when it has not."""
+
+    def sizeHint(self):
+        if self.widget() is None:
+            return super().sizeHint()
+        return self.widget().sizeHint() + QSize(self.verticalScrollBar().sizeHint().width(), 2 * self.frameWidth())
 
 
 def _score_spin(value) -> QDoubleSpinBox:
