@@ -244,8 +244,10 @@ def test_predict_dialog_runs_predict_then_results_with_the_models_threshold(qgis
     job = dialog.build()
     folder = tmp_path / "results" / "p1"
     predict, merge = job["steps"]
+    # a local run's chunks hold a minute of work at the Settings' rate (10 tiles/s), so a cancel loses little
     assert predict == commands.predict_args(str(model), str(tmp_path / "scene.tif"), str(folder / "store"),
-                                            area=area_file, workers=4, max_tiles=100_000_000, views=8)
+                                            area=area_file, workers=4, max_tiles=100_000_000, views=8,
+                                            checkpoint_every=600)
     assert predict[predict.index("--views") + 1] == "8"
     assert merge == commands.results_args(str(folder / "store"), heatmap=str(folder / "heatmap.tif"),
                                           candidates=str(folder / "candidates.gpkg"), threshold=0.54,

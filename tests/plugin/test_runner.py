@@ -340,3 +340,59 @@ def test_scores_all_alike_warn_of_a_carpet_and_a_dataset_without_test_towers_say
                                            env={"FAKE_WARNINGS": json.dumps([warning])}))
     [text] = bar.get_messages(Qgis.Warning)
     assert warning in text and warning in job["message"] and job["verdict"] == "warn"
+
+
+# On SIGTERM, finishes the chunk under way for 11 s, reporting as it goes, writes it, and stops as predict does.
+FINISHES_ITS_CHUNK = """
+import signal
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+print(json.dumps({"event": "progress", "done": 1, "total": 100}), flush=True)
+while not stop:
+    time.sleep(0.05)
+for i in range(22):
+    time.sleep(0.5)
+    print(json.dumps({"event": "progress", "done": 2 + i, "total": 100}), flush=True)
+open(os.environ["CHUNK_FILE"], "w").write("written")
+print(json.dumps({"event": "error", "kind": "interrupted", "message": "stopped on SIGTERM after writing 1 chunks; "
+                  "run the same command again to resume"}), flush=True)
+sys.exit(143)
+"""
+
+# On SIGTERM, says nothing more and never ends.
+HANGS = """
+import signal
+signal.signal(signal.SIGTERM, lambda *a: None)
+print(json.dumps({"event": "progress", "done": 1, "total": 100}), flush=True)
+time.sleep(300)
+"""
+
+
+def test_cancel_waits_while_the_backend_finishes_its_chunk(qgis_iface, fake_backend, tmp_path, monkeypatch):
+    """Issue 33: a cancelled predict lost the chunk under way (SIGKILL came 10 s after SIGTERM, a chunk took
+    500 s). Cancel now waits while the backend still reports progress, so the chunk is written; the job says
+    cancelled, and how to resume."""
+    monkeypatch.setenv("CHUNK_FILE", str(tmp_path / "chunk"))
+    fake_backend(FINISHES_ITS_CHUNK)
+    manager = JobManager(qgis_iface)
+    job_id = manager.start("predict", "predict long", [["predict", "--events"]])
+    wait_until(lambda: manager.store.get(job_id).get("progress", 0) > 0, 30, "the first progress")
+    manager.cancel(job_id)
+    wait_until(lambda: manager.store.get(job_id)["status"] not in ("queued", "running"), 60, "the job to end")
+    job = manager.store.get(job_id)
+    assert (tmp_path / "chunk").read_text() == "written"
+    assert job["status"] == "cancelled" and "run it again to resume" in job["message"]
+
+
+def test_cancel_kills_a_backend_that_has_gone_silent(tmp_path, fake_backend, monkeypatch):
+    monkeypatch.setattr(runner, "STOP_SILENT_S", 1.0)
+    script = fake_backend(HANGS)
+    task = CliTask("hangs", [["predict", "--events"]], runner.locate(str(script)))
+    events, ended = [], []
+    task.eventReceived.connect(events.append)
+    task.done.connect(ended.append)
+    QgsApplication.taskManager().addTask(task)
+    wait_until(lambda: bool(events), 30)
+    task.cancel()
+    wait_until(lambda: bool(ended), 20, "SIGKILL after a second of silence")
+    assert ended[0].canceled and ended[0].outcome.returncode == -9

@@ -22,6 +22,15 @@ def estimate_cost(tiles: int) -> Estimate:
     return Estimate(local, gpu, gpu / workers, gpu * settings.value("estimate/remote_usd_per_hour"), workers)
 
 
+CHUNK_SECONDS = 60  # a local prediction's chunk: about a minute of work, so a cancel or a crash loses little
+
+
+def local_chunk_tiles() -> int:
+    """Tiles per chunk of a local prediction: a minute at this computer's rate (Settings), within 100 to 5,000
+    (the backend's default, sized for S3)."""
+    return int(min(5000, max(100, round(settings.value("estimate/local_tiles_per_s") * CHUNK_SECONDS))))
+
+
 def format_hours(hours: float) -> str:
     if hours < 1 / 60:
         return f"{max(hours * 3600, 1):.0f} s"

@@ -158,7 +158,9 @@ class JobManager(QObject):
                 return
             self._end(job_id, "finished", str(result.get("message") or "done").splitlines()[0], result=result)
         elif end.canceled:
-            self._end(job_id, "cancelled", "cancelled")
+            safe = ((end.outcome.error if end.outcome else None) or {}).get("kind") == "interrupted"
+            self._end(job_id, "cancelled", "cancelled at a safe point: what it finished is kept; run it again to "
+                      "resume" if safe else "cancelled")
         else:
             kind = ((end.outcome.error if end.outcome else None) or {}).get("kind")
             self._end(job_id, "stopped" if kind == "interrupted" else "failed", end.reason)

@@ -70,7 +70,8 @@ METRIC = Parameter("--metric", "Search picks by", "pr_auc", choices=("pr_auc", "
 # -- predict and results
 WORKERS = Parameter("--workers", "Imagery workers", None, 0, 256, "Concurrent imagery requests and decoders.")
 CHECKPOINT_EVERY = Parameter("--checkpoint-every", "Checkpoint every (tiles)", None, 0, 1_000_000,
-                             "Tiles per chunk of the results store: a stopped run resumes from the last chunk.")
+                             "Tiles per chunk of the results store: a stopped run resumes from the last chunk. "
+                             "Default: about a minute of work on this computer, 5,000 on AWS.")
 SHARDS = Parameter("--shards", "Shards", None, 0, 1000,
                    "Split the job into N parts by tile column, for parallel workers.")
 VIEWS = Parameter("--views", "Views per tile", 1, choices=(1, 2, 4, 8),

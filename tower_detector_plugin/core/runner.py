@@ -24,7 +24,10 @@ from .redaction import redact
 
 EXE = "tower-detector.exe" if sys.platform == "win32" else "tower-detector"
 DEV_CHECKOUT_CLI = Path(__file__).resolve().parents[2] / ".venv" / ("Scripts" if sys.platform == "win32" else "bin")
-KILL_GRACE_S = 10.0  # SIGTERM first: predict writes the chunk under way and exits; then SIGKILL the group
+# A cancel sends SIGTERM: predict finishes the chunk under way (reporting progress as it goes), writes it and
+# exits. SIGKILL comes only once the backend has said nothing for STOP_SILENT_S, or after STOP_MAX_S in all.
+STOP_SILENT_S = 30.0
+STOP_MAX_S = 900.0
 STDERR_KEEP = 200_000  # characters of stderr kept for the log panel (the tail; tracebacks end there)
 
 
@@ -128,20 +131,31 @@ def _popen_options() -> dict:
     return {"start_new_session": True}
 
 
-def kill_tree(proc: subprocess.Popen, grace: float = KILL_GRACE_S) -> None:
-    """End proc and everything in its process group: SIGTERM, then SIGKILL after `grace` seconds."""
+def kill_tree(proc: subprocess.Popen, last_heard=None, silent: float = None, longest: float = None) -> None:
+    """End proc and everything in its process group at a safe point: SIGTERM, then wait while it still reports
+    (last_heard(): the monotonic time of its latest event), and SIGKILL once it has been silent for `silent` seconds
+    or `longest` have passed."""
     if sys.platform == "win32":
         subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)], capture_output=True, check=False)
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return  # the whole group is gone
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _group_alive(proc.pid):
-            proc.poll()
-            time.sleep(0.05)
+    silent = STOP_SILENT_S if silent is None else silent
+    longest = STOP_MAX_S if longest is None else longest
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return  # the whole group is gone
+    asked = time.monotonic()
+    while _group_alive(proc.pid):
+        now = time.monotonic()
+        heard = max(asked, last_heard() if last_heard else asked)
+        if now - heard > silent or now - asked > longest:
+            break
+        proc.poll()
+        time.sleep(0.05)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -169,11 +183,13 @@ def run(cli: Cli, args, *, env=None, on_event=None, is_canceled=None, cwd=None) 
             for chunk in iter(lambda: proc.stderr.read(4096), ""):
                 stderr_parts.append(chunk)
 
+        heard = [time.monotonic()]  # when the backend last said something on stdout
+
         def watch():
             while proc.poll() is None:
                 if is_canceled and is_canceled():
                     out.canceled = True
-                    kill_tree(proc)
+                    kill_tree(proc, last_heard=lambda: heard[0])
                     return
                 time.sleep(0.1)
 
@@ -181,6 +197,7 @@ def run(cli: Cli, args, *, env=None, on_event=None, is_canceled=None, cwd=None) 
         for thread in threads:
             thread.start()
         for line in proc.stdout:
+            heard[0] = time.monotonic()
             if not line.strip():
                 continue
             event = parse_event(line)

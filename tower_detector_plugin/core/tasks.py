@@ -46,7 +46,11 @@ class CliTask(QgsTask):
     done = pyqtSignal(object)
 
     def __init__(self, title: str, steps: list, cli: runner.Cli, env: dict = None):
-        super().__init__(title, QgsTask.CanCancel)
+        # QGIS 3.26+ has Silent: no OS notification, since the job manager says how each job ended
+        flags = QgsTask.CanCancel
+        if hasattr(QgsTask, "Silent"):
+            flags |= QgsTask.Silent
+        super().__init__(title, flags)
         self.steps = [list(step) for step in steps]
         self.cli = cli
         self.env = dict(env or {})
@@ -58,10 +62,12 @@ class CliTask(QgsTask):
         return self.results[-1] if self.results else None
 
     def run(self) -> bool:
+        """True when every step succeeded, or when the user cancelled: a cancel is no failure, and QGIS would
+        announce a False as "Task failed" (the TaskEnd says canceled)."""
         n = len(self.steps)
         for i, args in enumerate(self.steps):
             if self.isCanceled():
-                return False
+                return True
 
             def on_event(event, i=i):
                 progress = runner.step_progress(event, i, n)
@@ -78,6 +84,8 @@ class CliTask(QgsTask):
                 self.start_error = f"could not start {self.cli.command[0]}: {exc}"
                 return False
             self.results.append(result)
+            if result.canceled:
+                return True
             if not result.ok:
                 if result.stderr.strip() and not result.canceled:
                     QgsMessageLog.logMessage(f"{self.description()} failed; tower-detector stderr:\n{result.stderr}",
@@ -87,7 +95,8 @@ class CliTask(QgsTask):
         return True
 
     def finished(self, result: bool):  # main thread, however run() ended
-        ok = bool(result) and len(self.results) == len(self.steps)
+        ok = bool(result) and not self.isCanceled() and len(self.results) == len(self.steps) and all(
+            r.ok for r in self.results)
         self.done.emit(TaskEnd(ok, self.isCanceled(), "" if ok else self.reason(), list(self.results)))
 
     def reason(self) -> str:

@@ -58,6 +58,7 @@ from ..core.parameters import (
     WORKERS,
     ZOOM,
 )
+from ..core.estimates import local_chunk_tiles
 from ..core.point_export import export_layer_points
 from ..core.result_layers import recommended_threshold
 from .widgets import ERROR_STYLE, AreaWidget, ImageryWidget, file_widget, parameter_input, spin_value, timestamp
@@ -285,6 +286,8 @@ class PredictDialog(JobDialog):
             job = {"kind": "predict", "title": f"predict {name}", "out": folder, "env": spec.env,
                    "steps": [commands.predict_args(model, spec.spec, store, **options)]}
             return _maybe_remote(job, self.where, name=name, threshold=threshold)
+        if options["checkpoint_every"] is None:  # a local run: chunks of about a minute, so a cancel loses little
+            options["checkpoint_every"] = local_chunk_tiles()
         store = os.path.join(folder, "store")
         heatmap, candidates = os.path.join(folder, "heatmap.tif"), os.path.join(folder, "candidates.gpkg")
         steps = [commands.predict_args(model, spec.spec, store, **options),
