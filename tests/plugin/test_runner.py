@@ -396,3 +396,44 @@ def test_cancel_kills_a_backend_that_has_gone_silent(tmp_path, fake_backend, mon
     task.cancel()
     wait_until(lambda: bool(ended), 20, "SIGKILL after a second of silence")
     assert ended[0].canceled and ended[0].outcome.returncode == -9
+
+
+def test_progress_text_says_epochs_rates_and_retries():
+    """Issue 33: the Message column stayed empty while jobs ran. What each kind of event shows there."""
+    import time
+
+    epoch = {"event": "progress", "done": 2, "total": 10, "stage": "epochs", "loss": 0.41234, "val_auc": 0.8712}
+    assert runner.progress_text(epoch) == "epoch 2/10: loss 0.412, validation AUC 0.871"
+    tiles = {"event": "progress", "done": 1500, "total": 7500, "stage": "tiles"}
+    assert runner.progress_text(tiles) == "1,500/7,500 tiles"
+    # 1,000 tiles in the 10 s since the stage's first event (500 done): 100/s, 6,000 left: 60 s
+    assert runner.progress_text(tiles, since=(time.monotonic() - 10, 500)) == \
+        "1,500/7,500 tiles, 100.0/s, about 60 s left"
+    assert runner.progress_text({**tiles, "tiles_per_second": 2.0}) == "1,500/7,500 tiles, 2.0/s, about 50 min left"
+    retry = {"event": "log", "message": "Overpass answered 429: retrying 2/5 in 8 s\nmore"}
+    assert runner.progress_text(retry) == "Overpass answered 429: retrying 2/5 in 8 s"
+    assert runner.progress_text({"event": "result", "message": "done"}) is None
+
+
+def test_the_jobs_panel_shows_what_the_backend_says_while_it_runs(qgis_iface, fake_backend, tmp_path, monkeypatch):
+    fake_backend("""
+print(json.dumps({"event": "log", "message": "Overpass answered 429: retrying 2/5 in 8 s"}), flush=True)
+time.sleep(1.5)
+print(json.dumps({"event": "progress", "done": 2, "total": 10, "stage": "epochs", "loss": 0.41234,
+                  "val_auc": 0.8712}), flush=True)
+time.sleep(1.5)
+open(os.environ["GO_FILE"], "w").write("")
+time.sleep(3)
+""")
+    monkeypatch.setenv("GO_FILE", str(tmp_path / "go"))
+    manager = JobManager(qgis_iface)
+    dock = JobsDock(manager)
+    job_id = manager.start("train", "train m1", [["train", "--events"]])
+    seen = set()
+    manager.changed.connect(lambda _id: seen.add(manager.store.get(job_id)["message"]))
+    wait_until(lambda: (tmp_path / "go").exists(), 30, "the backend's events")
+    wait_until(lambda: "epoch 2/10: loss 0.412, validation AUC 0.871" in seen, 10, "the epoch line")
+    assert "Overpass answered 429: retrying 2/5 in 8 s" in seen
+    messages = [dock.table.item(0, c).text() for c in range(dock.table.columnCount()) if dock.table.item(0, c)]
+    assert "epoch 2/10: loss 0.412, validation AUC 0.871" in messages
+    wait_until(lambda: manager.store.get(job_id)["status"] == "finished", 30)

@@ -91,6 +91,8 @@ class JobManager(QObject):
         self.iface = iface
         self.store = JobStore(os.path.join(work_dir or settings.work_dir(), "jobs.json"))
         self.tasks = {}  # job id -> CliTask; Python must keep them while QGIS runs them
+        self._since = {}  # job id -> (monotonic time, done, stage) at the first progress event of its stage
+        self._shown = {}  # job id -> when its progress text was last written
         self.pollers = {}
         for job in self.store.jobs:
             if job.get("status") == "submitted" and job.get("remote"):
@@ -140,6 +142,23 @@ class JobManager(QObject):
     def _event(self, job_id, event):
         if event.get("event") == "result" and event.get("message"):
             QgsMessageLog.logMessage(str(event["message"]), LOG_TAG, Qgis.Success)
+        if event.get("event") == "progress":  # the rate counts from the first progress event of each stage
+            since = self._since.get(job_id)
+            if since is None or since[2] != event.get("stage") or event.get("done", 0) < since[1]:
+                since = self._since[job_id] = (time.monotonic(), event.get("done", 0), event.get("stage"))
+        text = runner.progress_text(event, self._since.get(job_id))
+        job = self.store.get(job_id)
+        # at most once a second: each update rewrites jobs.json and redraws the panel
+        if text and job is not None and job.get("status") == "running" and \
+                self._shown.get(job_id, 0) + 1.0 < time.monotonic():
+            self._shown[job_id] = time.monotonic()
+            task = self.tasks.get(job_id)
+            try:
+                if task is not None:  # the task manager's line
+                    task.setDescription(f"Tower Detector: {job['title']}: {text}")
+            except RuntimeError:  # QGIS has deleted the task
+                pass
+            self._set(job_id, message=text)
 
     def _task_done(self, job_id, end):
         self.tasks.pop(job_id, None)

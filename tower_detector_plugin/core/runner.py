@@ -98,6 +98,37 @@ def step_progress(event: dict, step: int, steps: int):
     return 100.0 * (step + fraction) / steps
 
 
+def progress_text(event: dict, since=None):
+    """A line for the Jobs panel and the task manager from an event, or None: a training's epoch with its loss and
+    validation AUC, tiles done with the rate and the time left (since: (monotonic time, done) at the first progress
+    event of this stage, or None), a search's trial, a log event's first line (e.g. Overpass retrying)."""
+    kind = event.get("event")
+    if kind == "log":
+        lines = str(event.get("message") or "").strip().splitlines()
+        return lines[0][:160] if lines else None
+    if kind != "progress" or not event.get("total"):
+        return None
+    done, total, stage = event.get("done", 0), event["total"], event.get("stage")
+    if stage == "epochs":
+        text = f"epoch {done}/{total}"
+        figures = [f"{name} {event[key]:.3f}" for key, name in (("loss", "loss"), ("val_auc", "validation AUC"))
+                   if isinstance(event.get(key), (int, float))]
+        return text + (": " + ", ".join(figures) if figures else "")
+    if stage == "trials":
+        return f"trial {done}/{total}" + (f", this trial {event['value']:.3f}"
+                                           if isinstance(event.get("value"), (int, float)) else "")
+    text = f"{done:,}/{total:,} {stage or 'done'}"
+    rate = event.get("tiles_per_second")
+    if rate is None and since is not None:
+        seconds = time.monotonic() - since[0]
+        rate = (done - since[1]) / seconds if seconds >= 1 and done > since[1] else None
+    if rate:
+        left = (total - done) / rate
+        eta = f"{left / 3600:.1f} h" if left >= 5400 else f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+        text += f", {rate:,.1f}/s, about {eta} left"
+    return text
+
+
 @dataclass
 class RunResult:
     returncode: int
