@@ -161,9 +161,14 @@ def test_overpass_429_then_ok_honours_retry_after(scene, overpass):
 
 def test_overpass_504_recovers(scene, overpass):
     overpass.fail_504 = 2
-    towers = load_towers(f"overpass:{overpass.url}", area=scene["area"], **FAST)
+    said = []
+    towers = load_towers(f"overpass:{overpass.url}", area=scene["area"], log=said.append, **FAST)
     assert len(towers) == len(_inside(scene["towers"], scene["area"]))
     assert [e["status"] for e in overpass.log[:3]] == [504, 504, 200]
+    # each retry is said, so that a run waiting on Overpass shows why (the plugin's Jobs panel)
+    retries = FAST.get("retries", 4)
+    assert [line.split(": retrying ")[1].split(" in ")[0] for line in said] == [f"1/{retries}", f"2/{retries}"]
+    assert said[0].startswith(f"Overpass at {overpass.url} answered 504")
 
 
 def test_overpass_timeout_recovers(scene, overpass):

@@ -92,7 +92,7 @@ def build_dataset(opts, *, splits=None, progress=None, log=print):
     if cover.count > max_tiles:
         raise UserError(f"the area covers {cover.count:,} zoom-{zoom} tiles, over the limit of {max_tiles:,}")
 
-    points = load_towers(towers, area=region, tag_filter=tower_filter, cache_dir=cache_dir).within(region)
+    points = load_towers(towers, area=region, tag_filter=tower_filter, cache_dir=cache_dir, log=log).within(region)
     log(f"{len(points)} towers ({tower_filter}) in the area from {points.source}")
     pos = positive_tiles(points.lon, points.lat, zoom)
     pos = pos[cover.contains(pos[:, 0], pos[:, 1])]
@@ -107,7 +107,7 @@ def build_dataset(opts, *, splits=None, progress=None, log=print):
     rng = np.random.default_rng(seed)
     spans = np.zeros((0, 2), dtype=np.int64)
     if span_negatives and len(pos):
-        lines = load_lines(towers, area=region, tag_filter=SPAN_LINES, cache_dir=cache_dir)
+        lines = load_lines(towers, area=region, tag_filter=SPAN_LINES, cache_dir=cache_dir, log=log)
         found = span_tiles(lines, points, zoom)
         found = _without(found[cover.contains(found[:, 0], found[:, 1])], np.concatenate([pos, hard_negatives]),
                          zoom)
@@ -123,7 +123,7 @@ def build_dataset(opts, *, splits=None, progress=None, log=print):
     by_line = {"lines": 0, "towers_on_lines": 0, "groups": 0, "notes": []}
     linked = []
     if len(pos):
-        lines = load_lines(towers, area=region, tag_filter=TOWER_LINES, cache_dir=cache_dir)
+        lines = load_lines(towers, area=region, tag_filter=TOWER_LINES, cache_dir=cache_dir, log=log)
         on_lines = tower_lines(lines, points)
         linked = line_tile_sets(on_lines, points, tiles, zoom)
         by_line.update(lines=len(linked), notes=list(lines.notes),

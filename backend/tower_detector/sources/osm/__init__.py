@@ -31,34 +31,34 @@ __all__ = ["CHUNK_DEGREES", "DEFAULT_OVERPASS_URL", "Lines", "TagFilter", "Tower
 
 
 def load_towers(spec, *, area=None, tag_filter="power=tower", overpass_url=None, cache_dir=None, timeout=180,
-                retries=4, backoff=2.0, chunk_degrees=CHUNK_DEGREES, progress=None):
+                retries=4, backoff=2.0, chunk_degrees=CHUNK_DEGREES, progress=None, log=None):
     """Tower points from `spec` (see the module docstring), inside `area` (an Area or area spec) when given.
 
     Overpass only: `timeout` is the query's [timeout:N] (the client waits a little longer), `retries` the
     extra tries after 429/50x answers, timeouts and connection errors (waiting Retry-After, else `backoff`
-    seconds doubling each time), `cache_dir` keeps each chunk's answer, `progress(done, total)` is called
-    per chunk. An Overpass answer with no towers is an empty Towers, not an error.
+    seconds doubling each time; `log(line)` hears each retry), `cache_dir` keeps each chunk's answer,
+    `progress(done, total)` is called per chunk. An Overpass answer with no towers is an empty Towers, not an error.
     """
     flt = parse_tag_filter(tag_filter)
     spec = str(spec).strip()
-    area, client = _source(spec, area, "towers", overpass_url, timeout, retries, backoff, cache_dir)
+    area, client = _source(spec, area, "towers", overpass_url, timeout, retries, backoff, cache_dir, log)
     towers = client.towers(area.geometry, flt, chunk_degrees, progress) if client else read_towers_file(spec, flt)
     return towers if area is None else towers.within(area)
 
 
 def load_lines(spec, *, area=None, tag_filter="power=line,minor_line", overpass_url=None, cache_dir=None,
-               timeout=180, retries=4, backoff=2.0, chunk_degrees=CHUNK_DEGREES, progress=None):
+               timeout=180, retries=4, backoff=2.0, chunk_degrees=CHUNK_DEGREES, progress=None, log=None):
     """Ways matching tag_filter from `spec` as Lines, those meeting `area` when given; arguments as load_towers."""
     flt = parse_tag_filter(tag_filter)
     if flt.key is None:
         raise UserError("tag filter 'all' is for plain point files; lines need a tag, e.g. power=line")
     spec = str(spec).strip()
-    area, client = _source(spec, area, "lines", overpass_url, timeout, retries, backoff, cache_dir)
+    area, client = _source(spec, area, "lines", overpass_url, timeout, retries, backoff, cache_dir, log)
     lines = client.lines(area.geometry, flt, chunk_degrees, progress) if client else read_lines_file(spec, flt)
     return lines if area is None else lines.intersecting(area)
 
 
-def _source(spec, area, what, overpass_url, timeout, retries, backoff, cache_dir):
+def _source(spec, area, what, overpass_url, timeout, retries, backoff, cache_dir, log=None):
     """(the area loaded, an Overpass client when spec names Overpass, else None)."""
     if isinstance(area, (str, os.PathLike)):
         area = load_area(str(area))
@@ -67,4 +67,4 @@ def _source(spec, area, what, overpass_url, timeout, retries, backoff, cache_dir
     if area is None:
         raise UserError(f"the overpass {what} source needs an area to query")
     url = spec[len("overpass:"):] or overpass_url or DEFAULT_OVERPASS_URL
-    return area, Overpass(url, timeout, retries, backoff, cache_dir)
+    return area, Overpass(url, timeout, retries, backoff, cache_dir, log)

@@ -79,7 +79,7 @@ def overpass_chunks(geometry, size=CHUNK_DEGREES):
 class Overpass:
     """A client of one Overpass endpoint: towers() and lines() over an area's chunks; answers cached in cache_dir."""
 
-    def __init__(self, url, timeout, retries, backoff, cache_dir):
+    def __init__(self, url, timeout, retries, backoff, cache_dir, log=None):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserError(f"bad Overpass URL {redact(url)!r}: give overpass:http(s)://host/api/interpreter")
@@ -88,6 +88,7 @@ class Overpass:
         self.timeout = timeout
         self.retries = max(int(retries), 0)
         self.backoff = backoff
+        self.log = log or (lambda *a, **k: None)  # hears each retry, so a waiting run says why it waits
         self.cache_dir = os.path.join(cache_dir, "overpass") if cache_dir else None
 
     def towers(self, geometry, flt, chunk_degrees, progress):
@@ -164,6 +165,8 @@ class Overpass:
                 asked = retry_after(response.headers.get("Retry-After"))
                 wait = wait if asked is None else min(asked, MAX_RETRY_AFTER)
             if attempt < self.retries:
+                self.log(f"{self.name} {failure.replace('kept answering', 'answered')}: retrying "
+                         f"{attempt + 1}/{self.retries} in {wait:g} s")
                 time.sleep(wait)
         tries = f"{self.retries + 1} tries" if self.retries else "1 try"
         raise UserError(f"{self.name} {failure} after {tries}; wait and retry or use another endpoint (overpass:URL)")
