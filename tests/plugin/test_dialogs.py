@@ -446,3 +446,46 @@ def test_osm_tile_servers_are_never_offered_as_imagery(qgis_new_project):
     finally:
         settings.remove("qgis/connections-xyz/OSM test")
         settings.remove("qgis/connections-xyz/Aerial test")
+
+
+def test_dialogs_start_from_the_project_and_remember_their_last_run(qgis_iface, qgis_new_project, manager,
+                                                                   area_file, fake_backend, tmp_path):
+    """Issue 33: imagery defaulted to "URL" with a raster layer loaded, tower labels to Overpass with a point layer
+    loaded, and a dialog reopened after a failure came back blank."""
+    fake_backend('print(json.dumps({"event": "error", "message": "imagery unreachable", "kind": "bad_input"}))\n'
+                 'sys.exit(2)')
+    tif = make_heatmap(tmp_path / "scene.tif", [[0.5]])
+    QgsProject.instance().addMapLayer(QgsRasterLayer(str(tif), "scene", "gdal"))
+    heatmap = QgsRasterLayer(str(make_heatmap(tmp_path / "heat.tif", [[0.5]])), "a heatmap", "gdal")
+    heatmap.setCustomProperty("tower_detector/role", "heatmap")  # the plugin's own: never imagery
+    QgsProject.instance().addMapLayer(heatmap)
+    points = QgsVectorLayer("Point?crs=EPSG:4326&field=power:string", "my towers", "memory")
+    candidates = QgsVectorLayer("Point?crs=EPSG:4326&field=tile_id:string&field=score:double", "candidate points",
+                                "memory")
+    QgsProject.instance().addMapLayers([candidates, points])
+    dialog = BuildDatasetDialog(qgis_iface, manager)
+    assert dialog.imagery.resolved().spec == str(tif) and dialog.imagery.name() == "scene"
+    assert dialog.from_layer.isChecked() and dialog.points.currentLayer() is points
+    dialog.deleteLater()
+
+    model = make_model_dir(tmp_path / "model")
+    dialog = PredictDialog(qgis_iface, manager)
+    dialog.model.setFilePath(str(model))
+    dialog.imagery.set_spec(f"{URL}?access_token=tok-9d8e-LITERAL")  # a secret typed in: never remembered
+    dialog.area.set_path(area_file)
+    dialog.workers.setValue(7)
+    dialog.views.setCurrentIndex(2)
+    job_id = dialog.run()
+    support.wait_until(lambda: manager.store.get(job_id)["status"] == "failed", 30, "the failure")
+    again = PredictDialog(qgis_iface, manager)
+    assert again.model.filePath() == str(model) and again.area.path() == area_file
+    assert again.workers.value() == 7 and again.views.currentData() == 4
+    assert again.imagery.resolved().spec == str(tif)  # the project's layer again, not the URL with its secret
+    assert "name" not in PredictDialog.remembered  # each run gets its own folder name
+    assert "tok-9d8e-LITERAL" not in json.dumps({k: QgsSettings().value(k) for k in QgsSettings().allKeys()})
+    again.imagery.combo.setCurrentIndex(again.imagery.combo.findText("Layer: scene"))
+    again.run()
+    third = PredictDialog(qgis_iface, manager)
+    assert third.imagery.combo.currentText() == "Layer: scene" and third.imagery.name() == "scene"
+    for d in (dialog, again, third):
+        d.deleteLater()

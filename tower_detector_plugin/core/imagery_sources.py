@@ -16,6 +16,7 @@ from urllib.parse import unquote
 from qgis.core import QgsProject, QgsProviderRegistry, QgsRasterLayer, QgsSettings
 
 from .redaction import USERINFO, redact, secrets
+from .result_layers import ROLE_PROPERTY
 from .settings import auth_token
 
 TOKEN_VAR = "TOWER_DETECTOR_TOKEN"
@@ -90,12 +91,12 @@ def xyz_connections() -> list:
 
 
 def raster_layer_sources(project: QgsProject = None) -> list:
-    """The project's raster layers the backend can read: local files (GDAL) and XYZ layers."""
+    """The project's raster layers the backend can read: local files (GDAL) and XYZ layers; not the heatmaps."""
     project = project or QgsProject.instance()
     out = []
     for layer in project.mapLayers().values():
-        if not isinstance(layer, QgsRasterLayer):
-            continue
+        if not isinstance(layer, QgsRasterLayer) or layer.customProperty(ROLE_PROPERTY):
+            continue  # the plugin's own heatmaps are no imagery
         provider = layer.providerType()
         parts = QgsProviderRegistry.instance().decodeUri(provider, layer.source())
         if provider == "gdal" and parts.get("path") and os.path.isfile(parts["path"]):

@@ -4,6 +4,7 @@ Nothing secret is ever stored here: an imagery token lives in QGIS's authenticat
 keep only its auth config id. Tokens reach the backend through the subprocess environment (see imagery_sources.py).
 """
 
+import json
 import os
 
 from qgis.core import Qgis, QgsApplication, QgsAuthMethodConfig, QgsMessageLog, QgsSettings
@@ -119,6 +120,19 @@ def set_value(key: str, new_value) -> None:
     store = QgsSettings()
     _migrate(store)
     store.setValue(PREFIX + key, new_value)
+
+
+def dialog_state(name: str) -> dict:
+    """What dialog `name` last ran with ({} if never): its inputs' values, no secrets (ui/widgets.py)."""
+    try:
+        state = json.loads(QgsSettings().value(f"{PREFIX}dialogs/{name}", "") or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def save_dialog_state(name: str, state: dict) -> None:
+    QgsSettings().setValue(f"{PREFIX}dialogs/{name}", json.dumps(state))
 
 
 def reset() -> None:

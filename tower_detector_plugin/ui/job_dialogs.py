@@ -6,7 +6,7 @@ environment) or raises ValueError with one line; run() starts it. Dialogs are no
 
 import os
 
-from qgis.core import QgsMapLayerProxyModel
+from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsVectorLayer, QgsWkbTypes
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -61,13 +61,26 @@ from ..core.parameters import (
 from ..core.estimates import local_chunk_tiles
 from ..core.point_export import export_layer_points
 from ..core.result_layers import recommended_threshold
-from .widgets import ERROR_STYLE, AreaWidget, ImageryWidget, file_widget, parameter_input, spin_value, timestamp
+from .widgets import (
+    ERROR_STYLE,
+    AreaWidget,
+    ImageryWidget,
+    file_widget,
+    input_value,
+    parameter_input,
+    set_input_value,
+    spin_value,
+    timestamp,
+)
 
 
 class JobDialog(QDialog):
-    """A form, an error line, and Run. Subclasses fill self.form and implement build()."""
+    """A form, an error line, and Run. Subclasses fill self.form and implement build(), and call _restore() once
+    their inputs exist: the inputs named in `remembered` start as the dialog last ran (output folders, which get
+    a new name each time, are not remembered)."""
 
     title = "Tower Detector"
+    remembered = ()
 
     def __init__(self, iface, manager, parent=None):
         super().__init__(parent or (iface.mainWindow() if iface else None))
@@ -99,10 +112,21 @@ class JobDialog(QDialog):
             self.error.setText(str(exc))
             return None
         self.error.setText("")
+        self._remember()
         self.last_job = self.manager.start(job["kind"], job["title"], job["steps"], out=job.get("out", ""),
                                            outputs=job.get("outputs"), env=job.get("env"), remote=job.get("remote"))
         self.accept()
         return self.last_job
+
+    def _restore(self):
+        state = settings.dialog_state(type(self).__name__)
+        for name in self.remembered:
+            if name in state:
+                set_input_value(getattr(self, name), state[name])
+
+    def _remember(self):
+        settings.save_dialog_state(type(self).__name__,
+                                   {name: input_value(getattr(self, name)) for name in self.remembered})
 
     def _add_input(self, param, value=None):
         """A row for a step parameter of core/parameters.py; its input."""
@@ -125,6 +149,8 @@ class JobDialog(QDialog):
 
 class BuildDatasetDialog(JobDialog):
     title = "Tower Detector: build training data"
+    remembered = ("area", "imagery", "overpass", "from_layer", "points", "tower_filter", "zoom", "background_ratio",
+                  "span_negatives", "split", "block_size", "seed")
 
     def __init__(self, iface, manager, parent=None):
         super().__init__(iface, manager, parent)
@@ -151,6 +177,10 @@ class BuildDatasetDialog(JobDialog):
         self._add_rows((DATASET_OUT, self.out))
         self.zoom, self.background_ratio, self.span_negatives, self.split, self.block_size, self.seed = (
             self._add_input(param) for param in (ZOOM, BACKGROUND_RATIO, SPAN_NEGATIVES, SPLIT, BLOCK_SIZE, SEED))
+        if tower_point_layers():  # the user loaded their towers: start from them, not from OSM
+            self.from_layer.setChecked(True)
+            self.points.setLayer(tower_point_layers()[0])
+        self._restore()
 
     def build(self) -> dict:
         area = self.area.path()
@@ -180,6 +210,8 @@ class BuildDatasetDialog(JobDialog):
 
 class TrainDialog(JobDialog):
     title = "Tower Detector: train"
+    remembered = ("data", "mode", "weights", "weights_file", "backbone", "params", "image_size", "epochs_top",
+                  "epochs_fine", "batch_size", "trials", "metric", "space", "where")
 
     def __init__(self, iface, manager, parent=None):
         super().__init__(iface, manager, parent)
@@ -203,6 +235,7 @@ class TrainDialog(JobDialog):
         self.space = file_widget(QgsFileWidget.GetFile, "JSON (*.json)")
         self.where = _where_combo()
         self._add_rows((METRIC, self.metric), (SPACE, self.space), (RUN_ON, self.where))
+        self._restore()
 
     def _init_chosen(self, path: str = None):
         """A model to start from brings its own weights and backbone: their inputs do not apply."""
@@ -242,6 +275,8 @@ class TrainDialog(JobDialog):
 
 class PredictDialog(JobDialog):
     title = "Tower Detector: predict"
+    remembered = ("model", "imagery", "area", "out", "workers", "checkpoint_every", "batch_size", "shards", "views",
+                  "where")
 
     def __init__(self, iface, manager, parent=None):
         super().__init__(iface, manager, parent)
@@ -260,6 +295,7 @@ class PredictDialog(JobDialog):
         self.views.currentIndexChanged.connect(self._model_chosen)
         self.where = _where_combo()
         self._add_rows((VIEWS, self.views), (RUN_ON, self.where))
+        self._restore()
 
     def _model_chosen(self, *_):
         """The model's recommended threshold for the views chosen (its scores shift a little with them)."""
@@ -368,6 +404,14 @@ class RetrainDialog(JobDialog):
                  commands.train_args(data, out, init=model, epochs_fine=spin_value(self.epochs_fine))]
         return {"kind": "train", "title": f"retrain {os.path.basename(out)}", "steps": steps, "out": out,
                 "outputs": {"dataset": data, "model": out, "labels": labels}, "env": spec.env}
+
+
+def tower_point_layers() -> list:
+    """The project's point layers that may hold towers: not the plugin's own candidate points."""
+    return [layer for layer in QgsProject.instance().mapLayers().values()
+            if isinstance(layer, QgsVectorLayer) and layer.isValid()
+            and layer.geometryType() == QgsWkbTypes.PointGeometry
+            and not (layer.fields().indexOf("tile_id") >= 0 and layer.fields().indexOf("score") >= 0)]
 
 
 def _choices(param, texts=None, extra=()) -> QComboBox:

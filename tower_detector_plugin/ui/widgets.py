@@ -4,8 +4,10 @@ import glob
 import os
 import time
 
-from qgis.gui import QgsAuthConfigSelect, QgsFileWidget
+from qgis.core import QgsProject
+from qgis.gui import QgsAuthConfigSelect, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (
+    QAbstractButton,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -134,8 +136,10 @@ class ImageryWidget(QWidget):
         layout.addWidget(self.spec)
         layout.addWidget(self.auth)
         self.combo.currentIndexChanged.connect(self._chosen)
-        if default:  # nothing else is chosen for the user: the imagery decides what the model can see
-            self.combo.setCurrentIndex(1)
+        # the Settings' default, else the first raster layer of the project; nothing else is chosen for the user
+        layers = [i for i, source in enumerate(self.sources) if source.label.startswith("Layer: ")]
+        if default or layers:
+            self.combo.setCurrentIndex(1 if default else 1 + layers[0])
 
     def _chosen(self, index):
         if index >= 1:
@@ -157,3 +161,58 @@ class ImageryWidget(QWidget):
         index = self.combo.currentIndex()
         chosen = self.sources[index - 1] if index >= 1 else None
         return chosen.name if chosen and chosen.spec == self.spec.text() else ""
+
+
+# --- what a dialog remembers of its last run --------------------------------------------------------------------
+def input_value(widget):
+    """A JSON-able value of an input, for the dialog's memory; None for one not to remember (a secret typed in)."""
+    if isinstance(widget, ImageryWidget):
+        spec = widget.spec.text()
+        if imagery_sources.literal_secrets(spec):
+            return None  # a token written into the URL is never stored
+        return {"choice": widget.combo.currentText(), "spec": spec, "authcfg": widget.auth.configId()}
+    if isinstance(widget, AreaWidget):
+        return widget.combo.currentText()
+    if isinstance(widget, QgsFileWidget):
+        return widget.filePath()
+    if isinstance(widget, QgsMapLayerComboBox):
+        return widget.currentLayer().id() if widget.currentLayer() else None
+    if isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+        return widget.value()
+    if isinstance(widget, QComboBox):
+        return widget.currentText()
+    if isinstance(widget, QLineEdit):
+        return widget.text()
+    if isinstance(widget, QAbstractButton):
+        return widget.isChecked()
+    raise TypeError(f"no memory for {type(widget).__name__}")
+
+
+def set_input_value(widget, value):
+    """Put a remembered value back (one that no longer applies, such as a removed layer, is left out)."""
+    if value is None:
+        return
+    if isinstance(widget, ImageryWidget):
+        index = widget.combo.findText(value.get("choice", ""))
+        if index >= 1 and widget.sources[index - 1].spec == value.get("spec"):
+            widget.combo.setCurrentIndex(index)
+        else:
+            widget.set_spec(value.get("spec", ""), value.get("authcfg", ""))
+    elif isinstance(widget, AreaWidget):
+        widget.set_path(value)
+    elif isinstance(widget, QgsFileWidget):
+        widget.setFilePath(value)
+    elif isinstance(widget, QgsMapLayerComboBox):
+        layer = QgsProject.instance().mapLayer(value)
+        if layer is not None:
+            widget.setLayer(layer)
+    elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+        widget.setValue(value)
+    elif isinstance(widget, QComboBox):
+        index = widget.findText(value)
+        if index >= 0:
+            widget.setCurrentIndex(index)
+    elif isinstance(widget, QLineEdit):
+        widget.setText(value)
+    elif isinstance(widget, QAbstractButton):
+        widget.setChecked(bool(value))
