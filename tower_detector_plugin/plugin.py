@@ -122,6 +122,7 @@ class TowerDetectorPlugin:
             self.manager = JobManager(self.iface)
             self.manager.changed.connect(self._job_started)
             self.manager.finished.connect(self._job_finished)
+            self.manager.offer_next_step = self._offer_next_step
         return self.manager
 
     def _job_started(self, job_id):
@@ -255,6 +256,7 @@ class TowerDetectorPlugin:
             self.jobs_dock = JobsDock(self.job_manager(), self.iface.mainWindow())
             self.jobs_dock.loadResults.connect(self.load_job_results)
             self.jobs_dock.showMetrics.connect(self.show_metrics)
+            self.jobs_dock.nextStep.connect(self.run_next_step)
             self.iface.addDockWidget(Qt.BottomDockWidgetArea, self.jobs_dock)
         self.jobs_dock.show()
         self.jobs_dock.raise_()
@@ -287,6 +289,38 @@ class TowerDetectorPlugin:
         except ReviewError as exc:
             self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
         return self.review_dock
+
+    def _offer_next_step(self, text, step, job):
+        """A finished job's message, with a button for what follows (core/jobs.py next_step)."""
+        from qgis.PyQt.QtWidgets import QPushButton
+
+        bar = self.iface.messageBar()
+        widget = bar.createMessage("Tower Detector", text)
+        button = QPushButton(step[0])
+        button.setObjectName(f"next_step_{step[1]}")
+        button.clicked.connect(lambda _checked=False: self.run_next_step(job))
+        widget.layout().addWidget(button)
+        bar.pushWidget(widget, Qgis.Success, 0)
+
+    def run_next_step(self, job):
+        """What follows a finished job, prefilled with what it made (core/jobs.py next_step): Train on its
+        dataset, Predict with its model, or its candidates loaded and under review."""
+        from .core.jobs import next_step
+
+        step = next_step(job)
+        outputs = job.get("outputs") or {}
+        if step is None:
+            return None
+        if step[1] == "train":
+            dialog = self.train()
+            dialog.data.setFilePath(outputs["dataset"])
+            return dialog
+        if step[1] == "predict":
+            dialog = self.predict()
+            dialog.model.setFilePath(outputs["model"])
+            return dialog
+        layers = self.load_job_results(job) or {}
+        return self.review(layers.get("candidates"))
 
     def show_settings(self):
         from .ui.settings_dialog import SettingsDialog

@@ -437,3 +437,73 @@ time.sleep(3)
     messages = [dock.table.item(0, c).text() for c in range(dock.table.columnCount()) if dock.table.item(0, c)]
     assert "epoch 2/10: loss 0.412, validation AUC 0.871" in messages
     wait_until(lambda: manager.store.get(job_id)["status"] == "finished", 30)
+
+
+def test_each_finished_job_offers_its_next_step_prefilled(qgis_iface, qgis_new_project, fake_backend, tmp_path):
+    """Issue 33: after a dataset, Train's data folder was empty; after training, Predict's model was empty. Each
+    finished job now offers its next step, in the message bar and the Jobs panel, prefilled."""
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    from tests.fakes.candidates_helpers import make_candidates
+    from tests.plugin.support import make_model_dir
+    from tower_detector_plugin.plugin import TowerDetectorPlugin
+
+    fake_backend('print(json.dumps({"event": "result", "message": "done"}))')
+    plugin = TowerDetectorPlugin(qgis_iface)
+    manager = plugin.job_manager()
+    bar = qgis_iface.messageBar()
+
+    def offered(step):
+        buttons = bar.findChildren(QPushButton, f"next_step_{step}")
+        assert buttons, f"no {step} button in the message bar"
+        return buttons[-1]
+
+    job_id = manager.start("dataset", "dataset ds1", [["dataset", "--events"]], outputs={"dataset": str(tmp_path)})
+    wait_until(lambda: manager.store.get(job_id)["status"] == "finished", 30)
+    offered("train").click()
+    assert plugin.dialogs["train"].data.filePath() == str(tmp_path)
+
+    model = make_model_dir(tmp_path / "m1")
+    job_id = manager.start("train", "train m1", [["train", "--events"]], outputs={"model": str(model)})
+    wait_until(lambda: manager.store.get(job_id)["status"] == "finished", 30)
+    offered("predict").click()
+    assert plugin.dialogs["predict"].model.filePath() == str(model)
+    assert plugin.dialogs["predict"].threshold.value() == pytest.approx(0.62)  # the model's own threshold
+
+    candidates = make_candidates(tmp_path / "c.gpkg", [(151_000, 142_000), (151_001, 142_000)])
+    job_id = manager.start("predict", "predict p1", [["predict", "--events"]],
+                           outputs={"candidates": str(candidates), "threshold": 0.5})
+    wait_until(lambda: manager.store.get(job_id)["status"] == "finished", 30)
+    dock = plugin.show_jobs()
+    dock.table.selectRow(0)
+    assert dock.buttons["Next step"].text() == "Review the candidates"
+    dock.buttons["Next step"].click()
+    assert plugin.review_dock is not None and plugin.review_dock.session is not None
+    assert plugin.review_dock.session.layer.source().startswith(str(candidates))
+    plugin.unload()
+
+
+def test_run_again_resumes_with_the_same_commands_and_the_token_fetched_again(qgis_iface, fake_backend, tmp_path,
+                                                                              monkeypatch):
+    from tower_detector_plugin.core import settings
+    from tower_detector_plugin.core.imagery_sources import TOKEN_VAR
+
+    fake_backend('print(json.dumps({"event": "result", "message": "done"}))\n'
+                 'open(os.environ["ARGS_FILE"], "a").write(" ".join(sys.argv[1:]) + "\\n")\n'
+                 'open(os.environ["ARGS_FILE"] + ".env", "a").write(os.environ.get("TOWER_DETECTOR_TOKEN", "-") + "\\n")')
+    monkeypatch.setenv("ARGS_FILE", str(tmp_path / "args"))
+    monkeypatch.setattr(settings, "auth_token", lambda authcfg: "tok-from-" + authcfg)  # STUB: the auth database
+    manager = JobManager(qgis_iface)
+    first = manager.start("predict", "predict p1", [["predict", "--out", "a b", "--events"]],
+                          env={TOKEN_VAR: "tok-from-cfg1"}, authcfg="cfg1")
+    wait_until(lambda: manager.store.get(first)["status"] == "finished", 30)
+    record = manager.store.get(first)
+    assert record["secret_names"] == [TOKEN_VAR] and "tok-from" not in json.dumps(record)
+    again = manager.run_again(first)
+    wait_until(lambda: manager.store.get(again)["status"] == "finished", 30)
+    assert (tmp_path / "args.env").read_text().splitlines() == ["tok-from-cfg1"] * 2
+    assert (tmp_path / "args").read_text().splitlines() == ["predict --out a b --events"] * 2
+    typed = manager.start("predict", "predict p2", [["predict", "--events"]], env={"TD_SECRET_1": "x"})
+    wait_until(lambda: manager.store.get(typed)["status"] == "finished", 30)
+    with pytest.raises(ValueError, match="secret typed into the URL"):
+        manager.run_again(typed)

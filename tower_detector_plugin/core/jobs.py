@@ -80,6 +80,21 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def next_step(job: dict):
+    """(button text, step) of what naturally follows a finished job, or None: a dataset is trained on, a model
+    predicts, a prediction's candidates are reviewed."""
+    if job.get("status") != "finished" or job.get("verdict") == "bad":
+        return None
+    outputs, kind = job.get("outputs") or {}, job.get("kind")
+    if kind == "dataset" and outputs.get("dataset"):
+        return "Train on this dataset", "train"
+    if kind in ("train", "search", "remote-fetch") and outputs.get("model"):
+        return "Predict with this model", "predict"
+    if outputs.get("candidates"):
+        return "Review the candidates", "review"
+    return None
+
+
 class JobManager(QObject):
     """Starts jobs as tasks, keeps their records, reports their ends in the message bar (iface may be None)."""
 
@@ -94,17 +109,21 @@ class JobManager(QObject):
         self._since = {}  # job id -> (monotonic time, done, stage) at the first progress event of its stage
         self._shown = {}  # job id -> when its progress text was last written
         self.pollers = {}
+        self.offer_next_step = None  # the plugin's: offer_next_step(text, step, job) says text with a button
         for job in self.store.jobs:
             if job.get("status") == "submitted" and job.get("remote"):
                 self.poll_remote(job["id"])
 
     def start(self, kind: str, title: str, steps: list, *, out: str = "", outputs: dict = None, env: dict = None,
-              remote: dict = None) -> str:
-        """Start a job; returns its id. A missing backend fails the job at once, with the reason."""
+              remote: dict = None, authcfg: str = "") -> str:
+        """Start a job; returns its id. A missing backend fails the job at once, with the reason. authcfg: the QGIS
+        auth config that env's imagery token came from, so that Run again can fetch it again (the record keeps
+        the names of env's variables, never their values)."""
         job = self.store.add({
             "id": uuid.uuid4().hex[:12], "kind": kind, "title": title,
             "commands": [shlex.join(step) for step in steps], "status": "queued", "started": _now(), "ended": "",
             "progress": 0.0, "out": out, "outputs": outputs or {}, "message": "", "remote": remote or {},
+            "secret_names": sorted(env or {}), "authcfg": authcfg or "",
         })
         try:
             cli = settings.configured_cli()
@@ -206,7 +225,11 @@ class JobManager(QObject):
         if level == Qgis.Critical:
             text += " (details in the log panel, Tower Detector tab)"
             QgsMessageLog.logMessage(f"{job['title']} {status}: {message}", LOG_TAG, Qgis.Critical)
-        self._notify(text, level)
+        step = next_step(job) if self.offer_next_step is not None else None
+        if step:  # the message offers what comes next, prefilled
+            self.offer_next_step(text, step, dict(job))
+        else:
+            self._notify(text, level)
         self.finished.emit(job_id)
 
     @staticmethod
@@ -251,6 +274,25 @@ class JobManager(QObject):
         else:
             outputs = {"model": os.path.join(out, "best") if remote.get("kind") == "search" else out}
         return self.start("remote-fetch", f"fetch {remote['name']}", [args], out=out, outputs=outputs)
+
+    def run_again(self, job_id: str) -> str:
+        """Start an ended local job's commands again (a stopped or failed prediction, dataset or training resumes
+        where it stopped); the new job's id. ValueError with one line when it cannot be."""
+        job = self.store.get(job_id)
+        if job is None or job.get("status") in ACTIVE:
+            raise ValueError("the job is still running")
+        if job.get("kind", "").startswith("remote"):
+            raise ValueError("an AWS job: `tower-detector remote retry` resubmits its failed parts")
+        names, env = job.get("secret_names") or [], {}
+        if names:
+            from .imagery_sources import TOKEN_VAR
+
+            if names != [TOKEN_VAR] or not job.get("authcfg"):
+                raise ValueError("its imagery had a secret typed into the URL, which is never kept: run it from its "
+                                 "dialog again")
+            env = {TOKEN_VAR: settings.auth_token(job["authcfg"])}
+        return self.start(job["kind"], job["title"], [shlex.split(c) for c in job["commands"]], out=job.get("out", ""),
+                          outputs=job.get("outputs"), env=env, remote=job.get("remote"), authcfg=job.get("authcfg"))
 
     def remove(self, job_id: str) -> None:
         if job_id in self.tasks or job_id in self.pollers:

@@ -114,7 +114,8 @@ class JobDialog(QDialog):
         self.error.setText("")
         self._remember()
         self.last_job = self.manager.start(job["kind"], job["title"], job["steps"], out=job.get("out", ""),
-                                           outputs=job.get("outputs"), env=job.get("env"), remote=job.get("remote"))
+                                           outputs=job.get("outputs"), env=job.get("env"), remote=job.get("remote"),
+                                           authcfg=job.get("authcfg", ""))
         self.accept()
         return self.last_job
 
@@ -205,7 +206,7 @@ class BuildDatasetDialog(JobDialog):
                                      cache=os.path.join(settings.work_dir(), "cache"),
                                      max_tiles=settings.value("area/max_tiles"))
         return {"kind": "dataset", "title": f"dataset {os.path.basename(out)}", "steps": [args], "out": out,
-                "outputs": {"dataset": out}, "env": spec.env}
+                "outputs": {"dataset": out}, "env": spec.env, "authcfg": self.imagery.auth.configId()}
 
 
 class TrainDialog(JobDialog):
@@ -320,6 +321,7 @@ class PredictDialog(JobDialog):
             if not store:
                 raise ValueError("set the AWS bucket in Tower Detector > Settings for remote predictions")
             job = {"kind": "predict", "title": f"predict {name}", "out": folder, "env": spec.env,
+                   "authcfg": self.imagery.auth.configId(),
                    "steps": [commands.predict_args(model, spec.spec, store, **options)]}
             return _maybe_remote(job, self.where, name=name, threshold=threshold)
         if options["checkpoint_every"] is None:  # a local run: chunks of about a minute, so a cancel loses little
@@ -330,6 +332,7 @@ class PredictDialog(JobDialog):
                  commands.results_args(store, heatmap=heatmap, candidates=candidates, threshold=threshold,
                                        json_path=os.path.join(folder, "scores.json"))]
         return {"kind": "predict", "title": f"predict {name}", "steps": steps, "out": folder, "env": spec.env,
+                "authcfg": self.imagery.auth.configId(),
                 "outputs": {"store": store, "heatmap": heatmap, "candidates": candidates, "threshold": threshold}}
 
 
@@ -403,7 +406,8 @@ class RetrainDialog(JobDialog):
                                        max_tiles=settings.value("area/max_tiles")),
                  commands.train_args(data, out, init=model, epochs_fine=spin_value(self.epochs_fine))]
         return {"kind": "train", "title": f"retrain {os.path.basename(out)}", "steps": steps, "out": out,
-                "outputs": {"dataset": data, "model": out, "labels": labels}, "env": spec.env}
+                "outputs": {"dataset": data, "model": out, "labels": labels}, "env": spec.env,
+                "authcfg": self.imagery.auth.configId()}
 
 
 def tower_point_layers() -> list:

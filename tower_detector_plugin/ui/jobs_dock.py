@@ -1,7 +1,9 @@
-"""The Jobs panel: the job list, and cancel, fetch, load results, metrics, open folder and remove."""
+"""The Jobs panel: the job list, and cancel, run again, the next step, fetch, load results, metrics, open folder and
+remove."""
 
 import os
 
+from qgis.core import Qgis
 from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QDesktopServices
 from qgis.PyQt.QtWidgets import (
@@ -16,7 +18,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..core.jobs import ACTIVE, JobManager
+from ..core.jobs import ACTIVE, JobManager, next_step
 
 COLUMNS = ("Job", "Status", "Started", "Progress", "Output", "Message")
 VERDICT_COLOURS = {"bad": QColor("#ffcdd2"), "warn": QColor("#ffe0b2")}  # finished, but obviously no good
@@ -27,6 +29,7 @@ class JobsDock(QDockWidget):
 
     loadResults = pyqtSignal(dict)
     showMetrics = pyqtSignal(str)
+    nextStep = pyqtSignal(dict)  # the job whose next step (core/jobs.py next_step) the user asked for
 
     def __init__(self, manager: JobManager, parent=None):
         super().__init__("Tower Detector jobs", parent)
@@ -41,7 +44,8 @@ class JobsDock(QDockWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.buttons = {}
         row = QHBoxLayout()
-        for name, slot in (("Cancel", self._cancel), ("Fetch", self._fetch), ("Load results", self._load),
+        for name, slot in (("Cancel", self._cancel), ("Run again", self._again), ("Next step", self._next),
+                           ("Fetch", self._fetch), ("Load results", self._load),
                            ("Metrics", self._metrics),
                            ("Open folder", self._open), ("Remove", self._remove)):
             button = QPushButton(name)
@@ -91,6 +95,13 @@ class JobsDock(QDockWidget):
         job = self.selected_job() or {}
         done = job.get("status") == "finished"
         self.buttons["Cancel"].setEnabled(job.get("status") in ACTIVE)
+        self.buttons["Run again"].setEnabled(bool(job) and job.get("status") not in ACTIVE
+                                             and not job.get("kind", "").startswith("remote"))
+        self.buttons["Run again"].setToolTip("Run the same commands again: a stopped or failed prediction, dataset "
+                                             "or training resumes where it stopped")
+        step = next_step(job) if job else None
+        self.buttons["Next step"].setEnabled(step is not None)
+        self.buttons["Next step"].setText(step[0] if step else "Next step")
         self.buttons["Fetch"].setEnabled(job.get("kind") == "remote-submit" and bool(job.get("remote", {}).get("name")))
         self.buttons["Load results"].setEnabled(done and bool(job.get("outputs", {}).get("heatmap")
                                                               or job.get("outputs", {}).get("candidates")))
@@ -101,6 +112,19 @@ class JobsDock(QDockWidget):
     def _cancel(self):
         if self.selected_id():
             self.manager.cancel(self.selected_id())
+
+    def _again(self):
+        if self.selected_id():
+            try:
+                self.manager.run_again(self.selected_id())
+            except ValueError as exc:
+                if self.manager.iface is not None:
+                    self.manager.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Warning,
+                                                                duration=8)
+
+    def _next(self):
+        if self.selected_job():
+            self.nextStep.emit(self.selected_job())
 
     def _fetch(self):
         if self.selected_id():
