@@ -23,7 +23,7 @@ from .common.errors import Failure, Interrupted, UserError, one_line
 from .common.events import Reporter
 from .common.quiet import quiet_tensorflow_import
 from .common.redaction import redact
-from .pipeline import ALIASES, STAGE, STAGES
+from .pipeline import ALIASES, STAGE, STAGES, rate_share
 from .remote import add_remote_commands
 
 
@@ -171,6 +171,9 @@ def _predict_in_processes(args, n, rep):
         value = getattr(args, action.dest)
         if action.dest in ("processes", "gpus", "part") or value is None or value == action.default:
             continue
+        if action.dest == "rate_limit":  # the run's limit, shared out: each child its own bucket of R/N
+            value = rate_share(value, n)
+            rep.log(f"--rate-limit {args.rate_limit:g}: {value:g} requests/s for each of the {n} processes")
         argv += [action.option_strings[-1], str(value)]
     return run_parts(lambda i, k: [*argv, "--part", f"{i}/{k}", "--events"], n, args.out, gpus=bool(args.gpus),
                      progress=rep.progress, log=rep.log)

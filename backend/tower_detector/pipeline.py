@@ -70,6 +70,16 @@ IMAGERY_HELP = "XYZ URL template, GeoTIFF/COG, .mbtiles, or a folder/s3 prefix o
 PRECISION_HELP = ("auto (default): mixed float16 on a GPU, mixed bfloat16 on a CPU with AMX-BF16 or AVX512-BF16, "
                   "else float32; mixed: bfloat16 on any CPU")
 PRECISIONS = ["auto", "float32", "mixed"]
+RATE_LIMIT_HELP = ("at most R requests per second to an XYZ tile server for the whole run, retries included; "
+                   "--processes/--gpus N give each process R/N (default: no limit)")
+RATE_LIMIT_HELP_REMOTE = ("at most R requests per second to an XYZ tile server for the whole job: each child gets "
+                          "R / the children that run at once (the shards, at most the workers at once)")
+
+
+def rate_share(rate, n):
+    """Each of n requesters' share of a rate limit of `rate` requests/s (None: no limit): rate / n, never more, so
+    that n of them together stay within it. A float whose str() reads back exactly, for a child's command line."""
+    return None if rate is None else rate / max(1, n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +196,8 @@ def predict_arguments(sp, remote=False):
     return actions + [
         sp.add_argument("--shards", type=COUNT, help="split the job into N shards (all scored here unless --shard)"),
         sp.add_argument("--workers", type=COUNT, default=16, help="concurrent imagery requests and decoders"),
+        sp.add_argument("--rate-limit", type=POSITIVE, metavar="R", help=RATE_LIMIT_HELP_REMOTE if remote else
+                        RATE_LIMIT_HELP),
         sp.add_argument("--checkpoint-every", type=COUNT, default=5000,
                         help="tiles per chunk: the unit of checkpoints"),
         sp.add_argument("--batch-size", type=COUNT, default=64),

@@ -677,3 +677,63 @@ def test_bad_input_for_processes_is_refused_before_any_child_starts(tiny_model, 
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="3")
     proc, events = run(*base, "--area", sample_scene["area"], "--gpus", 2, "--events", env=env)
     assert proc.returncode == 2 and "names 1 GPUs" in events[-1]["message"]
+
+
+# -- predict --rate-limit R: at most R imagery requests a second for the whole run ---------------------------
+def most_requests_allowed(rate, seconds, buckets):
+    """The most requests that `buckets` token buckets of rate / buckets each (capacity 1: the first request of each
+    is free, the next ones evenly spaced) can send within `seconds` as the server saw them; the slack covers
+    one first request's connection set-up delaying its arrival."""
+    return rate * (seconds + 0.05) + buckets
+
+
+def test_rate_limit_bounds_the_runs_requests_retries_included(tiny_model, sample_scene, tmp_path):
+    with TileServer(sample_scene["imagery"]) as server:
+        server.flaky = {tile: (500, 1) for tile in server.tiles[3:6]}  # each answered once with a 500, then served
+        proc, events = run("predict", "--model", tiny_model[0], "--imagery", server.template("png"), "--area",
+                           sample_scene["area"], "--out", tmp_path / "store", "--workers", 8, "--checkpoint-every", 16,
+                           "--batch-size", 8, "--rate-limit", 20, "--events")
+        arrivals = list(server.arrivals)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert events[-1]["tiles_scored"] == 64 and events[-1]["job_complete"] is True
+    assert len(arrivals) == 64 + 3  # every tile once, and the three retries
+    assert any("at most 20 imagery requests a second (--rate-limit)" in e.get("message", "") for e in events)
+    # by the server's clock: 67 requests, evenly spaced at 20 a second, take at least 66 / 20 = 3.3 s
+    # (unlimited, eight workers fetch the scene on loopback many times faster)
+    seconds = max(arrivals) - min(arrivals)
+    assert len(arrivals) <= most_requests_allowed(20, seconds, 1), seconds
+
+
+def test_processes_share_the_rate_limit_and_stay_within_it_together(tiny_model, sample_scene, tmp_path):
+    with TileServer(sample_scene["imagery"]) as server:
+        proc, events = run("predict", "--model", tiny_model[0], "--imagery", server.template("png"), "--area",
+                           sample_scene["area"], "--out", tmp_path / "store", "--workers", 8, "--checkpoint-every", 8,
+                           "--batch-size", 8, "--processes", 2, "--rate-limit", 8, "--events")
+        arrivals = list(server.arrivals)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert events[-1]["tiles_scored"] == 64 and events[-1]["workers"] == 2
+    assert any(e.get("message") == "--rate-limit 8: 4 requests/s for each of the 2 processes" for e in events)
+    assert sum(any(e.get("message", "") == f"worker {i}/2: at most 4 imagery requests a second (--rate-limit), "
+                   "retries included" for e in events) for i in range(2)) == 2
+    # each child its bucket of 4 a second: together at most 8 a second; had each taken the run's 8, the two
+    # together would fetch the 64 tiles in about 4 s, over this bound
+    seconds = max(arrivals) - min(arrivals)
+    assert len(arrivals) == 64 and len(arrivals) <= most_requests_allowed(8, seconds, 2), seconds
+
+
+def test_a_rate_limit_needs_a_tile_server_and_a_positive_number(tiny_model, sample_scene, tmp_path):
+    from tower_detector.pipeline import options
+    from tower_detector.prediction.predict import check_inputs
+
+    for extra in ([], ["--processes", 2]):  # refused before TensorFlow loads, and before any child starts
+        proc, events = run("predict", "--model", tiny_model[0], "--imagery", sample_scene["imagery"], "--area",
+                           sample_scene["area"], "--out", tmp_path / "store", "--rate-limit", 5, *extra, "--events")
+        assert proc.returncode == 2 and events[-1]["event"] == "error"
+        assert "--rate-limit limits the requests to an XYZ tile server" in events[-1]["message"]
+        assert not any(e["event"] == "log" and "pid" in e for e in events)
+    assert not (tmp_path / "store").exists()
+    for bad in (0, -1.5, float("nan"), float("inf"), "5", True):  # a library caller's values
+        opts = options("predict", model=str(tiny_model[0]), imagery="http://127.0.0.1:9/{z}/{x}/{y}.png",
+                       area=str(sample_scene["area"]), out=str(tmp_path / "s"), rate_limit=bad)
+        with pytest.raises(UserError, match="--rate-limit must be a positive number of requests per second"):
+            check_inputs(opts)

@@ -835,6 +835,68 @@ def test_submit_plans_with_the_accounts_quota_and_spot_prices(remote, tiny_model
 
 
 # ---------------------------------------------------------------------------------------------
+# a job-wide imagery rate limit, shared out among the children
+# ---------------------------------------------------------------------------------------------
+def rate_limit_of(command):
+    return float(command[command.index("--rate-limit") + 1])
+
+
+def test_the_rate_limit_is_shared_among_the_children_at_once(remote, tiny_model, sample_scene, tmp_path, monkeypatch):
+    batch = remote["batch"]
+    with TileServer(sample_scene["imagery"]) as server:
+        predict = ["remote", "submit", "predict", "--model", tiny_model[0], "--area", sample_scene["area"],
+                   "--stack", "td", "--imagery", server.template("png"), "--shards", 4, "--checkpoint-every", 8,
+                   "--yes", "--events"]
+        # 4 shards, 8 workers at once (moto's 64 vCPUs of 8-vCPU sizes): 4 children at once, 40 / 4 = 10 each
+        rc, events, text = cli(*predict, "--rate-limit", 40, "--name", "limited")
+        assert rc == 0, text[-2000:]
+        e = next(ev for ev in events if ev.get("estimate"))["estimate"]
+        assert (e["parallel"], e["rate_limit"], e["rate_limit_per_child"]) == (4, 40, 10)
+        # 10 tiles/s a child, below the 150 its GPU scores: the rate limit sets the time
+        assert e["limited_by_rate_limit"] and e["tiles_per_second_per_worker"] == 10
+        assert "shared by the 4 children at once: 10 requests/s each" in text
+        assert "the rate limit, not the GPUs, sets the time" in text
+        job = batch.describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]
+        command = job["container"]["command"]
+        assert job["arrayProperties"]["size"] == 4 and rate_limit_of(command) == 10
+
+        # a child as Batch runs it: its 16 tiles at 10 requests a second, by the server's clock at least 1.5 s
+        env = dict(os.environ, AWS_BATCH_JOB_ARRAY_INDEX="2", TOWER_DETECTOR_WORK=str(tmp_path / "w"))
+        child = subprocess.run([sys.executable, "-m", "tower_detector", *command], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert child.returncode == 0, child.stderr[-2000:]
+        assert "at most 10 imagery requests a second (--rate-limit)" in child.stdout
+        arrivals = list(server.arrivals)
+        assert len(arrivals) == 16 and max(arrivals) - min(arrivals) >= 15 / 10 - 0.05
+
+    # Batch's view at the end: children 1 and 3 out of attempts; the retry shares the 40 between its 2 children
+    moto_job(job["jobId"]).status = "FAILED"
+    for i in range(4):
+        moto_job(f"{job['jobId']}:{i}").status = "FAILED" if i in (1, 3) else "SUCCEEDED"
+    rc, events, text = cli("remote", "retry", "limited", "--events")
+    assert rc == 0, text[-2000:]
+    assert events[-1]["rate_limit_per_child"] == 20 and "20 requests/s each" in text
+    retried = batch.describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]["container"]["command"]
+    assert rate_limit_of(retried) == 20 and [a for a in retried if a != "20.0"] == [a for a in command if a != "10.0"]
+
+    # 4 shards, but an account whose spot quota runs one worker: one child at a time gets it all
+    with monkeypatch.context() as m:
+        # STUB: moto has no EC2 quotas; an account whose spot quota for G instances is 8 vCPUs
+        stub(m, "GetServiceQuota", response={"Quota": {"QuotaCode": "L-3819A6DF", "Value": 8.0}})
+        rc, events, text = cli(*predict, "--rate-limit", 1000, "--name", "limited-quota8")
+    assert rc == 0, text[-2000:]
+    e = next(ev for ev in events if ev.get("estimate"))["estimate"]
+    assert (e["parallel"], e["rate_limit_per_child"], e["limited_by_rate_limit"]) == (1, 1000, False)
+    assert "shared by the 1 child at once: 1000 requests/s each, more than the GPU scores" in text
+    assert e["tiles_per_second_per_worker"] == 150  # the GPUs set the time
+    assert rate_limit_of(batch.describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]["container"]["command"]) == 1000
+
+    # imagery that makes no requests a tile has nothing to limit
+    fails(*[a if a != predict[predict.index("--imagery") + 1] else f"s3://{remote['bucket']}/tiles" for a in predict],
+          "--rate-limit", 5, message="--rate-limit limits the requests to an XYZ tile server")
+
+
+# ---------------------------------------------------------------------------------------------
 # the same worker under Kubernetes
 # ---------------------------------------------------------------------------------------------
 def test_the_worker_takes_its_shard_from_batch_or_a_kubernetes_indexed_job():
@@ -883,9 +945,23 @@ def test_an_indexed_job_manifest_is_valid_against_the_kubernetes_schema(tmp_path
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, "1.33.0", strict=True)
 
+    assert "--rate-limit" not in container["args"]  # none given: no limit
+
+    # --rate-limit R for the job: each pod R / the pods at once (--parallelism, else one per shard)
+    for argv, rate, share in ((args, 100, 25), ([a for a in args if a not in ("--parallelism", 4)], 90, 7.5)):
+        rc, events, text = cli(*argv, "--rate-limit", rate, "--events")
+        assert rc == 0, text[-2000:]
+        assert f"(--rate-limit {rate}: {share:g} requests/s each)" in events[-1]["message"]
+        job = json.loads(path.read_text())
+        kubernetes_validate.validate(job, "1.33.0", strict=True)
+        pod = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert float(pod[pod.index("--rate-limit") + 1]) == share, pod
+
     # bad input: one line, exit 2
     base = args[:-2]
     fails(*base, "--imagery", "https://t.example.com/{z}/{x}/{y}.png?key=abc123", message="holds a secret in clear")
     fails(*[a if a != "s3://b/inputs/model.tar" else "models/m1" for a in base], message="give an s3:// URI")
     fails(*[a for a in base if a not in ("--shards", 12)], message="needs --shards N")
     fails(*base[:-2], "--name", "Pak_1", message="a Kubernetes job name")
+    fails(*[a if not a.startswith("https://tiles.") else "s3://b/tiles" for a in map(str, base)], "--rate-limit", 5,
+          message="--rate-limit limits the requests to an XYZ tile server")

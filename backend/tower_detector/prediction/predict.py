@@ -19,6 +19,7 @@ finished and written, then the CLI exits with status 143, so that a retry resume
 import collections
 import hashlib
 import json
+import math
 import os
 import queue
 import signal
@@ -68,7 +69,8 @@ def predict(opts, *, prefetch=4, progress=None, log=print):
 
     opts: the predict stage's arguments (the CLI's parsed arguments, or pipeline.options("predict", ...)): model,
     imagery, out, area or tiles, zoom, shard, shards, workers, checkpoint_every, batch_size, max_tiles, precision
-    (auto, float32 or mixed, as model.dtype_policy reads them), views (1, 2, 4 or 8 turned and mirrored copies of
+    (auto, float32 or mixed, as model.dtype_policy reads them), rate_limit (at most that many imagery requests a
+    second, retries included; None: no limit), views (1, 2, 4 or 8 turned and mirrored copies of
     each tile scored and averaged) and imagery_name (the imagery's name for people, kept with the job for exports).
     Everything that can be checked is checked before TensorFlow loads. Tiles that failed transiently in an
     earlier run are scored first; one more pass at the end retries this run's transient failures. Raises
@@ -82,7 +84,9 @@ def predict(opts, *, prefetch=4, progress=None, log=print):
     precision, views, shard = opts.precision, opts.views, opts.shard
     cover, zoom, picked, part, ranges, params = check_inputs(opts)
     store = open_store(out, create=True)
-    with store, open_imagery(imagery, concurrency=workers) as source:
+    with store, open_imagery(imagery, concurrency=workers, rate_limit=opts.rate_limit) as source:
+        if opts.rate_limit:
+            log(f"at most {opts.rate_limit:g} imagery requests a second (--rate-limit), retries included")
         # what makes two runs the same job: the exact weights, the imagery and the zoom (the plan adds the
         # cover, shards and chunk size); secrets in the imagery spec are redacted by the store
         identity = {"model_fingerprint": model_fingerprint(model_dir), "imagery": _imagery_identity(source, store),
@@ -167,6 +171,7 @@ def check_inputs(opts):
         raise UserError("--checkpoint-every, --batch-size and --workers must be at least 1")
     if opts.views not in VIEWS or opts.precision not in PRECISIONS:
         raise UserError(f"--views must be one of {VIEWS} and --precision one of {PRECISIONS}")
+    check_rate_limit(opts.rate_limit, opts.imagery)
     if getattr(opts, "processes", 1) > 1 and getattr(opts, "gpus", None):
         raise UserError("give --processes (CPU only) or --gpus (one process per GPU), not both")
     picked = parse_shard(opts.shard)
@@ -187,6 +192,20 @@ def check_inputs(opts):
     if n_shards > len(cover.x):
         raise UserError(f"{n_shards} shards for {len(cover.x)} tile columns: shards are column ranges; use fewer")
     return cover, zoom, picked, part, cover.shard_ranges(n_shards), params
+
+
+def check_rate_limit(rate, imagery):
+    """--rate-limit: a positive number of requests a second, for imagery that makes requests one a tile (an XYZ
+    template); UserError otherwise. The CLI's type checks the number already; this is for library callers."""
+    from ..sources.imagery import is_tile_template
+
+    if rate is None:
+        return
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        raise UserError(f"--rate-limit must be a positive number of requests per second, not {rate!r}")
+    if not is_tile_template(imagery):
+        raise UserError("--rate-limit limits the requests to an XYZ tile server (an http(s) URL template with "
+                        "{z}/{x}/{y}); other imagery makes no such requests: leave it out")
 
 
 def in_part(plan, chunks, part):

@@ -199,10 +199,13 @@ def _cmd_retry(args, rep):
 
     record = find_job(args.job)
     new, failed, shards = retry(_aws(args, record), record, name=args.name)
+    share = (f"; --rate-limit {new['rate_limit']:g} shared by its children: {new['rate_limit_per_child']:g} "
+             "requests/s each" if new.get("rate_limit_per_child") else "")
     rep.result(f"resubmitted {len(failed)} failed shard{'s' * (len(failed) != 1)} of {shards} "
                f"({new['shards_retried']}) of {record['name']} as {new['name']}: Batch job {new['job_id']}, into "
-               f"{new['store']}\nfollow it with: tower-detector remote status {new['name']}",
-               name=new["name"], job_id=new["job_id"], retry_of=record["name"], shards=failed, store=new["store"])
+               f"{new['store']}{share}\nfollow it with: tower-detector remote status {new['name']}",
+               name=new["name"], job_id=new["job_id"], retry_of=record["name"], shards=failed, store=new["store"],
+               rate_limit_per_child=new.get("rate_limit_per_child"))
 
 
 def _cmd_logs(args, rep):
@@ -239,6 +242,7 @@ def _cmd_fetch(args, rep):
 
 def _cmd_k8s_manifest(args, rep):
     from ..common.atomic import atomic_file
+    from ..pipeline import rate_share
     from .kubernetes import manifest
 
     job, text = manifest(args.kind, args, _K8S_ACTIONS[args.kind], image=args.image, name=args.name,
@@ -246,8 +250,11 @@ def _cmd_k8s_manifest(args, rep):
     if args.manifest:
         with atomic_file(args.manifest) as f:
             f.write(text)
+        at_once = job["spec"]["parallelism"]
+        share = (f" (--rate-limit {args.rate_limit:g}: {rate_share(args.rate_limit, at_once):g} requests/s each)"
+                 if args.rate_limit else "")
         summary = (f"wrote {args.manifest}: Indexed Job {args.name}, {job['spec']['completions']} shards, "
-                   f"{job['spec']['parallelism']} at once; run it with: kubectl apply -f {args.manifest}")
+                   f"{at_once} at once{share}; run it with: kubectl apply -f {args.manifest}")
     else:
         summary = text.rstrip("\n")
     rep.result(summary, manifest=job, path=args.manifest)

@@ -22,6 +22,7 @@ from ..common.atomic import atomic_file
 from ..common.errors import UserError
 from ..common.redaction import redact
 from ..common.redaction import secrets as literal_secrets
+from ..pipeline import rate_share
 from .stack import stack_outputs
 
 # Throughput behind the estimate: an assumption, not a measurement (docs/aws.md says why); replace it with
@@ -33,6 +34,7 @@ S3_PUT_PER_1000 = 0.005  # $ per 1,000 PUT/LIST requests, S3 Standard, us-east-1
 S3_GET_PER_1000 = 0.0004  # $ per 1,000 GET requests
 MAX_ARRAY_SIZE = 10_000  # Batch's limit on array job children
 TILES_PER_SHARD = 2_000_000  # default shard size: about 4 hours per shard at the assumed throughput
+REQUESTS_PER_TILE = 1.0  # an XYZ tile is one request (its retries more): what a child's share of --rate-limit buys
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -187,28 +189,34 @@ def _job_definition(aws, base_arn, secrets, image):
 # the estimate
 # ---------------------------------------------------------------------------------------------
 def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PER_SECOND,
-                     spot_price=DEFAULT_SPOT_PRICE, parallel=None, views=1, capacity=None):
+                     spot_price=DEFAULT_SPOT_PRICE, parallel=None, views=1, capacity=None, rate_limit=None):
     """GPU-hours, dollars and S3 requests of a prediction (see the constants above for the assumptions).
     tiles_per_second is one view's; predict --views scores each tile that many times. capacity: capacity.plan's
-    answer; its workers at once, not the shards, bound `parallel`, and its price is the spot_price."""
+    answer; its workers at once, not the shards, bound `parallel`, and its price is the spot_price. rate_limit:
+    the job's imagery requests/s, shared out among the `parallel` children at once; where a child's share is
+    fewer tiles/s than its GPU scores, the share sets the time (the GPU waits, and is paid for)."""
     if capacity is not None:
         parallel = min(parallel or shards, max(1, capacity["workers"]))
         spot_price = capacity["spot_price"]
-    gpu_hours = tiles * views / tiles_per_second / 3600
+    parallel = max(1, min(shards, parallel or shards))
+    per_child = rate_share(rate_limit, parallel)
+    gpu_rate = tiles_per_second / views  # tiles/s one worker's GPU scores
+    rate = min(gpu_rate, per_child / REQUESTS_PER_TILE) if per_child else gpu_rate
+    gpu_hours = tiles / rate / 3600
     instance_hours = gpu_hours + shards * STARTUP_MINUTES / 60
     # PUT-priced: one per chunk, job.json + cover.json + manifest per shard, the uploads, a listing per shard
     puts = chunks + 4 * shards + 2
     # GET-priced: model, cover, job.json, cover.json per shard; `remote fetch` reads every chunk once
     gets = 4 * shards + chunks + 2
     s3_dollars = puts / 1000 * S3_PUT_PER_1000 + gets / 1000 * S3_GET_PER_1000
-    parallel = max(1, min(shards, parallel or shards))
     wall_hours = math.ceil(shards / parallel) * (gpu_hours / shards + STARTUP_MINUTES / 60)
     return {"tiles": tiles, "shards": shards, "chunks": chunks, "tiles_per_second": tiles_per_second,
             "views": views, "gpu_hours": round(gpu_hours, 3), "instance_hours": round(instance_hours, 3),
             "spot_price": spot_price, "compute_dollars": round(instance_hours * spot_price, 2),
             "s3_puts": puts, "s3_gets": gets, "s3_dollars": round(s3_dollars, 4),
             "dollars": round(instance_hours * spot_price + s3_dollars, 2), "parallel": parallel,
-            "wall_hours": round(wall_hours, 2),
+            "wall_hours": round(wall_hours, 2), "rate_limit": rate_limit, "rate_limit_per_child": per_child,
+            "tiles_per_second_per_worker": round(rate, 3), "limited_by_rate_limit": rate < gpu_rate,
             "capacity": {k: v for k, v in capacity.items() if k != "problems"} if capacity else None}
 
 
@@ -221,15 +229,38 @@ def estimate_text(e):
     return "\n".join([
         f"estimate: {e['tiles']:,} tiles (the exact cover) in {e['shards']} shards, {e['chunks']:,} chunks",
         *([f"  {capacity_text(c)}"] if c else []),
-        f"  GPU time: {e['gpu_hours']:,.2f} GPU-hours at {e['tiles_per_second']:g} tiles/s per GPU (an assumption: "
-        f"--tiles-per-second)" + (f" x {e['views']} views a tile" if e["views"] > 1 else "") +
+        f"  GPU time: {e['gpu_hours']:,.2f} GPU-hours at " + (_rate_limited(e) if e.get("limited_by_rate_limit") else
+        f"{e['tiles_per_second']:g} tiles/s per GPU (an assumption: --tiles-per-second)" +
+        (f" x {e['views']} views a tile" if e["views"] > 1 else "")) +
         f" + {STARTUP_MINUTES:g} min start-up per shard = {e['instance_hours']:,.2f} "
         "instance-hours",
+        *_rate_limit_lines(e),
         f"  compute:  {e['instance_hours']:,.2f} h x ${e['spot_price']:.2f}/h spot ({source}) = "
         f"${e['compute_dollars']:,.2f}",
         f"  S3:       {e['s3_puts']:,} PUTs (one per chunk) + {e['s3_gets']:,} GETs = ${e['s3_dollars']:,.4f}",
         f"  total:    ${e['dollars']:,.2f}; about {e['wall_hours']:,.1f} h with {e['parallel']} worker"
         f"{'s' * (e['parallel'] != 1)} at once"])
+
+
+def _rate_limit_lines(e):
+    """What --rate-limit means for the estimate: each child's share, and whether it, not the GPUs, sets the time."""
+    if not e.get("rate_limit"):
+        return []
+    children = e["parallel"]
+    share = (f"  imagery:  --rate-limit {e['rate_limit']:g} requests/s for the job, shared by the {children} "
+             f"child{'ren' * (children != 1)} at once: {e['rate_limit_per_child']:g} requests/s each")
+    if e["limited_by_rate_limit"]:
+        return [share, "  the rate limit, not the GPUs, sets the time: more workers would share it, not finish "
+                       "sooner; the GPUs wait, and are paid for"]
+    return [share + ", more than the GPU scores: the GPUs set the time"]
+
+
+def _rate_limited(e):
+    """The GPU time's rate when a child's share of the rate limit is below what its GPU scores."""
+    views = f" / {e['views']} views a tile" if e["views"] > 1 else ""
+    return (f"{e['tiles_per_second_per_worker']:g} tiles/s a worker (its share of --rate-limit, one request a tile; "
+            f"its GPU would score {e['tiles_per_second'] / e['views']:g}: {e['tiles_per_second']:g} tiles/s per GPU "
+            f"(an assumption: --tiles-per-second){views})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,13 +300,20 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
     _check_local_inputs(kind, values)
     secrets, record = [], {}
     if kind == "predict":
+        from ..prediction.predict import check_rate_limit
+
         secrets = _check_imagery(aws, outputs, values["imagery"], log)
+        check_rate_limit(values.get("rate_limit"), values["imagery"])
         cover, plan = _plan(values)
         shards = len(plan.shards)
         estimate = estimate_predict(cover.count, shards, plan.total_chunks, tiles_per_second=args.tiles_per_second,
-                                    views=values.get("views") or 1, capacity=capacity)
+                                    views=values.get("views") or 1, capacity=capacity,
+                                    rate_limit=values.get("rate_limit"))
         values["out"] = _out(values.get("out"), bucket, prefix + "results")
         record.update(store=values["out"], tiles=cover.count, array_size=shards if shards > 1 else None)
+        if values.get("rate_limit"):  # the job's limit, shared out: each child's command carries its share
+            record.update(rate_limit=values["rate_limit"], workers_at_once=capacity["workers"])
+            values["rate_limit"] = estimate["rate_limit_per_child"]
     else:
         estimate = {"instance_hours": None, "spot_price": capacity["spot_price"],
                     "note": "one GPU instance for as long as it runs; billed per second"}
@@ -573,7 +611,8 @@ def logs(aws, record, tail=50, child=None):
 def retry(aws, record, *, name=None):
     """Resubmit only the failed children of a finished prediction, into the same store: one array job whose child
     i scores the i-th failed shard (TOWER_DETECTOR_SHARDS). Each retried shard scores only its missing chunks
-    and the tiles that failed transiently (the store keeps what is done)."""
+    and the tiles that failed transiently (the store keeps what is done). A job's --rate-limit is shared out
+    anew among the retry's children at once."""
     from .worker import SHARD_LIST, format_shards
 
     if record.get("kind") != "predict" or not record.get("command"):
@@ -599,6 +638,12 @@ def retry(aws, record, *, name=None):
     if not _NAME.match(name) or name in jobs:
         raise UserError(f"--name {name!r}: a new job name (letters, digits, - and _) is needed")
     listed = format_shards(failed)
+    share = None
+    if record.get("rate_limit") and "--rate-limit" in command:
+        # the job's limit shared out among the retry's own children at once (the workers at submit time)
+        at_once = min(len(failed), record.get("workers_at_once") or len(failed))
+        share = rate_share(record["rate_limit"], at_once)
+        command[command.index("--rate-limit") + 1] = str(share)
     env = [{"name": "TOWER_DETECTOR_JOB", "value": name}, {"name": SHARD_LIST, "value": listed}]
     request = dict(jobName=name, jobQueue=job["jobQueue"], jobDefinition=job["jobDefinition"],  # the same image
                    containerOverrides={"command": command, "environment": env},
@@ -608,6 +653,7 @@ def retry(aws, record, *, name=None):
     answer = aws.call("batch", "submit_job", what="the retry", **request)
     new = dict(record, name=name, job_id=answer["jobId"], job_arn=answer.get("jobArn"), retry_of=record["name"],
                shards_retried=listed, array_size=len(failed) if len(failed) > 1 else None, estimate=None,
+               command=command, rate_limit_per_child=share,
                submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     save_job(new)
     return new, failed, shards

@@ -6,6 +6,8 @@ JOB_COMPLETION_INDEX (completionMode: Indexed), which the worker takes as its sh
 AWS_BATCH_JOB_ARRAY_INDEX on Batch. Inputs and the results store are on S3 (or anything the worker reads by URI).
 Secrets (imagery tokens, AWS keys where no pod identity is set up) come from a Kubernetes Secret the user
 creates, mapped to the environment; the manifest only names it, so it holds no secret.
+--rate-limit R (requests/s for the whole job) is shared out: each pod's command carries R / parallelism, which
+holds while no more than --parallelism pods run at once (Kubernetes starts at most that many).
 """
 
 import json
@@ -13,6 +15,7 @@ import re
 
 from ..common.errors import UserError
 from ..common.redaction import secrets as literal_secrets
+from ..pipeline import rate_share
 from .worker import REQUIRE_GPU, RETRY_EXIT_CODE
 
 DEFAULT_SECRET = "tower-detector"
@@ -103,6 +106,11 @@ def manifest(kind, args, actions, *, image, name, parallelism=None, secret=DEFAU
                         "write ${NAME} in its place")
     if values.get("shard") is not None:
         raise UserError("--shard is for one process; the Job gives each pod its shard")
+    if values.get("rate_limit"):  # the job's limit shared out among the pods that run at once
+        from ..prediction.predict import check_rate_limit
+
+        check_rate_limit(values["rate_limit"], imagery)
+        values["rate_limit"] = rate_share(values["rate_limit"], min(shards, parallelism or shards))
     job = indexed_job(name, image, _argv(actions, values), shards, parallelism=parallelism, secret=secret,
                       namespace=namespace)
     return job, json.dumps(job, indent=2) + "\n"

@@ -14,6 +14,8 @@ open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retries=4
     GeoTIFF/COG/VRT   a path, http(s) URL, s3:// or /vsi... path ending .tif, .tiff or .vrt     geotiff.py
     MBTiles           a local .mbtiles file                                               mbtiles.py
     tile directory    a directory or s3://bucket/prefix of x-y-z.{jpg,png,webp} files     tiledir.py
+    is_tile_template(spec): whether the spec is the first form, whose requests `rate_limit` (requests/s, one bucket
+    for the template's host) limits; the other forms make no such requests and ignore it.
     ${NAME} in a spec is replaced by the environment variable's value (how a secret reaches the backend without a
     command line or a file); the description keeps ${NAME}. Anything else is a UserError naming the forms.
 """
@@ -32,7 +34,8 @@ from .tiledir import TileDirSource
 from .xyz import XyzSource
 
 __all__ = ["FAIL_FAST", "TRANSIENT_KINDS", "GeoTiffSource", "ImagerySource", "ImageryUnreachable", "MBTilesSource",
-           "OutageGuard", "TileDirSource", "TileResult", "XyzSource", "decode_tile", "open_imagery", "redact"]
+           "OutageGuard", "TileDirSource", "TileResult", "XyzSource", "decode_tile", "is_tile_template", "open_imagery",
+           "redact"]
 
 _FORMS = ("an XYZ URL template (https://.../{z}/{x}/{y}.png), a GeoTIFF/COG/VRT (.tif, .tiff or .vrt: a path, "
           "an http(s) URL or s3://), an .mbtiles file, or a directory or s3://bucket/prefix of x-y-z.jpg/png/webp "
@@ -48,6 +51,12 @@ def open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retri
     if "${" in written:  # keep ${NAME}, never its value, wherever the spec is shown or stored
         source.description = redact(written)
     return source
+
+
+def is_tile_template(spec):
+    """Whether the spec is an XYZ/TMS URL template (one request a tile: what `rate_limit` limits)."""
+    spec = os.fspath(spec).strip()
+    return spec.lower().startswith(("http://", "https://")) and any(k in spec for k in ("{x}", "{-y}", "{q}"))
 
 
 def _expand_env(spec):
@@ -68,7 +77,7 @@ def _open(spec, cache_dir, concurrency, rate_limit, retries, timeout, deadline, 
     is_url = lower.startswith(("http://", "https://"))
     remote = is_url or lower.startswith(("s3://", "/vsi"))
     path = urlsplit(spec).path.lower() if is_url else lower
-    if is_url and any(key in spec for key in ("{x}", "{-y}", "{q}")):
+    if is_tile_template(spec):
         return XyzSource(spec, tms=tms, subdomains=subdomains, retries=retries, timeout=timeout, deadline=deadline,
                          backoff=backoff, rate_limit=rate_limit, **common)
     if path.endswith((".tif", ".tiff", ".vrt")):
