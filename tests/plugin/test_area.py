@@ -83,7 +83,7 @@ def test_drawn_rectangle_is_written_and_counted_exactly(picker, utm_project, plu
     tool.canvasReleaseEvent(_mouse(utm_project, QEvent.MouseButtonRelease, QgsPointXY(502_000, 8_290_000)))
     assert utm_project.mapTool() is not tool  # drawing one area ends the tool
 
-    assert picker.path.endswith("areas/my_area.geojson")
+    assert picker.path.endswith("areas/.drafts/my_area.geojson")  # a draft until used
     assert picker.path.startswith(plugin_settings.value("work_dir"))
     data = json.load(open(picker.path))
     lon, lat = data["features"][0]["geometry"]["coordinates"][0][0]
@@ -97,7 +97,23 @@ def test_drawn_rectangle_is_written_and_counted_exactly(picker, utm_project, plu
     chosen = []
     picker.areaChosen.connect(chosen.append)
     picker.use_button.click()
-    assert chosen == [picker.path]
+    assert chosen == [picker.path] and picker.path.endswith("areas/my_area.geojson")
+    assert json.load(open(picker.path)) == data
+
+
+def test_only_accepted_areas_are_offered(picker, utm_project, plugin_settings, qgis_iface):
+    """Issue 33: Pick area refused 366 M tiles, yet wrote the area file, and Predict prefilled that newest file.
+    A refused (or abandoned) area stays a draft that no dialog offers."""
+    from tower_detector_plugin.ui.widgets import AreaWidget
+
+    plugin_settings.set_value("area/max_tiles", 100)
+    picker.name.setText("too big")
+    picker.use_canvas_extent()
+    wait_until(lambda: picker.tiles is not None, 60, "the tile count")
+    assert not picker.use_button.isEnabled()
+    picker._use()  # however it is asked
+    offered = AreaWidget(qgis_iface)
+    assert [offered.combo.itemText(i) for i in range(offered.combo.count())] == []
 
 
 def test_polygon_tool_and_selected_features(picker, utm_project):

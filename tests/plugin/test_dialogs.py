@@ -489,3 +489,53 @@ def test_dialogs_start_from_the_project_and_remember_their_last_run(qgis_iface, 
     assert third.imagery.combo.currentText() == "Layer: scene" and third.imagery.name() == "scene"
     for d in (dialog, again, third):
         d.deleteLater()
+
+
+def test_predict_dataset_and_train_show_their_cost_and_ask_before_large_runs(qgis_iface, manager, area_file,
+                                                                            plugin_settings, monkeypatch, tmp_path):
+    """Issue 33: Predict had no tile or cost check (a 50 M-tile country started with no question: 58 days at the
+    plugin's own rate); only the backend refused an area over the limit, 27 s later, in CLI wording."""
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    asked = []
+    answer = [QMessageBox.No]
+    monkeypatch.setattr(QMessageBox, "question", lambda _parent, _title, text, *a: asked.append(text) or answer[0])
+    model = make_model_dir(tmp_path / "model")
+    dialog = PredictDialog(qgis_iface, manager)  # the area file: about 1.1 x 1.1 km, about 8 x 8 tiles
+    dialog.model.setFilePath(str(model))
+    dialog.imagery.set_spec(str(tmp_path / "scene.tif"))
+    dialog.area.set_path(area_file)
+    tiles = int(dialog.estimate.text().split(" tiles")[0].lstrip("≈ ").replace(",", ""))
+    assert 50 < tiles < 100 and "this computer ≈" in dialog.estimate.text() and "$" in dialog.estimate.text()
+    assert dialog.run() is not None and asked == []  # small: no question
+
+    plugin_settings.set_value("area/warn_tiles", 10)  # large: asked, and No starts nothing
+    count = len(manager.store.jobs)
+    assert dialog.run() is None and "large job" in asked[-1] and dialog.error.text() == "not started"
+    assert len(manager.store.jobs) == count
+    answer[0] = QMessageBox.Yes
+    assert dialog.run() is not None
+    plugin_settings.set_value("area/max_tiles", 30)  # over the limit: refused at once, in one line
+    assert dialog.run() is None and "over the limit of 30" in dialog.error.text()
+    assert len(manager.store.jobs) == count + 1
+
+    dataset = BuildDatasetDialog(qgis_iface, manager)
+    dataset.area.set_path(area_file)
+    assert "area ≈" in dataset.estimate.text()
+    dataset.imagery.set_spec(str(tmp_path / "scene.tif"))
+    dataset.out.setFilePath(str(tmp_path / "ds"))
+    assert dataset.run() is None and "over the limit of 30" in dataset.error.text()
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.json").write_text(json.dumps({"splits": {"train": {"tiles": 1000}}}))
+    train = TrainDialog(qgis_iface, manager)
+    train.data.setFilePath(str(tmp_path / "ds"))
+    train.out.setFilePath(str(tmp_path / "m"))
+    train.weights.setCurrentText("none")
+    assert "1,000 training tiles x up to 23 epochs" in train.estimate.text()
+    train.epochs_fine.setValue(30)  # 1,000 x 30 x 3 scorings at 10 tiles/s: 2.5 h, over the 2 h that asks first
+    assert "x 30 epochs: this computer ≈ 2.5 h" in train.estimate.text()
+    answer[0] = QMessageBox.No
+    assert train.run() is None and "takes about 2.5 h" in asked[-1]
+    for d in (dialog, dataset, train):
+        d.deleteLater()

@@ -99,6 +99,17 @@ def write_area(geom4326: QgsGeometry, path: str, name: str = "") -> str:
     return path
 
 
+def read_area(path: str) -> QgsGeometry:
+    """The area of a GeoJSON file (the union of its polygons) in WGS84; ValueError with one line if unreadable."""
+    layer = QgsVectorLayer(path, "area", "ogr")
+    if not layer.isValid():
+        raise ValueError(f"cannot read the area file {path}")
+    parts = [f.geometry() for f in layer.getFeatures() if f.hasGeometry()]
+    if not parts:
+        raise ValueError(f"the area file {path} holds no polygon")
+    return QgsGeometry.unaryUnion(parts)
+
+
 def add_area_layer(path: str, name: str = "", project: QgsProject = None) -> QgsVectorLayer:
     """The area file as an orange outline (the imagery shows through) in the project; a layer already reading
     that file is read again instead of added twice."""

@@ -41,6 +41,63 @@ def format_hours(hours: float) -> str:
     return f"{hours / 24:.1f} days"
 
 
+TRAIN_COST = 3.0  # a training step costs about three scoring steps of a tile (forward and backward passes)
+DEFAULT_EPOCHS = 23  # the backend's recipe, when the dialog leaves epochs at "default": 3 + 20 (params.py)
+CONFIRM_HOURS = 2.0  # a run estimated to take longer than this on this computer asks first
+
+
+@dataclass
+class Plan:
+    """What a dialog's run will cost: the line it shows, and the question to ask first ("" if none)."""
+
+    text: str
+    question: str = ""
+    refusal: str = ""
+
+
+def _question(tiles: int, hours: float, what: str) -> str:
+    level, limit_text = limit_check(tiles) if tiles else ("ok", "")
+    if level == "warn":
+        return f"{limit_text}. Start {what}?"
+    if hours > CONFIRM_HOURS:
+        return f"This {what} takes about {format_hours(hours)} on this computer. Start it?"
+    return ""
+
+
+def predict_plan(tiles: int, views: int = 1, remote: bool = False) -> Plan:
+    """Scoring `tiles` tiles (an estimate of the area's cover) `views` times, here or on AWS."""
+    est = estimate_cost(tiles * views)
+    text = (f"≈ {tiles:,} tiles" + (f" x {views} views" if views > 1 else "") +
+            f": this computer ≈ {format_hours(est.local_hours)}; AWS ≈ {est.gpu_hours:,.2f} GPU-h, "
+            f"≈ ${est.usd:,.2f}, ≈ {format_hours(est.remote_hours)} with {est.workers} GPUs (rates in Settings)")
+    level, limit_text = limit_check(tiles)
+    if level == "refuse":
+        return Plan(text, refusal=limit_text)
+    return Plan(text, _question(tiles, 0.0 if remote else est.local_hours, "prediction"))
+
+
+def dataset_plan(area_tiles: int) -> Plan:
+    """Building training data over an area of `area_tiles` tiles: it fetches only the tiles it picks."""
+    text = (f"area ≈ {area_tiles:,} tiles; the dataset fetches the tower tiles and about the background ratio "
+            "as many others")
+    level, limit_text = limit_check(area_tiles)
+    if level == "refuse":
+        return Plan(text, refusal=limit_text)
+    return Plan(text, _question(area_tiles, 0.0, "dataset"))
+
+
+def train_plan(train_tiles: int, epochs: int = None, remote: bool = False) -> Plan:
+    """Training on `train_tiles` tiles for `epochs` epochs (None: the backend's recipe, at most DEFAULT_EPOCHS)."""
+    n = epochs or DEFAULT_EPOCHS
+    steps = train_tiles * n * TRAIN_COST  # in tile-scorings
+    est = estimate_cost(int(steps))
+    dollars = est.gpu_hours * settings.value("estimate/remote_usd_per_hour")  # one GPU
+    upto = "up to " if epochs is None else ""
+    text = (f"{train_tiles:,} training tiles x {upto}{n} epochs: this computer ≈ {format_hours(est.local_hours)}; "
+            f"AWS ≈ {format_hours(est.gpu_hours)}, ≈ ${dollars:,.2f} (one GPU; rates in Settings)")
+    return Plan(text, _question(0, 0.0 if remote else est.local_hours, "training"))
+
+
 def limit_check(tiles: int):
     """(level, text): level "ok", "warn" or "refuse", from the area limits in Settings."""
     warn, hard = settings.value("area/warn_tiles"), settings.value("area/max_tiles")

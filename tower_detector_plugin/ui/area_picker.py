@@ -286,7 +286,9 @@ class AreaPickerDialog(QDialog):
         shown.transform(ct)
         self.shown_band.setToGeometry(shown, None)
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name.text().strip()) or "area"
-        self.path = write_area(self.geometry4326, os.path.join(settings.work_dir(), "areas", f"{name}.geojson"), name)
+        # drafts wait in areas/.drafts until "Use this area": only accepted areas are offered to the dialogs
+        self.path = write_area(self.geometry4326, os.path.join(settings.work_dir(), "areas", ".drafts",
+                                                               f"{name}.geojson"), name)
         self.file_label.setText(os.path.basename(self.path))
         self.file_label.setToolTip(self.path)
         self.km2_label.setText(f"{area_km2(self.geometry4326, self.project.transformContext()):,.2f} km²")
@@ -338,7 +340,11 @@ class AreaPickerDialog(QDialog):
 
     def _use(self):
         if self.path and self.use_button.isEnabled():
-            self.areaChosen.emit(self.path)
+            accepted = os.path.join(settings.work_dir(), "areas", os.path.basename(self.path))
+            os.replace(self.path, accepted)
+            self.path = accepted
+            self.file_label.setToolTip(accepted)
+            self.areaChosen.emit(accepted)
             self.accept()
 
     def done(self, result):  # closing, however: leave no rubber band or map tool behind

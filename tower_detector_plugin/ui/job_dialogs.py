@@ -4,6 +4,7 @@ Each dialog's build() turns its widgets into a job (argument lists from core/com
 environment) or raises ValueError with one line; run() starts it. Dialogs are non-modal, as QGIS's own.
 """
 
+import json
 import os
 
 from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsVectorLayer, QgsWkbTypes
@@ -16,6 +17,7 @@ from qgis.PyQt.QtWidgets import (
     QGroupBox,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QRadioButton,
     QVBoxLayout,
 )
@@ -58,7 +60,8 @@ from ..core.parameters import (
     WORKERS,
     ZOOM,
 )
-from ..core.estimates import local_chunk_tiles
+from ..core.area_geometry import estimate_tiles, read_area
+from ..core.estimates import dataset_plan, local_chunk_tiles, predict_plan, train_plan
 from ..core.point_export import export_layer_points
 from ..core.result_layers import recommended_threshold
 from .widgets import (
@@ -105,9 +108,38 @@ class JobDialog(QDialog):
         """{"kind", "title", "steps", "out", "outputs", "env", "remote"} or ValueError."""
         raise NotImplementedError
 
+    def plan(self):
+        """What the run will cost (core/estimates.py Plan), or None when nothing can be said yet."""
+        return None
+
+    def _add_estimate(self, *signals):
+        """An Estimate row, updated when any of `signals` fires."""
+        self.estimate = QLabel("")
+        self.estimate.setWordWrap(True)
+        self.estimate.setToolTip("From the rates and price in Settings: measure yours and put them there")
+        self.form.addRow("Estimate", self.estimate)
+        for signal in signals:
+            signal.connect(self._show_plan)
+
+    def _show_plan(self, *_):
+        try:
+            plan = self.plan()
+        except ValueError:
+            plan = None
+        self.estimate.setText(plan.text if plan else "")
+
+    def _ask(self, question: str) -> bool:
+        return QMessageBox.question(self, self.title, question, QMessageBox.Yes | QMessageBox.No,
+                                    QMessageBox.No) == QMessageBox.Yes
+
     def run(self):
         try:
             job = self.build()
+            plan = self.plan()
+            if plan is not None and plan.refusal:
+                raise ValueError(plan.refusal)
+            if plan is not None and plan.question and not self._ask(plan.question):
+                raise ValueError("not started")
         except ValueError as exc:
             self.error.setText(str(exc))
             return None
@@ -181,7 +213,12 @@ class BuildDatasetDialog(JobDialog):
         if tower_point_layers():  # the user loaded their towers: start from them, not from OSM
             self.from_layer.setChecked(True)
             self.points.setLayer(tower_point_layers()[0])
+        self._add_estimate(self.area.combo.currentTextChanged)
         self._restore()
+        self._show_plan()
+
+    def plan(self):
+        return dataset_plan(estimate_tiles(read_area(self.area.path()), spin_value(self.zoom) or ZOOM.default))
 
     def build(self) -> dict:
         area = self.area.path()
@@ -236,7 +273,26 @@ class TrainDialog(JobDialog):
         self.space = file_widget(QgsFileWidget.GetFile, "JSON (*.json)")
         self.where = _where_combo()
         self._add_rows((METRIC, self.metric), (SPACE, self.space), (RUN_ON, self.where))
+        self._add_estimate(self.data.fileChanged, self.epochs_top.valueChanged, self.epochs_fine.valueChanged,
+                           self.mode.currentIndexChanged, self.trials.valueChanged, self.where.currentIndexChanged)
         self._restore()
+        self._show_plan()
+
+    def plan(self):
+        try:
+            with open(os.path.join(self.data.filePath().strip(), "dataset.json"), encoding="utf-8") as f:
+                splits = json.load(f).get("splits") or {}
+        except (OSError, ValueError):
+            return None
+        epochs = None
+        if spin_value(self.epochs_top) is not None or spin_value(self.epochs_fine) is not None:
+            epochs = (spin_value(self.epochs_top) or 0) + (spin_value(self.epochs_fine) or 0)
+        trials = self.trials.value() if self.mode.currentIndex() == 1 else 1
+        plan = train_plan(int((splits.get("train") or {}).get("tiles", 0)) * trials, epochs,
+                          remote=self.where.currentData() == "aws")
+        if trials > 1:
+            plan.text = f"{trials} trials: " + plan.text
+        return plan
 
     def _init_chosen(self, path: str = None):
         """A model to start from brings its own weights and backbone: their inputs do not apply."""
@@ -296,7 +352,14 @@ class PredictDialog(JobDialog):
         self.views.currentIndexChanged.connect(self._model_chosen)
         self.where = _where_combo()
         self._add_rows((VIEWS, self.views), (RUN_ON, self.where))
+        self._add_estimate(self.area.combo.currentTextChanged, self.views.currentIndexChanged,
+                           self.where.currentIndexChanged)
         self._restore()
+        self._show_plan()
+
+    def plan(self):
+        return predict_plan(estimate_tiles(read_area(self.area.path())), self.views.currentData(),
+                            remote=self.where.currentData() == "aws")
 
     def _model_chosen(self, *_):
         """The model's recommended threshold for the views chosen (its scores shift a little with them)."""
