@@ -213,7 +213,7 @@ class BuildDatasetDialog(JobDialog):
         if tower_point_layers():  # the user loaded their towers: start from them, not from OSM
             self.from_layer.setChecked(True)
             self.points.setLayer(tower_point_layers()[0])
-        self._add_estimate(self.area.combo.currentTextChanged)
+        self._add_estimate(self.area.changed)
         self._restore()
         self._show_plan()
 
@@ -352,7 +352,7 @@ class PredictDialog(JobDialog):
         self.views.currentIndexChanged.connect(self._model_chosen)
         self.where = _where_combo()
         self._add_rows((VIEWS, self.views), (RUN_ON, self.where))
-        self._add_estimate(self.area.combo.currentTextChanged, self.views.currentIndexChanged,
+        self._add_estimate(self.area.changed, self.views.currentIndexChanged,
                            self.where.currentIndexChanged)
         self._restore()
         self._show_plan()

@@ -67,13 +67,17 @@ class JobsDock(QDockWidget):
         jobs = list(reversed(self.manager.store.jobs))  # newest first
         self.table.setRowCount(len(jobs))
         for r, job in enumerate(jobs):
+            out = job.get("out", "")
             values = (job.get("title", job.get("kind", "")), job.get("status", ""), job.get("started", ""),
-                      f"{job.get('progress', 0):.0f} %", job.get("out", ""), job.get("message", ""))
+                      f"{job.get('progress', 0):.0f} %", os.path.basename(out.rstrip("/\\")) or out,
+                      job.get("message", ""))
             for c, text in enumerate(values):
                 item = QTableWidgetItem(str(text))
                 item.setData(Qt.UserRole, job["id"])
                 if c == 0:
                     item.setToolTip("\n".join(job.get("commands", [])))
+                elif c == 4:
+                    item.setToolTip(out)  # the name shows, the whole path here
                 elif c == len(values) - 1:
                     item.setToolTip(str(text))  # the whole message, however narrow the column
                 if job.get("verdict") in VERDICT_COLOURS:

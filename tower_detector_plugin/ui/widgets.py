@@ -6,6 +6,7 @@ import time
 
 from qgis.core import QgsProject
 from qgis.gui import QgsAuthConfigSelect, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QAbstractButton,
     QComboBox,
@@ -65,17 +66,19 @@ def spin_value(box):
 
 
 class AreaWidget(QWidget):
-    """An area file: one from the work dir's areas/, any GeoJSON, or a new one from the picker."""
+    """An area file: one from the work dir's areas/ (the areas used in the picker), any GeoJSON, or a new one from
+    the picker. It shows the files' names; the whole path is the tooltip. changed(path) when another is chosen."""
+
+    changed = pyqtSignal(str)
 
     def __init__(self, iface, parent=None):
         super().__init__(parent)
         self.iface = iface
         self.combo = QComboBox()
-        self.combo.setEditable(True)
-        self.combo.setMinimumContentsLength(30)
+        self.combo.setMinimumContentsLength(24)
         for path in sorted(glob.glob(os.path.join(settings.work_dir(), "areas", "*.geojson")), key=os.path.getmtime,
                            reverse=True):
-            self.combo.addItem(path)
+            self._add(path)
         browse = QPushButton("…")
         browse.setToolTip("a GeoJSON polygon file (WGS84)")
         browse.clicked.connect(self._browse)
@@ -88,6 +91,16 @@ class AreaWidget(QWidget):
         row.addWidget(browse)
         row.addWidget(pick)
         self.picker = None
+        self.combo.currentIndexChanged.connect(self._chosen)
+        self._chosen()
+
+    def _add(self, path):
+        self.combo.addItem(os.path.splitext(os.path.basename(path))[0], path)
+        self.combo.setItemData(self.combo.count() - 1, path, Qt.ToolTipRole)
+
+    def _chosen(self, *_):
+        self.combo.setToolTip(self.current() or "no area yet: Pick… draws one on the map")
+        self.changed.emit(self.current())
 
     def _browse(self):
         path, _ = QFileDialog.getOpenFileName(self, "Area", settings.work_dir(), "GeoJSON (*.geojson *.json)")
@@ -100,10 +113,19 @@ class AreaWidget(QWidget):
         self.picker.show()
 
     def set_path(self, path):
-        self.combo.setCurrentText(path)
+        path = str(path)
+        index = self.combo.findData(path)
+        if index < 0:
+            self._add(path)
+            index = self.combo.count() - 1
+        self.combo.setCurrentIndex(index)
+
+    def current(self) -> str:
+        """The chosen file's path ("" if none)."""
+        return self.combo.currentData() or ""
 
     def path(self) -> str:
-        path = self.combo.currentText().strip()
+        path = self.current()
         if not path:
             raise ValueError("choose an area (Pick… draws one on the map)")
         if not os.path.isfile(path):
@@ -172,7 +194,7 @@ def input_value(widget):
             return None  # a token written into the URL is never stored
         return {"choice": widget.combo.currentText(), "spec": spec, "authcfg": widget.auth.configId()}
     if isinstance(widget, AreaWidget):
-        return widget.combo.currentText()
+        return widget.current()
     if isinstance(widget, QgsFileWidget):
         return widget.filePath()
     if isinstance(widget, QgsMapLayerComboBox):
@@ -199,7 +221,8 @@ def set_input_value(widget, value):
         else:
             widget.set_spec(value.get("spec", ""), value.get("authcfg", ""))
     elif isinstance(widget, AreaWidget):
-        widget.set_path(value)
+        if os.path.isfile(value):
+            widget.set_path(value)
     elif isinstance(widget, QgsFileWidget):
         widget.setFilePath(value)
     elif isinstance(widget, QgsMapLayerComboBox):
