@@ -753,6 +753,36 @@ def test_a_pilot_samples_the_whole_cover_not_its_corner():
     assert sample_cover(cover, 100) is cover  # more than there are: all of them
 
 
+def test_the_gpu_sampler_reads_nvidia_smi_and_says_why_when_it_cannot(tmp_path):
+    """STUB: no GPU here, so a stand-in nvidia-smi on PATH answers as the real one does for these two queries."""
+    from tower_detector.remote.pilot import GpuSampler
+
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\ncase "$1" in --query-gpu=name) echo "NVIDIA T4";; *) echo 40; echo 60;; esac\n')
+    fake.chmod(0o755)
+    sampler = GpuSampler(interval=0.01, query=[str(fake), *GpuSampler().query[1:]],
+                         name_query=[str(fake), "--query-gpu=name", "--format=csv,noheader"])
+    sampler.start()
+    for _ in range(1000):  # wait for two samples (no time limit asserted)
+        if len(sampler.samples) >= 2:
+            break
+        time.sleep(0.01)
+    sampler.stop()
+    summary = sampler.summary()
+    assert summary["utilisation_percent"] == 50 and summary["max_percent"] == 50 and summary["samples"] >= 2
+    assert summary["name"] == "NVIDIA T4"
+    fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate' >&2\nexit 9\n")
+    broken = GpuSampler(interval=0.01, query=[str(fake)], name_query=[str(fake)])
+    broken.start()
+    broken.stop()
+    assert broken.summary()["utilisation_percent"] is None
+    assert "could not communicate" in broken.summary()["reason"]
+    missing = GpuSampler(query=[str(tmp_path / "none" / "nvidia-smi")])
+    missing.start()
+    assert missing.summary() == {"utilisation_percent": None, "reason": f"no {tmp_path}/none/nvidia-smi", "name": None}
+
+
 def test_shards_are_sized_to_the_timeout_and_the_workers():
     from tower_detector.common.errors import UserError
     from tower_detector.remote.capacity import size_shards
