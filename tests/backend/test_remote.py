@@ -665,6 +665,12 @@ def test_a_pilot_measures_its_tiles_and_the_full_run_takes_its_rate(remote, tiny
         assert command[:5] == ["remote", "worker", "--pilot", report, "predict"]
         assert command[command.index("--out") + 1] == f"s3://{remote['bucket']}/jobs/pilot1/results"
 
+        moto_job(job["jobId"]).status = "RUNNING"  # moto marked it done at once
+        rc, events, text = cli("remote", "status", "pilot1", "--events")
+        assert rc == 0 and "pilot: 16 tiles of the area's 64; its figures come when it ends" in text, text
+        assert "pilot" not in events[-1] and "full_run" not in events[-1]
+        moto_job(job["jobId"]).status = "SUCCEEDED"
+
         # the worker, as Batch runs it; two sampled tiles have no imagery, one fails once (a 502) before it is served
         server.status = {sampled[3]: 404, sampled[11]: 404}
         server.flaky = {sampled[7]: (502, 1)}

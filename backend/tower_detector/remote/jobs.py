@@ -655,6 +655,9 @@ def _pilot_status(aws, record, fields):
     p = record["pilot"]
     figures = read_pilot(aws, record["bucket"], record["name"])
     if figures is None:
+        if fields.get("status") in ("SUCCEEDED", "FAILED"):
+            return [f"pilot: ended without figures ({p['report']} is missing): it failed before its tiles were "
+                    "scored; see why below or in `remote logs`"]
         return [f"pilot: {p['tiles']:,} tiles of the area's {p['area_tiles']:,}; its figures come when it ends "
                 f"({p['report']})"]
     fields["pilot"] = figures
