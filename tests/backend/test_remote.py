@@ -739,10 +739,16 @@ def test_a_pilot_measures_its_tiles_and_the_full_run_takes_its_rate(remote, tiny
     fails(*predict, "--pilot", 4, "--out", f"s3://{remote['bucket']}/prod", message="never a production store")
     fails(*predict, "--from-pilot", "pilot1", "--tiles-per-second", 300, message="leave out --tiles-per-second")
     fails(*predict, "--from-pilot", "nopilot", message="no s3://")
-    fails(*predict, "--from-pilot", "pilot1", "--zoom", 17, message="its zoom (18 there, 17 here) differ")
+    fails(*predict, "--from-pilot", "pilot1", "--zoom", 17, message="the pilot measured another run (zoom 18, not 17)")
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tiny_model[0], retrained)
+    with open(retrained / "model.keras", "ab") as f:
+        f.write(b"\0")  # other weights, as far as the fingerprint can tell
+    fails(*predict[:3], "--model", retrained, *predict[5:], "--from-pilot", "pilot1",
+          message="the pilot measured another run (another model (s3://")
     other = ["--imagery", imagery.replace("png", "jpg")]
     fails(*predict[:5], *other, *predict[7:], "--from-pilot", "pilot1",
-          message="the pilot measured another run: its imagery")
+          message="the pilot measured another run (another imagery (http://127.0.0.1")
     jobs = cli("remote", "jobs", "--events")[1][-1]["jobs"]
     assert {"full1", "full2", "full3"} <= {j["name"] for j in jobs} and "full4" not in jobs
 

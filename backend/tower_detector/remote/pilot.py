@@ -257,13 +257,14 @@ def check_same_run(figures, name, *, model, zoom, imagery, precision):
     else:
         same_model = model_fingerprint(model) == figures.get("model_fingerprint")
     differ = [what for what, same in (
-        ("model", same_model), (f"zoom ({figures.get('zoom')} there, {zoom} here)", figures.get("zoom") == zoom),
-        (f"imagery ({redact(str(figures.get('imagery')))} there)", figures.get("imagery") == imagery),
-        (f"precision ({figures.get('precision')} there, {precision} here)", figures.get("precision") == precision))
+        (f"another model ({figures.get('model')})", same_model),
+        (f"zoom {figures.get('zoom')}, not {zoom}", figures.get("zoom") == zoom),
+        (f"another imagery ({redact(str(figures.get('imagery')))})", figures.get("imagery") == imagery),
+        (f"precision {figures.get('precision')}, not {precision}", figures.get("precision") == precision))
         if not same]
     if differ:
-        raise UserError(f"--from-pilot {name}: the pilot measured another run: its {', '.join(differ)} differ from "
-                        "this one's; run a pilot of this model, zoom, imagery and precision")
+        raise UserError(f"--from-pilot {name}: the pilot measured another run ({'; '.join(differ)}); run a pilot of "
+                        "this model, zoom, imagery and precision")
 
 
 def rate_source(figures, name):
