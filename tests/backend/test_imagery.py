@@ -140,6 +140,30 @@ def test_retries_recover_from_5xx_and_honour_retry_after(server):
     assert retry - first >= 0.95  # the 429 said Retry-After: 1
 
 
+def test_a_request_log_times_each_request_and_counts_its_outcome(server):
+    from tower_detector.sources.imagery import RequestLog
+
+    a, b, c, d, e = server.tiles[:5]
+    server.flaky = {a: (502, 2)}  # two transient failures, then served
+    server.status = {b: 404, c: 410, d: 400}  # no imagery twice, one refused for good
+    server.truncated = {e}  # a short body: transient, retried, short again
+    server.latency = 0.01
+    log = RequestLog()
+    with open_imagery(server.template(), concurrency=4, retries=1, backoff=0.01, request_log=log) as source:
+        results = list(source.fetch(_ids(server, 8), fail_fast=0))
+    assert [r.error is None for r in results] == [False, False, False, False, False, True, True, True]
+    summary = log.summary()
+    assert summary["requests"] == len(server.paths) == 2 + 1 + 1 + 1 + 2 + 3  # a: 1 retry only, e: 1 retry
+    assert log.outcomes == {"ok": 3, "transient": 4, "missing": 2, "permanent": 1}
+    assert (summary["failed_transient"], summary["failed_permanent"], summary["no_imagery"]) == (4, 3, 2)
+    assert summary["error_rate_transient"] == pytest.approx(4 / 10) and summary["error_rate_permanent"] == 0.3
+    assert 0.01 <= summary["latency_median_s"] <= summary["latency_p95_s"]  # the server waits 10 ms each time
+    with open_imagery(server.template(), concurrency=2) as source:  # off unless asked for
+        list(source.fetch(_ids(server, 2), fail_fast=0))
+        assert source.request_log is None
+    assert RequestLog().summary()["latency_median_s"] is None
+
+
 def test_missing_truncated_corrupt_and_slow_tiles_are_error_values(server):
     a, b, c = server.tiles[:3]
     server.status = {a: 404}

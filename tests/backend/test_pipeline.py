@@ -29,7 +29,7 @@ def test_every_stage_is_a_command_in_pipeline_order_and_remote_takes_the_same_ar
         # the AWS ones
         assert local - remote == ({"shard", "processes", "gpus", "part"} if kind == "predict" else set())
         assert remote - local == {"profile", "region", "stack", "name", "yes", "spot_price", "timeout_hours"} | (
-            {"tiles_per_second"} if kind == "predict" else set())
+            {"tiles_per_second", "pilot", "from_pilot"} if kind == "predict" else set())
 
 
 def test_training_flags_come_from_the_parameter_definitions():

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -629,6 +630,202 @@ def test_a_job_that_failed_three_times_shows_why_and_its_last_log_lines(remote, 
     report = events[-2]
     assert report["event"] == "result" and report["failed"][0]["log_tail"] == lines
     assert lines[-1] in report["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the pilot, and shards sized from a rate
+# ---------------------------------------------------------------------------------------------
+def test_a_pilot_measures_its_tiles_and_the_full_run_takes_its_rate(remote, tiny_model, sample_scene, tmp_path,
+                                                                     monkeypatch):
+    from tower_detector.geo.areas import load_area
+    from tower_detector.geo.cover import tile_cover
+    from tower_detector.prediction.predict import model_fingerprint
+    from tower_detector.remote.capacity import size_shards
+    from tower_detector.remote.pilot import sample_cover
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(SECRET + "\n"))
+    rc, _, text = cli("remote", "secret", "put", "TOKEN", "--stack", "td", "--events")
+    assert rc == 0, text
+    area = tile_cover(load_area(str(sample_scene["area"])), 18)
+    sampled = list(zip(*(a.tolist() for a in next(sample_cover(area, 16).iter_batches()))))
+    with TileServer(sample_scene["imagery"], token=SECRET, latency=0.01) as server:
+        imagery = server.template("png") + "?access_token=${TOKEN}"
+        common = ["--model", tiny_model[0], "--imagery", imagery, "--area", sample_scene["area"], "--stack", "td",
+                  "--checkpoint-every", 8, "--batch-size", 4, "--workers", 4]
+        rc, events, text = cli("remote", "submit", "predict", *common, "--pilot", 16, "--name", "pilot1", "--yes",
+                               "--events")
+        assert rc == 0, text[-3000:]
+        estimate = next(e for e in events if e.get("estimate"))["estimate"]
+        assert estimate["tiles"] == 16 and estimate["shards"] == 1
+        assert "16 tiles spread evenly over the area's 64" in text
+        job = remote["batch"].describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]
+        assert not job.get("arrayProperties", {}).get("size")  # one job, one worker
+        command = job["container"]["command"]
+        report = f"s3://{remote['bucket']}/jobs/pilot1/pilot.json"
+        assert command[:5] == ["remote", "worker", "--pilot", report, "predict"]
+        assert command[command.index("--out") + 1] == f"s3://{remote['bucket']}/jobs/pilot1/results"
+
+        moto_job(job["jobId"]).status = "RUNNING"  # moto marked it done at once
+        rc, events, text = cli("remote", "status", "pilot1", "--events")
+        assert rc == 0 and "pilot: 16 tiles of the area's 64; its figures come when it ends" in text, text
+        assert "pilot" not in events[-1] and "full_run" not in events[-1]
+        moto_job(job["jobId"]).status = "SUCCEEDED"
+
+        # the worker, as Batch runs it; two sampled tiles have no imagery, one fails once (a 502) before it is served
+        server.status = {sampled[3]: 404, sampled[11]: 404}
+        server.flaky = {sampled[7]: (502, 1)}
+        env = dict(os.environ, TOKEN=SECRET, TOWER_DETECTOR_JOB="pilot1", TOWER_DETECTOR_WORK=str(tmp_path / "w"))
+        child = subprocess.run([sys.executable, "-m", "tower_detector", *command], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-3000:]
+        asked = {tuple(int(v) for v in p.rsplit(".", 1)[0].split("/")[2:]) for p in server.paths}
+        assert asked == set(sampled)  # the sample, spread over the scene, and nothing else
+
+    figures = json.loads(remote["s3"].get_object(Bucket=remote["bucket"], Key="jobs/pilot1/pilot.json")["Body"].read())
+    assert SECRET not in json.dumps(figures) and figures["imagery"] == imagery  # as written: ${TOKEN}
+    assert (figures["tiles"], figures["tiles_scored"], figures["tiles_failed_permanent"],
+            figures["tiles_failed_transient"]) == (16, 14, 2, 0)
+    assert figures["tiles_per_second"] > 0 and figures["tiles_per_second_per_view"] == figures["tiles_per_second"]
+    assert figures["seconds"] > 0 and figures["startup_seconds"] > 0
+    requests = figures["imagery_requests"]
+    assert requests["requests"] == 17  # 16 tiles, one of them asked twice
+    assert (requests["failed_transient"], requests["failed_permanent"], requests["no_imagery"]) == (1, 2, 2)
+    assert requests["error_rate_transient"] == pytest.approx(1 / 17, abs=1e-4)
+    assert requests["error_rate_permanent"] == pytest.approx(2 / 17, abs=1e-4)
+    # the server waits 10 ms before every answer, so no request can take less
+    assert 0.01 <= requests["latency_median_s"] <= requests["latency_p95_s"]
+    if shutil.which("nvidia-smi") is None:
+        assert figures["gpu"]["utilisation_percent"] is None and figures["gpu"]["reason"] == "no nvidia-smi"
+    assert figures["model_fingerprint"] == model_fingerprint(tiny_model[0]) and figures["zoom"] == 18
+    assert figures["model"] == command[command.index("--model") + 1]
+
+    # status: the figures, and what they mean for the whole area
+    rc, events, text = cli("remote", "status", "pilot1", "--events")
+    assert rc == 0, text[-2000:]
+    assert events[-1]["pilot"] == figures and "imagery: 17 requests" in text
+    full = events[-1]["full_run"]
+    assert full["tiles"] == 64 and full["tiles_per_second"] == figures["tiles_per_second_per_view"]
+    assert "measured by the pilot pilot1 on 16 tiles" in text and "--from-pilot pilot1" in text
+
+    # the full run takes the pilot's rate; its shards follow from it
+    predict = ["remote", "submit", "predict", *common[:-6], "--checkpoint-every", 8, "--yes", "--events"]
+    rc, events, text = cli(*predict, "--from-pilot", "pilot1", "--name", "full1")
+    assert rc == 0, text[-3000:]
+    e = next(ev for ev in events if ev.get("estimate"))["estimate"]
+    assert e["tiles_per_second"] == figures["tiles_per_second_per_view"]
+    assert e["rate"] == {"kind": "pilot", "pilot": "pilot1", "tiles": 16, "gpu": figures["gpu"]["name"]}
+    assert e["shards"] == size_shards(64, e["tiles_per_second"], timeout_hours=24, workers=8, startup_minutes=5,
+                                      columns=8)["shards"] == 1
+    assert "at {:g} tiles/s per GPU (measured by the pilot pilot1 on 16 tiles".format(e["tiles_per_second"]) in text
+    # a pilot that measured a rate slow enough that 64 tiles take 17.8 h: 8 shards, one per worker
+    slow = dict(figures, tiles_per_second=0.001, tiles_per_second_per_view=0.001)
+    remote["s3"].put_object(Bucket=remote["bucket"], Key="jobs/slowpilot/pilot.json", Body=json.dumps(slow).encode())
+    rc, events, text = cli(*predict, "--from-pilot", "slowpilot", "--name", "full2")
+    assert rc == 0, text[-3000:]
+    e = next(ev for ev in events if ev.get("estimate"))["estimate"]
+    assert e["shards"] == 8 and e["sizing"]["shard_hours"] == pytest.approx(64 / 0.001 / 3600 / 8 + 5 / 60, abs=1e-3)
+    assert remote["batch"].describe_jobs(jobs=[events[-1]["job_id"]])["jobs"][0]["arrayProperties"]["size"] == 8
+    assert "shards:   8 sized from the rate" in text
+    # --shards given that would outlast the attempt at that rate: one warning line
+    rc, events, text = cli(*predict, "--from-pilot", "slowpilot", "--shards", 2, "--timeout-hours", 4,
+                           "--name", "full3")
+    assert rc == 0, text[-3000:]
+    e = next(ev for ev in events if ev.get("estimate"))["estimate"]
+    assert len(e["warnings"]) == 1 and "over the 4 h attempt timeout" in e["warnings"][0]
+
+    # mixing that makes no sense: one line, exit 2
+    fails(*predict, "--pilot", 4, "--shards", 2, message="--pilot scores its tiles in one job on one worker")
+    fails(*predict, "--pilot", 4, "--from-pilot", "pilot1", message="give one of them")
+    fails(*predict, "--pilot", 4, "--out", f"s3://{remote['bucket']}/prod", message="never a production store")
+    fails(*predict, "--from-pilot", "pilot1", "--tiles-per-second", 300, message="leave out --tiles-per-second")
+    fails(*predict, "--from-pilot", "nopilot", message="no s3://")
+    fails(*predict, "--from-pilot", "pilot1", "--zoom", 17, message="the pilot measured another run (zoom 18, not 17)")
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tiny_model[0], retrained)
+    with open(retrained / "model.keras", "ab") as f:
+        f.write(b"\0")  # other weights, as far as the fingerprint can tell
+    fails(*predict[:3], "--model", retrained, *predict[5:], "--from-pilot", "pilot1",
+          message="the pilot measured another run (another model (s3://")
+    other = ["--imagery", imagery.replace("png", "jpg")]
+    fails(*predict[:5], *other, *predict[7:], "--from-pilot", "pilot1",
+          message="the pilot measured another run (another imagery (http://127.0.0.1")
+    jobs = cli("remote", "jobs", "--events")[1][-1]["jobs"]
+    assert {"full1", "full2", "full3"} <= {j["name"] for j in jobs} and "full4" not in jobs
+
+
+def test_a_pilot_samples_the_whole_cover_not_its_corner():
+    from tower_detector.geo.cover import TileCover
+    from tower_detector.remote.pilot import sample_cover
+
+    cover = TileCover(18, [10, 11, 12, 13], [0, 0, 5, 0], [4, 4, 9, 4])  # 16 tiles in 4 columns
+    picked = sample_cover(cover, 4)
+    xs, ys = (a.tolist() for a in next(picked.iter_batches()))
+    assert list(zip(xs, ys)) == [(10, 2), (11, 2), (12, 7), (13, 2)]  # tile 2, 6, 10, 14 of 16: one a column
+    assert cover.contains(xs, ys).all() and picked.count == 4
+    assert sample_cover(cover, 100) is cover  # more than there are: all of them
+
+
+def test_the_gpu_sampler_reads_nvidia_smi_and_says_why_when_it_cannot(tmp_path):
+    """STUB: no GPU here, so a stand-in nvidia-smi on PATH answers as the real one does for these two queries."""
+    from tower_detector.remote.pilot import GpuSampler
+
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\ncase "$1" in --query-gpu=name) echo "NVIDIA T4";; *) echo 40; echo 60;; esac\n')
+    fake.chmod(0o755)
+    sampler = GpuSampler(interval=0.01, query=[str(fake), *GpuSampler().query[1:]],
+                         name_query=[str(fake), "--query-gpu=name", "--format=csv,noheader"])
+    sampler.start()
+    for _ in range(1000):  # wait for two samples (no time limit asserted)
+        if len(sampler.samples) >= 2:
+            break
+        time.sleep(0.01)
+    sampler.stop()
+    summary = sampler.summary()
+    assert summary["utilisation_percent"] == 50 and summary["max_percent"] == 50 and summary["samples"] >= 2
+    assert summary["name"] == "NVIDIA T4"
+    fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate' >&2\nexit 9\n")
+    broken = GpuSampler(interval=0.01, query=[str(fake)], name_query=[str(fake)])
+    broken.start()
+    broken.stop()
+    assert broken.summary()["utilisation_percent"] is None
+    assert "could not communicate" in broken.summary()["reason"]
+    missing = GpuSampler(query=[str(tmp_path / "none" / "nvidia-smi")])
+    missing.start()
+    assert missing.summary() == {"utilisation_percent": None, "reason": f"no {tmp_path}/none/nvidia-smi", "name": None}
+
+
+def test_shards_are_sized_to_the_timeout_and_the_workers():
+    from tower_detector.common.errors import UserError
+    from tower_detector.remote.capacity import size_shards
+
+    def size(tiles, rate, workers=8, timeout=24, **kw):
+        return size_shards(tiles, rate, timeout_hours=timeout, workers=workers, startup_minutes=5, **kw)
+
+    # 50 M tiles at 150 tiles/s: 92.59 h of scoring; a shard may take 12 h less 5 min start-up: 7.77 -> 8 shards
+    z = size(50_000_000, 150)
+    assert z == {"shards": 8, "shard_hours": pytest.approx(92.593 / 8 + 5 / 60, abs=1e-3), "limit_hours": 12.0,
+                 "fits": True, "by": "time"}
+    # at 20 tiles/s: 694.4 h / 11.917 h = 58.3 -> 59, rounded up to 64 (8 rounds of 8), each 10.93 h
+    z = size(50_000_000, 20)
+    assert z["shards"] == 64 and z["shard_hours"] == pytest.approx(694.444 / 64 + 5 / 60, abs=1e-3)
+    # 16 workers: the time needs 8, the fleet takes 16 (each still scores 5.8 h)
+    assert size(50_000_000, 150, workers=16)["shards"] == 16 and size(50_000_000, 150, workers=16)["by"] == "workers"
+    # 8 views a tile: 740.7 h -> 63 -> 64
+    assert size(50_000_000, 150, views=8)["shards"] == 64
+    # 1,000 tiles: seconds of work, one job
+    assert size(1_000, 150) == {"shards": 1, "shard_hours": pytest.approx(1000 / 150 / 3600 + 5 / 60, abs=1e-3),
+                                "limit_hours": 12.0, "fits": True, "by": "one"}
+    # 1 M tiles at 150 tiles/s: 1.85 h fills 3 workers of 8 at half an hour each or more
+    assert size(1_000_000, 150)["shards"] == 3
+    # Batch's limit and the area's columns cap it, a multiple of the workers where one fits; then it may not fit
+    z = size(50_000_000, 0.05)  # 277,778 h: 23,310 shards would be needed
+    assert z["shards"] == 10_000 and not z["fits"]
+    assert size(50_000_000, 0.05, workers=24)["shards"] == 9_984
+    assert size(50_000_000, 20, columns=30)["shards"] == 24 and not size(50_000_000, 20, columns=30)["fits"]
+    assert size(50_000_000, 20, columns=5)["shards"] == 5
+    with pytest.raises(UserError, match="leaves no time to score after the 5 min start-up"):
+        size(1_000, 150, timeout=1 / 6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def model_fingerprint(model_dir):
     return digest.hexdigest()
 
 
-def predict(opts, *, prefetch=4, progress=None, log=print):
+def predict(opts, *, prefetch=4, progress=None, log=print, request_log=None):
     """Score the cover's tiles (this shard's, or all) into the store opts.out; returns the run's summary.
 
     opts: the predict stage's arguments (the CLI's parsed arguments, or pipeline.options("predict", ...)): model,
@@ -74,7 +74,8 @@ def predict(opts, *, prefetch=4, progress=None, log=print):
     each tile scored and averaged) and imagery_name (the imagery's name for people, kept with the job for exports).
     Everything that can be checked is checked before TensorFlow loads. Tiles that failed transiently in an
     earlier run are scored first; one more pass at the end retries this run's transient failures. Raises
-    ImageryUnreachable (exit 1) on an outage: what was scored is kept, the job is not complete."""
+    ImageryUnreachable (exit 1) on an outage: what was scored is kept, the job is not complete. request_log: a
+    sources.imagery.RequestLog to time the imagery's requests in (a pilot's figures)."""
     from ..sources.imagery import open_imagery
     from .store import open_store
 
@@ -84,7 +85,8 @@ def predict(opts, *, prefetch=4, progress=None, log=print):
     precision, views, shard = opts.precision, opts.views, opts.shard
     cover, zoom, picked, part, ranges, params = check_inputs(opts)
     store = open_store(out, create=True)
-    with store, open_imagery(imagery, concurrency=workers, rate_limit=opts.rate_limit) as source:
+    with store, open_imagery(imagery, concurrency=workers, rate_limit=opts.rate_limit,
+                             request_log=request_log) as source:
         if opts.rate_limit:
             log(f"at most {opts.rate_limit:g} imagery requests a second (--rate-limit), retries included")
         # what makes two runs the same job: the exact weights, the imagery and the zoom (the plan adds the

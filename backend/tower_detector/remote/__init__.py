@@ -3,14 +3,17 @@
     remote setup [--check]                      the AWS side, from the CloudFormation template stack.yaml
     remote secret put NAME                      an imagery token into SSM Parameter Store (SecureString)
     remote submit predict|train|search ARGS     the local command's own arguments; prints an estimate, asks
+    remote submit predict ARGS --pilot N        a pilot: N tiles of the area on one worker, measured (pilot.py);
+    remote submit predict ARGS --from-pilot P   then the full run, its estimate and shard sizes at P's rate
     remote status|logs|cancel|fetch JOB         by the short name given at submit time (or the Batch job id)
     remote retry JOB                            only the failed children of an ended prediction, same store
     remote k8s-manifest predict ARGS            the worker as a Kubernetes Indexed Job (kubernetes.py)
     remote jobs                                 the jobs submitted from this machine
     remote worker predict|train|search ARGS     what the Batch container runs (written by submit)
 
-Modules: aws.py (sessions, one-line errors), stack.py (setup), capacity.py (workers at once, quotas, prices),
-jobs.py (submit, status, ...), transfer.py (S3 inputs and output sync), worker.py (the container side). boto3 is
+Modules: aws.py (sessions, one-line errors), stack.py (setup), capacity.py (workers at once, quotas, prices, shard
+sizes), jobs.py (submit, status, ...), pilot.py (the pilot's sample and figures), transfer.py (S3 inputs and output
+sync), worker.py (the container side). boto3 is
 imported only when a remote command runs.
 """
 
@@ -77,8 +80,16 @@ def add_remote_commands(sub, command):
         ksp.add_argument("--timeout-hours", type=POSITIVE,
                          help="stop an attempt after this long (default: the stack's)")
         if kind == "predict":
-            ksp.add_argument("--tiles-per-second", type=POSITIVE, default=150.0,
-                             help="throughput per GPU for the estimate (default 150: an assumption; docs/aws.md)")
+            ksp.add_argument("--tiles-per-second", type=POSITIVE,
+                             help="throughput per GPU and view for the estimate and the shard sizes (default 150: an "
+                                  "assumption; measure it with --pilot; docs/aws.md)")
+            ksp.add_argument("--pilot", type=COUNT, metavar="N",
+                             help="a pilot: score N tiles spread evenly over the area in one job on one GPU worker, "
+                                  "into the job's own store, and measure tiles/s, the imagery's latency and errors, "
+                                  "and GPU use (`remote status NAME` shows them)")
+            ksp.add_argument("--from-pilot", metavar="PILOT",
+                             help="take the tiles/s that the finished pilot PILOT measured (same model, zoom, imagery "
+                                  "and precision) for the estimate and the shard sizes")
 
     for name, func, text in (("status", _cmd_status, "Status of a remote job: children, progress, failures."),
                              ("cancel", _cmd_cancel, "Stop a remote job (what it wrote is kept)."),
@@ -121,6 +132,7 @@ def add_remote_commands(sub, command):
 
     action(rsub, "jobs", _cmd_jobs, "The remote jobs submitted from this machine.")
     sp = action(rsub, "worker", _cmd_worker, "What a Batch container runs (written by `remote submit`).")
+    sp.add_argument("--pilot", metavar="S3_URI", help="predict as a pilot: write its figures to this pilot.json")
     sp.add_argument("argv", nargs=argparse.REMAINDER, help="predict|train|search and its arguments")
 
 
@@ -273,4 +285,4 @@ def _cmd_jobs(args, rep):
 def _cmd_worker(args, rep):
     from .worker import run_worker
 
-    run_worker(args.argv, rep)
+    run_worker(args.argv, rep, pilot=args.pilot)

@@ -7,8 +7,11 @@ may pick them, so the count assumes the mix's largest share of vCPUs per worker 
 
 Prices per instance type come from EC2's spot price history when the credentials may read it, else from the
 assumptions below (docs/aws.md says where they come from).
+
+size_shards: the shard count of a prediction from its rate, the attempt timeout and the workers at once.
 """
 
+import math
 import statistics
 
 # Service Quotas codes of the spot vCPU quotas per instance family letter (EC2 counts spot vCPUs per family group)
@@ -24,6 +27,53 @@ INSTANCE_SPECS = {"g4dn.xlarge": (4, 1), "g4dn.2xlarge": (8, 1), "g4dn.4xlarge":
 DEFAULT_SPOT_PRICES = {"g4dn.xlarge": 0.20, "g4dn.2xlarge": 0.28, "g5.xlarge": 0.40, "g5.2xlarge": 0.48,
                        "g6.xlarge": 0.35, "g6.2xlarge": 0.42}
 DEFAULT_SPOT_PRICE = 0.20
+
+
+SHARD_SHARE = 0.5  # a shard, start-up included, takes at most this share of the attempt timeout
+MIN_SHARD_HOURS = 0.5  # a shard scoring less than this is not worth a worker (and a start-up) of its own
+
+
+def size_shards(tiles, tiles_per_second, *, timeout_hours, workers, startup_minutes, views=1, max_shards=10_000,
+                columns=None):
+    """The shards of a prediction whose --shards is not given. Pure arithmetic:
+
+    1. time:    enough shards that each, start-up included, ends within SHARD_SHARE of the attempt timeout:
+                n_time = ceil(scoring hours / (SHARD_SHARE x timeout_hours - start-up hours))
+    2. fleet:   a shard per worker at once when the work fills them, each still scoring MIN_SHARD_HOURS or more:
+                n_fleet = max(1, min(workers, floor(scoring hours / MIN_SHARD_HOURS)))
+    3. rounds:  n = max(n_time, n_fleet), rounded up to a multiple of `workers` once it reaches them, so that
+                every round of shards fills the workers (none left mostly idle)
+    4. limits:  at most max_shards (Batch's array size) and `columns` (shards are tile-column ranges), kept a
+                multiple of `workers` where one fits; 1 is a single job, not an array.
+    scoring hours = tiles x views / tiles_per_second / 3600. Returns {"shards", "shard_hours" (each, start-up
+    included), "limit_hours" (SHARD_SHARE x timeout), "fits" (shard_hours <= limit_hours), "by" ("time", "workers"
+    or "one")}. UserError when the timeout leaves no time to score after the start-up.
+
+    E.g. 50 M tiles at 150 tiles/s, 24 h, 8 workers, 5 min start-up: 92.6 h of scoring over 12 - 1/12 h a shard
+    is 7.8 -> 8 shards (a multiple of 8) of 11.66 h; at 20 tiles/s, 694 h -> 59 -> 64 shards of 10.93 h.
+    """
+    from ..common.errors import UserError
+
+    workers = max(1, int(workers))
+    limit = SHARD_SHARE * timeout_hours
+    budget = limit - startup_minutes / 60
+    if budget <= 0:
+        raise UserError(f"an attempt timeout of {timeout_hours:g} h leaves no time to score after the "
+                        f"{startup_minutes:g} min start-up of a shard: give a longer --timeout-hours")
+    hours = tiles * views / tiles_per_second / 3600
+    n_time = max(1, math.ceil(hours / budget))
+    n_fleet = max(1, min(workers, math.floor(hours / MIN_SHARD_HOURS)))
+    n = max(n_time, n_fleet)
+    if n >= workers:
+        n = math.ceil(n / workers) * workers
+    cap = min(max_shards, columns or max_shards)
+    if n > cap:
+        n = cap // workers * workers if cap >= workers else cap
+    n = max(1, n)
+    shard_hours = hours / n + startup_minutes / 60
+    by = "one" if n == 1 else "time" if n_time >= n_fleet else "workers"
+    return {"shards": n, "shard_hours": round(shard_hours, 3), "limit_hours": round(limit, 3),
+            "fits": shard_hours <= limit + 1e-9, "by": by}
 
 
 def workers_per_instance(vcpus, gpus, job_vcpus):

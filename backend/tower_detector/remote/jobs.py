@@ -4,6 +4,7 @@ Layout in the stack's bucket:
     inputs/{kind}-{sha256}.tar|.json|...   uploaded inputs, content-addressed (the same input is uploaded once)
     jobs/{name}/cover.json                 a prediction's tile cover (computed here, exact; shards read it)
     jobs/{name}/results/                   a prediction's results store (prediction/store's layout)
+    jobs/{name}/pilot.json                 a pilot's figures (pilot.py), next to its own store
     jobs/{name}/out/                       a training's model folder, or a search's folder, mirrored by the worker
 Local list of jobs: $TOWER_DETECTOR_HOME/jobs.json (default ~/.tower-detector), so that status, logs and fetch
 take the short name given at submit time (or the Batch job id).
@@ -25,16 +26,16 @@ from ..common.redaction import secrets as literal_secrets
 from ..pipeline import rate_share
 from .stack import stack_outputs
 
-# Throughput behind the estimate: an assumption, not a measurement (docs/aws.md says why); replace it with
-# `predict`'s own tiles_per_second from a run on the instance type. Prices: capacity.py.
+# Throughput behind the estimate: an assumption, not a measurement (docs/aws.md says why); a pilot measures it
+# (--pilot N, then --from-pilot NAME). Prices: capacity.py.
 DEFAULT_TILES_PER_SECOND = 150.0
 DEFAULT_SPOT_PRICE = 0.20  # $ per worker-hour when nothing better is known (capacity.py has prices per type)
 STARTUP_MINUTES = 5.0  # per shard: instance boot, worker image pull, model load
 S3_PUT_PER_1000 = 0.005  # $ per 1,000 PUT/LIST requests, S3 Standard, us-east-1
 S3_GET_PER_1000 = 0.0004  # $ per 1,000 GET requests
 MAX_ARRAY_SIZE = 10_000  # Batch's limit on array job children
-TILES_PER_SHARD = 2_000_000  # default shard size: about 4 hours per shard at the assumed throughput
 REQUESTS_PER_TILE = 1.0  # an XYZ tile is one request (its retries more): what a child's share of --rate-limit buys
+DEFAULT_TIMEOUT_HOURS = 24.0  # an attempt's limit when neither --timeout-hours nor the job definition gives one
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -189,20 +190,24 @@ def _job_definition(aws, base_arn, secrets, image):
 # the estimate
 # ---------------------------------------------------------------------------------------------
 def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PER_SECOND,
-                     spot_price=DEFAULT_SPOT_PRICE, parallel=None, views=1, capacity=None, rate_limit=None):
+                     spot_price=DEFAULT_SPOT_PRICE, parallel=None, views=1, capacity=None, rate=None, sizing=None,
+                     timeout_hours=None, largest_shard=None, rate_limit=None):
     """GPU-hours, dollars and S3 requests of a prediction (see the constants above for the assumptions).
     tiles_per_second is one view's; predict --views scores each tile that many times. capacity: capacity.plan's
-    answer; its workers at once, not the shards, bound `parallel`, and its price is the spot_price. rate_limit:
-    the job's imagery requests/s, shared out among the `parallel` children at once; where a child's share is
-    fewer tiles/s than its GPU scores, the share sets the time (the GPU waits, and is paid for)."""
+    answer; its workers at once, not the shards, bound `parallel`, and its price is the spot_price. rate: where
+    tiles_per_second comes from (pilot.rate_source's answer, {"kind": "given"}, or None: the assumption). sizing:
+    capacity.size_shards's answer when it chose the shards (None: --shards). timeout_hours and largest_shard (its
+    tiles): a warning when that shard would outlast an attempt. rate_limit: the job's imagery requests/s, shared
+    out among the `parallel` children at once; where a child's share is fewer tiles/s than its GPU scores, the
+    share sets the time (the GPU waits, and is paid for)."""
     if capacity is not None:
         parallel = min(parallel or shards, max(1, capacity["workers"]))
         spot_price = capacity["spot_price"]
     parallel = max(1, min(shards, parallel or shards))
     per_child = rate_share(rate_limit, parallel)
     gpu_rate = tiles_per_second / views  # tiles/s one worker's GPU scores
-    rate = min(gpu_rate, per_child / REQUESTS_PER_TILE) if per_child else gpu_rate
-    gpu_hours = tiles / rate / 3600
+    worker_rate = min(gpu_rate, per_child / REQUESTS_PER_TILE) if per_child else gpu_rate
+    gpu_hours = tiles / worker_rate / 3600
     instance_hours = gpu_hours + shards * STARTUP_MINUTES / 60
     # PUT-priced: one per chunk, job.json + cover.json + manifest per shard, the uploads, a listing per shard
     puts = chunks + 4 * shards + 2
@@ -210,13 +215,22 @@ def estimate_predict(tiles, shards, chunks, *, tiles_per_second=DEFAULT_TILES_PE
     gets = 4 * shards + chunks + 2
     s3_dollars = puts / 1000 * S3_PUT_PER_1000 + gets / 1000 * S3_GET_PER_1000
     wall_hours = math.ceil(shards / parallel) * (gpu_hours / shards + STARTUP_MINUTES / 60)
+    warnings = []
+    if timeout_hours and largest_shard:
+        hours = largest_shard / worker_rate / 3600 + STARTUP_MINUTES / 60
+        if hours > timeout_hours:
+            warnings.append(f"warning: at {tiles_per_second:g} tiles/s the largest shard ({largest_shard:,} tiles) "
+                            f"takes about {hours:,.1f} h, over the {timeout_hours:g} h attempt timeout: its child "
+                            "would be stopped and fail; leave out --shards to size them, or give more")
     return {"tiles": tiles, "shards": shards, "chunks": chunks, "tiles_per_second": tiles_per_second,
+            "rate": rate or {"kind": "assumed"}, "sizing": sizing, "timeout_hours": timeout_hours,
+            "warnings": warnings,
             "views": views, "gpu_hours": round(gpu_hours, 3), "instance_hours": round(instance_hours, 3),
             "spot_price": spot_price, "compute_dollars": round(instance_hours * spot_price, 2),
             "s3_puts": puts, "s3_gets": gets, "s3_dollars": round(s3_dollars, 4),
             "dollars": round(instance_hours * spot_price + s3_dollars, 2), "parallel": parallel,
             "wall_hours": round(wall_hours, 2), "rate_limit": rate_limit, "rate_limit_per_child": per_child,
-            "tiles_per_second_per_worker": round(rate, 3), "limited_by_rate_limit": rate < gpu_rate,
+            "tiles_per_second_per_worker": round(worker_rate, 3), "limited_by_rate_limit": worker_rate < gpu_rate,
             "capacity": {k: v for k, v in capacity.items() if k != "problems"} if capacity else None}
 
 
@@ -228,9 +242,10 @@ def estimate_text(e):
               f"{c['price_type']}" if c.get("price_type") else ""))
     return "\n".join([
         f"estimate: {e['tiles']:,} tiles (the exact cover) in {e['shards']} shards, {e['chunks']:,} chunks",
+        *([f"  {sizing_text(e)}"] if e.get("sizing") else []),
         *([f"  {capacity_text(c)}"] if c else []),
         f"  GPU time: {e['gpu_hours']:,.2f} GPU-hours at " + (_rate_limited(e) if e.get("limited_by_rate_limit") else
-        f"{e['tiles_per_second']:g} tiles/s per GPU (an assumption: --tiles-per-second)" +
+        f"{e['tiles_per_second']:g} tiles/s per GPU ({rate_text(e.get('rate'))})" +
         (f" x {e['views']} views a tile" if e["views"] > 1 else "")) +
         f" + {STARTUP_MINUTES:g} min start-up per shard = {e['instance_hours']:,.2f} "
         "instance-hours",
@@ -239,7 +254,30 @@ def estimate_text(e):
         f"${e['compute_dollars']:,.2f}",
         f"  S3:       {e['s3_puts']:,} PUTs (one per chunk) + {e['s3_gets']:,} GETs = ${e['s3_dollars']:,.4f}",
         f"  total:    ${e['dollars']:,.2f}; about {e['wall_hours']:,.1f} h with {e['parallel']} worker"
-        f"{'s' * (e['parallel'] != 1)} at once"])
+        f"{'s' * (e['parallel'] != 1)} at once",
+        *[f"  {w}" for w in e.get("warnings") or []]])
+
+
+def rate_text(rate):
+    """Where the estimate's tiles/s comes from: measured by a pilot, given, or assumed."""
+    rate = rate or {"kind": "assumed"}
+    if rate["kind"] == "pilot":
+        return (f"measured by the pilot {rate['pilot']} on {rate['tiles']:,} tiles"
+                + (f", {rate['gpu']}" if rate.get("gpu") else ""))
+    if rate["kind"] == "given":
+        return "as given: --tiles-per-second, not measured"
+    return "an assumption: --tiles-per-second"
+
+
+def sizing_text(e):
+    z = e["sizing"]
+    if z["shards"] == 1:
+        return f"shards:   one job: about {z['shard_hours']:,.2f} h, start-up included"
+    return (f"shards:   {z['shards']} sized from the rate: each about {z['shard_hours']:,.2f} h, start-up included, "
+            f"within half the {e['timeout_hours']:g} h attempt timeout"
+            + (", and a multiple of the workers at once" if e.get("capacity") else "")
+            + ("" if z["fits"] else f"; more would exceed Batch's {MAX_ARRAY_SIZE:,} children or the area's "
+               "columns"))
 
 
 def _rate_limit_lines(e):
@@ -260,7 +298,7 @@ def _rate_limited(e):
     views = f" / {e['views']} views a tile" if e["views"] > 1 else ""
     return (f"{e['tiles_per_second_per_worker']:g} tiles/s a worker (its share of --rate-limit, one request a tile; "
             f"its GPU would score {e['tiles_per_second'] / e['views']:g}: {e['tiles_per_second']:g} tiles/s per GPU "
-            f"(an assumption: --tiles-per-second){views})")
+            f"({rate_text(e.get('rate'))}){views})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,17 +335,61 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
         raise UserError(capacity["problems"][0])
 
     values = {a.dest: getattr(args, a.dest, None) for a in actions}
+    pilot_tiles, from_pilot = getattr(args, "pilot", None), getattr(args, "from_pilot", None)
+    _check_pilot_options(values, pilot_tiles, from_pilot, getattr(args, "tiles_per_second", None), bucket, prefix)
     _check_local_inputs(kind, values)
-    secrets, record = [], {}
+    secrets, record, worker = [], {}, []
     if kind == "predict":
         from ..prediction.predict import check_rate_limit
 
         secrets = _check_imagery(aws, outputs, values["imagery"], log)
         check_rate_limit(values.get("rate_limit"), values["imagery"])
-        cover, plan = _plan(values)
+        timeout_hours = args.timeout_hours or (jd[0].get("timeout") or {}).get("attemptDurationSeconds", 0) / 3600 \
+            or DEFAULT_TIMEOUT_HOURS
+        tiles_per_second = args.tiles_per_second or DEFAULT_TILES_PER_SECOND
+        rate = {"kind": "given"} if args.tiles_per_second else None
+        cover = _cover(values)
+        if from_pilot:
+            from .pilot import check_same_run, rate_source, usable_pilot
+
+            figures = usable_pilot(aws, bucket, from_pilot)
+            check_same_run(figures, from_pilot, model=values["model"], zoom=cover.zoom, imagery=values["imagery"],
+                           precision=values["precision"])
+            tiles_per_second, rate = figures["tiles_per_second_per_view"], rate_source(figures, from_pilot)
+        views = values.get("views") or 1
+        if from_pilot and (figures.get("views") or 1) != views:
+            log(f"note: the pilot {from_pilot} scored {figures.get('views') or 1} views a tile and this run {views}: "
+                "its rate is scaled by the views, as if the model alone set it; a pilot with the same --views measures "
+                "it")
+        area_tiles, sizing = cover.count, None
+        if pilot_tiles:
+            from .pilot import report_key, sample_cover
+
+            # what status needs to size the full run from the pilot's rate: the area's tiles and columns
+            record["pilot"] = {"report": f"s3://{bucket}/{report_key(name)}", "area_tiles": area_tiles,
+                               "area_columns": len(cover.column_counts()[0]), "timeout_hours": timeout_hours,
+                               "checkpoint_every": values["checkpoint_every"]}
+            cover = sample_cover(cover, pilot_tiles)
+            record["pilot"]["tiles"] = cover.count
+            worker = ["--pilot", record["pilot"]["report"]]
+            log(f"pilot: {cover.count:,} tiles spread evenly over the area's {area_tiles:,}, scored on one worker "
+                f"into the pilot's own store s3://{bucket}/{prefix}results")
+        if not values.get("shards") and not pilot_tiles:
+            from .capacity import size_shards
+
+            sizing_rate = tiles_per_second  # with a rate limit, a child's share may be what sets its pace
+            if values.get("rate_limit"):
+                share = rate_share(values["rate_limit"], capacity["workers"] or 1) / REQUESTS_PER_TILE
+                sizing_rate = min(tiles_per_second, share * views)
+            sizing = size_shards(cover.count, sizing_rate, views=views, timeout_hours=timeout_hours,
+                                 workers=capacity["workers"] or 1, startup_minutes=STARTUP_MINUTES,
+                                 max_shards=MAX_ARRAY_SIZE, columns=len(cover.column_counts()[0]))
+            values["shards"] = sizing["shards"]
+        plan = _plan(values, cover)
         shards = len(plan.shards)
-        estimate = estimate_predict(cover.count, shards, plan.total_chunks, tiles_per_second=args.tiles_per_second,
-                                    views=values.get("views") or 1, capacity=capacity,
+        estimate = estimate_predict(cover.count, shards, plan.total_chunks, tiles_per_second=tiles_per_second,
+                                    views=views, capacity=capacity, rate=rate, sizing=sizing,
+                                    timeout_hours=timeout_hours, largest_shard=_largest_shard(cover, plan.shards),
                                     rate_limit=values.get("rate_limit"))
         values["out"] = _out(values.get("out"), bucket, prefix + "results")
         record.update(store=values["out"], tiles=cover.count, array_size=shards if shards > 1 else None)
@@ -353,7 +435,7 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
         if values.get("weights") not in (None, "imagenet", "none"):
             values["weights"] = _input(aws, values["weights"], bucket, "weights")
     uploads = {k: v for k, v in values.items() if isinstance(v, str) and v.startswith("s3://") and k != "imagery"}
-    command = ["remote", "worker", kind, *_argv(actions, values), "--events"]
+    command = ["remote", "worker", *worker, kind, *_argv(actions, values), "--events"]
     job_def = _job_definition(aws, base_def, secrets, image)
     request = dict(jobName=name, jobQueue=outputs["JobQueue"], jobDefinition=job_def,
                    containerOverrides={"command": command,
@@ -406,11 +488,10 @@ def _check_imagery(aws, outputs, imagery, log):
     return _imagery_secrets(aws, outputs, imagery)
 
 
-def _plan(values):
-    """The exact cover and the chunk plan of a prediction, computed here (the estimate needs them)."""
+def _cover(values):
+    """The exact cover of a prediction, computed here (the estimate and the shard sizes need it)."""
     from ..geo.areas import load_area
     from ..geo.cover import TileCover, tile_cover
-    from ..prediction.store import ChunkPlan
 
     if (values.get("area") is None) == (values.get("tiles") is None):
         raise UserError("remote submit predict needs --area or --tiles (one of them)")
@@ -420,13 +501,39 @@ def _plan(values):
         raise UserError("the area or tile list holds no tiles")
     if cover.count > values["max_tiles"]:
         raise UserError(f"{cover.count:,} tiles is over --max-tiles {values['max_tiles']:,}")
-    shards = values.get("shards") or max(1, math.ceil(cover.count / TILES_PER_SHARD))
-    shards = min(shards, len(cover.x))
+    return cover
+
+
+def _plan(values, cover):
+    """The chunk plan of a prediction in values["shards"] shards (1 when not given)."""
+    from ..prediction.store import ChunkPlan
+
+    shards = min(values.get("shards") or 1, len(cover.x))
     if not 1 <= shards <= MAX_ARRAY_SIZE:
         raise UserError(f"--shards must be 1..{MAX_ARRAY_SIZE:,} (Batch's largest array job)")
     if values["checkpoint_every"] < 1:
         raise UserError("--checkpoint-every must be at least 1")
-    return cover, ChunkPlan(cover, cover.shard_ranges(shards), values["checkpoint_every"])
+    return ChunkPlan(cover, cover.shard_ranges(shards), values["checkpoint_every"])
+
+
+def _largest_shard(cover, ranges):
+    cols, counts = cover.column_counts()
+    return max(int(counts[(cols >= a) & (cols < b)].sum()) for a, b in ranges)
+
+
+def _check_pilot_options(values, pilot_tiles, from_pilot, tiles_per_second, bucket, prefix):
+    """--pilot and --from-pilot against the options they make no sense with: one line, exit 2."""
+    if pilot_tiles and from_pilot:
+        raise UserError("--pilot measures a rate and --from-pilot uses one: give one of them")
+    if pilot_tiles and values.get("shards"):
+        raise UserError("--pilot scores its tiles in one job on one worker: leave out --shards")
+    if pilot_tiles and values.get("out"):
+        raise UserError(f"--pilot writes into its own store (s3://{bucket}/{prefix}results), never a production "
+                        "store: leave out --out")
+    if from_pilot and tiles_per_second:
+        raise UserError(f"--from-pilot {from_pilot} takes the rate the pilot measured: leave out --tiles-per-second")
+    if from_pilot and not _NAME.match(from_pilot):
+        raise UserError(f"--from-pilot names a pilot job (letters, digits, - and _): not {from_pilot!r}")
 
 
 def _out(out, bucket, default_key):
@@ -553,6 +660,8 @@ def status(aws, record, tail=10):
                          f"{p['tiles_total']:,} tiles done ({p['tiles_done'] / max(p['tiles_total'], 1):.0%}); "
                          f"failed: {p['tiles_failed_permanent']:,} for good (no imagery there, unreadable), "
                          f"{p['tiles_failed_transient']:,} to retry (imagery unreachable)")
+    if record.get("pilot"):
+        lines += _pilot_status(aws, record, fields)
     failure = None
     failed = []
     if summary and summary.get("FAILED"):
@@ -579,6 +688,45 @@ def status(aws, record, tail=10):
                    + (f": {summary.get('FAILED')} of {fields.get('size')} children failed" if summary else "")
                    + f"; after {first['attempts']} attempt{'s' * (first['attempts'] != 1)}: {first['reason']}")
     return "\n".join(lines), fields, failure
+
+
+def _pilot_status(aws, record, fields):
+    """A pilot's figures, once it has written them, and the estimate of the full run they give."""
+    from .pilot import pilot_text, read_pilot
+
+    p = record["pilot"]
+    figures = read_pilot(aws, record["bucket"], record["name"])
+    if figures is None:
+        if fields.get("status") in ("SUCCEEDED", "FAILED"):
+            return [f"pilot: ended without figures ({p['report']} is missing): it failed before its tiles were "
+                    "scored; see why below or in `remote logs`"]
+        return [f"pilot: {p['tiles']:,} tiles of the area's {p['area_tiles']:,}; its figures come when it ends "
+                f"({p['report']})"]
+    fields["pilot"] = figures
+    lines = pilot_text(figures).splitlines()
+    if figures.get("failure") or not figures.get("tiles_per_second_per_view"):
+        return lines
+    fields["full_run"] = full_run_estimate(figures, record)
+    return lines + [f"for the whole area: `remote submit predict` with the pilot's model, zoom, imagery and "
+                    f"precision and --from-pilot {record['name']}:"] + [
+        f"  {line}" for line in estimate_text(fields["full_run"]).splitlines()]
+
+
+def full_run_estimate(figures, record):
+    """The estimate of the full run of a pilot's area at the pilot's rate and views, with shards sized as submit
+    would size them (the chunk count approximate: each shard's last chunk may be short)."""
+    from .capacity import size_shards
+    from .pilot import rate_source
+
+    p, capacity = record["pilot"], (record.get("estimate") or {}).get("capacity")
+    rate, views = figures["tiles_per_second_per_view"], figures.get("views") or 1
+    sizing = size_shards(p["area_tiles"], rate, views=views, timeout_hours=p["timeout_hours"],
+                         workers=(capacity or {}).get("workers") or 1, startup_minutes=STARTUP_MINUTES,
+                         max_shards=MAX_ARRAY_SIZE, columns=p["area_columns"])
+    chunks = math.ceil(p["area_tiles"] / p["checkpoint_every"]) + sizing["shards"] - 1
+    return estimate_predict(p["area_tiles"], sizing["shards"], chunks, tiles_per_second=rate, views=views,
+                            capacity=capacity, rate=rate_source(figures, record["name"]), sizing=sizing,
+                            timeout_hours=p["timeout_hours"])
 
 
 def _progress(store_spec):

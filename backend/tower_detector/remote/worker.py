@@ -8,6 +8,10 @@ paths. The worker brings those inputs down, runs the local command in this proce
            an array job of N children scores every shard once. SIGTERM: predict finishes its chunk and exits 75,
            which the job definition's retry strategy retries; the retry scores only the missing chunks. Tiles
            that failed transiently (an imagery outage) exit 75 too; the retry fetches only those.
+  --pilot  `remote worker --pilot s3://.../pilot.json predict ...` (submit --pilot N): the prediction of a pilot's
+  URI      sampled tiles, one job, into its own store; it measures tiles/s, the imagery's latency and errors and
+           the GPU's use, writes them to that URI (pilot.py), and exits 0 even when tiles failed transiently (they
+           are figures); an imagery outage exits 1, after pilot.json says so.
   train,   run in a local folder mirrored to --out s3://... (transfer.DirSync): pulled before, pushed every
   search   TOWER_DETECTOR_SYNC_SECONDS (120) and at the end, so a retry resumes (train from its checkpoints,
            search from history.json).
@@ -25,6 +29,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 
 from ..common.errors import Failure, Interrupted, UserError
 from ..pipeline import REMOTE, STAGE
@@ -53,13 +58,17 @@ def check_gpu(kind):
     return gpus
 
 
-def run_worker(argv, rep):
+def run_worker(argv, rep, pilot=None):
+    """pilot: an s3:// URI for pilot.json: the prediction is a pilot (pilot.py), which writes its figures there."""
+    started = time.monotonic()
     if not argv or argv[0] not in REMOTE:
         raise UserError(f"remote worker: the first argument must be one of {', '.join(REMOTE)}")
     from ..cli import build_parser
 
     args = build_parser().parse_args(list(argv))
     kind = args.command
+    if pilot and (kind != "predict" or not pilot.lower().startswith("s3://")):
+        raise UserError("remote worker --pilot s3://.../pilot.json runs a prediction as a pilot")
     gpus = check_gpu(kind)
     if gpus:
         rep.log(f"worker: {len(gpus)} GPU{'s' * (len(gpus) != 1)} seen")
@@ -74,8 +83,14 @@ def run_worker(argv, rep):
         # children of one prediction may share a machine: each its own copy of the inputs
         inputs = tempfile.mkdtemp(prefix="inputs-", dir=work)
         try:
+            model_uri = args.model
             _fetch_inputs(s3, args, inputs, rep)
-            _predict(args, rep)
+            if pilot:
+                from .pilot import run_pilot
+
+                run_pilot(args, rep, pilot, s3, model_uri=model_uri, started=started)
+            else:
+                _predict(args, rep)
         finally:
             shutil.rmtree(inputs, ignore_errors=True)
     else:

@@ -7,7 +7,7 @@
         images, errors = src.fetch_batch(xs, ys, 18)
 
 open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retries=4, timeout=20.0, deadline=60.0,
-             backoff=0.5, tms=False, subdomains="abc", tile_size=256, bands=None) -> ImagerySource
+             backoff=0.5, tms=False, subdomains="abc", tile_size=256, bands=None, request_log=None) -> ImagerySource
     picks the source from the spec's form; each lives in its own module, behind the base class in base.py (which
     documents fetching, failures, the cache and secrets):
     XYZ/TMS template  http(s)://...{z}/{x}/{y}...                                     xyz.py
@@ -16,6 +16,7 @@ open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retries=4
     tile directory    a directory or s3://bucket/prefix of x-y-z.{jpg,png,webp} files     tiledir.py
     is_tile_template(spec): whether the spec is the first form, whose requests `rate_limit` (requests/s, one bucket
     for the template's host) limits; the other forms make no such requests and ignore it.
+    request_log: a RequestLog (base.py) to fill with each request's latency and outcome (XYZ sources only).
     ${NAME} in a spec is replaced by the environment variable's value (how a secret reaches the backend without a
     command line or a file); the description keeps ${NAME}. Anything else is a UserError naming the forms.
 """
@@ -27,14 +28,24 @@ from urllib.parse import urlsplit
 from ...common.errors import UserError
 from ...common.redaction import redact
 from ...geo.tilemath import TILE_SIZE
-from .base import FAIL_FAST, TRANSIENT_KINDS, ImagerySource, ImageryUnreachable, OutageGuard, TileResult, decode_tile
+from .base import (
+    FAIL_FAST,
+    TRANSIENT_KINDS,
+    ImagerySource,
+    ImageryUnreachable,
+    OutageGuard,
+    RequestLog,
+    TileResult,
+    decode_tile,
+)
 from .geotiff import GeoTiffSource
 from .mbtiles import MBTilesSource
 from .tiledir import TileDirSource
 from .xyz import XyzSource
 
 __all__ = ["FAIL_FAST", "TRANSIENT_KINDS", "GeoTiffSource", "ImagerySource", "ImageryUnreachable", "MBTilesSource",
-           "OutageGuard", "TileDirSource", "TileResult", "XyzSource", "decode_tile", "is_tile_template", "open_imagery",
+           "OutageGuard", "RequestLog", "TileDirSource", "TileResult", "XyzSource", "decode_tile", "is_tile_template",
+           "open_imagery",
            "redact"]
 
 _FORMS = ("an XYZ URL template (https://.../{z}/{x}/{y}.png), a GeoTIFF/COG/VRT (.tif, .tiff or .vrt: a path, "
@@ -43,11 +54,12 @@ _FORMS = ("an XYZ URL template (https://.../{z}/{x}/{y}.png), a GeoTIFF/COG/VRT 
 
 
 def open_imagery(spec, *, cache_dir=None, concurrency=16, rate_limit=None, retries=4, timeout=20.0, deadline=60.0,
-                 backoff=0.5, tms=False, subdomains="abc", tile_size=TILE_SIZE, bands=None):
+                 backoff=0.5, tms=False, subdomains="abc", tile_size=TILE_SIZE, bands=None, request_log=None):
     """An ImagerySource for `spec` (see the module docstring for the forms); UserError for anything else."""
     written = os.fspath(spec).strip()
     source = _open(_expand_env(written), cache_dir, concurrency, rate_limit, retries, timeout, deadline, backoff,
                    tms, subdomains, tile_size, bands)
+    source.request_log = request_log
     if "${" in written:  # keep ${NAME}, never its value, wherever the spec is shown or stored
         source.description = redact(written)
     return source

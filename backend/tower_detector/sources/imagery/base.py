@@ -11,6 +11,8 @@ API
     decode_tile(bytes, size=256) -> array or ValueError.
     A subclass gives _load(x, y, z) (bytes or an array; raises TileError) and may give _check_zoom(z) (UserError
     when the source has no imagery at that zoom, asked once per zoom before any fetch) and _fail_hint.
+    ImagerySource.request_log: None, or a RequestLog that the source fills with each request's latency and
+    outcome (XYZ sources do; a pilot sets one, see remote/pilot.py).
 
 Behaviour
     Errors are per tile: a missing, corrupt or unreachable tile is a TileResult with image None and a reason
@@ -124,6 +126,40 @@ class OutageGuard:
                                  "command again to resume")
 
 
+class RequestLog:
+    """Each imagery request's latency (seconds, the answer read whole, rate-limit waits not counted) and outcome:
+    "ok", "transient" (may pass: 5xx, 429, 401/403, timeouts, connection errors, short bodies), "missing" (no
+    imagery there: 204/404/410) or "permanent" (other 4xx, a text body). Off unless a caller sets one; when on, a
+    lock and an append per request."""
+
+    OUTCOMES = ("ok", "transient", "missing", "permanent")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.seconds = []
+        self.outcomes = Counter()
+
+    def add(self, seconds, outcome):
+        with self._lock:
+            self.seconds.append(seconds)
+            self.outcomes[outcome] += 1
+
+    def summary(self):
+        """{"requests", "latency_median_s", "latency_p95_s", "failed_transient", "failed_permanent" (no imagery
+        included), "no_imagery", "error_rate_transient", "error_rate_permanent"}; latencies None when no request."""
+        with self._lock:
+            seconds, outcomes = np.asarray(self.seconds, float), Counter(self.outcomes)
+        n = len(seconds)
+        permanent = outcomes["permanent"] + outcomes["missing"]
+        return {"requests": n,
+                "latency_median_s": round(float(np.median(seconds)), 4) if n else None,
+                "latency_p95_s": round(float(np.percentile(seconds, 95)), 4) if n else None,
+                "failed_transient": outcomes["transient"], "failed_permanent": permanent,
+                "no_imagery": outcomes["missing"],
+                "error_rate_transient": round(outcomes["transient"] / n, 4) if n else None,
+                "error_rate_permanent": round(permanent / n, 4) if n else None}
+
+
 class TileError(Exception):
     """One tile's failure: `reason` becomes TileResult.error, `kind` drives the fail-fast check."""
 
@@ -208,6 +244,7 @@ class ImagerySource:
         self._local = threading.local()
         self._handles = []  # per-thread handles, closed by close()
         self._lock = threading.Lock()
+        self.request_log = None  # a RequestLog, when a caller wants each request timed (XYZ sources)
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.description}>"

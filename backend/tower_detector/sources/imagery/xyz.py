@@ -111,6 +111,11 @@ class XyzSource(ImagerySource):
                     f"the imagery has zoom {z} here")
         return super()._fail_hint(kind, z)
 
+    def _note(self, started, outcome):
+        """One request into the request log, when a caller asked for one (a pilot): its latency and outcome."""
+        if self.request_log is not None:
+            self.request_log.add(time.monotonic() - started, outcome)
+
     def _load(self, x, y, z):
         url = self.url(x, y, z)
         failure = asked = None  # asked: the wait a 429's Retry-After asked for
@@ -131,30 +136,39 @@ class XyzSource(ImagerySource):
                 log.debug("retry %d of %s: %s", attempt, redact(url), failure)
             self._limiter.acquire()
             left = max(deadline - time.monotonic(), 0.1)
+            started = time.monotonic()
             try:
                 response = self._http.request("GET", url, timeout=urllib3.Timeout(
                     total=left, connect=min(self._timeout, left), read=min(self._timeout, left)))
                 body = response.data
             except Urllib3Error as exc:
+                self._note(started, "transient")
                 failure = _failure(exc)
                 continue
             status = response.status
             if status == 200:
                 expected = response.headers.get("Content-Length", "")
                 if expected.isdigit() and "Content-Encoding" not in response.headers and len(body) < int(expected):
+                    self._note(started, "transient")
                     failure = _truncated(len(body), expected)
                     continue
                 content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
                 if content_type.startswith("text/") or content_type.endswith("json"):
                     # a login page or an error message served as a tile
+                    self._note(started, "permanent")
                     raise TileError(f"HTTP 200 with {content_type}, not an image", "corrupt")
+                self._note(started, "ok")
                 return body
             if status in (401, 403):
+                self._note(started, "transient")
                 raise TileError(f"HTTP {status}", "auth")
             if status in (204, 404, 410):
+                self._note(started, "missing")
                 raise TileError(f"HTTP {status}", "missing")
             if status not in (408, 429) and status < 500:
+                self._note(started, "permanent")
                 raise TileError(f"HTTP {status}", "http")
+            self._note(started, "transient")
             failure = f"HTTP {status}"
             asked = min(MAX_RETRY_AFTER, retry_after(response.headers.get("Retry-After")) or 0.0)
         raise TileError(f"{failure} after {attempt} {'retry' if attempt == 1 else 'retries'}", "transient")
