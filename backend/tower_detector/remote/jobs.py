@@ -22,6 +22,7 @@ from ..common.atomic import atomic_file
 from ..common.errors import UserError
 from ..common.redaction import redact
 from ..common.redaction import secrets as literal_secrets
+from . import watch
 from .stack import stack_outputs
 
 # Throughput behind the estimate: an assumption, not a measurement (docs/aws.md says why); replace it with
@@ -491,38 +492,65 @@ def _why(job):
     return " ".join(redact(reason).split())
 
 
-def status(aws, record, tail=10):
+def status(aws, record, tail=10, now_ms=None):
     """A status report: (text, fields, failure line or None)."""
     job = _describe_one(aws, record)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     fields = {"name": record["name"], "kind": record.get("kind"), "job_id": job["jobId"], "status": job["status"],
               "status_reason": job.get("statusReason"), "attempts": _attempts(job)}
     lines = [f"{record['name']} ({record.get('kind') or 'job'}, {job['jobId']}): {job['status']}"
              + (f" - {job['statusReason']}" if job.get("statusReason") else "")]
     summary = (job.get("arrayProperties") or {}).get("statusSummary")
+    size = (job.get("arrayProperties") or {}).get("size")
     if summary:
         fields["children"] = {k: v for k, v in summary.items() if v}
-        fields["size"] = job["arrayProperties"].get("size")
+        fields["size"] = size
         lines.append(f"children: {fields['size']} (" + ", ".join(f"{k} {v}" for k, v in fields["children"].items())
                      + ")")
-    if job["status"] == "RUNNABLE":
-        lines.append("waiting for capacity: spot GPU instances being found, or a vCPU quota too small "
-                     "(`tower-detector remote setup --check`)")
+    # the workers: every child's attempts (an array parent has none of its own)
+    children = describe(aws, [f"{job['jobId']}:{i}" for i in range(size)]) if size else [job]
+    fields["waiting"] = _waiting(children)
+    if fields["waiting"]:
+        w = fields["waiting"]
+        who = f"{w['jobs']} child{'ren' * (w['jobs'] != 1)}" if size else "the job"
+        blocked = (w.get("reason") or "").startswith(("CAPACITY:", "MISCONFIGURATION:"))
+        lines.append(f"waiting for capacity: {who} RUNNABLE"
+                     + (f"; Batch says: {w['reason']}" if w.get("reason") else "")
+                     + ("" if blocked else "; spot GPU instances being found, or a vCPU quota too small")
+                     + " (`tower-detector remote setup --check`)")
+    running = sum(1 for c in children if c.get("status") == "RUNNING")
+    spans = watch.worker_intervals(children, now_ms)
+    progress = None
     if record.get("store"):
-        fields["progress"] = _progress(record["store"])
-        if fields["progress"]:
-            p = fields["progress"]
+        fields["progress"] = progress = _progress(record["store"])
+        if progress:
+            p = progress
             lines.append(f"results: {p['chunks_done']:,}/{p['chunks_total']:,} chunks, {p['tiles_done']:,}/"
                          f"{p['tiles_total']:,} tiles done ({p['tiles_done'] / max(p['tiles_total'], 1):.0%}); "
                          f"failed: {p['tiles_failed_permanent']:,} for good (no imagery there, unreadable), "
                          f"{p['tiles_failed_transient']:,} to retry (imagery unreachable)")
+    if record.get("kind") == "predict":
+        fields["rate"] = _rate(record, progress, spans, now_ms, running)
+        lines += _rate_lines(fields["rate"])
+    fields["cost"] = _cost(record, spans)
+    if fields["cost"]["worker_hours"]:
+        c = fields["cost"]
+        lines.append(f"cost so far: about ${c['dollars']:,.2f} ({c['worker_hours']:,.2f} worker-hours x "
+                     f"${c['spot_price']:.2f}/h, the submit-time spot price; an estimate: it leaves out instance "
+                     "boot and idle time, and spot prices move)")
+    counts = watch.failure_counts(children)
+    fields["failures"] = {"tiles": {"permanent": progress["tiles_failed_permanent"],
+                                    "transient": progress["tiles_failed_transient"],
+                                    "reasons": progress.get("failures") or {}} if progress else None, **counts}
+    if counts["attempts"] or counts["children"]:
+        def kinds(counted):
+            return ", ".join(f"{n} {watch.KIND_TEXT[k]}" for k, n in counted.items()) or "none"
+
+        lines.append(f"failed attempts: {kinds(counts['attempts'])}"
+                     + (f"; children failed for good: {kinds(counts['children'])}" if counts["children"] else ""))
     failure = None
-    failed = []
-    if summary and summary.get("FAILED"):
-        children = aws.call("batch", "list_jobs", what="the job's children", arrayJobId=job["jobId"],
-                            jobStatus="FAILED")["jobSummaryList"]
-        failed = describe(aws, [c["jobId"] for c in children[:3]])
-    elif job["status"] == "FAILED":
-        failed = [job]
+    failed = [c for c in children if c.get("status") == "FAILED"][:3] if size else (
+        [job] if job["status"] == "FAILED" else [])
     fields["failed"] = []
     for f in failed:
         index = (f.get("arrayProperties") or {}).get("index")
@@ -541,6 +569,51 @@ def status(aws, record, tail=10):
                    + (f": {summary.get('FAILED')} of {fields.get('size')} children failed" if summary else "")
                    + f"; after {first['attempts']} attempt{'s' * (first['attempts'] != 1)}: {first['reason']}")
     return "\n".join(lines), fields, failure
+
+
+def _waiting(children):
+    """{jobs, reason} when jobs wait in RUNNABLE (Batch's statusReason of a blocked one when it gives one; it
+    names CAPACITY:... or MISCONFIGURATION:... causes), else None."""
+    waiting = [c for c in children if c.get("status") == "RUNNABLE"]
+    if not waiting:
+        return None
+    reasons = [c["statusReason"] for c in waiting if c.get("statusReason")]
+    blocked = [r for r in reasons if r.startswith(("CAPACITY:", "MISCONFIGURATION:"))]
+    reason = (blocked or reasons or [None])[0]
+    return {"jobs": len(waiting), "reason": " ".join(redact(reason).split()) if reason else None}
+
+
+def _rate(record, progress, spans, now_ms, running):
+    """Tiles done by this job, its rates, and the ETA with the workers running now (watch.py)."""
+    done = progress["tiles_done"] if progress else 0
+    this_job = max(0, done - (record.get("tiles_done_at_submit") or 0))
+    rate = watch.job_rate(this_job, spans, now_ms, running)
+    left = (progress["tiles_total"] - done) if progress else record.get("tiles")
+    eta = watch.eta_seconds(left, rate["tiles_per_worker_second"], running) if left is not None else None
+    return {"tiles_this_job": this_job, "tiles_left": left, "workers_running": running, "eta_seconds": eta, **rate}
+
+
+def _rate_lines(r):
+    if r["tiles_per_second"] is None:
+        return [f"rate: no attempt has started yet; {r['tiles_left'] or 0:,} tiles to go"]
+    line = (f"rate: {r['tiles_per_second']:,.1f} tiles/s over the job so far ({r['tiles_this_job']:,} tiles in "
+            f"{watch.duration_text(r['elapsed_seconds'])}); {r['tiles_per_worker_second'] or 0:,.1f} tiles/s per "
+            "worker")
+    if r["tiles_left"] == 0:
+        return [line, "ETA: done"]
+    if r["eta_seconds"] is None:
+        return [line, f"ETA: unknown ({r['tiles_left'] or 0:,} tiles left, "
+                + ("no worker running now)" if not r["workers_running"] else "no tile done yet)")]
+    return [line, f"ETA: about {watch.duration_text(r['eta_seconds'])} for {r['tiles_left']:,} tiles left with "
+            f"the {r['workers_running']} worker{'s' * (r['workers_running'] != 1)} running now"]
+
+
+def _cost(record, spans):
+    """The compute cost so far: worker-hours of every attempt times the spot price the estimate used."""
+    price = (record.get("estimate") or {}).get("spot_price") or record.get("spot_price") or DEFAULT_SPOT_PRICE
+    hours = watch.worker_hours(spans)
+    return {"worker_hours": round(hours, 4), "spot_price": price, "dollars": round(hours * price, 2),
+            "estimate": True}
 
 
 def _progress(store_spec):
@@ -606,8 +679,12 @@ def retry(aws, record, *, name=None):
     if len(failed) > 1:
         request["arrayProperties"] = {"size": len(failed)}
     answer = aws.call("batch", "submit_job", what="the retry", **request)
+    # what the store held when the retry was submitted: status counts the retry's own tiles from there
+    before = _progress(record["store"]) if record.get("store") else None
+    price = (record.get("estimate") or {}).get("spot_price") or record.get("spot_price")
     new = dict(record, name=name, job_id=answer["jobId"], job_arn=answer.get("jobArn"), retry_of=record["name"],
                shards_retried=listed, array_size=len(failed) if len(failed) > 1 else None, estimate=None,
+               spot_price=price, tiles_done_at_submit=before["tiles_done"] if before else 0,
                submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     save_job(new)
     return new, failed, shards
