@@ -52,6 +52,8 @@ def add_remote_commands(sub, command):
     sp.add_argument("--max-vcpus", type=COUNT, help="most vCPUs running at once (default 64: 16 workers)")
     sp.add_argument("--root-volume-gib", type=COUNT, help="root volume of each instance in GiB (default 100)")
     sp.add_argument("--image-tag", help="worker image tag in the stack's ECR repository (default latest)")
+    sp.add_argument("--alert-email", metavar="ADDRESS", help="e-mail this address when a job fails or is blocked "
+                    "in RUNNABLE (SNS asks it to confirm first; docs/aws.md); '' removes the alert (default: as is)")
     sp.add_argument("--template", help="a CloudFormation template instead of the packaged stack.yaml")
 
     sp = action(rsub, "secret", _cmd_remote, "Store imagery secrets in SSM Parameter Store.")
@@ -141,7 +143,7 @@ def _cmd_setup(args, rep):
 
     summary = setup(_aws(args), args.stack, bucket=args.bucket, vpc=args.vpc, subnets=args.subnets,
                     instance_types=args.instance_types, max_vcpus=args.max_vcpus, image_tag=args.image_tag,
-                    root_volume_gib=args.root_volume_gib,
+                    root_volume_gib=args.root_volume_gib, alert_email=args.alert_email,
                     template=args.template, check=args.check, log=rep.log)
     lines = [f"stack {summary['stack']} in {summary['region']}: {summary['action']}"]
     lines += [f"  {k}: {v}" for k, v in sorted(summary["outputs"].items())]
