@@ -598,11 +598,25 @@ def test_status_counts_children_and_cancel_terminates(remote, tiny_model, sample
     assert moto_job(job_id).job_stopped_reason == "cancelled with tower-detector remote cancel"
 
 
+def write_chunks(remote, name, tmp_path, chunks, chunk_size=16):
+    """What a job's workers write, without TensorFlow: the chunks {(shard, index): errors} of job `name`'s store,
+    every tile scored 0.1 but the failed ones, through the store's own API on the job's cover."""
+    from tower_detector.geo.cover import TileCover
+
+    path = tmp_path / f"{name}-cover.json"
+    remote["s3"].download_file(remote["bucket"], f"jobs/{name}/cover.json", str(path))
+    shards = [(s["x_start"], s["x_end"]) for s in json.loads(path.read_text())["shards"]]
+    with open_store(f"s3://{remote['bucket']}/jobs/{name}/results", create=True) as store:
+        store.create_job({"identity": {"test": name}}, TileCover.load(str(path)), shards, chunk_size)
+        for (shard, index), errors in chunks.items():
+            x, y = store.plan.chunk_tiles(shard, index)
+            store.write_chunk(shard, index, x, y, np.full(len(x), 0.1, dtype=np.float32), errors=errors)
+
+
 def test_status_of_an_array_job_mid_run_shows_rate_eta_cost_failures_and_waiting_children(remote, tiny_model,
                                                                                             sample_scene, tmp_path):
     from moto.batch.models import datetime2int_milliseconds
 
-    from tower_detector.geo.cover import TileCover
     from tower_detector.remote.aws import Aws
     from tower_detector.remote.jobs import find_job, status
 
@@ -612,15 +626,7 @@ def test_status_of_an_array_job_mid_run_shows_rate_eta_cost_failures_and_waiting
     assert rc == 0, text[-2000:]
     job_id, price = events[-1]["job_id"], events[-1]["estimate"]["spot_price"]
     # child 0 wrote its shard (32 tiles, two chunks) into the store: one tile with no imagery, one to retry
-    prefix = f"s3://{remote['bucket']}/jobs/watched/"
-    remote["s3"].download_file(remote["bucket"], "jobs/watched/cover.json", str(tmp_path / "cover.json"))
-    cover = TileCover.load(str(tmp_path / "cover.json"))
-    shards = [(s["x_start"], s["x_end"]) for s in json.loads((tmp_path / "cover.json").read_text())["shards"]]
-    with open_store(prefix + "results", create=True) as store:
-        store.create_job({"identity": {"test": "watched"}}, cover, shards, 16)
-        for index, errors in ((0, {3: "HTTP 404"}), (1, {2: ("HTTP 502", True)})):
-            x, y = store.plan.chunk_tiles(0, index)
-            store.write_chunk(0, index, x, y, np.full(len(x), 0.1, dtype=np.float32), errors=errors)
+    write_chunks(remote, "watched", tmp_path, {(0, 0): {3: "HTTP 404"}, (0, 1): {2: ("HTTP 502", True)}})
     # Batch mid-run, which moto never reaches: the parent PENDING while child 0 runs its second attempt (the first
     # was a spot reclaim) and child 1 waits in RUNNABLE, blocked for capacity
     started = moto_job(job_id).job_created_at
@@ -670,6 +676,53 @@ def test_status_of_an_array_job_mid_run_shows_rate_eta_cost_failures_and_waiting
     # child 1's failed minute is counted (child 0's running attempt counts up to the real now, which moto's clock
     # puts before its start: nothing)
     assert result["cost"]["worker_hours"] == round(61 / 60, 4)
+
+
+def test_a_teammate_follows_fetches_and_retries_a_job_from_its_record_in_the_bucket(remote, tiny_model, sample_scene,
+                                                                                    tmp_path, monkeypatch):
+    rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                           "https://tiles.example.com/{z}/{x}/{y}.png", "--area", sample_scene["area"], "--shards", 2,
+                           "--checkpoint-every", 16, "--name", "shared", "--stack", "td", "--yes", "--events")
+    assert rc == 0, text[-2000:]
+    job_id = events[-1]["job_id"]
+    with open(os.path.join(os.environ["TOWER_DETECTOR_HOME"], "jobs.json")) as f:
+        local = json.load(f)["shared"]
+    body = remote["s3"].get_object(Bucket=remote["bucket"], Key="jobs/shared/job-record.json")["Body"].read()
+    kept = json.loads(body)
+    assert "profile" in local and "profile" not in kept  # this machine's profile stays here
+    assert kept == {k: v for k, v in local.items() if k != "profile"}
+    assert SECRET.encode() not in body
+    write_chunks(remote, "shared", tmp_path, {(0, 0): None, (0, 1): None, (1, 0): None, (1, 1): None})
+    moto_job(job_id).status = "FAILED"
+    moto_job(f"{job_id}:0").status, moto_job(f"{job_id}:1").status = "SUCCEEDED", "FAILED"
+
+    # a teammate: a job list of their own, empty
+    monkeypatch.setenv("TOWER_DETECTOR_HOME", str(tmp_path / "teammate"))
+    fails("remote", "status", "shared", "--stack", "td-none", message="no stack 'td-none'")  # the bucket is needed
+    fails("remote", "status", "nosuchjob", "--stack", "td", message=f"nor in s3://{remote['bucket']}/jobs/")
+    rc, events, text = cli("remote", "status", "shared", "--stack", "td", "--events")
+    assert rc == 2 and events[-2]["event"] == "result", text  # the job failed: one child did
+    assert events[-2]["job_id"] == job_id and events[-2]["progress"]["complete"]
+    rc, events, text = cli("remote", "fetch", "shared", "--stack", "td", "--out", tmp_path / "fetched", "--events")
+    assert rc == 0 and events[-1]["scored"] == 64, text[-2000:]
+    assert (tmp_path / "fetched" / "heatmap.tif").stat().st_size > 0
+    rc, events, text = cli("remote", "jobs", "--events")
+    assert rc == 0 and events[-1]["jobs"] == []  # nothing submitted from here
+    rc, events, text = cli("remote", "jobs", "--all", "--stack", "td", "--events")
+    listed = {j["name"]: j for j in events[-1]["jobs"]}
+    assert listed["shared"]["where"] == "bucket" and listed["shared"]["job_id"] == job_id
+    assert "(bucket)" in text
+    rc, events, text = cli("remote", "retry", "shared", "--stack", "td", "--events")
+    assert rc == 0 and events[-1]["name"] == "shared-retry1" and events[-1]["shards"] == [1], text[-2000:]
+    retried = json.loads(remote["s3"].get_object(Bucket=remote["bucket"], Key="jobs/shared-retry1/job-record.json")[
+        "Body"].read())
+    assert retried["retry_of"] == "shared" and retried["store"] == local["store"] and "profile" not in retried
+    assert retried["tiles_done_at_submit"] == 64
+
+    # the submitter, back on their machine, does not know of the retry locally: its name is taken in the bucket
+    monkeypatch.setenv("TOWER_DETECTOR_HOME", str(tmp_path / "another"))
+    rc, events, text = cli("remote", "retry", "shared", "--stack", "td", "--events")
+    assert rc == 0 and events[-1]["name"] == "shared-retry2", text[-2000:]
 
 
 def test_retry_resubmits_only_the_failed_children_into_the_same_store(remote, tiny_model, sample_scene):

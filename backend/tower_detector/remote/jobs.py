@@ -5,8 +5,10 @@ Layout in the stack's bucket:
     jobs/{name}/cover.json                 a prediction's tile cover (computed here, exact; shards read it)
     jobs/{name}/results/                   a prediction's results store (prediction/store's layout)
     jobs/{name}/out/                       a training's model folder, or a search's folder, mirrored by the worker
+    jobs/{name}/job-record.json            the job's record (below) without the local AWS profile, for teammates
 Local list of jobs: $TOWER_DETECTOR_HOME/jobs.json (default ~/.tower-detector), so that status, logs and fetch
-take the short name given at submit time (or the Batch job id).
+take the short name given at submit time (or the Batch job id). A name not in it is looked up in the stack's
+bucket (job-record.json), so that a teammate with the same stack can follow, fetch and retry a job.
 """
 
 import hashlib
@@ -64,8 +66,9 @@ def save_job(record):
         f.write(redact(json.dumps(jobs, indent=1)))  # specs carry ${NAME} references only; this is a last check
 
 
-def find_job(ref):
-    """A job of the local list by its name or Batch job id; a bare Batch id not in the list is taken as it is."""
+def find_job(ref, bucket_lookup=None):
+    """A job of the local list by its name or Batch job id; else, by name, the record in the stack's bucket
+    (bucket_lookup: a function of () -> (aws, bucket), called only then); a bare Batch id is taken as it is."""
     jobs = load_jobs()
     if ref in jobs:
         return jobs[ref]
@@ -74,8 +77,76 @@ def find_job(ref):
             return record
     if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", ref):
         return {"name": ref, "job_id": ref, "kind": None}
+    where, unsearched = os.path.join(_home(), "jobs.json"), ""
+    if bucket_lookup is not None and _NAME.match(ref):
+        try:
+            aws, bucket = bucket_lookup()
+        except UserError as exc:  # no such stack here: say so, after what was not found
+            unsearched = f"; the stack's bucket was not searched: {exc}"
+        else:
+            record = read_shared_record(aws, bucket, ref)
+            if record is not None:
+                return record
+            where += f" nor in s3://{bucket}/jobs/"
     known = ", ".join(sorted(jobs)[-5:]) or "none yet"
-    raise UserError(f"no remote job {ref!r} in {os.path.join(_home(), 'jobs.json')} (known: {known})")
+    raise UserError(f"no remote job {ref!r} in {where} (known here: {known}){unsearched}")
+
+
+# ---------------------------------------------------------------------------------------------
+# job records in the stack's bucket, for teammates
+# ---------------------------------------------------------------------------------------------
+RECORD_NAME = "job-record.json"
+_LOCAL_ONLY = ("profile",)  # a named profile is this machine's: a teammate uses their own
+
+
+def record_key(name):
+    return f"jobs/{name}/{RECORD_NAME}"
+
+
+def shared_record(record):
+    """The record as the bucket keeps it: without what is only this machine's."""
+    return {k: v for k, v in record.items() if k not in _LOCAL_ONLY}
+
+
+def publish_record(aws, record):
+    """Write the job's record to s3://BUCKET/jobs/NAME/job-record.json (rewritten by a later publish)."""
+    body = redact(json.dumps(shared_record(record), indent=1))  # specs carry ${NAME} references only; a last check
+    aws.call("s3", "put_object", what=f"s3://{record['bucket']}", Bucket=record["bucket"],
+             Key=record_key(record["name"]), Body=body.encode(), ContentType="application/json")
+
+
+def read_shared_record(aws, bucket, name):
+    """The record of job `name` from the bucket, or None when there is none."""
+    from botocore.exceptions import ClientError
+
+    from .aws import error_code
+
+    try:
+        body = aws.client("s3").get_object(Bucket=bucket, Key=record_key(name))["Body"].read()
+    except ClientError as exc:
+        code, status = error_code(exc)
+        if status == 404 or code in ("NoSuchKey", "404"):
+            return None
+        from .aws import raise_user_error
+
+        raise_user_error(exc, f"s3://{bucket}/{record_key(name)}", aws.region)
+        raise
+    try:
+        record = json.loads(body)
+    except ValueError:
+        raise UserError(f"s3://{bucket}/{record_key(name)} is not valid JSON: fix or remove it") from None
+    if not isinstance(record, dict) or record.get("name") != name or not record.get("job_id"):
+        raise UserError(f"s3://{bucket}/{record_key(name)} is not a job record of {name!r}")
+    return dict(record, shared=True)
+
+
+def shared_records(aws, bucket):
+    """Every job record in the bucket: one delimited listing of jobs/, then one GET per job."""
+    names = [p["Prefix"][len("jobs/"):].rstrip("/") for p in aws.pages(
+        "s3", "list_objects_v2", "CommonPrefixes", what=f"s3://{bucket}/jobs/", Bucket=bucket, Prefix="jobs/",
+        Delimiter="/")]
+    records = [read_shared_record(aws, bucket, name) for name in names if _NAME.match(name)]
+    return [r for r in records if r is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +403,7 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
                   job_definition=job_def, image=image, inputs=uploads, estimate=estimate, command=command,
                   submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     save_job(record)
+    publish_record(aws, record)
     return record
 
 
@@ -650,8 +722,8 @@ def retry(aws, record, *, name=None):
     from .worker import SHARD_LIST, format_shards
 
     if record.get("kind") != "predict" or not record.get("command"):
-        raise UserError(f"{record['name']}: remote retry resubmits the failed children of a prediction submitted "
-                        "from here")
+        raise UserError(f"{record['name']}: remote retry resubmits the failed children of a prediction, by the "
+                        "name it was submitted under (see `remote jobs --all`)")
     job = _describe_one(aws, record)
     if job["status"] not in ("SUCCEEDED", "FAILED"):
         raise UserError(f"{record['name']} is {job['status']}: retry it once it has ended (or `remote cancel` it)")
@@ -667,9 +739,15 @@ def retry(aws, record, *, name=None):
     command = list(record["command"])
     shards = int(command[command.index("--shards") + 1]) if "--shards" in command else 1
     jobs = load_jobs()
+
+    def taken(candidate):  # here, or in the bucket (a teammate's job, or their retry of this one)
+        return candidate in jobs or (record.get("bucket") and aws.call(
+            "s3", "list_objects_v2", what=f"s3://{record['bucket']}", Bucket=record["bucket"],
+            Prefix=f"jobs/{candidate}/", MaxKeys=1).get("KeyCount"))
+
     name = name or next(f"{record['name']}-retry{n}" for n in range(1, 10_000)
-                        if f"{record['name']}-retry{n}" not in jobs)
-    if not _NAME.match(name) or name in jobs:
+                        if not taken(f"{record['name']}-retry{n}"))
+    if not _NAME.match(name) or taken(name):
         raise UserError(f"--name {name!r}: a new job name (letters, digits, - and _) is needed")
     listed = format_shards(failed)
     env = [{"name": "TOWER_DETECTOR_JOB", "value": name}, {"name": SHARD_LIST, "value": listed}]
@@ -686,7 +764,11 @@ def retry(aws, record, *, name=None):
                shards_retried=listed, array_size=len(failed) if len(failed) > 1 else None, estimate=None,
                spot_price=price, tiles_done_at_submit=before["tiles_done"] if before else 0,
                submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    new.pop("shared", None)
+    new["profile"] = aws.profile  # whoever retried it: this machine's list keeps their profile
     save_job(new)
+    if new.get("bucket"):
+        publish_record(aws, new)
     return new, failed, shards
 
 
@@ -719,7 +801,8 @@ def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None,
                              geojson_path=os.path.join(out, "overlay.geojson"), yes_threshold=yes_threshold,
                              progress=progress, log=log, overwrite=overwrite)
     if record.get("kind") not in ("train", "search"):
-        raise UserError(f"{record['name']} is not a job of this list: fetch needs a job submitted from here")
+        raise UserError(f"{record['name']}: fetch needs the job's record (its name, from `remote jobs --all`), not a "
+                        "bare Batch id")
     bucket, prefix = parse_s3(record["out"])
     prefix = prefix.rstrip("/") + "/"
     s3 = aws.client("s3")
