@@ -3,15 +3,16 @@
     remote setup [--check]                      the AWS side, from the CloudFormation template stack.yaml
     remote secret put NAME                      an imagery token into SSM Parameter Store (SecureString)
     remote submit predict|train|search ARGS     the local command's own arguments; prints an estimate, asks
-    remote status|logs|cancel|fetch JOB         by the short name given at submit time (or the Batch job id)
+    remote status|logs|cancel|fetch JOB         by the short name given at submit time (or the Batch job id); a
+                                                name not listed here is read from the stack's bucket (--stack)
     remote retry JOB                            only the failed children of an ended prediction, same store
     remote k8s-manifest predict ARGS            the worker as a Kubernetes Indexed Job (kubernetes.py)
     remote jobs [--all]                         the jobs submitted from this machine (--all: and the bucket's)
     remote worker predict|train|search ARGS     what the Batch container runs (written by submit)
 
 Modules: aws.py (sessions, one-line errors), stack.py (setup), capacity.py (workers at once, quotas, prices),
-jobs.py (submit, status, ...), transfer.py (S3 inputs and output sync), worker.py (the container side). boto3 is
-imported only when a remote command runs.
+jobs.py (submit, status, job records, ...), watch.py (status' rate, ETA, cost and failure arithmetic), transfer.py
+(S3 inputs and output sync), worker.py (the container side). boto3 is imported only when a remote command runs.
 """
 
 import argparse
