@@ -335,8 +335,9 @@ def test_the_alert_emails_failed_and_blocked_jobs_of_the_stacks_queue_only(remot
     assert message == ("Tower Detector: Batch job pak1 (4c7599ae-0a82-49aa-ba5a-4727fcce14a8) FAILED: Essential "
                        "container in task exited. See: tower-detector remote status pak1")
 
-    # the stack without the address has none of it (taking it away with --alert-email '' is an update, which
-    # moto's CloudFormation answers "Missing parameter VpcId" for on this template: not exercised here)
+    # the stack without the address has none of it. Taking it away with --alert-email '' is not exercised here:
+    # moto's CloudFormation answers setup's update, which names each of the 15 kept parameters UsePreviousValue,
+    # with "Missing parameter VpcId" (an update naming only VpcId, SubnetIds and InstanceTypes does remove it)
     assert "AlertTopic" not in remote["outputs"]
     assert not [r for r in events_client.list_rules()["Rules"] if remote["outputs"]["JobQueue"] in
                 r.get("EventPattern", "")]
