@@ -274,6 +274,76 @@ def test_setup_deploys_updates_and_checks_the_stack(remote):
     assert "workers:  8 at once" in events[-1]["notes"][0]
 
 
+def batch_event(queue, status, detail_type="Batch Job State Change", status_reason=None):
+    """An event as Batch sends it to EventBridge (the shape of AWS's documented examples), for a job of `queue`."""
+    detail = {"jobArn": f"arn:aws:batch:us-east-1:{ACCOUNT}:job/4c7599ae-0a82-49aa-ba5a-4727fcce14a8",
+              "jobName": "pak1", "jobId": "4c7599ae-0a82-49aa-ba5a-4727fcce14a8", "jobQueue": queue, "status": status,
+              "attempts": [], "createdAt": 1641944200058, "dependsOn": [], "parameters": {}}
+    if status_reason:
+        detail["statusReason"] = status_reason
+    return {"version": "0", "id": "c8f9c4b5-76e5-d76a-f980-7011e206042b", "detail-type": detail_type,
+            "source": "aws.batch", "account": ACCOUNT, "time": "2026-12-01T23:36:40Z", "region": "us-east-1",
+            "resources": [detail["jobArn"], queue], "detail": detail}
+
+
+def test_the_alert_emails_failed_and_blocked_jobs_of_the_stacks_queue_only(remote):
+    import boto3
+
+    fails("remote", "setup", "--stack", "td-alert", "--template", remote["template"], "--alert-email", "not-an-address",
+          message="--alert-email 'not-an-address' is not an e-mail address")
+    rc, events, text = cli("remote", "setup", "--stack", "td-alert", "--template", remote["template"],
+                           "--alert-email", "team@example.org", "--events")
+    assert rc == 0, text[-3000:]
+    outputs = events[-1]["outputs"]
+    assert "alerts go to team@example.org once it confirms the subscription" in text
+    topic, queue = outputs["AlertTopic"], outputs["JobQueue"]
+    subscriptions = boto3.client("sns").list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert [(s["Protocol"], s["Endpoint"]) for s in subscriptions] == [("email", "team@example.org")]
+    events_client = boto3.client("events")
+    rules = [r for r in events_client.list_rules()["Rules"] if queue in r.get("EventPattern", "")]
+    assert len(rules) == 2
+    for rule in rules:
+        targets = events_client.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+        assert [t["Arn"] for t in targets] == [topic] and "<reason>" in targets[0]["InputTransformer"]["InputTemplate"]
+
+    # moto's TestEventPattern is not implemented: its own matcher, the one its PutEvents routes events with,
+    # evaluates the deployed patterns
+    from moto.events.models import EventPattern, EventTemplateParser
+
+    def fires(event):
+        return sorted(r["Description"].split(": ", 1)[1] for r in rules
+                      if EventPattern.load(r["EventPattern"]).matches_event(event))
+
+    failed, blocked = "a Batch job of the queue FAILED", "a Batch job of the queue is blocked in RUNNABLE"
+    capacity = ("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested for "
+                "instance type [g5.xlarge]")
+    assert fires(batch_event(queue, "FAILED", status_reason="Essential container in task exited")) == [failed]
+    assert fires(batch_event(queue, "RUNNABLE", "Batch Job Queue Blocked", capacity)) == [blocked]
+    assert fires(batch_event(queue, "RUNNABLE", "Batch Job Queue Blocked", "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT"
+                             " - The job resource requirement (vCPU/memory/GPU) is higher than that can be met by the "
+                             "CE(s) attached to the job queue.")) == [blocked]
+    assert fires(batch_event(queue, "RUNNABLE", status_reason=capacity)) == [blocked]
+    assert fires(batch_event(queue, "RUNNABLE")) == []  # waiting its turn is not blocked
+    assert fires(batch_event(queue, "SUCCEEDED", status_reason="Essential container in task exited")) == []
+    assert fires(batch_event(queue.replace("td-alert", "other"), "FAILED")) == []  # another queue's job
+    # the e-mail's text, as the rule's input transformer makes it
+    target = events_client.list_targets_by_rule(Rule=next(r["Name"] for r in rules if "FAILED" in r["Description"]))[
+        "Targets"][0]["InputTransformer"]
+    message = EventTemplateParser.parse(input_template=target["InputTemplate"],
+                                        input_paths_map=target["InputPathsMap"],
+                                        event={**batch_event(queue, "FAILED", status_reason="Essential container "
+                                                             "in task exited"), "ingestion-time": 0})  # moto's own
+    assert message == ("Tower Detector: Batch job pak1 (4c7599ae-0a82-49aa-ba5a-4727fcce14a8) FAILED: Essential "
+                       "container in task exited. See: tower-detector remote status pak1")
+
+    # the stack without the address has none of it. Taking it away with --alert-email '' is not exercised here:
+    # moto's CloudFormation answers setup's update, which names each of the 15 kept parameters UsePreviousValue,
+    # with "Missing parameter VpcId" (an update naming only VpcId, SubnetIds and InstanceTypes does remove it)
+    assert "AlertTopic" not in remote["outputs"]
+    assert not [r for r in events_client.list_rules()["Rules"] if remote["outputs"]["JobQueue"] in
+                r.get("EventPattern", "")]
+
+
 # ---------------------------------------------------------------------------------------------
 # a whole remote prediction
 # ---------------------------------------------------------------------------------------------
@@ -528,6 +598,133 @@ def test_status_counts_children_and_cancel_terminates(remote, tiny_model, sample
     rc, events, text = cli("remote", "cancel", "halfway", "--events")
     assert rc == 0 and events[-1]["terminated"], text
     assert moto_job(job_id).job_stopped_reason == "cancelled with tower-detector remote cancel"
+
+
+def write_chunks(remote, name, tmp_path, chunks, chunk_size=16):
+    """What a job's workers write, without TensorFlow: the chunks {(shard, index): errors} of job `name`'s store,
+    every tile scored 0.1 but the failed ones, through the store's own API on the job's cover."""
+    from tower_detector.geo.cover import TileCover
+
+    path = tmp_path / f"{name}-cover.json"
+    remote["s3"].download_file(remote["bucket"], f"jobs/{name}/cover.json", str(path))
+    shards = [(s["x_start"], s["x_end"]) for s in json.loads(path.read_text())["shards"]]
+    with open_store(f"s3://{remote['bucket']}/jobs/{name}/results", create=True) as store:
+        store.create_job({"identity": {"test": name}}, TileCover.load(str(path)), shards, chunk_size)
+        for (shard, index), errors in chunks.items():
+            x, y = store.plan.chunk_tiles(shard, index)
+            store.write_chunk(shard, index, x, y, np.full(len(x), 0.1, dtype=np.float32), errors=errors)
+
+
+def test_status_of_an_array_job_mid_run_shows_rate_eta_cost_failures_and_waiting_children(remote, tiny_model,
+                                                                                            sample_scene, tmp_path):
+    from moto.batch.models import datetime2int_milliseconds
+
+    from tower_detector.remote.aws import Aws
+    from tower_detector.remote.jobs import find_job, status
+
+    rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                           "https://tiles.example.com/{z}/{x}/{y}.png", "--area", sample_scene["area"], "--shards", 2,
+                           "--checkpoint-every", 16, "--name", "watched", "--stack", "td", "--yes", "--events")
+    assert rc == 0, text[-2000:]
+    job_id, price = events[-1]["job_id"], events[-1]["estimate"]["spot_price"]
+    # child 0 wrote its shard (32 tiles, two chunks) into the store: one tile with no imagery, one to retry
+    write_chunks(remote, "watched", tmp_path, {(0, 0): {3: "HTTP 404"}, (0, 1): {2: ("HTTP 502", True)}})
+    # Batch mid-run, which moto never reaches: the parent PENDING while child 0 runs its second attempt (the first
+    # was a spot reclaim) and child 1 waits in RUNNABLE, blocked for capacity
+    started = moto_job(job_id).job_created_at
+    t0 = datetime2int_milliseconds(started)
+    moto_job(job_id).status = "PENDING"
+    child = moto_job(f"{job_id}:0")
+    child.status, child.job_started_at = "RUNNING", started + __import__("datetime").timedelta(minutes=65)
+    child.attempts = [{"startedAt": t0, "stoppedAt": t0 + H, "statusReason": "Host EC2 (instance i-0abc) terminated.",
+                       "container": {}}]
+    blocked = ("CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the capacity requested for instance "
+               "type [g5.xlarge]")
+    waiting = moto_job(f"{job_id}:1")
+    waiting.status, waiting.job_stopped_reason, waiting.attempts = "RUNNABLE", blocked, []  # it never ran
+
+    record = find_job("watched")
+    text, fields, failure = status(Aws(region="us-east-1"), record, now_ms=t0 + 2 * H)
+    assert failure is None and fields["status"] == "PENDING"
+    assert fields["children"] == {"RUNNING": 1, "RUNNABLE": 1}
+    # the capacity hint fires for the waiting child, with Batch's reason
+    assert fields["waiting"] == {"jobs": 1, "reason": blocked}
+    assert f"waiting for capacity: 1 child RUNNABLE; Batch says: {blocked}" in text
+    # 31 tiles done (32 less the one to retry) in 2 h of wall clock and 6,900 worker-seconds (60 + 55 min)
+    rate = fields["rate"]
+    assert rate["tiles_this_job"] == 31 and rate["tiles_left"] == 33 and rate["workers_running"] == 1
+    assert rate["elapsed_seconds"] == 7200 and rate["worker_seconds"] == 6900
+    assert rate["tiles_per_second"] == pytest.approx(31 / 7200)
+    assert rate["eta_seconds"] == pytest.approx(33 / (31 / 6900))  # 7,345 s with the one worker running
+    assert "ETA: about 2 h 02 min for 33 tiles left with the 1 worker running now" in text
+    assert fields["cost"] == {"worker_hours": round(6900 / 3600, 4), "spot_price": price,
+                              "dollars": round(6900 / 3600 * price, 2), "estimate": True}
+    assert "an estimate" in text
+    assert fields["failures"]["tiles"] == {"permanent": 1, "transient": 1,
+                                           "reasons": fields["progress"]["failures"]}
+    assert fields["failures"]["attempts"] == {"spot_reclaim": 1} and fields["failures"]["children"] == {}
+    assert "failed attempts: 1 spot reclaim" in text
+
+    # the same through the CLI's result event (what the plugin reads); then child 1 failed for good, no GPU seen
+    moto_job(f"{job_id}:1").status = "FAILED"
+    moto_job(f"{job_id}:1").attempts = [{"startedAt": t0, "stoppedAt": t0 + 60_000, "container": {"exitCode": 78},
+                                         "statusReason": "Essential container in task exited"}]
+    rc, events, text = cli("remote", "status", "watched", "--events")
+    assert rc == 0, text
+    result = events[-1]
+    assert result["event"] == "result" and result["rate"]["tiles_this_job"] == 31 and result["waiting"] is None
+    assert result["failures"]["children"] == {"no_gpu": 1}
+    assert result["failures"]["attempts"] == {"spot_reclaim": 1, "no_gpu": 1}
+    # child 1's failed minute is counted (child 0's running attempt counts up to the real now, which moto's clock
+    # puts before its start: nothing)
+    assert result["cost"]["worker_hours"] == round(61 / 60, 4)
+
+
+def test_a_teammate_follows_fetches_and_retries_a_job_from_its_record_in_the_bucket(remote, tiny_model, sample_scene,
+                                                                                    tmp_path, monkeypatch):
+    rc, events, text = cli("remote", "submit", "predict", "--model", tiny_model[0], "--imagery",
+                           "https://tiles.example.com/{z}/{x}/{y}.png", "--area", sample_scene["area"], "--shards", 2,
+                           "--checkpoint-every", 16, "--name", "shared", "--stack", "td", "--yes", "--events")
+    assert rc == 0, text[-2000:]
+    job_id = events[-1]["job_id"]
+    with open(os.path.join(os.environ["TOWER_DETECTOR_HOME"], "jobs.json")) as f:
+        local = json.load(f)["shared"]
+    body = remote["s3"].get_object(Bucket=remote["bucket"], Key="jobs/shared/job-record.json")["Body"].read()
+    kept = json.loads(body)
+    assert "profile" in local and "profile" not in kept  # this machine's profile stays here
+    assert kept == {k: v for k, v in local.items() if k != "profile"}
+    assert SECRET.encode() not in body
+    write_chunks(remote, "shared", tmp_path, {(0, 0): None, (0, 1): None, (1, 0): None, (1, 1): None})
+    moto_job(job_id).status = "FAILED"
+    moto_job(f"{job_id}:0").status, moto_job(f"{job_id}:1").status = "SUCCEEDED", "FAILED"
+
+    # a teammate: a job list of their own, empty
+    monkeypatch.setenv("TOWER_DETECTOR_HOME", str(tmp_path / "teammate"))
+    fails("remote", "status", "shared", "--stack", "td-none", message="no stack 'td-none'")  # the bucket is needed
+    fails("remote", "status", "nosuchjob", "--stack", "td", message=f"nor in s3://{remote['bucket']}/jobs/")
+    rc, events, text = cli("remote", "status", "shared", "--stack", "td", "--events")
+    assert rc == 2 and events[-2]["event"] == "result", text  # the job failed: one child did
+    assert events[-2]["job_id"] == job_id and events[-2]["progress"]["complete"]
+    rc, events, text = cli("remote", "fetch", "shared", "--stack", "td", "--out", tmp_path / "fetched", "--events")
+    assert rc == 0 and events[-1]["scored"] == 64, text[-2000:]
+    assert (tmp_path / "fetched" / "heatmap.tif").stat().st_size > 0
+    rc, events, text = cli("remote", "jobs", "--events")
+    assert rc == 0 and events[-1]["jobs"] == []  # nothing submitted from here
+    rc, events, text = cli("remote", "jobs", "--all", "--stack", "td", "--events")
+    listed = {j["name"]: j for j in events[-1]["jobs"]}
+    assert listed["shared"]["where"] == "bucket" and listed["shared"]["job_id"] == job_id
+    assert "(bucket)" in text
+    rc, events, text = cli("remote", "retry", "shared", "--stack", "td", "--events")
+    assert rc == 0 and events[-1]["name"] == "shared-retry1" and events[-1]["shards"] == [1], text[-2000:]
+    retried = json.loads(remote["s3"].get_object(Bucket=remote["bucket"], Key="jobs/shared-retry1/job-record.json")[
+        "Body"].read())
+    assert retried["retry_of"] == "shared" and retried["store"] == local["store"] and "profile" not in retried
+    assert retried["tiles_done_at_submit"] == 64
+
+    # the submitter, back on their machine, does not know of the retry locally: its name is taken in the bucket
+    monkeypatch.setenv("TOWER_DETECTOR_HOME", str(tmp_path / "another"))
+    rc, events, text = cli("remote", "retry", "shared", "--stack", "td", "--events")
+    assert rc == 0 and events[-1]["name"] == "shared-retry2", text[-2000:]
 
 
 def test_retry_resubmits_only_the_failed_children_into_the_same_store(remote, tiny_model, sample_scene):
@@ -953,6 +1150,76 @@ def test_estimate_for_a_country():
     assert eight["gpu_hours"] == pytest.approx(8 * e["gpu_hours"], abs=1e-2)  # every tile scored 8 times
     assert "GPU-hours at 150 tiles/s per GPU (an assumption: --tiles-per-second) x 8 views a tile" in \
         estimate_text(eight)
+
+
+# ---------------------------------------------------------------------------------------------
+# watching a job: rate, ETA, cost so far, failures by kind
+# ---------------------------------------------------------------------------------------------
+H = 3_600_000  # an hour in Batch's milliseconds
+
+
+def watched_children():
+    """Three children two hours into a job: 0 reclaimed after an hour and running again since 1:05, 1 failed for
+    good with exit 78 after half an hour, 2 still waiting for capacity."""
+    return [
+        {"status": "RUNNING", "startedAt": 65 * 60_000,
+         "attempts": [{"startedAt": 0, "stoppedAt": H, "statusReason": "Host EC2 (instance i-0abc) terminated.",
+                       "container": {}}]},
+        {"status": "FAILED", "attempts": [{"startedAt": 10 * 60_000, "stoppedAt": 40 * 60_000,
+                                           "statusReason": "Essential container in task exited",
+                                           "container": {"exitCode": 78}}]},
+        {"status": "RUNNABLE", "statusReason": "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY - Service cannot fulfill the "
+                                               "capacity requested for instance type [g5.xlarge]", "attempts": []},
+    ]
+
+
+def test_the_rate_eta_and_cost_of_a_job_so_far_by_hand():
+    from tower_detector.remote import watch
+
+    now = 2 * H
+    spans = watch.worker_intervals(watched_children(), now)
+    # child 0: 0-60 min and 65-120 min; child 1: 10-40 min; child 2 never ran
+    assert sorted(spans) == [(0, H), (10 * 60_000, 40 * 60_000), (65 * 60_000, 2 * H)]
+    assert watch.worker_hours(spans) == pytest.approx((60 + 55 + 30) / 60)  # 2.4167 worker-hours
+    # 87,000 tiles: 87,000 / 7,200 s of wall-clock = 12.08 tiles/s; / 8,700 worker-seconds = 10 per worker
+    rate = watch.job_rate(87_000, spans, now, running=1)
+    assert rate["elapsed_seconds"] == 7200 and rate["worker_seconds"] == 8700
+    assert rate["tiles_per_second"] == pytest.approx(87_000 / 7200)
+    assert rate["tiles_per_worker_second"] == pytest.approx(10.0)
+    # 13,000 tiles left at 10 tiles/s a worker: 1,300 s with the one worker running, 325 s with four
+    assert watch.eta_seconds(13_000, 10.0, 1) == pytest.approx(1300)
+    assert watch.eta_seconds(13_000, 10.0, 4) == pytest.approx(325)
+    assert watch.eta_seconds(13_000, 10.0, 0) is None  # nothing runs: no ETA, rather than a false one
+    assert watch.eta_seconds(0, None, 0) == 0
+    # once nothing runs, the wall clock stops at the last attempt's end, not now
+    ended = watch.job_rate(87_000, spans, 10 * H, running=0)
+    assert ended["elapsed_seconds"] == 7200
+    assert watch.job_rate(0, [], now, running=0)["tiles_per_second"] is None
+    assert watch.duration_text(1300) == "21 min" and watch.duration_text(7_500) == "2 h 05 min"
+
+
+def test_failed_attempts_and_children_are_told_apart_by_kind():
+    from tower_detector.remote import watch
+
+    def attempt(status_reason="Essential container in task exited", reason=None, code=None):
+        return {"statusReason": status_reason, "container": {"reason": reason, "exitCode": code}}
+
+    cases = {
+        watch.SPOT_RECLAIM: attempt("Host EC2 (instance i-0abc) terminated."),
+        watch.RESUME: attempt(code=75),
+        watch.NO_GPU: attempt(code=78),
+        watch.TIMEOUT: attempt("Job attempt duration exceeded timeout"),
+        watch.START_UP: attempt("Task failed to start", "ResourceInitializationError: unable to pull secrets"),
+        watch.OTHER: attempt(code=1),
+        None: attempt(code=0),
+    }
+    for kind, a in cases.items():
+        assert watch.attempt_kind(a) == kind, (kind, a)
+    assert watch.attempt_kind(attempt(reason="CannotPullContainerError: ref pull has been retried")) == watch.START_UP
+    counts = watch.failure_counts(watched_children())
+    assert counts == {"attempts": {"spot_reclaim": 1, "no_gpu": 1}, "children": {"no_gpu": 1}}
+    # a child cancelled before it ran failed with no attempt at all
+    assert watch.failure_counts([{"status": "FAILED", "attempts": []}])["children"] == {"other": 1}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -348,7 +348,7 @@ class RemotePoller(QObject):
         state = result.get("status")
         if not state:
             return self.manager._set(self.job_id, message=f"status unknown: {end.reason or 'no answer'}")
-        fields = {"message": f"remote: {state}"}
+        fields = {"message": remote_status_message(result)}
         progress = result.get("progress") or {}
         if progress.get("tiles_total"):
             fields["progress"] = 100.0 * progress["tiles_done"] / progress["tiles_total"]
@@ -359,3 +359,29 @@ class RemotePoller(QObject):
             self.manager.pollers.pop(self.job_id, None)
             reason = ((end.outcome.error if end.outcome else None) or {}).get("message")
             self.manager._end(self.job_id, REMOTE_DONE[state], reason or f"remote job {state.lower()}")
+
+
+def remote_status_message(result: dict) -> str:
+    """One line for the Jobs dock from `remote status --events`' result: the state, then what the fields tell
+    (children waiting for capacity, the ETA, the cost so far, children failed for good)."""
+    parts = [f"remote: {result.get('status')}"]
+    waiting = result.get("waiting") or {}
+    if waiting.get("jobs"):
+        parts.append(f"{waiting['jobs']} waiting for capacity" + (f" ({waiting['reason'].split(' - ')[0]})"
+                                                                   if waiting.get("reason") else ""))
+    rate = result.get("rate") or {}
+    eta = rate.get("eta_seconds")
+    if eta is not None and rate.get("tiles_left"):
+        parts.append(f"ETA about {_duration(eta)} with {rate.get('workers_running')} running")
+    cost = result.get("cost") or {}
+    if cost.get("worker_hours"):
+        parts.append(f"about ${cost['dollars']:,.2f} so far (estimate)")
+    failed = sum(((result.get("failures") or {}).get("children") or {}).values())
+    if failed:
+        parts.append(f"{failed} failed for good: remote retry once it ends")
+    return "; ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes} min" if minutes < 120 else f"{minutes / 60:.1f} h"

@@ -5,16 +5,17 @@
     remote submit predict|train|search ARGS     the local command's own arguments; prints an estimate, asks
     remote submit predict ARGS --pilot N        a pilot: N tiles of the area on one worker, measured (pilot.py);
     remote submit predict ARGS --from-pilot P   then the full run, its estimate and shard sizes at P's rate
-    remote status|logs|cancel|fetch JOB         by the short name given at submit time (or the Batch job id)
+    remote status|logs|cancel|fetch JOB         by the short name given at submit time (or the Batch job id); a
+                                                name not listed here is read from the stack's bucket (--stack)
     remote retry JOB                            only the failed children of an ended prediction, same store
     remote k8s-manifest predict ARGS            the worker as a Kubernetes Indexed Job (kubernetes.py)
-    remote jobs                                 the jobs submitted from this machine
+    remote jobs [--all]                         the jobs submitted from this machine (--all: and the bucket's)
     remote worker predict|train|search ARGS     what the Batch container runs (written by submit)
 
 Modules: aws.py (sessions, one-line errors), stack.py (setup), capacity.py (workers at once, quotas, prices, shard
-sizes), jobs.py (submit, status, ...), pilot.py (the pilot's sample and figures), transfer.py (S3 inputs and output
-sync), worker.py (the container side). boto3 is
-imported only when a remote command runs.
+sizes), jobs.py (submit, status, job records, ...), pilot.py (the pilot's sample and figures), watch.py (status'
+rate, ETA, cost and failure arithmetic), transfer.py (S3 inputs and output sync), worker.py (the container side).
+boto3 is imported only when a remote command runs.
 """
 
 import argparse
@@ -55,6 +56,8 @@ def add_remote_commands(sub, command):
     sp.add_argument("--max-vcpus", type=COUNT, help="most vCPUs running at once (default 64: 16 workers)")
     sp.add_argument("--root-volume-gib", type=COUNT, help="root volume of each instance in GiB (default 100)")
     sp.add_argument("--image-tag", help="worker image tag in the stack's ECR repository (default latest)")
+    sp.add_argument("--alert-email", metavar="ADDRESS", help="e-mail this address when a job fails or is blocked "
+                    "in RUNNABLE (SNS asks it to confirm first; docs/aws.md); '' removes the alert (default: as is)")
     sp.add_argument("--template", help="a CloudFormation template instead of the packaged stack.yaml")
 
     sp = action(rsub, "secret", _cmd_remote, "Store imagery secrets in SSM Parameter Store.")
@@ -99,8 +102,8 @@ def add_remote_commands(sub, command):
                              ("fetch", _cmd_fetch, "Get a job's results: merged outputs of a prediction, or the "
                                                    "model/search folder.")):
         sp = action(rsub, name, func, text)
-        sp.add_argument("job", help="the job's name from submit (see `remote jobs`), or its Batch job id")
-        aws_options(sp, stack=False)
+        sp.add_argument("job", help="the job's name from submit (see `remote jobs --all`), or its Batch job id")
+        aws_options(sp)  # --stack: a job submitted elsewhere is found by its record in the stack's bucket
         if name in ("status", "logs"):
             sp.add_argument("--tail", type=int, default=10 if name == "status" else 50, help="log lines to show")
         if name == "logs":
@@ -130,7 +133,10 @@ def add_remote_commands(sub, command):
     ksp.add_argument("--namespace", help="the Job's namespace (default: kubectl's)")
     ksp.add_argument("--manifest", help="write the manifest here (default: print it)")
 
-    action(rsub, "jobs", _cmd_jobs, "The remote jobs submitted from this machine.")
+    sp = action(rsub, "jobs", _cmd_jobs, "The remote jobs submitted from this machine (--all: and those in the "
+                "stack's bucket, submitted by anyone).")
+    aws_options(sp)
+    sp.add_argument("--all", action="store_true", help="also list the job records in the stack's bucket")
     sp = action(rsub, "worker", _cmd_worker, "What a Batch container runs (written by `remote submit`).")
     sp.add_argument("--pilot", metavar="S3_URI", help="predict as a pilot: write its figures to this pilot.json")
     sp.add_argument("argv", nargs=argparse.REMAINDER, help="predict|train|search and its arguments")
@@ -143,6 +149,19 @@ def _aws(args, record=None):
     return Aws(profile=args.profile or record.get("profile"), region=args.region or record.get("region"))
 
 
+def _find(args):
+    """The job's record: from this machine's list, else from the stack's bucket (a teammate's job)."""
+    from .jobs import find_job
+
+    def bucket():
+        from .stack import stack_outputs
+
+        aws = _aws(args)
+        return aws, stack_outputs(aws, args.stack)["Bucket"]
+
+    return find_job(args.job, bucket_lookup=bucket)
+
+
 def _cmd_remote(args, rep):
     raise UserError("remote: give an action (setup, secret put, submit, status, logs, cancel, retry, fetch, "
                     "k8s-manifest, jobs; see --help)")
@@ -153,7 +172,7 @@ def _cmd_setup(args, rep):
 
     summary = setup(_aws(args), args.stack, bucket=args.bucket, vpc=args.vpc, subnets=args.subnets,
                     instance_types=args.instance_types, max_vcpus=args.max_vcpus, image_tag=args.image_tag,
-                    root_volume_gib=args.root_volume_gib,
+                    root_volume_gib=args.root_volume_gib, alert_email=args.alert_email,
                     template=args.template, check=args.check, log=rep.log)
     lines = [f"stack {summary['stack']} in {summary['region']}: {summary['action']}"]
     lines += [f"  {k}: {v}" for k, v in sorted(summary["outputs"].items())]
@@ -187,9 +206,9 @@ def _cmd_submit(args, rep):
 
 
 def _cmd_status(args, rep):
-    from .jobs import find_job, status
+    from .jobs import status
 
-    record = find_job(args.job)
+    record = _find(args)
     text, fields, failure = status(_aws(args, record), record, tail=args.tail)
     rep.result(text, **fields)
     if failure:
@@ -197,9 +216,9 @@ def _cmd_status(args, rep):
 
 
 def _cmd_cancel(args, rep):
-    from .jobs import cancel, find_job
+    from .jobs import cancel
 
-    record = find_job(args.job)
+    record = _find(args)
     was, done = cancel(_aws(args, record), record)
     text = (f"{record['name']}: terminated (was {was}); what it wrote is kept" if done
             else f"{record['name']} had already ended ({was}): nothing to cancel")
@@ -207,9 +226,9 @@ def _cmd_cancel(args, rep):
 
 
 def _cmd_retry(args, rep):
-    from .jobs import find_job, retry
+    from .jobs import retry
 
-    record = find_job(args.job)
+    record = _find(args)
     new, failed, shards = retry(_aws(args, record), record, name=args.name)
     share = (f"; --rate-limit {new['rate_limit']:g} shared by its children: {new['rate_limit_per_child']:g} "
              "requests/s each" if new.get("rate_limit_per_child") else "")
@@ -221,9 +240,9 @@ def _cmd_retry(args, rep):
 
 
 def _cmd_logs(args, rep):
-    from .jobs import find_job, logs
+    from .jobs import logs
 
-    record = find_job(args.job)
+    record = _find(args)
     parts = logs(_aws(args, record), record, tail=args.tail, child=args.child)
     lines = []
     for label, part in parts:
@@ -234,9 +253,9 @@ def _cmd_logs(args, rep):
 
 
 def _cmd_fetch(args, rep):
-    from .jobs import fetch, find_job
+    from .jobs import fetch
 
-    record = find_job(args.job)
+    record = _find(args)
     summary = fetch(_aws(args, record), record, args.out, threshold=args.threshold, yes_threshold=args.yes_threshold,
                     progress=rep.progress, log=rep.log, overwrite=args.overwrite, scores_json=args.scores_json)
     if record.get("kind") == "predict":
@@ -275,10 +294,24 @@ def _cmd_k8s_manifest(args, rep):
 def _cmd_jobs(args, rep):
     from .jobs import load_jobs
 
-    jobs = sorted(load_jobs().values(), key=lambda r: r.get("submitted", ""))
+    jobs = load_jobs()
+    for r in jobs.values():
+        r["where"] = "here"
+    if args.all:
+        from .jobs import shared_records
+        from .stack import stack_outputs
+
+        aws = _aws(args)
+        for r in shared_records(aws, stack_outputs(aws, args.stack)["Bucket"]):
+            if r["name"] in jobs:
+                jobs[r["name"]]["where"] = "here+bucket"
+            else:
+                jobs[r["name"]] = dict(r, where="bucket")
+    jobs = sorted(jobs.values(), key=lambda r: r.get("submitted", ""))
     text = "\n".join(f"{r['name']:<28} {r.get('kind') or '':<8} {r.get('submitted', '')}  {r.get('region', '')}  "
-                     f"{r.get('job_id', '')}" for r in jobs) or "no remote jobs submitted from here"
-    rep.result(text, jobs=[{k: r.get(k) for k in ("name", "kind", "job_id", "region", "submitted", "out")}
+                     f"{r.get('job_id', '')}" + ("  (bucket)" if r["where"] == "bucket" else "") for r in jobs) \
+        or ("no remote jobs here or in the stack's bucket" if args.all else "no remote jobs submitted from here")
+    rep.result(text, jobs=[{k: r.get(k) for k in ("name", "kind", "job_id", "region", "submitted", "out", "where")}
                            for r in jobs])
 
 

@@ -6,8 +6,10 @@ Layout in the stack's bucket:
     jobs/{name}/results/                   a prediction's results store (prediction/store's layout)
     jobs/{name}/pilot.json                 a pilot's figures (pilot.py), next to its own store
     jobs/{name}/out/                       a training's model folder, or a search's folder, mirrored by the worker
+    jobs/{name}/job-record.json            the job's record (below) without the local AWS profile, for teammates
 Local list of jobs: $TOWER_DETECTOR_HOME/jobs.json (default ~/.tower-detector), so that status, logs and fetch
-take the short name given at submit time (or the Batch job id).
+take the short name given at submit time (or the Batch job id). A name not in it is looked up in the stack's
+bucket (job-record.json), so that a teammate with the same stack can follow, fetch and retry a job.
 """
 
 import hashlib
@@ -24,6 +26,7 @@ from ..common.errors import UserError
 from ..common.redaction import redact
 from ..common.redaction import secrets as literal_secrets
 from ..pipeline import rate_share
+from . import watch
 from .stack import stack_outputs
 
 # Throughput behind the estimate: an assumption, not a measurement (docs/aws.md says why); a pilot measures it
@@ -66,8 +69,9 @@ def save_job(record):
         f.write(redact(json.dumps(jobs, indent=1)))  # specs carry ${NAME} references only; this is a last check
 
 
-def find_job(ref):
-    """A job of the local list by its name or Batch job id; a bare Batch id not in the list is taken as it is."""
+def find_job(ref, bucket_lookup=None):
+    """A job of the local list by its name or Batch job id; else, by name, the record in the stack's bucket
+    (bucket_lookup: a function of () -> (aws, bucket), called only then); a bare Batch id is taken as it is."""
     jobs = load_jobs()
     if ref in jobs:
         return jobs[ref]
@@ -76,8 +80,76 @@ def find_job(ref):
             return record
     if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", ref):
         return {"name": ref, "job_id": ref, "kind": None}
+    where, unsearched = os.path.join(_home(), "jobs.json"), ""
+    if bucket_lookup is not None and _NAME.match(ref):
+        try:
+            aws, bucket = bucket_lookup()
+        except UserError as exc:  # no such stack here: say so, after what was not found
+            unsearched = f"; the stack's bucket was not searched: {exc}"
+        else:
+            record = read_shared_record(aws, bucket, ref)
+            if record is not None:
+                return record
+            where += f" nor in s3://{bucket}/jobs/"
     known = ", ".join(sorted(jobs)[-5:]) or "none yet"
-    raise UserError(f"no remote job {ref!r} in {os.path.join(_home(), 'jobs.json')} (known: {known})")
+    raise UserError(f"no remote job {ref!r} in {where} (known here: {known}){unsearched}")
+
+
+# ---------------------------------------------------------------------------------------------
+# job records in the stack's bucket, for teammates
+# ---------------------------------------------------------------------------------------------
+RECORD_NAME = "job-record.json"
+_LOCAL_ONLY = ("profile",)  # a named profile is this machine's: a teammate uses their own
+
+
+def record_key(name):
+    return f"jobs/{name}/{RECORD_NAME}"
+
+
+def shared_record(record):
+    """The record as the bucket keeps it: without what is only this machine's."""
+    return {k: v for k, v in record.items() if k not in _LOCAL_ONLY}
+
+
+def publish_record(aws, record):
+    """Write the job's record to s3://BUCKET/jobs/NAME/job-record.json (rewritten by a later publish)."""
+    body = redact(json.dumps(shared_record(record), indent=1))  # specs carry ${NAME} references only; a last check
+    aws.call("s3", "put_object", what=f"s3://{record['bucket']}", Bucket=record["bucket"],
+             Key=record_key(record["name"]), Body=body.encode(), ContentType="application/json")
+
+
+def read_shared_record(aws, bucket, name):
+    """The record of job `name` from the bucket, or None when there is none."""
+    from botocore.exceptions import ClientError
+
+    from .aws import error_code
+
+    try:
+        body = aws.client("s3").get_object(Bucket=bucket, Key=record_key(name))["Body"].read()
+    except ClientError as exc:
+        code, status = error_code(exc)
+        if status == 404 or code in ("NoSuchKey", "404"):
+            return None
+        from .aws import raise_user_error
+
+        raise_user_error(exc, f"s3://{bucket}/{record_key(name)}", aws.region)
+        raise
+    try:
+        record = json.loads(body)
+    except ValueError:
+        raise UserError(f"s3://{bucket}/{record_key(name)} is not valid JSON: fix or remove it") from None
+    if not isinstance(record, dict) or record.get("name") != name or not record.get("job_id"):
+        raise UserError(f"s3://{bucket}/{record_key(name)} is not a job record of {name!r}")
+    return dict(record, shared=True)
+
+
+def shared_records(aws, bucket):
+    """Every job record in the bucket: one delimited listing of jobs/, then one GET per job."""
+    names = [p["Prefix"][len("jobs/"):].rstrip("/") for p in aws.pages(
+        "s3", "list_objects_v2", "CommonPrefixes", what=f"s3://{bucket}/jobs/", Bucket=bucket, Prefix="jobs/",
+        Delimiter="/")]
+    records = [read_shared_record(aws, bucket, name) for name in names if _NAME.match(name)]
+    return [r for r in records if r is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,6 +523,7 @@ def submit(aws, kind, args, actions, *, stack, name=None, yes=False, events=Fals
                   job_definition=job_def, image=image, inputs=uploads, estimate=estimate, command=command,
                   submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     save_job(record)
+    publish_record(aws, record)
     return record
 
 
@@ -636,40 +709,67 @@ def _why(job):
     return " ".join(redact(reason).split())
 
 
-def status(aws, record, tail=10):
+def status(aws, record, tail=10, now_ms=None):
     """A status report: (text, fields, failure line or None)."""
     job = _describe_one(aws, record)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     fields = {"name": record["name"], "kind": record.get("kind"), "job_id": job["jobId"], "status": job["status"],
               "status_reason": job.get("statusReason"), "attempts": _attempts(job)}
     lines = [f"{record['name']} ({record.get('kind') or 'job'}, {job['jobId']}): {job['status']}"
              + (f" - {job['statusReason']}" if job.get("statusReason") else "")]
     summary = (job.get("arrayProperties") or {}).get("statusSummary")
+    size = (job.get("arrayProperties") or {}).get("size")
     if summary:
         fields["children"] = {k: v for k, v in summary.items() if v}
-        fields["size"] = job["arrayProperties"].get("size")
+        fields["size"] = size
         lines.append(f"children: {fields['size']} (" + ", ".join(f"{k} {v}" for k, v in fields["children"].items())
                      + ")")
-    if job["status"] == "RUNNABLE":
-        lines.append("waiting for capacity: spot GPU instances being found, or a vCPU quota too small "
-                     "(`tower-detector remote setup --check`)")
+    # the workers: every child's attempts (an array parent has none of its own)
+    children = describe(aws, [f"{job['jobId']}:{i}" for i in range(size)]) if size else [job]
+    fields["waiting"] = _waiting(children)
+    if fields["waiting"]:
+        w = fields["waiting"]
+        who = f"{w['jobs']} child{'ren' * (w['jobs'] != 1)}" if size else "the job"
+        blocked = (w.get("reason") or "").startswith(("CAPACITY:", "MISCONFIGURATION:"))
+        lines.append(f"waiting for capacity: {who} RUNNABLE"
+                     + (f"; Batch says: {w['reason']}" if w.get("reason") else "")
+                     + ("" if blocked else "; spot GPU instances being found, or a vCPU quota too small")
+                     + " (`tower-detector remote setup --check`)")
+    running = sum(1 for c in children if c.get("status") == "RUNNING")
+    spans = watch.worker_intervals(children, now_ms)
+    progress = None
     if record.get("store"):
-        fields["progress"] = _progress(record["store"])
-        if fields["progress"]:
-            p = fields["progress"]
+        fields["progress"] = progress = _progress(record["store"])
+        if progress:
+            p = progress
             lines.append(f"results: {p['chunks_done']:,}/{p['chunks_total']:,} chunks, {p['tiles_done']:,}/"
                          f"{p['tiles_total']:,} tiles done ({p['tiles_done'] / max(p['tiles_total'], 1):.0%}); "
                          f"failed: {p['tiles_failed_permanent']:,} for good (no imagery there, unreadable), "
                          f"{p['tiles_failed_transient']:,} to retry (imagery unreachable)")
+    if record.get("kind") == "predict":
+        fields["rate"] = _rate(record, progress, spans, now_ms, running)
+        lines += _rate_lines(fields["rate"])
+    fields["cost"] = _cost(record, spans)
+    if fields["cost"]["worker_hours"]:
+        c = fields["cost"]
+        lines.append(f"cost so far: about ${c['dollars']:,.2f} ({c['worker_hours']:,.2f} worker-hours x "
+                     f"${c['spot_price']:.2f}/h, the submit-time spot price; an estimate: it leaves out instance "
+                     "boot and idle time, and spot prices move)")
+    counts = watch.failure_counts(children)
+    fields["failures"] = {"tiles": {"permanent": progress["tiles_failed_permanent"],
+                                    "transient": progress["tiles_failed_transient"],
+                                    "reasons": progress.get("failures") or {}} if progress else None, **counts}
+    if counts["attempts"] or counts["children"]:
+        def kinds(counted):
+            return ", ".join(f"{n} {watch.KIND_TEXT[k]}" for k, n in counted.items()) or "none"
+
+        lines.append(f"failed attempts: {kinds(counts['attempts'])}"
+                     + (f"; children failed for good: {kinds(counts['children'])}" if counts["children"] else ""))
     if record.get("pilot"):
         lines += _pilot_status(aws, record, fields)
     failure = None
-    failed = []
-    if summary and summary.get("FAILED"):
-        children = aws.call("batch", "list_jobs", what="the job's children", arrayJobId=job["jobId"],
-                            jobStatus="FAILED")["jobSummaryList"]
-        failed = describe(aws, [c["jobId"] for c in children[:3]])
-    elif job["status"] == "FAILED":
-        failed = [job]
+    failed = [c for c in children if c.get("status") == "FAILED"][:3] if size else (
+        [job] if job["status"] == "FAILED" else [])
     fields["failed"] = []
     for f in failed:
         index = (f.get("arrayProperties") or {}).get("index")
@@ -729,6 +829,51 @@ def full_run_estimate(figures, record):
                             timeout_hours=p["timeout_hours"])
 
 
+def _waiting(children):
+    """{jobs, reason} when jobs wait in RUNNABLE (Batch's statusReason of a blocked one when it gives one; it
+    names CAPACITY:... or MISCONFIGURATION:... causes), else None."""
+    waiting = [c for c in children if c.get("status") == "RUNNABLE"]
+    if not waiting:
+        return None
+    reasons = [c["statusReason"] for c in waiting if c.get("statusReason")]
+    blocked = [r for r in reasons if r.startswith(("CAPACITY:", "MISCONFIGURATION:"))]
+    reason = (blocked or reasons or [None])[0]
+    return {"jobs": len(waiting), "reason": " ".join(redact(reason).split()) if reason else None}
+
+
+def _rate(record, progress, spans, now_ms, running):
+    """Tiles done by this job, its rates, and the ETA with the workers running now (watch.py)."""
+    done = progress["tiles_done"] if progress else 0
+    this_job = max(0, done - (record.get("tiles_done_at_submit") or 0))
+    rate = watch.job_rate(this_job, spans, now_ms, running)
+    left = (progress["tiles_total"] - done) if progress else record.get("tiles")
+    eta = watch.eta_seconds(left, rate["tiles_per_worker_second"], running) if left is not None else None
+    return {"tiles_this_job": this_job, "tiles_left": left, "workers_running": running, "eta_seconds": eta, **rate}
+
+
+def _rate_lines(r):
+    if r["tiles_per_second"] is None:
+        return [f"rate: no attempt has started yet; {r['tiles_left'] or 0:,} tiles to go"]
+    line = (f"rate: {r['tiles_per_second']:,.1f} tiles/s over the job so far ({r['tiles_this_job']:,} tiles in "
+            f"{watch.duration_text(r['elapsed_seconds'])}); {r['tiles_per_worker_second'] or 0:,.1f} tiles/s per "
+            "worker")
+    if r["tiles_left"] == 0:
+        return [line, "ETA: done"]
+    if r["eta_seconds"] is None:
+        return [line, f"ETA: unknown ({r['tiles_left'] or 0:,} tiles left, "
+                + ("no worker running now)" if not r["workers_running"] else "no tile done yet)")]
+    return [line, f"ETA: about {watch.duration_text(r['eta_seconds'])} for {r['tiles_left']:,} tiles left with "
+            f"the {r['workers_running']} worker{'s' * (r['workers_running'] != 1)} running now"]
+
+
+def _cost(record, spans):
+    """The compute cost so far: worker-hours of every attempt times the spot price the estimate used."""
+    price = (record.get("estimate") or {}).get("spot_price") or record.get("spot_price") or DEFAULT_SPOT_PRICE
+    hours = watch.worker_hours(spans)
+    return {"worker_hours": round(hours, 4), "spot_price": price, "dollars": round(hours * price, 2),
+            "estimate": True}
+
+
 def _progress(store_spec):
     from ..prediction.store import open_store
 
@@ -764,8 +909,8 @@ def retry(aws, record, *, name=None):
     from .worker import SHARD_LIST, format_shards
 
     if record.get("kind") != "predict" or not record.get("command"):
-        raise UserError(f"{record['name']}: remote retry resubmits the failed children of a prediction submitted "
-                        "from here")
+        raise UserError(f"{record['name']}: remote retry resubmits the failed children of a prediction, by the "
+                        "name it was submitted under (see `remote jobs --all`)")
     job = _describe_one(aws, record)
     if job["status"] not in ("SUCCEEDED", "FAILED"):
         raise UserError(f"{record['name']} is {job['status']}: retry it once it has ended (or `remote cancel` it)")
@@ -781,9 +926,15 @@ def retry(aws, record, *, name=None):
     command = list(record["command"])
     shards = int(command[command.index("--shards") + 1]) if "--shards" in command else 1
     jobs = load_jobs()
+
+    def taken(candidate):  # here, or in the bucket (a teammate's job, or their retry of this one)
+        return candidate in jobs or (record.get("bucket") and aws.call(
+            "s3", "list_objects_v2", what=f"s3://{record['bucket']}", Bucket=record["bucket"],
+            Prefix=f"jobs/{candidate}/", MaxKeys=1).get("KeyCount"))
+
     name = name or next(f"{record['name']}-retry{n}" for n in range(1, 10_000)
-                        if f"{record['name']}-retry{n}" not in jobs)
-    if not _NAME.match(name) or name in jobs:
+                        if not taken(f"{record['name']}-retry{n}"))
+    if not _NAME.match(name) or taken(name):
         raise UserError(f"--name {name!r}: a new job name (letters, digits, - and _) is needed")
     listed = format_shards(failed)
     share = None
@@ -799,11 +950,19 @@ def retry(aws, record, *, name=None):
     if len(failed) > 1:
         request["arrayProperties"] = {"size": len(failed)}
     answer = aws.call("batch", "submit_job", what="the retry", **request)
+    # what the store held when the retry was submitted: status counts the retry's own tiles from there
+    before = _progress(record["store"]) if record.get("store") else None
+    price = (record.get("estimate") or {}).get("spot_price") or record.get("spot_price")
     new = dict(record, name=name, job_id=answer["jobId"], job_arn=answer.get("jobArn"), retry_of=record["name"],
                shards_retried=listed, array_size=len(failed) if len(failed) > 1 else None, estimate=None,
                command=command, rate_limit_per_child=share,
+               spot_price=price, tiles_done_at_submit=before["tiles_done"] if before else 0,
                submitted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    new.pop("shared", None)
+    new["profile"] = aws.profile  # whoever retried it: this machine's list keeps their profile
     save_job(new)
+    if new.get("bucket"):
+        publish_record(aws, new)
     return new, failed, shards
 
 
@@ -836,7 +995,8 @@ def fetch(aws, record, out, *, threshold=0.5, yes_threshold=0.97, progress=None,
                              geojson_path=os.path.join(out, "overlay.geojson"), yes_threshold=yes_threshold,
                              progress=progress, log=log, overwrite=overwrite)
     if record.get("kind") not in ("train", "search"):
-        raise UserError(f"{record['name']} is not a job of this list: fetch needs a job submitted from here")
+        raise UserError(f"{record['name']}: fetch needs the job's record (its name, from `remote jobs --all`), not a "
+                        "bare Batch id")
     bucket, prefix = parse_s3(record["out"])
     prefix = prefix.rstrip("/") + "/"
     s3 = aws.client("s3")

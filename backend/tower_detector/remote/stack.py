@@ -7,6 +7,7 @@ wait in RUNNABLE for ever).
 """
 
 import os
+import re
 
 from ..common.errors import UserError
 from .aws import error_code
@@ -44,8 +45,11 @@ def describe_stack(aws, stack):
 
 
 def setup(aws, stack=DEFAULT_STACK, *, bucket=None, vpc=None, subnets=None, instance_types=None, max_vcpus=None,
-          image_tag=None, template=None, check=False, log=print, root_volume_gib=None):
-    """Deploy or update the stack (check=True: only look); returns a summary dict with the outputs and problems."""
+          image_tag=None, template=None, check=False, log=print, root_volume_gib=None, alert_email=None):
+    """Deploy or update the stack (check=True: only look); returns a summary dict with the outputs and problems.
+    alert_email: an address for the job alerts; "" removes them; None keeps what the stack has."""
+    if alert_email and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", alert_email):
+        raise UserError(f"--alert-email {alert_email!r} is not an e-mail address")
     body = _read_template(template)
     validated = aws.call("cloudformation", "validate_template", what="the stack template", TemplateBody=body)
     existing = describe_stack(aws, stack)
@@ -68,6 +72,8 @@ def setup(aws, stack=DEFAULT_STACK, *, bucket=None, vpc=None, subnets=None, inst
         params["WorkerImageTag"] = image_tag
     if root_volume_gib is not None:
         params["RootVolumeGiB"] = str(root_volume_gib)
+    if alert_email is not None:
+        params["AlertEmail"] = alert_email
     if bucket:
         if existing is not None:
             raise UserError("--bucket only applies when the stack is created; the stack keeps its bucket")
@@ -101,7 +107,11 @@ def setup(aws, stack=DEFAULT_STACK, *, bucket=None, vpc=None, subnets=None, inst
     if waiter:
         _wait(aws, stack, waiter)
     outputs = stack_outputs(aws, stack)
-    return {"stack": stack, "region": aws.region, "action": action, "outputs": outputs, "problems": []}
+    notes = []
+    if alert_email:
+        notes.append(f"alerts go to {alert_email} once it confirms the subscription (SNS sends it a link)")
+    return {"stack": stack, "region": aws.region, "action": action, "outputs": outputs, "problems": [],
+            "notes": notes}
 
 
 def _read_template(template):
