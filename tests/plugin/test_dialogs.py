@@ -539,3 +539,47 @@ def test_predict_dataset_and_train_show_their_cost_and_ask_before_large_runs(qgi
     assert train.run() is None and "takes about 2.5 h" in asked[-1]
     for d in (dialog, dataset, train):
         d.deleteLater()
+
+
+def test_every_dialog_has_help_at_its_section_and_greys_what_does_not_apply(qgis_iface, manager, monkeypatch,
+                                                                            tmp_path):
+    """Issue 33: no help link anywhere, and fields that did not apply stayed enabled (a weights file with weights
+    "none"). Each dialog's Help opens its own section of the user guide; the anchor exists there."""
+    import re
+
+    from qgis.PyQt.QtGui import QDesktopServices
+    from qgis.PyQt.QtWidgets import QDialogButtonBox
+
+    from tower_detector_plugin.core.help import TOPICS, help_url
+    from tower_detector_plugin.ui.area_picker import AreaPickerDialog
+    from tower_detector_plugin.ui.metrics_dialog import MetricsDialog
+
+    guide = (REPO / "docs" / "user-guide.md").read_text()
+    assert set(re.findall(r'<a id="([a-z]+)"></a>', guide)) >= set(TOPICS)
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toString()) or True)
+    dialogs = {"dataset": BuildDatasetDialog(qgis_iface, manager), "train": TrainDialog(qgis_iface, manager),
+               "predict": PredictDialog(qgis_iface, manager), "results": LoadResultsDialog(),
+               "settings": SettingsDialog(), "area": AreaPickerDialog(qgis_iface),
+               "metrics": MetricsDialog(str(make_model_dir(tmp_path / "m")))}
+    for topic, dialog in dialogs.items():
+        box = dialog.findChild(QDialogButtonBox)
+        box.button(QDialogButtonBox.Help).click()
+        assert opened[-1] == help_url(topic) and opened[-1].endswith(f"docs/user-guide.md#{topic}")
+        assert opened[-1].startswith("https://github.com/tower-detector/tower-detector/blob/main/")
+
+    train = dialogs["train"]
+    train.weights.setCurrentText("none")
+    assert not train.weights_file.isEnabled()
+    train.weights.setCurrentText("file…")
+    assert train.weights_file.isEnabled()
+    assert not train.trials.isEnabled() and not train.space.isEnabled() and train.init.isEnabled()
+    train.mode.setCurrentIndex(1)  # a search: its own inputs, and no model to start from
+    assert train.trials.isEnabled() and train.metric.isEnabled() and not train.init.isEnabled()
+    dataset = dialogs["dataset"]
+    dataset.overpass.setChecked(True)
+    assert not dataset.points.isEnabled()
+    dataset.from_layer.setChecked(True)
+    assert dataset.points.isEnabled()
+    for dialog in dialogs.values():
+        dialog.deleteLater()

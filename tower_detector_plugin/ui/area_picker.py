@@ -157,6 +157,9 @@ class AreaPickerDialog(QDialog):
         info = self._info_form()
         self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
         self.use_button = self.buttons.addButton("Use this area", QDialogButtonBox.AcceptRole)
+        from .widgets import add_help  # widgets imports this module
+
+        add_help(self.buttons, "area")
         self.use_button.setEnabled(False)
         self.buttons.rejected.connect(self.reject)
         self.use_button.clicked.connect(self._use)

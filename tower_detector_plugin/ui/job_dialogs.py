@@ -67,6 +67,7 @@ from ..core.result_layers import recommended_threshold
 from .widgets import (
     ERROR_STYLE,
     AreaWidget,
+    add_help,
     ImageryWidget,
     file_widget,
     input_value,
@@ -84,6 +85,7 @@ class JobDialog(QDialog):
 
     title = "Tower Detector"
     remembered = ()
+    help_topic = ""  # its section of the user guide (core/help.py)
 
     def __init__(self, iface, manager, parent=None):
         super().__init__(parent or (iface.mainWindow() if iface else None))
@@ -98,6 +100,8 @@ class JobDialog(QDialog):
         self.run_button = self.buttons.addButton("Run", QDialogButtonBox.AcceptRole)
         self.run_button.clicked.connect(self.run)
         self.buttons.rejected.connect(self.reject)
+        if self.help_topic:
+            add_help(self.buttons, self.help_topic)
         layout = QVBoxLayout(self)
         layout.addLayout(self.form)
         layout.addWidget(self.error)
@@ -182,6 +186,7 @@ class JobDialog(QDialog):
 
 class BuildDatasetDialog(JobDialog):
     title = "Tower Detector: build training data"
+    help_topic = "dataset"
     remembered = ("area", "imagery", "overpass", "from_layer", "points", "tower_filter", "zoom", "background_ratio",
                   "span_negatives", "split", "block_size", "seed")
 
@@ -214,7 +219,9 @@ class BuildDatasetDialog(JobDialog):
             self.from_layer.setChecked(True)
             self.points.setLayer(tower_point_layers()[0])
         self._add_estimate(self.area.changed)
+        self.from_layer.toggled.connect(self.points.setEnabled)
         self._restore()
+        self.points.setEnabled(self.from_layer.isChecked())
         self._show_plan()
 
     def plan(self):
@@ -248,6 +255,7 @@ class BuildDatasetDialog(JobDialog):
 
 class TrainDialog(JobDialog):
     title = "Tower Detector: train"
+    help_topic = "train"
     remembered = ("data", "mode", "weights", "weights_file", "backbone", "params", "image_size", "epochs_top",
                   "epochs_fine", "batch_size", "trials", "metric", "space", "where")
 
@@ -275,7 +283,10 @@ class TrainDialog(JobDialog):
         self._add_rows((METRIC, self.metric), (SPACE, self.space), (RUN_ON, self.where))
         self._add_estimate(self.data.fileChanged, self.epochs_top.valueChanged, self.epochs_fine.valueChanged,
                            self.mode.currentIndexChanged, self.trials.valueChanged, self.where.currentIndexChanged)
+        self.mode.currentIndexChanged.connect(self._init_chosen)
+        self.weights.currentIndexChanged.connect(self._init_chosen)
         self._restore()
+        self._init_chosen()
         self._show_plan()
 
     def plan(self):
@@ -294,11 +305,19 @@ class TrainDialog(JobDialog):
             plan.text = f"{trials} trials: " + plan.text
         return plan
 
-    def _init_chosen(self, path: str = None):
-        """A model to start from brings its own weights and backbone: their inputs do not apply."""
-        warm = bool(self.init.filePath().strip())
-        for widget in (self.weights, self.weights_file, self.backbone):
+    def _init_chosen(self, *_):
+        """Only the inputs that apply are enabled: a model to start from brings its own weights and backbone; a
+        weights file only with weights "file…"; trials, metric and search space only for a search, whose models
+        all start afresh (no model to start from, no first-phase epochs of a single training)."""
+        search = self.mode.currentIndex() == 1
+        warm = bool(self.init.filePath().strip()) and not search
+        self.init.setEnabled(not search)
+        for widget in (self.weights, self.backbone):
             widget.setEnabled(not warm)
+        self.weights_file.setEnabled(not warm and self.weights.currentData() is None)
+        for widget in (self.trials, self.metric, self.space):
+            widget.setEnabled(search)
+        self.epochs_top.setEnabled(not search)
 
     def build(self) -> dict:
         data = self._out_dir(self.data, "training data folder")
@@ -332,6 +351,7 @@ class TrainDialog(JobDialog):
 
 class PredictDialog(JobDialog):
     title = "Tower Detector: predict"
+    help_topic = "predict"
     remembered = ("model", "imagery", "area", "out", "workers", "checkpoint_every", "batch_size", "shards", "views",
                   "where")
 
@@ -405,6 +425,7 @@ class RetrainDialog(JobDialog):
     Prefilled from the candidates' provenance (core/retrain.py); the counts say what goes in."""
 
     title = "Tower Detector: retrain with review decisions"
+    help_topic = "retrain"
 
     def __init__(self, iface, manager, candidates, parent=None):
         super().__init__(iface, manager, parent)

@@ -15,7 +15,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core import settings
 from ..core.parameters import THRESHOLD
-from .widgets import ERROR_STYLE, file_widget, parameter_input
+from .widgets import ERROR_STYLE, add_help, file_widget, parameter_input
 
 
 class LoadResultsDialog(QDialog):
@@ -50,6 +50,7 @@ class LoadResultsDialog(QDialog):
             form.addRow(label, widget)
         buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
         buttons.addButton("Load", QDialogButtonBox.AcceptRole).clicked.connect(self.accept_load)
+        add_help(buttons, "results")
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addLayout(form)

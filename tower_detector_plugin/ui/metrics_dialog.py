@@ -17,6 +17,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.result_layers import metric_rows, model_verdict, read_metrics
+from .widgets import add_help
 
 CARD = "MODEL_CARD.md"  # written by train beside metrics.json: data, recipe, figures with their uncertainty, limits
 VERDICT_STYLES = {"ok": "color: #2e7d32;", "warn": "color: #e65100; font-weight: bold;",
@@ -66,6 +67,7 @@ class MetricsDialog(QDialog):
         tabs.insertTab(0, self.card, "Model card")
         tabs.setCurrentIndex(0)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        add_help(buttons, "metrics")
         buttons.rejected.connect(self.reject)
         verdict = model_verdict(metrics)  # red or amber when the model is no better than chance
         self.verdict = QLabel(verdict.text)

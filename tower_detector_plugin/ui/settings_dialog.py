@@ -19,7 +19,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import imagery_sources, runner, settings
-from .widgets import ERROR_STYLE, file_widget
+from .widgets import ERROR_STYLE, add_help, file_widget
 
 
 class SettingsDialog(QDialog):
@@ -102,6 +102,7 @@ class SettingsDialog(QDialog):
             columns.addLayout(column, 1)
         buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)
         self.save_button = buttons.button(QDialogButtonBox.Save)
+        add_help(buttons, "settings")
         self.insisted = None  # a backend path that failed its check, which the user chose to keep
         self.cli_path.fileChanged.connect(lambda _path: self.save_button.setText("Save"))
         buttons.accepted.connect(self.save)

@@ -21,6 +21,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import imagery_sources, settings
+from ..core.help import help_url
 from .area_picker import AreaPickerDialog
 
 ERROR_STYLE = "color: #c62828;"
@@ -58,6 +59,18 @@ def parameter_input(param, value=None):
             widget.setSpecialValueText("default")
     widget.setToolTip(param.help)
     return widget
+
+
+def add_help(buttons, topic: str):
+    """A Help button in a dialog's button box: the user guide's section on `topic` (core/help.py)."""
+    from qgis.PyQt.QtCore import QUrl
+    from qgis.PyQt.QtGui import QDesktopServices
+    from qgis.PyQt.QtWidgets import QDialogButtonBox
+
+    button = buttons.addButton(QDialogButtonBox.Help)
+    button.setToolTip(f"Open the user guide at this step ({help_url(topic)})")
+    button.clicked.connect(lambda _checked=False: QDesktopServices.openUrl(QUrl(help_url(topic))))
+    return button
 
 
 def spin_value(box):
