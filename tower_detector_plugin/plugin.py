@@ -5,6 +5,7 @@ build on core/ (the logic, no widgets); only this module knows all three. The ui
 imported on first use, so starting QGIS (or qgis_process) stays cheap."""
 
 import configparser
+import os
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsProject
@@ -145,6 +146,24 @@ class TowerDetectorPlugin:
         if session is not None and any(layer is session.layer for layer in changed):
             self.review_dock.reload()
 
+    def ensure_work_dir(self) -> bool:
+        """Before the first job: a work folder the user chose (the plugin's areas, job list and outputs go there,
+        not deep in the QGIS profile). An old folder in the profile that holds work is kept without asking. False
+        when the user cancels."""
+        from .core import settings
+        from .ui.widgets import ask_work_dir
+
+        if settings.value("work_dir") or settings.adopt_old_work_dir():
+            return True
+        path = ask_work_dir(self.iface.mainWindow(), settings.suggested_work_dir())
+        if not path:
+            return False
+        os.makedirs(path, exist_ok=True)
+        settings.set_value("work_dir", path)
+        self.iface.messageBar().pushMessage("Tower Detector", f"work folder: {path} (Settings changes it)",
+                                            level=Qgis.Info, duration=8)
+        return True
+
     def _show_dialog(self, key, factory):
         """One non-modal dialog per kind: raise it if open, else make a new one."""
         dialog = self.dialogs.get(key)
@@ -159,6 +178,8 @@ class TowerDetectorPlugin:
 
     # -- actions
     def pick_area(self):
+        if not self.ensure_work_dir():
+            return None
         from .ui.area_picker import AreaPickerDialog
 
         def make():
@@ -184,16 +205,22 @@ class TowerDetectorPlugin:
             f"can use its file, {path}", level=Qgis.Success, duration=10)
 
     def build_dataset(self):
+        if not self.ensure_work_dir():
+            return None
         from .ui.job_dialogs import BuildDatasetDialog
 
         return self._show_dialog("dataset", lambda: BuildDatasetDialog(self.iface, self.job_manager()))
 
     def train(self):
+        if not self.ensure_work_dir():
+            return None
         from .ui.job_dialogs import TrainDialog
 
         return self._show_dialog("train", lambda: TrainDialog(self.iface, self.job_manager()))
 
     def predict(self):
+        if not self.ensure_work_dir():
+            return None
         from .ui.job_dialogs import PredictDialog
 
         return self._show_dialog("predict", lambda: PredictDialog(self.iface, self.job_manager()))

@@ -1,6 +1,7 @@
 """Dialogs, imagery sources and secrets: what each dialog turns into, and the settings dialog."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -583,3 +584,38 @@ def test_every_dialog_has_help_at_its_section_and_greys_what_does_not_apply(qgis
     assert dataset.points.isEnabled()
     for dialog in dialogs.values():
         dialog.deleteLater()
+
+
+def test_the_work_folder_is_asked_for_on_first_use_and_old_work_is_kept(qgis_iface, plugin_settings, monkeypatch,
+                                                                       tmp_path):
+    """Issue 33: the work folder was hidden deep in the QGIS profile. The first job dialog asks for one, offering
+    "Tower Detector" in the user's documents; a profile folder that already holds work is kept without asking."""
+    from qgis.PyQt.QtCore import QStandardPaths
+    from qgis.PyQt.QtWidgets import QDialog
+
+    from tower_detector_plugin.plugin import TowerDetectorPlugin
+
+    documents = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation)
+    assert plugin_settings.suggested_work_dir() == os.path.join(documents, "Tower Detector")
+    monkeypatch.setattr(plugin_settings, "suggested_work_dir", lambda: str(tmp_path / "Documents" / "Tower Detector"))
+    monkeypatch.setattr(plugin_settings, "profile_work_dir", lambda: str(tmp_path / "profile" / "tower_detector"))
+    plugin_settings.set_value("work_dir", "")
+    asked = []
+    monkeypatch.setattr(QDialog, "exec_", lambda self: asked.append(self.objectName()) or QDialog.Rejected)
+    plugin = TowerDetectorPlugin(qgis_iface)
+    assert plugin.build_dataset() is None and asked == ["TowerDetectorWorkFolder"]  # cancelled: nothing opens
+    assert plugin_settings.value("work_dir") == ""
+    monkeypatch.setattr(QDialog, "exec_", lambda self: asked.append(self.objectName()) or QDialog.Accepted)
+    dialog = plugin.build_dataset()
+    assert dialog is not None and plugin_settings.value("work_dir") == str(tmp_path / "Documents" / "Tower Detector")
+    assert os.path.isdir(tmp_path / "Documents" / "Tower Detector")
+    plugin.train()
+    assert asked == ["TowerDetectorWorkFolder"] * 2  # asked once, then never again
+
+    plugin_settings.set_value("work_dir", "")  # an older install: its work in the profile is kept, unasked
+    (tmp_path / "profile" / "tower_detector").mkdir(parents=True)
+    (tmp_path / "profile" / "tower_detector" / "jobs.json").write_text("{}")
+    plugin.predict()
+    assert asked == ["TowerDetectorWorkFolder"] * 2
+    assert plugin_settings.value("work_dir") == str(tmp_path / "profile" / "tower_detector")
+    plugin.unload()

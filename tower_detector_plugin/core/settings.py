@@ -145,9 +145,32 @@ def configured_cli() -> runner.Cli:
     return runner.locate(value("cli/path"))
 
 
+def profile_work_dir() -> str:
+    """Where the work folder was before the plugin asked for one: inside the QGIS profile."""
+    return os.path.join(QgsApplication.qgisSettingsDirPath(), "tower_detector")
+
+
+def suggested_work_dir() -> str:
+    """The work folder offered on first use: "Tower Detector" in the user's documents."""
+    from qgis.PyQt.QtCore import QStandardPaths
+
+    documents = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or os.path.expanduser("~")
+    return os.path.join(documents, "Tower Detector")
+
+
+def adopt_old_work_dir() -> bool:
+    """No work folder set, but the profile's old one holds work (jobs, areas): keep using it, without asking."""
+    old = profile_work_dir()
+    if value("work_dir") or not os.path.isdir(old) or not os.listdir(old):
+        return False
+    set_value("work_dir", old)
+    return True
+
+
 def work_dir() -> str:
-    """The folder for areas, jobs.json and default outputs; created on first use."""
-    path = value("work_dir") or os.path.join(QgsApplication.qgisSettingsDirPath(), "tower_detector")
+    """The folder for areas, jobs.json and default outputs; created on first use. The plugin asks the user for it
+    before a first job (plugin.py); until then, the profile's."""
+    path = value("work_dir") or profile_work_dir()
     os.makedirs(path, exist_ok=True)
     return path
 

@@ -252,3 +252,25 @@ def set_input_value(widget, value):
         widget.setText(value)
     elif isinstance(widget, QAbstractButton):
         widget.setChecked(bool(value))
+
+
+def ask_work_dir(parent, suggested: str) -> str:
+    """The first-use question: where the plugin keeps its areas, job list and outputs; the chosen folder, or ""."""
+    from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QLabel, QVBoxLayout
+
+    dialog = QDialog(parent)
+    dialog.setObjectName("TowerDetectorWorkFolder")
+    dialog.setWindowTitle("Tower Detector: work folder")
+    layout = QVBoxLayout(dialog)
+    text = QLabel("Where should Tower Detector keep its areas, training data, models and results? You can change "
+                  "it later in Settings.")
+    text.setWordWrap(True)
+    folder = file_widget(QgsFileWidget.GetDirectory, path=suggested)
+    buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    for widget in (text, folder, buttons):
+        layout.addWidget(widget)
+    if dialog.exec_() != QDialog.Accepted:
+        return ""
+    return folder.filePath().strip()
