@@ -619,3 +619,20 @@ def test_the_work_folder_is_asked_for_on_first_use_and_old_work_is_kept(qgis_ifa
     assert asked == ["TowerDetectorWorkFolder"] * 2
     assert plugin_settings.value("work_dir") == str(tmp_path / "profile" / "tower_detector")
     plugin.unload()
+
+
+def test_an_area_can_be_a_layers_extent(qgis_iface, qgis_new_project, manager, plugin_settings, tmp_path):
+    """With no area drawn yet, the dialogs offer the extent of the project's layers (the imagery's first) as the
+    area: written as an area file when the dialog runs, and offered by name from then on."""
+    from tower_detector_plugin.ui.widgets import AreaWidget
+
+    tif = make_heatmap(tmp_path / "scene.tif", [[0.5] * 4] * 4)
+    QgsProject.instance().addMapLayer(QgsRasterLayer(str(tif), "scene", "gdal"))
+    widget = AreaWidget(qgis_iface)
+    assert widget.combo.currentText() == "Extent of scene"
+    draft = widget.current()
+    assert "/.drafts/" in draft and json.load(open(draft))["features"]
+    path = widget.path()  # what a run takes: the area is now the user's
+    assert path == str(tmp_path / "work" / "areas" / "scene.geojson") and os.path.isfile(path)
+    again = AreaWidget(qgis_iface)
+    assert again.combo.currentText() == "scene" and again.current() == path and again.combo.toolTip() == path

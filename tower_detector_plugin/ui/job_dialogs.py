@@ -225,7 +225,7 @@ class BuildDatasetDialog(JobDialog):
         self._show_plan()
 
     def plan(self):
-        return dataset_plan(estimate_tiles(read_area(self.area.path()), spin_value(self.zoom) or ZOOM.default))
+        return dataset_plan(estimate_tiles(read_area(self.area.current()), spin_value(self.zoom) or ZOOM.default))
 
     def build(self) -> dict:
         area = self.area.path()
@@ -378,7 +378,7 @@ class PredictDialog(JobDialog):
         self._show_plan()
 
     def plan(self):
-        return predict_plan(estimate_tiles(read_area(self.area.path())), self.views.currentData(),
+        return predict_plan(estimate_tiles(read_area(self.area.current())), self.views.currentData(),
                             remote=self.where.currentData() == "aws")
 
     def _model_chosen(self, *_):

@@ -4,7 +4,7 @@ import glob
 import os
 import time
 
-from qgis.core import QgsProject
+from qgis.core import QgsGeometry, QgsMapLayerType, QgsProject
 from qgis.gui import QgsAuthConfigSelect, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -92,6 +92,11 @@ class AreaWidget(QWidget):
         for path in sorted(glob.glob(os.path.join(settings.work_dir(), "areas", "*.geojson")), key=os.path.getmtime,
                            reverse=True):
             self._add(path)
+        # the extents of the project's layers (the imagery's, first): an area without drawing one
+        for layer in sorted(_extent_layers(), key=lambda lyr: lyr.type() != QgsMapLayerType.RasterLayer):
+            self.combo.addItem(f"Extent of {layer.name()}", f"layer:{layer.id()}")
+            self.combo.setItemData(self.combo.count() - 1, f"the extent of the layer {layer.name()}, written as an "
+                                   "area file when the dialog runs", Qt.ToolTipRole)
         browse = QPushButton("…")
         browse.setToolTip("a GeoJSON polygon file (WGS84)")
         browse.clicked.connect(self._browse)
@@ -134,15 +139,31 @@ class AreaWidget(QWidget):
         self.combo.setCurrentIndex(index)
 
     def current(self) -> str:
-        """The chosen file's path ("" if none)."""
-        return self.combo.currentData() or ""
+        """The chosen file's path ("" if none); a layer's extent is written as a draft area file first."""
+        data = self.combo.currentData() or ""
+        if not data.startswith("layer:"):
+            return data
+        layer = QgsProject.instance().mapLayer(data[len("layer:"):])
+        if layer is None:
+            return ""
+        from ..core.area_geometry import to_wgs84, write_area
+
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name()) or "area"
+        geometry = to_wgs84(QgsGeometry.fromRect(layer.extent()), layer.crs(), QgsProject.instance().transformContext())
+        return write_area(geometry, os.path.join(settings.work_dir(), "areas", ".drafts", f"{name}.geojson"), name)
 
     def path(self) -> str:
+        """The chosen area file's path, for a run: a layer's extent becomes an area of its own (areas/), offered
+        from then on; ValueError with one line when there is none."""
         path = self.current()
         if not path:
             raise ValueError("choose an area (Pick… draws one on the map)")
         if not os.path.isfile(path):
             raise ValueError(f"area file not found: {path}")
+        if os.path.basename(os.path.dirname(path)) == ".drafts":
+            accepted = os.path.join(os.path.dirname(os.path.dirname(path)), os.path.basename(path))
+            os.replace(path, accepted)
+            path = accepted
         return path
 
 
@@ -206,8 +227,9 @@ def input_value(widget):
         if imagery_sources.literal_secrets(spec):
             return None  # a token written into the URL is never stored
         return {"choice": widget.combo.currentText(), "spec": spec, "authcfg": widget.auth.configId()}
-    if isinstance(widget, AreaWidget):
-        return widget.current()
+    if isinstance(widget, AreaWidget):  # a layer's extent: its run made it an area file, listed first next time
+        data = widget.combo.currentData() or ""
+        return None if data.startswith("layer:") else data
     if isinstance(widget, QgsFileWidget):
         return widget.filePath()
     if isinstance(widget, QgsMapLayerComboBox):
@@ -252,6 +274,15 @@ def set_input_value(widget, value):
         widget.setText(value)
     elif isinstance(widget, QAbstractButton):
         widget.setChecked(bool(value))
+
+
+def _extent_layers() -> list:
+    """The project's layers whose extent may be an area: not the plugin's own (heatmaps, candidates)."""
+    from ..core.result_layers import ROLE_PROPERTY
+
+    return [layer for layer in QgsProject.instance().mapLayers().values()
+            if layer.isValid() and not layer.customProperty(ROLE_PROPERTY) and not layer.extent().isEmpty()
+            and not (layer.type() == QgsMapLayerType.VectorLayer and layer.fields().indexOf("tile_id") >= 0)]
 
 
 def ask_work_dir(parent, suggested: str) -> str:
