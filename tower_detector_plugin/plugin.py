@@ -317,7 +317,7 @@ class TowerDetectorPlugin:
             self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
         return self.review_dock
 
-    def _offer_next_step(self, text, step, job):
+    def _offer_next_step(self, text, step, job, level=Qgis.Success):
         """A finished job's message, with a button for what follows (core/jobs.py next_step)."""
         from qgis.PyQt.QtWidgets import QPushButton
 
@@ -327,7 +327,7 @@ class TowerDetectorPlugin:
         button.setObjectName(f"next_step_{step[1]}")
         button.clicked.connect(lambda _checked=False: self.run_next_step(job))
         widget.layout().addWidget(button)
-        bar.pushWidget(widget, Qgis.Success, 0)
+        bar.pushWidget(widget, level, 0)
 
     def run_next_step(self, job):
         """What follows a finished job, prefilled with what it made (core/jobs.py next_step): Train on its

@@ -82,8 +82,9 @@ def _now() -> str:
 
 def next_step(job: dict):
     """(button text, step) of what naturally follows a finished job, or None: a dataset is trained on, a model
-    predicts, a prediction's candidates are reviewed."""
-    if job.get("status") != "finished" or job.get("verdict") == "bad":
+    predicts, a prediction's candidates are reviewed. Offered even after a verdict (amber or red): its message
+    says what is wrong, and the user decides."""
+    if job.get("status") != "finished":
         return None
     outputs, kind = job.get("outputs") or {}, job.get("kind")
     if kind == "dataset" and outputs.get("dataset"):
@@ -109,7 +110,7 @@ class JobManager(QObject):
         self._since = {}  # job id -> (monotonic time, done, stage) at the first progress event of its stage
         self._shown = {}  # job id -> when its progress text was last written
         self.pollers = {}
-        self.offer_next_step = None  # the plugin's: offer_next_step(text, step, job) says text with a button
+        self.offer_next_step = None  # the plugin's: offer_next_step(text, step, job, level): text with a button
         for job in self.store.jobs:
             if job.get("status") == "submitted" and job.get("remote"):
                 self.poll_remote(job["id"])
@@ -216,18 +217,15 @@ class JobManager(QObject):
         self._set(job_id, **fields)
         job = self.store.get(job_id)
         level = {"finished": Qgis.Success, "cancelled": Qgis.Info}.get(status, Qgis.Critical)
-        if "verdict" in fields:
-            level = Qgis.Critical if fields["verdict"] == "bad" else Qgis.Warning
-            self._notify(f"{job['title']}: {message}", level)
-            self.finished.emit(job_id)
-            return
         text = f"{job['title']}: {message}"
-        if level == Qgis.Critical:
+        if "verdict" in fields:  # finished, obviously no good: said in red or amber, and the user decides
+            level = Qgis.Critical if fields["verdict"] == "bad" else Qgis.Warning
+        elif level == Qgis.Critical:
             text += " (details in the log panel, Tower Detector tab)"
             QgsMessageLog.logMessage(f"{job['title']} {status}: {message}", LOG_TAG, Qgis.Critical)
         step = next_step(job) if self.offer_next_step is not None else None
         if step:  # the message offers what comes next, prefilled
-            self.offer_next_step(text, step, dict(job))
+            self.offer_next_step(text, step, dict(job), level)
         else:
             self._notify(text, level)
         self.finished.emit(job_id)
