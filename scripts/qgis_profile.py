@@ -31,8 +31,9 @@ def _ini_escape(key: str) -> str:
     return key.replace("/", "\\")
 
 
-def prepare(root, profile: str = "tower-detector", work_dir=None, cli=None) -> Path:
-    """Create or refresh ROOT/profiles/PROFILE with the plugin built from this checkout; returns its folder."""
+def prepare(root, profile: str = "tower-detector", work_dir=None, cli=None, first_use=False) -> Path:
+    """Create or refresh ROOT/profiles/PROFILE with the plugin built from this checkout; returns its folder.
+    first_use: no work folder set, so that the plugin asks for one as it does a new user."""
     root = Path(root).resolve()
     folder = root / "profiles" / profile
     plugins = folder / "python" / "plugins"
@@ -48,7 +49,8 @@ def prepare(root, profile: str = "tower-detector", work_dir=None, cli=None) -> P
     sections.setdefault("PythonPlugins", {})[PLUGIN] = "true"
     td = sections.setdefault("tower_detector", {})
     td.setdefault(_ini_escape("cli/path"), str(cli) if Path(cli).exists() else "")
-    td.setdefault("work_dir", str(work_dir))
+    if not first_use:
+        td.setdefault("work_dir", str(work_dir))
     qgis = sections.setdefault("qgis", {})
     qgis.setdefault("checkVersion", "false")  # no network calls at start-up
     qgis.setdefault("showTips", "false")

@@ -9,11 +9,13 @@ import os
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsProject
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
 from . import resources  # registers :/plugins/tower_detector/* with Qt
+
+OFFER_DELAY_MS = 300
 
 MENU = "&Tower Detector"
 ICON = ":/plugins/tower_detector/icon.svg"
@@ -327,7 +329,9 @@ class TowerDetectorPlugin:
         button.setObjectName(f"next_step_{step[1]}")
         button.clicked.connect(lambda _checked=False: self.run_next_step(job))
         widget.layout().addWidget(button)
-        bar.pushWidget(widget, level, 0)
+        # a moment later than QGIS's own "Task complete" line (shown in the bar where the desktop has no
+        # notifications), so that the offer is the message on top
+        QTimer.singleShot(OFFER_DELAY_MS, lambda: bar.pushWidget(widget, level, 0))
 
     def run_next_step(self, job):
         """What follows a finished job, prefilled with what it made (core/jobs.py next_step): Train on its

@@ -454,9 +454,8 @@ def test_each_finished_job_offers_its_next_step_prefilled(qgis_iface, qgis_new_p
     bar = qgis_iface.messageBar()
 
     def offered(step):
-        buttons = bar.findChildren(QPushButton, f"next_step_{step}")
-        assert buttons, f"no {step} button in the message bar"
-        return buttons[-1]
+        wait_until(lambda: bar.findChildren(QPushButton, f"next_step_{step}"), 5, f"the {step} button")
+        return bar.findChildren(QPushButton, f"next_step_{step}")[-1]
 
     job_id = manager.start("dataset", "dataset ds1", [["dataset", "--events"]], outputs={"dataset": str(tmp_path)})
     wait_until(lambda: manager.store.get(job_id)["status"] == "finished", 30)

@@ -51,6 +51,7 @@ class CliTask(QgsTask):
         if hasattr(QgsTask, "Silent"):
             flags |= QgsTask.Silent
         super().__init__(title, flags)
+        self.title = title
         self.steps = [list(step) for step in steps]
         self.cli = cli
         self.env = dict(env or {})
@@ -64,6 +65,12 @@ class CliTask(QgsTask):
     def run(self) -> bool:
         """True when every step succeeded, or when the user cancelled: a cancel is no failure, and QGIS would
         announce a False as "Task failed" (the TaskEnd says canceled)."""
+        try:
+            return self._run_steps()
+        finally:  # the job manager wrote progress into the description; QGIS's "Task complete" names the task
+            self.setDescription(self.title)
+
+    def _run_steps(self) -> bool:
         n = len(self.steps)
         for i, args in enumerate(self.steps):
             if self.isCanceled():
