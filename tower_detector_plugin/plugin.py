@@ -8,14 +8,14 @@ import configparser
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsProject
-from qgis.PyQt.QtCore import QT_TRANSLATE_NOOP, Qt
+from qgis.PyQt.QtCore import QT_TR_NOOP, Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
 from . import resources  # registers :/plugins/tower_detector/* with Qt
 from .ui.i18n import install_translator, remove_translator, tr
 
-MENU = QT_TRANSLATE_NOOP("TowerDetector", "&Tower Detector")  # shown through tr()
+MENU = QT_TR_NOOP("&Tower Detector")  # shown through tr()
 ICON = ":/plugins/tower_detector/icon.svg"
 
 
@@ -64,15 +64,15 @@ class TowerDetectorPlugin:
         self.toolbar = self.iface.addToolBar(tr("Tower Detector"))
         self.toolbar.setObjectName("TowerDetectorToolbar")
         for text, icon, callback in (
-            (QT_TRANSLATE_NOOP("TowerDetector", "Pick area"), "area", self.pick_area),
-            (QT_TRANSLATE_NOOP("TowerDetector", "Build training data"), "dataset", self.build_dataset),
-            (QT_TRANSLATE_NOOP("TowerDetector", "Train"), "train", self.train),
-            (QT_TRANSLATE_NOOP("TowerDetector", "Predict"), "predict", self.predict),
-            (QT_TRANSLATE_NOOP("TowerDetector", "Load results"), "results", self.load_results_dialog),
-            (QT_TRANSLATE_NOOP("TowerDetector", "Review candidates"), "review", self.review),
-            (QT_TRANSLATE_NOOP("TowerDetector", "Jobs"), "jobs", self.show_jobs),
-            (QT_TRANSLATE_NOOP("TowerDetector", "Settings"), "settings", self.show_settings),
-            (QT_TRANSLATE_NOOP("TowerDetector", "About Tower Detector"), "icon", self.show_about),
+            (QT_TR_NOOP("Pick area"), "area", self.pick_area),
+            (QT_TR_NOOP("Build training data"), "dataset", self.build_dataset),
+            (QT_TR_NOOP("Train"), "train", self.train),
+            (QT_TR_NOOP("Predict"), "predict", self.predict),
+            (QT_TR_NOOP("Load results"), "results", self.load_results_dialog),
+            (QT_TR_NOOP("Review candidates"), "review", self.review),
+            (QT_TR_NOOP("Jobs"), "jobs", self.show_jobs),
+            (QT_TR_NOOP("Settings"), "settings", self.show_settings),
+            (QT_TR_NOOP("About Tower Detector"), "icon", self.show_about),
         ):
             self._add_action(text, _icon(icon), callback)
 

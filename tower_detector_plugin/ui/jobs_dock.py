@@ -4,7 +4,7 @@ remove."""
 import os
 
 from qgis.core import Qgis
-from qgis.PyQt.QtCore import QT_TRANSLATE_NOOP, Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import QT_TR_NOOP, Qt, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
@@ -21,8 +21,9 @@ from qgis.PyQt.QtWidgets import (
 from ..core.jobs import ACTIVE, JobManager, next_step
 from .i18n import tr
 
-COLUMNS = tuple(QT_TRANSLATE_NOOP("TowerDetector", c)  # shown through tr()
-                for c in ("Job", "Status", "Started", "Progress", "Output", "Message"))
+# the table's headers, in English; shown through tr()
+COLUMNS = (QT_TR_NOOP("Job"), QT_TR_NOOP("Status"), QT_TR_NOOP("Started"), QT_TR_NOOP("Progress"),
+           QT_TR_NOOP("Output"), QT_TR_NOOP("Message"))
 VERDICT_COLOURS = {"bad": QColor("#ffcdd2"), "warn": QColor("#ffe0b2")}  # finished, but obviously no good
 
 
@@ -46,14 +47,10 @@ class JobsDock(QDockWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.buttons = {}  # by English name; each shows its translation
         row = QHBoxLayout()
-        for name, slot in ((QT_TRANSLATE_NOOP("TowerDetector", "Cancel"), self._cancel),
-                           (QT_TRANSLATE_NOOP("TowerDetector", "Run again"), self._again),
-                           (QT_TRANSLATE_NOOP("TowerDetector", "Next step"), self._next),
-                           (QT_TRANSLATE_NOOP("TowerDetector", "Fetch"), self._fetch),
-                           (QT_TRANSLATE_NOOP("TowerDetector", "Load results"), self._load),
-                           (QT_TRANSLATE_NOOP("TowerDetector", "Metrics"), self._metrics),
-                           (QT_TRANSLATE_NOOP("TowerDetector", "Open folder"), self._open),
-                           (QT_TRANSLATE_NOOP("TowerDetector", "Remove"), self._remove)):
+        for name, slot in ((QT_TR_NOOP("Cancel"), self._cancel), (QT_TR_NOOP("Run again"), self._again),
+                           (QT_TR_NOOP("Next step"), self._next), (QT_TR_NOOP("Fetch"), self._fetch),
+                           (QT_TR_NOOP("Load results"), self._load), (QT_TR_NOOP("Metrics"), self._metrics),
+                           (QT_TR_NOOP("Open folder"), self._open), (QT_TR_NOOP("Remove"), self._remove)):
             button = QPushButton(tr(name))
             button.clicked.connect(slot)
             row.addWidget(button)

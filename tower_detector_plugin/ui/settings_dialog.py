@@ -2,7 +2,7 @@
 and its token), AWS, the estimates' rates and the area limits, and results and review."""
 
 from qgis.gui import QgsAuthConfigSelect, QgsFileWidget
-from qgis.PyQt.QtCore import QT_TRANSLATE_NOOP, Qt
+from qgis.PyQt.QtCore import QT_TR_NOOP, Qt
 from qgis.PyQt.QtWidgets import (
     QApplication,
     QComboBox,
@@ -71,19 +71,19 @@ class SettingsDialog(QDialog):
             ("results/heatmap_floor", tr("Heatmap floor (transparent below)")),
             ("results/threshold", tr("Default candidate threshold")))}
         groups = {  # titles in English, shown through tr()
-            QT_TRANSLATE_NOOP("TowerDetector", "Local"): [
+            QT_TR_NOOP("Local"): [
                 (tr("Run jobs on"), self.run_on), (tr("tower-detector (or its Python)"), cli_row),
                 ("", self.check_label), (tr("Work folder"), self.work_dir)],
-            QT_TRANSLATE_NOOP("TowerDetector", "Imagery"): [
+            QT_TR_NOOP("Imagery"): [
                 (tr("Default imagery"), self.edits["imagery/spec"]),
                 (tr("Imagery token (QGIS authentication)"), self.auth)],
-            QT_TRANSLATE_NOOP("TowerDetector", "AWS"): [
+            QT_TR_NOOP("AWS"): [
                 (tr("AWS profile"), self.edits["aws/profile"]), (tr("AWS region"), self.edits["aws/region"]),
                 (tr("AWS bucket"), self.edits["aws/bucket"]), (tr("AWS job queue"), self.edits["aws/queue"])],
-            QT_TRANSLATE_NOOP("TowerDetector", "Estimates and limits"): [number_rows[key] for key in (
+            QT_TR_NOOP("Estimates and limits"): [number_rows[key] for key in (
                 "estimate/local_tiles_per_s", "estimate/remote_tiles_per_s", "estimate/remote_usd_per_hour",
                 "estimate/remote_workers", "area/warn_tiles", "area/max_tiles")],
-            QT_TRANSLATE_NOOP("TowerDetector", "Results and review"): [
+            QT_TR_NOOP("Results and review"): [
                 number_rows["results/heatmap_floor"], number_rows["results/threshold"],
                 (tr("JOSM remote control"), self.edits["review/josm_url"]),
                 (tr("Overpass API"), self.edits["review/overpass_url"])],
