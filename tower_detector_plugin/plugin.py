@@ -13,7 +13,7 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
 from . import resources  # registers :/plugins/tower_detector/* with Qt
-from .ui.i18n import install_translator, remove_translator, tr
+from .i18n import install_translator, remove_translator, tr
 
 MENU = QT_TR_NOOP("&Tower Detector")  # shown through tr()
 ICON = ":/plugins/tower_detector/icon.svg"

@@ -37,7 +37,7 @@ from ..core import commands, runner, settings
 from ..core.area_geometry import WGS84, ZOOM, area_km2, estimate_tiles, to_wgs84, write_area
 from ..core.estimates import estimate_cost, format_hours, limit_check
 from ..core.tasks import CliTask
-from .i18n import tr
+from ..i18n import tr
 
 PICKER_WIDTH = 440  # px: wide enough for its buttons, narrow enough to leave the middle of the map clear
 

@@ -19,7 +19,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.jobs import ACTIVE, JobManager, next_step
-from .i18n import tr
+from ..i18n import tr
 
 # the table's headers, in English; shown through tr()
 COLUMNS = (QT_TR_NOOP("Job"), QT_TR_NOOP("Status"), QT_TR_NOOP("Started"), QT_TR_NOOP("Progress"),

@@ -15,7 +15,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core import settings
 from ..core.parameters import THRESHOLD
-from .i18n import tr
+from ..i18n import tr
 from .widgets import ERROR_STYLE, add_help, file_widget, parameter_input
 
 

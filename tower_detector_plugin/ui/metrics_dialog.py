@@ -17,7 +17,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.result_layers import metric_rows, model_verdict, read_metrics
-from .i18n import tr
+from ..i18n import tr
 from .widgets import add_help
 
 CARD = "MODEL_CARD.md"  # written by train beside metrics.json: data, recipe, figures with their uncertainty, limits

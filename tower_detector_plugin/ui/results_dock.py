@@ -5,7 +5,7 @@ from qgis.PyQt.QtWidgets import QDockWidget, QDoubleSpinBox, QFormLayout, QHBoxL
 
 from ..core.parameters import THRESHOLD
 from ..core.result_layers import FLOOR, count, set_threshold, style_heatmap
-from .i18n import tr
+from ..i18n import tr
 
 
 class ThresholdWidget(QWidget):

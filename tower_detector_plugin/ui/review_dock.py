@@ -39,7 +39,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core import settings
 from ..core.result_layers import ROLE_PROPERTY
 from ..core.review_session import STATUSES, UNREVIEWED, ReviewError, ReviewSession, login_name
-from .i18n import tr
+from ..i18n import tr
 
 NEXT_KEYS, PREVIOUS_KEYS = (".", "PgDown"), (",", "PgUp")
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")

@@ -19,7 +19,7 @@ from ..core import commands, editors, runner, settings
 from ..core.changeset import candidates_facts, changeset_tags
 from ..core.overpass import fetch_overpass
 from ..core.review_session import ReviewError
-from .i18n import tr
+from ..i18n import tr
 
 # kind -> (what the file dialog asks for, file filter or None for a folder)
 FILE_EXPORTS = {

@@ -19,7 +19,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import imagery_sources, runner, settings
-from .i18n import tr
+from ..i18n import tr
 from .widgets import ERROR_STYLE, add_help, file_widget
 
 

@@ -2,7 +2,8 @@
 
 One translation context for the whole plugin ("TowerDetector"), so that a translator sees every string in one
 list whatever module shows it. Templates with values use tr("... {n} ...").format(n=...): the template is what
-gets translated."""
+gets translated. A package of its own, beside core/: ui/, processing/ and plugin.py all use it, and the .qm
+files live in its folder."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from qgis.PyQt.QtCore import QCoreApplication, QTranslator
 
 CONTEXT = "TowerDetector"
-I18N_DIR = Path(__file__).resolve().parent.parent / "i18n"  # tower_detector_<locale>.qm files
+I18N_DIR = Path(__file__).resolve().parent  # tower_detector_<locale>.qm files, beside this module
 
 
 def tr(text: str) -> str:
