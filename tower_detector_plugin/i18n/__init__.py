@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qgis.core import QgsSettings
 from qgis.PyQt.QtCore import QCoreApplication, QTranslator
 
 CONTEXT = "TowerDetector"
@@ -20,10 +21,12 @@ def tr(text: str) -> str:
     return QCoreApplication.translate(CONTEXT, text)
 
 
-def qm_file(locale: str, folder: Path = I18N_DIR) -> Path | None:
-    """The .qm file for locale ("pt_BR"), else for its language ("pt"); None when neither exists."""
+def qm_file(locale: str, folder: Path | None = None) -> Path | None:
+    """The .qm file for locale ("pt_BR"), else for its language ("pt"), in folder (default: this package's);
+    None when neither exists."""
     if not locale:
         return None
+    folder = I18N_DIR if folder is None else Path(folder)
     for name in (locale, locale.split("_")[0]):
         path = folder / f"tower_detector_{name}.qm"
         if path.is_file():
@@ -31,12 +34,10 @@ def qm_file(locale: str, folder: Path = I18N_DIR) -> Path | None:
     return None
 
 
-def install_translator(locale: str | None = None, folder: Path = I18N_DIR) -> QTranslator | None:
+def install_translator(locale: str | None = None, folder: Path | None = None) -> QTranslator | None:
     """Install the translation for locale (default: QGIS's, locale/userLocale) if the plugin ships one; the
     installed QTranslator (keep it, and remove it on unload), or None."""
     if locale is None:
-        from qgis.core import QgsSettings
-
         locale = str(QgsSettings().value("locale/userLocale", "") or "")
     path = qm_file(locale, folder)
     if path is None:

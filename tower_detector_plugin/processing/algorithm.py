@@ -67,7 +67,8 @@ class CliAlgorithm(QgsProcessingAlgorithm):
             if not outcome.ok:
                 if outcome.stderr.strip() and not outcome.canceled:
                     feedback.pushConsoleInfo(outcome.stderr)
-                raise QgsProcessingException(f"tower-detector {args[0]}: {outcome.reason()}")
+                raise QgsProcessingException(tr("tower-detector {command}: {reason}").format(command=args[0],
+                                                                                             reason=outcome.reason()))
             outcomes.append(outcome.result or {})
         return outcomes
 

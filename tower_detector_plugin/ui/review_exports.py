@@ -191,7 +191,8 @@ class ReviewExports(QObject):
         """A short backend command, waited for (exports of one layer take well under a second)."""
         outcome = runner.run(settings.configured_cli(), args)
         if not outcome.ok and not (allow_bad_input and outcome.returncode == 2):
-            raise ReviewError(f"tower-detector {args[0]} {args[1]}: {outcome.reason()}")
+            raise ReviewError(tr("tower-detector {command}: {reason}").format(command=f"{args[0]} {args[1]}",
+                                                                           reason=outcome.reason()))
         return outcome
 
     # -- conflation
