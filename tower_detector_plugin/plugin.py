@@ -9,15 +9,16 @@ import os
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsProject
-from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtCore import QT_TR_NOOP, Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
 from . import resources  # registers :/plugins/tower_detector/* with Qt
+from .i18n import install_translator, remove_translator, tr
 
 OFFER_DELAY_MS = 300
 
-MENU = "&Tower Detector"
+MENU = QT_TR_NOOP("&Tower Detector")  # shown through tr()
 ICON = ":/plugins/tower_detector/icon.svg"
 
 
@@ -50,6 +51,7 @@ class TowerDetectorPlugin:
         self.review_dock = None
         self.review_exports = None
         self.dialogs = {}  # non-modal dialogs, kept alive here
+        self.translator = install_translator()  # before any text is made; None without a translation
 
     # -- QGIS plugin API
     def initProcessing(self):
@@ -62,27 +64,28 @@ class TowerDetectorPlugin:
     def initGui(self):
         resources.qInitResources()  # again after an unload (Qt ignores a second registration of the same data)
         self.initProcessing()
-        self.toolbar = self.iface.addToolBar("Tower Detector")
+        self.toolbar = self.iface.addToolBar(tr("Tower Detector"))
         self.toolbar.setObjectName("TowerDetectorToolbar")
         for text, icon, callback in (
-            ("Pick area", "area", self.pick_area),
-            ("Build training data", "dataset", self.build_dataset),
-            ("Train", "train", self.train),
-            ("Predict", "predict", self.predict),
-            ("Load results", "results", self.load_results_dialog),
-            ("Review candidates", "review", self.review),
-            ("Jobs", "jobs", self.show_jobs),
-            ("Settings", "settings", self.show_settings),
-            ("About Tower Detector", "icon", self.show_about),
+            (QT_TR_NOOP("Pick area"), "area", self.pick_area),
+            (QT_TR_NOOP("Build training data"), "dataset", self.build_dataset),
+            (QT_TR_NOOP("Train"), "train", self.train),
+            (QT_TR_NOOP("Predict"), "predict", self.predict),
+            (QT_TR_NOOP("Load results"), "results", self.load_results_dialog),
+            (QT_TR_NOOP("Review candidates"), "review", self.review),
+            (QT_TR_NOOP("Jobs"), "jobs", self.show_jobs),
+            (QT_TR_NOOP("Settings"), "settings", self.show_settings),
+            (QT_TR_NOOP("About Tower Detector"), "icon", self.show_about),
         ):
             self._add_action(text, _icon(icon), callback)
 
     def _add_action(self, text: str, icon: str, callback) -> QAction:
-        """Add an action to the plugin menu and toolbar; unload() removes it again."""
-        action = QAction(QIcon(icon), text, self.iface.mainWindow())
+        """Add an action to the plugin menu and toolbar; unload() removes it again. text: the English text, which
+        names the action (tests and users' shortcuts find it by name); the action shows its translation."""
+        action = QAction(QIcon(icon), tr(text), self.iface.mainWindow())
         action.setObjectName("TowerDetector" + "".join(w.capitalize() for w in text.split()))
         action.triggered.connect(lambda _checked=False: callback())  # not the "checked" flag as an argument
-        self.iface.addPluginToMenu(MENU, action)
+        self.iface.addPluginToMenu(tr(MENU), action)
         self.toolbar.addAction(action)
         self.actions.append(action)
         return action
@@ -103,13 +106,15 @@ class TowerDetectorPlugin:
             self.manager.shutdown()
             self.manager = None
         for action in self.actions:
-            self.iface.removePluginMenu(MENU, action)
+            self.iface.removePluginMenu(tr(MENU), action)
             action.deleteLater()
         self.actions.clear()
         if self.toolbar is not None:
             # QGIS's main window owns the toolbar; delete it or it stays there after unloading.
             self.toolbar.deleteLater()
             self.toolbar = None
+        remove_translator(self.translator)
+        self.translator = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
@@ -195,16 +200,17 @@ class TowerDetectorPlugin:
         """The toolbar's "Use this area": the area as a layer of the project, and a line that says so."""
         from .core.area_geometry import add_area_layer
 
-        name = picker.name.text().strip() or "area"
+        name = picker.name.text().strip() or tr("area")
         try:
             add_area_layer(path, name)
         except ValueError as exc:
-            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+            self.iface.messageBar().pushMessage(tr("Tower Detector"), str(exc), level=Qgis.Critical, duration=0)
             return
-        tiles = f" ({picker.tiles:,} tiles)" if picker.tiles is not None else ""
+        tiles = tr(" ({n:,} tiles)").format(n=picker.tiles) if picker.tiles is not None else ""
         self.iface.messageBar().pushMessage(
-            "Tower Detector", f"area {name}{tiles} added to the project as a layer; Build training data and Predict "
-            f"can use its file, {path}", level=Qgis.Success, duration=10)
+            tr("Tower Detector"), tr("area {name}{tiles} added to the project as a layer; Build training data and "
+                                     "Predict can use its file, {path}").format(name=name, tiles=tiles, path=path),
+            level=Qgis.Success, duration=10)
 
     def build_dataset(self):
         if not self.ensure_work_dir():
@@ -238,17 +244,18 @@ class TowerDetectorPlugin:
 
         return self._show_dialog("results", make)
 
-    def load_results(self, heatmap="", candidates="", threshold=None, floor=None, title="Tower Detector results"):
+    def load_results(self, heatmap="", candidates="", threshold=None, floor=None, title=None):
         from .core import settings
         from .core.result_layers import ResultsError, add_results, count, prediction_verdict
         from .ui.results_dock import ResultsDock
 
+        title = tr("Tower Detector results") if title is None else title
         threshold = settings.value("results/threshold") if threshold is None else threshold
         floor = settings.value("results/heatmap_floor") if floor is None else floor
         try:
             layers = add_results(heatmap or None, candidates or None, threshold=threshold, floor=floor, title=title)
         except ResultsError as exc:
-            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+            self.iface.messageBar().pushMessage(tr("Tower Detector"), str(exc), level=Qgis.Critical, duration=0)
             return None
         if self.results_dock is None:
             self.results_dock = ResultsDock(self.iface.mainWindow())
@@ -256,17 +263,18 @@ class TowerDetectorPlugin:
         self.results_dock.threshold.bind([layers.get("candidates")], layers.get("heatmap"), threshold, floor)
         self.results_dock.show()
         if "candidates" in layers and count(layers["candidates"]) == 0:
-            self.iface.messageBar().pushMessage("Tower Detector", f"no candidates at or above {threshold:g}",
+            self.iface.messageBar().pushMessage(tr("Tower Detector"), tr("no candidates at or above {threshold:g}")
+                                                .format(threshold=threshold),
                                                 level=Qgis.Warning, duration=8)
         verdict = prediction_verdict(heatmap or "", candidates or "")  # a carpet of candidates, not towers
         if verdict.level != "ok":
-            self.iface.messageBar().pushMessage("Tower Detector", verdict.text, level=Qgis.Warning, duration=0)
+            self.iface.messageBar().pushMessage(tr("Tower Detector"), verdict.text, level=Qgis.Warning, duration=0)
         return layers
 
     def load_job_results(self, job):
         outputs = job.get("outputs", {})
         return self.load_results(outputs.get("heatmap", ""), outputs.get("candidates", ""),
-                                 outputs.get("threshold"), title=job.get("title", "Tower Detector results"))
+                                 outputs.get("threshold"), title=job.get("title") or tr("Tower Detector results"))
 
     def show_metrics(self, model_dir):
         from .core.result_layers import ResultsError
@@ -275,7 +283,7 @@ class TowerDetectorPlugin:
         try:
             return self._show_dialog("metrics", lambda: MetricsDialog(model_dir, self.iface.mainWindow()))
         except ResultsError as exc:
-            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+            self.iface.messageBar().pushMessage(tr("Tower Detector"), str(exc), level=Qgis.Critical, duration=0)
             return None
 
     def show_jobs(self):
@@ -302,8 +310,8 @@ class TowerDetectorPlugin:
             layers = [active] + list(QgsProject.instance().mapLayers().values())
             layer = next((lyr for lyr in layers if is_candidates_layer(lyr)), None)
         if layer is None:
-            self.iface.messageBar().pushMessage("Tower Detector", "no candidates layer in the project: load results "
-                                                "first (Tower Detector > Load results)", level=Qgis.Warning,
+            self.iface.messageBar().pushMessage(tr("Tower Detector"), tr("no candidates layer in the project: load "
+                                                "results first (Tower Detector > Load results)"), level=Qgis.Warning,
                                                 duration=8)
             return None
         if self.review_dock is None:
@@ -316,7 +324,7 @@ class TowerDetectorPlugin:
         try:
             self.review_dock.start(layer)
         except ReviewError as exc:
-            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+            self.iface.messageBar().pushMessage(tr("Tower Detector"), str(exc), level=Qgis.Critical, duration=0)
         return self.review_dock
 
     def _offer_next_step(self, text, step, job, level=Qgis.Success):
@@ -324,7 +332,7 @@ class TowerDetectorPlugin:
         from qgis.PyQt.QtWidgets import QPushButton
 
         bar = self.iface.messageBar()
-        widget = bar.createMessage("Tower Detector", text)
+        widget = bar.createMessage(tr("Tower Detector"), text)
         button = QPushButton(step[0])
         button.setObjectName(f"next_step_{step[1]}")
         button.clicked.connect(lambda _checked=False: self.run_next_step(job))
@@ -361,8 +369,9 @@ class TowerDetectorPlugin:
     def show_about(self):
         QMessageBox.about(
             self.iface.mainWindow(),
-            "About Tower Detector",
-            f"<b>Tower Detector</b> {plugin_version()}<br><br>"
-            "Finds high-voltage power towers in aerial imagery with deep learning and helps you review them "
-            "for OpenStreetMap. Training and prediction run in the tower-detector backend, outside QGIS.",
+            tr("About Tower Detector"),
+            tr("<b>Tower Detector</b> {version}<br><br>"
+               "Finds high-voltage power towers in aerial imagery with deep learning and helps you review them "
+               "for OpenStreetMap. Training and prediction run in the tower-detector backend, outside QGIS.")
+            .format(version=plugin_version()),
         )

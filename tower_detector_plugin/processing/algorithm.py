@@ -24,6 +24,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core import area_geometry, imagery_sources, result_layers, runner, settings
 from ..core.parameters import AREA, IMAGERY
+from ..i18n import tr
 
 ICON = ":/plugins/tower_detector/icon.svg"
 
@@ -66,7 +67,8 @@ class CliAlgorithm(QgsProcessingAlgorithm):
             if not outcome.ok:
                 if outcome.stderr.strip() and not outcome.canceled:
                     feedback.pushConsoleInfo(outcome.stderr)
-                raise QgsProcessingException(f"tower-detector {args[0]}: {outcome.reason()}")
+                raise QgsProcessingException(tr("tower-detector {command}: {reason}").format(command=args[0],
+                                                                                             reason=outcome.reason()))
             outcomes.append(outcome.result or {})
         return outcomes
 
@@ -77,7 +79,7 @@ class CliAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.invalidSourceError(parameters, name))
         geoms = [f.geometry() for f in source.getFeatures() if f.hasGeometry()]
         if not geoms:
-            raise QgsProcessingException("the area layer has no polygons")
+            raise QgsProcessingException(tr("the area layer has no polygons"))
         try:
             geom = area_geometry.to_wgs84(QgsGeometry.unaryUnion(geoms), source.sourceCrs(),
                                           context.transformContext())
@@ -105,7 +107,7 @@ def number_parameter(param, default=None, optional=None) -> QgsProcessingParamet
     CLI's default" (optional_int turns it into None)."""
     value = param.default if default is None else default
     kind = QgsProcessingParameterNumber.Double if param.decimals else QgsProcessingParameterNumber.Integer
-    label = param.label if value is not None else f"{param.label} (0: default)"
+    label = param.label if value is not None else tr("{label} (0: default)").format(label=param.label)
     number = QgsProcessingParameterNumber(param.name, label, kind, 0 if value is None else value,
                                           value is None if optional is None else optional, param.minimum)
     if param.maximum is not None:
@@ -146,15 +148,16 @@ def with_help(parameter, definition):
 
 
 def area_parameter():
-    return with_help(QgsProcessingParameterFeatureSource("AREA", "Area (polygons, any CRS)",
+    return with_help(QgsProcessingParameterFeatureSource("AREA", tr("Area (polygons, any CRS)"),
                                                          [QgsProcessing.TypeVectorPolygon]), AREA)
 
 
 def imagery_parameters():
-    return [with_help(QgsProcessingParameterString("IMAGERY", "Imagery (XYZ URL template with "
-                                                   "${TOWER_DETECTOR_TOKEN}, GeoTIFF/COG, .mbtiles or tile folder)",
+    return [with_help(QgsProcessingParameterString("IMAGERY", tr("Imagery (XYZ URL template with "
+                                                      "${TOWER_DETECTOR_TOKEN}, GeoTIFF/COG, .mbtiles or tile "
+                                                      "folder)"),
                                                    settings.value("imagery/spec")), IMAGERY),
-            QgsProcessingParameterAuthConfig("AUTHCFG", "Imagery token (QGIS authentication config)",
+            QgsProcessingParameterAuthConfig("AUTHCFG", tr("Imagery token (QGIS authentication config)"),
                                              settings.value("imagery/authcfg"), True)]
 
 

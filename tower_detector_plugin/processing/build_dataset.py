@@ -22,6 +22,7 @@ from ..core.parameters import (
     ZOOM,
 )
 from ..core.point_export import export_source_points
+from ..i18n import tr
 from .algorithm import CliAlgorithm, area_parameter, imagery_parameters, number_parameter, with_help
 
 
@@ -30,25 +31,25 @@ class BuildDatasetAlgorithm(CliAlgorithm):
         return "builddataset"
 
     def displayName(self):
-        return "Build training data"
+        return tr("Build training data")
 
     def shortHelpString(self):
-        return ("A label-maker-compatible training set (tower and background tiles) for the area, from the imagery "
-                "and tower points: OpenStreetMap (Overpass) when no tower layer is given.")
+        return tr("A label-maker-compatible training set (tower and background tiles) for the area, from the imagery "
+                  "and tower points: OpenStreetMap (Overpass) when no tower layer is given.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(area_parameter())
         for param in imagery_parameters():
             self.addParameter(param)
         self.addParameter(with_help(QgsProcessingParameterFeatureSource(
-            "TOWERS", "Tower points (empty: OpenStreetMap)", [QgsProcessing.TypeVectorPoint], None, True), TOWERS))
+            "TOWERS", tr("Tower points (empty: OpenStreetMap)"), [QgsProcessing.TypeVectorPoint], None, True), TOWERS))
         self.addParameter(with_help(QgsProcessingParameterString(
-            "TOWER_FILTER", "OSM tag filter (empty: power=tower for OSM, all for a point layer)", None, False, True),
-            TOWER_FILTER))
+            "TOWER_FILTER", tr("OSM tag filter (empty: power=tower for OSM, all for a point layer)"), None, False,
+            True), TOWER_FILTER))
         for param in (ZOOM, BACKGROUND_RATIO, SPAN_NEGATIVES, BLOCK_SIZE):
             self.addParameter(number_parameter(param))
         self.addParameter(number_parameter(SEED, optional=True))
-        self.addParameter(with_help(QgsProcessingParameterFolderDestination("OUTPUT", "Training data folder"),
+        self.addParameter(with_help(QgsProcessingParameterFolderDestination("OUTPUT", tr("Training data folder")),
                                     DATASET_OUT))
 
     def processAlgorithm(self, parameters, context, feedback):
@@ -61,7 +62,7 @@ class BuildDatasetAlgorithm(CliAlgorithm):
             source = self.parameterAsSource(parameters, "TOWERS", context)
             towers = os.path.join(QgsProcessingUtils.tempFolder(), f"towers-{id(feedback)}.geojson")
             count = export_source_points(source, towers, context.transformContext())
-            feedback.pushInfo(f"{count} tower points exported to {towers}")
+            feedback.pushInfo(tr("{n} tower points exported to {file}").format(n=count, file=towers))
             tower_filter = tower_filter or "all"
         args = commands.dataset_args(
             path, towers, spec.spec, out, zoom=self.parameterAsInt(parameters, ZOOM.name, context),

@@ -11,6 +11,7 @@ from qgis.core import (
 
 from ..core import commands, settings
 from ..core.parameters import DUPLICATE_DISTANCE
+from ..i18n import tr
 from .algorithm import CliAlgorithm
 
 
@@ -21,32 +22,34 @@ class ExportReviewAlgorithm(CliAlgorithm):
         return "exportreview"
 
     def displayName(self):
-        return "Export reviewed candidates"
+        return tr("Export reviewed candidates")
 
     def shortHelpString(self):
-        return ("Writes a reviewed candidates GeoPackage for OSM editing or training: osm (the confirmed towers for "
-                "JOSM, never uploaded by itself), osm-reference (the candidate squares, upload=never), overlay (the "
-                "original project's GeoJSON bands), maproulette and maproulette-cooperative (line-by-line GeoJSON), "
-                "tasking-manager (a folder: AOI, task polygons, priority areas), labels (review labels for "
-                "`dataset --extra-labels`). osm and maproulette-cooperative leave out towers within "
-                f"{DUPLICATE_DISTANCE.default:g} m of one OSM has: checked against the candidates' last conflation, "
-                "or the OSM data given; candidates never conflated are refused unless near duplicates are included.")
+        return tr("Writes a reviewed candidates GeoPackage for OSM editing or training: osm (the confirmed towers "
+                  "for JOSM, never uploaded by itself), osm-reference (the candidate squares, upload=never), overlay "
+                  "(the original project's GeoJSON bands), maproulette and maproulette-cooperative (line-by-line "
+                  "GeoJSON), tasking-manager (a folder: AOI, task polygons, priority areas), labels (review labels "
+                  "for `dataset --extra-labels`). osm and maproulette-cooperative leave out towers within {m:g} m of "
+                  "one OSM has: checked against the candidates' last conflation, or the OSM data given; candidates "
+                  "never conflated are refused unless near duplicates are included.").format(
+                      m=DUPLICATE_DISTANCE.default)
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterFile("CANDIDATES", "Candidates GeoPackage",
+        self.addParameter(QgsProcessingParameterFile("CANDIDATES", tr("Candidates GeoPackage"),
                                                      QgsProcessingParameterFile.File, "gpkg"))
-        self.addParameter(QgsProcessingParameterEnum("FORMAT", "Export", list(self.KINDS), False, 0))
-        for key, label in (("COMMENT", "Changeset comment"), ("SOURCE", "Changeset source (the imagery)"),
-                           ("HASHTAGS", "Changeset hashtags")):
+        self.addParameter(QgsProcessingParameterEnum("FORMAT", tr("Export"), list(self.KINDS), False, 0))
+        for key, label in (("COMMENT", tr("Changeset comment")), ("SOURCE", tr("Changeset source (the imagery)")),
+                           ("HASHTAGS", tr("Changeset hashtags"))):
             self.addParameter(QgsProcessingParameterString(key, label, settings.value(f"review/{key.lower()}"),
                                                            False, True))
-        self.addParameter(QgsProcessingParameterFile("OSM", "OSM data to leave out towers OSM has (empty: the "
-                                                     "candidates' conflation)", QgsProcessingParameterFile.File,
+        self.addParameter(QgsProcessingParameterFile("OSM", tr("OSM data to leave out towers OSM has (empty: the "
+                                                        "candidates' conflation)"), QgsProcessingParameterFile.File,
                                                      None, None, True))
-        self.addParameter(QgsProcessingParameterBoolean("INCLUDE_NEAR_DUPLICATES", "Include towers OSM may have "
-                                                        "already (unchecked)", False))
-        self.addParameter(QgsProcessingParameterString("OUTPUT", "Output file (a folder for tasking-manager)"))
-        self.addOutput(QgsProcessingOutputString("MESSAGE", "Summary"))
+        self.addParameter(QgsProcessingParameterBoolean("INCLUDE_NEAR_DUPLICATES", tr("Include towers OSM may "
+                                                                                         "have already (unchecked)"),
+                                                        False))
+        self.addParameter(QgsProcessingParameterString("OUTPUT", tr("Output file (a folder for tasking-manager)")))
+        self.addOutput(QgsProcessingOutputString("MESSAGE", tr("Summary")))
 
     def processAlgorithm(self, parameters, context, feedback):
         kind = self.KINDS[self.parameterAsEnum(parameters, "FORMAT", context)]

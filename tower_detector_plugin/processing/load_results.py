@@ -10,6 +10,7 @@ from qgis.core import (
 
 from ..core import result_layers, settings
 from ..core.parameters import THRESHOLD
+from ..i18n import tr
 from .algorithm import CliAlgorithm, load_on_completion, number_parameter
 
 
@@ -18,33 +19,33 @@ class LoadResultsAlgorithm(CliAlgorithm):
         return "loadresults"
 
     def displayName(self):
-        return "Load results (heatmap and candidates)"
+        return tr("Load results (heatmap and candidates)")
 
     def shortHelpString(self):
-        return ("Adds a heatmap GeoTIFF and a candidates GeoPackage to the project, styled (the styles are saved "
-                "with the files), the candidates filtered at THRESHOLD.")
+        return tr("Adds a heatmap GeoTIFF and a candidates GeoPackage to the project, styled (the styles are saved "
+                  "with the files), the candidates filtered at THRESHOLD.")
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterFile("HEATMAP", "Heatmap (GeoTIFF)", QgsProcessingParameterFile.File,
-                                                     "tif", None, True))
-        self.addParameter(QgsProcessingParameterFile("CANDIDATES", "Candidates (GeoPackage)",
+        self.addParameter(QgsProcessingParameterFile("HEATMAP", tr("Heatmap (GeoTIFF)"),
+                                                     QgsProcessingParameterFile.File, "tif", None, True))
+        self.addParameter(QgsProcessingParameterFile("CANDIDATES", tr("Candidates (GeoPackage)"),
                                                      QgsProcessingParameterFile.File, "gpkg", None, True))
         self.addParameter(number_parameter(THRESHOLD, default=settings.value("results/threshold")))
-        self.addOutput(QgsProcessingOutputRasterLayer("HEATMAP_LAYER", "Heatmap"))
-        self.addOutput(QgsProcessingOutputVectorLayer("CANDIDATES_LAYER", "Candidates"))
-        self.addOutput(QgsProcessingOutputNumber("CANDIDATE_COUNT", "Candidates at or above the threshold"))
+        self.addOutput(QgsProcessingOutputRasterLayer("HEATMAP_LAYER", tr("Heatmap")))
+        self.addOutput(QgsProcessingOutputVectorLayer("CANDIDATES_LAYER", tr("Candidates")))
+        self.addOutput(QgsProcessingOutputNumber("CANDIDATE_COUNT", tr("Candidates at or above the threshold")))
 
     def processAlgorithm(self, parameters, context, feedback):
         heatmap = self.parameterAsFile(parameters, "HEATMAP", context) or None
         candidates = self.parameterAsFile(parameters, "CANDIDATES", context) or None
         threshold = self.parameterAsDouble(parameters, "THRESHOLD", context)
         if not heatmap and not candidates:
-            raise QgsProcessingException("give a heatmap, a candidates GeoPackage, or both")
+            raise QgsProcessingException(tr("give a heatmap, a candidates GeoPackage, or both"))
         try:
             layers = load_on_completion(heatmap, candidates, threshold, context)
         except result_layers.ResultsError as exc:
             raise QgsProcessingException(str(exc)) from None
         count = result_layers.count(layers["candidates"]) if candidates else None
         if count == 0:
-            feedback.pushWarning(f"no candidates at or above {threshold}")
+            feedback.pushWarning(tr("no candidates at or above {threshold}").format(threshold=threshold))
         return {"HEATMAP_LAYER": heatmap, "CANDIDATES_LAYER": candidates, "CANDIDATE_COUNT": count}

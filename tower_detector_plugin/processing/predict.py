@@ -11,6 +11,7 @@ from qgis.core import (
 
 from ..core import commands, result_layers, settings
 from ..core.parameters import BATCH_SIZE, CHECKPOINT_EVERY, MODEL, VIEWS, WORKERS
+from ..i18n import tr
 from .algorithm import (
     CliAlgorithm,
     area_parameter,
@@ -30,30 +31,30 @@ class PredictAlgorithm(CliAlgorithm):
         return "predict"
 
     def displayName(self):
-        return "Predict towers over an area"
+        return tr("Predict towers over an area")
 
     def shortHelpString(self):
-        return ("Scores every zoom-18 tile of the area into a results store (checkpointed: run it again to resume), "
-                "then writes the heatmap GeoTIFF and the candidates GeoPackage, styled. THRESHOLD -1 takes the "
-                "model's recommended (Youden) threshold.")
+        return tr("Scores every zoom-18 tile of the area into a results store (checkpointed: run it again to resume), "
+                  "then writes the heatmap GeoTIFF and the candidates GeoPackage, styled. THRESHOLD -1 takes the "
+                  "model's recommended (Youden) threshold.")
 
     def initAlgorithm(self, config=None):
-        self.addParameter(with_help(QgsProcessingParameterFile("MODEL", "Model folder",
+        self.addParameter(with_help(QgsProcessingParameterFile("MODEL", tr("Model folder"),
                                                                QgsProcessingParameterFile.Folder), MODEL))
         for param in imagery_parameters():
             self.addParameter(param)
-        self.addParameter(QgsProcessingParameterString("IMAGERY_NAME", "Imagery name, the OSM changeset's source "
-                                                       "(e.g. Esri World Imagery)", None, False, True))
+        self.addParameter(QgsProcessingParameterString("IMAGERY_NAME", tr("Imagery name, the OSM changeset's source "
+                                                          "(e.g. Esri World Imagery)"), None, False, True))
         self.addParameter(area_parameter())
-        self.addParameter(float_parameter("THRESHOLD", "Candidate threshold (-1: the model's)", -1.0, -1.0, 1.0))
+        self.addParameter(float_parameter("THRESHOLD", tr("Candidate threshold (-1: the model's)"), -1.0, -1.0, 1.0))
         for param in NUMBERS:
             self.addParameter(number_parameter(param))
         self.addParameter(choice_parameter(VIEWS))
-        self.addParameter(QgsProcessingParameterFolderDestination("STORE", "Results store folder"))
-        self.addParameter(QgsProcessingParameterFileDestination("HEATMAP", "Heatmap", "GeoTIFF (*.tif)"))
-        self.addParameter(QgsProcessingParameterFileDestination("CANDIDATES", "Candidates", "GeoPackage (*.gpkg)"))
-        self.addOutput(QgsProcessingOutputNumber("CANDIDATE_COUNT", "Candidates"))
-        self.addOutput(QgsProcessingOutputNumber("SCORED", "Tiles scored"))
+        self.addParameter(QgsProcessingParameterFolderDestination("STORE", tr("Results store folder")))
+        self.addParameter(QgsProcessingParameterFileDestination("HEATMAP", tr("Heatmap"), "GeoTIFF (*.tif)"))
+        self.addParameter(QgsProcessingParameterFileDestination("CANDIDATES", tr("Candidates"), "GeoPackage (*.gpkg)"))
+        self.addOutput(QgsProcessingOutputNumber("CANDIDATE_COUNT", tr("Candidates")))
+        self.addOutput(QgsProcessingOutputNumber("SCORED", tr("Tiles scored")))
 
     def processAlgorithm(self, parameters, context, feedback):
         model = self.parameterAsFile(parameters, "MODEL", context)

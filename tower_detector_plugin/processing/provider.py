@@ -4,6 +4,7 @@ Each algorithm is a module of this package; what they share is in algorithm.py a
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from ..i18n import tr
 from .algorithm import ICON
 from .build_dataset import BuildDatasetAlgorithm
 from .conflate import ConflateAlgorithm
@@ -19,7 +20,7 @@ class TowerDetectorProvider(QgsProcessingProvider):
         return "towerdetector"
 
     def name(self):
-        return "Tower Detector"
+        return tr("Tower Detector")
 
     def icon(self):
         return QIcon(ICON)

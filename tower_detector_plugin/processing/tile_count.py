@@ -11,6 +11,7 @@ from qgis.core import (
 
 from ..core import area_geometry, commands, estimates, runner, settings
 from ..core.parameters import ZOOM
+from ..i18n import tr
 from .algorithm import CliAlgorithm, area_parameter, int_parameter, number_parameter
 
 
@@ -19,23 +20,25 @@ class TileCountAlgorithm(CliAlgorithm):
         return "tilecount"
 
     def displayName(self):
-        return "Count zoom-18 tiles of an area"
+        return tr("Count zoom-18 tiles of an area")
 
     def shortHelpString(self):
-        return ("The exact number of tiles that cover the area (tower-detector tiles), its km² and a time and cost "
-                "estimate. Without a backend, an estimate from the area (EXACT is 0). Fails above MAX_TILES.")
+        return tr("The exact number of tiles that cover the area (tower-detector tiles), its km² and a time and cost "
+                  "estimate. Without a backend, an estimate from the area (EXACT is 0). Fails above MAX_TILES.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(area_parameter())
         self.addParameter(number_parameter(replace(ZOOM, minimum=1, maximum=22)))  # any zoom's tiles can be counted
-        self.addParameter(int_parameter("MAX_TILES", "Refuse above this many tiles (0: the Settings limit)", 0,
+        self.addParameter(int_parameter("MAX_TILES", tr("Refuse above this many tiles (0: the Settings limit)"), 0,
                                         optional=True))
-        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Tile cover (.json runs or .txt ids)",
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", tr("Tile cover (.json runs or .txt ids)"),
                                                                 "JSON (*.json);;Text (*.txt)", None, True, False))
-        for name, description in (("COUNT", "Tiles"), ("AREA_KM2", "Area (km²)"), ("EXACT", "1 if counted exactly"),
-                                  ("LOCAL_HOURS", "Estimated local CPU hours"), ("REMOTE_USD", "Estimated AWS $")):
+        for name, description in (("COUNT", tr("Tiles")), ("AREA_KM2", tr("Area (km²)")),
+                                  ("EXACT", tr("1 if counted exactly")),
+                                  ("LOCAL_HOURS", tr("Estimated local CPU hours")),
+                                  ("REMOTE_USD", tr("Estimated AWS $"))):
             self.addOutput(QgsProcessingOutputNumber(name, description))
-        self.addOutput(QgsProcessingOutputString("AREA_FILE", "Area GeoJSON (EPSG:4326)"))
+        self.addOutput(QgsProcessingOutputString("AREA_FILE", tr("Area GeoJSON (EPSG:4326)")))
 
     def processAlgorithm(self, parameters, context, feedback):
         path, geom = self.area_file(parameters, "AREA", context, feedback)
@@ -45,10 +48,11 @@ class TileCountAlgorithm(CliAlgorithm):
         try:
             settings.configured_cli()
         except runner.CliNotFound as exc:
-            feedback.pushWarning(f"{exc}; estimating from the area instead")
+            feedback.pushWarning(tr("{reason}; estimating from the area instead").format(reason=exc))
             count, exact = area_geometry.estimate_tiles(geom, zoom, context.transformContext()), 0
             if count > limit:
-                raise QgsProcessingException(f"about {count:,} tiles, over the limit of {limit:,}") from None
+                raise QgsProcessingException(tr("about {n:,} tiles, over the limit of {limit:,}")
+                                             .format(n=count, limit=limit)) from None
         else:
             [result] = self.run_steps([commands.tiles_args(path, zoom, out=out, max_tiles=limit)], feedback)
             count, exact = int(result["count"]), 1

@@ -21,6 +21,7 @@ from ..core.parameters import (
     WEIGHTS,
     WEIGHTS_FILE,
 )
+from ..i18n import tr
 from .algorithm import CliAlgorithm, choice_parameter, number_parameter, with_help
 
 NUMBERS = (IMAGE_SIZE, EPOCHS_TOP, EPOCHS_FINE, BATCH_SIZE)
@@ -33,38 +34,38 @@ class TrainAlgorithm(CliAlgorithm):
         return "train"
 
     def displayName(self):
-        return "Train the tower classifier"
+        return tr("Train the tower classifier")
 
     def shortHelpString(self):
-        return ("Trains the tile classifier (Xception, or a smaller backbone) on a training data folder, afresh or "
-                "from a model (Start from model); it resumes when run again with the same output folder. 0 in a "
-                "number means the backend's default.")
+        return tr("Trains the tile classifier (Xception, or a smaller backbone) on a training data folder, afresh or "
+                  "from a model (Start from model); it resumes when run again with the same output folder. 0 in a "
+                  "number means the backend's default.")
 
     def initAlgorithm(self, config=None):
-        self.addParameter(with_help(QgsProcessingParameterFile("DATA", "Training data folder",
+        self.addParameter(with_help(QgsProcessingParameterFile("DATA", tr("Training data folder"),
                                                                QgsProcessingParameterFile.Folder), DATA))
         self.addParameter(with_help(QgsProcessingParameterFile("INIT", INIT.label, QgsProcessingParameterFile.Folder,
                                                                optional=True), INIT))
         self.addParameter(choice_parameter(WEIGHTS, self.WEIGHT_OPTIONS))
         self.addParameter(choice_parameter(BACKBONE))
-        self.addParameter(with_help(QgsProcessingParameterFile("WEIGHTS_FILE", "Weights file (Start weights: file)",
+        self.addParameter(with_help(QgsProcessingParameterFile("WEIGHTS_FILE", tr("Weights file (Start weights: file)"),
                                                                QgsProcessingParameterFile.File, "h5", None, True),
                                     WEIGHTS_FILE))
-        self.addParameter(with_help(QgsProcessingParameterFile("PARAMS", "Hyperparameters (JSON)",
+        self.addParameter(with_help(QgsProcessingParameterFile("PARAMS", tr("Hyperparameters (JSON)"),
                                                                QgsProcessingParameterFile.File, "json", None, True),
                                     PARAMS))
         for param in NUMBERS:
             self.addParameter(number_parameter(param))
-        self.addParameter(with_help(QgsProcessingParameterFolderDestination("OUTPUT", "Model folder"), MODEL_OUT))
-        self.addOutput(QgsProcessingOutputNumber("ROC_AUC", "Test ROC AUC"))
-        self.addOutput(QgsProcessingOutputNumber("THRESHOLD", "Recommended threshold (Youden)"))
+        self.addParameter(with_help(QgsProcessingParameterFolderDestination("OUTPUT", tr("Model folder")), MODEL_OUT))
+        self.addOutput(QgsProcessingOutputNumber("ROC_AUC", tr("Test ROC AUC")))
+        self.addOutput(QgsProcessingOutputNumber("THRESHOLD", tr("Recommended threshold (Youden)")))
 
     def processAlgorithm(self, parameters, context, feedback):
         weights = self.WEIGHT_OPTIONS[self.parameterAsEnum(parameters, WEIGHTS.name, context)]
         if weights == "file":
             weights = self.parameterAsFile(parameters, "WEIGHTS_FILE", context)
             if not weights:
-                raise QgsProcessingException("Start weights is 'file' but no weights file is given")
+                raise QgsProcessingException(tr("Start weights is 'file' but no weights file is given"))
         out = self.parameterAsString(parameters, "OUTPUT", context)
         numbers = {p.key: self.optional_int(self.parameterAsInt(parameters, p.name, context)) for p in NUMBERS}
         backbone = BACKBONE.choices[self.parameterAsEnum(parameters, BACKBONE.name, context)]

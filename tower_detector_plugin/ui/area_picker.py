@@ -37,6 +37,7 @@ from ..core import commands, runner, settings
 from ..core.area_geometry import WGS84, ZOOM, area_km2, estimate_tiles, to_wgs84, write_area
 from ..core.estimates import estimate_cost, format_hours, limit_check
 from ..core.tasks import CliTask
+from ..i18n import tr
 
 PICKER_WIDTH = 440  # px: wide enough for its buttons, narrow enough to leave the middle of the map clear
 
@@ -139,7 +140,7 @@ class AreaPickerDialog(QDialog):
 
     def __init__(self, iface, parent=None):
         super().__init__(parent or iface.mainWindow())
-        self.setWindowTitle("Tower Detector: pick an area")
+        self.setWindowTitle(tr("Tower Detector: pick an area"))
         self.setObjectName("TowerDetectorAreaPicker")
         self.iface = iface
         self.canvas = iface.mapCanvas()
@@ -156,7 +157,7 @@ class AreaPickerDialog(QDialog):
         source_box = self._source_box()
         info = self._info_form()
         self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.use_button = self.buttons.addButton("Use this area", QDialogButtonBox.AcceptRole)
+        self.use_button = self.buttons.addButton(tr("Use this area"), QDialogButtonBox.AcceptRole)
         from .widgets import add_help  # widgets imports this module
 
         add_help(self.buttons, "area")
@@ -206,11 +207,11 @@ class AreaPickerDialog(QDialog):
         self.polygon_combo = QgsMapLayerComboBox()
         self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
         buttons = QGridLayout()
-        self.rect_button = QPushButton("Draw rectangle")
-        self.poly_button = QPushButton("Draw polygon")
-        self.extent_button = QPushButton("Current map extent")
-        self.layer_button = QPushButton("Extent of layer")
-        self.selected_button = QPushButton("Selected features of")
+        self.rect_button = QPushButton(tr("Draw rectangle"))
+        self.poly_button = QPushButton(tr("Draw polygon"))
+        self.extent_button = QPushButton(tr("Current map extent"))
+        self.layer_button = QPushButton(tr("Extent of layer"))
+        self.selected_button = QPushButton(tr("Selected features of"))
         for row, (button, widget) in enumerate(((self.rect_button, self.poly_button),
                                                 (self.extent_button, None),
                                                 (self.layer_button, self.layer_combo),
@@ -223,7 +224,7 @@ class AreaPickerDialog(QDialog):
         self.extent_button.clicked.connect(self.use_canvas_extent)
         self.layer_button.clicked.connect(lambda: self.use_layer_extent(self.layer_combo.currentLayer()))
         self.selected_button.clicked.connect(lambda: self.use_selected_features(self.polygon_combo.currentLayer()))
-        source_box = QGroupBox("Area")
+        source_box = QGroupBox(tr("Area"))
         source_box.setLayout(buttons)
         return source_box
 
@@ -241,12 +242,12 @@ class AreaPickerDialog(QDialog):
         self.file_label.setWordWrap(True)
         self.file_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         info = QFormLayout()
-        info.addRow("Name", self.name)
-        info.addRow(f"Zoom-{ZOOM} tiles", self.tiles_label)
-        info.addRow("Area", self.km2_label)
-        info.addRow("Predict", self.time_label)
+        info.addRow(tr("Name"), self.name)
+        info.addRow(tr("Zoom-{zoom} tiles").format(zoom=ZOOM), self.tiles_label)
+        info.addRow(tr("Area"), self.km2_label)
+        info.addRow(tr("Predict"), self.time_label)
         info.addRow("", self.limit_label)
-        info.addRow("File", self.file_label)
+        info.addRow(tr("File"), self.file_label)
         return info
 
     # -- sources
@@ -268,12 +269,12 @@ class AreaPickerDialog(QDialog):
 
     def use_layer_extent(self, layer):
         if layer is None:
-            return self._fail("choose a layer")
+            return self._fail(tr("choose a layer"))
         self.set_area(QgsGeometry.fromRect(layer.extent()), layer.crs())
 
     def use_selected_features(self, layer):
         if layer is None or not layer.selectedFeatureCount():
-            return self._fail("select one or more polygons of a polygon layer first")
+            return self._fail(tr("select one or more polygons of a polygon layer first"))
         geom = QgsGeometry.unaryUnion([f.geometry() for f in layer.getSelectedFeatures() if f.hasGeometry()])
         self.set_area(geom, layer.crs())
 
@@ -294,7 +295,8 @@ class AreaPickerDialog(QDialog):
                                                                f"{name}.geojson"), name)
         self.file_label.setText(os.path.basename(self.path))
         self.file_label.setToolTip(self.path)
-        self.km2_label.setText(f"{area_km2(self.geometry4326, self.project.transformContext()):,.2f} km²")
+        km2 = area_km2(self.geometry4326, self.project.transformContext())
+        self.km2_label.setText(tr("{km2:,.2f} km²").format(km2=km2))
         self.tiles, self.exact = None, False
         self.use_button.setEnabled(False)
         self._count_tiles()
@@ -304,8 +306,8 @@ class AreaPickerDialog(QDialog):
             cli = settings.configured_cli()
         except runner.CliNotFound as exc:
             return self._show_count(self._estimate(), False, str(exc))
-        self.tiles_label.setText("counting…")
-        self.task = CliTask("Tower Detector: tile count", [commands.tiles_args(self.path, ZOOM)], cli)
+        self.tiles_label.setText(tr("counting…"))
+        self.task = CliTask(tr("Tower Detector: tile count"), [commands.tiles_args(self.path, ZOOM)], cli)
         self.task.done.connect(self._counted)
         QgsApplication.taskManager().addTask(self.task)
 
@@ -313,20 +315,24 @@ class AreaPickerDialog(QDialog):
         self.task = None
         if end.ok and "count" in end.result:
             return self._show_count(int(end.result["count"]), True)
-        self._show_count(self._estimate(), False, f"backend: {end.reason or 'tile count failed'}")
+        self._show_count(self._estimate(), False, tr("backend: {reason}").format(
+            reason=end.reason or tr("tile count failed")))
 
     def _estimate(self) -> int:
         return estimate_tiles(self.geometry4326, ZOOM, self.project.transformContext())
 
     def _show_count(self, tiles: int, exact: bool, note: str = ""):
         self.tiles, self.exact = tiles, exact
-        how = "exact, from tower-detector tiles" if exact else f"estimate from the area; {note}"
-        self.tiles_label.setText(f"{'' if exact else '≈ '}{tiles:,} ({how})")
+        if exact:
+            self.tiles_label.setText(tr("{tiles:,} (exact, from tower-detector tiles)").format(tiles=tiles))
+        else:
+            self.tiles_label.setText(tr("≈ {tiles:,} (estimate from the area; {note})").format(tiles=tiles, note=note))
         est = estimate_cost(tiles)
-        self.time_label.setText(
-            f"local CPU ≈ {format_hours(est.local_hours)} at {settings.value('estimate/local_tiles_per_s'):g} tiles/s; "
-            f"AWS ≈ {est.gpu_hours:,.2f} GPU-h, ≈ ${est.usd:,.2f}, ≈ {format_hours(est.remote_hours)} with "
-            f"{est.workers} GPUs (rates and price in Settings)")
+        self.time_label.setText(tr(
+            "local CPU ≈ {local} at {rate:g} tiles/s; AWS ≈ {gpu_hours:,.2f} GPU-h, ≈ ${usd:,.2f}, ≈ {remote} with "
+            "{workers} GPUs (rates and price in Settings)").format(
+                local=format_hours(est.local_hours), rate=settings.value("estimate/local_tiles_per_s"),
+                gpu_hours=est.gpu_hours, usd=est.usd, remote=format_hours(est.remote_hours), workers=est.workers))
         level, text = limit_check(tiles)
         colour = {"ok": "", "warn": "color: #e65100;", "refuse": "color: #c62828; font-weight: bold;"}[level]
         self.limit_label.setStyleSheet(colour)

@@ -4,7 +4,7 @@ remove."""
 import os
 
 from qgis.core import Qgis
-from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import QT_TR_NOOP, Qt, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
@@ -19,8 +19,11 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.jobs import ACTIVE, JobManager, next_step
+from ..i18n import tr
 
-COLUMNS = ("Job", "Status", "Started", "Progress", "Output", "Message")
+# the table's headers, in English; shown through tr()
+COLUMNS = (QT_TR_NOOP("Job"), QT_TR_NOOP("Status"), QT_TR_NOOP("Started"), QT_TR_NOOP("Progress"),
+           QT_TR_NOOP("Output"), QT_TR_NOOP("Message"))
 VERDICT_COLOURS = {"bad": QColor("#ffcdd2"), "warn": QColor("#ffe0b2")}  # finished, but obviously no good
 
 
@@ -32,23 +35,23 @@ class JobsDock(QDockWidget):
     nextStep = pyqtSignal(dict)  # the job whose next step (core/jobs.py next_step) the user asked for
 
     def __init__(self, manager: JobManager, parent=None):
-        super().__init__("Tower Detector jobs", parent)
+        super().__init__(tr("Tower Detector jobs"), parent)
         self.setObjectName("TowerDetectorJobsDock")
         self.manager = manager
         self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setHorizontalHeaderLabels([tr(column) for column in COLUMNS])
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
         self.table.horizontalHeader().setStretchLastSection(True)
-        self.buttons = {}
+        self.buttons = {}  # by English name; each shows its translation
         row = QHBoxLayout()
-        for name, slot in (("Cancel", self._cancel), ("Run again", self._again), ("Next step", self._next),
-                           ("Fetch", self._fetch), ("Load results", self._load),
-                           ("Metrics", self._metrics),
-                           ("Open folder", self._open), ("Remove", self._remove)):
-            button = QPushButton(name)
+        for name, slot in ((QT_TR_NOOP("Cancel"), self._cancel), (QT_TR_NOOP("Run again"), self._again),
+                           (QT_TR_NOOP("Next step"), self._next), (QT_TR_NOOP("Fetch"), self._fetch),
+                           (QT_TR_NOOP("Load results"), self._load), (QT_TR_NOOP("Metrics"), self._metrics),
+                           (QT_TR_NOOP("Open folder"), self._open), (QT_TR_NOOP("Remove"), self._remove)):
+            button = QPushButton(tr(name))
             button.clicked.connect(slot)
             row.addWidget(button)
             self.buttons[name] = button
@@ -101,11 +104,11 @@ class JobsDock(QDockWidget):
         self.buttons["Cancel"].setEnabled(job.get("status") in ACTIVE)
         self.buttons["Run again"].setEnabled(bool(job) and job.get("status") not in ACTIVE
                                              and not job.get("kind", "").startswith("remote"))
-        self.buttons["Run again"].setToolTip("Run the same commands again: a stopped or failed prediction, dataset "
-                                             "or training resumes where it stopped")
+        self.buttons["Run again"].setToolTip(tr("Run the same commands again: a stopped or failed prediction, "
+                                                "dataset or training resumes where it stopped"))
         step = next_step(job) if job else None
         self.buttons["Next step"].setEnabled(step is not None)
-        self.buttons["Next step"].setText(step[0] if step else "Next step")
+        self.buttons["Next step"].setText(step[0] if step else tr("Next step"))
         self.buttons["Fetch"].setEnabled(job.get("kind") == "remote-submit" and bool(job.get("remote", {}).get("name")))
         self.buttons["Load results"].setEnabled(done and bool(job.get("outputs", {}).get("heatmap")
                                                               or job.get("outputs", {}).get("candidates")))
@@ -123,7 +126,7 @@ class JobsDock(QDockWidget):
                 self.manager.run_again(self.selected_id())
             except ValueError as exc:
                 if self.manager.iface is not None:
-                    self.manager.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Warning,
+                    self.manager.iface.messageBar().pushMessage(tr("Tower Detector"), str(exc), level=Qgis.Warning,
                                                                 duration=8)
 
     def _next(self):

@@ -15,6 +15,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core import settings
 from ..core.parameters import THRESHOLD
+from ..i18n import tr
 from .widgets import ERROR_STYLE, add_help, file_widget, parameter_input
 
 
@@ -26,7 +27,7 @@ class LoadResultsDialog(QDialog):
 
     def __init__(self, parent=None, heatmap="", candidates=""):
         super().__init__(parent)
-        self.setWindowTitle("Tower Detector: load results")
+        self.setWindowTitle(tr("Tower Detector: load results"))
         self.setObjectName("TowerDetectorLoadResultsDialog")
         self.heatmap = file_widget(QgsFileWidget.GetFile, "GeoTIFF (*.tif *.tiff)", heatmap)
         self.candidates = file_widget(QgsFileWidget.GetFile, "GeoPackage (*.gpkg)", candidates)
@@ -35,7 +36,7 @@ class LoadResultsDialog(QDialog):
         self.floor.setRange(0.0, 0.99)
         self.floor.setValue(settings.value("results/heatmap_floor"))
         self.model = file_widget(QgsFileWidget.GetDirectory)
-        show_metrics = QPushButton("Show metrics")
+        show_metrics = QPushButton(tr("Show metrics"))
         show_metrics.clicked.connect(self._metrics)
         model_row = QHBoxLayout()
         model_row.addWidget(self.model, 1)
@@ -44,12 +45,12 @@ class LoadResultsDialog(QDialog):
         self.error.setStyleSheet(ERROR_STYLE)
         self.error.setWordWrap(True)
         form = QFormLayout()
-        for label, widget in (("Heatmap (GeoTIFF)", self.heatmap), ("Candidates (GeoPackage)", self.candidates),
-                              (THRESHOLD.label, self.threshold), ("Heatmap floor", self.floor),
-                              ("Model folder", model_row)):
+        for label, widget in ((tr("Heatmap (GeoTIFF)"), self.heatmap), (tr("Candidates (GeoPackage)"), self.candidates),
+                              (THRESHOLD.label, self.threshold), (tr("Heatmap floor"), self.floor),
+                              (tr("Model folder"), model_row)):
             form.addRow(label, widget)
         buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
-        buttons.addButton("Load", QDialogButtonBox.AcceptRole).clicked.connect(self.accept_load)
+        buttons.addButton(tr("Load"), QDialogButtonBox.AcceptRole).clicked.connect(self.accept_load)
         add_help(buttons, "results")
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -60,7 +61,7 @@ class LoadResultsDialog(QDialog):
     def accept_load(self):
         heatmap, candidates = self.heatmap.filePath().strip(), self.candidates.filePath().strip()
         if not heatmap and not candidates:
-            self.error.setText("choose a heatmap, a candidates GeoPackage, or both")
+            self.error.setText(tr("choose a heatmap, a candidates GeoPackage, or both"))
             return
         self.load.emit(heatmap, candidates, self.threshold.value(), self.floor.value())
         self.accept()

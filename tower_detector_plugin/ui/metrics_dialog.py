@@ -17,6 +17,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.result_layers import metric_rows, model_verdict, read_metrics
+from ..i18n import tr
 from .widgets import add_help
 
 CARD = "MODEL_CARD.md"  # written by train beside metrics.json: data, recipe, figures with their uncertainty, limits
@@ -30,10 +31,10 @@ class MetricsDialog(QDialog):
     def __init__(self, model_dir: str, parent=None):
         super().__init__(parent)
         self.setObjectName("TowerDetectorMetrics")
-        self.setWindowTitle(f"Model metrics: {model_dir}")
+        self.setWindowTitle(tr("Model metrics: {model_dir}").format(model_dir=model_dir))
         metrics = read_metrics(model_dir)
         self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(("metric", "value"))
+        self.table.setHorizontalHeaderLabels((tr("metric"), tr("value")))
         for name, text in metric_rows(metrics):
             r = self.table.rowCount()
             self.table.insertRow(r)
@@ -41,15 +42,15 @@ class MetricsDialog(QDialog):
             self.table.setItem(r, 1, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
         tabs = QTabWidget()
-        tabs.addTab(self.table, "Metrics")
+        tabs.addTab(self.table, tr("Metrics"))
         self.plots = {}
-        for filename, title in (("roc.png", "ROC curve"), ("scores.png", "Scores")):
+        for filename, title in (("roc.png", tr("ROC curve")), ("scores.png", tr("Scores"))):
             label = QLabel()
             label.setAlignment(Qt.AlignCenter)
             path = os.path.join(model_dir, filename)
             pixmap = QPixmap(path) if os.path.isfile(path) else QPixmap()
             if pixmap.isNull():
-                label.setText(f"{filename} not found in the model directory")
+                label.setText(tr("{file} not found in the model directory").format(file=filename))
             else:
                 label.setPixmap(pixmap.scaled(640, 480, Qt.KeepAspectRatio, Qt.SmoothTransformation))
             self.plots[filename] = label
@@ -63,8 +64,9 @@ class MetricsDialog(QDialog):
             with open(card, encoding="utf-8") as f:
                 self.card.setMarkdown(f.read())
         else:
-            self.card.setPlainText(f"{CARD} not found: the model was trained before models had cards")
-        tabs.insertTab(0, self.card, "Model card")
+            self.card.setPlainText(tr("{file} not found: the model was trained before models had cards")
+                                   .format(file=CARD))
+        tabs.insertTab(0, self.card, tr("Model card"))
         tabs.setCurrentIndex(0)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         add_help(buttons, "metrics")

@@ -5,6 +5,7 @@ from qgis.PyQt.QtWidgets import QDockWidget, QDoubleSpinBox, QFormLayout, QHBoxL
 
 from ..core.parameters import THRESHOLD
 from ..core.result_layers import FLOOR, count, set_threshold, style_heatmap
+from ..i18n import tr
 
 
 class ThresholdWidget(QWidget):
@@ -27,17 +28,17 @@ class ThresholdWidget(QWidget):
         self.floor.setDecimals(2)
         self.floor.setSingleStep(0.05)
         self.count = QLabel("")
-        self.slider.setToolTip("Candidates are the tiles scoring at least this: the review goes through them")
-        self.floor.setToolTip("Heatmap cells below this score are transparent, so the imagery shows through")
+        self.slider.setToolTip(tr("Candidates are the tiles scoring at least this: the review goes through them"))
+        self.floor.setToolTip(tr("Heatmap cells below this score are transparent, so the imagery shows through"))
         row = QHBoxLayout()
         row.addWidget(self.slider, 1)
         row.addWidget(self.spin)
         below = QHBoxLayout()  # two rows in all: the dock shares a laptop's height with the review dock
         below.addWidget(self.count, 1)
-        below.addWidget(QLabel("Heatmap floor"))
+        below.addWidget(QLabel(tr("Heatmap floor")))
         below.addWidget(self.floor)
         form = QFormLayout(self)
-        form.addRow("Candidate score ≥", row)
+        form.addRow(tr("Candidate score ≥"), row)
         form.addRow(below)
         self.slider.valueChanged.connect(lambda v: self.spin.setValue(v / 1000.0))
         self.spin.valueChanged.connect(self._apply)
@@ -59,7 +60,7 @@ class ThresholdWidget(QWidget):
         self.layers = [layer for layer in self.layers if _alive(layer)]
         set_threshold(self.layers, value)
         if self.layers:
-            self.count.setText(f"{count(self.layers[0]):,} candidates shown")
+            self.count.setText(tr("{n:,} candidates shown").format(n=count(self.layers[0])))
         self.changed.emit(value)
 
     def _apply_floor(self, value):
@@ -76,7 +77,7 @@ def _alive(layer) -> bool:
 
 class ResultsDock(QDockWidget):
     def __init__(self, parent=None):
-        super().__init__("Tower Detector results", parent)
+        super().__init__(tr("Tower Detector results"), parent)
         self.setObjectName("TowerDetectorResultsDock")
         self.threshold = ThresholdWidget()
         self.setWidget(self.threshold)

@@ -14,7 +14,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsMapToolEmitPoint, QgsRubberBand, QgsVertexMarker
-from qgis.PyQt.QtCore import QSize, Qt, pyqtSignal
+from qgis.PyQt.QtCore import QT_TR_NOOP, QSize, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QKeySequence
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -39,6 +39,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core import settings
 from ..core.result_layers import ROLE_PROPERTY
 from ..core.review_session import STATUSES, UNREVIEWED, ReviewError, ReviewSession, login_name
+from ..i18n import tr
 
 NEXT_KEYS, PREVIOUS_KEYS = (".", "PgDown"), (",", "PgUp")
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
@@ -110,7 +111,9 @@ class CanvasMarks:
 
 
 # --- the dock -----------------------------------------------------------------------------------------------------
-STATUS_FILTERS = (("Unreviewed", {UNREVIEWED}), ("All", None), ("Reviewed", {s for s, _t, _k in STATUSES}),
+# (English text, shown through tr(); the statuses it lets through)
+STATUS_FILTERS = ((QT_TR_NOOP("Unreviewed"), {UNREVIEWED}), (QT_TR_NOOP("All"), None),
+                  (QT_TR_NOOP("Reviewed"), {s for s, _t, _k in STATUSES}),
                   *((text, {status}) for status, text, _k in STATUSES))
 
 
@@ -121,19 +124,23 @@ class ReviewDock(QDockWidget):
     exportRequested = pyqtSignal(str)  # "josm-zoom", "josm-layers", "id", "rapid", "osm", "overlay", ...
     decided = pyqtSignal(int, str)  # fid, status
 
-    # (what exportRequested says, its text): menus of the editors and of the file exports, then buttons
-    EDITORS = (("josm-zoom", "JOSM: load here"), ("josm-layers", "JOSM: send layers"), ("id", "Open in iD"),
-               ("rapid", "Open in Rapid"))
-    FILES = (("osm", ".osm of confirmed towers"), ("overlay", "GeoJSON overlay"), ("maproulette", "MapRoulette"),
-             ("maproulette-cooperative", "MapRoulette (cooperative)"), ("tasking-manager", "Tasking Manager"),
-             ("labels", "Training labels"))
-    BUTTONS = (("conflate", "Conflate…", "Conflate with OSM: mark the candidates OSM already has"),
-               ("retrain", "Retrain…", "Retrain with review decisions: the confirmed towers and false positives "
-                                       "teach the model that found them"))
+    # (what exportRequested says, its English text, shown through tr()): menus of the editors and of the file
+    # exports, then buttons
+    EDITORS = (("josm-zoom", QT_TR_NOOP("JOSM: load here")), ("josm-layers", QT_TR_NOOP("JOSM: send layers")),
+               ("id", QT_TR_NOOP("Open in iD")), ("rapid", QT_TR_NOOP("Open in Rapid")))
+    FILES = (("osm", QT_TR_NOOP(".osm of confirmed towers")), ("overlay", QT_TR_NOOP("GeoJSON overlay")),
+             ("maproulette", QT_TR_NOOP("MapRoulette")),
+             ("maproulette-cooperative", QT_TR_NOOP("MapRoulette (cooperative)")),
+             ("tasking-manager", QT_TR_NOOP("Tasking Manager")), ("labels", QT_TR_NOOP("Training labels")))
+    BUTTONS = (("conflate", QT_TR_NOOP("Conflate…"),
+                QT_TR_NOOP("Conflate with OSM: mark the candidates OSM already has")),
+               ("retrain", QT_TR_NOOP("Retrain…"),
+                QT_TR_NOOP("Retrain with review decisions: the confirmed towers and false positives teach the model "
+                           "that found them")))
     EXPORTS = EDITORS + FILES + tuple(b[:2] for b in BUTTONS)
 
     def __init__(self, iface, parent=None):
-        super().__init__("Tower Detector review", parent)
+        super().__init__(tr("Tower Detector review"), parent)
         self.setObjectName("TowerDetectorReviewDock")
         self.iface = iface
         self.canvas = iface.mapCanvas()
@@ -147,7 +154,7 @@ class ReviewDock(QDockWidget):
         layout = QVBoxLayout(body)
         layout.setSpacing(4)
         layout.setContentsMargins(4, 4, 4, 4)
-        self.layer_label = QLabel("No candidates: Load results, then Review candidates.")
+        self.layer_label = QLabel(tr("No candidates: Load results, then Review candidates."))
         self.layer_label.setWordWrap(True)
         layout.addWidget(self.layer_label)
         layout.addWidget(self._filter_box())
@@ -170,27 +177,27 @@ class ReviewDock(QDockWidget):
     # -- building the panel, top to bottom
     def _filter_box(self) -> QgsCollapsibleGroupBox:
         """Score range, status, "only inside the current view", and whether to hide the heatmap."""
-        filters = QgsCollapsibleGroupBox("Filter")
+        filters = QgsCollapsibleGroupBox(tr("Filter"))
         filters.setObjectName("review_filter")
         grid = QGridLayout(filters)
         grid.setContentsMargins(6, 2, 6, 2)
         grid.setVerticalSpacing(2)
         self.min_score, self.max_score = _score_spin(0.0), _score_spin(1.0)
         scores = QHBoxLayout()
-        scores.addWidget(QLabel("Score"))
+        scores.addWidget(QLabel(tr("Score")))
         scores.addWidget(self.min_score)
-        scores.addWidget(QLabel("to"))
+        scores.addWidget(QLabel(tr("to")))
         scores.addWidget(self.max_score)
         self.status_filter = QComboBox()
         for text, _statuses in STATUS_FILTERS:
-            self.status_filter.addItem(text)
-        self.status_filter.setToolTip("Which candidates Next and Previous go through, by their review status")
+            self.status_filter.addItem(tr(text))
+        self.status_filter.setToolTip(tr("Which candidates Next and Previous go through, by their review status"))
         scores.addWidget(self.status_filter, 1)
         grid.addLayout(scores, 0, 0, 1, 2)
-        self.in_view = QCheckBox("Only in view")
-        self.in_view.setToolTip("Only the candidates inside the current map view")
-        self.hide_heatmap = QCheckBox("Hide heatmap")
-        self.hide_heatmap.setToolTip("Hide the heatmap while reviewing: it covers the imagery")
+        self.in_view = QCheckBox(tr("Only in view"))
+        self.in_view.setToolTip(tr("Only the candidates inside the current map view"))
+        self.hide_heatmap = QCheckBox(tr("Hide heatmap"))
+        self.hide_heatmap.setToolTip(tr("Hide the heatmap while reviewing: it covers the imagery"))
         self.hide_heatmap.setChecked(True)
         grid.addWidget(self.in_view, 1, 0)
         grid.addWidget(self.hide_heatmap, 1, 1)
@@ -202,15 +209,15 @@ class ReviewDock(QDockWidget):
         self.current_label.setWordWrap(True)
         layout.addWidget(self.current_label)
         nav = QHBoxLayout()
-        self.previous_button = QPushButton("◀ Previous")
-        self.next_button = QPushButton("Next ▶")
+        self.previous_button = QPushButton(tr("◀ Previous"))
+        self.next_button = QPushButton(tr("Next ▶"))
         self.scale = QSpinBox()
         self.scale.setRange(0, 1_000_000)
         self.scale.setSingleStep(500)
         self.scale.setPrefix("1:")
-        self.scale.setSpecialValueText("keep scale")
+        self.scale.setSpecialValueText(tr("keep scale"))
         self.scale.setValue(int(settings.value("review/scale")))
-        self.scale.setToolTip("The map scale each candidate is shown at")
+        self.scale.setToolTip(tr("The map scale each candidate is shown at"))
         nav.addWidget(self.previous_button)
         nav.addWidget(self.next_button)
         nav.addWidget(self.scale)
@@ -222,19 +229,20 @@ class ReviewDock(QDockWidget):
         grid.setSpacing(3)
         self.status_buttons = {}
         for n, (status, text, key) in enumerate(STATUSES):
-            button = QPushButton(f"{text} [{key}]")
+            button = QPushButton(tr("{status} [{key}]").format(status=tr(text), key=key))
             button.setObjectName(f"status_{status}")
-            button.setToolTip(f"Decide the current candidate: {text.lower()} (key {key}), then go to the next")
+            button.setToolTip(tr("Decide the current candidate: {status} (key {key}), then go to the next")
+                              .format(status=tr(text).lower(), key=key))
             button.clicked.connect(lambda _checked=False, s=status: self.decide(s))
             grid.addWidget(button, n // 2, n % 2)
             self.status_buttons[status] = button
         layout.addLayout(grid)
         row = QHBoxLayout()
         self.note = QLineEdit()
-        self.note.setPlaceholderText("Note (saved with the decision)")
+        self.note.setPlaceholderText(tr("Note (saved with the decision)"))
         row.addWidget(self.note, 2)
-        self.move_button = QPushButton("Move tower point")
-        self.move_button.setToolTip("Then click the tower on the map: the point exported to OSM goes there")
+        self.move_button = QPushButton(tr("Move tower point"))
+        self.move_button.setToolTip(tr("Then click the tower on the map: the point exported to OSM goes there"))
         self.move_button.setCheckable(True)
         row.addWidget(self.move_button)
         layout.addLayout(row)
@@ -243,48 +251,49 @@ class ReviewDock(QDockWidget):
 
     def _changeset_box(self) -> QgsCollapsibleGroupBox:
         """The reviewer, and the changeset tags, saved in the settings as they are edited."""
-        changeset = QgsCollapsibleGroupBox("Reviewer and changeset tags")
+        changeset = QgsCollapsibleGroupBox(tr("Reviewer and changeset tags"))
         changeset.setObjectName("review_changeset")
-        changeset.setToolTip("The reviewer saved with each decision; the tags pre-filled in JOSM, iD, Rapid and the "
-                             ".osm file")
+        changeset.setToolTip(tr("The reviewer saved with each decision; the tags pre-filled in JOSM, iD, Rapid and "
+                                "the .osm file"))
         changeset.setCollapsed(True)  # set once: out of the way while reviewing
         tags = QFormLayout(changeset)
         self.reviewer = QLineEdit(settings.value("review/reviewer") or login_name())
-        self.reviewer.setToolTip("Your name, saved with each decision")
-        tags.addRow("Reviewer", self.reviewer)
+        self.reviewer.setToolTip(tr("Your name, saved with each decision"))
+        tags.addRow(tr("Reviewer"), self.reviewer)
         self.changeset = {}
-        for key, label in (("comment", "Comment"), ("source", "Source"), ("hashtags", "Hashtags")):
+        for key, label in (("comment", tr("Comment")), ("source", tr("Source")), ("hashtags", tr("Hashtags"))):
             edit = QLineEdit(settings.value(f"review/{key}"))
             edit.editingFinished.connect(lambda k=key, e=edit: settings.set_value(f"review/{k}", e.text().strip()))
             tags.addRow(label, edit)
             self.changeset[key] = edit
-        self.changeset["source"].setPlaceholderText("the imagery, e.g. Esri World Imagery")
+        self.changeset["source"].setPlaceholderText(tr("the imagery, e.g. Esri World Imagery"))
         return changeset
 
     def _export_box(self) -> QWidget:
         exports = QWidget()
-        exports.setToolTip("Nothing is uploaded by itself: every path ends in an editor or a file a person checks")
+        exports.setToolTip(tr("Nothing is uploaded by itself: every path ends in an editor or a file a person checks"))
         grid = QHBoxLayout(exports)
         grid.setContentsMargins(0, 0, 0, 0)
         self.export_actions = {}  # kind -> the QAction (a menu entry) or QPushButton that asks for it
-        for title, entries in (("OSM editors", self.EDITORS), ("Export", self.FILES)):
+        for title, entries in ((QT_TR_NOOP("OSM editors"), self.EDITORS),
+                               (QT_TR_NOOP("Export"), self.FILES)):
             button = QToolButton()
-            button.setText(title)
+            button.setText(tr(title))
             button.setObjectName(f"menu_{title.split()[-1].lower()}")
             button.setPopupMode(QToolButton.InstantPopup)
             button.setToolButtonStyle(Qt.ToolButtonTextOnly)
             button.setSizePolicy(button.sizePolicy().Expanding, button.sizePolicy().Fixed)
             menu = QMenu(button)
             for kind, text in entries:
-                action = menu.addAction(text)
+                action = menu.addAction(tr(text))
                 action.setObjectName(f"export_{kind}")
                 action.triggered.connect(lambda _checked=False, k=kind: self.exportRequested.emit(k))
                 self.export_actions[kind] = action
             button.setMenu(menu)
             grid.addWidget(button)
         for kind, text, tip in self.BUTTONS:
-            button = QPushButton(text)
-            button.setToolTip(tip)
+            button = QPushButton(tr(text))
+            button.setToolTip(tr(tip))
             button.setObjectName(f"export_{kind}")
             button.clicked.connect(lambda _checked=False, k=kind: self.exportRequested.emit(k))
             self.export_actions[kind] = button
@@ -348,9 +357,10 @@ class ReviewDock(QDockWidget):
             pass
 
     def _show_layer_label(self):
-        self.layer_label.setText(f"{self.session.layer.name()}: {len(self.session.fids):,} candidates, best first")
-        self.layer_label.setToolTip(f"Reviewing {self.session.layer.name()}: {len(self.session.fids):,} candidates in "
-                                    "the layer's filter (the results dock's threshold), best score first")
+        name, n = self.session.layer.name(), len(self.session.fids)
+        self.layer_label.setText(tr("{layer}: {n:,} candidates, best first").format(layer=name, n=n))
+        self.layer_label.setToolTip(tr("Reviewing {layer}: {n:,} candidates in the layer's filter (the results dock's "
+                                       "threshold), best score first").format(layer=name, n=n))
 
     def _layer_filter_changed(self):
         """The threshold moved: read the candidates in the new filter, keeping the current one if it still shows."""
@@ -414,7 +424,7 @@ class ReviewDock(QDockWidget):
         try:
             self.session.decide(status, note)
         except ReviewError as exc:
-            self.iface.messageBar().pushCritical("Tower Detector", str(exc))
+            self.iface.messageBar().pushCritical(tr("Tower Detector"), str(exc))
             return
         self.decided.emit(fid, status)
         self.next()
@@ -427,7 +437,7 @@ class ReviewDock(QDockWidget):
         try:
             self.session.move_point(point.x(), point.y())
         except ReviewError as exc:
-            self.iface.messageBar().pushCritical("Tower Detector", str(exc))
+            self.iface.messageBar().pushCritical(tr("Tower Detector"), str(exc))
             return
         self.marks.move_point(canvas_point)
         self._update_labels()
@@ -466,17 +476,20 @@ class ReviewDock(QDockWidget):
         current = self.session.current()
         p = self.session.progress()
         if current:
-            where = (f"{current['filter_position']:,} of {p['in_filter']:,} in the filter"
-                     if current["filter_position"] else "not in the filter")
+            where = (tr("{position:,} of {n:,} in the filter").format(position=current["filter_position"],
+                                                                       n=p["in_filter"])
+                     if current["filter_position"] else tr("not in the filter"))
             lon, lat = current["point"]
-            point = f"{lat:.6f}, {lon:.6f}" if lon is not None and lat is not None else "none"
-            self.current_label.setText(f"<b>{current['tile_id']}</b> score {current['score']:.3f} · "
-                                       f"{current['status'].replace('_', ' ')} · {where}<br>tower point {point}")
+            point = f"{lat:.6f}, {lon:.6f}" if lon is not None and lat is not None else tr("none")
+            self.current_label.setText(tr("<b>{tile}</b> score {score:.3f} · {status} · {where}<br>tower point {point}")
+                                       .format(tile=current["tile_id"], score=current["score"],
+                                               status=current["status"].replace("_", " "), where=where, point=point))
         else:
-            self.current_label.setText("No candidate in the filter." if not p["in_filter"] else "Press Next.")
-        text = f"Reviewed {p['reviewed']:,} of {p['total']:,} · confirmed {p['confirmed']:,}"
+            self.current_label.setText(tr("No candidate in the filter.") if not p["in_filter"] else tr("Press Next."))
+        text = tr("Reviewed {reviewed:,} of {total:,} · confirmed {confirmed:,}").format(
+            reviewed=p["reviewed"], total=p["total"], confirmed=p["confirmed"])
         if end:
-            text += " · end of the filter"
+            text += tr(" · end of the filter")
         self.progress_label.setText(text)
 
     def stop(self):

@@ -11,7 +11,7 @@ import os
 import tempfile
 
 from qgis.core import Qgis, QgsRectangle
-from qgis.PyQt.QtCore import QObject, QUrl
+from qgis.PyQt.QtCore import QT_TR_NOOP, QObject, QUrl
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import QFileDialog, QInputDialog
 
@@ -19,15 +19,16 @@ from ..core import commands, editors, runner, settings
 from ..core.changeset import candidates_facts, changeset_tags
 from ..core.overpass import fetch_overpass
 from ..core.review_session import ReviewError
+from ..i18n import tr
 
 # kind -> (what the file dialog asks for, file filter or None for a folder)
 FILE_EXPORTS = {
-    "osm": ("Confirmed towers as an .osm file for JOSM", "OSM XML (*.osm)"),
-    "overlay": ("GeoJSON overlay of the candidates", "GeoJSON (*.geojson)"),
-    "maproulette": ("MapRoulette tasks (line-by-line GeoJSON)", "GeoJSON lines (*.geojson)"),
-    "maproulette-cooperative": ("MapRoulette cooperative tasks", "GeoJSON lines (*.geojson)"),
-    "tasking-manager": ("Folder for the Tasking Manager files", None),
-    "labels": ("Review labels for the next training set", "GeoPackage (*.gpkg);;GeoJSON (*.geojson)"),
+    "osm": (QT_TR_NOOP("Confirmed towers as an .osm file for JOSM"), "OSM XML (*.osm)"),
+    "overlay": (QT_TR_NOOP("GeoJSON overlay of the candidates"), "GeoJSON (*.geojson)"),
+    "maproulette": (QT_TR_NOOP("MapRoulette tasks (line-by-line GeoJSON)"), "GeoJSON lines (*.geojson)"),
+    "maproulette-cooperative": (QT_TR_NOOP("MapRoulette cooperative tasks"), "GeoJSON lines (*.geojson)"),
+    "tasking-manager": (QT_TR_NOOP("Folder for the Tasking Manager files"), None),
+    "labels": (QT_TR_NOOP("Review labels for the next training set"), "GeoPackage (*.gpkg);;GeoJSON (*.geojson)"),
 }
 JOSM_AREA_M = 2000  # half the side of the box around the current candidate whose candidates go to JOSM's layers
 
@@ -45,13 +46,13 @@ class ReviewExports(QObject):
     def candidates_path(self) -> str:
         session = self.dock.session
         if session is None:
-            raise ReviewError("no candidates under review: open Review candidates on a candidates layer first")
+            raise ReviewError(tr("no candidates under review: open Review candidates on a candidates layer first"))
         return session.layer.source().split("|")[0]
 
     def current(self) -> dict:
         current = self.dock.session.current() if self.dock.session is not None else {}
         if not current:
-            raise ReviewError("no current candidate: press Next first")
+            raise ReviewError(tr("no current candidate: press Next first"))
         return current
 
     # -- the dock's buttons
@@ -75,12 +76,13 @@ class ReviewExports(QObject):
                 if source is not False:
                     self.conflate(source)
             else:
-                raise ReviewError(f"unknown review action {kind}")
+                raise ReviewError(tr("unknown review action {kind}").format(kind=kind))
         except (ReviewError, editors.JosmError, ValueError) as exc:
-            self.iface.messageBar().pushMessage("Tower Detector", str(exc), level=Qgis.Critical, duration=0)
+            self.iface.messageBar().pushMessage(tr("Tower Detector"), str(exc), level=Qgis.Critical, duration=0)
 
     def _ask_output(self, kind):
         title, filters = FILE_EXPORTS[kind]
+        title = tr(title)
         start = os.path.dirname(self.candidates_path())
         if filters is None:
             return QFileDialog.getExistingDirectory(self.dock, title, start)
@@ -89,15 +91,15 @@ class ReviewExports(QObject):
 
     def _ask_osm_source(self):
         """None for Overpass, a file's path, or False when the user cancels."""
-        choices = ["Overpass, for the candidates' extent (QGIS's network settings apply)",
-                   "A file: .osm.pbf, .osm, GeoJSON or a saved Overpass answer"]
-        choice, ok = QInputDialog.getItem(self.dock, "Conflate with OSM", "OSM data", choices, 0, False)
+        choices = [tr("Overpass, for the candidates' extent (QGIS's network settings apply)"),
+                   tr("A file: .osm.pbf, .osm, GeoJSON or a saved Overpass answer")]
+        choice, ok = QInputDialog.getItem(self.dock, tr("Conflate with OSM"), tr("OSM data"), choices, 0, False)
         if not ok:
             return False
         if choice == choices[0]:
             return None
-        path, _chosen = QFileDialog.getOpenFileName(self.dock, "OSM data", os.path.dirname(self.candidates_path()),
-                                                    "OSM data (*.pbf *.osm *.geojson *.json *.gpkg)")
+        path, _chosen = QFileDialog.getOpenFileName(self.dock, tr("OSM data"), os.path.dirname(self.candidates_path()),
+                                                    tr("OSM data") + " (*.pbf *.osm *.geojson *.json *.gpkg)")
         return path or False
 
     def export(self, kind: str, out: str) -> str:
@@ -141,9 +143,9 @@ class ReviewExports(QObject):
                                   changeset_source=tags["source"], changeset_hashtags=tags["hashtags"])
         # JOSM answers at once and loads in the background: say what was asked of it, or nothing seems to happen
         self.iface.messageBar().pushMessage(
-            "Tower Detector", f"JOSM is loading OSM's data {2 * half_m} m around candidate "
-            f"{self.current()['tile_id']} and zooming there, with the changeset comment, source and hashtags "
-            "filled in", level=Qgis.Success, duration=6)
+            tr("Tower Detector"), tr("JOSM is loading OSM's data {size} m around candidate {tile} and zooming there, "
+                                     "with the changeset comment, source and hashtags filled in")
+            .format(size=2 * half_m, tile=self.current()["tile_id"]), level=Qgis.Success, duration=6)
 
     def josm_layers(self):
         """Around the current candidate (JOSM_AREA_M): the candidate squares as a locked reference layer that can
@@ -169,11 +171,12 @@ class ReviewExports(QObject):
                 result = outcome.result or {}
                 if result.get("near_duplicates"):
                     self.iface.messageBar().pushMessage(
-                        "Tower Detector", f"{result['near_duplicates']} confirmed towers within "
-                        f"{result['duplicate_m']:g} m of a tower OSM already has were left out of the JOSM layer",
+                        tr("Tower Detector"), tr("{n} confirmed towers within {m:g} m of a tower OSM already has "
+                                                 "were left out of the JOSM layer")
+                        .format(n=result["near_duplicates"], m=result["duplicate_m"]),
                         level=Qgis.Info, duration=8)
             else:  # no confirmed tower OSM lacks: the reference layer alone is still useful
-                self.iface.messageBar().pushMessage("Tower Detector", outcome.reason(), level=Qgis.Info,
+                self.iface.messageBar().pushMessage(tr("Tower Detector"), outcome.reason(), level=Qgis.Info,
                                                     duration=8)
 
     def open_editor(self, editor: str):
@@ -188,7 +191,8 @@ class ReviewExports(QObject):
         """A short backend command, waited for (exports of one layer take well under a second)."""
         outcome = runner.run(settings.configured_cli(), args)
         if not outcome.ok and not (allow_bad_input and outcome.returncode == 2):
-            raise ReviewError(f"tower-detector {args[0]} {args[1]}: {outcome.reason()}")
+            raise ReviewError(tr("tower-detector {command}: {reason}").format(command=f"{args[0]} {args[1]}",
+                                                                           reason=outcome.reason()))
         return outcome
 
     # -- conflation

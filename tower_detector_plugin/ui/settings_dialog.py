@@ -2,7 +2,7 @@
 and its token), AWS, the estimates' rates and the area limits, and results and review."""
 
 from qgis.gui import QgsAuthConfigSelect, QgsFileWidget
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import QT_TR_NOOP, Qt
 from qgis.PyQt.QtWidgets import (
     QApplication,
     QComboBox,
@@ -19,21 +19,22 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import imagery_sources, runner, settings
+from ..i18n import tr
 from .widgets import ERROR_STYLE, add_help, file_widget
 
 
 class SettingsDialog(QDialog):
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setWindowTitle("Tower Detector: settings")
+        self.setWindowTitle(tr("Tower Detector: settings"))
         self.setObjectName("TowerDetectorSettingsDialog")
         self.run_on = QComboBox()
-        self.run_on.addItem("local (this computer)", "local")
-        self.run_on.addItem("AWS (tower-detector remote)", "aws")
+        self.run_on.addItem(tr("local (this computer)"), "local")
+        self.run_on.addItem(tr("AWS (tower-detector remote)"), "aws")
         self.run_on.setCurrentIndex(self.run_on.findData(settings.value("jobs/run_on")))
         self.cli_path = file_widget(QgsFileWidget.GetFile, path=settings.value("cli/path"))
-        self.cli_path.lineEdit().setPlaceholderText("auto: the dev checkout's .venv, then PATH")
-        self.check_button = QPushButton("Check")
+        self.cli_path.lineEdit().setPlaceholderText(tr("auto: the dev checkout's .venv, then PATH"))
+        self.check_button = QPushButton(tr("Check"))
         self.check_button.clicked.connect(self.check)
         self.check_label = QLabel("")
         self.check_label.setWordWrap(True)
@@ -63,24 +64,29 @@ class SettingsDialog(QDialog):
                 box.setGroupSeparatorShown(True)
             self.numbers[key] = box
         number_rows = {key: (label, self.numbers[key]) for key, label in (
-            ("estimate/local_tiles_per_s", "Local CPU tiles/s"), ("estimate/remote_tiles_per_s", "AWS GPU tiles/s"),
-            ("estimate/remote_usd_per_hour", "AWS GPU $/hour"), ("estimate/remote_workers", "AWS GPU workers"),
-            ("area/warn_tiles", "Warn above (tiles)"), ("area/max_tiles", "Refuse above (tiles)"),
-            ("results/heatmap_floor", "Heatmap floor (transparent below)"),
-            ("results/threshold", "Default candidate threshold"))}
-        groups = {
-            "Local": [("Run jobs on", self.run_on), ("tower-detector (or its Python)", cli_row),
-                      ("", self.check_label), ("Work folder", self.work_dir)],
-            "Imagery": [("Default imagery", self.edits["imagery/spec"]),
-                        ("Imagery token (QGIS authentication)", self.auth)],
-            "AWS": [("AWS profile", self.edits["aws/profile"]), ("AWS region", self.edits["aws/region"]),
-                    ("AWS bucket", self.edits["aws/bucket"]), ("AWS job queue", self.edits["aws/queue"])],
-            "Estimates and limits": [number_rows[key] for key in (
+            ("estimate/local_tiles_per_s", tr("Local CPU tiles/s")),
+            ("estimate/remote_tiles_per_s", tr("AWS GPU tiles/s")),
+            ("estimate/remote_usd_per_hour", tr("AWS GPU $/hour")), ("estimate/remote_workers", tr("AWS GPU workers")),
+            ("area/warn_tiles", tr("Warn above (tiles)")), ("area/max_tiles", tr("Refuse above (tiles)")),
+            ("results/heatmap_floor", tr("Heatmap floor (transparent below)")),
+            ("results/threshold", tr("Default candidate threshold")))}
+        groups = {  # titles in English, shown through tr()
+            QT_TR_NOOP("Local"): [
+                (tr("Run jobs on"), self.run_on), (tr("tower-detector (or its Python)"), cli_row),
+                ("", self.check_label), (tr("Work folder"), self.work_dir)],
+            QT_TR_NOOP("Imagery"): [
+                (tr("Default imagery"), self.edits["imagery/spec"]),
+                (tr("Imagery token (QGIS authentication)"), self.auth)],
+            QT_TR_NOOP("AWS"): [
+                (tr("AWS profile"), self.edits["aws/profile"]), (tr("AWS region"), self.edits["aws/region"]),
+                (tr("AWS bucket"), self.edits["aws/bucket"]), (tr("AWS job queue"), self.edits["aws/queue"])],
+            QT_TR_NOOP("Estimates and limits"): [number_rows[key] for key in (
                 "estimate/local_tiles_per_s", "estimate/remote_tiles_per_s", "estimate/remote_usd_per_hour",
                 "estimate/remote_workers", "area/warn_tiles", "area/max_tiles")],
-            "Results and review": [number_rows["results/heatmap_floor"], number_rows["results/threshold"],
-                                   ("JOSM remote control", self.edits["review/josm_url"]),
-                                   ("Overpass API", self.edits["review/overpass_url"])],
+            QT_TR_NOOP("Results and review"): [
+                number_rows["results/heatmap_floor"], number_rows["results/threshold"],
+                (tr("JOSM remote control"), self.edits["review/josm_url"]),
+                (tr("Overpass API"), self.edits["review/overpass_url"])],
         }
         inputs = {"jobs/run_on": self.run_on, "cli/path": self.cli_path, "work_dir": self.work_dir,
                   "imagery/authcfg": self.auth, **self.edits, **self.numbers}
@@ -89,7 +95,7 @@ class SettingsDialog(QDialog):
         columns = QHBoxLayout()  # two columns: the whole dialog fits a laptop's 768 px
         left, right = QVBoxLayout(), QVBoxLayout()
         for title, rows in groups.items():
-            box = QGroupBox(title)
+            box = QGroupBox(tr(title))
             form = QFormLayout(box)
             for label, widget in rows:
                 if widget is self.check_label:
@@ -104,7 +110,7 @@ class SettingsDialog(QDialog):
         self.save_button = buttons.button(QDialogButtonBox.Save)
         add_help(buttons, "settings")
         self.insisted = None  # a backend path that failed its check, which the user chose to keep
-        self.cli_path.fileChanged.connect(lambda _path: self.save_button.setText("Save"))
+        self.cli_path.fileChanged.connect(lambda _path: self.save_button.setText(tr("Save")))
         buttons.accepted.connect(self.save)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -116,8 +122,10 @@ class SettingsDialog(QDialog):
         QApplication.setOverrideCursor(Qt.WaitCursor)
         try:
             cli = runner.locate(self.cli_path.filePath().strip())
-            remote = "yes" if runner.has_command(cli, "remote") else "no (this tower-detector has no `remote`)"
-            text, ok = f"{runner.version(cli)} ({cli.source}: {' '.join(cli.command)}); AWS jobs: {remote}", True
+            remote = tr("yes") if runner.has_command(cli, "remote") else tr("no (this tower-detector has no `remote`)")
+            text = tr("{version} ({source}: {command}); AWS jobs: {remote}").format(
+                version=runner.version(cli), source=cli.source, command=" ".join(cli.command), remote=remote)
+            ok = True
         except (runner.CliNotFound, RuntimeError) as exc:
             text, ok = str(exc), False
         finally:
@@ -142,16 +150,17 @@ class SettingsDialog(QDialog):
         if path == self.insisted or self.check():
             return True
         self.insisted = path
-        self.save_button.setText("Save anyway")
-        self._show_check(f"{self.check_label.text()}. Fix the path (or leave it empty to look for the backend), "
-                         "or press Save anyway to keep it.", False)
+        self.save_button.setText(tr("Save anyway"))
+        self._show_check(tr("{answer}. Fix the path (or leave it empty to look for the backend), or press Save "
+                            "anyway to keep it.").format(answer=self.check_label.text()), False)
         return False
 
     def save(self) -> bool:
         secrets = imagery_sources.literal_secrets(self.edits["imagery/spec"].text())
         if secrets:
-            self._show_check(f"the default imagery holds a secret ({', '.join(secrets)}): keep it in a QGIS "
-                             f"authentication config and write {imagery_sources.TOKEN_REF} in its place", False)
+            self._show_check(tr("the default imagery holds a secret ({secrets}): keep it in a QGIS authentication "
+                                "config and write {ref} in its place").format(secrets=", ".join(secrets),
+                                                                              ref=imagery_sources.TOKEN_REF), False)
             return False
         if not self._backend_accepted():
             return False
