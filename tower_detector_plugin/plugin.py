@@ -167,7 +167,8 @@ class TowerDetectorPlugin:
             return False
         os.makedirs(path, exist_ok=True)
         settings.set_value("work_dir", path)
-        self.iface.messageBar().pushMessage("Tower Detector", f"work folder: {path} (Settings changes it)",
+        self.iface.messageBar().pushMessage(tr("Tower Detector"),
+                                            tr("work folder: {path} (Settings changes it)").format(path=path),
                                             level=Qgis.Info, duration=8)
         return True
 
@@ -333,7 +334,7 @@ class TowerDetectorPlugin:
 
         bar = self.iface.messageBar()
         widget = bar.createMessage(tr("Tower Detector"), text)
-        button = QPushButton(step[0])
+        button = QPushButton(tr(step[0]))
         button.setObjectName(f"next_step_{step[1]}")
         button.clicked.connect(lambda _checked=False: self.run_next_step(job))
         widget.layout().addWidget(button)
