@@ -20,7 +20,7 @@ PLUGIN = support.REPO / "tower_detector_plugin"
 # the modules whose user-facing strings go through tr() (ui/job_dialogs.py, ui/widgets.py and core/ not yet)
 TRANSLATED = [PLUGIN / "plugin.py", *(PLUGIN / "ui" / f"{name}.py" for name in (
     "area_picker", "load_results_dialog", "metrics_dialog", "settings_dialog", "review_dock", "results_dock",
-    "jobs_dock", "review_exports")), *sorted((PLUGIN / "processing").glob("*.py"))]
+    "jobs_dock", "review_exports", "job_dialogs", "widgets")), *sorted((PLUGIN / "processing").glob("*.py"))]
 WORDS = {"Use this area": "Diesen Bereich nehmen", "Review candidates": "Kandidaten prüfen",
          "Pick area": "Bereich wählen", "&Tower Detector": "&Mastfinder"}
 

@@ -63,6 +63,7 @@ from ..core.parameters import (
 from ..core.area_geometry import estimate_tiles, read_area
 from ..core.estimates import dataset_plan, local_chunk_tiles, predict_plan, train_plan
 from ..core.point_export import export_layer_points
+from ..i18n import tr
 from ..core.result_layers import recommended_threshold
 from .widgets import (
     ERROR_STYLE,
@@ -97,7 +98,7 @@ class JobDialog(QDialog):
         self.error.setWordWrap(True)
         self.error.setStyleSheet(ERROR_STYLE)
         self.buttons = QDialogButtonBox(QDialogButtonBox.Cancel)
-        self.run_button = self.buttons.addButton("Run", QDialogButtonBox.AcceptRole)
+        self.run_button = self.buttons.addButton(tr("Run"), QDialogButtonBox.AcceptRole)
         self.run_button.clicked.connect(self.run)
         self.buttons.rejected.connect(self.reject)
         if self.help_topic:
@@ -120,8 +121,8 @@ class JobDialog(QDialog):
         """An Estimate row, updated when any of `signals` fires."""
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
-        self.estimate.setToolTip("From the rates and price in Settings: measure yours and put them there")
-        self.form.addRow("Estimate", self.estimate)
+        self.estimate.setToolTip(tr("From the rates and price in Settings: measure yours and put them there"))
+        self.form.addRow(tr("Estimate"), self.estimate)
         for signal in signals:
             signal.connect(self._show_plan)
 
@@ -194,13 +195,13 @@ class BuildDatasetDialog(JobDialog):
         super().__init__(iface, manager, parent)
         self.area = AreaWidget(iface)
         self.imagery = ImageryWidget()
-        self.overpass = QRadioButton("OpenStreetMap towers (Overpass)")
+        self.overpass = QRadioButton(tr("OpenStreetMap towers (Overpass)"))
         self.overpass.setChecked(True)
-        self.from_layer = QRadioButton("Points of a layer")
+        self.from_layer = QRadioButton(tr("Points of a layer"))
         self.points = QgsMapLayerComboBox()
         self.points.setFilters(QgsMapLayerProxyModel.PointLayer)
         self.tower_filter = QLineEdit("")
-        self.tower_filter.setPlaceholderText("power=tower for Overpass; all for a plain point layer")
+        self.tower_filter.setPlaceholderText(tr("power=tower for Overpass; all for a plain point layer"))
         labels = QGroupBox(TOWERS.label)
         labels.setToolTip(TOWERS.help)
         box = QFormLayout(labels)
@@ -430,7 +431,7 @@ class RetrainDialog(JobDialog):
     def __init__(self, iface, manager, candidates, parent=None):
         super().__init__(iface, manager, parent)
         self.candidates = candidates
-        self.run_button.setText("Retrain")
+        self.run_button.setText(tr("Retrain"))
         found = retrain.provenance(candidates)
         self.counts, dataset, sources = found["counts"], found["dataset"], found["dataset"].get("sources") or {}
         self.dataset = dataset
@@ -438,12 +439,12 @@ class RetrainDialog(JobDialog):
         layer.setToolTip(candidates)
         self.decisions = QLabel(retrain.decisions_text(self.counts))
         self.decisions.setWordWrap(True)
-        self.decisions.setToolTip("Confirmed towers become tower tiles and false positives hard negatives of the new "
-                                  "training set; the other decisions and unreviewed candidates are not used.")
+        self.decisions.setToolTip(tr("Confirmed towers become tower tiles and false positives hard negatives of the "
+                                     "new training set; the other decisions and unreviewed candidates are not used."))
         self.notes = QLabel("\n".join(found["notes"]))
         self.notes.setWordWrap(True)
-        self.form.addRow("Candidates", layer)
-        self.form.addRow("Decisions", self.decisions)
+        self.form.addRow(tr("Candidates"), layer)
+        self.form.addRow(tr("Decisions"), self.decisions)
         if found["notes"]:
             self.form.addRow("", self.notes)
         self.init = file_widget(QgsFileWidget.GetDirectory, path=found["model"])
@@ -461,8 +462,8 @@ class RetrainDialog(JobDialog):
             settings.work_dir(), "models", f"{stem}-reviewed-{timestamp()}"))
         self._add_rows((INIT, self.init), (AREA, self.area), (TOWERS, self.towers), (IMAGERY, self.imagery),
                        (DATASET_OUT, self.dataset_out), (MODEL_OUT, self.model_out))
-        self.form.labelForField(self.dataset_out).setText("Training data folder")
-        self.form.labelForField(self.model_out).setText("New model folder")
+        self.form.labelForField(self.dataset_out).setText(tr("Training data folder"))
+        self.form.labelForField(self.model_out).setText(tr("New model folder"))
         self.epochs_fine = self._add_input(EPOCHS_FINE)
 
     def build(self) -> dict:
@@ -517,8 +518,8 @@ def _choices(param, texts=None, extra=()) -> QComboBox:
 
 def _where_combo() -> QComboBox:
     combo = QComboBox()
-    combo.addItem("this computer", "local")
-    combo.addItem("AWS (tower-detector remote)", "aws")
+    combo.addItem(tr("this computer"), "local")
+    combo.addItem(tr("AWS (tower-detector remote)"), "aws")
     combo.setCurrentIndex(1 if settings.value("jobs/run_on") == "aws" else 0)
     return combo
 

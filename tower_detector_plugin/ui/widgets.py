@@ -22,6 +22,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core import imagery_sources, settings
 from ..core.help import help_url
+from ..i18n import tr
 from .area_picker import AreaPickerDialog
 
 ERROR_STYLE = "color: #c62828;"
@@ -56,7 +57,7 @@ def parameter_input(param, value=None):
             widget.setRange(int(param.minimum), int(param.maximum) if param.maximum is not None else 2**31 - 1)
         widget.setValue(param.minimum if value is None else value)
         if value is None:
-            widget.setSpecialValueText("default")
+            widget.setSpecialValueText(tr("default"))
     widget.setToolTip(param.help)
     return widget
 
@@ -68,7 +69,7 @@ def add_help(buttons, topic: str):
     from qgis.PyQt.QtWidgets import QDialogButtonBox
 
     button = buttons.addButton(QDialogButtonBox.Help)
-    button.setToolTip(f"Open the user guide at this step ({help_url(topic)})")
+    button.setToolTip(tr("Open the user guide at this step ({url})").format(url=help_url(topic)))
     button.clicked.connect(lambda _checked=False: QDesktopServices.openUrl(QUrl(help_url(topic))))
     return button
 
@@ -94,14 +95,14 @@ class AreaWidget(QWidget):
             self._add(path)
         # the extents of the project's layers (the imagery's, first): an area without drawing one
         for layer in sorted(_extent_layers(), key=lambda lyr: lyr.type() != QgsMapLayerType.RasterLayer):
-            self.combo.addItem(f"Extent of {layer.name()}", f"layer:{layer.id()}")
+            self.combo.addItem(tr("Extent of {layer}").format(layer=layer.name()), f"layer:{layer.id()}")
             self.combo.setItemData(self.combo.count() - 1, f"the extent of the layer {layer.name()}, written as an "
                                    "area file when the dialog runs", Qt.ToolTipRole)
         browse = QPushButton("…")
-        browse.setToolTip("a GeoJSON polygon file (WGS84)")
+        browse.setToolTip(tr("a GeoJSON polygon file (WGS84)"))
         browse.clicked.connect(self._browse)
-        pick = QPushButton("Pick…")
-        pick.setToolTip("draw or choose the area on the map")
+        pick = QPushButton(tr("Pick…"))
+        pick.setToolTip(tr("draw or choose the area on the map"))
         pick.clicked.connect(self.pick)
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
@@ -121,7 +122,7 @@ class AreaWidget(QWidget):
         self.changed.emit(self.current())
 
     def _browse(self):
-        path, _ = QFileDialog.getOpenFileName(self, "Area", settings.work_dir(), "GeoJSON (*.geojson *.json)")
+        path, _ = QFileDialog.getOpenFileName(self, tr("Area"), settings.work_dir(), "GeoJSON (*.geojson *.json)")
         if path:
             self.set_path(path)
 
@@ -180,7 +181,7 @@ class ImageryWidget(QWidget):
                                                        settings.value("imagery/authcfg")))
         self.sources += imagery_sources.xyz_connections() + imagery_sources.raster_layer_sources()
         self.combo = QComboBox()
-        self.combo.addItem("URL template or file (type below)")
+        self.combo.addItem(tr("URL template or file (type below)"))
         for source in self.sources:
             self.combo.addItem(source.label)
         self.spec = QLineEdit()
@@ -291,10 +292,10 @@ def ask_work_dir(parent, suggested: str) -> str:
 
     dialog = QDialog(parent)
     dialog.setObjectName("TowerDetectorWorkFolder")
-    dialog.setWindowTitle("Tower Detector: work folder")
+    dialog.setWindowTitle(tr("Tower Detector: work folder"))
     layout = QVBoxLayout(dialog)
-    text = QLabel("Where should Tower Detector keep its areas, training data, models and results? You can change "
-                  "it later in Settings.")
+    text = QLabel(tr("Where should Tower Detector keep its areas, training data, models and results? You can "
+                     "change it later in Settings."))
     text.setWordWrap(True)
     folder = file_widget(QgsFileWidget.GetDirectory, path=suggested)
     buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
