@@ -320,6 +320,7 @@ class TowerDetectorPlugin:
             self.review_exports = ReviewExports(self.iface, self.job_manager(), self.review_dock)
             self.review_dock.exportRequested.connect(self.review_exports.handle)
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.review_dock)
+            self._fit_right_docks()
         self.review_dock.show()
         self.review_dock.raise_()
         try:
@@ -361,6 +362,18 @@ class TowerDetectorPlugin:
             return dialog
         layers = self.load_job_results(job) or {}
         return self.review(layers.get("candidates"))
+
+    def _fit_right_docks(self):
+        """The review dock as wide as its content and the results dock only as tall as its two rows, so that the
+        review shows whole on a laptop (QMainWindow otherwise splits the area evenly, or by the first dock)."""
+        docks = [d for d in (self.results_dock, self.review_dock) if d is not None and not d.isFloating()
+                 and self.iface.mainWindow().dockWidgetArea(d) == Qt.RightDockWidgetArea]
+        if self.review_dock in docks:
+            self.iface.mainWindow().resizeDocks([self.review_dock], [self.review_dock.sizeHint().width()],
+                                                Qt.Horizontal)
+        if len(docks) == 2:
+            self.iface.mainWindow().resizeDocks(docks, [self.results_dock.minimumSizeHint().height(),
+                                                        self.review_dock.sizeHint().height()], Qt.Vertical)
 
     def show_settings(self):
         from .ui.settings_dialog import SettingsDialog

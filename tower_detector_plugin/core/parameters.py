@@ -40,9 +40,9 @@ BACKGROUND_RATIO = Parameter("--background-ratio", "Background tiles per tower t
 SPAN_NEGATIVES = Parameter("--span-negatives", "Negative tiles along OSM power lines, per tower tile", 0.0, 0, 20,
                            "Tiles under mapped power lines between towers, which look like towers but are not: "
                            "hard examples for the model. 0: none. Only OSM towers have lines.", decimals=2)
-SPLIT = Parameter("--split", "Split train,val,test", "0.7,0.15,0.15",
+SPLIT = Parameter("--split", "Share for training, checking, testing", "0.7,0.15,0.15",
                   help="The fractions of the tiles for training, validation and the final test.")
-BLOCK_SIZE = Parameter("--block-size", "Split block size (tiles)", 8, 1, 256,
+BLOCK_SIZE = Parameter("--block-size", "Tiles kept together (side)", 8, 1, 256,
                        "The area is split in blocks of N x N tiles, and each block goes whole to training, validation "
                        "or test, so that neighbouring tiles do not leak from one to another.")
 SEED = Parameter("--seed", "Seed", 0, 0, 1_000_000, "The random seed: the same seed gives the same dataset.")
@@ -57,7 +57,7 @@ BACKBONE = Parameter("--backbone", "Backbone", "xception",
                           "a smaller, faster one for a computer without a GPU.")
 IMAGE_SIZE = Parameter("--image-size", "Image size (px)", None, 0, 1024,
                        "The model's input size; tiles are resized to it.")
-EPOCHS_TOP = Parameter("--epochs-top", "Epochs, new top", None, 0, 100,
+EPOCHS_TOP = Parameter("--epochs-top", "Epochs, new classifier only", None, 0, 100,
                        "Phase 1: epochs that train only the new classifier on top of Xception.")
 EPOCHS_FINE = Parameter("--epochs-fine", "Epochs, fine-tuning", None, 0, 1000,
                         "Phase 2: epochs that fine-tune the upper layers of Xception too.")
@@ -69,10 +69,10 @@ METRIC = Parameter("--metric", "Search picks by", "pr_auc", choices=("pr_auc", "
 
 # -- predict and results
 WORKERS = Parameter("--workers", "Imagery workers", None, 0, 256, "Concurrent imagery requests and decoders.")
-CHECKPOINT_EVERY = Parameter("--checkpoint-every", "Checkpoint every (tiles)", None, 0, 1_000_000,
+CHECKPOINT_EVERY = Parameter("--checkpoint-every", "Save progress every (tiles)", None, 0, 1_000_000,
                              "Tiles per chunk of the results store: a stopped run resumes from the last chunk. "
                              "Default: about a minute of work on this computer, 5,000 on AWS.")
-SHARDS = Parameter("--shards", "Shards", None, 0, 1000,
+SHARDS = Parameter("--shards", "Parts run in parallel", None, 0, 1000,
                    "Split the job into N parts by tile column, for parallel workers.")
 VIEWS = Parameter("--views", "Views per tile", 1, choices=(1, 2, 4, 8),
                   help="Score each tile this many ways up (turned, and mirrored at 8) and average the scores: "
