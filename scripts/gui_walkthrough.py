@@ -3,7 +3,8 @@ tests/plugin/test_gui.py, which starts it under Xvfb at 1366 x 768 with a fresh 
 scripts/qgis_profile.py: no work folder set yet).
 
 From an empty project: the imagery and a tower layer dropped in, the work folder question (the first-use
-settings), Build training data, Train, Predict, Review, a confirmed tower, and the .osm export. Only what a user
+settings), Build training data, Train, Predict, Review, a confirmed tower, and the .osm export (compared with the
+tower layer first, as the export asks). Only what a user
 can do: menu actions, the buttons the plugin offers, the fields a user sets, keys; each is counted in
 report["actions"] and followed by a screenshot of what it shows ($TD_WALK_OUT/NN_step.png). Every dialog and dock
 shown is checked against the screen (report["too_big"]). Inputs: $TD_WALK_SCENE (a folder with scene.tif and
@@ -16,7 +17,7 @@ import traceback
 
 from qgis.core import QgsApplication, QgsProject
 from qgis.PyQt.QtCore import QTimer
-from qgis.PyQt.QtWidgets import QApplication, QFileDialog, QPushButton
+from qgis.PyQt.QtWidgets import QApplication, QDialogButtonBox, QLineEdit, QPushButton
 from qgis.utils import iface, plugins
 
 OUT = os.environ.get("TD_WALK_OUT", "walk-out")
@@ -83,8 +84,12 @@ def on_modal(handle, name):
         widget = QApplication.activeModalWidget()
         if widget is None:
             return QTimer.singleShot(100, check)
-        shot(widget, name)
-        handle(widget)
+        try:
+            shot(widget, name)
+            handle(widget)
+        except Exception:  # said in the report, and the dialog closed, or QGIS would wait on it for ever
+            report["errors"].append(traceback.format_exc())
+            widget.reject()
 
     QTimer.singleShot(200, check)
 
@@ -110,7 +115,6 @@ def finish(manager, job_id, kind):
 def walk():
     window = iface.mainWindow()
     plugin = plugins[PLUGIN]
-    manager = plugin.job_manager()
     action = {a.text(): a for a in plugin.actions}
 
     def drop_files():  # a drag and drop of the two files from the file manager
@@ -127,6 +131,7 @@ def walk():
     on_modal(lambda d: act("work folder: OK (the first-use setting)", d.accept), "work_folder")
     act("Tower Detector > Build training data", action["Build training data"].trigger)
     dataset = plugin.dialogs["dataset"]
+    manager = plugin.job_manager()  # made by the dialog, in the work folder just chosen
     shot(dataset, "build_training_data")
     job_id = act("Run", dataset.run)
     finish(manager, job_id, "dataset")
@@ -157,12 +162,17 @@ def walk():
     report["confirmed"] = review.session.status.count("confirmed") if review.session else 0
     shot(review, "review_dock")
 
-    def save_as(dialog):
-        if isinstance(dialog, QFileDialog):
-            dialog.selectFile(os.environ["TD_WALK_OSM"])
-        act("Save", dialog.accept)
+    def save_as(dialog):  # the file name typed, then Save
+        dialog.findChild(QLineEdit, "fileNameEdit").setText(os.environ["TD_WALK_OSM"])
+        save = dialog.findChild(QDialogButtonBox, "buttonBox").button(QDialogButtonBox.Save)
+        act("Save", save.click)
 
-    on_modal(save_as, "save_osm")
+    def compare_first(box):  # never compared with OSM: compare with the tower layer, in the same job
+        on_modal(save_as, "save_osm")
+        button = next(b for b in box.buttons() if b.text().startswith("Compare with the layer"))
+        act(f"{button.text()}", button.click)
+
+    on_modal(compare_first, "compare_first")
     act("Export > .osm of confirmed towers", review.export_actions["osm"].trigger)
     jobs = [j for j in manager.store.jobs if j.get("kind") == "export"]
     finish(manager, jobs[-1]["id"], "export")

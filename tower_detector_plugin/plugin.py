@@ -288,6 +288,8 @@ class TowerDetectorPlugin:
             return None
 
     def show_jobs(self):
+        if not self.ensure_work_dir():  # the job list lives in the work folder
+            return None
         from .ui.jobs_dock import JobsDock
 
         if self.jobs_dock is None:

@@ -272,3 +272,44 @@ def test_retrain_with_review_decisions_prefills_from_the_candidates_and_runs(rev
     assert "is not there any more" in dialog.notes.text() and dialog.init.filePath() == ""
     with pytest.raises(ValueError, match="choose the model to start from"):
         dialog.build()
+
+
+def test_an_osm_export_of_candidates_never_compared_with_osm_asks_to_compare_first(review, monkeypatch, tmp_path):
+    """Found by the GUI walk-through: `export osm` refuses candidates never conflated (issue 29: no duplicates), and
+    the plugin only showed that refusal. Now it asks once: compare with Overpass or a tower layer of the project
+    in the same job, or export anyway (--include-near-duplicates), or cancel."""
+    from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
+
+    dock, manager, path = review["dock"], review["manager"], review["path"]
+    towers = QgsVectorLayer(f"{review['scene'] / 'towers.geojson'}|geometrytype=Point", "towers", "ogr")
+    QgsProject.instance().addMapLayer(towers)
+    answer = ["Cancel"]
+
+    def click(box):
+        button = next(b for b in box.buttons() if b.text().startswith(answer[0]) or
+                      box.standardButton(b) == QMessageBox.Cancel and answer[0] == "Cancel")
+        button.click()
+        return 0
+
+    monkeypatch.setattr(QMessageBox, "exec_", click)
+    out = tmp_path / "confirmed.osm"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), "OSM XML (*.osm)"))
+    for status in ("confirmed", "unsure", "unsure", "confirmed"):  # the first tower (the layer has it) and the
+        dock.decide(status)                                        # first empty tile (a tower OSM lacks)
+    started = []
+    manager.changed.connect(lambda job_id: started.append(job_id) if job_id not in started else None)
+    dock.export_actions["osm"].trigger()
+    assert started == [] and not out.exists()  # cancelled: nothing runs
+    answer[0] = "Compare with the layer towers"
+    dock.export_actions["osm"].trigger()
+    job = finish(manager, started[-1])
+    assert job["status"] == "finished", job["message"]
+    assert ["conflate" in job["commands"][0].split(), "export" in job["commands"][1].split()] == [True, True]
+    assert out.read_text().count("<node ") == 1  # the tower the layer has is left out: no duplicate added
+    support.wait_until(lambda: not review["exports"].conflate_jobs, 10, "the review to reload")
+    answer[0] = "Compare"  # conflated now: no question, the export runs as it is
+    asked = []
+    monkeypatch.setattr(QMessageBox, "exec_", lambda box: asked.append(box) or 0)
+    dock.export_actions["osm"].trigger()
+    assert asked == [] and finish(manager, started[-1])["status"] == "finished"
+    QgsProject.instance().removeMapLayer(towers.id())

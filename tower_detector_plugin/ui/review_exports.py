@@ -10,7 +10,7 @@ then. The changeset source is the imagery's name (the setting, else the one the 
 import os
 import tempfile
 
-from qgis.core import Qgis, QgsRectangle
+from qgis.core import Qgis, QgsProject, QgsRectangle
 from qgis.PyQt.QtCore import QT_TR_NOOP, QObject, QUrl
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import QFileDialog, QInputDialog
@@ -18,6 +18,7 @@ from qgis.PyQt.QtWidgets import QFileDialog, QInputDialog
 from ..core import commands, editors, runner, settings
 from ..core.changeset import candidates_facts, changeset_tags
 from ..core.overpass import fetch_overpass
+from ..core.point_export import export_layer_points
 from ..core.review_session import ReviewError
 from ..i18n import tr
 
@@ -30,6 +31,7 @@ FILE_EXPORTS = {
     "tasking-manager": (QT_TR_NOOP("Folder for the Tasking Manager files"), None),
     "labels": (QT_TR_NOOP("Review labels for the next training set"), "GeoPackage (*.gpkg);;GeoJSON (*.geojson)"),
 }
+ADDS_NODES = ("osm", "maproulette-cooperative")  # exports that refuse candidates never compared with OSM
 JOSM_AREA_M = 2000  # half the side of the box around the current candidate whose candidates go to JOSM's layers
 
 
@@ -60,9 +62,12 @@ class ReviewExports(QObject):
         """A button's request; problems go to the message bar as one line."""
         try:
             if kind in FILE_EXPORTS:
+                compare = self._ask_compare() if kind in ADDS_NODES and not self._conflated() else "conflated"
+                if compare is None:
+                    return
                 out = self._ask_output(kind)
                 if out:
-                    self.export(kind, out)
+                    self.export(kind, out, compare=compare)
             elif kind == "josm-zoom":
                 self.josm_zoom()
             elif kind == "josm-layers":
@@ -102,13 +107,53 @@ class ReviewExports(QObject):
                                                     tr("OSM data") + " (*.pbf *.osm *.geojson *.json *.gpkg)")
         return path or False
 
-    def export(self, kind: str, out: str) -> str:
-        """Start `tower-detector export KIND` as a job; its id."""
+    def _conflated(self) -> bool:
+        return candidates_facts(self.candidates_path())["conflated"]
+
+    def _ask_compare(self):
+        """Candidates never compared with OSM, before an export that adds nodes (it would refuse them): compare
+        them first with Overpass or a point layer of the project, or export anyway. "overpass", a layer id,
+        "anyway", or None when the user cancels. One question, one click."""
+        from qgis.PyQt.QtWidgets import QMessageBox
+
+        from .job_dialogs import tower_point_layers
+
+        box = QMessageBox(QMessageBox.Question, tr("Tower Detector"),
+                          tr("These candidates were never compared with what OSM already maps, so the export could "
+                             "add towers OSM has. Compare them first?"), QMessageBox.Cancel, self.dock)
+        box.setObjectName("TowerDetectorCompareFirst")
+        answers = {box.addButton(tr("Compare with OSM (Overpass)"), QMessageBox.AcceptRole): "overpass"}
+        for layer in tower_point_layers()[:2]:
+            button = box.addButton(tr("Compare with the layer {name}").format(name=layer.name()),
+                                   QMessageBox.AcceptRole)
+            answers[button] = layer.id()
+        answers[box.addButton(tr("Export anyway"), QMessageBox.DestructiveRole)] = "anyway"
+        box.exec_()
+        return answers.get(box.clickedButton())
+
+    def export(self, kind: str, out: str, compare: str = "conflated") -> str:
+        """Start `tower-detector export KIND` as a job; its id. compare (before an export that adds nodes, on
+        candidates never conflated): "overpass" or a point layer's id to run `conflate` first in the same job,
+        "anyway" to export with --include-near-duplicates; "conflated" (the default) exports as they are."""
         path = self.candidates_path()
         tags = changeset_tags(path)
         args = commands.export_args(kind, path, out, comment=tags["comment"], source=tags["source"],
-                                    hashtags=tags["hashtags"])
-        return self.manager.start("export", f"export {kind}", [args], out=out, outputs={"export": out})
+                                    hashtags=tags["hashtags"], include_near_duplicates=compare == "anyway")
+        steps = [args]
+        if compare not in ("conflated", "anyway"):
+            if compare == "overpass":
+                source = fetch_overpass(self.dock.session.layer.extent())
+            else:
+                layer = QgsProject.instance().mapLayer(compare)
+                if layer is None:
+                    raise ReviewError(tr("the layer to compare with is gone"))
+                source = export_layer_points(layer, os.path.join(tempfile.mkdtemp(prefix="td-osm-"),
+                                                                 "osm.geojson"))
+            steps.insert(0, commands.conflate_args(path, source, duplicate_m=settings.value("review/duplicate_m")))
+        job_id = self.manager.start("export", f"export {kind}", steps, out=out, outputs={"export": out})
+        if len(steps) > 1:
+            self.conflate_jobs.add(job_id)  # the review reloads: conflation marked what OSM has
+        return job_id
 
     def retrain(self):
         """The Retrain dialog on the candidates under review (ui/job_dialogs.py RetrainDialog)."""
