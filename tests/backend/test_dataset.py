@@ -187,9 +187,23 @@ def test_config_is_valid_label_maker_and_build_is_deterministic(dataset, sample_
     assert other["fingerprint"] != summary["fingerprint"]
 
 
+def _review_file(path, confirmed, rejected):
+    """Review decisions as `export labels` writes them: a confirmed tower and a false positive at tile centres."""
+    from tower_detector.geo.tilemath import tile_bounds_4326
+
+    def centre(x, y):
+        w, s, e, n = tile_bounds_4326(x, y, 18)
+        return [(w + e) / 2, (s + n) / 2]
+
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"status": status},
+         "geometry": {"type": "Point", "coordinates": centre(*tile)}}
+        for status, tile in (("confirmed", confirmed), ("false_positive", rejected))]}))
+    return path
+
+
 def test_review_labels_add_positives_and_hard_negatives(sample_scene, tmp_path):
     info = sample_scene["info"]
-    from tower_detector.geo.tilemath import tile_bounds_4326
 
     # a confirmed tower where OSM has none, and a rejected candidate: both at known tile centres
     towers = load_towers(str(sample_scene["towers"]))
@@ -198,15 +212,7 @@ def test_review_labels_add_positives_and_hard_negatives(sample_scene, tmp_path):
             for y in range(info["tile_range"]["y"][0], info["tile_range"]["y"][1] + 1) if (x, y) not in tower_tiles]
     confirmed, rejected = free[0], free[-1]
 
-    def centre(x, y):
-        w, s, e, n = tile_bounds_4326(x, y, 18)
-        return [(w + e) / 2, (s + n) / 2]
-
-    review = tmp_path / "review.geojson"
-    review.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"status": status},
-         "geometry": {"type": "Point", "coordinates": centre(*tile)}}
-        for status, tile in (("confirmed", confirmed), ("false_positive", rejected))]}))
+    review = _review_file(tmp_path / "review.geojson", confirmed, rejected)
     summary = build(sample_scene, tmp_path / "ds", extra_labels=str(review), block_size=1, background_ratio=0.5)
     rows = {r["tile_id"]: r for r in read_index(tmp_path / "ds")}
     assert summary["hard_negatives"] == 1
@@ -234,15 +240,7 @@ def test_review_labels_outside_the_area_join_the_dataset_as_their_own_tiles(samp
     east = [(x, y) for x in range(half + 2, x1 + 1) for y in range(y0, y1 + 1) if (x, y) not in tower_tiles]
     confirmed, rejected = east[0], east[-1]
 
-    def centre(x, y):
-        w, s, e, n = tile_bounds_4326(x, y, 18)
-        return [(w + e) / 2, (s + n) / 2]
-
-    review = tmp_path / "review.geojson"
-    review.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"status": status},
-         "geometry": {"type": "Point", "coordinates": centre(*tile)}}
-        for status, tile in (("confirmed", confirmed), ("false_positive", rejected))]}))
+    review = _review_file(tmp_path / "review.geojson", confirmed, rejected)
     monkeypatch.chdir(tmp_path)
     summary = build({**sample_scene, "area": "west.geojson"}, tmp_path / "ds", extra_labels="review.geojson",
                     split="1", block_size=1, background_ratio=0.5)

@@ -30,25 +30,32 @@ def _distinct_colours(path, step=7) -> int:
     return len({image.pixel(x, y) for x in range(0, image.width(), step) for y in range(0, image.height(), step)})
 
 
+def _run_desktop(tmp_path, profile, script, screen, out, timeout, **variables):
+    """Run scripts/SCRIPT in the QGIS desktop under Xvfb (a SCREEN such as 1366x768) with the profile PROFILE
+    prepared under tmp_path; the report.json it writes into `out`."""
+    # The desktop needs a real (virtual) display, and its own profile, not pytest-qgis's.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("QT_QPA_PLATFORM", "QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH", "VIRTUAL_ENV")}
+    env.update(HOME=str(tmp_path / "home"), **variables)
+    code = ["--code", str(REPO / "scripts" / script)]
+    command = [XVFB, "-a", "-s", f"-screen 0 {screen}x24",
+               *_qgis_profile().qgis_command(tmp_path / "profiles", profile, code)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    report_path = out / "report.json"
+    assert report_path.is_file(), f"QGIS exited {done.returncode} without a report:\n{done.stderr[-3000:]}"
+    return json.loads(report_path.read_text())
+
+
 @pytest.mark.skipif(not QGIS or not XVFB, reason="needs the QGIS desktop (apt: qgis) and Xvfb (apt: xvfb)")
 def test_qgis_desktop_opens_the_menu_and_every_dialog(tmp_path):
     scene = sample_scene(tmp_path / "scene", tiles=8, seed=3)
     heatmap, candidates = fake_results(tmp_path / "scene", scene["tile_range"], tmp_path / "results")
-    profiles = _qgis_profile()
-    profiles.prepare(tmp_path / "profiles", "smoke", work_dir=tmp_path / "work")
+    _qgis_profile().prepare(tmp_path / "profiles", "smoke", work_dir=tmp_path / "work")
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
-    # The desktop needs a real (virtual) display, and its own profile, not pytest-qgis's.
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("QT_QPA_PLATFORM", "QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH", "VIRTUAL_ENV")}
-    env.update(TD_SMOKE_OUT=str(ARTIFACTS), TD_SMOKE_SCENE=str(tmp_path / "scene" / "scene.tif"),
-               TD_SMOKE_HEATMAP=heatmap, TD_SMOKE_CANDIDATES=candidates, HOME=str(tmp_path / "home"))
-    smoke = ["--code", str(REPO / "scripts" / "gui_smoke.py")]
-    command = [XVFB, "-a", "-s", "-screen 0 1400x900x24", *profiles.qgis_command(tmp_path / "profiles", "smoke", smoke)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    report_path = ARTIFACTS / "report.json"
-    assert report_path.is_file(), f"QGIS exited {done.returncode} without a report:\n{done.stderr[-3000:]}"
-    report = json.loads(report_path.read_text())
+    report = _run_desktop(tmp_path, "smoke", "gui_smoke.py", "1400x900", ARTIFACTS, 120,
+                          TD_SMOKE_OUT=str(ARTIFACTS), TD_SMOKE_SCENE=str(tmp_path / "scene" / "scene.tif"),
+                          TD_SMOKE_HEATMAP=heatmap, TD_SMOKE_CANDIDATES=candidates)
     assert report["errors"] == [] and report["ok"], "\n".join(report["errors"])
     assert report["plugin_loaded"]
     assert report["actions"] == ["Pick area", "Build training data", "Train", "Predict", "Load results",
@@ -75,25 +82,15 @@ def test_a_new_user_goes_from_an_empty_project_to_an_osm_file_in_15_actions_on_a
     an empty project; settings (the first-use work folder), area, dataset, train, predict, load results, review,
     and an exported .osm, with only the actions a user has (scripts/gui_walkthrough.py counts them), a screenshot
     of each step, and no dialog or dock larger than the screen."""
-    import subprocess as sp
-
-    sp.run([str(REPO / ".venv" / "bin" / "tower-detector"), "sample", "--out", str(tmp_path / "scene"), "--tiles-x",
-            "24", "--tiles-y", "24", "--seed", "3"], check=True, capture_output=True, timeout=120)
+    subprocess.run([str(REPO / ".venv" / "bin" / "tower-detector"), "sample", "--out", str(tmp_path / "scene"),
+                    "--tiles-x", "24", "--tiles-y", "24", "--seed", "3"], check=True, capture_output=True, timeout=120)
     (tmp_path / "quick.json").write_text(json.dumps(QUICK_RECIPE))
-    profiles = _qgis_profile()
-    profiles.prepare(tmp_path / "profiles", "walk", first_use=True)
+    _qgis_profile().prepare(tmp_path / "profiles", "walk", first_use=True)
     shutil.rmtree(WALK, ignore_errors=True)
     WALK.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("QT_QPA_PLATFORM", "QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH", "VIRTUAL_ENV")}
-    env.update(TD_WALK_OUT=str(WALK), TD_WALK_SCENE=str(tmp_path / "scene"), TD_WALK_PARAMS=str(tmp_path / "quick.json"),
-               TD_WALK_OSM=str(tmp_path / "confirmed.osm"), HOME=str(tmp_path / "home"))
-    walk = ["--code", str(REPO / "scripts" / "gui_walkthrough.py")]
-    command = [XVFB, "-a", "-s", "-screen 0 1366x768x24", *profiles.qgis_command(tmp_path / "profiles", "walk", walk)]
-    done = sp.run(command, env=env, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
-    report_path = WALK / "report.json"
-    assert report_path.is_file(), f"QGIS exited {done.returncode} without a report:\n{done.stderr[-3000:]}"
-    report = json.loads(report_path.read_text())
+    report = _run_desktop(tmp_path, "walk", "gui_walkthrough.py", "1366x768", WALK, 1200,
+                          TD_WALK_OUT=str(WALK), TD_WALK_SCENE=str(tmp_path / "scene"),
+                          TD_WALK_PARAMS=str(tmp_path / "quick.json"), TD_WALK_OSM=str(tmp_path / "confirmed.osm"))
     assert report["errors"] == [] and report["ok"], "\n".join(report["errors"]) + json.dumps(report["jobs"])
     assert len(report["actions"]) <= 15, report["actions"]
     assert report["too_big"] == []

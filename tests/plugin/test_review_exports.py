@@ -280,7 +280,7 @@ def test_an_osm_export_of_candidates_never_compared_with_osm_asks_to_compare_fir
     in the same job, or export anyway (--include-near-duplicates), or cancel."""
     from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
 
-    dock, manager, path = review["dock"], review["manager"], review["path"]
+    dock, manager = review["dock"], review["manager"]
     towers = QgsVectorLayer(f"{review['scene'] / 'towers.geojson'}|geometrytype=Point", "towers", "ogr")
     QgsProject.instance().addMapLayer(towers)
     answer = ["Cancel"]

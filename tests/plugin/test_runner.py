@@ -489,7 +489,8 @@ def test_run_again_resumes_with_the_same_commands_and_the_token_fetched_again(qg
 
     fake_backend('print(json.dumps({"event": "result", "message": "done"}))\n'
                  'open(os.environ["ARGS_FILE"], "a").write(" ".join(sys.argv[1:]) + "\\n")\n'
-                 'open(os.environ["ARGS_FILE"] + ".env", "a").write(os.environ.get("TOWER_DETECTOR_TOKEN", "-") + "\\n")')
+                 'token = os.environ.get("TOWER_DETECTOR_TOKEN", "-")\n'
+                 'open(os.environ["ARGS_FILE"] + ".env", "a").write(token + "\\n")')
     monkeypatch.setenv("ARGS_FILE", str(tmp_path / "args"))
     monkeypatch.setattr(settings, "auth_token", lambda authcfg: "tok-from-" + authcfg)  # STUB: the auth database
     manager = JobManager(qgis_iface)

@@ -23,6 +23,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import commands, retrain, runner, settings
+from ..core.area_geometry import estimate_tiles, read_area
+from ..core.estimates import dataset_plan, local_chunk_tiles, predict_plan, train_plan
 from ..core.parameters import (
     AREA,
     BACKBONE,
@@ -60,16 +62,14 @@ from ..core.parameters import (
     WORKERS,
     ZOOM,
 )
-from ..core.area_geometry import estimate_tiles, read_area
-from ..core.estimates import dataset_plan, local_chunk_tiles, predict_plan, train_plan
 from ..core.point_export import export_layer_points
-from ..i18n import tr
 from ..core.result_layers import recommended_threshold
+from ..i18n import tr
 from .widgets import (
     ERROR_STYLE,
     AreaWidget,
-    add_help,
     ImageryWidget,
+    add_help,
     file_widget,
     input_value,
     parameter_input,

@@ -120,24 +120,11 @@ def publish_record(aws, record):
 
 def read_shared_record(aws, bucket, name):
     """The record of job `name` from the bucket, or None when there is none."""
-    from botocore.exceptions import ClientError
+    from .transfer import read_json
 
-    from .aws import error_code
-
-    try:
-        body = aws.client("s3").get_object(Bucket=bucket, Key=record_key(name))["Body"].read()
-    except ClientError as exc:
-        code, status = error_code(exc)
-        if status == 404 or code in ("NoSuchKey", "404"):
-            return None
-        from .aws import raise_user_error
-
-        raise_user_error(exc, f"s3://{bucket}/{record_key(name)}", aws.region)
-        raise
-    try:
-        record = json.loads(body)
-    except ValueError:
-        raise UserError(f"s3://{bucket}/{record_key(name)} is not valid JSON: fix or remove it") from None
+    record = read_json(aws, bucket, record_key(name))
+    if record is None:
+        return None
     if not isinstance(record, dict) or record.get("name") != name or not record.get("job_id"):
         raise UserError(f"s3://{bucket}/{record_key(name)} is not a job record of {name!r}")
     return dict(record, shared=True)

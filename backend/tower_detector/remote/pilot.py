@@ -212,21 +212,11 @@ def report_key(name):
 
 def read_pilot(aws, bucket, name):
     """A finished pilot's figures (pilot.json in the stack's bucket), or None when it has not written them yet."""
-    from botocore.exceptions import ClientError
+    from .transfer import read_json
 
-    try:
-        body = aws.client("s3").get_object(Bucket=bucket, Key=report_key(name))["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        from .aws import raise_user_error
-
-        raise_user_error(exc, f"s3://{bucket}/{report_key(name)}", aws.region)
-        raise
-    try:
-        figures = json.loads(body)
-    except ValueError:
-        figures = None
+    figures = read_json(aws, bucket, report_key(name))
+    if figures is None:
+        return None
     if not isinstance(figures, dict) or figures.get("format") != FORMAT:
         raise UserError(f"s3://{bucket}/{report_key(name)} is not a pilot's pilot.json")
     return figures

@@ -108,6 +108,28 @@ def upload(aws, path, bucket, key):
 # ---------------------------------------------------------------------------------------------
 # inputs: S3 -> the worker
 # ---------------------------------------------------------------------------------------------
+def read_json(aws, bucket, key):
+    """The JSON object at s3://bucket/key, None when there is none, a one-line UserError when it is not JSON."""
+    import json
+
+    from botocore.exceptions import ClientError
+
+    from .aws import error_code, raise_user_error
+
+    try:
+        body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code, status = error_code(exc)
+        if status == 404 or code in ("NoSuchKey", "404"):
+            return None
+        raise_user_error(exc, f"s3://{bucket}/{key}", aws.region)
+        raise
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise UserError(f"s3://{bucket}/{key} is not valid JSON: fix or remove it") from None
+
+
 def fetch_input(s3, uri, dest):
     """Bring `uri` to the local path `dest`: a .tar is unpacked into the folder dest, another object becomes the
     file dest, a prefix the folder dest. Returns dest. A folder already complete from an earlier attempt is kept."""
