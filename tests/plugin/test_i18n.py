@@ -20,7 +20,9 @@ PLUGIN = support.REPO / "tower_detector_plugin"
 # the modules whose user-facing strings go through tr() (ui/job_dialogs.py, ui/widgets.py and core/ not yet)
 TRANSLATED = [PLUGIN / "plugin.py", *(PLUGIN / "ui" / f"{name}.py" for name in (
     "area_picker", "load_results_dialog", "metrics_dialog", "settings_dialog", "review_dock", "results_dock",
-    "jobs_dock", "review_exports", "job_dialogs", "widgets")), *sorted((PLUGIN / "processing").glob("*.py"))]
+    "jobs_dock", "review_exports", "job_dialogs", "widgets")), *sorted((PLUGIN / "processing").glob("*.py")),
+    # core: what it raises and says to the user (runner.py is standard library only: its few messages stay English)
+    *sorted(p for p in (PLUGIN / "core").glob("*.py") if p.name != "runner.py")]
 WORDS = {"Use this area": "Diesen Bereich nehmen", "Review candidates": "Kandidaten prüfen",
          "Pick area": "Bereich wählen", "&Tower Detector": "&Mastfinder"}
 
@@ -115,7 +117,8 @@ TEXT_ARGS = {
     "createMessage": (0, 1), "setHorizontalHeaderLabels": (0,), "about": (1, 2), "information": (1, 2),
     "warning": (1, 2), "critical": (1, 2), "question": (1, 2), "getItem": (1, 2), "getText": (1, 2),
     "getOpenFileName": (1,), "getSaveFileName": (1,), "getExistingDirectory": (1,),
-    "QgsProcessingException": (0,), "ReviewError": (0,),
+    "QgsProcessingException": (0,), "ReviewError": (0,), "ValueError": (0,), "ResultsError": (0,),
+    "JosmError": (0,), "JosmNotRunning": (0,), "CliNotFound": (0,),
 }
 PROCESSING_TEXT = ("displayName", "shortHelpString", "group")  # methods whose returned string is shown
 

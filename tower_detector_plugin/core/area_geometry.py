@@ -17,6 +17,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from ..i18n import tr
 from . import parameters
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
@@ -38,7 +39,7 @@ def to_wgs84(geom: QgsGeometry, crs: QgsCoordinateReferenceSystem, transform_con
     straight in degrees, and the tile cover must follow the shape the user saw."""
     geom = QgsGeometry(geom)
     if geom.isEmpty() or geom.type() != QgsWkbTypes.PolygonGeometry:
-        raise ValueError("the area must be a polygon")
+        raise ValueError(tr("the area must be a polygon"))
     if crs != WGS84:
         box = geom.boundingBox()
         geom = geom.densifyByDistance(max(box.width(), box.height()) / 64.0)
@@ -46,10 +47,11 @@ def to_wgs84(geom: QgsGeometry, crs: QgsCoordinateReferenceSystem, transform_con
     if not geom.isGeosValid():
         geom = geom.makeValid()  # a drawn polygon that crosses itself: keep what it encloses
     if geom.isEmpty() or geom.area() <= 0:
-        raise ValueError("the area is empty (an empty map, or a layer without extent?)")
+        raise ValueError(tr("the area is empty (an empty map, or a layer without extent?)"))
     box = geom.boundingBox()
     if box.yMinimum() < -MAX_LAT or box.yMaximum() > MAX_LAT:
-        raise ValueError(f"the area reaches beyond latitude {MAX_LAT:.4f}, where Web Mercator tiles end")
+        message = tr("the area reaches beyond latitude {MAX_LAT:.4f}, where Web Mercator tiles end")
+        raise ValueError(message.format(MAX_LAT=MAX_LAT))
     return geom
 
 
@@ -103,10 +105,10 @@ def read_area(path: str) -> QgsGeometry:
     """The area of a GeoJSON file (the union of its polygons) in WGS84; ValueError with one line if unreadable."""
     layer = QgsVectorLayer(path, "area", "ogr")
     if not layer.isValid():
-        raise ValueError(f"cannot read the area file {path}")
+        raise ValueError(tr("cannot read the area file {path}").format(path=path))
     parts = [f.geometry() for f in layer.getFeatures() if f.hasGeometry()]
     if not parts:
-        raise ValueError(f"the area file {path} holds no polygon")
+        raise ValueError(tr("the area file {path} holds no polygon").format(path=path))
     return QgsGeometry.unaryUnion(parts)
 
 
@@ -123,7 +125,7 @@ def add_area_layer(path: str, name: str = "", project: QgsProject = None) -> Qgs
             return layer
     layer = QgsVectorLayer(path, name or os.path.splitext(os.path.basename(path))[0], "ogr")
     if not layer.isValid():
-        raise ValueError(f"cannot read the area file {path}")
+        raise ValueError(tr("cannot read the area file {path}").format(path=path))
     symbol = QgsFillSymbol.createSimple({"color": f"{AREA_COLOUR},40", "outline_color": AREA_COLOUR,
                                          "outline_width": "0.8"})
     layer.setRenderer(QgsSingleSymbolRenderer(symbol))

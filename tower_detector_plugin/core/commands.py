@@ -5,6 +5,7 @@ spec carries ${NAME} references, whose values travel in the subprocess environme
 core/parameters.py's.
 """
 
+from ..i18n import tr
 from .parameters import METRIC, VIEWS, ZOOM
 
 
@@ -17,7 +18,7 @@ def _opt(args: list, flag: str, value) -> None:
 def _need(**values) -> None:
     missing = [name.replace("_", " ") for name, v in values.items() if v is None or str(v).strip() == ""]
     if missing:
-        raise ValueError(f"missing: {', '.join(missing)}")
+        raise ValueError(tr("missing: {join_missing}").format(join_missing=', '.join(missing)))
 
 
 def tiles_args(area: str, zoom: int = ZOOM.default, out: str = None, shards: int = None, max_tiles: int = None) -> list:
@@ -74,9 +75,9 @@ def search_args(data: str, out: str, trials: int, *, space: str = None, metric: 
                 backbone: str = None) -> list:
     _need(data=data, out=out, trials=trials)
     if int(trials) < 1:
-        raise ValueError("trials must be at least 1")
+        raise ValueError(tr("trials must be at least 1"))
     if metric is not None and metric not in METRIC.choices:
-        raise ValueError(f"metric must be one of {', '.join(METRIC.choices)}")
+        raise ValueError(tr("metric must be one of {choices}").format(choices=', '.join(METRIC.choices)))
     args = ["search", "--data", str(data), "--out", str(out), "--trials", str(int(trials))]
     _opt(args, "--space", space)
     _opt(args, "--metric", metric)
@@ -96,7 +97,7 @@ def predict_args(model: str, imagery: str, out: str, *, area: str = None, tiles:
     imagery is called (a QGIS connection or layer name), kept with the job as the OSM changeset's source."""
     _need(model=model, imagery=imagery, out=out)
     if bool(area) == bool(tiles):
-        raise ValueError("give exactly one of an area and a tile cover file")
+        raise ValueError(tr("give exactly one of an area and a tile cover file"))
     args = ["predict", "--model", str(model), "--imagery", str(imagery)]
     _opt(args, "--imagery-name", imagery_name)
     _opt(args, "--area", area)
@@ -109,7 +110,8 @@ def predict_args(model: str, imagery: str, out: str, *, area: str = None, tiles:
     _opt(args, "--batch-size", batch_size)
     _opt(args, "--max-tiles", max_tiles)
     if views not in (None, *VIEWS.choices):
-        raise ValueError(f"views must be one of {', '.join(map(str, VIEWS.choices))}, not {views}")
+        message = tr("views must be one of {choices}, not {views}")
+        raise ValueError(message.format(choices=', '.join(map(str, VIEWS.choices)), views=views))
     _opt(args, "--views", None if views == VIEWS.default else views)
     return [*args, "--events"]
 
@@ -118,7 +120,7 @@ def results_args(store: str, *, heatmap: str = None, candidates: str = None, thr
                  json_path: str = None, geojson: str = None) -> list:
     _need(store=store)
     if not any((heatmap, candidates, json_path, geojson)):
-        raise ValueError("ask for at least one output: heatmap, candidates, JSON or GeoJSON")
+        raise ValueError(tr("ask for at least one output: heatmap, candidates, JSON or GeoJSON"))
     args = ["results", str(store)]
     _opt(args, "--heatmap", heatmap)
     _opt(args, "--candidates", candidates)
@@ -140,7 +142,7 @@ def remote_submit_args(local_args: list, *, name: str = None, profile: str = Non
     arguments); --yes because nobody can answer the cost prompt of an --events run."""
     kind = local_args[0]
     if kind not in ("predict", "train", "search"):
-        raise ValueError(f"remote jobs run predict, train or search, not {kind}")
+        raise ValueError(tr("remote jobs run predict, train or search, not {kind}").format(kind=kind))
     body = [a for a in local_args[1:] if a != "--events"]
     args = ["remote", "submit", kind, *body]
     _opt(args, "--name", name)
@@ -151,7 +153,7 @@ def remote_args(action: str, job: str, *, profile: str = None, region: str = Non
                 threshold: float = None) -> list:
     """`remote status|cancel|logs|fetch JOB`."""
     if action not in ("status", "cancel", "logs", "fetch"):
-        raise ValueError(f"unknown remote action {action}")
+        raise ValueError(tr("unknown remote action {action}").format(action=action))
     _need(job=job)
     args = ["remote", action, str(job)]
     if action == "fetch":
@@ -176,7 +178,8 @@ def export_args(kind: str, candidates: str, out: str, *, comment: str = None, so
     kinds that add nodes: osm, an OSM source to leave out towers OSM has (default: the candidates' conflation), or
     include_near_duplicates to keep them all."""
     if kind not in EXPORT_KINDS:
-        raise ValueError(f"unknown export {kind}; one of {', '.join(EXPORT_KINDS)}")
+        message = tr("unknown export {kind}; one of {join_EXPORT_KINDS}")
+        raise ValueError(message.format(kind=kind, join_EXPORT_KINDS=', '.join(EXPORT_KINDS)))
     _need(candidates=candidates, out=out)
     args = ["export", kind, "--candidates", str(candidates), "--out", str(out)]
     if kind == "osm":  # the changeset tags: only the .osm file has a place for them

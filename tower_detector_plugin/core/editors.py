@@ -17,6 +17,8 @@ from qgis.core import QgsBlockingNetworkRequest
 from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
+from ..i18n import tr
+
 JOSM_URL = "http://127.0.0.1:8111"
 EARTH_RADIUS_M = 6378137.0  # WGS84 semi-major axis, as Web Mercator uses
 UPLOAD_POLICIES = ("true", "false", "never")  # JOSM's UploadPolicy: normal, discouraged, blocked
@@ -73,14 +75,18 @@ class JosmRemote:
         if status is None:
             where = self.base.split("//", 1)[-1]
             if reply.error() == QNetworkReply.OperationCanceledError:  # our transfer timeout, or QGIS's own
-                raise JosmNotRunning(f"JOSM did not answer on {where} within {self.timeout_ms / 1000:g} s: is it "
-                                     "busy, or waiting for you to confirm a remote control request?")
+                message = tr("JOSM did not answer on {where} within {timeout_ms_1000:g} s: is it busy, or "
+                             "waiting for you to confirm a remote control request?")
+                raise JosmNotRunning(message.format(where=where, timeout_ms_1000=self.timeout_ms / 1000))
             if reply.error() in _NOT_LISTENING:
-                raise JosmNotRunning(f"JOSM is not listening on {where}: start JOSM and enable Preferences > "
-                                     "Remote Control")
-            raise JosmError(f"JOSM remote control at {self.base} failed: {_one_line(blocking.errorMessage())}")
+                message = tr("JOSM is not listening on {where}: start JOSM and enable Preferences > Remote "
+                             "Control")
+                raise JosmNotRunning(message.format(where=where))
+            message = tr("JOSM remote control at {base} failed: {errorMessage}")
+            raise JosmError(message.format(base=self.base, errorMessage=_one_line(blocking.errorMessage())))
         if status != 200:
-            raise JosmError(f"JOSM refused {command} (HTTP {status}): {_message(body)}")
+            message = tr("JOSM refused {command} (HTTP {status}): {message_body}")
+            raise JosmError(message.format(command=command, status=status, message_body=_message(body)))
         return body
 
     def version(self) -> dict:
@@ -91,7 +97,8 @@ class JosmRemote:
         except ValueError:
             answer = None
         if not isinstance(answer, dict) or "protocolversion" not in answer:
-            raise JosmError(f"{self.base} answered /version, but not as JOSM's remote control does")
+            message = tr("{base} answered /version, but not as JOSM's remote control does")
+            raise JosmError(message.format(base=self.base))
         return answer
 
     def load_and_zoom(self, left, bottom, right, top, *, changeset_comment="", changeset_source="",
@@ -126,7 +133,9 @@ class JosmRemote:
 
         JOSM takes the data in the URL (GET only), so keep it to what the user needs around the candidates."""
         if upload_policy not in UPLOAD_POLICIES:
-            raise ValueError(f"upload_policy must be one of {', '.join(UPLOAD_POLICIES)}, not {upload_policy!r}")
+            message = tr("upload_policy must be one of {join_UPLOAD_POLICIES}, not {upload_policy!r}")
+            raise ValueError(message.format(
+                join_UPLOAD_POLICIES=', '.join(UPLOAD_POLICIES), upload_policy=upload_policy))
         self._get("load_data", {"new_layer": _flag(new_layer), "layer_name": layer_name,
                                 "upload_policy": upload_policy, "layer_locked": _flag(layer_locked),
                                 "data": osm_xml_text})
@@ -150,9 +159,10 @@ def editor_url(editor: str, lon: float, lat: float, zoom=19, *, comment="", hash
     comment, hashtags and source filled in. imagery: an editor imagery id or "custom:<tile URL template>";
     never one with a token in it (the link is shown, shared and kept in browser history)."""
     if editor not in EDITORS:
-        raise ValueError(f"unknown editor {editor!r}; expected one of {', '.join(EDITORS)}")
+        message = tr("unknown editor {editor!r}; expected one of {join_EDITORS}")
+        raise ValueError(message.format(editor=editor, join_EDITORS=', '.join(EDITORS)))
     if imagery and "${" in imagery:
-        raise ValueError("the imagery for an editor link must not carry a secret placeholder such as ${...}")
+        raise ValueError(tr("the imagery for an editor link must not carry a secret placeholder such as ${...}"))
     # iD and Rapid read these from the URL hash and decodeURIComponent each value: encode everything but "/"
     hash_params = [("map", f"{zoom}/{lat:.6f}/{lon:.6f}"), ("comment", comment), ("hashtags", hashtags),
                    ("source", source), ("background", imagery or "")]

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from ..i18n import tr
 from . import settings
 
 
@@ -33,12 +34,12 @@ def local_chunk_tiles() -> int:
 
 def format_hours(hours: float) -> str:
     if hours < 1 / 60:
-        return f"{max(hours * 3600, 1):.0f} s"
+        return tr("{n:.0f} s").format(n=max(hours * 3600, 1))
     if hours < 1:
-        return f"{hours * 60:.0f} min"
+        return tr("{n:.0f} min").format(n=hours * 60)
     if hours < 48:
-        return f"{hours:.1f} h"
-    return f"{hours / 24:.1f} days"
+        return tr("{n:.1f} h").format(n=hours)
+    return tr("{n:.1f} days").format(n=hours / 24)
 
 
 TRAIN_COST = 3.0  # a training step costs about three scoring steps of a tile (forward and backward passes)
@@ -56,34 +57,38 @@ class Plan:
 
 
 def _question(tiles: int, hours: float, what: str) -> str:
+    """what: the run, already in words ("prediction", through tr())."""
     level, limit_text = limit_check(tiles) if tiles else ("ok", "")
     if level == "warn":
-        return f"{limit_text}. Start {what}?"
+        return tr("{limit}. Start the {what}?").format(limit=limit_text, what=what)
     if hours > CONFIRM_HOURS:
-        return f"This {what} takes about {format_hours(hours)} on this computer. Start it?"
+        return tr("This {what} takes about {time} on this computer. Start it?").format(what=what,
+                                                                                     time=format_hours(hours))
     return ""
 
 
 def predict_plan(tiles: int, views: int = 1, remote: bool = False) -> Plan:
     """Scoring `tiles` tiles (an estimate of the area's cover) `views` times, here or on AWS."""
     est = estimate_cost(tiles * views)
-    text = (f"≈ {tiles:,} tiles" + (f" x {views} views" if views > 1 else "") +
-            f": this computer ≈ {format_hours(est.local_hours)}; AWS ≈ {est.gpu_hours:,.2f} GPU-h, "
-            f"≈ ${est.usd:,.2f}, ≈ {format_hours(est.remote_hours)} with {est.workers} GPUs (rates in Settings)")
+    text = tr("≈ {tiles:,} tiles{views}: this computer ≈ {local}; AWS ≈ {gpu:,.2f} GPU-h, ≈ ${usd:,.2f}, ≈ {wall} "
+              "with {workers} GPUs (rates in Settings)").format(
+        tiles=tiles, views=tr(" x {n} views").format(n=views) if views > 1 else "",
+        local=format_hours(est.local_hours), gpu=est.gpu_hours, usd=est.usd, wall=format_hours(est.remote_hours),
+        workers=est.workers)
     level, limit_text = limit_check(tiles)
     if level == "refuse":
         return Plan(text, refusal=limit_text)
-    return Plan(text, _question(tiles, 0.0 if remote else est.local_hours, "prediction"))
+    return Plan(text, _question(tiles, 0.0 if remote else est.local_hours, tr("prediction")))
 
 
 def dataset_plan(area_tiles: int) -> Plan:
     """Building training data over an area of `area_tiles` tiles: it fetches only the tiles it picks."""
-    text = (f"area ≈ {area_tiles:,} tiles; the dataset fetches the tower tiles and about the background ratio "
-            "as many others")
+    text = tr("area ≈ {tiles:,} tiles; the dataset fetches the tower tiles and about the background ratio as many "
+              "others").format(tiles=area_tiles)
     level, limit_text = limit_check(area_tiles)
     if level == "refuse":
         return Plan(text, refusal=limit_text)
-    return Plan(text, _question(area_tiles, 0.0, "dataset"))
+    return Plan(text, _question(area_tiles, 0.0, tr("dataset")))
 
 
 def train_plan(train_tiles: int, epochs: int = None, remote: bool = False) -> Plan:
@@ -92,17 +97,21 @@ def train_plan(train_tiles: int, epochs: int = None, remote: bool = False) -> Pl
     steps = train_tiles * n * TRAIN_COST  # in tile-scorings
     est = estimate_cost(int(steps))
     dollars = est.gpu_hours * settings.value("estimate/remote_usd_per_hour")  # one GPU
-    upto = "up to " if epochs is None else ""
-    text = (f"{train_tiles:,} training tiles x {upto}{n} epochs: this computer ≈ {format_hours(est.local_hours)}; "
-            f"AWS ≈ {format_hours(est.gpu_hours)}, ≈ ${dollars:,.2f} (one GPU; rates in Settings)")
-    return Plan(text, _question(0, 0.0 if remote else est.local_hours, "training"))
+    epochs_text = tr("up to {n} epochs").format(n=n) if epochs is None else tr("{n} epochs").format(n=n)
+    text = tr("{tiles:,} training tiles x {epochs}: this computer ≈ {local}; AWS ≈ {gpu}, ≈ ${usd:,.2f} (one GPU; "
+              "rates in Settings)").format(tiles=train_tiles, epochs=epochs_text,
+                                           local=format_hours(est.local_hours), gpu=format_hours(est.gpu_hours),
+                                           usd=dollars)
+    return Plan(text, _question(0, 0.0 if remote else est.local_hours, tr("training")))
 
 
 def limit_check(tiles: int):
     """(level, text): level "ok", "warn" or "refuse", from the area limits in Settings."""
     warn, hard = settings.value("area/warn_tiles"), settings.value("area/max_tiles")
     if tiles > hard:
-        return "refuse", f"{tiles:,} tiles is over the limit of {hard:,} (Settings): choose a smaller area"
+        return "refuse", tr("{tiles:,} tiles is over the limit of {hard:,} (Settings): choose a smaller area").format(
+            tiles=tiles, hard=hard)
     if tiles > warn:
-        return "warn", f"{tiles:,} tiles is a large job (over {warn:,}): check the time and cost below"
+        return "warn", tr("{tiles:,} tiles is a large job (over {warn:,}): check the time and cost below").format(
+            tiles=tiles, warn=warn)
     return "ok", ""

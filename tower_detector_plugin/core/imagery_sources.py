@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from qgis.core import QgsProject, QgsProviderRegistry, QgsRasterLayer, QgsSettings
 
+from ..i18n import tr
 from .redaction import USERINFO, redact, secrets
 from .result_layers import ROLE_PROPERTY
 from .settings import auth_token
@@ -33,7 +34,7 @@ def resolve(spec: str, authcfg: str = "") -> ImagerySpec:
     """A spec safe to show and store, and the environment it needs. ValueError (one line) when it cannot work."""
     spec = (spec or "").strip()
     if not spec:
-        raise ValueError("no imagery given")
+        raise ValueError(tr("no imagery given"))
     if USERINFO in secrets(spec):
         raise ValueError("the imagery URL has user:password@ in it; store the password in a QGIS authentication "
                          "config and put " + TOKEN_REF + " where it goes")
@@ -51,7 +52,8 @@ def resolve(spec: str, authcfg: str = "") -> ImagerySpec:
                              "where the token goes, e.g. ...?access_token=" + TOKEN_REF)
         env[TOKEN_VAR] = auth_token(authcfg)
     elif TOKEN_REF in spec and TOKEN_VAR not in os.environ:
-        raise ValueError(f"the imagery spec uses {TOKEN_REF}: choose the authentication config that holds the token")
+        message = tr("the imagery spec uses {TOKEN_REF}: choose the authentication config that holds the token")
+        raise ValueError(message.format(TOKEN_REF=TOKEN_REF))
     return ImagerySpec(spec, env)
 
 
@@ -67,6 +69,7 @@ class Source:
     spec: str
     authcfg: str = ""
     name: str = ""  # the connection's or layer's name: what the imagery is called (the OSM changeset's source)
+    kind: str = ""  # "layer" (a layer of the project), "xyz" (a connection), "" (the Settings' default)
 
 
 # openstreetmap.org's tile servers forbid bulk downloads (operations.osmfoundation.org/policies/tiles): a
@@ -86,7 +89,8 @@ def xyz_connections() -> list:
         url = unquote(settings.value(base + "url", "") or "")
         hidden = str(settings.value(base + "hidden", "false")).lower() in ("true", "1")
         if url and not hidden and not _NO_BULK.match(url):
-            out.append(Source(f"XYZ connection: {name}", url, settings.value(base + "authcfg", "") or "", name))
+            out.append(Source(tr("XYZ connection: {name}").format(name=name), url,
+                              settings.value(base + "authcfg", "") or "", name, "xyz"))
     return out
 
 
@@ -100,9 +104,9 @@ def raster_layer_sources(project: QgsProject = None) -> list:
         provider = layer.providerType()
         parts = QgsProviderRegistry.instance().decodeUri(provider, layer.source())
         if provider == "gdal" and parts.get("path") and os.path.isfile(parts["path"]):
-            out.append(Source(f"Layer: {layer.name()}", parts["path"], "", layer.name()))
+            out.append(Source(tr("Layer: {name}").format(name=layer.name()), parts["path"], "", layer.name(), "layer"))
         elif provider == "wms" and parts.get("type") == "xyz" and parts.get("url") and not _NO_BULK.match(
                 unquote(parts["url"])):
-            out.append(Source(f"Layer: {layer.name()}", unquote(parts["url"]), parts.get("authcfg", "") or "",
-                              layer.name()))
+            out.append(Source(tr("Layer: {name}").format(name=layer.name()), unquote(parts["url"]),
+                              parts.get("authcfg", "") or "", layer.name(), "layer"))
     return sorted(out, key=lambda s: s.label.lower())

@@ -17,8 +17,9 @@ import time
 import uuid
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
-from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
+from qgis.PyQt.QtCore import QT_TR_NOOP, QObject, QTimer, pyqtSignal
 
+from ..i18n import tr
 from . import commands, result_layers, runner, settings
 from .redaction import redact
 from .tasks import LOG_TAG, CliTask
@@ -88,11 +89,11 @@ def next_step(job: dict):
         return None
     outputs, kind = job.get("outputs") or {}, job.get("kind")
     if kind == "dataset" and outputs.get("dataset"):
-        return "Train on this dataset", "train"
+        return QT_TR_NOOP("Train on this dataset"), "train"
     if kind in ("train", "search", "remote-fetch") and outputs.get("model"):
-        return "Predict with this model", "predict"
+        return QT_TR_NOOP("Predict with this model"), "predict"
     if outputs.get("candidates"):
-        return "Review the candidates", "review"
+        return QT_TR_NOOP("Review the candidates"), "review"
     return None
 
 
@@ -147,8 +148,8 @@ class JobManager(QObject):
             task.cancel()
         elif job_id in self.pollers:
             self.pollers.pop(job_id).stop()
-            self._set(job_id, status="cancelled", message="no longer followed here (the remote job goes on; "
-                                                          "`tower-detector remote cancel` stops it)")
+            self._set(job_id, status="cancelled", message=tr("no longer followed here (the remote job goes on; "
+                                                             "`tower-detector remote cancel` stops it)"))
 
     def _set(self, job_id, **fields):
         self.store.update(job_id, **fields)
@@ -198,8 +199,8 @@ class JobManager(QObject):
             self._end(job_id, "finished", str(result.get("message") or "done").splitlines()[0], result=result)
         elif end.canceled:
             safe = ((end.outcome.error if end.outcome else None) or {}).get("kind") == "interrupted"
-            self._end(job_id, "cancelled", "cancelled at a safe point: what it finished is kept; run it again to "
-                      "resume" if safe else "cancelled")
+            self._end(job_id, "cancelled", tr("cancelled at a safe point: what it finished is kept; run it again to "
+                                              "resume") if safe else tr("cancelled"))
         else:
             kind = ((end.outcome.error if end.outcome else None) or {}).get("kind")
             self._end(job_id, "stopped" if kind == "interrupted" else "failed", end.reason)
@@ -221,7 +222,7 @@ class JobManager(QObject):
         if "verdict" in fields:  # finished, obviously no good: said in red or amber, and the user decides
             level = Qgis.Critical if fields["verdict"] == "bad" else Qgis.Warning
         elif level == Qgis.Critical:
-            text += " (details in the log panel, Tower Detector tab)"
+            text += tr(" (details in the log panel, Tower Detector tab)")
             QgsMessageLog.logMessage(f"{job['title']} {status}: {message}", LOG_TAG, Qgis.Critical)
         step = next_step(job) if self.offer_next_step is not None else None
         if step:  # the message offers what comes next, prefilled
@@ -250,7 +251,7 @@ class JobManager(QObject):
 
     def _notify(self, text, level):
         if self.iface is not None:
-            self.iface.messageBar().pushMessage("Tower Detector", text, level=level,
+            self.iface.messageBar().pushMessage(tr("Tower Detector"), text, level=level,
                                                 duration=0 if level == Qgis.Critical else 8)
 
     # -- remote jobs
@@ -278,23 +279,23 @@ class JobManager(QObject):
         where it stopped); the new job's id. ValueError with one line when it cannot be."""
         job = self.store.get(job_id)
         if job is None or job.get("status") in ACTIVE:
-            raise ValueError("the job is still running")
+            raise ValueError(tr("the job is still running"))
         if job.get("kind", "").startswith("remote"):
-            raise ValueError("an AWS job: `tower-detector remote retry` resubmits its failed parts")
+            raise ValueError(tr("an AWS job: `tower-detector remote retry` resubmits its failed parts"))
         names, env = job.get("secret_names") or [], {}
         if names:
             from .imagery_sources import TOKEN_VAR
 
             if names != [TOKEN_VAR] or not job.get("authcfg"):
-                raise ValueError("its imagery had a secret typed into the URL, which is never kept: run it from its "
-                                 "dialog again")
+                raise ValueError(tr("its imagery had a secret typed into the URL, which is never kept: run it from its "
+                                 "dialog again"))
             env = {TOKEN_VAR: settings.auth_token(job["authcfg"])}
         return self.start(job["kind"], job["title"], [shlex.split(c) for c in job["commands"]], out=job.get("out", ""),
                           outputs=job.get("outputs"), env=env, remote=job.get("remote"), authcfg=job.get("authcfg"))
 
     def remove(self, job_id: str) -> None:
         if job_id in self.tasks or job_id in self.pollers:
-            raise ValueError("cancel the job first")
+            raise ValueError(tr("cancel the job first"))
         self.store.remove(job_id)
         self.changed.emit(job_id)
 
@@ -345,7 +346,8 @@ class RemotePoller(QObject):
         result = end.result
         state = result.get("status")
         if not state:
-            return self.manager._set(self.job_id, message=f"status unknown: {end.reason or 'no answer'}")
+            return self.manager._set(self.job_id, message=tr("status unknown: {reason}").format(
+                reason=end.reason or tr("no answer")))
         fields = {"message": remote_status_message(result)}
         progress = result.get("progress") or {}
         if progress.get("tiles_total"):
@@ -356,27 +358,28 @@ class RemotePoller(QObject):
             self.stop()
             self.manager.pollers.pop(self.job_id, None)
             reason = ((end.outcome.error if end.outcome else None) or {}).get("message")
-            self.manager._end(self.job_id, REMOTE_DONE[state], reason or f"remote job {state.lower()}")
+            self.manager._end(self.job_id, REMOTE_DONE[state], reason or tr("remote job {state}").format(
+                state=state.lower()))
 
 
 def remote_status_message(result: dict) -> str:
     """One line for the Jobs dock from `remote status --events`' result: the state, then what the fields tell
     (children waiting for capacity, the ETA, the cost so far, children failed for good)."""
-    parts = [f"remote: {result.get('status')}"]
+    parts = [tr("remote: {status}").format(status=result.get("status"))]
     waiting = result.get("waiting") or {}
     if waiting.get("jobs"):
-        parts.append(f"{waiting['jobs']} waiting for capacity" + (f" ({waiting['reason'].split(' - ')[0]})"
-                                                                   if waiting.get("reason") else ""))
+        parts.append(tr("{n} waiting for capacity").format(n=waiting["jobs"])
+                     + (f" ({waiting['reason'].split(' - ')[0]})" if waiting.get("reason") else ""))
     rate = result.get("rate") or {}
     eta = rate.get("eta_seconds")
     if eta is not None and rate.get("tiles_left"):
-        parts.append(f"ETA about {_duration(eta)} with {rate.get('workers_running')} running")
+        parts.append(tr("ETA about {eta} with {n} running").format(eta=_duration(eta), n=rate.get("workers_running")))
     cost = result.get("cost") or {}
     if cost.get("worker_hours"):
-        parts.append(f"about ${cost['dollars']:,.2f} so far (estimate)")
+        parts.append(tr("about ${dollars:,.2f} so far (estimate)").format(dollars=cost["dollars"]))
     failed = sum(((result.get("failures") or {}).get("children") or {}).values())
     if failed:
-        parts.append(f"{failed} failed for good: remote retry once it ends")
+        parts.append(tr("{n} failed for good: remote retry once it ends").format(n=failed))
     return "; ".join(parts)
 
 

@@ -8,6 +8,7 @@ from qgis.core import Qgis, QgsBlockingNetworkRequest, QgsMessageLog
 from qgis.PyQt.QtCore import QByteArray, QUrl
 from qgis.PyQt.QtNetwork import QNetworkRequest
 
+from ..i18n import tr
 from . import settings
 from .review_session import ReviewError
 from .tasks import LOG_TAG
@@ -26,14 +27,16 @@ def fetch_overpass(extent, url: str = None) -> str:
     body = QByteArray(b"data=" + QUrl.toPercentEncoding(query).data())
     blocking = QgsBlockingNetworkRequest()
     if blocking.post(request, body) != QgsBlockingNetworkRequest.NoError:
-        raise ReviewError(f"Overpass ({url}) failed: {blocking.errorMessage()}")
+        message = tr("Overpass ({url}) failed: {errorMessage}")
+        raise ReviewError(message.format(url=url, errorMessage=blocking.errorMessage()))
     content = bytes(blocking.reply().content())
     try:
         answer = json.loads(content)
     except ValueError:
-        raise ReviewError(f"Overpass ({url}) did not answer JSON: {content[:120]!r}") from None
+        message = tr("Overpass ({url}) did not answer JSON: {content!r}")
+        raise ReviewError(message.format(url=url, content=content[:120])) from None
     if not isinstance(answer, dict) or not isinstance(answer.get("elements"), list):
-        raise ReviewError(f"Overpass ({url}) answered without elements")
+        raise ReviewError(tr("Overpass ({url}) answered without elements").format(url=url))
     path = os.path.join(settings.work_dir(), f"overpass-{hashlib.sha1(query.encode()).hexdigest()[:12]}.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(answer, f)

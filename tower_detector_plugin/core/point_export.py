@@ -6,6 +6,7 @@ import os
 
 from qgis.core import QgsCoordinateTransform, QgsGeometry, QgsProject, QgsVectorFileWriter
 
+from ..i18n import tr
 from .area_geometry import WGS84
 
 
@@ -19,7 +20,8 @@ def export_layer_points(layer, path: str) -> str:
     context = QgsProject.instance().transformContext()
     error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, context, options)
     if error != QgsVectorFileWriter.NoError:
-        raise ValueError(f"could not export {layer.name()} to {path}: {message}")
+        message = tr("could not export {name} to {path}: {message}")
+        raise ValueError(message.format(name=layer.name(), path=path, message=message))
     return path
 
 

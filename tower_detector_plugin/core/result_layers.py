@@ -30,8 +30,10 @@ from qgis.core import (
     QgsSymbolLayer,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtCore import QT_TR_NOOP
 from qgis.PyQt.QtGui import QColor
 
+from ..i18n import tr
 from .parameters import THRESHOLD, YES_THRESHOLD
 from .settings import DEFAULTS
 
@@ -78,10 +80,10 @@ def heatmap_floor(layer: QgsRasterLayer):
 def load_heatmap(path: str, floor: float = FLOOR, name: str = "tower scores (heatmap)",
                  save_style: bool = True) -> QgsRasterLayer:
     if not os.path.isfile(path):
-        raise ResultsError(f"heatmap not found: {path}")
+        raise ResultsError(tr("heatmap not found: {path}").format(path=path))
     layer = QgsRasterLayer(path, name, "gdal")
     if not layer.isValid():
-        raise ResultsError(f"not a raster QGIS can open: {path}")
+        raise ResultsError(tr("not a raster QGIS can open: {path}").format(path=path))
     style_heatmap(layer, floor)
     layer.setCustomProperty(ROLE_PROPERTY, "heatmap")  # the review dock hides it to show the imagery
     if save_style:
@@ -181,9 +183,10 @@ def count(layer: QgsVectorLayer) -> int:
 def _open_gpkg_layer(path: str, layer_name: str, name: str) -> QgsVectorLayer:
     layer = QgsVectorLayer(f"{path}|layername={layer_name}", name, "ogr")
     if not layer.isValid():
-        raise ResultsError(f"{path} has no layer {layer_name!r}: not a tower-detector candidates GeoPackage")
+        message = tr("{path} has no layer {layer_name!r}: not a tower-detector candidates GeoPackage")
+        raise ResultsError(message.format(path=path, layer_name=layer_name))
     if layer.fields().indexOf("score") < 0:
-        raise ResultsError(f"{path}|{layer_name} has no score field")
+        raise ResultsError(tr("{path}|{layer_name} has no score field").format(path=path, layer_name=layer_name))
     return layer
 
 
@@ -195,7 +198,7 @@ def _has_saved_style(layer: QgsVectorLayer) -> bool:
 def open_candidates(path: str, name: str = "tower candidates") -> QgsVectorLayer:
     """The candidates layer of a candidates GeoPackage, as it is."""
     if not os.path.isfile(path):
-        raise ResultsError(f"candidates not found: {path}")
+        raise ResultsError(tr("candidates not found: {path}").format(path=path))
     return _open_gpkg_layer(path, "candidates", name)
 
 
@@ -208,7 +211,7 @@ def load_candidates(path: str, threshold: float = THRESHOLD.default, name: str =
         error = layer.saveStyleToDatabase(STYLE_NAME, "Tower Detector: candidate tiles by score, tower points", True,
                                           "")
         if error:
-            raise ResultsError(f"could not save the style into {path}: {error}")
+            raise ResultsError(tr("could not save the style into {path}: {error}").format(path=path, error=error))
     set_threshold((layer,), threshold)
     return layer
 
@@ -232,7 +235,7 @@ def add_results(heatmap: str = None, candidates: str = None, *, threshold: float
             style_heatmap(shown[0], floor)
         layers["heatmap"] = shown[0] if shown else load_heatmap(heatmap, floor)
     if not layers:
-        raise ResultsError("nothing to load: give a heatmap or a candidates GeoPackage")
+        raise ResultsError(tr("nothing to load: give a heatmap or a candidates GeoPackage"))
     new = [key for key in ("candidates", "heatmap") if key in layers and not project.mapLayer(layers[key].id())]
     if new:
         group: QgsLayerTreeGroup = project.layerTreeRoot().insertGroup(0, title)
@@ -252,9 +255,10 @@ def read_metrics(model_dir: str) -> dict:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise ResultsError(f"no metrics.json in {model_dir}: not a trained model directory") from None
+        message = tr("no metrics.json in {model_dir}: not a trained model directory")
+        raise ResultsError(message.format(model_dir=model_dir)) from None
     except ValueError as exc:
-        raise ResultsError(f"{path} is not valid JSON: {exc}") from None
+        raise ResultsError(tr("{path} is not valid JSON: {exc}").format(path=path, exc=exc)) from None
 
 
 def recommended_threshold(model_dir: str, default: float = THRESHOLD.default, views: int = 1) -> float:
@@ -298,7 +302,7 @@ def _fmt(value) -> str:
 CHANCE_AUC = 0.55  # a test ROC AUC at or below this is no better than guessing
 SCORE_SPREAD_MIN = 0.01  # scores closer together than this do not tell tiles apart
 STATS_SAMPLE = 1_000_000  # heatmap pixels read for its score range (a country has tens of millions)
-ADVICE = "train longer or on more towers"
+ADVICE = QT_TR_NOOP("train longer or on more towers")  # shown through tr()
 BACKEND_LEVELS = {"ok": "ok", "chance": "warn", "too_few": "warn"}  # metrics.json's "verdict" level -> ours
 
 
@@ -326,21 +330,24 @@ def model_verdict(metrics: dict) -> Verdict:
     95 % interval from the tower tile count), amber when it says chance or too few tiles; for a model trained
     before metrics.json had one, the same interval here."""
     auc, n_tower, n_background = metrics.get("roc_auc"), metrics.get("n_tower"), metrics.get("n_background")
-    towers = f"{n_tower:,} tower tiles" if isinstance(n_tower, int) else "the test tiles"
+    towers = tr("{n:,} tower tiles").format(n=n_tower) if isinstance(n_tower, int) else tr("the test tiles")
+    advice = tr(ADVICE)
     if isinstance(auc, (int, float)) and auc <= CHANCE_AUC:
-        return Verdict("bad", f"this model is no better than chance: {ADVICE} (test ROC AUC {auc:.2f} on {towers})")
+        return Verdict("bad", tr("this model is no better than chance: {advice} (test ROC AUC {auc:.2f} on "
+                                 "{towers})").format(advice=advice, auc=auc, towers=towers))
     judged = metrics.get("verdict")
     if isinstance(judged, dict) and judged.get("level") in BACKEND_LEVELS and judged.get("text"):
         return Verdict(BACKEND_LEVELS[judged["level"]], str(judged["text"]))
     if not isinstance(auc, (int, float)):
-        return Verdict("warn", "this model could not be tested (its test split has no tower tile or no background "
-                               f"tile), so nothing shows it finds towers: {ADVICE}")
+        return Verdict("warn", tr("this model could not be tested (its test split has no tower tile or no "
+                                  "background tile), so nothing shows it finds towers: {advice}").format(advice=advice))
     if isinstance(n_tower, int) and isinstance(n_background, int):
         low, high = auc_interval(auc, n_tower, n_background)
         if low <= 0.5:
-            return Verdict("warn", f"this model may be no better than chance: {ADVICE} (test ROC AUC {auc:.2f}, but "
-                                   f"with only {towers} it could be anywhere from {low:.2f} to {high:.2f})")
-    return Verdict("ok", f"test ROC AUC {auc:.2f} on {towers}")
+            text = tr("this model may be no better than chance: {advice} (test ROC AUC {auc:.2f}, but with only "
+                      "{towers} it could be anywhere from {low:.2f} to {high:.2f})")
+            return Verdict("warn", text.format(advice=advice, auc=auc, towers=towers, low=low, high=high))
+    return Verdict("ok", tr("test ROC AUC {auc:.2f} on {towers}").format(auc=auc, towers=towers))
 
 
 def score_range(heatmap: str = "", candidates: str = ""):
@@ -373,8 +380,9 @@ def prediction_verdict(heatmap: str = "", candidates: str = "") -> Verdict:
         return Verdict("ok")
     low, high, n = found
     if n > 1 and high - low < SCORE_SPREAD_MIN:
-        return Verdict("warn", f"the model does not separate tiles: all {n:,} scores lie between {low:.5f} and "
-                               f"{high:.5f}, so the candidates are a carpet over the area, not towers: {ADVICE}")
+        text = tr("the model does not separate tiles: all {n:,} scores lie between {low:.5f} and {high:.5f}, so the "
+                  "candidates are a carpet over the area, not towers: {advice}")
+        return Verdict("warn", text.format(n=n, low=low, high=high, advice=tr(ADVICE)))
     return Verdict("ok")
 
 

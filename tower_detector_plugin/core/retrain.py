@@ -12,10 +12,13 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from qgis.PyQt.QtCore import QT_TR_NOOP
+
+from ..i18n import tr
 from .review_session import STATUSES, UNREVIEWED
 
 # the statuses `export labels` turns into training labels, and what each becomes
-LEARNED = {"confirmed": "tower tiles", "false_positive": "hard negatives (background)"}
+LEARNED = {"confirmed": QT_TR_NOOP("tower tiles"), "false_positive": QT_TR_NOOP("hard negatives (background)")}
 
 
 def decision_counts(candidates: str) -> dict:
@@ -25,17 +28,18 @@ def decision_counts(candidates: str) -> dict:
             rows = db.execute("SELECT COALESCE(status, ?), COUNT(*) FROM candidates GROUP BY 1",
                               (UNREVIEWED,)).fetchall()
     except sqlite3.Error as exc:
-        raise ValueError(f"cannot read the candidates {candidates}: {exc}") from None
+        raise ValueError(tr("cannot read the candidates {path}: {error}").format(path=candidates, error=exc)) from None
     return {status: n for status, n in rows if n}
 
 
 def decisions_text(counts: dict) -> str:
     """What goes into the training set and what stays out, in words."""
-    names = {status: text.lower() for status, text, _key in STATUSES}
-    going = [f"{names[s]}: {counts[s]:,} → {what}" for s, what in LEARNED.items() if counts.get(s)]
-    staying = [f"{names.get(s, s)}: {n:,}" for s, n in sorted(counts.items()) if s not in LEARNED]
-    return ("Go in: " + ("; ".join(going) if going else "none yet: confirm or reject candidates first")
-            + (". Stay out: " + ", ".join(staying) if staying else "") + ".")
+    names = {status: tr(text).lower() for status, text, _key in STATUSES}
+    going = [f"{names[s]}: {counts[s]:,} → {tr(what)}" for s, what in LEARNED.items() if counts.get(s)]
+    staying = [f"{names.get(s, tr(s))}: {n:,}" for s, n in sorted(counts.items()) if s not in LEARNED]
+    text = tr("Go in: {going}.").format(going="; ".join(going) if going else
+                                         tr("none yet: confirm or reject candidates first"))
+    return text + (" " + tr("Stay out: {staying}.").format(staying=", ".join(staying)) if staying else "")
 
 
 def _job_value(db, key):
@@ -66,16 +70,16 @@ def provenance(candidates: str) -> dict:
     except sqlite3.Error:
         named = None
     if not named:
-        notes.append("the candidates do not name the model that found them: choose it")
+        notes.append(tr("the candidates do not name the model that found them: choose it"))
     elif not os.path.isfile(os.path.join(str(named), "params.json")):
-        notes.append(f"the model that found them, {named}, is not there any more: choose one")
+        notes.append(tr("the model that found them, {model}, is not there any more: choose one").format(model=named))
     else:
         model = str(named)
         data_dir = (_read_json(os.path.join(model, "params.json")) or {}).get("data_dir")
         dataset = _read_json(os.path.join(data_dir, "dataset.json")) if data_dir else None
         if not dataset:
-            notes.append(f"the model's training data ({data_dir or 'not recorded'}) cannot be read: choose the area, "
-                         "towers and imagery")
+            notes.append(tr("the model's training data ({data}) cannot be read: choose the area, towers and "
+                            "imagery").format(data=data_dir or tr("not recorded")))
             dataset = {}
     return {"model": model, "dataset": dataset, "counts": decision_counts(candidates), "notes": notes}
 

@@ -12,15 +12,19 @@ import os
 import time
 
 from qgis.core import QgsFeatureRequest, QgsVectorLayer
+from qgis.PyQt.QtCore import QT_TR_NOOP
 
-# (status, button text, shortcut): the vocabulary the backend's exports and dataset --extra-labels read
+from ..i18n import tr
+
+# (status, button text, shortcut): the vocabulary the backend's exports and dataset --extra-labels read; the texts
+# are shown through tr()
 STATUSES = (
-    ("confirmed", "Confirmed tower", "1"),
-    ("false_positive", "False positive", "2"),
-    ("already_mapped", "Already mapped", "3"),
-    ("misplaced", "Misplaced existing", "4"),
-    ("unsure", "Unsure / skip", "5"),
-    ("bad_imagery", "Bad imagery", "6"),
+    ("confirmed", QT_TR_NOOP("Confirmed tower"), "1"),
+    ("false_positive", QT_TR_NOOP("False positive"), "2"),
+    ("already_mapped", QT_TR_NOOP("Already mapped"), "3"),
+    ("misplaced", QT_TR_NOOP("Misplaced existing"), "4"),
+    ("unsure", QT_TR_NOOP("Unsure / skip"), "5"),
+    ("bad_imagery", QT_TR_NOOP("Bad imagery"), "6"),
 )
 UNREVIEWED = "unreviewed"
 REQUIRED_FIELDS = ("score", "status", "note", "reviewer", "reviewed_at", "point_lon", "point_lat", "point_source")
@@ -43,10 +47,11 @@ class ReviewSession:
 
     def __init__(self, layer: QgsVectorLayer, reviewer: str = ""):
         if layer is None or not layer.isValid():
-            raise ReviewError("no candidates layer to review")
+            raise ReviewError(tr("no candidates layer to review"))
         missing = [name for name in REQUIRED_FIELDS if layer.fields().indexOf(name) < 0]
         if missing:
-            raise ReviewError(f"{layer.name()} is not a tower-detector candidates layer (no {', '.join(missing)})")
+            message = tr("{name} is not a tower-detector candidates layer (no {join_missing})")
+            raise ReviewError(message.format(name=layer.name(), join_missing=', '.join(missing)))
         self.layer = layer
         self.reviewer = reviewer or login_name()
         self.min_score, self.max_score, self.statuses, self.extent = 0.0, 1.0, {UNREVIEWED}, None
@@ -129,7 +134,7 @@ class ReviewSession:
 
     def go_to(self, fid):
         if fid not in self.rank_of:
-            raise ReviewError(f"feature {fid} is not among the candidates under review")
+            raise ReviewError(tr("feature {fid} is not among the candidates under review").format(fid=fid))
         self.position = self.rank_of[fid]
         return fid
 
@@ -146,9 +151,9 @@ class ReviewSession:
     # -- decisions, written at once
     def decide(self, status: str, note: str = None) -> None:
         if status not in {s for s, _t, _k in STATUSES} | {UNREVIEWED}:
-            raise ReviewError(f"unknown review status {status!r}")
+            raise ReviewError(tr("unknown review status {status!r}").format(status=status))
         if self.position is None:
-            raise ReviewError("no current candidate: press Next first")
+            raise ReviewError(tr("no current candidate: press Next first"))
         i = self.position
         values = {self.index["status"]: status, self.index["reviewer"]: self.reviewer,
                   self.index["reviewed_at"]: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -162,7 +167,7 @@ class ReviewSession:
     def move_point(self, lon: float, lat: float) -> None:
         """The reviewer's tower position for the current candidate (WGS84)."""
         if self.position is None:
-            raise ReviewError("no current candidate: press Next first")
+            raise ReviewError(tr("no current candidate: press Next first"))
         i = self.position
         self._write(self.fids[i], {self.index["point_lon"]: float(lon), self.index["point_lat"]: float(lat),
                                    self.index["point_source"]: "reviewer"})
@@ -171,7 +176,8 @@ class ReviewSession:
     def _write(self, fid, values):
         if not self.layer.dataProvider().changeAttributeValues({fid: values}):
             errors = "; ".join(self.layer.dataProvider().errors()[-1:]) or "the data provider refused the change"
-            raise ReviewError(f"could not write the decision to {self.layer.source()}: {errors}")
+            message = tr("could not write the decision to {source}: {errors}")
+            raise ReviewError(message.format(source=self.layer.source(), errors=errors))
         self.layer.triggerRepaint()
 
     def progress(self) -> dict:

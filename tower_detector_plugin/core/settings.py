@@ -8,7 +8,9 @@ import json
 import os
 
 from qgis.core import Qgis, QgsApplication, QgsAuthMethodConfig, QgsMessageLog, QgsSettings
+from qgis.PyQt.QtCore import QT_TR_NOOP
 
+from ..i18n import tr
 from . import parameters, runner
 from .tasks import LOG_TAG
 
@@ -50,29 +52,36 @@ DEFAULTS = {
 
 # What each setting the Settings dialog shows is for, in plain words (its tooltip).
 HELP = {
-    "jobs/run_on": "Where Train and Predict run unless their dialog says otherwise: this computer, or AWS Batch.",
-    "cli/path": "The tower-detector program (or a Python that has it). Empty: the dev checkout's, then the one on "
-                "PATH. Check runs it.",
-    "work_dir": "Where areas, job records and default outputs go. Empty: a folder in the QGIS profile.",
-    "aws/profile": "The AWS profile (from ~/.aws) that runs remote jobs; empty: the default one.",
-    "aws/region": "The AWS region of the bucket and the job queue; empty: the profile's.",
-    "aws/bucket": "The S3 bucket that holds remote jobs' inputs and results.",
-    "aws/queue": "The AWS Batch job queue remote jobs go to; empty: the backend's default.",
-    "imagery/spec": "The imagery the job dialogs start from: a URL template, a file or a folder. A token is written "
-                    "as ${TOWER_DETECTOR_TOKEN}, never in the URL itself.",
-    "imagery/authcfg": "The QGIS authentication config that holds the imagery's token; it reaches the backend only "
-                       "in its environment.",
-    "estimate/local_tiles_per_s": "How many tiles a second this computer scores, for the time estimates (an "
-                                  "assumption: measure yours and put it here).",
-    "estimate/remote_tiles_per_s": "How many tiles a second one AWS GPU scores, for the estimates.",
-    "estimate/remote_usd_per_hour": "What one AWS GPU costs an hour, for the cost estimates.",
-    "estimate/remote_workers": "How many AWS GPUs a remote prediction uses at once, for the estimates.",
-    "area/warn_tiles": "Areas with more tiles than this get a warning: a large job.",
-    "area/max_tiles": "Areas with more tiles than this are refused.",
-    "results/heatmap_floor": "Heatmap pixels scoring below this are transparent, so the imagery shows through.",
-    "results/threshold": "The candidate score filter results start with, when the model recommends none.",
-    "review/josm_url": "JOSM's remote control address (JOSM: Preferences > Remote Control).",
-    "review/overpass_url": "The Overpass API that conflation and the JOSM layers ask for OSM's towers.",
+    "jobs/run_on": QT_TR_NOOP(
+        "Where Train and Predict run unless their dialog says otherwise: this computer, or AWS Batch."),
+    "cli/path": QT_TR_NOOP(
+        "The tower-detector program (or a Python that has it). Empty: the dev checkout's, then the one on PATH. "
+        "Check runs it."),
+    "work_dir": QT_TR_NOOP(
+        "Where areas, job records and default outputs go (the first job dialog asks for it)."),
+    "aws/profile": QT_TR_NOOP("The AWS profile (from ~/.aws) that runs remote jobs; empty: the default one."),
+    "aws/region": QT_TR_NOOP("The AWS region of the bucket and the job queue; empty: the profile's."),
+    "aws/bucket": QT_TR_NOOP("The S3 bucket that holds remote jobs' inputs and results."),
+    "aws/queue": QT_TR_NOOP("The AWS Batch job queue remote jobs go to; empty: the backend's default."),
+    "imagery/spec": QT_TR_NOOP(
+        "The imagery the job dialogs start from: a URL template, a file or a folder. A token is written as "
+        "${TOWER_DETECTOR_TOKEN}, never in the URL itself."),
+    "imagery/authcfg": QT_TR_NOOP(
+        "The QGIS authentication config that holds the imagery's token; it reaches the backend only in its "
+        "environment."),
+    "estimate/local_tiles_per_s": QT_TR_NOOP(
+        "How many tiles a second this computer scores, for the time estimates (an assumption: measure yours and put "
+        "it here)."),
+    "estimate/remote_tiles_per_s": QT_TR_NOOP("How many tiles a second one AWS GPU scores, for the estimates."),
+    "estimate/remote_usd_per_hour": QT_TR_NOOP("What one AWS GPU costs an hour, for the cost estimates."),
+    "estimate/remote_workers": QT_TR_NOOP("How many AWS GPUs a remote prediction uses at once, for the estimates."),
+    "area/warn_tiles": QT_TR_NOOP("Areas with more tiles than this get a warning: a large job."),
+    "area/max_tiles": QT_TR_NOOP("Areas with more tiles than this are refused."),
+    "results/heatmap_floor": QT_TR_NOOP(
+        "Heatmap pixels scoring below this are transparent, so the imagery shows through."),
+    "results/threshold": QT_TR_NOOP("The candidate score filter results start with, when the model recommends none."),
+    "review/josm_url": QT_TR_NOOP("JOSM's remote control address (JOSM: Preferences > Remote Control)."),
+    "review/overpass_url": QT_TR_NOOP("The Overpass API that conflation and the JOSM layers ask for OSM's towers."),
 }
 
 
@@ -184,10 +193,12 @@ def auth_token(authcfg: str) -> str:
     there is none; the value itself is never logged."""
     ok, config = QgsApplication.authManager().loadAuthenticationConfig(authcfg or "", QgsAuthMethodConfig(), True)
     if not authcfg or not ok or not config.isValid():
-        raise ValueError(f"authentication config {authcfg!r} not found in the QGIS authentication database")
+        message = tr("authentication config {authcfg!r} not found in the QGIS authentication database")
+        raise ValueError(message.format(authcfg=authcfg))
     key = TOKEN_KEYS.get(config.method())
     token = config.config(key) if key else ""
     if not token:
-        raise ValueError(f"authentication config {config.name()!r} ({config.method()}) holds no token; use a Basic "
-                         "config with the token as its password, or an EsriToken config")
+        message = tr("authentication config {name!r} ({method}) holds no token; use a Basic config with the "
+                     "token as its password, or an EsriToken config")
+        raise ValueError(message.format(name=config.name(), method=config.method()))
     return token

@@ -107,12 +107,12 @@ def number_parameter(param, default=None, optional=None) -> QgsProcessingParamet
     CLI's default" (optional_int turns it into None)."""
     value = param.default if default is None else default
     kind = QgsProcessingParameterNumber.Double if param.decimals else QgsProcessingParameterNumber.Integer
-    label = param.label if value is not None else tr("{label} (0: default)").format(label=param.label)
+    label = tr(param.label) if value is not None else tr("{label} (0: default)").format(label=tr(param.label))
     number = QgsProcessingParameterNumber(param.name, label, kind, 0 if value is None else value,
                                           value is None if optional is None else optional, param.minimum)
     if param.maximum is not None:
         number.setMaximum(param.maximum)
-    number.setHelp(param.help)
+    number.setHelp(tr(param.help))
     return number
 
 
@@ -120,8 +120,9 @@ def choice_parameter(param, options=None) -> QgsProcessingParameterEnum:
     """The Processing input for a step parameter with choices; options: the choices and the algorithm's own
     options after them (the default is the definition's)."""
     options = [str(option) for option in (options or param.choices)]
-    choice = QgsProcessingParameterEnum(param.name, param.label, options, False, param.choices.index(param.default))
-    choice.setHelp(param.help)
+    choice = QgsProcessingParameterEnum(param.name, tr(param.label), options, False,
+                                        param.choices.index(param.default))
+    choice.setHelp(tr(param.help))
     return choice
 
 
@@ -143,7 +144,7 @@ def float_parameter(name, description, default, minimum=0.0, maximum=None):
 
 def with_help(parameter, definition):
     """parameter with the help of its definition in core/parameters.py (the dialogs' tooltip too)."""
-    parameter.setHelp(definition.help)
+    parameter.setHelp(tr(definition.help))
     return parameter
 
 

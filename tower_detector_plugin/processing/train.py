@@ -44,8 +44,8 @@ class TrainAlgorithm(CliAlgorithm):
     def initAlgorithm(self, config=None):
         self.addParameter(with_help(QgsProcessingParameterFile("DATA", tr("Training data folder"),
                                                                QgsProcessingParameterFile.Folder), DATA))
-        self.addParameter(with_help(QgsProcessingParameterFile("INIT", INIT.label, QgsProcessingParameterFile.Folder,
-                                                               optional=True), INIT))
+        self.addParameter(with_help(QgsProcessingParameterFile("INIT", tr(INIT.label),
+                                                               QgsProcessingParameterFile.Folder, optional=True), INIT))
         self.addParameter(choice_parameter(WEIGHTS, self.WEIGHT_OPTIONS))
         self.addParameter(choice_parameter(BACKBONE))
         self.addParameter(with_help(QgsProcessingParameterFile("WEIGHTS_FILE", tr("Weights file (Start weights: file)"),

@@ -144,7 +144,7 @@ class JobDialog(QDialog):
             if plan is not None and plan.refusal:
                 raise ValueError(plan.refusal)
             if plan is not None and plan.question and not self._ask(plan.question):
-                raise ValueError("not started")
+                raise ValueError(tr("not started"))
         except ValueError as exc:
             self.error.setText(str(exc))
             return None
@@ -169,19 +169,19 @@ class JobDialog(QDialog):
     def _add_input(self, param, value=None):
         """A row for a step parameter of core/parameters.py; its input."""
         widget = parameter_input(param, value)
-        self.form.addRow(param.label, widget)
+        self.form.addRow(tr(param.label), widget)
         return widget
 
     def _add_rows(self, *rows):
         """Rows of (definition in core/parameters.py, input): its label, and its help as the input's tooltip."""
         for param, widget in rows:
-            widget.setToolTip(param.help)
-            self.form.addRow(param.label, widget)
+            widget.setToolTip(tr(param.help))
+            self.form.addRow(tr(param.label), widget)
 
     def _out_dir(self, widget, what):
         path = widget.filePath().strip()
         if not path:
-            raise ValueError(f"choose the {what}")
+            raise ValueError(tr("choose the {what}").format(what=what))
         return path
 
 
@@ -202,13 +202,13 @@ class BuildDatasetDialog(JobDialog):
         self.points.setFilters(QgsMapLayerProxyModel.PointLayer)
         self.tower_filter = QLineEdit("")
         self.tower_filter.setPlaceholderText(tr("power=tower for Overpass; all for a plain point layer"))
-        labels = QGroupBox(TOWERS.label)
-        labels.setToolTip(TOWERS.help)
+        labels = QGroupBox(tr(TOWERS.label))
+        labels.setToolTip(tr(TOWERS.help))
         box = QFormLayout(labels)
         box.addRow(self.overpass)
         box.addRow(self.from_layer, self.points)
-        box.addRow(TOWER_FILTER.label, self.tower_filter)
-        self.tower_filter.setToolTip(TOWER_FILTER.help)
+        box.addRow(tr(TOWER_FILTER.label), self.tower_filter)
+        self.tower_filter.setToolTip(tr(TOWER_FILTER.help))
         self.out = file_widget(QgsFileWidget.GetDirectory,
                                path=os.path.join(settings.work_dir(), "datasets", f"dataset-{timestamp()}"))
         self._add_rows((AREA, self.area), (IMAGERY, self.imagery))
@@ -236,7 +236,7 @@ class BuildDatasetDialog(JobDialog):
         if self.from_layer.isChecked():
             layer = self.points.currentLayer()
             if layer is None:
-                raise ValueError("choose a point layer with the towers, or use OpenStreetMap")
+                raise ValueError(tr("choose a point layer with the towers, or use OpenStreetMap"))
             towers = export_layer_points(layer, os.path.join(os.path.dirname(out.rstrip("/\\")) or settings.work_dir(),
                                                              f"{os.path.basename(out.rstrip('/'))}-towers.geojson"))
             tower_filter = tower_filter or "all"
@@ -325,15 +325,15 @@ class TrainDialog(JobDialog):
         out = self._out_dir(self.out, "output folder")
         init = self.init.filePath().strip() or None
         if init and self.mode.currentIndex() == 1:
-            raise ValueError("a search trains many models afresh: clear Start from model, or train one model")
+            raise ValueError(tr("a search trains many models afresh: clear Start from model, or train one model"))
         if init and not os.path.isfile(os.path.join(init, "params.json")):
-            raise ValueError(f"{init} is not a model folder made by Train (it has no params.json)")
+            raise ValueError(tr("{init} is not a model folder made by Train (it has no params.json)").format(init=init))
         backbone = self.backbone.currentData()
         weights = self.weights.currentData()
         if weights is None and not init:  # file…
             weights = self.weights_file.filePath().strip()
             if not weights:
-                raise ValueError("choose the weights file, or imagenet / none")
+                raise ValueError(tr("choose the weights file, or imagenet / none"))
         common = dict(weights=weights, params=self.params.filePath().strip() or None,
                       backbone=None if backbone == BACKBONE.default else backbone,  # a params file may set it
                       image_size=spin_value(self.image_size), epochs_fine=spin_value(self.epochs_fine),
@@ -403,7 +403,7 @@ class PredictDialog(JobDialog):
             bucket = settings.value("aws/bucket")
             store = f"s3://{bucket}/jobs/{name}/store" if bucket else None
             if not store:
-                raise ValueError("set the AWS bucket in Tower Detector > Settings for remote predictions")
+                raise ValueError(tr("set the AWS bucket in Tower Detector > Settings for remote predictions"))
             job = {"kind": "predict", "title": f"predict {name}", "out": folder, "env": spec.env,
                    "authcfg": self.imagery.auth.configId(),
                    "steps": [commands.predict_args(model, spec.spec, store, **options)]}
@@ -468,14 +468,14 @@ class RetrainDialog(JobDialog):
 
     def build(self) -> dict:
         if not any(self.counts.get(status) for status in retrain.LEARNED):
-            raise ValueError("no review decisions to learn from yet: confirm towers or mark false positives first")
+            raise ValueError(tr("no review decisions to learn from yet: confirm towers or mark false positives first"))
         model = self.init.filePath().strip()
         if not model or not os.path.isfile(os.path.join(model, "params.json")):
-            raise ValueError("choose the model to start from (a folder made by Train)")
+            raise ValueError(tr("choose the model to start from (a folder made by Train)"))
         area = self.area.path()
         towers = self.towers.text().strip()
         if not towers:
-            raise ValueError("give the tower labels of the area: overpass, or a GeoJSON/GeoPackage file")
+            raise ValueError(tr("give the tower labels of the area: overpass, or a GeoJSON/GeoPackage file"))
         spec = self.imagery.resolved()
         data = self._out_dir(self.dataset_out, "training data folder")
         out = self._out_dir(self.model_out, "new model folder")
@@ -512,7 +512,7 @@ def _choices(param, texts=None, extra=()) -> QComboBox:
     for text in extra:
         combo.addItem(text, None)
     combo.setCurrentIndex(param.choices.index(param.default))
-    combo.setToolTip(param.help)
+    combo.setToolTip(tr(param.help))
     return combo
 
 
@@ -533,7 +533,7 @@ def _maybe_remote(job: dict, where: QComboBox, name: str = None, threshold: floa
     except runner.CliNotFound as exc:
         raise ValueError(str(exc)) from None
     if not runner.has_command(cli, "remote", "submit"):
-        raise ValueError("this backend has no `tower-detector remote`: update it, or run on this computer")
+        raise ValueError(tr("this backend has no `tower-detector remote`: update it, or run on this computer"))
     profile, region = settings.value("aws/profile") or None, settings.value("aws/region") or None
     [local] = job["steps"]
     steps = [commands.remote_submit_args(local, name=name, profile=profile, region=region)]

@@ -108,7 +108,7 @@ class JobsDock(QDockWidget):
                                                 "dataset or training resumes where it stopped"))
         step = next_step(job) if job else None
         self.buttons["Next step"].setEnabled(step is not None)
-        self.buttons["Next step"].setText(step[0] if step else tr("Next step"))
+        self.buttons["Next step"].setText(tr(step[0]) if step else tr("Next step"))
         self.buttons["Fetch"].setEnabled(job.get("kind") == "remote-submit" and bool(job.get("remote", {}).get("name")))
         self.buttons["Load results"].setEnabled(done and bool(job.get("outputs", {}).get("heatmap")
                                                               or job.get("outputs", {}).get("candidates")))

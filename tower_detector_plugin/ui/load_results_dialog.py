@@ -46,7 +46,7 @@ class LoadResultsDialog(QDialog):
         self.error.setWordWrap(True)
         form = QFormLayout()
         for label, widget in ((tr("Heatmap (GeoTIFF)"), self.heatmap), (tr("Candidates (GeoPackage)"), self.candidates),
-                              (THRESHOLD.label, self.threshold), (tr("Heatmap floor"), self.floor),
+                              (tr(THRESHOLD.label), self.threshold), (tr("Heatmap floor"), self.floor),
                               (tr("Model folder"), model_row)):
             form.addRow(label, widget)
         buttons = QDialogButtonBox(QDialogButtonBox.Cancel)

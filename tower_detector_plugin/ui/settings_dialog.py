@@ -91,7 +91,7 @@ class SettingsDialog(QDialog):
         inputs = {"jobs/run_on": self.run_on, "cli/path": self.cli_path, "work_dir": self.work_dir,
                   "imagery/authcfg": self.auth, **self.edits, **self.numbers}
         for key, widget in inputs.items():
-            widget.setToolTip(settings.HELP[key])
+            widget.setToolTip(tr(settings.HELP[key]))
         columns = QHBoxLayout()  # two columns: the whole dialog fits a laptop's 768 px
         left, right = QVBoxLayout(), QVBoxLayout()
         for title, rows in groups.items():

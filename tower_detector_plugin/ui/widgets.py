@@ -58,7 +58,7 @@ def parameter_input(param, value=None):
         widget.setValue(param.minimum if value is None else value)
         if value is None:
             widget.setSpecialValueText(tr("default"))
-    widget.setToolTip(param.help)
+    widget.setToolTip(tr(param.help))
     return widget
 
 
@@ -158,9 +158,9 @@ class AreaWidget(QWidget):
         from then on; ValueError with one line when there is none."""
         path = self.current()
         if not path:
-            raise ValueError("choose an area (Pick… draws one on the map)")
+            raise ValueError(tr("choose an area (Pick… draws one on the map)"))
         if not os.path.isfile(path):
-            raise ValueError(f"area file not found: {path}")
+            raise ValueError(tr("area file not found: {path}").format(path=path))
         if os.path.basename(os.path.dirname(path)) == ".drafts":
             accepted = os.path.join(os.path.dirname(os.path.dirname(path)), os.path.basename(path))
             os.replace(path, accepted)
@@ -177,7 +177,7 @@ class ImageryWidget(QWidget):
         self.sources = []
         default = settings.value("imagery/spec")
         if default:
-            self.sources.append(imagery_sources.Source("Default (Settings)", default,
+            self.sources.append(imagery_sources.Source(tr("Default (Settings)"), default,
                                                        settings.value("imagery/authcfg")))
         self.sources += imagery_sources.xyz_connections() + imagery_sources.raster_layer_sources()
         self.combo = QComboBox()
@@ -194,7 +194,7 @@ class ImageryWidget(QWidget):
         layout.addWidget(self.auth)
         self.combo.currentIndexChanged.connect(self._chosen)
         # the Settings' default, else the first raster layer of the project; nothing else is chosen for the user
-        layers = [i for i, source in enumerate(self.sources) if source.label.startswith("Layer: ")]
+        layers = [i for i, source in enumerate(self.sources) if source.kind == "layer"]
         if default or layers:
             self.combo.setCurrentIndex(1 if default else 1 + layers[0])
 
@@ -243,7 +243,7 @@ def input_value(widget):
         return widget.text()
     if isinstance(widget, QAbstractButton):
         return widget.isChecked()
-    raise TypeError(f"no memory for {type(widget).__name__}")
+    raise TypeError(tr("no memory for {name}").format(name=type(widget).__name__))
 
 
 def set_input_value(widget, value):
