@@ -636,3 +636,16 @@ def test_an_area_can_be_a_layers_extent(qgis_iface, qgis_new_project, manager, p
     assert path == str(tmp_path / "work" / "areas" / "scene.geojson") and os.path.isfile(path)
     again = AreaWidget(qgis_iface)
     assert again.combo.currentText() == "scene" and again.current() == path and again.combo.toolTip() == path
+
+
+def test_file_inputs_show_the_name_end_of_a_long_path_and_the_whole_path_as_tooltip(qgis_app):
+    """Issue 33: long paths were cut off everywhere, their names out of sight."""
+    from qgis.gui import QgsFileWidget
+
+    from tower_detector_plugin.ui.widgets import file_widget
+
+    path = "/home/analyst/Documents/Tower Detector/models/" + "x" * 80 + "/model-20261207-055517"
+    widget = file_widget(QgsFileWidget.GetDirectory, path=path)
+    assert widget.toolTip() == path and widget.lineEdit().cursorPosition() == len(path)
+    widget.setFilePath("/tmp/other")
+    assert widget.toolTip() == "/tmp/other"

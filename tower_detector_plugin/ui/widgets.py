@@ -33,11 +33,21 @@ def timestamp() -> str:
 
 
 def file_widget(mode, filt="", path=""):
+    """A file or folder input that shows the end of its path (the name) when it is too long to show whole, with
+    the whole path in its tooltip."""
     widget = QgsFileWidget()
     widget.setStorageMode(mode)
     if filt:
         widget.setFilter(filt)
+
+    def show_name(text):
+        widget.setToolTip(text)
+        if not widget.lineEdit().hasFocus():
+            widget.lineEdit().setCursorPosition(len(text))
+
+    widget.fileChanged.connect(show_name)
     widget.setFilePath(path)
+    show_name(widget.filePath())
     return widget
 
 
