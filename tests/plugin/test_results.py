@@ -294,3 +294,28 @@ def test_loading_a_carpet_of_alike_scores_warns(qgis_iface, qgis_new_project, pl
     plugin.load_results("", str(make_candidates(tmp_path / "fine.gpkg", TILES)), threshold=0.5)
     assert bar.get_messages(Qgis.Warning) == []
     plugin.results_dock.deleteLater()
+
+
+def test_a_review_budget_sets_the_threshold_of_the_n_best(tmp_path, qgis_new_project):
+    """Issue 31: the results dock offers `results --budget N`'s choice: the threshold that shows the N best
+    candidates, a tie at the cut left out whole; a score set by hand ends the budget."""
+    from tests.fakes.candidates_helpers import make_candidates as backend_candidates
+
+    scores = [0.99, 0.95, 0.9, 0.9, 0.8, 0.7, 0.6]
+    path = backend_candidates(tmp_path / "c.gpkg", [(151_000 + i, 142_000) for i in range(len(scores))],
+                              scores=scores)
+    layer = result_layers.load_candidates(str(path), threshold=0.5)
+    widget = ThresholdWidget()
+    widget.bind([layer], None, threshold=0.5)
+    widget.budget.setValue(2)
+    assert result_layers.count(layer) == 2 and widget.count.text() == "2 candidates shown"
+    widget.budget.setValue(3)  # 0.9 twice at the cut: both left out, 2 shown, as the backend's --budget
+    assert result_layers.count(layer) == 2 and widget.spin.value() == pytest.approx(0.95)
+    widget.budget.setValue(5)
+    assert result_layers.count(layer) == 5 and widget.spin.value() == pytest.approx(0.8)
+    widget.budget.setValue(100)  # more than there are: all of them
+    assert result_layers.count(layer) == 7
+    widget.slider.setValue(960)  # by hand
+    assert widget.budget.value() == 0 and result_layers.count(layer) == 1
+    assert result_layers.budget_threshold(str(path), 4) == pytest.approx(0.9)  # both 0.9s fit in 4
+    widget.deleteLater()

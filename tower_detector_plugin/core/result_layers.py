@@ -145,6 +145,32 @@ def set_threshold(layers, threshold: float) -> None:
             layer.triggerRepaint()
 
 
+def budget_threshold(candidates: str, n: int):
+    """The score threshold that keeps the n best candidates of a candidates GeoPackage (all of them when it holds
+    fewer); a tie at the cut is left out whole, so a few fewer, as `results --budget` does. None when it holds none.
+    Read-only, and whatever the layers' filters."""
+    import sqlite3
+    from contextlib import closing
+    from pathlib import Path
+
+    try:
+        with closing(sqlite3.connect(Path(candidates).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            scores = [row[0] for row in db.execute("SELECT score FROM candidates WHERE score IS NOT NULL "
+                                                    "ORDER BY score DESC LIMIT ?", (n + 1,))]
+    except sqlite3.Error as exc:
+        message = tr("cannot read the candidates {path}: {error}")
+        raise ResultsError(message.format(path=candidates, error=exc)) from None
+    if not scores:
+        return None
+    if len(scores) <= n:
+        return scores[-1]
+    cut = scores[n - 1]
+    if scores[n] < cut:
+        return cut
+    above = [score for score in scores[:n] if score > cut]  # the tie at the cut is left out whole
+    return min(above) if above else math.nextafter(cut, math.inf)
+
+
 def file_layers(path: str, project: QgsProject = None, layer_name: str = None) -> list:
     """The project's layers that read the file at path (only its layer_name, for a GeoPackage, if given)."""
     project = project or QgsProject.instance()
