@@ -197,7 +197,9 @@ def cmd_results(args, rep):
              f"{summary['candidates']:,} candidates at or above {summary['threshold']}"
              + (f" (--budget {summary['budget']:,})" if summary["budget"] else "")
              + (f" (calibrated P(tower) {summary['threshold_probability']:.3f})" if summary["calibration"] else "")
-             + f" ({summary['candidates_yes']:,} at or above {summary['yes_threshold']})"]
+             + (f" ({summary['candidates_yes']:,} with a calibrated P(tower) at or above {summary['yes_threshold']}, "
+                f"a score at or above {summary['yes_score']:.4f})" if summary["yes_score"] != summary["yes_threshold"]
+                else f" ({summary['candidates_yes']:,} at or above {summary['yes_threshold']})")]
     if "merge" in summary:
         lines.append(merge_text(summary["merge"]))
     lines += [f"  {kind}: {path}" for kind, path in summary["outputs"].items()]

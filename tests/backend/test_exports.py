@@ -525,3 +525,21 @@ def test_bad_inputs_exit_2_and_write_nothing(reviewed, sample_scene, tmp_path):
         assert re.search(message, events[-1]["message"]), (message, events[-1]["message"])
         assert sorted(os.listdir(tmp_path)) == before and not os.listdir(locked)
     assert existing.read_text() == "keep me"
+
+
+def test_the_overlays_yes_band_follows_the_candidates_calibration(tmp_path):
+    """Issue 31: with the model's calibration kept in the candidates' job, the "Yes" band is P(tower) >= 0.97,
+    as `results` draws it: with a = 2, b = -1 the band starts at a score of 0.9483, so 0.95 is "Yes"."""
+    path = make_candidates(tmp_path / "c.gpkg", [(151_000 + i, 142_000) for i in range(3)],
+                           scores=[0.99, 0.95, 0.9])
+    plain = export("overlay", path, tmp_path / "plain.geojson", statuses="all")
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO job (key, value) VALUES ('calibration', ?)",
+                   (json.dumps({"method": "platt", "split": "val", "a": 2.0, "b": -1.0}),))
+    calibrated = export("overlay", path, tmp_path / "calibrated.geojson", statuses="all")
+    labels = {}
+    for name in ("plain", "calibrated"):
+        features = json.loads((tmp_path / f"{name}.geojson").read_text())["features"]
+        labels[name] = [f["properties"]["label"] for f in features]
+    assert plain["exported"] == calibrated["exported"] == 3
+    assert labels == {"plain": ["Yes", "Maybe", "Maybe"], "calibrated": ["Yes", "Yes", "Maybe"]}

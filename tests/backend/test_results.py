@@ -496,3 +496,29 @@ def test_plain_sqlite_updates_still_work_once_gdal_has_written_the_geopackage(tm
     w, s, e, n = tile_bounds_4326(151_005, 142_003, 18)
     lyr.SetSpatialFilterRect(w + 1e-6, s + 1e-6, e - 1e-6, n - 1e-6)
     assert [f.GetFID() for f in lyr] == [7]
+
+
+def test_the_yes_band_of_a_calibrated_job_is_a_calibrated_probability(tmp_path):
+    """Issue 31: after calibration the original project's "Yes" band must mean what it says: P(tower) >= 0.97,
+    not a raw score >= 0.97. With Platt's a = 2, b = -1, P = 0.97 is the score s with 2 logit(s) - 1 = logit(0.97),
+    s = sigmoid((ln(97/3) + 1) / 2); the scores written stay the model's own."""
+    from tests.fakes.storedata import expected
+
+    cover = tile_cover(load_area("28.0,-15.0,28.01,-14.99"), 18)
+    store = open_store(tmp_path / "store", create=True)
+    store.create_job(dict(JOB, calibration={"method": "platt", "split": "val", "a": 2.0, "b": -1.0}), cover,
+                     cover.shard_ranges(1), 20)
+    fill(store)
+    s = merge_results(store.spec, candidates=tmp_path / "c.gpkg", geojson_path=tmp_path / "o.geojson",
+                      threshold=0.5, yes_threshold=0.97)
+    yes_score = 1 / (1 + math.exp(-(math.log(97 / 3) + 1) / 2))  # 0.9483...
+    assert s["yes_threshold"] == 0.97 and s["yes_score"] == pytest.approx(yes_score)
+    scores = expected(store.plan, store.plan.all_chunks())["score"]
+    assert s["candidates_yes"] == int((scores >= np.float32(yes_score)).sum()) > int((scores >= 0.97).sum())
+    labels = Counter(f["properties"]["label"] for f in json.loads((tmp_path / "o.geojson").read_text())["features"])
+    assert labels["Yes"] == s["candidates_yes"]
+    with sqlite3.connect(tmp_path / "c.gpkg") as db:
+        job = dict(db.execute("SELECT key, value FROM job"))
+    assert float(job["yes_score"]) == pytest.approx(yes_score) and float(job["yes_threshold"]) == 0.97
+    plain = merge_results(job_store(tmp_path), json_path=tmp_path / "s.json", yes_threshold=0.97)
+    assert plain["yes_score"] == 0.97  # no calibration: the band is the raw score, as before

@@ -319,3 +319,21 @@ def test_a_review_budget_sets_the_threshold_of_the_n_best(tmp_path, qgis_new_pro
     assert widget.budget.value() == 0 and result_layers.count(layer) == 1
     assert result_layers.budget_threshold(str(path), 4) == pytest.approx(0.9)  # both 0.9s fit in 4
     widget.deleteLater()
+
+
+def test_the_yes_band_of_calibrated_candidates_is_a_probability(tmp_path, qgis_new_project):
+    """Issue 31: with the model's calibration, `results` starts the "Yes" band at the score whose P(tower) is 0.97
+    (its job table says which); the plugin's style draws the same band, and says so in the legend."""
+    import sqlite3
+
+    from tests.fakes.candidates_helpers import make_candidates as backend_candidates
+
+    path = backend_candidates(tmp_path / "c.gpkg", [(151_000, 142_000), (151_001, 142_000)], scores=[0.99, 0.95])
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT OR REPLACE INTO job (key, value) VALUES (?, ?)",
+                       [("yes_threshold", "0.97"), ("yes_score", "0.9483")])
+    layer = result_layers.load_candidates(str(path), threshold=0.5)
+    ranges = layer.renderer().ranges()
+    assert ranges[2].lowerValue() == pytest.approx(0.9483) and "P(tower) >= 0.97" in ranges[2].label()
+    assert [r.label() for r in result_layers.candidates_renderer().ranges()] == [
+        "below 0.9", "0.9 to 0.97", "0.97 and above (the original project's \"Yes\")"]

@@ -42,10 +42,23 @@ STYLE_NAME = "tower_detector"
 ROLE_PROPERTY = "tower_detector/role"
 HEATMAP_RAMP = ((0.0, QColor(255, 255, 178)), (0.35, QColor(254, 204, 92)), (0.7, QColor(253, 141, 60)),
                 (0.9, QColor(240, 59, 32)), (1.0, QColor(189, 0, 38)))  # positions within floor..1
-SCORE_BANDS = ((0.0, 0.9, QColor(254, 204, 92), "below 0.9"),
-               (0.9, YES_THRESHOLD.default, QColor(253, 141, 60), f"0.9 to {YES_THRESHOLD.default:g}"),
-               (YES_THRESHOLD.default, 1.0, QColor(227, 26, 28),
-                f"{YES_THRESHOLD.default:g} and above (the original project's \"Yes\")"))
+BAND_COLOURS = (QColor(254, 204, 92), QColor(253, 141, 60), QColor(227, 26, 28))  # below 0.9, to "Yes", "Yes"
+
+
+def score_bands(yes_score: float = YES_THRESHOLD.default, yes_probability: float = None) -> tuple:
+    """(low, high, colour, label) of the candidates' three score bands. The "Yes" band starts at yes_score: the
+    score whose calibrated P(tower) is yes_probability when `results` had the model's calibration (the candidates'
+    job table says so), else YES_THRESHOLD on the scores themselves."""
+    middle = min(0.9, yes_score)
+    yes = f"{yes_score:g}" if yes_probability is None else f"{yes_score:.3f}"
+    if yes_probability is None:
+        yes_label = tr("{yes} and above (the original project's \"Yes\")").format(yes=yes)
+    else:
+        yes_label = tr("{yes} and above: P(tower) >= {p:g} (the original project's \"Yes\")").format(
+            yes=yes, p=yes_probability)
+    return ((0.0, middle, BAND_COLOURS[0], tr("below {x:g}").format(x=middle)),
+            (middle, yes_score, BAND_COLOURS[1], tr("{x:g} to {yes}").format(x=middle, yes=yes)),
+            (yes_score, 1.0, BAND_COLOURS[2], yes_label))
 
 
 class ResultsError(Exception):
@@ -109,10 +122,10 @@ CLOSE_SCALE = 5000
 FILL_ALPHA, CLOSE_FILL_ALPHA = 70, 12
 
 
-def candidates_renderer() -> QgsGraduatedSymbolRenderer:
-    """Candidate tiles by score band, each with its tower point as a cross."""
+def candidates_renderer(bands: tuple = None) -> QgsGraduatedSymbolRenderer:
+    """Candidate tiles by score band (score_bands'), each with its tower point as a cross."""
     ranges = []
-    for lo, hi, colour, label in SCORE_BANDS:
+    for lo, hi, colour, label in bands or score_bands():
         fill = QColor(colour)
         fill.setAlpha(FILL_ALPHA)
         symbol = QgsFillSymbol.createSimple({"color": fill.name(QColor.HexArgb), "outline_color": colour.name(),
@@ -233,13 +246,29 @@ def load_candidates(path: str, threshold: float = THRESHOLD.default, name: str =
     the GeoPackage the first time; later loads take the saved one (with any edits the user saved)."""
     layer = open_candidates(path, name)
     if not _has_saved_style(layer):
-        layer.setRenderer(candidates_renderer())
+        yes = _yes_band(path)
+        layer.setRenderer(candidates_renderer(score_bands(*yes) if yes else None))
         error = layer.saveStyleToDatabase(STYLE_NAME, "Tower Detector: candidate tiles by score, tower points", True,
                                           "")
         if error:
             raise ResultsError(tr("could not save the style into {path}: {error}").format(path=path, error=error))
     set_threshold((layer,), threshold)
     return layer
+
+
+def _yes_band(path: str):
+    """(yes_score, yes_threshold) from a calibrated candidates GeoPackage's job table, else None."""
+    import sqlite3
+    from contextlib import closing
+    from pathlib import Path
+
+    try:
+        with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            job = dict(db.execute("SELECT key, value FROM job WHERE key IN ('yes_score', 'yes_threshold')"))
+        yes_score, yes_threshold = float(job["yes_score"]), float(job["yes_threshold"])
+    except (sqlite3.Error, KeyError, TypeError, ValueError):
+        return None
+    return (yes_score, yes_threshold) if yes_score != yes_threshold else None
 
 
 def add_results(heatmap: str = None, candidates: str = None, *, threshold: float = THRESHOLD.default,

@@ -22,7 +22,7 @@ import numpy as np
 from ..common.atomic import remove_if_present, temp_path
 from ..common.errors import UserError, one_line
 from ..prediction.store import open_store
-from ..training.evaluate import budget_threshold, calibrate
+from ..training.evaluate import budget_threshold, calibrate, score_of_probability
 from .gpkg import existing_candidates, tile_keys, write_candidates
 from .heatmap import HeatmapWriter, heatmap_grid, merge_order, write_errors
 from .original import OriginalJson, write_overlay_geojson
@@ -35,7 +35,8 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
     budget: N candidates in all, in place of threshold: a first pass over the store finds the threshold that
     gives at most N (the top N scores; a tie at the cut is left out whole, so a few fewer; evaluate.budget_threshold).
     A store whose job carries the model's calibration (predict kept it from metrics.json) gets the calibrated
-    probability of the threshold in the summary; the scores written stay the model's own.
+    probability of the threshold in the summary, and its "Yes" band is a calibrated probability: yes_threshold is
+    P(tower), whose score (yes_score) the band compares; the scores written stay the model's own.
 
     An existing candidates GeoPackage is merged into (see gpkg.py: its review decisions are kept) unless
     overwrite is True, which writes it afresh.
@@ -43,7 +44,8 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
     good), tiles_missing (in missing chunks), scored, failed, failed_permanent (no imagery, unreadable: done),
     failed_transient (imagery unreachable: to fetch again), failures {reason: count}, unscored (in present chunks,
     neither scored nor failed),
-    threshold, yes_threshold, budget (None without), calibration (None without) and threshold_probability,
+    threshold, yes_threshold, yes_score (the score the "Yes" band starts at: yes_threshold without a calibration),
+    budget (None without), calibration (None without) and threshold_probability,
     candidates, candidates_yes, score_min/mean/max, histogram {edges, counts} (10 bins
     over 0..1), heatmap_grid {x0, y0, width, height}, outputs {kind: path}, and with candidates, merge (what
     was done to the GeoPackage: see write_candidates).
@@ -84,9 +86,12 @@ def merge_results(store_spec, heatmap=None, candidates=None, threshold=0.5, json
             say(f"--budget {budget:,}: threshold {threshold:g} (the top {budget:,} scores; a tie at the cut is left "
                 "out whole)")
         temps = {kind: temp_path(path) for kind, path in outputs.items()}
+        yes_score = score_of_probability(yes_threshold, job.get("calibration"))
+        if yes_score != yes_threshold:
+            say(f"the \"Yes\" band: a calibrated P(tower) >= {yes_threshold:g}, a score >= {yes_score:.4f}")
         try:
-            summary, picked = _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report,
-                                     existing)
+            summary, picked = _merge(store, plan, grid, order, temps, threshold, (yes_threshold, yes_score), job,
+                                     report, existing)
             if "candidates" in outputs:  # before the other swaps: a failed merge leaves every output as it was
                 summary["merge"] = write_candidates(outputs["candidates"], temps.pop("candidates"), existing,
                                                     *picked)
@@ -122,11 +127,12 @@ def _budget_threshold(store, order, budget, report):
     return budget_threshold(top, budget)
 
 
-def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, report, existing=None):
+def _merge(store, plan, grid, order, temps, threshold, yes, job, report, existing=None):
     """The one pass over the chunks: streams the heatmap and the original JSON, gathers statistics and candidates
     (five arrays per candidate tile: memory grows with the candidates, not with the job; only counted when no
     candidates GeoPackage or GeoJSON is asked for), and the new scores of the tiles already in an existing
-    candidates file (existing["keys"])."""
+    candidates file (existing["keys"]). yes: the "Yes" band's (probability, score it starts at)."""
+    yes_threshold, yes_score = yes
     zoom = plan.zoom
     stats = _Stats()
     picked = []
@@ -146,7 +152,7 @@ def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, repor
                 picked.append((x[hit], y[hit], s[hit], c["cam_x"][ok][hit], c["cam_y"][ok][hit]))
             else:
                 counted[0] += int(hit.sum())
-                counted[1] += int((s[hit] >= np.float32(yes_threshold)).sum())
+                counted[1] += int((s[hit] >= np.float32(yes_score)).sum())
             if heat:
                 heat.add((x - grid["x0"]) % (1 << zoom), y - grid["y0"], s)
             if original:
@@ -167,7 +173,8 @@ def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, repor
             original.abort()
 
     summary = {"store": store.spec, "zoom": zoom, "tiles": plan.cover.count, **stats.summary(),
-               "threshold": threshold, "yes_threshold": yes_threshold, "candidates": counted[0],
+               "threshold": threshold, "yes_threshold": yes_threshold, "yes_score": yes_score,
+               "candidates": counted[0],
                "candidates_yes": counted[1], "heatmap_grid": {k: grid[k] for k in ("x0", "y0", "width", "height")}}
     if not keep:
         return summary, None
@@ -175,12 +182,13 @@ def _merge(store, plan, grid, order, temps, threshold, yes_threshold, job, repor
     rank = np.lexsort((cy, cx, -cs))  # score descending, then x, then y: deterministic
     cx, cy, cs, cam_x, cam_y = cx[rank], cy[rank], cs[rank], cam_x[rank], cam_y[rank]
     above = cs >= np.float32(threshold)  # the rest: tiles of the existing candidates file, below the cut
-    summary.update(candidates=int(above.sum()), candidates_yes=int((cs[above] >= np.float32(yes_threshold)).sum()))
+    summary.update(candidates=int(above.sum()), candidates_yes=int((cs[above] >= np.float32(yes_score)).sum()))
     if "geojson" in temps:
-        write_overlay_geojson(temps["geojson"], zoom, cx[above], cy[above], cs[above], yes_threshold)
+        write_overlay_geojson(temps["geojson"], zoom, cx[above], cy[above], cs[above], yes_score)
     if "candidates" in temps:
         info = {**{k: v for k, v in job.items() if k not in ("format", "version")},
-                "threshold": threshold, "yes_threshold": yes_threshold, "zoom": zoom, "store": store.spec,
+                "threshold": threshold, "yes_threshold": yes_threshold, "yes_score": yes_score, "zoom": zoom,
+                "store": store.spec,
                 "merged": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "counts": {k: summary[k] for k in ("tiles", "scored", "failed", "candidates", "candidates_yes")}}
         return summary, (zoom, cx, cy, cs, cam_x, cam_y, above, info)

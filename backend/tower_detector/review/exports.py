@@ -84,6 +84,7 @@ from ..common.errors import UserError
 from ..geo.cover import tile_lonlat
 from ..geo.tilemath import EARTH_RADIUS
 from ..results import GPKG_CORE, check_fraction, gpkg_points, insert_srs, write_overlay_geojson
+from ..training.evaluate import score_of_probability
 
 STATUSES = ("unreviewed", "confirmed", "false_positive", "already_mapped", "misplaced", "unsure", "bad_imagery")
 KINDS = ("osm", "osm-reference", "overlay", "maproulette", "maproulette-cooperative", "tasking-manager", "labels")
@@ -127,6 +128,7 @@ def export(kind, candidates, out, *, statuses=None, min_score=None, bbox=None, c
     out = os.fspath(out)
     yes_threshold = check_fraction(yes_threshold, "--yes-threshold")
     rows, job = read_candidates(candidates)
+    yes_score = score_of_probability(yes_threshold, job.get("calibration"))  # the "Yes" band is a probability
     wanted = _statuses(kind, statuses)
     keep = np.ones(len(rows["fid"]), bool) if wanted is None else np.isin(rows["status"], wanted)
     if min_score is not None:
@@ -162,11 +164,11 @@ def export(kind, candidates, out, *, statuses=None, min_score=None, bbox=None, c
         _write(out, _osm_reference(picked), ".osm")
     elif kind == "overlay":
         _write(out, lambda tmp: write_overlay_geojson(tmp, int(picked["z"][0]), picked["x"], picked["y"],
-                                                      picked["score"], yes_threshold), ".geojson", ".json")
+                                                      picked["score"], yes_score), ".geojson", ".json")
     elif kind in ("maproulette", "maproulette-cooperative"):
         summary.update(_maproulette(picked, out, cooperative=kind == "maproulette-cooperative"))
     elif kind == "tasking-manager":
-        summary.update(_tasking_manager(picked, out, yes_threshold, task_zoom))
+        summary.update(_tasking_manager(picked, out, yes_score, task_zoom))
     else:
         _labels(picked, out)
     return summary

@@ -140,6 +140,17 @@ def calibrate(scores, calibration):
     return 1 / (1 + np.exp(-z))
 
 
+def score_of_probability(probability, calibration):
+    """The score whose calibrated probability is `probability` (calibrate's inverse): what a probability cut, such
+    as the "Yes" band's 0.97, is on the model's own scores. The probability itself without a calibration, or with
+    one that does not rise with the score."""
+    if not calibration or calibration["a"] <= 0:
+        return float(probability)
+    p = min(max(float(probability), LOGIT_CLIP), 1 - LOGIT_CLIP)
+    z = (np.log(p / (1 - p)) - calibration["b"]) / calibration["a"]
+    return float(1 / (1 + np.exp(-z)))
+
+
 def _at(y, s, threshold):
     pred = s >= threshold
     tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
