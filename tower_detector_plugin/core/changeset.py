@@ -10,12 +10,17 @@ from . import settings
 GENERIC_SOURCE = "aerial imagery"  # the changeset source when the job names no imagery (as the backend's exports)
 
 
+def read_only(path: str):
+    """A read-only SQLite connection to a GeoPackage (never locking or changing it), closed at the with-block's end."""
+    return closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True))
+
+
 def candidates_facts(path: str) -> dict:
     """What a candidates GeoPackage says of itself: imagery_name (the job's, "" when none) and conflated (whether
     `tower-detector conflate` kept OSM's supports in it, which the exports check against). Read-only."""
     facts = {"imagery_name": "", "conflated": False}
     try:
-        with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        with read_only(path) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             facts["conflated"] = "osm_supports" in tables
             row = db.execute("SELECT value FROM job WHERE key = 'imagery_name'").fetchone() if "job" in tables else None

@@ -34,6 +34,7 @@ from qgis.PyQt.QtCore import QT_TR_NOOP
 from qgis.PyQt.QtGui import QColor
 
 from ..i18n import tr
+from .changeset import read_only
 from .parameters import THRESHOLD, YES_THRESHOLD
 from .settings import DEFAULTS
 
@@ -163,11 +164,9 @@ def budget_threshold(candidates: str, n: int):
     fewer); a tie at the cut is left out whole, so a few fewer, as `results --budget` does. None when it holds none.
     Read-only, and whatever the layers' filters."""
     import sqlite3
-    from contextlib import closing
-    from pathlib import Path
 
     try:
-        with closing(sqlite3.connect(Path(candidates).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        with read_only(candidates) as db:
             scores = [row[0] for row in db.execute("SELECT score FROM candidates WHERE score IS NOT NULL "
                                                     "ORDER BY score DESC LIMIT ?", (n + 1,))]
     except sqlite3.Error as exc:
@@ -259,11 +258,9 @@ def load_candidates(path: str, threshold: float = THRESHOLD.default, name: str =
 def _yes_band(path: str):
     """(yes_score, yes_threshold) from a calibrated candidates GeoPackage's job table, else None."""
     import sqlite3
-    from contextlib import closing
-    from pathlib import Path
 
     try:
-        with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        with read_only(path) as db:
             job = dict(db.execute("SELECT key, value FROM job WHERE key IN ('yes_score', 'yes_threshold')"))
         yes_score, yes_threshold = float(job["yes_score"]), float(job["yes_threshold"])
     except (sqlite3.Error, KeyError, TypeError, ValueError):

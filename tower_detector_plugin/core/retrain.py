@@ -9,12 +9,11 @@ the decided tiles wherever they lie) and `train --init` (fine-tune that model). 
 import json
 import os
 import sqlite3
-from contextlib import closing
-from pathlib import Path
 
 from qgis.PyQt.QtCore import QT_TR_NOOP
 
 from ..i18n import tr
+from .changeset import read_only
 from .review_session import STATUSES, UNREVIEWED
 
 # the statuses `export labels` turns into training labels, and what each becomes
@@ -24,7 +23,7 @@ LEARNED = {"confirmed": QT_TR_NOOP("tower tiles"), "false_positive": QT_TR_NOOP(
 def decision_counts(candidates: str) -> dict:
     """{status: candidates} of a candidates GeoPackage (statuses with none left out)."""
     try:
-        with closing(sqlite3.connect(Path(candidates).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        with read_only(candidates) as db:
             rows = db.execute("SELECT COALESCE(status, ?), COUNT(*) FROM candidates GROUP BY 1",
                               (UNREVIEWED,)).fetchall()
     except sqlite3.Error as exc:
@@ -65,7 +64,7 @@ def provenance(candidates: str) -> dict:
     name one that is still there; notes say, in a line each, what could not be found."""
     notes, model, dataset = [], "", {}
     try:
-        with closing(sqlite3.connect(Path(candidates).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        with read_only(candidates) as db:
             named = _job_value(db, "model")
     except sqlite3.Error:
         named = None
