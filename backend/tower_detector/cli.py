@@ -60,7 +60,9 @@ def cmd_synthetic(args, rep):
     if args.command in ALIASES:
         rep.log(f"`tower-detector {args.command}` is now `tower-detector {ALIASES[args.command]}`")
     info = write_scene(args.out, tiles_x=args.tiles_x, tiles_y=args.tiles_y, seed=args.seed,
-                              lon=args.lon, lat=args.lat, zoom=args.zoom, progress=rep.progress)
+                       lon=args.lon, lat=args.lat, zoom=args.zoom, progress=rep.progress, realism=args.realism,
+                       hv_lines=args.hv_lines, jpeg_quality=args.jpeg_quality, low_contrast=args.low_contrast,
+                       lean=args.lean, haze=args.haze, confusers=args.confusers)
     lines = [f"synthetic scene written to {args.out}"] + [f"  {k}: {v}" for k, v in info.items() if k != "files"]
     rep.result("\n".join(lines), **info)
 

@@ -46,13 +46,15 @@ def _whole(low, high=None):
     return parse
 
 
-def _number(low, strict=False):
-    """An argparse type: a finite number >= low (> low when strict)."""
+def _number(low, strict=False, high=None):
+    """An argparse type: a finite number >= low (> low when strict), and <= high when given."""
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+        if high is not None and (not math.isfinite(value) or not low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, not {text}")
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be a number {'>' if strict else '>='} {low:g}, not {text}")
         return value
@@ -106,6 +108,7 @@ def tiles_arguments(sp, remote=False):
 
 
 def synthetic_arguments(sp, remote=False):
+    # density and realism: None means not given (the default scene, or the --realism preset's value)
     return [
         sp.add_argument("--out", required=True, help="output directory"),
         sp.add_argument("--tiles-x", type=COUNT, default=8),
@@ -114,6 +117,24 @@ def synthetic_arguments(sp, remote=False):
         sp.add_argument("--lon", type=float, default=28.28, help="longitude of the scene's centre"),
         sp.add_argument("--lat", type=float, default=-15.42, help="latitude of the scene's centre"),
         sp.add_argument("--zoom", type=ZOOM, default=18, help=argparse.SUPPRESS),
+        sp.add_argument("--hv-lines", type=_whole(0, 100), metavar="N",
+                        help="HV lines planned (default: from the scene's size, at least 2); 1 on a 64x64 scene "
+                             "gives about 1%% tower tiles"),
+        sp.add_argument("--realism", action="store_true",
+                        help="all the realism options below at moderate strength: --jpeg-quality 75 "
+                             "--low-contrast --lean 6 --haze 0.25 --confusers 1 (each may still be set)"),
+        sp.add_argument("--jpeg-quality", type=_whole(1, 100), metavar="Q",
+                        help="JPEG-encode each 256-px tile at quality Q, as tile services serve them"),
+        sp.add_argument("--low-contrast", action="store_const", const=True,
+                        help="tower steel a few grey levels from the ground under it (pale steel)"),
+        sp.add_argument("--lean", type=_number(0, high=100), metavar="METRES",
+                        help="off-nadir view: a 50 m tower's top drawn this far from its base (lower ones less), "
+                             "in one direction for the scene; the tower's point stays at its base"),
+        sp.add_argument("--haze", type=_number(0, high=1), metavar="F",
+                        help="blend F (0..1) of the way to a pale haze colour, with a little blur"),
+        sp.add_argument("--confusers", type=_number(0, high=20), nargs="?", const=1.0, metavar="DENSITY",
+                        help="telecom masts, substations and water towers with no HV line (alone: density 1); "
+                             "listed with sheds and boulders in confusers.geojson, never in towers.geojson"),
     ]
 
 

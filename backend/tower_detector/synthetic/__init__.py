@@ -10,10 +10,13 @@ some partly hidden by trees; a final softening and sensor grain cover everything
 
 The scene is planned first (plan.py: a Plan, geometry in pixels, no pixels yet) and then rendered (render.py, with
 the drawing primitives of shapes.py and the value noise of noise.py). The same arguments give the same bytes.
+Options (plan.Options, `tower-detector synthetic --help`) set the density of HV lines and the realism: JPEG tiles,
+low-contrast steel, an off-nadir lean, haze, and confusers (telecom masts, substations, water towers).
 """
 
-from .plan import Grid, Plan, plan_scene, scene_grid
+from .plan import REALISM, Grid, Options, Plan, plan_scene, scene_grid, scene_options, tower_tiles
 from .render import render_scene
-from .write import write_scene
+from .write import confuser_features, write_scene
 
-__all__ = ["Grid", "Plan", "plan_scene", "render_scene", "scene_grid", "write_scene"]
+__all__ = ["REALISM", "Grid", "Options", "Plan", "confuser_features", "plan_scene", "render_scene", "scene_grid",
+           "scene_options", "tower_tiles", "write_scene"]

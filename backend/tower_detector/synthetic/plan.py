@@ -1,8 +1,11 @@
 """What goes where in a synthetic scene: a Plan holds everything about it but its pixels (terrain maps, roads,
-fields, buildings, HV lines and their towers, distribution poles, trees and boulders, the sun), in pixels of the
-scene's Grid. Sizes are in metres on the ground, turned into pixels with the ground resolution at the scene's
-latitude. All randomness comes from numpy.random.default_rng(seed), split into one stream per stage (streams, which
-render.py uses too), so the same arguments give the same plan and the same pixels.
+fields, buildings, HV lines and their towers, distribution poles, trees and boulders, confusers, the sun), in
+pixels of the scene's Grid. Sizes are in metres on the ground, turned into pixels with the ground resolution at the
+scene's latitude. All randomness comes from numpy.random.default_rng(seed), split into one stream per stage
+(streams, which render.py uses too), so the same arguments give the same plan and the same pixels.
+
+Options (density and realism) all default to the original scene: with the defaults, no stream draws a number more
+or less than before, so the same seed gives the same bytes as before the options existed.
 """
 
 import math
@@ -57,6 +60,12 @@ VOLTAGES = (
     ("66000", (8.0, 9.0), (25.0, 30.0), 4.0, 11.0),
 )
 SPANS_M = np.linspace(262.0, 438.0, 12)  # tower spacing candidates: 250-450 m, with a margin for rounding
+
+MAX_TOWER_H_M = max(h[1] for _, _, h, _, _ in VOLTAGES)  # --lean moves the tallest tower's top this much
+MAX_HV_LINES = 100
+TOWER_TILE_BUFFER_PX = 5  # label-maker's tippecanoe buffer (5/256 of a tile): a tower this near a tile labels it too
+# confusers per km² at --confusers 1 (each kind at least once when it fits)
+CONFUSERS_PER_KM2 = {"telecom_mast": 0.4, "substation": 0.08, "water_tower": 0.4}
 
 FREE, CORRIDOR, HARD = 0, 1, 2  # occupancy while planning: corridors get few trees, hard ground nothing else
 
@@ -133,6 +142,46 @@ def check_seed(seed):
         raise UserError(f"seed must be a whole number >= 0, got {seed!r}")
 
 
+@dataclass(frozen=True)
+class Options:
+    """Density and realism options; the defaults give the original scene (docs/cli.md, `synthetic`)."""
+
+    hv_lines: int | None = None  # HV lines planned; None: from the scene's size
+    jpeg_quality: int | None = None  # JPEG-encode each 256-px tile at this quality (1..100), as tile services do
+    low_contrast: bool = False  # tower steel close to the ground's brightness
+    lean: float = 0.0  # m: off-nadir view, the tallest tower's top displaced this much from its base
+    haze: float = 0.0  # 0..1: blend towards a pale haze colour, and soften
+    confusers: float = 0.0  # density of telecom masts, substations and water towers (1: moderate)
+
+    @property
+    def default(self):
+        return self == Options()
+
+
+REALISM = {"jpeg_quality": 75, "low_contrast": True, "lean": 6.0, "haze": 0.25, "confusers": 1.0}
+
+
+def scene_options(realism=False, **given):
+    """Checked Options: the `given` values (None: not given), the rest from the --realism preset when `realism`,
+    else the defaults. UserError (one line) for a bad value."""
+    unknown = set(given) - set(Options.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown synthetic scene options: {', '.join(sorted(unknown))}")
+    values = {**(REALISM if realism else {}), **{k: v for k, v in given.items() if v is not None}}
+    opts = Options(**values)
+    if opts.hv_lines is not None and not (_is_whole(opts.hv_lines) and 0 <= opts.hv_lines <= MAX_HV_LINES):
+        raise UserError(f"hv_lines must be a whole number from 0 to {MAX_HV_LINES}, got {opts.hv_lines!r}")
+    if opts.jpeg_quality is not None and not (_is_whole(opts.jpeg_quality) and 1 <= opts.jpeg_quality <= 100):
+        raise UserError(f"jpeg_quality must be a whole number from 1 to 100, got {opts.jpeg_quality!r}")
+    for name, high in (("lean", 100.0), ("haze", 1.0), ("confusers", 20.0)):
+        value = getattr(opts, name)
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= high):
+            raise UserError(f"{name} must be a number from 0 to {high:g}, got {value!r}")
+    if not isinstance(opts.low_contrast, bool):
+        raise UserError(f"low_contrast must be true or false, got {opts.low_contrast!r}")
+    return opts
+
+
 # -- the plan: everything about the scene but its pixels ----------------------------------------------------------
 @dataclass(frozen=True)
 class Sun:
@@ -202,17 +251,23 @@ class Plan:
     wells: np.ndarray  # (n, 2) px
     minor_lines: list  # pole positions (n, 2) px
     blobs: dict  # trees and boulders, arrays: x, y, r (px), h (m), rgb, rock, over (drawn over towers)
+    boulder_clusters: np.ndarray = None  # (n, 2) px: centres of the boulder clusters
+    confusers: list = ()  # dict(kind, c, ...): telecom masts, substations, water towers (--confusers)
+    lean: np.ndarray = None  # (dx, dy) px of displacement per metre of height (--lean); None: straight down
+    options: Options = Options()
 
 
 def streams(seed):
-    names = ("terrain", "layout", "lines", "objects", "trees", "render")
+    # "realism" comes last: spawning one more child leaves the first ones as they were
+    names = ("terrain", "layout", "lines", "objects", "trees", "render", "realism")
     return dict(zip(names, np.random.default_rng(seed).spawn(len(names))))
 
 
-def plan_scene(tiles_x=8, tiles_y=8, seed=0, lon=28.28, lat=-15.42, zoom=18):
-    """Check the arguments and lay the scene out."""
+def plan_scene(tiles_x=8, tiles_y=8, seed=0, lon=28.28, lat=-15.42, zoom=18, options=None):
+    """Check the arguments and lay the scene out. options: Options (scene_options); None: the defaults."""
     grid = scene_grid(tiles_x, tiles_y, lon, lat, zoom)
     check_seed(seed)
+    opts = options or Options()
     rng = streams(int(seed))
     ppm = grid.ppm
     sun = _sun(rng["terrain"], ppm)
@@ -221,13 +276,21 @@ def plan_scene(tiles_x=8, tiles_y=8, seed=0, lon=28.28, lat=-15.42, zoom=18):
     roads = _plan_roads(rng["layout"], grid, ppm, occ)
     pivots = _plan_pivots(rng["layout"], grid, ppm, occ)
     tracks = _plan_tracks(rng["layout"], grid, ppm, occ)
-    hv_lines = _plan_hv_lines(rng["lines"], grid, ppm, sun, occ)
+    hv_lines = _plan_hv_lines(rng["lines"], grid, ppm, sun, occ, opts.hv_lines)
     compounds, buildings, wells = _plan_settlements(rng["objects"], grid, ppm, occ, roads, pivots)
+    lean = None
+    if opts.lean > 0:  # one scene-wide direction: the view's, away from the camera's nadir point
+        a = rng["realism"].uniform(0, 2 * np.pi)
+        lean = np.array([math.cos(a), math.sin(a)]) * opts.lean / MAX_TOWER_H_M * ppm
+    confusers = []
+    if opts.confusers > 0:
+        confusers = _plan_confusers(rng["realism"], grid, ppm, occ, hv_lines, opts.confusers)
+    blobs, clusters = _plan_blobs(rng["trees"], grid, ppm, occ, weights, hv_lines)
     return Plan(
         grid=grid, seed=int(seed), ppm=ppm, sun=sun, ground=ground, roads=roads, pivots=pivots, tracks=tracks,
         hv_lines=hv_lines, compounds=compounds, buildings=buildings, wells=wells,
         minor_lines=_plan_minor_lines(rng["lines"], grid, ppm, roads, compounds),
-        blobs=_plan_blobs(rng["trees"], grid, ppm, occ, weights, hv_lines),
+        blobs=blobs, boulder_clusters=clusters, confusers=confusers, lean=lean, options=opts,
     )
 
 
@@ -379,10 +442,11 @@ def _plan_tracks(rng, grid, ppm, occ):
     return tracks
 
 
-def _plan_hv_lines(rng, grid, ppm, sun, occ):
-    """HV lines through the scene, more for bigger scenes: towers off roads, tracks, pivots and each other."""
+def _plan_hv_lines(rng, grid, ppm, sun, occ, count=None):
+    """HV lines through the scene, `count` or more for bigger scenes: towers off roads, tracks, pivots and each
+    other."""
     lines = []
-    for i in range(max(2, round(1.2 * _extent_km(grid, ppm)))):
+    for i in range(max(2, round(1.2 * _extent_km(grid, ppm))) if count is None else count):
         voltage, foot, height, phase, corridor = VOLTAGES[rng.integers(len(VOLTAGES))]
         size = rng.uniform(*foot)
         # no tower just outside the scene, where only its legs or shadow would show in an unlabelled tile
@@ -444,7 +508,7 @@ def _plan_settlements(rng, grid, ppm, occ, roads, pivots):
         side = rng.uniform(1.5, 3.0) * ppm
         roof = ROOFS[rng.choice(METAL_ROOFS)]
         _place(occ, buildings, _interior_point(rng, grid), (side, side), rng.uniform(0, np.pi), roof,
-               rng.uniform(2.5, 4), False)
+               rng.uniform(2.5, 4), False, kind="shed")
     for pivot in pivots:  # the pivot's centre tower
         buildings.append(_building(pivot["c"], (1.5 * ppm, 1.5 * ppm), 0.0, ROOFS[2], 4.0, False))
     wells = []
@@ -456,14 +520,14 @@ def _plan_settlements(rng, grid, ppm, occ, roads, pivots):
     return compounds, buildings, np.array(wells).reshape(-1, 2)
 
 
-def _building(c, half, angle, colour, height, round_):
+def _building(c, half, angle, colour, height, round_, kind=None):
     return {"c": np.asarray(c, float), "half": tuple(half), "u": (math.cos(angle), math.sin(angle)),
-            "colour": colour, "height": height, "round": round_}
+            "colour": colour, "height": height, "round": round_, "kind": kind}
 
 
-def _place(occ, buildings, c, half, angle, colour, height, round_):
+def _place(occ, buildings, c, half, angle, colour, height, round_, kind=None):
     """Add a building where the ground is free, and take its ground."""
-    building = _building(c, half, angle, colour, height, round_)
+    building = _building(c, half, angle, colour, height, round_, kind)
     hu, hv = building["half"]
     if _is_free(occ, building["c"], math.hypot(hu, hv) + 2):
         box_at(mark(occ, HARD), building["c"], hu + 2, hv + 2, building["u"])
@@ -505,8 +569,9 @@ def _plan_blobs(rng, grid, ppm, occ, weights, hv_lines):
     height = (TREE_H_M[kind, 0] + size * np.ptp(TREE_H_M, axis=1)[kind]) * rng.uniform(0.85, 1.0, len(x))
     rgb = TREE_RGB[kind] * rng.uniform(0.82, 1.18, (len(x), 1))
     trees = (x, y, crown * ppm, height, rgb, np.zeros(len(x), bool), np.zeros(len(x), bool))
-    parts = [trees, _boulders(rng, grid, ppm, occ, weights), _occluders(rng, ppm, hv_lines)]
-    return dict(zip(("x", "y", "r", "h", "rgb", "rock", "over"), (np.concatenate(p) for p in zip(*parts))))
+    *boulders, clusters = _boulders(rng, grid, ppm, occ, weights)
+    parts = [trees, boulders, _occluders(rng, ppm, hv_lines)]
+    return dict(zip(("x", "y", "r", "h", "rgb", "rock", "over"), (np.concatenate(p) for p in zip(*parts)))), clusters
 
 
 def _boulders(rng, grid, ppm, occ, weights):
@@ -519,10 +584,16 @@ def _boulders(rng, grid, ppm, occ, weights):
     y = np.repeat(cells // hills.shape[1] * COARSE, sizes) + rng.normal(0, 6 * ppm, sizes.sum())
     keep = (x >= 0) & (x < grid.width) & (y >= 0) & (y < grid.height)
     keep[keep] = occ[y[keep].astype(int), x[keep].astype(int)] < HARD
+    # the clusters that kept a boulder, at their boulders' mean
+    cluster = np.repeat(np.arange(n), sizes)[keep]
     x, y = x[keep], y[keep]
+    found = np.unique(cluster)
+    counts = np.bincount(cluster, minlength=n)[found]
+    centres = np.stack([np.bincount(cluster, x, n)[found], np.bincount(cluster, y, n)[found]], axis=1)
+    centres = centres / np.maximum(counts, 1)[:, None]
     r = rng.uniform(0.7, 3.5, len(x)) * ppm
     rgb = ROCK_RGB[rng.integers(len(ROCK_RGB), size=len(x))] * rng.uniform(0.9, 1.1, (len(x), 1))
-    return x, y, r, 0.7 * r / ppm, rgb, np.ones(len(x), bool), np.zeros(len(x), bool)
+    return x, y, r, 0.7 * r / ppm, rgb, np.ones(len(x), bool), np.zeros(len(x), bool), centres.reshape(-1, 2)
 
 
 def _occluders(rng, ppm, hv_lines):
@@ -538,3 +609,73 @@ def _occluders(rng, ppm, hv_lines):
     rows = np.array(rows).reshape(-1, 4)
     rgb = TREE_RGB[[3]] * rng.uniform(0.85, 1.15, (len(rows), 1))
     return rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], rgb, np.zeros(len(rows), bool), np.ones(len(rows), bool)
+
+
+# -- density and confusers ----------------------------------------------------------------------------------------
+def tower_tiles(grid, hv_lines, pad=0.0):
+    """(tiles_y, tiles_x) bool: the scene's tiles that a dataset labels tower, those holding a tower of hv_lines
+    within label-maker's buffer (TOWER_TILE_BUFFER_PX) plus `pad` px."""
+    mask = np.zeros((grid.tiles_y, grid.tiles_x), bool)
+    reach = TOWER_TILE_BUFFER_PX + pad
+    for line in hv_lines:
+        for x, y in line.towers:
+            if grid.outside_by((x, y)) > 0:
+                continue
+            c0, c1 = (int(math.floor(v / TILE_SIZE)) for v in (x - reach, x + reach))
+            r0, r1 = (int(math.floor(v / TILE_SIZE)) for v in (y - reach, y + reach))
+            mask[max(r0, 0): r1 + 1, max(c0, 0): c1 + 1] = True
+    return mask
+
+
+def _plan_confusers(rng, grid, ppm, occ, hv_lines, density):
+    """Tower-like things with no HV line: lattice telecom masts (some guyed), substations (a fenced yard of grey
+    gear and short connectors) and water towers, on free ground in tiles without a tower."""
+    near_towers = tower_tiles(grid, hv_lines)
+    made = []
+    km2 = _extent_km(grid, ppm) ** 2
+    for kind, per_km2 in CONFUSERS_PER_KM2.items():
+        for _ in range(max(1, int(rng.poisson(density * per_km2 * km2)))):
+            size = {"telecom_mast": 3.0, "substation": rng.uniform(18, 45), "water_tower": 6.0}[kind] * ppm
+            reach = size + (40 * ppm if kind != "substation" else 0)  # masts' guys and shadows reach far
+            for _ in range(30):
+                c = _interior_point(rng, grid, 0.05, 0.95)
+                tiles = np.floor((np.array([c - reach, c + reach])) / TILE_SIZE).astype(int)
+                (c0, r0), (c1, r1) = np.clip(tiles, 0, [grid.tiles_x - 1, grid.tiles_y - 1])
+                if near_towers[r0: r1 + 1, c0: c1 + 1].any() or not _is_free(occ, c, size + 2 * ppm):
+                    continue
+                made.append(_confuser(rng, kind, c, size, ppm))
+                box_at(mark(occ, HARD), c, size + 2 * ppm, size + 2 * ppm, (1.0, 0.0))
+                break
+    return made
+
+
+def _confuser(rng, kind, c, size, ppm):
+    angle = rng.uniform(0, np.pi)
+    u = np.array([math.cos(angle), math.sin(angle)])
+    if kind == "telecom_mast":  # a narrow lattice, 25-60 m tall; guyed ones have three anchors
+        height = rng.uniform(25, 60)
+        guys = int(rng.choice([0, 0, 3]))
+        start = rng.uniform(0, 2 * np.pi)
+        anchors = [c + 0.55 * height * ppm * np.array([math.cos(start + k * 2 * np.pi / 3),
+                                                       math.sin(start + k * 2 * np.pi / 3)]) for k in range(guys)]
+        return {"kind": kind, "c": c, "side": rng.uniform(1.6, 3.0) * ppm, "height": height, "u": u,
+                "anchors": np.array(anchors).reshape(-1, 2), "shelter": rng.random() < 0.6}
+    if kind == "water_tower":  # a round tank on a column or legs
+        return {"kind": kind, "c": c, "r": rng.uniform(2.5, 5.0) * ppm, "height": rng.uniform(12, 28), "u": u,
+                "colour": np.array([[196, 198, 200], [178, 184, 190], [150, 160, 172]][rng.integers(3)], float)}
+    # substation: a fenced yard, bays of grey gear joined by short connectors, a control building
+    hu, hv = size, size * rng.uniform(0.55, 0.9)
+    v = np.array([-u[1], u[0]])
+    bays = max(2, int(2 * hu / (7 * ppm)))
+    gear, links = [], []
+    for b in range(bays):
+        along = -hu + (b + 0.5) * 2 * hu / bays
+        row = [c + along * u + t * hv * v for t in np.linspace(-0.6, 0.45, int(rng.integers(3, 5)))]
+        for k, p in enumerate(row):
+            transformer = k == len(row) - 1 and rng.random() < 0.5
+            half = (rng.uniform(1.6, 2.6) if transformer else rng.uniform(0.6, 1.0)) * ppm
+            gear.append((p, half, 2.5 if transformer else 3.5))
+        links += list(zip(row[:-1], row[1:]))
+    building = c + (hv * 0.8) * v - hu * 0.6 * u
+    return {"kind": kind, "c": c, "half": (hu, hv), "u": u, "gear": gear, "links": links,
+            "building": building, "gantries": [c + (-hu + (b + 0.5) * 2 * hu / bays) * u for b in range(bays)]}

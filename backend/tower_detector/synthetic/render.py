@@ -1,19 +1,23 @@
 """The pixels of a planned synthetic scene: ground strip by strip, things on the ground, every shadow (cast by the
-one sun, combined by maximum), roofs, trees and towers, then a softening and sensor grain over everything alike.
-render_scene(plan, towers=False) differs from the full scene only where towers, their shadows and conductors are
-drawn (the tests compare the two).
+one sun, combined by maximum), roofs, trees, confusers and towers, then a softening and sensor grain over everything
+alike, and the options' haze and JPEG tiles. render_scene(plan, towers=False) differs from the full scene only where
+towers, their shadows and conductors are drawn (the tests compare the two).
 """
 
+import io
 import math
 
 import numpy as np
+from PIL import Image
 
+from ..geo.tilemath import TILE_SIZE
 from .noise import sample_grid
 from .plan import COARSE, ROCK_RGB, resample, streams
 from .shapes import (
     bbox,
     blend,
     box,
+    box_at,
     capsule,
     capsule_at,
     cast,
@@ -31,6 +35,10 @@ from .shapes import (
 STRIP = 256  # rows of ground made at a time, to bound memory
 SHADOW_KEEP = np.array([0.42, 0.45, 0.54], np.float32)  # what a full shadow leaves of R, G, B: shade is bluish
 STEEL = {"bright": (200, 202, 206), "dark": (84, 86, 90)}  # galvanised steel, and how it looks against sand
+PALE_STEP = 16  # --low-contrast: steel this many grey levels from the ground under it, paler where it can be
+HAZE_RGB = np.array([214, 218, 226], np.float32)  # --haze: the pale, slightly blue veil
+# heights of a tower's parts, as fractions of its height, where --lean shears them: waist, cross-arm, peak
+WAIST_Z, ARM_Z, PEAK_Z = 0.6, 0.72, 1.0
 
 
 def _upsample(values, r0, r1):
@@ -76,10 +84,14 @@ def render_scene(plan, towers=True, progress=None):
     rng = streams(plan.seed)["render"]
     _paint_ground(plan, canvas, report)
     _paint_surface(plan, canvas)
+    _paint_confuser_ground(plan, canvas)
     report(total - 3, "surface")
     sprites = _Sprites(rng, plan)
     lit = [_mean_around(canvas.rgb, line.towers) for line in plan.hv_lines]
+    masts = [f for f in plan.confusers if f["kind"] == "telecom_mast"]
+    mast_lum = _mean_around(canvas.rgb, [f["c"] for f in masts]) if masts else []
     _cast_shadows(plan, canvas, sprites)
+    _cast_confusers(plan, canvas)
     # how bright the ground under each tower is, shadows of other things included: steel is drawn to contrast
     shaded = [_mean_around(canvas.shadow[None], line.towers) / 255 for line in plan.hv_lines]
     ground = [a * (1 - 0.5 * b) for a, b in zip(lit, shaded)]
@@ -89,6 +101,7 @@ def render_scene(plan, towers=True, progress=None):
     canvas.apply_shadows()
     report(total - 2, "shadows")
     _paint_objects(plan, canvas)
+    _paint_confusers(plan, canvas, dict(zip((id(f) for f in masts), mast_lum)))
     _paint_blobs(canvas, plan.blobs, sprites, ~plan.blobs["over"])
     if towers:
         for line, lum in zip(plan.hv_lines, ground):
@@ -96,6 +109,10 @@ def render_scene(plan, towers=True, progress=None):
     _paint_blobs(canvas, plan.blobs, sprites, plan.blobs["over"])
     report(total - 1, "objects")
     _finish(canvas, rng)
+    if plan.options.haze > 0:
+        _haze(canvas, plan.options.haze)
+    if plan.options.jpeg_quality is not None:
+        _jpeg_tiles(canvas.rgb, plan.options.jpeg_quality)
     report(total, "finish")
     return canvas.rgb, canvas.towers
 
@@ -341,9 +358,9 @@ def _paint_blobs(canvas, blobs, sprites, which):
             blend(canvas.rgb, sl, alpha[part], blobs["rgb"][i][:, None, None] * shade[part])
 
 
-def _finish(canvas, rng):
-    """Soften everything a little, as optics and resampling do ([0.2, 0.6, 0.2] both ways), and add sensor grain:
-    no drawn shape keeps tell-tale flat colours. In place, strip by strip; the row above each strip is kept."""
+def _by_strips(canvas, step):
+    """canvas.rgb = step(rows), strip by strip, in place: rows (3, n + 2, W) float32 are a strip with the row above
+    and the row below it (as they were: each strip's top row is kept for the next), edges repeated."""
     h = canvas.shape[0]
     above = canvas.rgb[:, :1].astype(np.float32)
     for r0 in range(0, h, STRIP):
@@ -352,10 +369,51 @@ def _finish(canvas, rng):
         below = canvas.rgb[:, min(r1, h - 1)][:, None].astype(np.float32)
         rows = np.concatenate([above, block, below], axis=1)
         above = block[:, -1:]
-        soft = 0.6 * rows[:, 1:-1] + 0.2 * (rows[:, :-2] + rows[:, 2:])
-        soft[..., 1:-1] = 0.6 * soft[..., 1:-1] + 0.2 * (soft[..., :-2] + soft[..., 2:])
+        canvas.rgb[:, r0:r1] = np.clip(np.rint(step(rows)), 0, 255)
+
+
+def _soften(rows):
+    """[0.2, 0.6, 0.2] both ways, on the inner rows of rows (3, n + 2, W)."""
+    soft = 0.6 * rows[:, 1:-1] + 0.2 * (rows[:, :-2] + rows[:, 2:])
+    soft[..., 1:-1] = 0.6 * soft[..., 1:-1] + 0.2 * (soft[..., :-2] + soft[..., 2:])
+    return soft
+
+
+def _finish(canvas, rng):
+    """Soften everything a little, as optics and resampling do, and add sensor grain: no drawn shape keeps
+    tell-tale flat colours."""
+
+    def step(rows):
+        soft = _soften(rows)
         soft += rng.normal(0, 2.0, soft.shape[1:]).astype(np.float32)
-        canvas.rgb[:, r0:r1] = np.clip(np.rint(soft), 0, 255)
+        return soft
+
+    _by_strips(canvas, step)
+
+
+def _haze(canvas, amount):
+    """A veil over everything: a blend `amount` of the way to a pale haze colour, and a little blur (the light the
+    haze scatters), so brightness rises and contrast falls."""
+    blur = min(1.0, 2 * amount)
+
+    def step(rows):
+        mid = rows[:, 1:-1]
+        hazy = mid + (_soften(rows) - mid) * blur
+        return hazy + (HAZE_RGB[:, None, None] - hazy) * amount
+
+    _by_strips(canvas, step)
+
+
+def _jpeg_tiles(rgb, quality):
+    """Each 256-px tile through JPEG at `quality` (Pillow: 4:2:0 chroma, as tile services serve), in place: the
+    8-px blocks line up with the tile grid, as in imagery stitched from a tile service."""
+    for r0 in range(0, rgb.shape[1], TILE_SIZE):
+        for c0 in range(0, rgb.shape[2], TILE_SIZE):
+            view = rgb[:, r0: r0 + TILE_SIZE, c0: c0 + TILE_SIZE]
+            buf = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(np.moveaxis(view, 0, -1))).save(buf, "JPEG", quality=quality)
+            with Image.open(buf) as img:
+                view[...] = np.moveaxis(np.asarray(img.convert("RGB")), -1, 0)
 
 
 # -- towers ---------------------------------------------------------------------------------------------------------
@@ -406,36 +464,159 @@ def _lattice_shadow(yy, xx, c, top, s, h, u, v):
     return inside * (0.3 + 0.6 * np.clip(1.3 - members, 0, 1))
 
 
+def steel_colour(lum, low_contrast=False):
+    """Tower steel against ground of brightness `lum`: dark on bright ground, bright on dark ground; with
+    low_contrast, a grey PALE_STEP levels from the ground's (brighter where there is room: pale steel)."""
+    if not low_contrast:
+        return STEEL["dark" if lum >= 150 else "bright"]
+    lum = float(np.nan_to_num(lum, nan=150.0))
+    return (min(lum + PALE_STEP, 255.0) if lum <= 255 - PALE_STEP else lum - PALE_STEP,) * 3
+
+
 def _paint_tower_line(plan, canvas, line, ground):
-    """Conductors, then each tower's steel, bright or dark against the `ground` brightness under each tower."""
-    ppm = plan.ppm
+    """Conductors, then each tower's steel, bright or dark against the `ground` brightness under each tower; with
+    --lean, each part moved along the view's lean by its height (the base stays where the tower stands)."""
+    ppm, lean = plan.ppm, plan.lean
     frames = _tower_frames(line, ppm)
-    for (c0, _, v0, *_), (c1, _, v1, *_) in zip(frames[:-1], frames[1:]):
+    for (c0, _, v0, _, h0, *_), (c1, _, v1, _, h1, *_) in zip(frames[:-1], frames[1:]):
         for k in (-1, 0, 1):
-            stroke(paint(canvas, (206, 206, 202), 0.16), [c0 + k * line.phase * v0, c1 + k * line.phase * v1], 0.5)
-    for (c, u, v, s, _, steel, arm), lum in zip(frames, ground):
-        win = window(canvas.shape, bbox(c, max(s, arm) + 2))
+            a, b = c0 + k * line.phase * v0, c1 + k * line.phase * v1
+            if lean is None:
+                stroke(paint(canvas, (206, 206, 202), 0.16), [a, b], 0.5)
+            else:
+                pts, z = _conductor(a, b, h0, h1, ppm)
+                stroke(paint(canvas, (206, 206, 202), 0.16), pts + z * lean, 0.5)
+    for (c, u, v, s, h, steel, arm), lum in zip(frames, ground):
+        top = None if lean is None else lean * h
+        win = window(canvas.shape, bbox([c, c if top is None else c + top], max(s, arm) + 2))
         if win is None:
             continue
         sl, yy, xx = win
-        alpha = _tower_alpha(yy, xx, c, u, v, s, steel, arm, ppm)
-        blend(canvas.rgb, sl, alpha, STEEL["dark" if lum >= 150 else "bright"])
+        alpha = _tower_alpha(yy, xx, c, u, v, s, steel, arm, ppm, top)
+        blend(canvas.rgb, sl, alpha, steel_colour(lum, plan.options.low_contrast))
         canvas.towers[sl] |= alpha > 0.35
 
 
-def _tower_alpha(yy, xx, c, u, v, s, steel, arm, ppm):
+def _conductor(a, b, h0, h1, ppm, points=9):
+    """Points along a sagging conductor from a to b, and each one's height (m) above the ground."""
+    t = np.linspace(0, 1, points)[:, None]
+    sag = 0.035 * math.hypot(*(b - a)) / ppm
+    return a + (b - a) * t, ARM_Z * (h0 + (h1 - h0) * t) - 4 * sag * t * (1 - t)
+
+
+def _tower_alpha(yy, xx, c, u, v, s, steel, arm, ppm, top=None):
     """Coverage of a lattice tower seen from above: base square, legs to the waist, waist, cross-arm, insulators;
-    its peak, nearest the camera, stays clear whatever `steel`."""
+    its peak, nearest the camera, stays clear whatever `steel`. top: px the peak is moved by the view's lean (the
+    waist and cross-arm by their share of it); None: seen straight down."""
+    def lifted(z):
+        return c if top is None else c + top * z
+
     corners = [c + (i * u + j * v) * s / 2 for i, j in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
-    waist = [c + (i * u + j * v) * s * 0.18 for i, j in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
+    waist = [lifted(WAIST_Z) + (i * u + j * v) * s * 0.18 for i, j in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
     parts = []
     for k in range(4):
         parts.append(0.7 * capsule(yy, xx, corners[k], corners[k - 1], 0.45))
         parts.append(0.85 * capsule(yy, xx, corners[k], waist[k], 0.6))
         parts.append(0.6 * capsule(yy, xx, waist[k], waist[k - 1], 0.4))
         parts.append(0.9 * disc(yy, xx, corners[k], 0.9))
-    parts.append(0.9 * capsule(yy, xx, c - arm * v, c + arm * v, max(0.6 * ppm, 0.8)))
+    a = lifted(ARM_Z)
+    parts.append(0.9 * capsule(yy, xx, a - arm * v, a + arm * v, max(0.6 * ppm, 0.8)))
     for k in (-1, 1):
-        parts.append(0.8 * disc(yy, xx, c + k * (arm - 0.8 * ppm) * v, 0.9))
+        parts.append(0.8 * disc(yy, xx, a + k * (arm - 0.8 * ppm) * v, 0.9))
     half = max(1.0, 0.7 * ppm)
-    return np.maximum(steel * np.maximum.reduce(parts), box(yy, xx, c, half, half, u))
+    return np.maximum(steel * np.maximum.reduce(parts), box(yy, xx, lifted(PEAK_Z), half, half, u))
+
+
+# -- confusers (--confusers) ----------------------------------------------------------------------------------------
+def _fence(c, hu, hv, u):
+    corners = rect_corners(c, hu, hv, u)
+    return np.vstack([corners, corners[:1]])
+
+
+def _paint_confuser_ground(plan, canvas):
+    """Substations' gravel yards, under everything that casts a shadow."""
+    for f in plan.confusers:
+        if f["kind"] == "substation":
+            hu, hv = f["half"]
+            box_corners = rect_corners(f["c"], hu, hv, f["u"])
+            draw(paint(canvas, (172, 168, 158), 0.9), bbox(box_corners, 1), convex, box_corners)
+
+
+def _cast_confusers(plan, canvas):
+    """Confusers' shadows: a mast's lattice and guy wires, a water tower's column and tank, a substation's gear,
+    gantries and fence."""
+    ppm, sv = plan.ppm, plan.sun.shadow
+    for f in plan.confusers:
+        c, u, kind = f["c"], np.asarray(f["u"]), f["kind"]
+        v = np.array([-u[1], u[0]])
+        if kind == "telecom_mast":
+            h, s = f["height"], f["side"]
+            top = c + 0.95 * h * sv
+            draw(cast(canvas, 1.0), bbox([c, top], s), _lattice_shadow, c, top, s, h, u, v)
+            for anchor in f["anchors"]:
+                stroke(cast(canvas, 0.25), [c + 0.85 * h * sv, anchor], 0.5)
+            if f["shelter"]:
+                shelter = c + 6 * ppm * v
+                poly = prism_shadow(rect_corners(shelter, 1.5 * ppm, 1.2 * ppm, u), 2.6 * sv)
+                draw(cast(canvas, 0.85), bbox(poly, 1), convex, poly)
+        elif kind == "water_tower":
+            h, r = f["height"], f["r"]
+            r_m = r / ppm
+            capsule_at(cast(canvas, 0.75), c, c + (h - 1.6 * r_m) * sv, max(0.6 * ppm, 0.8))
+            capsule_at(cast(canvas, 0.9), c + (h - 1.6 * r_m) * sv, c + h * sv, r)
+        else:
+            hu, hv = f["half"]
+            stroke(cast(canvas, 0.3), _fence(c, hu, hv, u) + 2.0 * sv, 0.5)
+            for p, half, height in f["gear"]:
+                poly = prism_shadow(rect_corners(p, half, half, u), height * sv)
+                draw(cast(canvas, 0.8), bbox(poly, 1), convex, poly)
+            for g in f["gantries"]:
+                stroke(cast(canvas, 0.6), [g - 0.8 * hv * v + 8 * sv, g + 0.8 * hv * v + 8 * sv], 0.6)
+            poly = prism_shadow(rect_corners(f["building"], 4 * ppm, 2.5 * ppm, u), 4 * sv)
+            draw(cast(canvas, 0.85), bbox(poly, 1), convex, poly)
+
+
+def _paint_confusers(plan, canvas, mast_lum):
+    """Confusers seen from above (leaning with the view, as towers do): a mast's small lattice square, its guys and
+    shelter; a water tower's lit tank on its column; a substation's gear, connectors, gantries, fence and building."""
+    ppm = plan.ppm
+    lean = np.zeros(2) if plan.lean is None else plan.lean
+    for f in plan.confusers:
+        c, u, kind = f["c"], np.asarray(f["u"]), f["kind"]
+        v = np.array([-u[1], u[0]])
+        if kind == "telecom_mast":
+            h, s = f["height"], f["side"]
+            colour = steel_colour(mast_lum[id(f)], plan.options.low_contrast)
+            corners = rect_corners(c, s / 2, s / 2, u)
+            top = c + lean * h
+            for k in range(4):
+                capsule_at(paint(canvas, colour, 0.8), corners[k], corners[k - 1], 0.45)
+                capsule_at(paint(canvas, colour, 0.6), corners[k], top, 0.4)
+            box_at(paint(canvas, colour, 0.9), top, max(0.8, 0.5 * ppm), max(0.8, 0.5 * ppm), u)
+            for anchor in f["anchors"]:
+                stroke(paint(canvas, (200, 200, 198), 0.15), [c + lean * 0.85 * h, anchor], 0.5)
+                disc_at(paint(canvas, (90, 88, 84), 0.7), anchor, 0.7)
+            if f["shelter"]:
+                _paint_roof(canvas, {"c": c + 6 * ppm * v, "half": (1.5 * ppm, 1.2 * ppm), "u": u,
+                                     "colour": np.array([186, 186, 184], np.float32), "round": False},
+                            plan.sun.light)
+                stroke(paint(canvas, (96, 96, 94), 0.4), _fence(c + 3 * ppm * v, 7 * ppm, 7 * ppm, u), 0.4)
+        elif kind == "water_tower":
+            h, r = f["height"], f["r"]
+            tank = c + lean * (h - r / ppm)
+            if plan.lean is not None:
+                capsule_at(paint(canvas, (150, 150, 150), 0.9), c, tank, max(0.6 * ppm, 0.8))
+            _paint_roof(canvas, {"c": tank, "half": (r, r), "u": u, "colour": f["colour"], "round": True},
+                        plan.sun.light)
+        else:
+            hu, hv = f["half"]
+            for a, b in f["links"]:
+                stroke(paint(canvas, (204, 204, 200), 0.5), [a, b], 0.4)
+            for p, half, _ in f["gear"]:
+                box_at(paint(canvas, (128, 130, 132)), p, half, half, u)
+                disc_at(paint(canvas, (176, 178, 180)), p, max(0.5, 0.35 * half))
+            for g in f["gantries"]:
+                stroke(paint(canvas, (150, 152, 156), 0.6), [g - 0.8 * hv * v, g + 0.8 * hv * v], 0.5)
+            stroke(paint(canvas, (84, 84, 82), 0.55), _fence(c, hu, hv, u), 0.45)
+            _paint_roof(canvas, {"c": f["building"], "half": (4 * ppm, 2.5 * ppm), "u": u,
+                                 "colour": np.array([196, 190, 180], np.float32), "round": False}, plan.sun.light)
