@@ -612,11 +612,11 @@ def _occluders(rng, ppm, hv_lines):
 
 
 # -- density and confusers ----------------------------------------------------------------------------------------
-def tower_tiles(grid, hv_lines, pad=0.0):
+def tower_tiles(grid, hv_lines):
     """(tiles_y, tiles_x) bool: the scene's tiles that a dataset labels tower, those holding a tower of hv_lines
-    within label-maker's buffer (TOWER_TILE_BUFFER_PX) plus `pad` px."""
+    within label-maker's buffer (TOWER_TILE_BUFFER_PX)."""
     mask = np.zeros((grid.tiles_y, grid.tiles_x), bool)
-    reach = TOWER_TILE_BUFFER_PX + pad
+    reach = TOWER_TILE_BUFFER_PX
     for line in hv_lines:
         for x, y in line.towers:
             if grid.outside_by((x, y)) > 0:
