@@ -108,7 +108,8 @@ def tiles_arguments(sp, remote=False):
 
 
 def synthetic_arguments(sp, remote=False):
-    # density and realism: None means not given (the default scene, or the --realism preset's value)
+    # density and realism: None means not given (the default scene, or the --realism preset's value); --realism's
+    # help spells out synthetic.REALISM (a test compares them): importing it here would load numpy for every command
     return [
         sp.add_argument("--out", required=True, help="output directory"),
         sp.add_argument("--tiles-x", type=COUNT, default=8),
@@ -119,14 +120,15 @@ def synthetic_arguments(sp, remote=False):
         sp.add_argument("--zoom", type=ZOOM, default=18, help=argparse.SUPPRESS),
         sp.add_argument("--hv-lines", type=_whole(0, 100), metavar="N",
                         help="HV lines planned (default: from the scene's size, at least 2); 1 on a 64x64 scene "
-                             "gives about 1%% tower tiles"),
+                             "gives under 1%% tower tiles"),
         sp.add_argument("--realism", action="store_true",
                         help="all the realism options below at moderate strength: --jpeg-quality 75 "
                              "--low-contrast --lean 6 --haze 0.25 --confusers 1 (each may still be set)"),
         sp.add_argument("--jpeg-quality", type=_whole(1, 100), metavar="Q",
                         help="JPEG-encode each 256-px tile at quality Q, as tile services serve them"),
-        sp.add_argument("--low-contrast", action="store_const", const=True,
-                        help="tower steel a few grey levels from the ground under it (pale steel)"),
+        sp.add_argument("--low-contrast", action=argparse.BooleanOptionalAction,
+                        help="tower steel a few grey levels from the ground under it (pale steel); "
+                             "--no-low-contrast undoes --realism's"),
         sp.add_argument("--lean", type=_number(0, high=100), metavar="METRES",
                         help="off-nadir view: a 50 m tower's top drawn this far from its base (lower ones less), "
                              "in one direction for the scene; the tower's point stays at its base"),

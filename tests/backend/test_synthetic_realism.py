@@ -1,6 +1,7 @@
 """`tower-detector synthetic`'s density and realism options: each changes the pixels the way it says, the defaults
 change nothing, and confusers never become tower labels."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from tower_detector import synthetic
 from tower_detector.common.errors import UserError
 from tower_detector.datasets.labels import positive_tiles
 from tower_detector.geo.tilemath import ground_resolution, lonlat_to_tile
+from tower_detector.pipeline import synthetic_arguments
 from tower_detector.synthetic.plan import MAX_TOWER_H_M, streams
 
 ARGS = dict(tiles_x=6, tiles_y=4, seed=7)
@@ -209,13 +211,23 @@ def test_cli_refuses_bad_values_with_one_line(tmp_path, args, flag):
     assert not (tmp_path / "s").exists()
 
 
+def test_realism_help_names_the_preset_values():
+    parser = argparse.ArgumentParser()
+    help_text = next(a.help for a in synthetic_arguments(parser) if a.dest == "realism")
+    for name, value in synthetic.REALISM.items():
+        flag = "--" + name.replace("_", "-")
+        assert (flag if value is True else f"{flag} {value:g}") in help_text
+
+
 def test_cli_realism_preset_and_an_override(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tower_detector", "synthetic", "--out", str(tmp_path / "s"),
-                           "--tiles-x", "2", "--tiles-y", "2", "--realism", "--haze", "0", "--hv-lines", "1",
+                           "--tiles-x", "2", "--tiles-y", "2", "--realism", "--haze", "0", "--no-low-contrast",
+                           "--hv-lines", "1",
                            "--events"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
-    # the summary lists the options that differ from the defaults: --haze 0 is the default again
-    assert result["options"] == {**{k: v for k, v in synthetic.REALISM.items() if k != "haze"}, "hv_lines": 1}
+    # the summary lists the options that differ from the defaults: --haze 0 and --no-low-contrast are defaults
+    off = ("haze", "low_contrast")
+    assert result["options"] == {**{k: v for k, v in synthetic.REALISM.items() if k not in off}, "hv_lines": 1}
     assert result["lines"] == 1 and (tmp_path / "s" / "confusers.geojson").exists()
     assert result["tower_tile_share"] == pytest.approx(result["tower_tiles"] / 4, abs=1e-5)
