@@ -160,6 +160,35 @@ def test_lines_sharing_a_block_but_no_tile_stay_apart(sample_scene, tmp_path):
     assert all(s["tower"] > 0 for s in summary["splits"].values())
 
 
+def test_crossing_lines_stay_two_groups_and_their_shared_tile_keeps_no_line_in_two_splits(sample_scene, tmp_path):
+    """Two lines crossing in one tile: chaining lines through shared tiles made a meshed network one group that no
+    split could share (one split without towers). They stay two groups; the tile they share goes with the first
+    line, or out where the other went to another split."""
+    from tower_detector.geo.cover import tile_lonlat
+
+    info = sample_scene["info"]["tile_range"]
+    x0, y0 = info["x"][0], info["y"][0]
+    features = []
+    for ref, xs, ys in (("A", np.arange(8), np.full(8, 3)), ("B", np.full(8, 3), np.arange(8))):
+        lon, lat = tile_lonlat(x0 + xs + 0.5, y0 + ys + 0.5, 18)
+        coords = [[float(a), float(b)] for a, b in zip(lon, lat)]
+        features.append({"type": "Feature", "properties": {"power": "line"},
+                         "geometry": {"type": "LineString", "coordinates": coords}})
+        features += [{"type": "Feature", "properties": {"power": "tower", "line": ref},
+                      "geometry": {"type": "Point", "coordinates": c}} for c in coords]
+    towers = tmp_path / "towers.geojson"
+    towers.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    summary = build(dict(sample_scene, towers=towers), tmp_path / "ds", split="0.5,0.5", block_size=2,
+                    background_ratio=0.5)
+    assert summary["split_by_line"]["lines"] == 2
+    per_line = _splits_per_line(tmp_path / "ds", towers)
+    assert all(len(v) == 1 for v in per_line.values()), per_line
+    assert all(s["tower"] > 0 for s in summary["splits"].values()), summary["splits"]
+    where = {r["tile_id"]: r["split"] for r in read_index(tmp_path / "ds")}
+    crossing = f"{x0 + 3}-{y0 + 3}-18"
+    assert (crossing in where) == (per_line["A"] == per_line["B"])
+
+
 def test_towers_without_lines_keep_their_blocks(sample_scene, tmp_path):
     """A points-only source (no lines): each tower's block is its own group, as before lines were known."""
     data = json.loads(sample_scene["towers"].read_text())

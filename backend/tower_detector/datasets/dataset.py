@@ -299,27 +299,20 @@ def _sample_background(cover, pos, hard_negatives, n, rng):
 def _blocked_splits(tiles, labels, splits, block_size, rng, linked=()):
     """(split index per tile (-1: dropped at a border), the number of groups): whole groups per split, towers
     spread in proportion. linked: arrays of tile indices that must share a split (one power line's tower tiles).
-    A group is one line's tower tiles (lines sharing a tile are one group) with the blocks where that line holds
-    the most tower tiles, or a block without tower tiles of a line. Only tiles chain lines, not blocks: joining
-    every block a line touches chains the lines of a meshed network (lines that cross or meet share blocks) into
-    one group that no split can share."""
+    A group is one line's tower tiles with the blocks where that line holds the most tower tiles, or a block
+    without tower tiles of a line. Lines are never chained into one group: in a meshed network every line crosses
+    or meets another, and chaining them through shared tiles or blocks leaves one group that no split can share.
+    A tile two lines share (a crossing, a common end) goes with its first line's group, and is dropped where
+    another of its lines went to another split: no line's towers are in two splits."""
     fractions = np.array([f for _, f in splits])
     cells, cell_of = np.unique(tiles // block_size, axis=0, return_inverse=True)
     cell_of = cell_of.ravel()
-    parent = {}
-
-    def root(t):
-        while parent[t] != t:
-            parent[t] = parent[parent[t]]
-            t = parent[t]
-        return t
-
-    for members in linked:
-        for t in members.tolist():
-            parent.setdefault(t, t)
-            parent[root(t)] = root(parent.setdefault(int(members[0]), int(members[0])))
-    line_tiles = np.array(sorted(parent), dtype=np.int64)
-    _, line_of = np.unique([root(t) for t in line_tiles.tolist()], return_inverse=True)
+    owners = {}  # tile -> the lines with a tower in it, in order
+    for i, members in enumerate(linked):
+        for t in np.unique(members).tolist():
+            owners.setdefault(t, []).append(i)
+    line_tiles = np.array(sorted(owners), dtype=np.int64)
+    _, line_of = np.unique([owners[t][0] for t in line_tiles.tolist()], return_inverse=True)
     n_lines = int(line_of.max()) + 1 if len(line_tiles) else 0
     # each block follows the line holding most of its tower tiles (ties: the first line); the others' tiles in it
     # stay with their own line
@@ -355,7 +348,14 @@ def _blocked_splits(tiles, labels, splits, block_size, rng, linked=()):
                         f"{', '.join(empty)} empty; use a bigger area or a smaller --block-size")
     # where splits touch, the bigger split gives way: the evaluation splits keep their tiles
     keep_rank = np.argsort(np.lexsort((np.arange(len(splits)), -fractions)))
-    return _drop_border_tiles(tiles, split_of, keep_rank), len(blocks)
+    kept = _drop_border_tiles(tiles, split_of, keep_rank)
+    line_split = {}  # each line's split: that of the tiles whose first line it is
+    for t, lines in owners.items():
+        line_split.setdefault(lines[0], split_of[t])
+    for t, lines in owners.items():
+        if any(line_split.get(line, split_of[t]) != split_of[t] for line in lines[1:]):
+            kept[t] = -1
+    return kept, len(blocks)
 
 
 def _drop_border_tiles(tiles, split_of, keep_rank):
