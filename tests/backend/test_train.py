@@ -360,6 +360,51 @@ def test_a_small_backbone_trains_saves_predicts_and_is_no_warm_start_for_xceptio
         check_params({"backbone": "mobilenet_v3_small", "freeze_cutoff": 200})
 
 
+def test_the_compact_backbone_scores_tiles_by_their_best_cell_and_trains_on_a_cpu(trained, dataset, sample_scene,
+                                                                                tmp_path):
+    import keras
+
+    from tower_detector.training.model import build_model
+    from tower_detector.training.params import COMPACT_PARAMS, default_params, head_of
+
+    # its recipe and head follow from the backbone; a head given explicitly wins
+    assert {k: default_params("none", "compact")[k] for k in COMPACT_PARAMS} == COMPACT_PARAMS
+    assert head_of({"backbone": "compact", "head": "auto"}) == "cells"
+    assert head_of({"backbone": "xception", "head": "auto"}) == "dense"
+    assert head_of({"backbone": "compact", "head": "dense"}) == "dense"
+    model, base = build_model(check_params({"backbone": "compact", "image_size": 80}))
+    assert base.output.shape[1:3] == (5, 5)  # cells of 16 px
+    # the tile's score is its best cell's: the sigmoid of the largest cell logit
+    cells = keras.Model(model.input, model.get_layer("cells").output)
+    tiles = np.random.default_rng(0).uniform(0, 255, (3, 80, 80, 3)).astype("float32")
+    expected = 1 / (1 + np.exp(-np.asarray(cells(tiles)).reshape(3, -1).max(axis=1)))
+    assert np.allclose(np.asarray(model(tiles))[:, 0], expected, atol=1e-5)
+
+    out = tmp_path / "compact"
+    done = cli("train", "--data", dataset, "--out", out, "--weights", "none", "--backbone", "compact",
+               "--image-size", 80, "--batch-size", 16, "--epochs-fine", 1)
+    assert done.returncode == 0, done.stderr[-2000:]
+    params = json.loads((out / "params.json").read_text())
+    assert (params["backbone"], params["head"], params["lr_phase2"]) == ("compact", "auto", COMPACT_PARAMS["lr_phase2"])
+    with open(dataset / "index.csv") as f:
+        images = np.stack([np.asarray(Image.open(dataset / r["path"])) for r in list(csv.DictReader(f))[:6]])
+    classifier = Classifier(str(out), views=2)
+    scores, points = classifier.predict_with_points(images, batch_size=4)
+    assert scores.shape == (6,) and np.isfinite(scores).all() and points.shape == (6, 2)
+    assert ((points >= 0) & (points <= 256)).all()
+    assert np.allclose(scores, Classifier(str(out), views=2).predict(images), atol=1e-5)
+    scored = cli("predict", "--model", out, "--imagery", sample_scene["imagery"], "--area", sample_scene["area"],
+                 "--out", tmp_path / "store", "--batch-size", 8)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    # no pretrained weights, and a warm start keeps the network: refused in one line before TensorFlow loads
+    for args, reason in ((("--weights", "imagenet"), "the compact backbone has no pretrained weights"),
+                         (("--init", trained[0]), "its backbone is xception, this training's is compact")):
+        refused = cli("train", "--data", dataset, "--out", tmp_path / "m", "--backbone", "compact", *args, timeout=60)
+        assert refused.returncode == 2 and reason in refused.stderr and "Traceback" not in refused.stderr
+    refused = cli("train", "--data", dataset, "--out", tmp_path / "m", "--init", out, "--head", "dense", timeout=60)
+    assert refused.returncode == 2 and "its head is cells, this training's is dense" in refused.stderr
+
+
 # -- warm start (--init) -----------------------------------------------------------------------------------------
 def test_a_warm_start_begins_from_the_model_and_keeps_its_recipe(trained, dataset, tmp_path):
     import keras

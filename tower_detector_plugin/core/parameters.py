@@ -100,10 +100,11 @@ BACKBONE = Parameter(
     "--backbone",
     QT_TR_NOOP("Backbone"),
     "xception",
-    choices=("xception", "mobilenet_v3_small", "efficientnetv2_b0"),
+    choices=("xception", "mobilenet_v3_small", "efficientnetv2_b0", "compact"),
     help=QT_TR_NOOP(
-        "The network under the classifier: xception (the original project's; best with a GPU), or "
-        "a smaller, faster one for a computer without a GPU."
+        "The network under the classifier: xception (the original project's; best with a GPU), a smaller, "
+        "faster one for a computer without a GPU, or compact: a small network of our own that learns "
+        "in minutes on a CPU, always from random weights."
     ),
 )
 IMAGE_SIZE = Parameter(

@@ -286,6 +286,7 @@ class TrainDialog(JobDialog):
                            self.mode.currentIndexChanged, self.trials.valueChanged, self.where.currentIndexChanged)
         self.mode.currentIndexChanged.connect(self._init_chosen)
         self.weights.currentIndexChanged.connect(self._init_chosen)
+        self.backbone.currentIndexChanged.connect(self._init_chosen)
         self._restore()
         self._init_chosen()
         self._show_plan()
@@ -309,13 +310,15 @@ class TrainDialog(JobDialog):
     def _init_chosen(self, *_):
         """Only the inputs that apply are enabled: a model to start from brings its own weights and backbone; a
         weights file only with weights "file…"; trials, metric and search space only for a search, whose models
-        all start afresh (no model to start from, no first-phase epochs of a single training)."""
+        all start afresh (no model to start from, no first-phase epochs of a single training). The compact backbone
+        has no pretrained weights: it always starts from none."""
         search = self.mode.currentIndex() == 1
         warm = bool(self.init.filePath().strip()) and not search
+        compact = self.backbone.currentData() == "compact"
         self.init.setEnabled(not search)
-        for widget in (self.weights, self.backbone):
-            widget.setEnabled(not warm)
-        self.weights_file.setEnabled(not warm and self.weights.currentData() is None)
+        self.backbone.setEnabled(not warm)
+        self.weights.setEnabled(not warm and not compact)
+        self.weights_file.setEnabled(not warm and not compact and self.weights.currentData() is None)
         for widget in (self.trials, self.metric, self.space):
             widget.setEnabled(search)
         self.epochs_top.setEnabled(not search)
@@ -329,7 +332,7 @@ class TrainDialog(JobDialog):
         if init and not os.path.isfile(os.path.join(init, "params.json")):
             raise ValueError(tr("{init} is not a model folder made by Train (it has no params.json)").format(init=init))
         backbone = self.backbone.currentData()
-        weights = self.weights.currentData()
+        weights = "none" if backbone == "compact" else self.weights.currentData()
         if weights is None and not init:  # file…
             weights = self.weights_file.filePath().strip()
             if not weights:

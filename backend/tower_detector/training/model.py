@@ -11,9 +11,12 @@ Model directory (the contract with predict, the plugin and remote jobs):
   MODEL_CARD.md  the card, for people (card.py)
 
 Architecture: Resizing(image_size) -> Rescaling to [-1, 1] (the preprocessing of every backbone here) -> the
-backbone (params' backbone, include_top=False: Xception, MobileNetV3-Small or EfficientNetV2-B0) ->
-GlobalAveragePooling ("pool") -> Dense(dense_size, dense_activation, weight_init)
--> Dropout -> Dense(1, sigmoid, float32). With pretrained weights the base is called with training=False, so
+backbone (params' backbone, include_top=False: Xception, MobileNetV3-Small or EfficientNetV2-B0; or compact, our
+own small network) -> the head (params.head_of): dense, GlobalAveragePooling ("pool") -> Dense(dense_size,
+dense_activation, weight_init) -> Dropout -> Dense(1, sigmoid, float32); or cells, a 1x1 convolution giving each
+cell of the base's map a tower logit ("cells") -> GlobalMaxPooling ("pool") -> sigmoid ("tower"): the tile is as
+likely a tower as its likeliest cell, and the cells are taught where the towers stand (the point loss).
+With pretrained weights the base is called with training=False, so
 its BatchNormalization layers stay in inference mode while fine-tuning (their statistics were learnt on far
 more data than ours; updating them from small batches wrecks the features). Trained from scratch
 (weights none), they learn normally, with a momentum of 0.9 so their moving averages keep up.
@@ -32,7 +35,7 @@ import numpy as np
 
 from .. import __version__
 from ..common.errors import UserError, one_line
-from .params import DEFAULT_PARAMS, check_params
+from .params import DEFAULT_PARAMS, check_params, head_of
 
 FORMAT = "tower-detector/model"
 VERSION = 1
@@ -70,6 +73,11 @@ def _build_model(params, weights, pretrained):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = 0.9
         x = base(x)
+    if head_of(params) == "cells":
+        x = keras.layers.Conv2D(1, 1, dtype="float32", name="cells")(x)
+        x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
+        outputs = keras.layers.Activation("sigmoid", dtype="float32", name="tower")(x)
+        return keras.Model(inputs, outputs, name="tower_classifier"), base
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(params["dense_size"], activation=params["dense_activation"],
                            kernel_initializer=params["weight_init"], name="dense")(x)
@@ -110,6 +118,10 @@ def _backbone(name, size, weights):
     import keras
 
     check_weights(weights)
+    if name == "compact":
+        if weights != "none":
+            raise UserError("the compact backbone has no pretrained weights: train it with --weights none")
+        return _compact(size)
     constructor, url = BACKBONES[name]
     options = {} if name == "xception" else {"include_preprocessing": False}  # the model's own Rescaling does it
     try:
@@ -122,6 +134,24 @@ def _backbone(name, size, weights):
                 "internet and pass it with --weights FILE, or train from scratch with --weights none "
                 f"({type(exc).__name__})") from None
         raise UserError(f"cannot load {constructor} weights from {weights}: {str(exc).splitlines()[0]}") from None
+
+
+def _compact(size, width=16):
+    """A small plain network for CPUs, fed the tile at full resolution, where a tower's steel members are a pixel
+    or two wide: pairs of 3x3 convolutions (batch norm, ReLU) between max-poolings, widening as it narrows; its
+    map is at 1/16 of the input (16 x 16 cells of 16 px at 256 px, about 10 m at zoom 18)."""
+    import keras
+
+    def conv(x, filters, strides=1):
+        x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+        return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+
+    inputs = keras.Input((size, size, 3))
+    x = conv(conv(inputs, width, 2), width)
+    for filters in (2 * width, 4 * width):
+        x = conv(conv(keras.layers.MaxPooling2D()(x), filters), filters)
+    x = conv(keras.layers.MaxPooling2D()(x), 8 * width)
+    return keras.Model(inputs, x, name="compact")
 
 
 def point_layers(base, size):
@@ -386,8 +416,12 @@ class Classifier:
         return network
 
     def cell_logits(self, features):
-        """The head on every cell of a (n, rows, cols, channels) feature map: the tower logit, (n, rows, cols, 1)."""
+        """The head on every cell of a (n, rows, cols, channels) feature map: the tower logit, (n, rows, cols, 1).
+        A cells head's pool takes the cell logits themselves."""
         import keras
+
+        if any(layer.name == "cells" for layer in self.model.layers):
+            return features
 
         dense, tower = self.model.get_layer("dense"), self.model.get_layer("tower")
         logit = keras.layers.Dense(1, name="cell_logit", dtype="float32")  # the tower layer without its sigmoid

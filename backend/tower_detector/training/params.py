@@ -13,7 +13,7 @@ from typing import NamedTuple
 from ..common.errors import UserError
 
 # the convolutional bases, with their layer count (include_top=False): freeze_cutoff's upper bound
-BACKBONE_LAYERS = {"xception": 132, "mobilenet_v3_small": 156, "efficientnetv2_b0": 268}
+BACKBONE_LAYERS = {"xception": 132, "mobilenet_v3_small": 156, "efficientnetv2_b0": 268, "compact": 25}
 _UNSET = object()
 
 
@@ -37,8 +37,13 @@ _INITS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_u
 TRAINING = (
     Param("backbone", "xception", "the convolutional base: xception (the original project's, for GPUs), "
           "mobilenet_v3_small or efficientnetv2_b0 (smaller, several times faster on a CPU: "
-          "docs/benchmarks/backbones.md)",
+          "docs/benchmarks/backbones.md), or compact (a small plain network of our own at the tile's full "
+          "resolution, no pretrained weights: what learns in minutes on a CPU)",
           choices=tuple(BACKBONE_LAYERS), flags=("--backbone", ("train", "search"))),
+    Param("head", "auto", "how the base's feature map becomes the tile's score: dense (the original project's: "
+          "global average, dense layer, sigmoid), cells (a tower logit for each cell of the map, taught by the "
+          "tower positions; the tile's score is its best cell's), or auto (cells with compact, else dense)",
+          choices=("auto", "dense", "cells"), flags=("--head", ("train", "search"))),
     Param("optimizer", "adam", "adam, rmsprop or sgd (with momentum)", choices=("adam", "rmsprop", "sgd")),
     Param("lr_phase1", 5e-4, "learning rate of phase 1 (the new top only)", low=1e-7, high=1.0),
     Param("lr_phase2", 1e-4, "learning rate of phase 2 (fine-tuning), the peak of a cosine schedule", low=1e-8,
@@ -82,9 +87,17 @@ SCRATCH_PARAMS = {p.name: p.scratch for p in TRAINING if p.scratch is not _UNSET
 CLASS_WEIGHT_ALIASES = {"seed": "original"}  # the name class_weight's "original" had before
 
 
-def default_params(weights):
-    """The defaults that params override: DEFAULT_PARAMS, with SCRATCH_PARAMS when training from scratch."""
-    return {**DEFAULT_PARAMS, **SCRATCH_PARAMS} if weights == "none" else dict(DEFAULT_PARAMS)
+# the compact backbone's recipe (it always starts from scratch): a faster rate, plain cross-entropy without class
+# weights and a heavier point loss teach its cells in minutes on a CPU (docs/benchmarks/backbones.md)
+COMPACT_PARAMS = {"image_size": 256, "lr_phase2": 2e-3, "focal_gamma": 0.0, "class_weight": "none",
+                  "point_loss_weight": 2.0}
+
+
+def default_params(weights, backbone=None):
+    """The defaults that params override: DEFAULT_PARAMS, with SCRATCH_PARAMS when training from scratch, and
+    COMPACT_PARAMS with the compact backbone."""
+    base = {**DEFAULT_PARAMS, **SCRATCH_PARAMS} if weights == "none" else dict(DEFAULT_PARAMS)
+    return {**base, **COMPACT_PARAMS} if backbone == "compact" else base
 
 
 def renamed(params):
@@ -122,6 +135,20 @@ def check_params(params, base=None):
         raise UserError(f"parameter freeze_cutoff must be at most {BACKBONE_LAYERS[merged['backbone']]} with backbone "
                         f"{merged['backbone']}, not {merged['freeze_cutoff']}")
     return merged
+
+
+def check_backbone_weights(params, weights):
+    """The compact backbone has no pretrained weights; checked before TensorFlow loads."""
+    if params["backbone"] == "compact" and weights != "none":
+        raise UserError(f"--weights {weights}: the compact backbone has no pretrained weights; train it with "
+                        "--weights none")
+
+
+def head_of(params):
+    """The head params' "head" means: auto is cells with the compact backbone, dense with the others."""
+    if params.get("head", "auto") != "auto":
+        return params["head"]
+    return "cells" if params.get("backbone") == "compact" else "dense"
 
 
 def class_weight(spec, n_background, n_tower):

@@ -33,7 +33,7 @@ import numpy as np
 from ..common.atomic import atomic_file, building
 from ..common.errors import UserError
 from .model import check_weights
-from .params import DEFAULT_PARAMS, check_params, default_params, load_params_file
+from .params import DEFAULT_PARAMS, check_backbone_weights, check_params, default_params, load_params_file
 
 ORIGINAL_SPACE = {
     "optimizer": {"choice": ["adam", "rmsprop", "sgd"]},
@@ -97,7 +97,8 @@ def search(data_dir, out, trials, space=None, metric=METRICS[0], params=None, we
                         f"{', '.join(sorted(data.splits))}): rebuild the dataset with --split 0.7,0.15,0.15")
     data.roles(lambda *a, **k: None)  # bad data fails here, not in every trial
     spec = load_params_file(space) if isinstance(space, str) else (space or ORIGINAL_SPACE)
-    fixed = check_params(params or {}, base=default_params(weights))
+    fixed = check_params(params or {}, base=default_params(weights, (params or {}).get("backbone")))
+    check_backbone_weights(fixed, weights)
     check_weights(weights)
 
     from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, tpe

@@ -47,7 +47,7 @@ from .model import (
     warn_if_slow_precision,
     write_params,
 )
-from .params import DEFAULT_PARAMS, check_params, class_weight, default_params, renamed
+from .params import DEFAULT_PARAMS, check_backbone_weights, check_params, class_weight, default_params, head_of, renamed
 
 TILE = 256
 MONITOR = "val_auc"
@@ -289,7 +289,8 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
         _check_same_network(init, init_params, params)
     else:
         check_weights(weights)
-        params = check_params(params or {}, base=default_params(weights))
+        params = check_params(params or {}, base=default_params(weights, (params or {}).get("backbone")))
+        check_backbone_weights(params, weights)
     data = TrainingData(data_dir)
     train_split, val_split, test_split = data.roles(log)
     out = os.path.normpath(out)
@@ -327,7 +328,7 @@ def train(data_dir, out, params=None, weights="none", progress=None, log=print, 
         log("the dataset has no tower positions (towers.csv; rebuild it with tower-detector dataset): training "
             "without the point loss")
     elif params["point_loss_weight"]:
-        grids = [tuple(base.get_layer(name).output.shape[1:3]) for name in point_layers(base, size)]
+        grids = _point_grids(model, base, size)
         fit_model = _with_point_loss(model, base, params["point_loss_weight"], pretrained=weights != "none",
                                      size=size)
     train_ds = tf_dataset(data, train_split, size, batch, training=params["augment"], seed=params["seed"],
@@ -439,13 +440,21 @@ def _write_test_scores(path, data, split, scores):
         writer.writerows((n, int(lab), f"{s:.9g}") for n, lab, s in zip(names, labels, scores))
 
 
+def _point_grids(model, base, size):
+    """(rows, cols) of each map the point loss teaches: a cells head's own map, else the base's point_layers."""
+    if any(layer.name == "cells" for layer in model.layers):
+        return [tuple(base.output.shape[1:3])]
+    return [tuple(base.get_layer(name).output.shape[1:3]) for name in point_layers(base, size)]
+
+
 def _with_point_loss(model, base, weight, pretrained, size):
     """The classifier for fitting, with the point loss: on each of the base's point_layers maps (at 1/8 of the input,
     whose short path to the first layers teaches them early what a tower looks like, and at 1/16) a 1x1 convolution
     predicts which cells hold a tower, against the cells the dataset's tower positions give (weighted binary
     cross-entropy, each map's added to the tile loss while training). It shares every layer with `model`, which
     is what is saved; the heads are dropped then. Inputs: tile (size x size, as after_resize), tower cells on
-    each map, known; output: the tile's P(tower)."""
+    each map, known; output: the tile's P(tower). A cells head is taught on its own map instead: the cells it
+    scores the tile by are the ones the loss names."""
     import keras
 
     class PointLoss(keras.layers.Layer):
@@ -458,17 +467,23 @@ def _with_point_loss(model, base, weight, pretrained, size):
                     self.add_loss(weight * keras.ops.sum(cost * known) / keras.ops.maximum(keras.ops.sum(known), 1.0))
             return tower
 
-    point_maps = [base.get_layer(name).output for name in point_layers(base, size)]
+    cells_head = any(layer.name == "cells" for layer in model.layers)
+    point_maps = [] if cells_head else [base.get_layer(name).output for name in point_layers(base, size)]
     trunk = keras.Model(base.inputs, [base.output, *point_maps], name="trunk")
     tile = keras.Input((size, size, 3), name="tile")
-    cells = [keras.Input(tuple(m.shape[1:3]) + (1,), name=f"tower_cells_{i}") for i, m in enumerate(point_maps)]
+    grids = _point_grids(model, base, size)
+    cells = [keras.Input(grid + (1,), name=f"tower_cells_{i}") for i, grid in enumerate(grids)]
     known = keras.Input((), name="known")
     x = model.get_layer("scale")(tile)
     features, *point_features = trunk(x, training=False) if pretrained else trunk(x)
-    for name in ("pool", "dense", "dropout", "tower"):
-        features = model.get_layer(name)(features)
-    logits = [keras.layers.Conv2D(1, 1, dtype="float32", name=f"point_head_{i}")(feature_map)
-              for i, feature_map in enumerate(point_features)]
+    if cells_head:
+        logits = [model.get_layer("cells")(features)]
+        features = model.get_layer("tower")(model.get_layer("pool")(logits[0]))
+    else:
+        for name in ("pool", "dense", "dropout", "tower"):
+            features = model.get_layer(name)(features)
+        logits = [keras.layers.Conv2D(1, 1, dtype="float32", name=f"point_head_{i}")(feature_map)
+                  for i, feature_map in enumerate(point_features)]
     return keras.Model([tile, *cells, known], PointLoss(name="point_loss")([features, logits, cells, known]))
 
 
@@ -579,7 +594,7 @@ class _BestWeights:
 
 
 # what makes two networks the same shape, so that one's weights load into the other
-NETWORK = ("backbone", "image_size", "dense_size", "dense_activation")
+NETWORK = ("backbone", "head", "image_size", "dense_size", "dense_activation")
 
 
 def _warm_start(init):
@@ -600,7 +615,8 @@ def _warm_base(init_params):
 def _check_same_network(init, init_params, params):
     init_params = {"backbone": "xception", **init_params}  # models from before backbones were Xception
     for key in NETWORK:
-        theirs, ours = init_params.get(key), params[key]
+        theirs, ours = ((head_of(init_params), head_of(params)) if key == "head"
+                        else (init_params.get(key), params[key]))
         if theirs != ours:
             raise UserError(f"--init {init}: its {key} is {theirs}, this training's is {ours}: a warm start needs the "
                             f"same network (give --{key.replace('_', '-')} {theirs}, or train afresh without --init)")
