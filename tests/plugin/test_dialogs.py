@@ -203,8 +203,14 @@ def test_train_dialog_starts_from_a_model_or_on_another_backbone(qgis_iface, man
     dialog.backbone.setCurrentText("mobilenet_v3_small")
     job = dialog.build()
     assert job["steps"][0][job["steps"][0].index("--backbone") + 1] == "mobilenet_v3_small"
+    # the compact backbone has no pretrained weights: the weights input goes grey and none is sent
+    dialog.weights.setCurrentText("imagenet")
+    dialog.backbone.setCurrentText("compact")
+    assert not dialog.weights.isEnabled() and not dialog.weights_file.isEnabled()
+    step = dialog.build()["steps"][0]
+    assert step[step.index("--backbone") + 1] == "compact" and step[step.index("--weights") + 1] == "none"
     dialog.backbone.setCurrentText("xception")  # the default is left to the CLI (a params file may set another)
-    assert "--backbone" not in dialog.build()["steps"][0]
+    assert dialog.weights.isEnabled() and "--backbone" not in dialog.build()["steps"][0]
     # a warm start: the model brings its weights and backbone, so their inputs go grey and are not sent
     dialog.init.setFilePath(str(model))
     assert not dialog.weights.isEnabled() and not dialog.backbone.isEnabled() and dialog.epochs_fine.isEnabled()
