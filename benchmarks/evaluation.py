@@ -77,7 +77,7 @@ def trained_model(work):
 
 
 def rescorer():
-    """The results step's line re-scoring, where this checkout has it: (tiles, scores, points) -> scores."""
+    """The results step's line re-scoring (results --line-rescore), where this checkout has it."""
     try:
         from tower_detector.results.topology import rescore_tiles
     except ImportError:
@@ -112,7 +112,7 @@ def evaluate(folder, info, classifier, budget, rescore):
     rows = {"raw": {**figures(labels, scores, budget), "point_median_m": float(np.median(cam_err))}}
     if rescore is not None:
         xs, ys = np.array([t[0] for t in tiles]), np.array([t[1] for t in tiles])
-        rows["line re-scored"] = figures(labels, rescore(xs, ys, 18, scores, points), budget)
+        rows["line re-scored"] = figures(labels, rescore(xs, ys, 18, scores, points[:, 0], points[:, 1])[0], budget)
     return rows
 
 
