@@ -217,7 +217,7 @@ def show(label, r):
 
 
 def mean(results):
-    out = {k: results[0][k] for k in ("tiles", "tower_tiles")}
+    out = {k: round(float(np.mean([r[k] for r in results]))) for k in ("tiles", "tower_tiles")}  # per draw
     out["roc_auc"] = float(np.mean([r["roc_auc"] for r in results]))
     for key in ("precision_at_recall", "recall_at_budget"):
         out[key] = {v: float(np.mean([r[key][v] for r in results])) for v in ("raw", "rescored")}
