@@ -16,7 +16,14 @@ from tower_detector.geo.areas import load_area
 from tower_detector.geo.cover import lonlat_to_tile_space, tile_cover, tile_lonlat
 from tower_detector.prediction.store import open_store
 from tower_detector.results import merge_results
-from tower_detector.results.topology import END_SHARE, ON_LINE_SUPPORT, neighbour_support, rescore_tiles
+from tower_detector.results.topology import (
+    END_SHARE,
+    FLOOR,
+    ON_LINE_SUPPORT,
+    floor_for,
+    neighbour_support,
+    rescore_tiles,
+)
 from tower_detector.training.evaluate import precision_at_recall, rescore_gain
 
 Z = 18
@@ -89,6 +96,16 @@ def test_tiles_below_the_floor_are_neither_rescored_nor_neighbours():
     r, support = rescored([(0, 0), (300, 0), (-300, 0)], [0.5, 0.04, 0.04], floor=0.05)
     assert support[0] == 0 and np.isnan(support[1:]).all()
     assert r[1:].tolist() == pytest.approx([0.04, 0.04])
+
+
+def test_a_low_cut_lowers_the_floor_so_a_weak_tile_between_strong_neighbours_can_reach_it():
+    assert floor_for(0.5) == FLOOR and floor_for(0.9) == FLOOR
+    low = floor_for(0.1)
+    assert low < 0.03
+    r, support = rescored([(0, 0), (300, 0), (-300, 0)], [0.03, 0.9, 0.9], floor=low)
+    assert support[0] == pytest.approx(0.9) and r[0] >= 0.1
+    r, support = rescored([(0, 0), (300, 0), (-300, 0)], [0.03, 0.9, 0.9], floor=floor_for(0.5))
+    assert np.isnan(support[0]) and r[0] == pytest.approx(0.03)
 
 
 def test_a_candidate_near_a_mapped_line_gets_support():
