@@ -192,7 +192,8 @@ def cmd_results(args, rep):
         raise UserError("results: ask for at least one of --heatmap, --candidates, --json, --geojson")
     summary = merge_results(args.store, heatmap=args.heatmap, candidates=args.candidates, threshold=args.threshold,
                             json_path=args.json, geojson_path=args.geojson, yes_threshold=args.yes_threshold,
-                            progress=rep.progress, log=rep.log, overwrite=args.overwrite, budget=args.budget)
+                            progress=rep.progress, log=rep.log, overwrite=args.overwrite, budget=args.budget,
+                            line_rescore=args.line_rescore, lines=args.lines)
     lines = [f"{summary['scored']:,} tiles scored, {summary['failed_permanent']:,} failed for good (no imagery, "
              f"unreadable), {summary['failed_transient']:,} failed transiently (not done: run predict again)"
              + (f", {summary['tiles_missing']:,} not scored yet (job unfinished)" if summary["tiles_missing"] else ""),
@@ -202,10 +203,20 @@ def cmd_results(args, rep):
              + (f" ({summary['candidates_yes']:,} with a calibrated P(tower) at or above {summary['yes_threshold']}, "
                 f"a score at or above {summary['yes_score']:.4f})" if summary["yes_score"] != summary["yes_threshold"]
                 else f" ({summary['candidates_yes']:,} at or above {summary['yes_threshold']})")]
+    if summary["line_rescore"]:
+        lines.append(rescore_text(summary["line_rescore"]))
     if "merge" in summary:
         lines.append(merge_text(summary["merge"]))
     lines += [f"  {kind}: {path}" for kind, path in summary["outputs"].items()]
     rep.result("\n".join(lines), **summary)
+
+
+def rescore_text(r):
+    """One line on what line re-scoring did (results --line-rescore)."""
+    lines = f", {r['lines']:,} mapped lines from {r['lines_file']}" if r["lines_file"] else ""
+    return (f"line re-scoring on: {r['considered']:,} tiles scoring at least {r['floor']:.3g} re-scored "
+            f"({r['supported']:,} with line support{lines}); {r['moved_in']:,} moved into the cut, "
+            f"{r['moved_out']:,} out of it (the model's cut was {r['threshold_raw']:g}; score_raw keeps its scores)")
 
 
 def merge_text(merge):

@@ -247,6 +247,13 @@ def results_arguments(sp, remote=False):
         sp.add_argument("--geojson", help="the original project's GeoJSON overlay (Maybe/Yes bands)"),
         sp.add_argument("--overwrite", action="store_true",
                         help="write the candidates GeoPackage afresh, discarding the review decisions in it"),
+        sp.add_argument("--line-rescore", action="store_true",
+                        help="re-rank the candidates by line topology before the cut: a tile with scored neighbours "
+                        "200-500 m away on opposite sides gains, an isolated one loses (the candidates' score "
+                        "becomes the re-scored value, score_raw keeps the model's; docs/cli.md)"),
+        sp.add_argument("--lines", metavar="FILE",
+                        help="mapped power=line ways (GeoJSON, .osm.pbf/.osm, a saved Overpass answer): a candidate "
+                        "within 60 m of one gets line support; implies --line-rescore"),
     ]
 
 

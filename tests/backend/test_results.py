@@ -277,7 +277,7 @@ def test_gdal_reads_and_validates_the_geopackage(merged, tmp_path):
     defn = layer.GetLayerDefn()
     fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
     assert fields == ["tile_id", "x", "y", "z", "score", "rank", "point_lon", "point_lat", "point_source", "status",
-                      "note", "reviewer", "reviewed_at", "in_results"]
+                      "note", "reviewer", "reviewed_at", "in_results", "score_raw", "line_support"]
     assert defn.GetFieldDefn(fields.index("status")).GetDefault() == "'unreviewed'"
     # the spatial index answers a window query with exactly the tiles that overlap it
     exp, order = merged["exp"], candidates_of(merged["exp"], 0.5)

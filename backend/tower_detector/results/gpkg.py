@@ -6,7 +6,9 @@ Candidates (GeoPackage, written with sqlite3 to the OGC GeoPackage 1.2 spec; GDA
     and rank 1 = the highest; ties by x, then y). Fields: tile_id "x-y-z", x, y, z, score, rank, point_lon,
     point_lat (the CAM point, tile pixels -> lon/lat; the tile centre when there is none), point_source
     ("cam" or "tile_centre"), status (default "unreviewed"), note, reviewer, reviewed_at (for the review UI),
-    in_results (1; 0 for a reviewed candidate that the last write kept only for its review, see below).
+    in_results (1; 0 for a reviewed candidate that the last write kept only for its review, see below),
+    score_raw (the model's score; score is the re-scored value with `results --line-rescore`, else the same) and
+    line_support (0..1, topology.py; NULL without --line-rescore).
     layer candidate_points (Point, EPSG:4326): the same candidates' points (same fid), tile_id, score,
     point_source. Both have an R-tree spatial index. Its update triggers fire only when the geometry or the
     fid changes, so plain sqlite3 clients can update status/note without GDAL's ST_* functions; once GDAL has
@@ -69,7 +71,8 @@ CREATE TABLE gpkg_extensions (table_name TEXT, column_name TEXT, extension_name 
 _CORE = GPKG_CORE + """
 CREATE TABLE candidates (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POLYGON, tile_id TEXT NOT NULL UNIQUE,
   x INTEGER, y INTEGER, z INTEGER, score REAL, rank INTEGER, point_lon REAL, point_lat REAL, point_source TEXT,
-  status TEXT DEFAULT 'unreviewed', note TEXT, reviewer TEXT, reviewed_at TEXT, in_results INTEGER DEFAULT 1);
+  status TEXT DEFAULT 'unreviewed', note TEXT, reviewer TEXT, reviewed_at TEXT, in_results INTEGER DEFAULT 1,
+  score_raw REAL, line_support REAL);
 CREATE TABLE candidate_points (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POINT, tile_id TEXT NOT NULL,
   score REAL, point_source TEXT);
 CREATE TABLE job (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, key TEXT NOT NULL UNIQUE, value TEXT);
@@ -174,9 +177,11 @@ def insert_srs(db):
         ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate system")])
 
 
-def write_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, info):
-    """The candidates GeoPackage (see the module docstring); rows in the order given (rank 1 first)."""
+def write_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, info, score_raw=None, line_support=None):
+    """The candidates GeoPackage (see the module docstring); rows in the order given (rank 1 first). score_raw:
+    the model's scores (None: score); line_support: NaN or None for none."""
     k = len(x)
+    raws, supports = _extra_columns(score, score_raw, line_support)
     x, y = np.asarray(x, dtype=np.int64), np.asarray(y, dtype=np.int64)
     w, n = tile_lonlat(x, y, zoom)
     e, s = tile_lonlat(x + 1, y + 1, zoom)
@@ -207,9 +212,10 @@ def write_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, info):
                        [("candidates",), ("candidate_points",)])
         # rows and R-tree entries first, the R-tree triggers last (they call GDAL's ST_* SQL functions)
         db.executemany("INSERT INTO candidates (fid, geom, tile_id, x, y, z, score, rank, point_lon, point_lat, "
-                       "point_source, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'unreviewed')",
+                       "point_source, status, score_raw, line_support) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'unreviewed', ?, ?)",
                        zip(fid, gpkg_polygons(w, s, e, n), ids, x.tolist(), y.tolist(), [zoom] * k, scores, fid,
-                           lon.tolist(), lat.tolist(), source))
+                           lon.tolist(), lat.tolist(), source, raws, supports))
         db.executemany("INSERT INTO candidate_points VALUES (?, ?, ?, ?, ?)",
                        zip(fid, gpkg_points(lon, lat), ids, scores, source))
         db.executemany("INSERT INTO rtree_candidates_geom VALUES (?, ?, ?, ?, ?)",
@@ -283,19 +289,25 @@ def existing_candidates(path, zoom, overwrite=False):
     return {"merge": merge, "keys": keys, "reviewed": int(reviewed.sum())}
 
 
-def write_candidates(path, tmp, existing, zoom, x, y, score, cam_x, cam_y, chosen, info):
+def write_candidates(path, tmp, existing, zoom, x, y, score, cam_x, cam_y, chosen, info, score_raw=None,
+                     line_support=None):
     """The candidates output: a new file where there is none (or with overwrite), else a merge into the one
     there. x, y, ... are the candidate tiles and the existing file's other scored tiles (chosen: the candidates,
-    rank order). Returns what was done: {mode: new, overwritten or merged, and its counts}."""
+    rank order); score_raw and line_support as write_candidates_gpkg. Returns what was done: {mode: new,
+    overwritten or merged, and its counts}."""
+    score_raw = score if score_raw is None else score_raw
+    line_support = np.full(len(x), np.nan) if line_support is None else line_support
     try:
         if existing is not None and existing["merge"]:
-            counts = merge_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, chosen, info)
+            counts = merge_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, chosen, info, score_raw,
+                                           line_support)
             return {"mode": "merged", **counts}
         counts = {"mode": "new" if existing is None else "overwritten", "added": int(chosen.sum())}
         if existing is not None:
             counts["reviewed_discarded"] = existing["reviewed"]
         info = {**info, "merges": [_history(info, counts)]}
-        write_candidates_gpkg(tmp, zoom, x[chosen], y[chosen], score[chosen], cam_x[chosen], cam_y[chosen], info)
+        write_candidates_gpkg(tmp, zoom, x[chosen], y[chosen], score[chosen], cam_x[chosen], cam_y[chosen], info,
+                              score_raw[chosen], line_support[chosen])
         if existing is None:
             os.replace(tmp, path)
         else:
@@ -303,6 +315,15 @@ def write_candidates(path, tmp, existing, zoom, x, y, score, cam_x, cam_y, chose
         return counts
     finally:
         remove_if_present(tmp)
+
+
+def _extra_columns(score, score_raw, line_support):
+    """score_raw and line_support as column values: float32 shortest decimals (score_raw None: the scores), None
+    for a NaN support."""
+    raw = np.asarray(score if score_raw is None else score_raw, np.float32)
+    support = np.full(len(raw), np.nan, np.float32) if line_support is None else np.asarray(line_support, np.float32)
+    return ([float(str(v)) for v in raw],
+            [None if np.isnan(v) else float(str(v)) for v in support])
 
 
 def _history(info, counts):
@@ -322,13 +343,14 @@ def _replace_contents(tmp, path):
         os.replace(tmp, path)
 
 
-def merge_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, chosen, info):
+def merge_candidates_gpkg(path, zoom, x, y, score, cam_x, cam_y, chosen, info, score_raw=None, line_support=None):
     """Merge candidates into an existing candidates GeoPackage by tile id, in one SQLite transaction (see the
     module docstring); returns the counts: reviewed_kept, updated, added, reviewed_below_threshold,
-    unreviewed_dropped."""
+    unreviewed_dropped. score_raw, line_support: as write_candidates_gpkg."""
     x, y = np.asarray(x, np.int64), np.asarray(y, np.int64)
     lon, lat, source = candidate_points(x, y, np.asarray(cam_x, np.float64), np.asarray(cam_y, np.float64), zoom)
     scores = [float(str(v)) for v in np.asarray(score, np.float32)]
+    scores = list(zip(scores, *_extra_columns(score, score_raw, line_support)))  # (score, score_raw, line_support)
     new = {f"{a}-{b}-{zoom}": i for i, (a, b) in enumerate(zip(x.tolist(), y.tolist()))}
     db = gpkg_connect(path, timeout=60, isolation_level=None)  # explicit transaction; waits while QGIS writes
     try:
@@ -356,8 +378,10 @@ def _merges(db):
 
 
 def _merge_rows(db, zoom, x, y, scores, lon, lat, source, chosen, new):
-    if "in_results" not in {row[1] for row in db.execute("PRAGMA table_info(candidates)")}:
-        db.execute("ALTER TABLE candidates ADD COLUMN in_results INTEGER DEFAULT 1")
+    have = {row[1] for row in db.execute("PRAGMA table_info(candidates)")}
+    for column, kind in (("in_results", "INTEGER DEFAULT 1"), ("score_raw", "REAL"), ("line_support", "REAL")):
+        if column not in have:  # a file written before the column existed
+            db.execute(f"ALTER TABLE candidates ADD COLUMN {column} {kind}")
     counts = dict.fromkeys(("reviewed_kept", "updated", "added", "reviewed_below_threshold", "unreviewed_dropped"), 0)
     updates, points, marks, drops = [], [], [], []
     for fid, tile_id, reviewed in db.execute(f"SELECT fid, tile_id, {_REVIEWED} FROM candidates").fetchall():
@@ -365,7 +389,7 @@ def _merge_rows(db, zoom, x, y, scores, lon, lat, source, chosen, new):
         counts["reviewed_kept"] += bool(reviewed)
         if i is not None and chosen[i]:
             counts["updated"] += 1
-            updates.append((scores[i], 1, fid))
+            updates.append((*scores[i], 1, fid))
             if not reviewed:  # a reviewed candidate keeps the point the reviewer saw (or moved)
                 points.append((lon[i], lat[i], source[i], fid))
         elif reviewed:
@@ -373,11 +397,12 @@ def _merge_rows(db, zoom, x, y, scores, lon, lat, source, chosen, new):
             if i is None:  # not scored in this store: its last score stays
                 marks.append((fid,))
             else:
-                updates.append((scores[i], 0, fid))
+                updates.append((*scores[i], 0, fid))
         else:
             counts["unreviewed_dropped"] += 1
             drops.append((fid,))
-    db.executemany("UPDATE candidates SET score = ?, in_results = ? WHERE fid = ?", updates)
+    db.executemany("UPDATE candidates SET score = ?, score_raw = ?, line_support = ?, in_results = ? WHERE fid = ?",
+                   updates)
     db.executemany("UPDATE candidates SET point_lon = ?, point_lat = ?, point_source = ? WHERE fid = ?", points)
     db.executemany("UPDATE candidates SET in_results = 0 WHERE fid = ?", marks)
     db.executemany("DELETE FROM candidates WHERE fid = ?", drops)
@@ -387,9 +412,10 @@ def _merge_rows(db, zoom, x, y, scores, lon, lat, source, chosen, new):
         k = np.array(added)
         w, n = tile_lonlat(x[k], y[k], zoom)
         e, s = tile_lonlat(x[k] + 1, y[k] + 1, zoom)
-        db.executemany("INSERT INTO candidates (geom, tile_id, x, y, z, score, rank, point_lon, point_lat, "
-                       "point_source, status, in_results) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 'unreviewed', 1)",
-                       [(g, f"{x[i]}-{y[i]}-{zoom}", int(x[i]), int(y[i]), zoom, scores[i], lon[i], lat[i],
+        db.executemany("INSERT INTO candidates (geom, tile_id, x, y, z, score, score_raw, line_support, rank, "
+                       "point_lon, point_lat, point_source, status, in_results) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 'unreviewed', 1)",
+                       [(g, f"{x[i]}-{y[i]}-{zoom}", int(x[i]), int(y[i]), zoom, *scores[i], lon[i], lat[i],
                          source[i]) for g, i in zip(gpkg_polygons(w, s, e, n), added)])
     return counts
 

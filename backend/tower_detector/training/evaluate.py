@@ -95,6 +95,35 @@ def budget_table(labels, scores, budgets=BUDGETS):
     return rows
 
 
+def precision_at_recall(labels, scores, recall=0.9):
+    """The precision of the highest cut (score >= t) whose recall reaches `recall`; None without towers."""
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if not y.any():
+        return None
+    fpr, tpr, _ = roc_curve(y, s)
+    i = int(np.flatnonzero(tpr >= recall - 1e-12)[0])
+    tp, fp = tpr[i] * y.sum(), fpr[i] * (~y).sum()
+    return float(tp / (tp + fp))
+
+
+def rescore_gain(labels, raw, rescored, recall=0.9, budget=None):
+    """Raw against re-scored scores of the same tiles (results --line-rescore): {"precision_at_recall": {raw,
+    rescored}, "recall_at_budget": {raw, rescored}} (the second with a budget of N candidates: the top N,
+    budget_threshold's ties; None without)."""
+    y = np.asarray(labels).astype(bool).ravel()
+    result = {"precision_at_recall": {k: precision_at_recall(y, s, recall) for k, s in (("raw", raw),
+                                                                                      ("rescored", rescored))},
+              "recall_at_budget": None}
+    if budget is not None and y.any():
+        result["recall_at_budget"] = {}
+        for k, s in (("raw", raw), ("rescored", rescored)):
+            s = np.asarray(s, np.float32).ravel()
+            pred = s >= np.float32(budget_threshold(s, budget))
+            result["recall_at_budget"][k] = float((pred & y).sum() / y.sum())
+    return result
+
+
 def platt_fit(labels, scores, split=None, iterations=100):
     """Platt scaling: P(tower) = 1 / (1 + exp(-(a * logit(score) + b))), a and b fitted by maximum likelihood
     (Newton's method) on these labels, with Platt's targets (N+ + 1) / (N+ + 2) for towers and 1 / (N- + 2) for
