@@ -260,6 +260,11 @@ def test_predict_dialog_runs_predict_then_results_with_the_models_threshold(qgis
                                           candidates=str(folder / "candidates.gpkg"), threshold=0.54,
                                           json_path=str(folder / "scores.json"))
     assert job["outputs"]["candidates"] == str(folder / "candidates.gpkg") and job["outputs"]["threshold"] == 0.54
+    assert "--line-rescore" not in merge  # off unless asked for
+    dialog.line_rescore.setChecked(True)
+    assert "--line-rescore" in dialog.build()["steps"][1]
+    dialog.where.setCurrentIndex(1)  # a remote run is fetched without re-scoring: the choice goes grey
+    assert not dialog.line_rescore.isEnabled()
     dialog.deleteLater()
 
 

@@ -117,7 +117,7 @@ def predict_args(model: str, imagery: str, out: str, *, area: str = None, tiles:
 
 
 def results_args(store: str, *, heatmap: str = None, candidates: str = None, threshold: float = None,
-                 json_path: str = None, geojson: str = None) -> list:
+                 json_path: str = None, geojson: str = None, line_rescore: bool = False) -> list:
     _need(store=store)
     if not any((heatmap, candidates, json_path, geojson)):
         raise ValueError(tr("ask for at least one output: heatmap, candidates, JSON or GeoJSON"))
@@ -127,6 +127,8 @@ def results_args(store: str, *, heatmap: str = None, candidates: str = None, thr
     _opt(args, "--threshold", threshold)
     _opt(args, "--json", json_path)
     _opt(args, "--geojson", geojson)
+    if line_rescore:
+        args.append("--line-rescore")
     return [*args, "--events"]
 
 

@@ -199,6 +199,15 @@ THRESHOLD = Parameter(
     QT_TR_NOOP("Tiles scoring at least this become candidates (the model's metrics recommend one)."),
     decimals=3,
 )
+LINE_RESCORE = Parameter(
+    "--line-rescore",
+    QT_TR_NOOP("Re-score along power lines"),
+    False,
+    help=QT_TR_NOOP(
+        "Towers stand in chains 250-450 m apart: a candidate with likely towers a span away on both sides "
+        "moves up, an isolated one moves down. It can drop a line's first tower or a single tower."
+    ),
+)
 YES_THRESHOLD = Parameter(
     "--yes-threshold",
     QT_TR_NOOP('"Yes" band from'),

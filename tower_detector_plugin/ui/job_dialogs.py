@@ -10,6 +10,7 @@ import os
 from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsVectorLayer, QgsWkbTypes
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -39,6 +40,7 @@ from ..core.parameters import (
     IMAGE_SIZE,
     IMAGERY,
     INIT,
+    LINE_RESCORE,
     METRIC,
     MODE,
     MODEL,
@@ -357,7 +359,7 @@ class PredictDialog(JobDialog):
     title = "Tower Detector: predict"
     help_topic = "predict"
     remembered = ("model", "imagery", "area", "out", "workers", "checkpoint_every", "batch_size", "shards", "views",
-                  "where")
+                  "line_rescore", "where")
 
     def __init__(self, iface, manager, parent=None):
         super().__init__(iface, manager, parent)
@@ -374,12 +376,19 @@ class PredictDialog(JobDialog):
             self._add_input(param) for param in (WORKERS, CHECKPOINT_EVERY, BATCH_SIZE, SHARDS))
         self.views = _choices(VIEWS, texts=("1 (fastest)", "2", "4: turned", "8: turned and mirrored"))
         self.views.currentIndexChanged.connect(self._model_chosen)
+        self.line_rescore = QCheckBox()
         self.where = _where_combo()
-        self._add_rows((VIEWS, self.views), (RUN_ON, self.where))
+        self.where.currentIndexChanged.connect(self._where_chosen)
+        self._add_rows((VIEWS, self.views), (LINE_RESCORE, self.line_rescore), (RUN_ON, self.where))
         self._add_estimate(self.area.changed, self.views.currentIndexChanged,
                            self.where.currentIndexChanged)
         self._restore()
+        self._where_chosen()
         self._show_plan()
+
+    def _where_chosen(self, *_):
+        """A remote run's results are made when it is fetched, without re-scoring: the choice is for local runs."""
+        self.line_rescore.setEnabled(self.where.currentData() != "aws")
 
     def plan(self):
         return predict_plan(estimate_tiles(read_area(self.area.current())), self.views.currentData(),
@@ -417,7 +426,8 @@ class PredictDialog(JobDialog):
         heatmap, candidates = os.path.join(folder, "heatmap.tif"), os.path.join(folder, "candidates.gpkg")
         steps = [commands.predict_args(model, spec.spec, store, **options),
                  commands.results_args(store, heatmap=heatmap, candidates=candidates, threshold=threshold,
-                                       json_path=os.path.join(folder, "scores.json"))]
+                                       json_path=os.path.join(folder, "scores.json"),
+                                       line_rescore=self.line_rescore.isChecked())]
         return {"kind": "predict", "title": f"predict {name}", "steps": steps, "out": folder, "env": spec.env,
                 "authcfg": self.imagery.auth.configId(),
                 "outputs": {"store": store, "heatmap": heatmap, "candidates": candidates, "threshold": threshold}}
