@@ -133,6 +133,19 @@ def review(gpkg, truth, k):
     return {s: sum(d == s for d, _ in decided) for s in ("confirmed", "false_positive")}
 
 
+def kept_decisions(gpkg, data):
+    """How many of the GeoPackage's decided tiles the dataset holds ({status: n}); the blocked splits drop tiles at a
+    split's border, decided ones too."""
+    import csv
+
+    with open(os.path.join(data, "index.csv")) as f:
+        held = {row["tile_id"] for row in csv.DictReader(f)}
+    with sqlite3.connect(gpkg) as db:
+        rows = db.execute("SELECT tile_id, status FROM candidates WHERE status IN ('confirmed', 'false_positive')")
+        decided = rows.fetchall()
+    return {s: sum(st == s and t in held for t, st in decided) for s in ("confirmed", "false_positive")}
+
+
 def export_labels(gpkg, out, log=print):
     cli("export", "labels", "--candidates", gpkg, "--out", out, log=log)
     return out
@@ -204,8 +217,10 @@ def main(argv=None):
             decisions[new] = json.load(f)
         labels = export_labels(gpkg, os.path.join(work, f"labels-{r}.gpkg"), log=say)
         ds = dataset(os.path.join(work, f"ds-{new}"), scenes["A"], imagery, labels, log=say)
+        kept = kept_decisions(gpkg, os.path.join(work, f"ds-{new}"))
         say(f"  decided {decisions[new]}; dataset {new}: {ds['tiles']} tiles, {ds['hard_negatives']} hard negatives, "
-            f"{ds['review_tiles_outside_area']} review tiles outside A")
+            f"{ds['review_tiles_outside_area']} review tiles outside A; decided tiles it holds {kept} (the others "
+            "fell at split borders)")
         models[new] = os.path.join(work, new)
         runs[new] = train(os.path.join(work, f"ds-{new}"), models[new], args.init_epochs, init=models[have], log=say)
 

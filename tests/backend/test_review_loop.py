@@ -69,6 +69,7 @@ def test_the_loop_end_to_end_on_a_tiny_scene(training_set, tmp_path):
         label_of = {row["tile_id"]: int(row["label"]) for row in csv.DictReader(f)}
     kept = {t: s for t, s in statuses.items() if t in label_of}
     assert kept and all(label_of[t] == (s == "confirmed") for t, s in kept.items())
+    assert sum(loop.kept_decisions(gpkg, tmp_path / "ds2").values()) == len(kept)
     assert ds["hard_negatives"] == decided["false_positive"]
     assert ds["review_tiles_outside_area"] >= 12
     v2 = loop.train(str(tmp_path / "ds2"), str(tmp_path / "v2"), 1, init=str(tmp_path / "v1"), log=log)
