@@ -79,5 +79,11 @@ def test_the_loop_end_to_end_on_a_tiny_scene(training_set, tmp_path):
     before = keras.saving.load_model(tmp_path / "v1" / "model.keras", compile=False).get_weights()
     after = keras.saving.load_model(tmp_path / "v2" / "model.keras", compile=False).get_weights()
     assert len(before) == len(after) and any(not np.array_equal(a, b) for a, b in zip(before, after))
+    # round 2: v2 ranks B again into the same GeoPackage, which keeps round 1's decisions; the next 12 are new tiles
+    loop.candidates(tmp_path / "v2", b, tmp_path / "store-v2", gpkg, log=log)
+    assert sum(loop.review(gpkg, truth, 12).values()) == 12
+    with sqlite3.connect(gpkg) as db:
+        now = dict(db.execute("SELECT tile_id, status FROM candidates WHERE status != 'unreviewed'").fetchall())
+    assert len(now) == 24 and all(now[t] == s for t, s in statuses.items())
     labels_b, scores = loop.score_scene(str(tmp_path / "v2"), b)  # what the benchmark scores C with
     assert len(scores) == 64 and labels_b.sum() == len(truth) and np.isfinite(scores).all()
