@@ -187,7 +187,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=8, help="v1's epochs from scratch")
     p.add_argument("--init-epochs", type=int, default=3, help="epochs of each warm-started training")
     p.add_argument("--no-control", dest="control", action="store_false",
-                   help="skip the control: v1 trained --init-epochs more on its own dataset, without the review")
+                   help="skip the controls: v1 trained on its own dataset, without the review, as many more epochs as "
+                        "each warm start (control of v2: --init-epochs more; of v3: twice that; ...)")
     args = p.parse_args(argv)
     if args.k < 1 or args.rounds < 1 or args.epochs < 1 or args.init_epochs < 1:
         p.error("--k, --rounds, --epochs and --init-epochs must be at least 1")
@@ -206,9 +207,13 @@ def main(argv=None):
     models = {"v1": os.path.join(work, "v1")}
     runs = {"v1": train(os.path.join(work, "ds-v1"), models["v1"], args.epochs, log=say)}
     if args.control:  # what the extra epochs alone give, to tell the review's share from more training
-        models["v1+"] = os.path.join(work, "v1-more")
-        say("control: v1 trained further on its own dataset, without review labels")
-        runs["v1+"] = train(os.path.join(work, "ds-v1"), models["v1+"], args.init_epochs, init=models["v1"], log=say)
+        say("controls: v1 trained further on its own dataset, without review labels")
+        before = models["v1"]
+        for r in range(2, args.rounds + 2):
+            name, folder = f"v{r} ctl", os.path.join(work, "v1-more" + ("" if r == 2 else f"-{r - 1}"))
+            models[name], runs[name] = folder, train(os.path.join(work, "ds-v1"), folder, args.init_epochs,
+                                                     init=before, log=say)
+            before = folder
     truth_b, gpkg = truth_tiles(scenes["B"]), os.path.join(work, "B.gpkg")
     decisions = {}
     for r in range(1, args.rounds + 1):
@@ -233,8 +238,12 @@ def main(argv=None):
     say("")
     say(f"unseen scene C (seed {SCENES['C'][1]}, {SCENES['C'][0]}x{SCENES['C'][0]} tiles), every tile scored:")
     rows = {}
-    for name, model in models.items():
-        rows[name] = quality(*score_scene(model, scenes["C"]))
+    for name in sorted(models, key=lambda n: (n.split()[0], n)):  # v1, v2, v2 ctl, v3, ...
+        cached = os.path.join(work, f"scores-C-{os.path.basename(models[name])}.npz")
+        if not os.path.exists(cached):
+            np.savez(cached, **dict(zip(("labels", "scores"), score_scene(models[name], scenes["C"]))))
+        with np.load(cached) as z:
+            rows[name] = quality(z["labels"], z["scores"])
     first = rows["v1"]
     say(f"  tower tiles {first['towers']} of {first['tiles']}")
     say(f"  {'model':6} {'decided (conf/fp)':>18} {'train s':>8} {'wall s':>7} {'ROC AUC':>8} {'PR AUC':>7} "
@@ -246,10 +255,10 @@ def main(argv=None):
         say(f"  {name:6} {dec:>18} {runs[name]['train'] or 0:8.0f} {'(cached)' if wall is None else f'{wall:.0f}':>7} "
             f"{row['roc_auc']:8.4f} {row['pr_auc']:7.4f} {row['fp']:8d} {row['precision']:9.3f}")
     ok = True
-    if "v1+" in rows:
-        say(f"  v2 vs v1+ (the same extra epochs without the review): false positives at recall 0.9 "
-            f"x{rows['v2']['fp'] / max(rows['v1+']['fp'], 1):.2f}")
-    for name in [n for n in rows if n not in ("v1", "v1+")]:
+    for name in [n for n in rows if n + " ctl" in rows]:
+        say(f"  {name} vs {name} ctl (the same epochs without the review): false positives at recall 0.9 "
+            f"x{rows[name]['fp'] / max(rows[name + ' ctl']['fp'], 1):.2f}")
+    for name in [n for n in rows if n != "v1" and not n.endswith(" ctl")]:
         fp_ratio = rows[name]["fp"] / max(first["fp"], 1)
         time_ratio = (runs[name]["train"] or 0) / max(runs["v1"]["train"] or 1, 1e-9)
         say(f"  {name} vs v1: false positives at recall 0.9 x{fp_ratio:.2f} ({(1 - fp_ratio) * 100:+.0f} % fewer; "
