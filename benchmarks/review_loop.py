@@ -16,7 +16,9 @@ scenes are made and C is scored with the library functions that `synthetic` and 
    rule, false_positive otherwise, written into the GeoPackage's status column as the QGIS dock does), `export
    labels`, `dataset --extra-labels` (A's area on the mosaic, plus every decided tile of B so far), and `train
    --init v(r) --epochs-fine --init-epochs` gives v(r+1). Round 2 thus reviews more of B, ranked by v2.
-4. v1, v2, ... are scored on every tile of C and compared with C's truth: ROC AUC, PR AUC, false positives and
+4. Controls (unless --no-control): v1 trained on A's dataset alone as many more epochs as each vN, no review
+   ("vN ctl"), to tell the review's share of a gain from the extra epochs'.
+5. v1, v2, ... and the controls are scored on every tile of C and compared with C's truth: ROC AUC, PR AUC, false positives and
    precision at recall 0.9 (the highest threshold that reaches it).
 
 Goals (issue 32): false positives at recall 0.9 fall by >= 30 % from v1 to v2, and v2's training takes at most a
