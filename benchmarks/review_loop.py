@@ -18,8 +18,8 @@ scenes are made and C is scored with the library functions that `synthetic` and 
    --init v(r) --epochs-fine --init-epochs` gives v(r+1). Round 2 thus reviews more of B, ranked by v2.
 4. Controls (unless --no-control): v1 trained on A's dataset alone as many more epochs as each vN, no review
    ("vN ctl"), to tell the review's share of a gain from the extra epochs'.
-5. v1, v2, ... and the controls are scored on every tile of C and compared with C's truth: ROC AUC, PR AUC, false positives and
-   precision at recall 0.9 (the highest threshold that reaches it).
+5. v1, v2, ... and the controls are scored on every tile of C and compared with C's truth: ROC AUC, PR AUC,
+   false positives and precision at recall 0.9 (the highest threshold that reaches it).
 
 Goals (issue 32): false positives at recall 0.9 fall by >= 30 % from v1 to v2, and v2's training takes at most a
 third of v1's (from scratch). Everything is kept in --work (default: a temporary folder); a rerun resumes: a step
