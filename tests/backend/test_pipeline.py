@@ -38,7 +38,8 @@ def test_training_flags_come_from_the_parameter_definitions():
     assert (args.epochs_top, args.image_size, args.epochs_fine) == (2, 96, None)
     assert training_flags(args) == {"epochs_phase1": 2, "image_size": 96}
     flagged = {p.flags[0] for p in TRAINING if p.flags}
-    assert flagged == {"--backbone", "--epochs-top", "--epochs-fine", "--batch-size", "--image-size", "--seed"}
+    assert flagged == {"--backbone", "--head", "--epochs-top", "--epochs-fine", "--batch-size", "--image-size",
+                       "--seed"}
     proc = subprocess.run([sys.executable, "-m", "tower_detector", "train", "--data", "d", "--out", "o",
                            "--image-size", "50"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "image_size must be between 71 and 1024" in proc.stderr
