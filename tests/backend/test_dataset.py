@@ -135,23 +135,30 @@ def test_each_line_keeps_its_towers_in_one_split(training_set, tmp_path):
     assert again["split_by_line"]["groups"] > 3
 
 
-def test_lines_sharing_a_block_but_no_tile_stay_apart(sample_scene, tmp_path):
-    """Two lines 4 tiles apart in one 8x8 block: joining the blocks a line touches would chain them into one
-    group (and leave one of two splits without towers); they share no tile, so they stay two groups."""
+def _lines_through_tiles(sample_scene, folder, lines):
+    """towers.geojson of power lines {ref: (column offsets, row offsets)} from the scene's first tile, with a tower
+    at the centre of each tile they pass."""
     from tower_detector.geo.cover import tile_lonlat
 
     info = sample_scene["info"]["tile_range"]
-    x0, y0 = info["x"][0], info["y"][0]
     features = []
-    for ref, row in (("A", 1), ("B", 5)):
-        lon, lat = tile_lonlat(np.arange(x0, x0 + 8) + 0.5, np.full(8, y0 + row + 0.5), 18)
+    for ref, (xs, ys) in lines.items():
+        lon, lat = tile_lonlat(info["x"][0] + xs + 0.5, info["y"][0] + ys + 0.5, 18)
         coords = [[float(a), float(b)] for a, b in zip(lon, lat)]
         features.append({"type": "Feature", "properties": {"power": "line"},
                          "geometry": {"type": "LineString", "coordinates": coords}})
         features += [{"type": "Feature", "properties": {"power": "tower", "line": ref},
                       "geometry": {"type": "Point", "coordinates": c}} for c in coords]
-    towers = tmp_path / "towers.geojson"
+    towers = folder / "towers.geojson"
     towers.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return towers
+
+
+def test_lines_sharing_a_block_but_no_tile_stay_apart(sample_scene, tmp_path):
+    """Two lines 4 tiles apart in one 8x8 block: joining the blocks a line touches would chain them into one
+    group (and leave one of two splits without towers); they share no tile, so they stay two groups."""
+    towers = _lines_through_tiles(sample_scene, tmp_path, {"A": (np.arange(8), np.full(8, 1)),
+                                                           "B": (np.arange(8), np.full(8, 5))})
     summary = build(dict(sample_scene, towers=towers), tmp_path / "ds", split="0.5,0.5", block_size=8,
                     background_ratio=0.5)
     assert summary["split_by_line"]["lines"] == 2
@@ -164,20 +171,8 @@ def test_crossing_lines_stay_two_groups_and_their_shared_tile_keeps_no_line_in_t
     """Two lines crossing in one tile: chaining lines through shared tiles made a meshed network one group that no
     split could share (one split without towers). They stay two groups; the tile they share goes with the first
     line, or out where the other went to another split."""
-    from tower_detector.geo.cover import tile_lonlat
-
-    info = sample_scene["info"]["tile_range"]
-    x0, y0 = info["x"][0], info["y"][0]
-    features = []
-    for ref, xs, ys in (("A", np.arange(8), np.full(8, 3)), ("B", np.full(8, 3), np.arange(8))):
-        lon, lat = tile_lonlat(x0 + xs + 0.5, y0 + ys + 0.5, 18)
-        coords = [[float(a), float(b)] for a, b in zip(lon, lat)]
-        features.append({"type": "Feature", "properties": {"power": "line"},
-                         "geometry": {"type": "LineString", "coordinates": coords}})
-        features += [{"type": "Feature", "properties": {"power": "tower", "line": ref},
-                      "geometry": {"type": "Point", "coordinates": c}} for c in coords]
-    towers = tmp_path / "towers.geojson"
-    towers.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    towers = _lines_through_tiles(sample_scene, tmp_path, {"A": (np.arange(8), np.full(8, 3)),
+                                                           "B": (np.full(8, 3), np.arange(8))})
     summary = build(dict(sample_scene, towers=towers), tmp_path / "ds", split="0.5,0.5", block_size=2,
                     background_ratio=0.5)
     assert summary["split_by_line"]["lines"] == 2
@@ -185,7 +180,8 @@ def test_crossing_lines_stay_two_groups_and_their_shared_tile_keeps_no_line_in_t
     assert all(len(v) == 1 for v in per_line.values()), per_line
     assert all(s["tower"] > 0 for s in summary["splits"].values()), summary["splits"]
     where = {r["tile_id"]: r["split"] for r in read_index(tmp_path / "ds")}
-    crossing = f"{x0 + 3}-{y0 + 3}-18"
+    info = sample_scene["info"]["tile_range"]
+    crossing = f"{info['x'][0] + 3}-{info['y'][0] + 3}-18"
     assert (crossing in where) == (per_line["A"] == per_line["B"])
 
 
