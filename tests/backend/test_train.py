@@ -386,6 +386,7 @@ def test_the_compact_backbone_scores_tiles_by_their_best_cell_and_trains_on_a_cp
     assert done.returncode == 0, done.stderr[-2000:]
     params = json.loads((out / "params.json").read_text())
     assert (params["backbone"], params["head"], params["lr_phase2"]) == ("compact", "auto", COMPACT_PARAMS["lr_phase2"])
+    assert "backbone: compact, head cells, weights none, input 80 px" in (out / "MODEL_CARD.md").read_text()
     with open(dataset / "index.csv") as f:
         images = np.stack([np.asarray(Image.open(dataset / r["path"])) for r in list(csv.DictReader(f))[:6]])
     classifier = Classifier(str(out), views=2)

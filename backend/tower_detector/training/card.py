@@ -14,6 +14,7 @@ import os
 import time
 
 from .. import __version__
+from .params import head_of
 
 CARD = "MODEL_CARD.md"
 Z95 = 1.96
@@ -105,8 +106,8 @@ def _data_section(dataset, params):
 def _recipe_section(params, metrics):
     loss = (f"focal loss, gamma {params['focal_gamma']:g}" if params.get("focal_gamma") else "binary cross-entropy")
     lines = ["## Model and recipe", "",
-             f"- backbone: {params.get('backbone', 'xception')}, weights {params.get('weights', '?')}, input "
-             f"{params.get('image_size', '?')} px",
+             f"- backbone: {params.get('backbone', 'xception')}, head {head_of(params)}, weights "
+             f"{params.get('weights', '?')}, input {params.get('image_size', '?')} px",
              f"- {params.get('epochs_phase1', '?')} + {params.get('epochs_phase2', '?')} epochs (top only + "
              f"fine-tuning), batch {params.get('batch_size', '?')}, {params.get('optimizer', '?')} at "
              f"{params.get('lr_phase2', '?')}, {loss}, class weights {params.get('class_weights', '?')}, seed "
