@@ -14,7 +14,8 @@ The sparse and realistic scenes use the seeds --seeds, which nothing in the proj
 Every tile is scored; a tower tile holds a tower (label-maker's rule). Printed for each scene, and as mean +/- sd
 over the seeds of a variant: ROC AUC, PR AUC (average precision), recall at a review budget of --budget candidates
 per tower tile (the top scores), precision and false positives at recall 0.9, and the tower point's median error in
-metres; each raw and after line re-scoring (`results --line-rescore`), where the results step has it.
+metres; each raw and after line re-scoring (`results --line-rescore`), where the results step has it. On scenes
+with confusers, how many tiles of each kind are among the raw false positives at recall 0.9.
 """
 
 import argparse
@@ -99,6 +100,26 @@ def figures(labels, scores, budget, recall=0.9):
             "fp_at_r90": int(at + 1 - hits[at]) if n_pos else None}
 
 
+def confusers_in_false_positives(folder, tiles, labels, scores, recall=0.9):
+    """{kind: [tiles of that confuser among the false positives at the recall, tiles holding one]} of a scene made
+    with --confusers (its confusers.geojson); {} without."""
+    path = os.path.join(folder, "confusers.geojson")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        features = json.load(f)["features"]
+    y, s = np.asarray(labels, bool), np.asarray(scores, np.float64)
+    order = np.argsort(-s, kind="stable")
+    at = int(np.searchsorted(np.cumsum(y[order]), np.ceil(recall * y.sum())))
+    false_positives = {tiles[i] for i in order[:at + 1] if not y[i]}
+    kinds = {}
+    for feature in features:
+        lon, lat = feature["geometry"]["coordinates"]
+        tile = tuple(positive_tiles(np.array([lon]), np.array([lat]), 18).tolist()[0])
+        kinds.setdefault(feature["properties"]["confuser"], set()).add(tile)
+    return {kind: [len(found & false_positives), len(found)] for kind, found in sorted(kinds.items())}
+
+
 def evaluate(folder, info, classifier, budget, rescore):
     tiles = scene_tiles(info)
     towers = load_towers(os.path.join(folder, "towers.geojson"))
@@ -109,7 +130,8 @@ def evaluate(folder, info, classifier, budget, rescore):
     assert not any(errors)
     scores, points = classifier.predict_with_points(images, batch_size=64)
     cam_err, _ = point_errors(points, tiles, towers)
-    rows = {"raw": {**figures(labels, scores, budget), "point_median_m": float(np.median(cam_err))}}
+    rows = {"raw": {**figures(labels, scores, budget), "point_median_m": float(np.median(cam_err)),
+                    "confusers": confusers_in_false_positives(folder, tiles, labels, scores)}}
     if rescore is not None:
         xs, ys = np.array([t[0] for t in tiles]), np.array([t[1] for t in tiles])
         rows["line re-scored"] = figures(labels, rescore(xs, ys, 18, scores, points[:, 0], points[:, 1])[0], budget)
@@ -157,6 +179,9 @@ def main():
                     f"{r[f'recall_at_{args.budget}x']:.2f}  precision@R0.9 {r['precision_at_r90']:.3f} "
                     f"(FP {r['fp_at_r90']})" + (f"  point median {r['point_median_m']:.1f} m"
                                                 if "point_median_m" in r else ""))
+            if rows["raw"]["confusers"]:
+                say("  tiles with confusers among the raw false positives at recall 0.9: " + ", ".join(
+                    f"{kind} {n}/{total}" for kind, (n, total) in rows["raw"]["confusers"].items()))
     say("")
     say(f"| variant | seeds | tower tiles | scoring | ROC AUC | PR AUC | recall at {args.budget}x | precision at "
         "recall 0.9 | FP at recall 0.9 | point median |")
