@@ -27,11 +27,12 @@ import time
 
 import numpy as np
 
+from benchmarks.review_loop import quality
 from benchmarks.train_quality import point_errors, scene_tiles
 from tower_detector.datasets.labels import positive_tiles
 from tower_detector.sources.imagery import open_imagery
 from tower_detector.sources.osm import load_towers
-from tower_detector.training.evaluate import average_precision, roc_auc
+from tower_detector.training.evaluate import budget_table
 
 TD = os.path.join(os.path.dirname(sys.executable), "tower-detector")
 TRAIN_SCENE = ["--tiles-x", "48", "--tiles-y", "48", "--seed", "7", "--hv-lines", "16"]  # make demo's scene A
@@ -86,21 +87,17 @@ def rescorer():
     return rescore_tiles
 
 
-def figures(labels, scores, budget, recall=0.9):
-    """The headline figures of one scene's scores."""
-    y, s = np.asarray(labels, bool), np.asarray(scores, np.float64)
-    n_pos = int(y.sum())
-    order = np.argsort(-s, kind="stable")
-    top = order[:budget * n_pos]
-    hits = np.cumsum(y[order])
-    at = int(np.searchsorted(hits, np.ceil(recall * n_pos)))  # candidates needed to reach the recall
-    return {"tower_tiles": n_pos, "tiles": int(len(y)), "roc_auc": roc_auc(y, s), "pr_auc": average_precision(y, s),
-            f"recall_at_{budget}x": float(y[top].sum() / n_pos) if n_pos else None,
-            "precision_at_r90": float(hits[at] / (at + 1)) if n_pos else None,
-            "fp_at_r90": int(at + 1 - hits[at]) if n_pos else None}
+def figures(labels, scores, budget):
+    """The headline figures of one scene's scores: review_loop's quality at recall 0.9, and the recall of a budget
+    of `budget` candidates per tower tile (evaluate.budget_table)."""
+    y = np.asarray(labels, bool)
+    q = quality(y, np.asarray(scores, np.float32))
+    return {"tower_tiles": q["towers"], "tiles": q["tiles"], "roc_auc": q["roc_auc"], "pr_auc": q["pr_auc"],
+            f"recall_at_{budget}x": budget_table(y, scores, budgets=(budget,))[0]["recall"],
+            "precision_at_r90": q["precision"], "fp_at_r90": q["fp"], "cut_at_r90": q["threshold"]}
 
 
-def confusers_in_false_positives(folder, tiles, labels, scores, recall=0.9):
+def confusers_in_false_positives(folder, tiles, labels, scores):
     """{kind: [tiles of that confuser among the false positives at the recall, tiles holding one]} of a scene made
     with --confusers (its confusers.geojson); {} without."""
     path = os.path.join(folder, "confusers.geojson")
@@ -108,10 +105,8 @@ def confusers_in_false_positives(folder, tiles, labels, scores, recall=0.9):
         return {}
     with open(path) as f:
         features = json.load(f)["features"]
-    y, s = np.asarray(labels, bool), np.asarray(scores, np.float64)
-    order = np.argsort(-s, kind="stable")
-    at = int(np.searchsorted(np.cumsum(y[order]), np.ceil(recall * y.sum())))
-    false_positives = {tiles[i] for i in order[:at + 1] if not y[i]}
+    cut = quality(np.asarray(labels, bool), np.asarray(scores, np.float32))["threshold"]
+    false_positives = {t for t, label, score in zip(tiles, labels, scores) if not label and score >= cut}
     kinds = {}
     for feature in features:
         lon, lat = feature["geometry"]["coordinates"]
