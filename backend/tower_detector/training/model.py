@@ -86,6 +86,11 @@ def _build_model(params, weights, pretrained):
     return keras.Model(inputs, outputs, name="tower_classifier"), base
 
 
+def has_cells_head(model):
+    """Whether the classifier scores its tiles by their best cell (the cells head), from its layers."""
+    return any(layer.name == "cells" for layer in model.layers)
+
+
 def after_resize(model, outputs=None):
     """`model` (or these outputs of its graph) from its resize layer on: tiles in at image_size, resized before
     it. This is what is fitted, evaluated and scored, never the graph with the resize: TensorFlow's antialiased
@@ -420,7 +425,7 @@ class Classifier:
         A cells head's pool takes the cell logits themselves."""
         import keras
 
-        if any(layer.name == "cells" for layer in self.model.layers):
+        if has_cells_head(self.model):
             return features
 
         dense, tower = self.model.get_layer("dense"), self.model.get_layer("tower")

@@ -39,6 +39,7 @@ from .model import (
     build_model,
     check_weights,
     dtype_policy,
+    has_cells_head,
     has_gpu,
     point_layers,
     read_params,
@@ -442,7 +443,7 @@ def _write_test_scores(path, data, split, scores):
 
 def _point_grids(model, base, size):
     """(rows, cols) of each map the point loss teaches: a cells head's own map, else the base's point_layers."""
-    if any(layer.name == "cells" for layer in model.layers):
+    if has_cells_head(model):
         return [tuple(base.output.shape[1:3])]
     return [tuple(base.get_layer(name).output.shape[1:3]) for name in point_layers(base, size)]
 
@@ -467,7 +468,7 @@ def _with_point_loss(model, base, weight, pretrained, size):
                     self.add_loss(weight * keras.ops.sum(cost * known) / keras.ops.maximum(keras.ops.sum(known), 1.0))
             return tower
 
-    cells_head = any(layer.name == "cells" for layer in model.layers)
+    cells_head = has_cells_head(model)
     point_maps = [] if cells_head else [base.get_layer(name).output for name in point_layers(base, size)]
     trunk = keras.Model(base.inputs, [base.output, *point_maps], name="trunk")
     tile = keras.Input((size, size, 3), name="tile")
